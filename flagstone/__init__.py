@@ -1,0 +1,46 @@
+"""Flagstone: retrieval and retrieval-augmented LLM toolkit.
+
+Heavy libraries (torch, transformers) load only when a model is built, so ``import flagstone`` is fast.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Embedder": "flagstone.models.embedder",
+    "Embeddings": "flagstone.models.embeddings",
+    "SparseWeights": "flagstone.models.embeddings",
+    "MultiVectors": "flagstone.models.embeddings",
+    "EmbeddingCache": "flagstone.models.cache",
+    "BM25": "flagstone.retrieval.bm25",
+    "Retriever": "flagstone.retrieval.retriever",
+    "HybridConfig": "flagstone.retrieval.retriever",
+    "Hits": "flagstone.retrieval.retriever",
+    "load_beir": "flagstone.evaluation.beir",
+    "evaluate_retrieval": "flagstone.evaluation.retrieval",
+    "evaluate_run": "flagstone.evaluation.metrics",
+    "FlagstoneError": "flagstone.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from flagstone.errors import FlagstoneError
+    from flagstone.evaluation.beir import load_beir
+    from flagstone.evaluation.metrics import evaluate_run
+    from flagstone.evaluation.retrieval import evaluate_retrieval
+    from flagstone.models.cache import EmbeddingCache
+    from flagstone.models.embedder import Embedder
+    from flagstone.models.embeddings import Embeddings, MultiVectors, SparseWeights
+    from flagstone.retrieval.bm25 import BM25
+    from flagstone.retrieval.retriever import Hits, HybridConfig, Retriever
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'flagstone' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

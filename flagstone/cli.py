@@ -1,0 +1,308 @@
+"""The ``flagstone`` command: a thin layer over the library. User mistakes print one line, no traceback."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from flagstone.errors import DataError, FlagstoneError
+
+EPILOG = "Models: a local folder, a hub name (BAAI/bge-m3) or a preset (see `flagstone models`)."
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=None, help="embedding model (default: the bundled all-MiniLM-L6-v2)")
+    g.add_argument("--max-length", type=int, default=None, help="max tokens per text (default: the model's)")
+    g.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: 32)")
+    g.add_argument("--cache-dir", default=None,
+                   help="embedding cache folder (default: $FLAGSTONE_CACHE or ~/.cache/flagstone)")
+    g.add_argument("--no-cache", action="store_true", help="always re-encode documents")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_hybrid_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("hybrid")
+    g.add_argument("--weights", default=None, metavar="SIGNAL=W,...",
+                   help="hybrid weights, e.g. dense=0.3,bm25=0.7 (default: depends on the model's heads)")
+    g.add_argument("--fusion", choices=("weighted", "rrf"), default="weighted",
+                   help="weighted sum of normalised scores, or reciprocal-rank fusion (default: weighted)")
+    g.add_argument("--normalize", choices=("minmax", "zscore", "none"), default="minmax",
+                   help="score normalisation before a weighted sum (default: minmax)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flagstone",
+        description="Retrieval toolkit: dense, sparse (lexical) and ColBERT embeddings, BM25, hybrid search, "
+                    "evaluation.",
+        epilog=EPILOG,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="index the Python standard library's docstrings and answer example queries",
+                       description="The main job end to end on embedded defaults: index a corpus every machine "
+                                   "has (Python's own docstrings) and show results from each retrieval mode.",
+                       epilog=EPILOG)
+    p.add_argument("--docs", type=int, default=2000, help="number of docstrings to index (default: 2000)")
+    p.add_argument("--query", action="append", default=None, help="a query to ask (repeatable)")
+    p.add_argument("-k", type=int, default=3, help="results shown per mode (default: 3)")
+    _add_model_options(p)
+
+    p = sub.add_parser("models", help="list the preset models and whether they are available offline",
+                       description="List the preset models Flagstone knows, with pooling and settings.")
+
+    p = sub.add_parser("encode", help="encode texts to an .npz file of dense / sparse / ColBERT outputs",
+                       description="Encode a JSONL file (field 'text', optional 'title') or a text file "
+                                   "(one text per line) and save the outputs as .npz.",
+                       epilog=EPILOG)
+    p.add_argument("input", help="texts: .jsonl or .txt")
+    p.add_argument("-o", "--output", required=True, help="output .npz file")
+    p.add_argument("--queries", action="store_true", help="encode as queries (adds the query instruction)")
+    p.add_argument("--sparse", action="store_true", help="also output sparse lexical weights (needs M3 heads)")
+    p.add_argument("--colbert", action="store_true", help="also output ColBERT vectors (needs M3 heads)")
+    p.add_argument("--no-dense", action="store_true", help="skip the dense vectors")
+    _add_model_options(p)
+
+    p = sub.add_parser("search", help="search a corpus (BEIR folder, JSONL or text file) with any mode",
+                       description="Index a corpus and print the top results for each query.", epilog=EPILOG)
+    p.add_argument("corpus", help="a BEIR folder, a corpus .jsonl (_id/id, title, text) or a .txt file")
+    p.add_argument("-q", "--query", action="append", required=True, help="a query (repeatable)")
+    p.add_argument("--mode", default="hybrid", help="dense, sparse, colbert, bm25 or hybrid (default: hybrid)")
+    p.add_argument("-k", type=int, default=10, help="results per query (default: 10)")
+    p.add_argument("--json", action="store_true", help="print results as JSON lines")
+    _add_model_options(p)
+    _add_hybrid_options(p)
+
+    p = sub.add_parser("eval", help="evaluate retrieval on a BEIR data set in several modes",
+                       description="Evaluate retrieval on a BEIR folder (corpus.jsonl, queries.jsonl, "
+                                   "qrels/<split>.tsv): nDCG, MRR, Recall and MAP at several cut-offs.",
+                       epilog=EPILOG)
+    p.add_argument("data", help="BEIR data set folder")
+    p.add_argument("--split", default="test", help="qrels split (default: test)")
+    p.add_argument("--modes", nargs="+", default=None,
+                   help="modes to evaluate (default: every mode the model supports, plus bm25 and hybrid)")
+    p.add_argument("--k", nargs="+", type=int, default=[1, 3, 5, 10, 100], help="cut-offs (default: 1 3 5 10 100)")
+    p.add_argument("--max-queries", type=int, default=None, help="evaluate only the first N judged queries")
+    p.add_argument("--output", default=None, help="write the metrics as JSON here")
+    p.add_argument("--run-dir", default=None, help="write one TREC run file per mode into this folder")
+    _add_model_options(p)
+    _add_hybrid_options(p)
+    return parser
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def _embedder(args: argparse.Namespace):
+    from flagstone.models.embedder import Embedder
+    from flagstone.models.presets import DEFAULT_MODEL
+
+    return Embedder(args.model or DEFAULT_MODEL, max_length=args.max_length, batch_size=args.batch_size,
+                    show_progress=not args.quiet)
+
+
+def _cache(args: argparse.Namespace):
+    if args.no_cache:
+        return None
+    from flagstone.models.cache import EmbeddingCache
+
+    return EmbeddingCache(Path(args.cache_dir) / "embeddings" if args.cache_dir else None)
+
+
+def _hybrid(args: argparse.Namespace):
+    from flagstone.retrieval.retriever import HybridConfig
+
+    weights = None
+    if args.weights:
+        weights = {}
+        for part in args.weights.split(","):
+            name, sep, value = part.partition("=")
+            try:
+                weights[name.strip()] = float(value)
+            except ValueError:
+                raise FlagstoneError(f"bad --weights entry {part!r}: expected SIGNAL=NUMBER") from None
+            if not sep:
+                raise FlagstoneError(f"bad --weights entry {part!r}: expected SIGNAL=NUMBER")
+    return HybridConfig(weights=weights, method=args.fusion, normalize=args.normalize)
+
+
+def _retriever(args: argparse.Namespace, modes: Sequence[str] | None = None):
+    from flagstone.retrieval.retriever import Retriever
+
+    needs_model = modes is None or any(m != "bm25" for m in modes)
+    embedder = _embedder(args) if needs_model else None
+    signals = None
+    if modes is not None:
+        signals = sorted({m for m in modes if m != "hybrid"}, key=("dense", "sparse", "colbert", "bm25").index)
+        if "hybrid" in modes and len(signals) < 2:
+            signals = None  # hybrid alone: use every signal the model has, plus BM25
+    return Retriever(embedder, signals=signals, cache=_cache(args), hybrid=_hybrid(args) if "weights" in args else None)
+
+
+def _read_texts(path: str) -> tuple[list[str], list[str]]:
+    """(ids, texts) from a BEIR folder, a JSONL file or a plain text file."""
+    from flagstone._io import iter_jsonl, require_file
+    from flagstone.evaluation.beir import load_corpus
+
+    p = Path(path)
+    if p.is_dir():
+        return load_corpus(p / "corpus.jsonl")
+    require_file(p, "input file")
+    if p.suffix == ".jsonl":
+        ids, texts = [], []
+        for line_no, row in iter_jsonl(p):
+            text = row.get("text")
+            if not isinstance(text, str) or not text.strip():
+                raise DataError(f"{p}:{line_no}: needs a non-empty string field 'text'")
+            title = row.get("title") or ""
+            ids.append(str(row.get("_id", row.get("id", line_no))))
+            texts.append(f"{title} {text}".strip())
+        if len(set(ids)) != len(ids):
+            raise DataError(f"{p}: document ids are not unique")
+    else:
+        lines = p.read_text(encoding="utf-8").splitlines()
+        ids = [str(i) for i, line in enumerate(lines, 1) if line.strip()]
+        texts = [line for line in lines if line.strip()]
+    if not texts:
+        raise DataError(f"{p}: no texts found (the file is empty)")
+    return ids, texts
+
+
+def _snippet(text: str, width: int = 80) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+# -- commands --------------------------------------------------------------------------------------
+def cmd_models(args: argparse.Namespace) -> int:
+    from flagstone.models.presets import DEFAULT_MODEL, PRESETS
+
+    print(f"{'name':<20} {'hub name':<40} {'pooling':<8} {'max len':>7}  available")
+    for p in PRESETS.values():
+        where = "bundled" if p.local_path() else "download"
+        mark = " (default)" if p.name == DEFAULT_MODEL else ""
+        print(f"{p.name:<20} {p.hub_id:<40} {p.pooling:<8} {p.max_length:>7}  {where}{mark}")
+    return 0
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from flagstone._io import atomic_write
+
+    ids, texts = _read_texts(args.input)
+    embedder = _embedder(args)
+    truncated = embedder.count_truncated(texts)
+    if truncated:
+        print(f"note: {truncated} of {len(texts)} texts exceed {embedder.settings.max_length} tokens and are "
+              "truncated", file=sys.stderr)
+    emb = embedder.encode(texts, dense=not args.no_dense, sparse=args.sparse, colbert=args.colbert,
+                          is_query=args.queries)
+    arrays = emb.to_arrays()
+    arrays["ids"] = np.asarray(ids)
+    with atomic_write(args.output, "wb") as handle:
+        np.savez(handle, **arrays)
+    print(f"encoded {len(texts)} texts ({', '.join(emb.outputs)}) with {embedder.name} -> {args.output}")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    ids, texts = _read_texts(args.corpus)
+    retriever = _retriever(args, [args.mode])
+    retriever.fit(ids, texts)
+    hits = retriever.search(args.query, mode=args.mode, k=args.k)
+    by_id = dict(zip(ids, texts))
+    for qi, query in enumerate(args.query):
+        if args.json:
+            print(json.dumps({"query": query, "mode": args.mode, "hits": [
+                {"id": d, "score": float(s), **{n: float(v[qi, r]) for n, v in hits.signals.items()}}
+                for r, (d, s) in enumerate(zip(hits.ids[qi], hits.scores[qi]))]}))
+            continue
+        print(f"\n{query}  [{args.mode}]")
+        for rank, (doc_id, score) in enumerate(zip(hits.ids[qi], hits.scores[qi]), start=1):
+            print(f"  {rank:>2}. {score:8.4f}  {doc_id}: {_snippet(by_id[doc_id])}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from flagstone.evaluation.beir import load_beir
+    from flagstone.evaluation.retrieval import evaluate_retrieval
+
+    dataset = load_beir(args.data, args.split)
+    if args.max_queries:
+        dataset = dataset.head(args.max_queries)
+    retriever = _retriever(args, args.modes)
+    report = evaluate_retrieval(retriever, dataset, modes=args.modes, k_values=args.k, hybrid=_hybrid(args))
+    print(f"{dataset.name} ({args.split}, {len(dataset.qrels)} queries, {len(dataset.doc_ids)} documents), "
+          f"model {report.model}")
+    print(report.table(metrics=[f"{m}@{k}" for k in (10, 100) if k in args.k
+                                for m in ("ndcg", "mrr", "recall", "map")] or None))
+    if args.output:
+        report.save_json(args.output)
+        print(f"metrics -> {args.output}")
+    if args.run_dir:
+        for path in report.write_trec_runs(args.run_dir):
+            print(f"run -> {path}")
+    return 0
+
+
+DEMO_QUERIES = (
+    "parse command line arguments",
+    "compress a file with gzip",
+    "read rows from a CSV file",
+    "send an email message over SMTP",
+)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from flagstone.corpora import python_docstrings
+
+    ids, texts = python_docstrings(args.docs)
+    print(f"Indexing {len(ids)} docstrings of the Python standard library...")
+    retriever = _retriever(args)
+    retriever.fit(ids, texts)
+    embedder = retriever.embedder
+    print(f"Model: {embedder!r}")
+    missing = [o for o in ("sparse", "colbert") if o not in embedder.available_outputs]
+    if missing:
+        print(f"Modes {', '.join(missing)}: not available for {embedder.name} (no M3 heads: sparse_linear.pt / "
+              "colbert_linear.pt); use bge-m3 or a model trained with them.")
+    by_id = dict(zip(ids, texts))
+    queries = args.query or list(DEMO_QUERIES)
+    results = {mode: retriever.search(queries, mode=mode, k=args.k) for mode in retriever.modes}
+    for qi, query in enumerate(queries):
+        print(f"\nQ: {query}")
+        for mode, hits in results.items():
+            print(f"  [{mode}]")
+            for doc_id, score in zip(hits.ids[qi], hits.scores[qi]):
+                print(f"    {score:7.3f}  {doc_id}: {_snippet(by_id[doc_id], 70)}")
+    return 0
+
+
+COMMANDS = {"demo": cmd_demo, "models": cmd_models, "encode": cmd_encode, "search": cmd_search, "eval": cmd_eval}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    for name in ("batch_size", "k", "docs", "max_length", "max_queries"):
+        value = getattr(args, name, None)
+        values = value if isinstance(value, list) else [value]
+        if any(v is not None and v < 1 for v in values):
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    try:
+        return COMMANDS[args.command](args)
+    except (FlagstoneError, ValueError) as exc:
+        print(f"flagstone: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("flagstone: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""Errors a user can cause. Each carries a one-line message the CLI prints without a traceback."""
+from __future__ import annotations
+
+
+class FlagstoneError(Exception):
+    """Base class for mistakes in input, files or settings that the user can fix."""
+
+
+class DataError(FlagstoneError):
+    """A data file is missing, malformed or inconsistent."""
+
+
+class ModelNotFoundError(FlagstoneError):
+    """A model name or folder could not be resolved to loadable weights."""
+
+
+class MissingHeadError(FlagstoneError):
+    """A sparse or ColBERT output was asked of a model that has no such head."""
+
+
+class InvalidTextError(FlagstoneError):
+    """A text is empty, not a string, or longer than allowed."""
+
+
+class CacheError(FlagstoneError):
+    """The embedding cache directory cannot be used."""
+
+
+class MissingDependencyError(FlagstoneError):
+    """An optional extra needed for this feature is not installed."""

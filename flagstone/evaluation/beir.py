@@ -1,0 +1,123 @@
+"""Loading BEIR-format data sets: corpus.jsonl, queries.jsonl and qrels/<split>.tsv."""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from flagstone._io import iter_jsonl, require_file
+from flagstone.errors import DataError
+
+
+@dataclass
+class BeirDataset:
+    """A retrieval data set; ``qrels`` maps query id -> {doc id: relevance}."""
+
+    name: str
+    doc_ids: list[str]
+    doc_texts: list[str]  # "title text" as BEIR and MTEB join them
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+
+    @property
+    def query_ids(self) -> list[str]:
+        """The judged queries, in qrels order."""
+        return list(self.qrels)
+
+    def query_texts(self) -> list[str]:
+        return [self.queries[q] for q in self.qrels]
+
+    def head(self, n_queries: int) -> BeirDataset:
+        """The first ``n_queries`` judged queries, with the whole corpus (for quick runs)."""
+        keep = list(self.qrels)[:n_queries]
+        return BeirDataset(self.name, self.doc_ids, self.doc_texts, {q: self.queries[q] for q in keep},
+                           {q: self.qrels[q] for q in keep})
+
+
+def load_corpus(path: str | Path) -> tuple[list[str], list[str]]:
+    """Read a BEIR corpus.jsonl (``_id``, ``title``, ``text``) into ids and joined texts."""
+    ids: list[str] = []
+    texts: list[str] = []
+    seen: set[str] = set()
+    for line_no, row in iter_jsonl(path):
+        doc_id = row.get("_id", row.get("id"))
+        if doc_id is None:
+            raise DataError(f"{path}:{line_no}: document has no '_id'")
+        doc_id = str(doc_id)
+        if doc_id in seen:
+            raise DataError(f"{path}:{line_no}: duplicate document id {doc_id!r}")
+        text = row.get("text")
+        title = row.get("title") or ""
+        if not isinstance(text, str) or not isinstance(title, str):
+            raise DataError(f"{path}:{line_no}: 'text' and 'title' must be strings")
+        joined = f"{title} {text}".strip()
+        if not joined:
+            raise DataError(f"{path}:{line_no}: document {doc_id!r} has no text")
+        seen.add(doc_id)
+        ids.append(doc_id)
+        texts.append(joined)
+    if not ids:
+        raise DataError(f"{path}: the corpus is empty")
+    return ids, texts
+
+
+def load_queries(path: str | Path) -> dict[str, str]:
+    queries: dict[str, str] = {}
+    for line_no, row in iter_jsonl(path):
+        qid, text = row.get("_id", row.get("id")), row.get("text")
+        if qid is None or not isinstance(text, str):
+            raise DataError(f"{path}:{line_no}: a query needs '_id' and a string 'text'")
+        if not text.strip():
+            raise DataError(f"{path}:{line_no}: query {qid!r} is empty")
+        queries[str(qid)] = text
+    return queries
+
+
+def load_qrels(path: str | Path) -> dict[str, dict[str, int]]:
+    """Read qrels as BEIR TSV (``query-id corpus-id score`` with a header) or TREC (``qid 0 docid rel``)."""
+    p = require_file(path, "qrels file")
+    qrels: dict[str, dict[str, int]] = {}
+    with p.open(encoding="utf-8", newline="") as handle:
+        for line_no, fields in enumerate(csv.reader(handle, delimiter="\t"), start=1):
+            if len(fields) == 1:
+                fields = fields[0].split()
+            if not fields or not "".join(fields).strip():
+                continue
+            if len(fields) == 3:
+                qid, did, rel = fields
+            elif len(fields) == 4:
+                qid, _, did, rel = fields
+            else:
+                raise DataError(f"{p}:{line_no}: expected 3 (BEIR) or 4 (TREC) columns, got {len(fields)}")
+            try:
+                score = int(float(rel))
+            except ValueError:
+                if line_no == 1:
+                    continue  # header row
+                raise DataError(f"{p}:{line_no}: relevance {rel!r} is not a number") from None
+            qrels.setdefault(qid.strip(), {})[did.strip()] = score
+    if not qrels:
+        raise DataError(f"{p}: no judgements found")
+    return qrels
+
+
+def load_beir(folder: str | Path, split: str = "test") -> BeirDataset:
+    """Load a BEIR folder; every query and document that the qrels name must exist."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise DataError(f"data set folder not found: {root}")
+    doc_ids, doc_texts = load_corpus(root / "corpus.jsonl")
+    queries = load_queries(root / "queries.jsonl")
+    qrels_file = root / "qrels" / f"{split}.tsv"
+    if not qrels_file.is_file():
+        splits = sorted(p.stem for p in (root / "qrels").glob("*.tsv")) if (root / "qrels").is_dir() else []
+        raise DataError(f"no qrels for split {split!r} in {root / 'qrels'} (found: {', '.join(splits) or 'none'})")
+    qrels = load_qrels(qrels_file)
+    unknown_q = [q for q in qrels if q not in queries]
+    if unknown_q:
+        raise DataError(f"{qrels_file}: {len(unknown_q)} query ids are not in queries.jsonl, e.g. {unknown_q[:3]}")
+    known_docs = set(doc_ids)
+    unknown_d = sorted({d for judged in qrels.values() for d in judged if d not in known_docs})
+    if unknown_d:
+        raise DataError(f"{qrels_file}: {len(unknown_d)} document ids are not in corpus.jsonl, e.g. {unknown_d[:3]}")
+    return BeirDataset(root.name, doc_ids, doc_texts, queries, qrels)

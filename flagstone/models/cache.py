@@ -1,0 +1,127 @@
+"""On-disk embedding cache keyed by model, settings and text, safe to interrupt.
+
+Layout: ``<root>/<settings key>/shard-<n>.npz``, each shard holding the SHA-256 of its texts and their
+embeddings. Shards are written to a temporary name and renamed into place, so a kill at any moment
+leaves only whole shards; unreadable shards are reported and ignored.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from flagstone._io import atomic_write
+from flagstone.errors import CacheError
+from flagstone.models.embedder import Embedder
+from flagstone.models.embeddings import Embeddings
+
+_SHARD_TEXTS = 512  # texts encoded and written per shard: what an interruption can lose at most
+
+
+def default_cache_dir() -> Path:
+    """``$FLAGSTONE_CACHE``, else ``$XDG_CACHE_HOME/flagstone``, else ``~/.cache/flagstone``."""
+    if os.environ.get("FLAGSTONE_CACHE"):
+        return Path(os.environ["FLAGSTONE_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
+    return Path(base).expanduser() / "flagstone"
+
+
+def text_key(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+class EmbeddingCache:
+    """Encodes only texts it has not seen with the same model and settings."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        self.root = Path(root) if root is not None else default_cache_dir() / "embeddings"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CacheError(f"cannot create cache directory {self.root}: {exc.strerror}") from None
+
+    def encode(
+        self,
+        embedder: Embedder,
+        texts: Sequence[str],
+        *,
+        dense: bool = True,
+        sparse: bool = False,
+        colbert: bool = False,
+        is_query: bool = False,
+        show_progress: bool | None = None,
+    ) -> Embeddings:
+        """Like :meth:`Embedder.encode`, reading what is cached and writing what is new."""
+        outputs = [n for n, on in (("dense", dense), ("sparse", sparse), ("colbert", colbert)) if on]
+        folder = self.root / embedder.cache_key(outputs, is_query)
+        known = self._load(folder)
+        keys = [text_key(t) for t in texts]
+        missing = sorted({k: i for i, k in reversed(list(enumerate(keys))) if k not in known}.values())
+        progress = embedder.show_progress if show_progress is None else show_progress
+        bar = tqdm(total=len(missing), desc="Encoding", unit="text", disable=not progress or len(missing) < 2)
+        for start in range(0, len(missing), _SHARD_TEXTS):
+            chunk = missing[start : start + _SHARD_TEXTS]
+            emb = embedder.encode([texts[i] for i in chunk], dense=dense, sparse=sparse, colbert=colbert,
+                                  is_query=is_query, show_progress=False)
+            chunk_keys = [keys[i] for i in chunk]
+            self._write_shard(folder, chunk_keys, emb)
+            for row, k in enumerate(chunk_keys):
+                known[k] = (emb, row)
+            bar.update(len(chunk))
+        bar.close()
+        if not keys:
+            return Embeddings()
+        # gather rows shard by shard to keep the copy vectorised
+        by_source: dict[int, tuple[Embeddings, list[int], list[int]]] = {}
+        for pos, k in enumerate(keys):
+            emb, row = known[k]
+            entry = by_source.setdefault(id(emb), (emb, [], []))
+            entry[1].append(row)
+            entry[2].append(pos)
+        pieces = [emb.take(rows) for emb, rows, _ in by_source.values()]
+        positions = np.concatenate([np.asarray(p, dtype=np.int64) for _, _, p in by_source.values()])
+        inverse = np.empty_like(positions)
+        inverse[positions] = np.arange(len(positions))
+        return Embeddings.concat(pieces).take(inverse)
+
+    def _load(self, folder: Path) -> dict[bytes, tuple[Embeddings, int]]:
+        known: dict[bytes, tuple[Embeddings, int]] = {}
+        if not folder.is_dir():
+            return known
+        for shard in sorted(folder.glob("shard-*.npz")):
+            try:
+                with np.load(shard) as data:
+                    arrays = {name: data[name] for name in data.files}
+                emb = Embeddings.from_arrays(arrays)
+                shard_keys = arrays["keys"]
+                if len(shard_keys) != len(emb):
+                    raise ValueError("key count does not match rows")
+            except Exception as exc:  # any unreadable shard is skipped, never trusted
+                warnings.warn(f"ignoring unreadable cache shard {shard.name}: {exc}", stacklevel=2)
+                continue
+            for row, k in enumerate(shard_keys):
+                known[k.tobytes()] = (emb, row)
+        return known
+
+    def _write_shard(self, folder: Path, keys: list[bytes], emb: Embeddings) -> None:
+        arrays = emb.to_arrays()
+        arrays["keys"] = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(len(keys), 32)
+        name = folder / f"shard-{uuid.uuid4().hex}.npz"
+        try:
+            with atomic_write(name, "wb") as handle:
+                np.savez(handle, **arrays)
+        except OSError as exc:
+            raise CacheError(f"cannot write embedding cache in {folder}: {exc.strerror}") from None
+
+    def clear(self) -> None:
+        """Delete every cached embedding under this root."""
+        import shutil
+
+        shutil.rmtree(self.root, ignore_errors=True)
+        self.root.mkdir(parents=True, exist_ok=True)

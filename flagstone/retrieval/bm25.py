@@ -1,0 +1,77 @@
+"""BM25 as sparse vectors: documents become rows of precomputed term scores, queries term counts.
+
+Scoring follows Lucene's BM25: idf = ln(1 + (N - df + 0.5) / (df + 0.5)) and a term frequency part
+tf / (tf + k1 * (1 - b + b * dl / avgdl)); a query term repeated counts once per occurrence.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from flagstone.errors import InvalidTextError
+from flagstone.models.embeddings import SparseWeights
+from flagstone.retrieval.lexical import LexicalTokenizer
+
+
+class BM25:
+    """Fit on a corpus once, then turn documents and queries into :class:`SparseWeights` over its vocabulary."""
+
+    def __init__(self, *, k1: float = 1.2, b: float = 0.75, tokenizer: LexicalTokenizer | None = None) -> None:
+        if k1 < 0 or not 0 <= b <= 1:
+            raise ValueError(f"BM25 needs k1 >= 0 and 0 <= b <= 1, got k1={k1}, b={b}")
+        self.k1 = k1
+        self.b = b
+        self.tokenizer = tokenizer or LexicalTokenizer()
+        self.vocab: dict[str, int] = {}
+        self.idf = np.zeros(0, dtype=np.float32)
+        self.avgdl = 0.0
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def fit_transform(self, documents: Sequence[str]) -> SparseWeights:
+        """Learn vocabulary, document frequencies and mean length; return the documents' BM25 weights."""
+        from scipy.sparse import csr_matrix
+
+        if len(documents) == 0:
+            raise InvalidTextError("BM25 needs at least one document")
+        tokens = self.tokenizer.tokenize(documents)
+        vocab: dict[str, int] = {}
+        for words in tokens:
+            for w in words:
+                vocab.setdefault(w, len(vocab))
+        self.vocab = vocab
+        counts = self._counts(tokens)  # (docs x vocab) term frequencies
+        doc_len = np.asarray(counts.sum(axis=1)).ravel().astype(np.float64)
+        self.avgdl = float(doc_len.mean()) or 1.0
+        df = np.bincount(counts.indices, minlength=len(vocab)).astype(np.float64)
+        n = len(documents)
+        self.idf = np.log1p((n - df + 0.5) / (df + 0.5)).astype(np.float32)
+        tf = counts.data.astype(np.float64)
+        row_len = np.repeat(doc_len, np.diff(counts.indptr))
+        norm = self.k1 * (1.0 - self.b + self.b * row_len / self.avgdl)
+        data = (self.idf[counts.indices] * tf / (tf + norm)).astype(np.float32)
+        return SparseWeights.from_csr(csr_matrix((data, counts.indices, counts.indptr), shape=counts.shape))
+
+    def transform_queries(self, queries: Sequence[str]) -> SparseWeights:
+        """Query term counts over the fitted vocabulary (unknown terms cannot match and are dropped)."""
+        if not self.vocab:
+            raise RuntimeError("BM25 is not fitted: call fit_transform on the corpus first")
+        tokens = [[w for w in words if w in self.vocab] for words in self.tokenizer.tokenize(queries)]
+        return SparseWeights.from_csr(self._counts(tokens).astype(np.float32))
+
+    def _counts(self, tokens: list[list[str]]):
+        from scipy.sparse import csr_matrix
+
+        indptr = np.zeros(len(tokens) + 1, dtype=np.int64)
+        indptr[1:] = np.cumsum([len(t) for t in tokens])
+        cols = np.fromiter((self.vocab[w] for words in tokens for w in words), dtype=np.int32, count=indptr[-1])
+        data = np.ones(len(cols), dtype=np.float32)
+        m = csr_matrix((data, cols, indptr), shape=(len(tokens), len(self.vocab)))
+        m.sum_duplicates()
+        return m
+
+    def config(self) -> dict[str, object]:
+        return {"k1": self.k1, "b": self.b, "tokenizer": self.tokenizer.config()}

@@ -143,11 +143,17 @@ class Embedder:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
 
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.path))
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # an encoder loaded without its unused pooler is expected
         try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(self.path))
             self.model = AutoModel.from_pretrained(str(self.path), dtype=getattr(torch, dtype))
         except (OSError, ValueError) as exc:
-            raise ModelNotFoundError(f"could not load model weights from {self.path}: {exc}") from None
+            raise ModelNotFoundError(f"could not load model from {self.path}: {exc}") from None
+        finally:
+            hf_logging.set_verbosity(verbosity)
         self.model.eval().to(device)
         model_limit = int(getattr(self.model.config, "max_position_embeddings", 512) or 512)
         if self.model.config.model_type in ("xlm-roberta", "roberta", "camembert"):

@@ -27,7 +27,7 @@ class HybridConfig:
     """How ``mode="hybrid"`` combines signals.
 
     ``weights`` maps signals to weights (None: BGE-M3's 0.4/0.2/0.4 when the model has all three heads,
-    else dense 0.3 + BM25 0.7, chosen on SciFact's train queries, see benchmarks/retrieval_scifact.py).
+    else dense 0.5 + BM25 0.5, chosen on SciFact's train queries, see benchmarks/retrieval_scifact.py).
     ``method`` is "weighted" (sum of normalised scores) or "rrf" (reciprocal-rank fusion with ``rrf_k``).
     Each signal proposes its top ``candidates`` documents; every candidate is scored by every signal.
     """
@@ -120,7 +120,7 @@ class Retriever:
         if all(s in self.signals for s in _MODEL_SIGNALS):
             return {"dense": 0.4, "sparse": 0.2, "colbert": 0.4}
         if "dense" in self.signals and "bm25" in self.signals:
-            return {"dense": 0.3, "bm25": 0.7}
+            return {"dense": 0.5, "bm25": 0.5}
         return {s: 1.0 for s in self.signals}
 
     # -- indexing ------------------------------------------------------------------------------

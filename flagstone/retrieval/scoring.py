@@ -1,9 +1,12 @@
 """Query x document scores in each mode: dense inner product, lexical matching, ColBERT late interaction."""
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+
 import numpy as np
 
-from flagstone.models.embeddings import MultiVectors, SparseWeights
+from flagstone.models.embeddings import Embeddings, MultiVectors, SparseWeights
 
 
 def dense_scores(queries: np.ndarray, docs: np.ndarray) -> np.ndarray:
@@ -41,3 +44,48 @@ def colbert_pair_scores(queries: MultiVectors, docs: MultiVectors) -> np.ndarray
         if len(q) and len(d):
             out[i] = (q @ d.T).max(axis=1).sum() / len(q)
     return out
+
+
+def sparse_pair_scores(queries: SparseWeights, docs: SparseWeights) -> np.ndarray:
+    """Lexical matching score of aligned pairs (query i with document i), (n,)."""
+    if len(queries) != len(docs):
+        raise ValueError("queries and docs must have the same length for pair scoring")
+    return np.asarray(queries.to_scipy().multiply(docs.to_scipy()).sum(axis=1), dtype=np.float32).ravel()
+
+
+@dataclass(frozen=True)
+class PairScores:
+    """Each mode's score for aligned (query, document) pairs; a mode not encoded on both sides is None."""
+
+    dense: np.ndarray | None = None
+    sparse: np.ndarray | None = None
+    colbert: np.ndarray | None = None
+
+    def combined(self, weights: Mapping[str, float]) -> np.ndarray:
+        """Weighted average of the modes, sum(w * score) / sum(w), as BGE-M3 combines them."""
+        total = sum(weights.values())
+        if not weights or total == 0:
+            raise ValueError("weights must name at least one mode with a non-zero weight")
+        parts = []
+        for name, w in weights.items():
+            scores = getattr(self, name, None) if name in ("dense", "sparse", "colbert") else None
+            if scores is None:
+                raise ValueError(f"no {name!r} scores: encode both sides with {name}=True")
+            parts.append(w * scores)
+        return (np.sum(parts, axis=0) / total).astype(np.float32)
+
+
+def score_pairs(queries: Embeddings, docs: Embeddings) -> PairScores:
+    """Score query i against document i in every mode both sides were encoded with."""
+    if len(queries) != len(docs):
+        raise ValueError(f"{len(queries)} queries for {len(docs)} documents")
+    dense = None
+    if queries.dense is not None and docs.dense is not None:
+        dense = np.einsum("ij,ij->i", queries.dense, docs.dense).astype(np.float32)
+    sparse = None
+    if queries.sparse is not None and docs.sparse is not None:
+        sparse = sparse_pair_scores(queries.sparse, docs.sparse)
+    colbert = None
+    if queries.colbert is not None and docs.colbert is not None:
+        colbert = colbert_pair_scores(queries.colbert, docs.colbert)
+    return PairScores(dense, sparse, colbert)

@@ -1,0 +1,5 @@
+import sys
+
+from flagstone.cli import main
+
+sys.exit(main())

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Create .venv and install Flagstone into it: torch==2.13.0 (CPU) first, then the package with the given
+# extras (e.g. "test"). Idempotent: a stamp keyed by pyproject.toml makes a second run a no-op.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-}"
+python="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+stamp=".venv/.setup-$(sha256sum pyproject.toml | cut -c1-16)-${extras:-base}"
+if [ ! -f "$stamp" ]; then
+  echo "Installing Flagstone${extras:+ [$extras]} into .venv (first run only)..." >&2
+  .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+  .venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras:+[$extras]}"
+  touch "$stamp"
+fi

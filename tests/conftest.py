@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.helpers import SCIFACT, build_tiny_m3
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    from flagstone.models.embedder import Embedder
+
+    return Embedder(show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_m3_dir(tmp_path_factory):
+    return build_tiny_m3(tmp_path_factory.mktemp("tiny-m3"))
+
+
+@pytest.fixture(scope="session")
+def tiny_m3(tiny_m3_dir):
+    from flagstone.models.embedder import Embedder
+
+    return Embedder(str(tiny_m3_dir), show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def scifact_dir():
+    if not (SCIFACT / "corpus.jsonl").is_file():
+        pytest.skip(f"SciFact not found at {SCIFACT} (the shared data folder is absent)")
+    return SCIFACT

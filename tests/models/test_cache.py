@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import numpy as np
+import pytest
+
+from flagstone.models.cache import EmbeddingCache
+from tests.helpers import REPO
+
+TEXTS = [f"document number {i} about topic {i % 7}" for i in range(40)]
+
+
+def _counting(embedder, monkeypatch):
+    calls = []
+    original = embedder.encode
+
+    def wrapped(texts, **kw):
+        calls.append(len(texts))
+        return original(texts, **kw)
+
+    monkeypatch.setattr(embedder, "encode", wrapped)
+    return calls
+
+
+def test_second_call_does_not_reencode(tiny_m3, tmp_path, monkeypatch):
+    cache = EmbeddingCache(tmp_path)
+    calls = _counting(tiny_m3, monkeypatch)
+    first = cache.encode(tiny_m3, TEXTS, dense=True, sparse=True, colbert=True)
+    assert sum(calls) == len(TEXTS)
+    second = EmbeddingCache(tmp_path).encode(tiny_m3, TEXTS[::-1] + ["a new text"], dense=True, sparse=True,
+                                              colbert=True)
+    assert sum(calls) == len(TEXTS) + 1  # only the new text was encoded
+    monkeypatch.undo()
+    fresh = tiny_m3.encode(TEXTS, dense=True, sparse=True, colbert=True)
+    for got in (first, second.take(np.arange(len(TEXTS))[::-1])):
+        assert np.array_equal(got.dense, fresh.dense)
+        assert got.sparse.to_dicts() == fresh.sparse.to_dicts()
+        for i in range(len(TEXTS)):
+            assert np.array_equal(got.colbert[i], fresh.colbert[i])
+
+
+def test_duplicates_and_other_settings(tiny_m3, tmp_path, monkeypatch):
+    cache = EmbeddingCache(tmp_path)
+    calls = _counting(tiny_m3, monkeypatch)
+    out = cache.encode(tiny_m3, ["same", "same", "other"])
+    assert sum(calls) == 2 and np.array_equal(out.dense[0], out.dense[1])
+    cache.encode(tiny_m3, ["same"], sparse=True)  # other outputs: another key, encoded again
+    assert sum(calls) == 3
+
+
+def test_corrupt_shard_is_ignored_and_reencoded(tiny_m3, tmp_path):
+    cache = EmbeddingCache(tmp_path)
+    cache.encode(tiny_m3, TEXTS)
+    (shard,) = list(tmp_path.glob("*/shard-*.npz"))
+    shard.write_bytes(shard.read_bytes()[:100])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again = cache.encode(tiny_m3, TEXTS)
+    assert any("unreadable cache shard" in str(w.message) for w in caught)
+    assert np.array_equal(again.dense, tiny_m3.encode(TEXTS).dense)
+
+
+CHILD = textwrap.dedent("""
+    import sys, time
+    import numpy as np
+    import flagstone.models.cache as cache_module
+    from flagstone.models.embedder import Embedder
+
+    real_savez = np.savez
+    written = [0]
+
+    def slow_savez(handle, **arrays):
+        written[0] += 1
+        if written[0] < 3:
+            return real_savez(handle, **arrays)
+        import io
+        buffer = io.BytesIO()
+        real_savez(buffer, **arrays)
+        data = buffer.getvalue()
+        handle.write(data[: len(data) // 2])
+        handle.flush()
+        print("WRITING", flush=True)
+        time.sleep(120)
+
+    cache_module.np.savez = slow_savez
+    cache_module._SHARD_TEXTS = 8
+    embedder = Embedder(sys.argv[1], show_progress=False)
+    texts = [f"document number {i} about topic {i % 7}" for i in range(40)]
+    cache_module.EmbeddingCache(sys.argv[2]).encode(embedder, texts)
+""")
+
+
+def test_kill_during_write_leaves_no_corrupt_entry(tiny_m3, tiny_m3_dir, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(tiny_m3_dir), str(tmp_path)],
+                             stdout=subprocess.PIPE, env=env, text=True)
+    try:
+        line = child.stdout.readline()
+        assert line.strip() == "WRITING", "the child never reached its third shard"
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    shards = list(tmp_path.glob("*/shard-*.npz"))
+    assert len(shards) == 2  # the half-written third shard never got a final name
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no shard may be unreadable
+        out = EmbeddingCache(tmp_path).encode(tiny_m3, TEXTS)
+    assert np.abs(out.dense - tiny_m3.encode(TEXTS).dense).max() < 1e-6
+
+
+def test_unusable_cache_dir_is_a_clear_error(tmp_path):
+    from flagstone.errors import CacheError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(CacheError, match="cannot create cache directory"):
+        EmbeddingCache(blocker / "sub")

@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from flagstone.errors import InvalidTextError, MissingHeadError, ModelNotFoundError
+from flagstone.models.embedder import Embedder, resolve_model_path
+from flagstone.models.embeddings import Embeddings
+from flagstone.models.presets import PRESETS, find_preset
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Semantic search finds documents by meaning rather than by exact words.",
+    "x",
+    "Zinc supplementation reduces the duration of the common cold in children. " * 40,  # > 256 tokens
+    "Ünïcödé text, emojis 🙂 and numbers 12345 are all encoded.",
+]
+
+
+def test_minilm_equals_sentence_transformers(minilm):
+    st = pytest.importorskip("sentence_transformers")
+    reference = st.SentenceTransformer(str(minilm.path), device="cpu")
+    expected = reference.encode(TEXTS, batch_size=2, convert_to_numpy=True)
+    ours = minilm.encode(TEXTS)
+    assert ours.dense.shape == (len(TEXTS), 384)
+    assert np.abs(ours.dense - expected).max() < 1e-5
+    # result order follows the input, whatever the batch size and length sorting
+    one_by_one = np.stack([minilm.encode([t]).dense[0] for t in TEXTS])
+    assert np.abs(one_by_one - ours.dense).max() < 1e-5
+
+
+def test_bundled_preset_settings(minilm):
+    assert minilm.name == "all-MiniLM-L6-v2"
+    assert minilm.settings.pooling == "mean" and minilm.settings.normalize
+    assert minilm.settings.max_length == 256
+    assert minilm.available_outputs == ("dense",)
+    assert np.allclose(np.linalg.norm(minilm.encode(TEXTS[:2]).dense, axis=1), 1.0, atol=1e-5)
+
+
+def test_one_result_type_whatever_the_flags(tiny_m3):
+    for flags in ({"dense": True}, {"dense": False, "sparse": True}, {"dense": False, "colbert": True},
+                  {"dense": True, "sparse": True, "colbert": True}):
+        out = tiny_m3.encode(TEXTS[:3], **flags)
+        assert isinstance(out, Embeddings)
+        assert len(out) == 3
+        assert set(out.outputs) == {k for k, v in flags.items() if v}
+
+
+def test_query_instruction_is_prepended_to_queries_only(minilm):
+    instructed = Embedder(str(minilm.path), pooling="mean", normalize=True, max_length=256,
+                          query_instruction="query: ", show_progress=False)
+    q = instructed.encode_queries(["zinc and colds"]).dense
+    d = instructed.encode_documents(["zinc and colds"]).dense
+    assert np.abs(q - minilm.encode(["query: zinc and colds"]).dense).max() < 1e-6
+    assert np.abs(d - minilm.encode(["zinc and colds"]).dense).max() < 1e-6
+
+
+def test_presets_know_the_bge_family():
+    for name in ("bge-small-en-v1.5", "bge-base-en-v1.5", "bge-large-en-v1.5", "bge-small-zh-v1.5",
+                 "bge-base-zh-v1.5", "bge-large-zh-v1.5", "bge-m3"):
+        assert name in PRESETS
+    assert find_preset("BAAI/bge-m3").name == "bge-m3"
+    assert find_preset("BAAI/BGE-SMALL-EN-V1.5").pooling == "cls"
+    assert PRESETS["bge-base-en-v1.5"].query_instruction.startswith("Represent this sentence")
+    assert PRESETS["bge-m3"].max_length == 8192
+
+
+def test_folder_settings_come_from_sentence_transformers_files(minilm):
+    plain = Embedder(str(minilm.path), show_progress=False)  # a folder, not the preset name
+    assert plain.settings.pooling == "mean" and plain.settings.normalize and plain.settings.max_length == 256
+
+
+def test_bad_inputs_raise_clear_errors(minilm, tiny_m3):
+    with pytest.raises(InvalidTextError, match="#1 is empty"):
+        minilm.encode(["fine", "   "])
+    with pytest.raises(InvalidTextError, match="not a string"):
+        minilm.encode(["fine", None])
+    with pytest.raises(InvalidTextError, match="single string"):
+        minilm.encode("a string, not a list")
+    with pytest.raises(InvalidTextError, match="no texts"):
+        minilm.encode([])
+    with pytest.raises(InvalidTextError, match="more than max_length=256"):
+        minilm.encode([TEXTS[3]], truncate=False)
+    with pytest.raises(MissingHeadError, match="sparse_linear.pt"):
+        minilm.encode(["text"], sparse=True)
+    with pytest.raises(MissingHeadError, match="colbert_linear.pt"):
+        minilm.encode(["text"], colbert=True)
+    assert minilm.count_truncated(TEXTS) == 1
+
+
+def test_unknown_models_raise_model_not_found(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFoundError, match="unknown model 'no-such-model'"):
+        resolve_model_path("no-such-model")
+    with pytest.raises(ModelNotFoundError, match="no config.json"):
+        resolve_model_path(str(tmp_path))
+    with pytest.raises(ModelNotFoundError, match="could not download"):
+        resolve_model_path("some-org/not-a-real-model-xyz")
+
+
+def test_cache_key_changes_with_settings(minilm, tiny_m3):
+    assert minilm.cache_key(["dense"], False) != minilm.cache_key(["dense"], True) or \
+        not minilm.settings.query_instruction
+    assert minilm.cache_key(["dense"], False) != tiny_m3.cache_key(["dense"], False)
+    assert tiny_m3.cache_key(["dense"], False) != tiny_m3.cache_key(["dense", "sparse"], False)

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from flagstone.cli import COMMANDS, main
+from tests.evaluation.test_beir import make_beir
+from tests.helpers import REPO
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
+    return subprocess.run([sys.executable, "-m", "flagstone", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_help_on_every_command(command):
+    result = run_cli(*([command] if command else []), "--help")
+    assert result.returncode == 0
+    assert "usage: flagstone" in result.stdout and "--help" in result.stdout
+
+
+@pytest.fixture
+def mini(tmp_path):
+    return make_beir(tmp_path / "mini")
+
+
+@pytest.fixture
+def cache_args(tmp_path):
+    return ["--cache-dir", str(tmp_path / "cache"), "--quiet"]
+
+
+def test_eval_prints_a_table_and_writes_json_and_runs(mini, tmp_path, capsys, cache_args):
+    out_json, run_dir = tmp_path / "m.json", tmp_path / "runs"
+    assert main(["eval", str(mini), "--k", "1", "10", "--output", str(out_json), "--run-dir", str(run_dir),
+                 *cache_args]) == 0
+    printed = capsys.readouterr().out
+    assert "| dense |" in printed and "| bm25 |" in printed and "| hybrid |" in printed
+    saved = json.loads(out_json.read_text())
+    assert set(saved["modes"]) == {"dense", "bm25", "hybrid"}
+    assert saved["modes"]["bm25"]["metrics"]["ndcg@10"] == 1.0
+    lines = (run_dir / "mini.dense.trec").read_text().splitlines()
+    assert lines[0].split()[1:4:2] == ["Q0", "1"] and len(lines) == 2 * 3
+    # the second evaluation reads document embeddings from the cache
+    shards = list((tmp_path / "cache").rglob("shard-*.npz"))
+    assert len(shards) == 1
+    assert main(["eval", str(mini), "--modes", "dense", *cache_args]) == 0
+    assert list((tmp_path / "cache").rglob("shard-*.npz")) == shards
+
+
+def test_search_and_encode(mini, tmp_path, capsys, cache_args):
+    assert main(["search", str(mini), "-q", "neutron stars", "--mode", "bm25", "-k", "2", "--json",
+                 *cache_args]) == 0
+    row = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert row["hits"][0]["id"] == "d3" and "bm25" in row["hits"][0]
+    texts = tmp_path / "texts.txt"
+    texts.write_text("first text\n\nsecond text\n")
+    out = tmp_path / "emb.npz"
+    assert main(["encode", str(texts), "-o", str(out), "--quiet"]) == 0
+    with np.load(out) as data:
+        assert data["dense"].shape == (2, 384) and list(data["ids"]) == ["1", "3"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["eval", "{tmp}/nowhere"], "data set folder not found"),
+    (["search", "{tmp}/missing.jsonl", "-q", "x"], "input file not found"),
+    (["search", "{tmp}/bad.jsonl", "-q", "x"], "bad.jsonl:2: malformed JSON"),
+    (["search", "{tmp}/empty.txt", "-q", "x"], "no texts found"),
+    (["search", "{tmp}/ok.txt", "-q", "x", "--model", "no-such-model"], "unknown model 'no-such-model'"),
+    (["search", "{tmp}/ok.txt", "-q", "  ", "--mode", "bm25"], "text #0 is empty"),
+    (["search", "{tmp}/ok.txt", "-q", "x", "--mode", "sparse"], "cannot produce sparse"),
+    (["search", "{tmp}/ok.txt", "-q", "x", "--weights", "dense"], "bad --weights entry"),
+    (["encode", "{tmp}/ok.txt", "-o", "{tmp}/o.npz", "--colbert"], "no ColBERT head"),
+    (["eval", "{tmp}/unknown-ids"], "document ids are not in corpus.jsonl"),
+])
+def test_user_mistakes_print_one_line_without_traceback(tmp_path, args, message):
+    (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"text": oops}\n')
+    (tmp_path / "empty.txt").write_text("\n\n")
+    (tmp_path / "ok.txt").write_text("one document\nanother document\n")
+    make_beir(tmp_path / "unknown-ids", qrels="q1\tnope\t1\n")
+    result = run_cli(*[a.format(tmp=tmp_path) for a in args], "--quiet")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("flagstone: error:") and message in last
+
+
+def test_bad_numbers_are_argument_errors(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["search", "x", "-q", "y", "-k", "0"])
+    assert exc.value.code == 2
+    assert "-k must be at least 1" in capsys.readouterr().err

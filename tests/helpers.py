@@ -47,18 +47,23 @@ def build_tiny_m3(folder: Path, *, hidden: int = 32, colbert_dim: int | None = N
     return folder
 
 
-def load_flagembedding_m3():
-    """FlagEmbedding's M3Embedder (BGEM3FlagModel) without running its package __init__, which imports
-    decoder-only rerankers that do not import under transformers 5."""
+def load_flagembedding(module: str, name: str):
+    """A class from FlagEmbedding without running its package __init__, which imports decoder-only
+    rerankers that do not import under transformers 5. None when FlagEmbedding is not installed."""
+    import importlib
+
     spec = importlib.util.find_spec("FlagEmbedding")
     if spec is None:
         return None
     root = next(iter(spec.submodule_search_locations))
-    for name, sub in (("FlagEmbedding", ""), ("FlagEmbedding.inference", "/inference")):
-        if name not in sys.modules:
-            module = types.ModuleType(name)
-            module.__path__ = [root + sub]
-            sys.modules[name] = module
-    from FlagEmbedding.inference.embedder.encoder_only.m3 import M3Embedder
+    for pkg, sub in (("FlagEmbedding", ""), ("FlagEmbedding.inference", "/inference")):
+        if pkg not in sys.modules:
+            stub = types.ModuleType(pkg)
+            stub.__path__ = [root + sub]
+            sys.modules[pkg] = stub
+    return getattr(importlib.import_module(f"FlagEmbedding.{module}"), name)
 
-    return M3Embedder
+
+def load_flagembedding_m3():
+    """FlagEmbedding's M3Embedder, the class behind BGEM3FlagModel."""
+    return load_flagembedding("inference.embedder.encoder_only.m3", "M3Embedder")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 import uuid
 import warnings
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from flagstone.models.embedder import Embedder
 from flagstone.models.embeddings import Embeddings
 
 _SHARD_TEXTS = 512  # texts encoded and written per shard: what an interruption can lose at most
+_STALE_SECONDS = 3600  # age after which a temporary file is known to belong to a dead writer
 
 
 def default_cache_dir() -> Path:
@@ -94,6 +96,12 @@ class EmbeddingCache:
         known: dict[bytes, tuple[Embeddings, int]] = {}
         if not folder.is_dir():
             return known
+        for stale in folder.glob(".tmp-*"):  # left by a killed writer; a live writer renames within seconds
+            try:
+                if time.time() - stale.stat().st_mtime > _STALE_SECONDS:
+                    stale.unlink()
+            except FileNotFoundError:
+                pass
         for shard in sorted(folder.glob("shard-*.npz")):
             try:
                 with np.load(shard) as data:

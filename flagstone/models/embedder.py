@@ -42,8 +42,7 @@ def resolve_model_path(model: str) -> tuple[Path, ModelPreset | None]:
     """Map a folder, preset name or hub name to a local folder (downloading a hub model if allowed)."""
     path = Path(model).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ModelNotFoundError(f"{path} is a folder but has no config.json: not a Hugging Face model folder")
+        _transformer_folder(path)  # fail early on a folder that holds no model
         return path, None
     preset = find_preset(model)
     if preset is not None:
@@ -68,6 +67,20 @@ def resolve_model_path(model: str) -> tuple[Path, ModelPreset | None]:
     return Path(folder), preset
 
 
+def _transformer_folder(path: Path) -> Path:
+    """The folder holding config.json: the model folder itself, or the sentence-transformers module
+    folder that modules.json names for its Transformer (some models keep it in ``0_Transformer/``)."""
+    if (path / "config.json").is_file():
+        return path
+    modules_file = path / "modules.json"
+    if modules_file.is_file():
+        for module in json.loads(modules_file.read_text()):
+            sub = path / module.get("path", "")
+            if module.get("type", "").endswith("Transformer") and (sub / "config.json").is_file():
+                return sub
+    raise ModelNotFoundError(f"{path} is a folder but has no config.json: not a Hugging Face model folder")
+
+
 def _sentence_transformers_settings(folder: Path) -> dict[str, object]:
     """Pooling, normalisation and max length declared by a sentence-transformers folder, if any."""
     found: dict[str, object] = {}
@@ -88,6 +101,8 @@ def _sentence_transformers_settings(folder: Path) -> dict[str, object]:
                     elif cfg.get("pooling_mode_mean_tokens"):
                         found["pooling"] = "mean"
     sbert_cfg = folder / "sentence_bert_config.json"
+    if not sbert_cfg.is_file():
+        sbert_cfg = _transformer_folder(folder) / "sentence_bert_config.json"
     if sbert_cfg.is_file():
         max_len = json.loads(sbert_cfg.read_text()).get("max_seq_length")
         if max_len:
@@ -130,9 +145,10 @@ class Embedder:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
-        self.path, preset = resolve_model_path(model)
+        root, preset = resolve_model_path(model)
+        self.path = _transformer_folder(root)  # config, weights and M3 heads live here
         self.name = preset.name if preset is not None else str(model)
-        declared = _sentence_transformers_settings(self.path)
+        declared = _sentence_transformers_settings(root)
         pooling = pooling or (preset.pooling if preset else None) or declared.get("pooling") or "cls"
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")

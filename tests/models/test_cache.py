@@ -123,3 +123,15 @@ def test_unusable_cache_dir_is_a_clear_error(tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(CacheError, match="cannot create cache directory"):
         EmbeddingCache(blocker / "sub")
+
+
+def test_stale_temporary_files_are_removed(tiny_m3, tmp_path):
+    cache = EmbeddingCache(tmp_path)
+    cache.encode(tiny_m3, TEXTS[:2])
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    stale, fresh = folder / ".tmp-dead", folder / ".tmp-live"
+    stale.write_bytes(b"partial")
+    fresh.write_bytes(b"partial")
+    os.utime(stale, (0, 0))
+    cache.encode(tiny_m3, TEXTS[:2])
+    assert not stale.exists() and fresh.exists()

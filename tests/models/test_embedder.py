@@ -103,3 +103,19 @@ def test_cache_key_changes_with_settings(minilm, tiny_m3):
         not minilm.settings.query_instruction
     assert minilm.cache_key(["dense"], False) != tiny_m3.cache_key(["dense"], False)
     assert tiny_m3.cache_key(["dense"], False) != tiny_m3.cache_key(["dense", "sparse"], False)
+
+
+def test_sentence_transformers_folder_with_transformer_subfolder(minilm, tmp_path):
+    import json
+    import shutil
+
+    root = tmp_path / "st-model"
+    shutil.copytree(minilm.path, root / "0_Transformer")
+    shutil.move(str(root / "0_Transformer" / "1_Pooling"), root / "1_Pooling")
+    shutil.move(str(root / "0_Transformer" / "modules.json"), root / "modules.json")
+    modules = json.loads((root / "modules.json").read_text())
+    modules[0]["path"] = "0_Transformer"
+    (root / "modules.json").write_text(json.dumps(modules))
+    nested = Embedder(str(root), show_progress=False)
+    assert nested.path == root / "0_Transformer" and nested.settings.pooling == "mean"
+    assert np.abs(nested.encode(TEXTS[:2]).dense - minilm.encode(TEXTS[:2]).dense).max() < 1e-6

@@ -13,20 +13,16 @@ Writes benchmarks/results/encode.json and encode.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from _common import SHARED_DATA, save_results
 
-RESULTS = REPO / "benchmarks" / "results"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 MAX_LENGTH = 256
 BATCH = 32
 
@@ -34,13 +30,14 @@ BATCH = 32
 def load_docs(n: int) -> list[str]:
     from flagstone.evaluation.beir import load_corpus
 
-    _, texts = load_corpus(REPO.parent / "shared" / "data" / "beir" / "scifact" / "corpus.jsonl")
+    _, texts = load_corpus(SHARED_DATA / "beir" / "scifact" / "corpus.jsonl")
     return texts[:n]
 
 
 def sgemm_gflops(threads: int) -> float:
     """fp32 matrix-multiply rate at a shape like the model's FFN (8192 x 384 x 1536)."""
     import torch
+
 
     torch.set_num_threads(threads)
     a, b = torch.randn(8192, 384), torch.randn(384, 1536)
@@ -68,7 +65,6 @@ def main() -> int:
     parser.add_argument("--skip-bf16", action="store_true")
     args = parser.parse_args()
 
-    import torch
     from sentence_transformers import SentenceTransformer
 
     from flagstone.models.embedder import Embedder
@@ -144,8 +140,6 @@ def main() -> int:
         cos = np.sum(full["flagstone_bf16"] * full["flagstone"], axis=1)
         out["flagstone_bf16_min_cosine_to_fp32"] = float(cos.min())
 
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "encode.json").write_text(json.dumps(out, indent=2))
     rows = ["| encoder | docs/s | tokens/s | vs faster peer | achieved GFLOP/s | % of sgemm |", "|---|---|---|---|---|---|"]
     for name, s in seconds.items():
         achieved = out["achieved_gflops"][name]
@@ -157,9 +151,7 @@ def main() -> int:
                 f"{per_token / 1e6:.1f} MFLOP/token. Max |flagstone - peer| = {out['max_abs_diff']:.1e}"
                 + (f"; bf16 max |diff| vs fp32 = {out['flagstone_bf16_max_abs_diff']:.1e}, min cosine "
                    f"{out['flagstone_bf16_min_cosine_to_fp32']:.5f}" if "flagstone_bf16" in full else ""))
-    table = "\n".join(rows)
-    (RESULTS / "encode.md").write_text(table + "\n")
-    print(table)
+    save_results("encode", "\n".join(rows), encode=out)
     return 0
 
 

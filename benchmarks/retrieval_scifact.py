@@ -12,26 +12,25 @@ the first run encodes the corpus (about 4 minutes on 2 cores).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from _common import SHARED_DATA, save_results
 from flagstone.evaluation.beir import load_beir, load_qrels
 from flagstone.evaluation.metrics import evaluate_run
 from flagstone.models.cache import EmbeddingCache
 from flagstone.models.embedder import Embedder
 from flagstone.retrieval.retriever import HybridConfig, Retriever
 
-RESULTS = Path(__file__).parent / "results"
 GRID = [round(w, 2) for w in np.arange(0.0, 1.01, 0.1)]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[1] / "../shared/data/beir/scifact"))
+    parser.add_argument("--data", default=str(SHARED_DATA / "beir" / "scifact"))
     args = parser.parse_args()
     if not Path(args.data).is_dir():
         print(f"SciFact not found at {args.data}", file=sys.stderr)
@@ -73,9 +72,6 @@ def main() -> int:
         "bm25": retriever.bm25.config() | {"tokenizer": "lowercase, \\w\\w+, English stop words, Snowball stemmer"},
         "search_seconds_300_queries": timings,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "retrieval_scifact.json").write_text(json.dumps(results, indent=2))
-    (RESULTS / "retrieval_scifact_details.json").write_text(json.dumps(details, indent=2))
     lines = ["| mode | nDCG@10 | Recall@100 | MRR@10 |", "|---|---|---|---|"]
     for mode, m in results.items():
         lines.append(f"| {mode} | {m['ndcg@10']:.4f} | {m['recall@100']:.4f} | {m['mrr@10']:.4f} |")
@@ -83,9 +79,8 @@ def main() -> int:
     lines.append(f"hybrid = {chosen.method} fusion, dense {best['dense_weight']} + BM25 "
                  f"{round(1 - best['dense_weight'], 2)}, min-max normalised; chosen on train "
                  f"(train nDCG@10 {best['train_ndcg@10']:.4f})")
-    table = "\n".join(lines)
-    (RESULTS / "retrieval_scifact.md").write_text(table + "\n")
-    print(table)
+    save_results("retrieval_scifact", "\n".join(lines), retrieval_scifact=results,
+                 retrieval_scifact_details=details)
     return 0
 
 

@@ -48,8 +48,12 @@ def require_file(path: str | os.PathLike[str], what: str = "file") -> Path:
 def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, object) for each non-blank line; malformed lines raise DataError with file:line."""
     p = require_file(path, "JSONL file")
-    with p.open("r", encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
+    with p.open("rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DataError(f"{p}:{line_no}: not valid UTF-8") from None
             if not line.strip():
                 continue
             try:
@@ -59,3 +63,12 @@ def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, An
             if not isinstance(obj, dict):
                 raise DataError(f"{p}:{line_no}: expected a JSON object, got {type(obj).__name__}")
             yield line_no, obj
+
+
+def read_text(path: str | os.PathLike[str], what: str = "file") -> str:
+    """A whole UTF-8 text file, with DataError for a missing file or another encoding."""
+    p = require_file(path, what)
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{p}: not valid UTF-8 (byte {exc.start})") from None

@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparse", action="store_true", help="also output sparse lexical weights (needs M3 heads)")
     p.add_argument("--colbert", action="store_true", help="also output ColBERT vectors (needs M3 heads)")
     p.add_argument("--no-dense", action="store_true", help="skip the dense vectors")
+    p.add_argument("--no-truncate", action="store_true",
+                   help="fail on texts longer than the max length instead of truncating them")
     _add_model_options(p)
 
     p = sub.add_parser("search", help="search a corpus (BEIR folder, JSONL or text file) with any mode",
@@ -142,7 +144,7 @@ def _retriever(args: argparse.Namespace, modes: Sequence[str] | None = None):
 
 def _read_texts(path: str) -> tuple[list[str], list[str]]:
     """(ids, texts) from a BEIR folder, a JSONL file or a plain text file."""
-    from flagstone._io import iter_jsonl, require_file
+    from flagstone._io import iter_jsonl, read_text, require_file
     from flagstone.evaluation.beir import load_corpus
 
     p = Path(path)
@@ -161,7 +163,7 @@ def _read_texts(path: str) -> tuple[list[str], list[str]]:
         if len(set(ids)) != len(ids):
             raise DataError(f"{p}: document ids are not unique")
     else:
-        lines = p.read_text(encoding="utf-8").splitlines()
+        lines = read_text(p, "input file").splitlines()
         ids = [str(i) for i, line in enumerate(lines, 1) if line.strip()]
         texts = [line for line in lines if line.strip()]
     if not texts:
@@ -191,14 +193,16 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
     from flagstone._io import atomic_write
 
+    if Path(args.output).is_dir():
+        raise DataError(f"output {args.output} is a folder; give a file name such as vectors.npz")
     ids, texts = _read_texts(args.input)
     embedder = _embedder(args)
     truncated = embedder.count_truncated(texts)
-    if truncated:
+    if truncated and not args.no_truncate:
         print(f"note: {truncated} of {len(texts)} texts exceed {embedder.settings.max_length} tokens and are "
               "truncated", file=sys.stderr)
     emb = embedder.encode(texts, dense=not args.no_dense, sparse=args.sparse, colbert=args.colbert,
-                          is_query=args.queries)
+                          is_query=args.queries, truncate=not args.no_truncate)
     arrays = emb.to_arrays()
     arrays["ids"] = np.asarray(ids)
     with atomic_write(args.output, "wb") as handle:
@@ -298,6 +302,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except (FlagstoneError, ValueError) as exc:
         print(f"flagstone: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # permissions, full disk, a folder where a file was expected
+        print(f"flagstone: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("flagstone: interrupted", file=sys.stderr)

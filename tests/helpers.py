@@ -50,8 +50,6 @@ def build_tiny_m3(folder: Path, *, hidden: int = 32, colbert_dim: int | None = N
 def load_flagembedding(module: str, name: str):
     """A class from FlagEmbedding without running its package __init__, which imports decoder-only
     rerankers that do not import under transformers 5. None when FlagEmbedding is not installed."""
-    import importlib
-
     spec = importlib.util.find_spec("FlagEmbedding")
     if spec is None:
         return None

@@ -78,12 +78,20 @@ def test_search_and_encode(mini, tmp_path, capsys, cache_args):
     (["search", "{tmp}/ok.txt", "-q", "x", "--weights", "dense"], "bad --weights entry"),
     (["encode", "{tmp}/ok.txt", "-o", "{tmp}/o.npz", "--colbert"], "no ColBERT head"),
     (["eval", "{tmp}/unknown-ids"], "document ids are not in corpus.jsonl"),
+    (["search", "{tmp}/latin1.txt", "-q", "x", "--mode", "bm25"], "latin1.txt: not valid UTF-8"),
+    (["search", "{tmp}/latin1.jsonl", "-q", "x", "--mode", "bm25"], "latin1.jsonl:2: not valid UTF-8"),
+    (["encode", "{tmp}/long.txt", "-o", "{tmp}/o.npz", "--no-truncate"], "text #1 has"),
+    (["encode", "{tmp}/ok.txt", "-o", "{tmp}"], "is a folder"),
+    (["search", "{tmp}", "-q", "x"], "JSONL file not found"),
 ])
 def test_user_mistakes_print_one_line_without_traceback(tmp_path, args, message):
     (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"text": oops}\n')
     (tmp_path / "empty.txt").write_text("\n\n")
     (tmp_path / "ok.txt").write_text("one document\nanother document\n")
     make_beir(tmp_path / "unknown-ids", qrels="q1\tnope\t1\n")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"text": "ok"}\n' + '{"text": "caf\xe9"}\n'.encode("latin-1"))
+    (tmp_path / "long.txt").write_text("short text\n" + "many words " * 400 + "\n")
     result = run_cli(*[a.format(tmp=tmp_path) for a in args], "--quiet")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
@@ -96,3 +104,14 @@ def test_bad_numbers_are_argument_errors(capsys):
         main(["search", "x", "-q", "y", "-k", "0"])
     assert exc.value.code == 2
     assert "-k must be at least 1" in capsys.readouterr().err
+
+
+def test_eval_every_mode_with_an_m3_model(mini, tiny_m3_dir, tmp_path, capsys, cache_args):
+    out_json = tmp_path / "m3.json"
+    assert main(["eval", str(mini), "--model", str(tiny_m3_dir), "--k", "10", "--output", str(out_json),
+                 *cache_args]) == 0
+    saved = json.loads(out_json.read_text())
+    assert list(saved["modes"]) == ["dense", "sparse", "colbert", "bm25", "hybrid"]
+    assert saved["settings"]["hybrid"]["weights"] == {"dense": 0.4, "sparse": 0.2, "colbert": 0.4}
+    for mode in saved["modes"].values():
+        assert 0.0 <= mode["metrics"]["ndcg@10"] <= 1.0

@@ -33,6 +33,11 @@ def top_k(scores: np.ndarray, k: int) -> SearchResult:
     return SearchResult(positions, np.take_along_axis(part_scores, order, axis=1).astype(np.float32))
 
 
+def stack_results(parts: Sequence[SearchResult]) -> SearchResult:
+    """Concatenate the results of consecutive query blocks."""
+    return SearchResult(np.concatenate([p.positions for p in parts]), np.concatenate([p.scores for p in parts]))
+
+
 class IdMap:
     """Maps external string ids to row positions; refuses duplicates."""
 

@@ -5,7 +5,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from flagstone.index.base import IdMap, SearchResult, top_k
+from flagstone.index.base import IdMap, SearchResult, stack_results, top_k
 from flagstone.retrieval.scoring import dense_scores
 
 _QUERY_BLOCK = 256  # queries scored per matmul: bounds the (queries x docs) score block in memory
@@ -43,12 +43,8 @@ class FlatIndex:
     def search(self, queries: np.ndarray, k: int) -> SearchResult:
         parts = [top_k(dense_scores(queries[s : s + _QUERY_BLOCK], self.vectors), k)
                  for s in range(0, len(queries), _QUERY_BLOCK)]
-        return _stack(parts)
+        return stack_results(parts)
 
     def rescore(self, queries: np.ndarray, positions: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Exact scores of given candidate rows, one array per query."""
         return [self.vectors[p] @ q for q, p in zip(np.asarray(queries, np.float32), positions)]
-
-
-def _stack(parts: list[SearchResult]) -> SearchResult:
-    return SearchResult(np.concatenate([p.positions for p in parts]), np.concatenate([p.scores for p in parts]))

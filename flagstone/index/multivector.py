@@ -5,8 +5,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from flagstone.index.base import IdMap, SearchResult, top_k
-from flagstone.index.flat import _stack
+from flagstone.index.base import IdMap, SearchResult, stack_results, top_k
 from flagstone.models.embeddings import MultiVectors
 from flagstone.retrieval.scoring import colbert_scores
 
@@ -41,7 +40,7 @@ class MultiVectorIndex:
 
     def search(self, queries: MultiVectors, k: int) -> SearchResult:
         parts = [top_k(colbert_scores(queries.take([i]), self.docs), k) for i in range(len(queries))]
-        return _stack(parts) if parts else top_k(np.zeros((0, len(self)), np.float32), k)
+        return stack_results(parts) if parts else top_k(np.zeros((0, len(self)), np.float32), k)
 
     def rescore(self, queries: MultiVectors, positions: Sequence[np.ndarray]) -> list[np.ndarray]:
         docs = self.docs

@@ -5,8 +5,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from flagstone.index.base import IdMap, SearchResult, top_k
-from flagstone.index.flat import _stack
+from flagstone.index.base import IdMap, SearchResult, stack_results, top_k
 from flagstone.models.embeddings import SparseWeights
 
 _QUERY_BLOCK = 256
@@ -49,7 +48,7 @@ class SparseIndex:
         for s in range(0, q.shape[0], _QUERY_BLOCK):
             scores = np.asarray((q[s : s + _QUERY_BLOCK] @ self.postings).todense(), dtype=np.float32)
             parts.append(top_k(scores, k))
-        return _stack(parts) if parts else top_k(np.zeros((0, len(self)), np.float32), k)
+        return stack_results(parts) if parts else top_k(np.zeros((0, len(self)), np.float32), k)
 
     def rescore(self, queries: SparseWeights, positions: Sequence[np.ndarray]) -> list[np.ndarray]:
         q = queries.to_scipy()

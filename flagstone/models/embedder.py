@@ -58,13 +58,24 @@ def resolve_model_path(model: str) -> tuple[Path, ModelPreset | None]:
             f"unknown model {model!r}: not a folder, not a hub name (org/name), not a preset ({known})"
         )
     try:
-        from huggingface_hub import snapshot_download
-
-        folder = snapshot_download(hub_id)
+        folder = _download(hub_id)
     except Exception as exc:  # the hub client raises many types; all mean "could not get it"
         hint = " (offline? set HF_HUB_OFFLINE=0 or pass a local folder)" if "offline" in str(exc).lower() else ""
         raise ModelNotFoundError(f"could not download {hub_id!r}: {type(exc).__name__}{hint}") from None
     return Path(folder), preset
+
+
+def _download(hub_id: str) -> str:
+    """Fetch only what encoding needs: configs, tokenizer, one weight format, M3 heads (not ONNX copies)."""
+    from huggingface_hub import list_repo_files, snapshot_download
+    from huggingface_hub.constants import HF_HUB_OFFLINE
+
+    if HF_HUB_OFFLINE:
+        return snapshot_download(hub_id)  # the cached copy, or an error naming offline mode
+    files = list_repo_files(hub_id)
+    weights = "*.safetensors" if any(f.endswith(".safetensors") for f in files) else "*.bin"
+    return snapshot_download(hub_id, allow_patterns=["*.json", "*.txt", "*.model", "*.pt", weights],
+                             ignore_patterns=["onnx/*", "openvino/*", "*.onnx*"])
 
 
 def _transformer_folder(path: Path) -> Path:
@@ -163,6 +174,7 @@ class Embedder:
 
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # an encoder loaded without its unused pooler is expected
+        hf_logging.disable_progress_bar()  # loading a small encoder needs no bar of its own
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(self.path))
             self.model = AutoModel.from_pretrained(str(self.path), dtype=getattr(torch, dtype))
@@ -170,6 +182,7 @@ class Embedder:
             raise ModelNotFoundError(f"could not load model from {self.path}: {exc}") from None
         finally:
             hf_logging.set_verbosity(verbosity)
+            hf_logging.enable_progress_bar()
         self.model.eval().to(device)
         model_limit = int(getattr(self.model.config, "max_position_embeddings", 512) or 512)
         if self.model.config.model_type in ("xlm-roberta", "roberta", "camembert"):
@@ -228,6 +241,15 @@ class Embedder:
     @property
     def available_outputs(self) -> tuple[str, ...]:
         return ("dense",) + (("sparse",) if self.has_sparse else ()) + (("colbert",) if self.has_colbert else ())
+
+    def lexical_tokens(self, weights: dict[int, float]) -> dict[str, float]:
+        """One text's sparse weights keyed by decoded token text (for reading and debugging); tokens that
+        decode to the same text keep the larger weight."""
+        out: dict[str, float] = {}
+        for token_id, w in weights.items():
+            text = self.tokenizer.decode([int(token_id)])
+            out[text] = max(w, out.get(text, w))
+        return out
 
     def cache_key(self, outputs: Sequence[str], is_query: bool) -> str:
         """A key for everything that determines the vectors of a text (not the text itself)."""

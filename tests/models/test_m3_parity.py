@@ -35,6 +35,11 @@ def test_outputs_equal_flagembedding(reference, tiny_m3):
     assert tiny_m3.has_sparse and tiny_m3.has_colbert
     ref, ours = _encode_both(reference, tiny_m3, QUERIES + DOCS, is_query=False)
     assert np.abs(ref["dense_vecs"] - ours.dense).max() < 1e-5
+    for i in range(len(ref["lexical_weights"])):
+        mine = tiny_m3.lexical_tokens(ours.sparse.row(i))
+        theirs = reference.convert_id_to_token(ref["lexical_weights"][i])
+        assert set(mine) == set(theirs)
+        assert all(mine[t] >= float(w) - 1e-6 for t, w in theirs.items())
     for i, ref_weights in enumerate(ref["lexical_weights"]):
         mine = ours.sparse.row(i)
         assert set(mine) == {int(t) for t in ref_weights}

@@ -19,18 +19,29 @@ def sparse_scores(queries: SparseWeights, docs: SparseWeights) -> np.ndarray:
     return np.asarray((queries.to_scipy() @ docs.to_scipy().T).todense(), dtype=np.float32)
 
 
+_COLBERT_BLOCK_TOKENS = 262_144  # document tokens scored at once: bounds the (query tokens x block) matrix
+
+
 def colbert_scores(queries: MultiVectors, docs: MultiVectors) -> np.ndarray:
     """Mean over query tokens of the best dot product with any document token, (queries, docs)."""
     out = np.zeros((len(queries), len(docs)), dtype=np.float32)
-    starts = docs.offsets[:-1]
-    nonempty = docs.lengths > 0
-    for qi in range(len(queries)):
-        q = queries[qi]
-        if len(q) == 0 or not nonempty.any():
+    lengths = docs.lengths
+    # split the documents into blocks of about _COLBERT_BLOCK_TOKENS tokens (whole documents only)
+    cuts = np.searchsorted(docs.offsets, np.arange(0, docs.offsets[-1], _COLBERT_BLOCK_TOKENS), side="right") - 1
+    bounds = np.unique(np.concatenate([cuts, [len(docs)]]))
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        nonempty = np.flatnonzero(lengths[lo:hi] > 0) + lo
+        if len(nonempty) == 0:
             continue
-        token_scores = q @ docs.vectors.T  # (query tokens, all doc tokens)
-        best = np.maximum.reduceat(token_scores, starts[nonempty], axis=1)
-        out[qi, nonempty] = best.sum(axis=0) / len(q)
+        base = docs.offsets[lo]
+        block = docs.vectors[base : docs.offsets[hi]]
+        starts = docs.offsets[nonempty] - base
+        for qi in range(len(queries)):
+            q = queries[qi]
+            if len(q) == 0:
+                continue
+            token_scores = q @ block.T  # (query tokens, block tokens)
+            out[qi, nonempty] = np.maximum.reduceat(token_scores, starts, axis=1).sum(axis=0) / len(q)
     return out
 
 

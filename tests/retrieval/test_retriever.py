@@ -95,3 +95,17 @@ def test_bm25_only_retriever_needs_no_model():
     r = Retriever(None).fit(list(DOCS), list(DOCS.values()))
     assert r.modes == ("bm25",)
     assert r.search(["neutron stars"], mode="bm25", k=1).ids == [["stars"]]
+
+
+def test_colbert_scores_are_the_same_in_small_blocks(monkeypatch):
+    import flagstone.retrieval.scoring as scoring
+    from flagstone.models.embeddings import MultiVectors
+
+    rng = np.random.default_rng(0)
+    docs = MultiVectors.from_list([rng.normal(size=(n, 8)).astype(np.float32) for n in (5, 0, 3, 9, 1, 0, 4)], 8)
+    queries = MultiVectors.from_list([rng.normal(size=(n, 8)).astype(np.float32) for n in (2, 4, 0)], 8)
+    expected = np.array([[(q @ docs[j].T).max(axis=1).mean() if len(q) and len(docs[j]) else 0.0
+                          for j in range(len(docs))] for q in (queries[i] for i in range(len(queries)))])
+    assert np.allclose(scoring.colbert_scores(queries, docs), expected, atol=1e-5)
+    monkeypatch.setattr(scoring, "_COLBERT_BLOCK_TOKENS", 4)
+    assert np.allclose(scoring.colbert_scores(queries, docs), expected, atol=1e-5)

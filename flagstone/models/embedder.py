@@ -172,7 +172,7 @@ class Embedder:
 
         from transformers.utils import logging as hf_logging
 
-        verbosity = hf_logging.get_verbosity()
+        verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
         hf_logging.set_verbosity_error()  # an encoder loaded without its unused pooler is expected
         hf_logging.disable_progress_bar()  # loading a small encoder needs no bar of its own
         try:
@@ -182,19 +182,21 @@ class Embedder:
             raise ModelNotFoundError(f"could not load model from {self.path}: {exc}") from None
         finally:
             hf_logging.set_verbosity(verbosity)
-            hf_logging.enable_progress_bar()
+            if bars:
+                hf_logging.enable_progress_bar()
         self.model.eval().to(device)
         model_limit = int(getattr(self.model.config, "max_position_embeddings", 512) or 512)
         if self.model.config.model_type in ("xlm-roberta", "roberta", "camembert"):
             model_limit -= 2  # RoBERTa-style position ids start after the padding index
         if max_length is None:
             max_length = (preset.max_length if preset else None) or int(declared.get("max_length", 0)) or 512
+        if query_instruction is None:
+            query_instruction = preset.query_instruction if preset else ""
         self.settings = EmbedderSettings(
             pooling=pooling,
             normalize=bool(normalize),
             max_length=min(int(max_length), model_limit),
-            query_instruction=(preset.query_instruction if preset else "") if query_instruction is None
-            else query_instruction,
+            query_instruction=query_instruction,
             dtype=dtype,
         )
         self.batch_size = batch_size

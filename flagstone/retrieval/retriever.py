@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from flagstone.errors import FlagstoneError, InvalidTextError
+from flagstone.errors import FlagstoneError, InvalidTextError, MissingHeadError
 from flagstone.index.base import SearchResult
 from flagstone.index.flat import FlatIndex
 from flagstone.index.multivector import MultiVectorIndex
@@ -96,8 +96,6 @@ class Retriever:
         if embedder is not None:
             missing = [s for s in needs_model if s not in embedder.available_outputs]
             if missing:
-                from flagstone.errors import MissingHeadError
-
                 raise MissingHeadError(
                     f"model {embedder.name!r} cannot produce {', '.join(missing)} (it has "
                     f"{', '.join(embedder.available_outputs)}); drop those signals or use a model with M3 heads")

@@ -17,6 +17,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default=None, help="embedding model (default: the bundled all-MiniLM-L6-v2)")
     g.add_argument("--max-length", type=int, default=None, help="max tokens per text (default: the model's)")
     g.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: 32)")
+    g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="compute type; bfloat16 is about 2x faster on CPUs with AVX-512 BF16, vectors differ "
+                        "slightly (default: float32)")
     g.add_argument("--cache-dir", default=None,
                    help="embedding cache folder (default: $FLAGSTONE_CACHE or ~/.cache/flagstone)")
     g.add_argument("--no-cache", action="store_true", help="always re-encode documents")
@@ -101,7 +104,7 @@ def _embedder(args: argparse.Namespace):
     from flagstone.models.presets import DEFAULT_MODEL
 
     return Embedder(args.model or DEFAULT_MODEL, max_length=args.max_length, batch_size=args.batch_size,
-                    show_progress=not args.quiet)
+                    dtype=args.dtype, show_progress=not args.quiet)
 
 
 def _cache(args: argparse.Namespace):

@@ -115,3 +115,16 @@ def test_eval_every_mode_with_an_m3_model(mini, tiny_m3_dir, tmp_path, capsys, c
     assert saved["settings"]["hybrid"]["weights"] == {"dense": 0.4, "sparse": 0.2, "colbert": 0.4}
     for mode in saved["modes"].values():
         assert 0.0 <= mode["metrics"]["ndcg@10"] <= 1.0
+
+
+def test_encode_in_bfloat16_stays_close_to_float32(tmp_path):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("zinc shortens colds\nneutron stars are dense\n")
+    outputs = {}
+    for dtype in ("float32", "bfloat16"):
+        outputs[dtype] = tmp_path / f"{dtype}.npz"
+        assert main(["encode", str(texts), "-o", str(outputs[dtype]), "--dtype", dtype, "--quiet"]) == 0
+    with np.load(outputs["float32"]) as full, np.load(outputs["bfloat16"]) as half:
+        cosine = np.sum(full["dense"] * half["dense"], axis=1)
+        assert full["dense"].dtype == half["dense"].dtype == np.float32
+        assert cosine.min() > 0.99

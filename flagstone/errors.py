@@ -28,3 +28,11 @@ class CacheError(FlagstoneError):
 
 class MissingDependencyError(FlagstoneError):
     """An optional extra needed for this feature is not installed."""
+
+
+class IdError(FlagstoneError):
+    """A document id is duplicated, empty, or not in the index."""
+
+
+class VectorError(FlagstoneError):
+    """Vectors have the wrong shape or contain NaN / infinity."""

@@ -190,7 +190,7 @@ class Retriever:
         return encoded
 
     def _ids_of(self, positions: np.ndarray) -> list[list[str]]:
-        return [[self.ids[p] for p in row] for row in positions]
+        return [[self.ids[p] for p in row if p >= 0] for row in positions]
 
     def _search_hybrid(self, queries: Sequence[str], k: int, config: HybridConfig) -> Hits:
         weights = dict(config.weights) if config.weights is not None else self.default_weights()
@@ -205,7 +205,8 @@ class Retriever:
         out_pos = np.zeros((len(queries), top), dtype=np.int64)
         out_scores = np.zeros((len(queries), top), dtype=np.float32)
         out_signals = {s: np.zeros((len(queries), top), dtype=np.float32) for s in weights}
-        candidates = [np.unique(np.concatenate([p.positions[qi] for p in proposals])) for qi in range(len(queries))]
+        candidates = [np.unique(np.concatenate([p.positions[qi][p.positions[qi] >= 0] for p in proposals]))
+                      for qi in range(len(queries))]
         rescored = {s: self._indexes[s].rescore(encoded[s], candidates) for s in weights}
         for qi, cand in enumerate(candidates):
             per_signal = {s: rescored[s][qi] for s in weights}

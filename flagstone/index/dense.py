@@ -1,0 +1,219 @@
+"""The dense-vector index family's shared machinery: ids, deletion, filters, persistence.
+
+Every dense index has the same interface: ``add(ids, vectors)``, ``search(queries, k, allow=None)``,
+``remove(ids)``, ``compact()``, ``save(folder)``, ``load(folder)``, ``len()`` and ``describe()``.
+Subclasses decide which rows a query looks at (``_probe``); the codec decides how rows are stored and scored.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from flagstone.errors import VectorError
+from flagstone.index.base import IdMap, SearchResult, best_of, pad_results, stack_results, top_k
+from flagstone.index.codecs import Codec, make_codec
+from flagstone.index.storage import IndexFormatError, load_index, save_index
+
+_QUERY_BLOCK = 256  # queries per matmul in exhaustive search: bounds the (queries x rows) block
+
+
+def check_vectors(vectors: np.ndarray, dim: int, what: str = "vectors") -> np.ndarray:
+    """float32 (n, dim) array, or VectorError naming the problem."""
+    array = np.asarray(vectors)
+    if array.ndim == 1 and what == "queries":
+        array = array[None, :]
+    if array.ndim != 2 or array.shape[1] != dim:
+        raise VectorError(f"expected {what} of shape (n, {dim}), got {array.shape}")
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    if not np.isfinite(array).all():
+        bad = int(np.flatnonzero(~np.isfinite(array).all(axis=1))[0])
+        raise VectorError(f"{what} row {bad} contains NaN or infinity")
+    return array
+
+
+class DenseIndex:
+    """Base class; use :class:`FlatIndex`, :class:`IVFIndex` or :class:`HI2Index`."""
+
+    kind = "dense"
+
+    def __init__(self, dim: int, *, codec: str = "flat", pq_m: int | None = None, opq: bool = False) -> None:
+        if dim < 1:
+            raise ValueError("dim must be positive")
+        self.dim = dim
+        self.codec: Codec = make_codec(codec, dim, pq_m=pq_m, opq=opq)
+        self.id_map = IdMap()
+        self._alive = np.zeros(0, dtype=bool)
+
+    # -- size and ids --------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.id_map)
+
+    def __contains__(self, doc_id: str) -> bool:
+        return doc_id in self.id_map
+
+    @property
+    def ids(self) -> list[str | None]:
+        """Id of every row (None for removed rows until :meth:`compact`)."""
+        return self.id_map.ids
+
+    def ids_of(self, positions: np.ndarray) -> list[list[str]]:
+        return [[self.id_map.ids[p] for p in row if p >= 0] for row in positions]
+
+    # -- writing -------------------------------------------------------------------------------
+    def add(self, ids: Sequence[str], vectors: np.ndarray) -> None:
+        vectors = check_vectors(vectors, self.dim)
+        if len(ids) != len(vectors):
+            raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
+        if len(vectors) == 0:
+            return
+        if not self.trained:
+            self.train(vectors)
+        first_row = self.id_map.rows
+        self.id_map.extend(ids)
+        self.codec.append(vectors)
+        self._alive = np.concatenate([self._alive, np.ones(len(vectors), dtype=bool)])
+        self._added(np.arange(first_row, first_row + len(vectors)), vectors)
+
+    @property
+    def trained(self) -> bool:
+        return self.codec.trained
+
+    def train(self, vectors: np.ndarray) -> None:
+        """Learn codec (and, in subclasses, cluster) parameters; called by the first ``add``."""
+        self.codec.train(check_vectors(vectors, self.dim))
+
+    def remove(self, ids: Sequence[str]) -> None:
+        """Remove documents; they stop matching at once, their space is freed by :meth:`compact`."""
+        rows = self.id_map.remove(ids)
+        self._alive[rows] = False
+
+    def compact(self) -> None:
+        """Rewrite storage without removed rows."""
+        if self.id_map.rows == len(self.id_map):
+            return
+        keep = self.id_map.compact()
+        self.codec.keep(keep)
+        self._alive = np.ones(len(keep), dtype=bool)
+        self._kept(keep)
+
+    def _added(self, rows: np.ndarray, vectors: np.ndarray) -> None:
+        """Hook: new rows were appended."""
+
+    def _kept(self, keep: np.ndarray) -> None:
+        """Hook: storage was compacted to the old rows ``keep``."""
+
+    # -- searching -----------------------------------------------------------------------------
+    def search(self, queries: np.ndarray, k: int, *, allow: Sequence[str] | None = None) -> SearchResult:
+        """Top ``k`` rows per query by inner product; ``allow`` restricts results to those ids."""
+        queries = check_vectors(queries, self.dim, "queries")
+        if k < 1:
+            raise ValueError("k must be at least 1")
+        mask, allowed_rows = self._mask(allow)
+        if allowed_rows is not None and len(allowed_rows) <= self.expected_candidates():
+            return self._exhaustive(queries, k, allowed_rows)  # a narrow filter: scoring it all is cheaper
+        return self._search(queries, k, mask)
+
+    def _mask(self, allow: Sequence[str] | None) -> tuple[np.ndarray, np.ndarray | None]:
+        if allow is None:
+            return self._alive, None
+        rows = np.unique(self.id_map.positions(list(allow)))
+        mask = np.zeros_like(self._alive)
+        mask[rows] = True
+        return mask, rows
+
+    def expected_candidates(self) -> float:
+        """Rows a query scores on average; exhaustive search wins below this."""
+        return float(self.id_map.rows)
+
+    def _search(self, queries: np.ndarray, k: int, mask: np.ndarray) -> SearchResult:
+        return self._search_candidates(queries, k, mask, self._probe(queries))
+
+    def _probe(self, queries: np.ndarray) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def _search_candidates(self, queries: np.ndarray, k: int, mask: np.ndarray,
+                           candidates: Sequence[np.ndarray]) -> SearchResult:
+        rows_out, evaluated = [], []
+        for q, rows in zip(queries, candidates):
+            rows = rows[mask[rows]]
+            scores = self.codec.scores(q[None, :], rows)[0] if len(rows) else np.zeros(0, np.float32)
+            rows_out.append(best_of(rows, scores, k))
+            evaluated.append(len(rows))
+        return pad_results(rows_out, k, evaluated)
+
+    def _exhaustive(self, queries: np.ndarray, k: int, rows: np.ndarray | None) -> SearchResult:
+        """Score every live row (or the given rows) for every query."""
+        if rows is None:
+            rows = np.flatnonzero(self._alive)
+        parts = []
+        for s in range(0, len(queries), _QUERY_BLOCK):
+            block = queries[s : s + _QUERY_BLOCK]
+            result = top_k(self.codec.scores(block, rows), k) if len(rows) else top_k(
+                np.zeros((len(block), 0), np.float32), k)
+            positions = np.where(result.positions >= 0, rows[np.maximum(result.positions, 0)], -1) \
+                if len(rows) else result.positions
+            parts.append(SearchResult(positions, result.scores, np.full(len(block), len(rows), dtype=np.int64)))
+        out = stack_results(parts)
+        if out.positions.shape[1] < k:  # fewer rows than k: pad to the promised width
+            return pad_results([(p[p >= 0], s[p >= 0]) for p, s in zip(out.positions, out.scores)], k,
+                               out.docs_evaluated)
+        return out
+
+    def rescore(self, queries: np.ndarray, positions: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Codec scores of given rows, one array per query (for hybrid fusion)."""
+        queries = check_vectors(queries, self.dim, "queries")
+        return [self.codec.scores(q[None, :], p)[0] for q, p in zip(queries, positions)]
+
+    # -- description and persistence -------------------------------------------------------------
+    def params(self) -> dict[str, object]:
+        return {"dim": self.dim, **self.codec.params()}
+
+    def describe(self) -> dict[str, object]:
+        """Settings, size and memory per document."""
+        return {"kind": self.kind, "documents": len(self), "rows": self.id_map.rows, **self.params(),
+                "bytes_per_document": self.bytes_per_document()}
+
+    def bytes_per_document(self) -> float:
+        return float(self.codec.bytes_per_vector)
+
+    def _state(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def save(self, folder: str | os.PathLike[str]) -> None:
+        """Write a new version of the index to ``folder`` (compacting first); crash-safe, see storage."""
+        self.compact()
+        arrays = {"ids": np.asarray(self.id_map.ids, dtype=str), **self.codec.state(), **self._state()}
+        save_index(folder, self.kind, self.params(), arrays)
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike[str], *, mmap: bool = False, verify: bool = True) -> DenseIndex:
+        """Open a saved index; ``mmap=True`` leaves vectors on disk (for indexes larger than RAM)."""
+        kind, params, arrays = load_index(folder, mmap=mmap, verify=verify)
+        target = INDEX_KINDS.get(kind)
+        if target is None:
+            raise IndexFormatError(f"{folder}: unknown index kind {kind!r}")
+        if cls is not DenseIndex and not issubclass(target, cls):
+            raise IndexFormatError(f"{folder} holds a {kind!r} index, not {cls.kind!r}")
+        index = target._from_params(params)
+        index.id_map = IdMap.from_ids([str(i) for i in arrays["ids"]])
+        index._alive = np.ones(len(index.id_map), dtype=bool)
+        index.codec.load_state(arrays)
+        index._load_state(params, arrays)
+        return index
+
+    @classmethod
+    def _from_params(cls, params: dict) -> DenseIndex:
+        return cls(params["dim"], codec=params["codec"], pq_m=params.get("pq_m"), opq=params.get("opq", False))
+
+    def _load_state(self, params: dict, arrays: dict[str, np.ndarray]) -> None:
+        """Hook: restore subclass state."""
+
+
+INDEX_KINDS: dict[str, type[DenseIndex]] = {}
+
+
+def register(cls: type[DenseIndex]) -> type[DenseIndex]:
+    INDEX_KINDS[cls.kind] = cls
+    return cls

@@ -1,0 +1,171 @@
+"""HI², the hybrid inverted index: embedding clusters and salient-term posting lists probed together.
+
+Each document sits in one k-means cluster and in the posting lists of its ``terms_per_doc`` most salient
+terms (by BM25 weight, or by a model's sparse lexical weights). A query probes its ``n_probe`` nearest
+clusters and the posting lists of its ``terms_per_query`` heaviest terms; the union of candidates is scored
+by the codec (exact float32, float16 or product quantisation). Clusters catch semantic matches, terms catch
+exact lexical ones, so together they reach high recall while scoring a small fraction of the corpus.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from flagstone.index.base import SearchResult
+from flagstone.index.dense import check_vectors, register
+from flagstone.index.ivf import IVFIndex
+from flagstone.models.embeddings import SparseWeights
+
+
+def default_max_posting(n: int) -> int:
+    """Posting lists longer than this keep only their highest-weight documents: about 8 sqrt(N), >= 64."""
+    return max(64, int(8 * math.sqrt(n)))
+
+
+def top_terms(weights: SparseWeights, per_row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, term, weight) of each row's ``per_row`` heaviest terms, vectorised over the CSR layout."""
+    rows = np.repeat(np.arange(len(weights)), np.diff(weights.indptr))
+    order = np.lexsort((-weights.weights, rows))  # by row, heaviest first
+    rank = np.arange(len(order)) - weights.indptr[rows[order]]
+    keep = order[rank < per_row]
+    return rows[keep], weights.token_ids[keep].astype(np.int64), weights.weights[keep]
+
+
+@register
+class HI2Index(IVFIndex):
+    """Hybrid inverted index. ``add(ids, vectors, terms)`` and ``search(queries, k, query_terms=...)`` take
+    the documents' and queries' term weights (:class:`SparseWeights`) beside the vectors."""
+
+    kind = "hi2"
+
+    def __init__(self, dim: int, *, n_lists: int | None = None, n_probe: int | None = None,
+                 terms_per_doc: int = 15, terms_per_query: int = 32, max_posting: int | None = None,
+                 codec: str = "flat", pq_m: int | None = None, opq: bool = False) -> None:
+        super().__init__(dim, n_lists=n_lists, n_probe=n_probe, codec=codec, pq_m=pq_m, opq=opq)
+        if terms_per_doc < 0 or terms_per_query < 0:
+            raise ValueError("terms_per_doc and terms_per_query must be >= 0")
+        self.terms_per_doc = terms_per_doc
+        self.terms_per_query = terms_per_query
+        self._max_posting = max_posting
+        self.vocab_size = 0
+        self.term_rows = np.zeros(0, dtype=np.int64)
+        self.term_ids = np.zeros(0, dtype=np.int64)
+        self.term_weights = np.zeros(0, dtype=np.float32)
+        self._postings: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def max_posting(self) -> int:
+        return self._max_posting or default_max_posting(max(self.id_map.rows, 1))
+
+    @max_posting.setter
+    def max_posting(self, value: int | None) -> None:
+        self._max_posting = value
+        self._postings = None
+
+    def add(self, ids: Sequence[str], vectors: np.ndarray, terms: SparseWeights | None = None) -> None:
+        if terms is None:
+            raise ValueError("HI2Index.add needs the documents' term weights (terms=SparseWeights, e.g. from BM25)")
+        if len(terms) != len(ids):
+            raise ValueError(f"{len(ids)} ids for {len(terms)} rows of term weights")
+        first_row = self.id_map.rows
+        super().add(ids, vectors)
+        rows, term_ids, weights = top_terms(terms, self.terms_per_doc)
+        self.vocab_size = max(self.vocab_size, terms.vocab_size)
+        self.term_rows = np.concatenate([self.term_rows, rows + first_row])
+        self.term_ids = np.concatenate([self.term_ids, term_ids])
+        self.term_weights = np.concatenate([self.term_weights, weights])
+        self._postings = None
+
+    def _kept(self, keep: np.ndarray) -> None:
+        super()._kept(keep)
+        new_row = np.full(max(int(self.term_rows.max(initial=-1)) + 1, 1), -1, dtype=np.int64)
+        new_row[keep[keep < len(new_row)]] = np.flatnonzero(keep < len(new_row))
+        mapped = new_row[self.term_rows]
+        live = mapped >= 0
+        self.term_rows, self.term_ids, self.term_weights = mapped[live], self.term_ids[live], self.term_weights[live]
+        self._postings = None
+
+    @property
+    def postings(self) -> tuple[np.ndarray, np.ndarray]:
+        """(offsets, rows) by term id; each list holds at most ``max_posting`` rows, heaviest first."""
+        if self._postings is None:
+            order = np.lexsort((-self.term_weights, self.term_ids))
+            terms = self.term_ids[order]
+            start = np.searchsorted(terms, np.arange(self.vocab_size))
+            rank = np.arange(len(order)) - start[terms]
+            keep = order[rank < self.max_posting]
+            counts = np.bincount(self.term_ids[keep], minlength=self.vocab_size)
+            offsets = np.zeros(self.vocab_size + 1, dtype=np.int64)
+            offsets[1:] = np.cumsum(counts)
+            self._postings = (offsets, self.term_rows[keep])
+        return self._postings
+
+    def expected_candidates(self) -> float:
+        offsets, _ = self.postings
+        lists = np.diff(offsets)
+        mean_list = float(lists[lists > 0].mean()) if (lists > 0).any() else 0.0
+        return super().expected_candidates() + self.terms_per_query * mean_list
+
+    def search(self, queries: np.ndarray, k: int, *, query_terms: SparseWeights | None = None,
+               allow: Sequence[str] | None = None) -> SearchResult:
+        """Top ``k`` by codec score among the probed clusters' and the query terms' documents."""
+        queries = check_vectors(queries, self.dim, "queries")
+        if query_terms is None:
+            raise ValueError("HI2Index.search needs the queries' term weights (query_terms=SparseWeights)")
+        if len(query_terms) != len(queries):
+            raise ValueError(f"{len(queries)} queries for {len(query_terms)} rows of query terms")
+        if k < 1:
+            raise ValueError("k must be at least 1")
+        mask, allowed_rows = self._mask(allow)
+        if allowed_rows is not None and len(allowed_rows) <= self.expected_candidates():
+            return self._exhaustive(queries, k, allowed_rows)
+        clusters = self._probe(queries)
+        by_terms = self._term_candidates(query_terms)
+        candidates = [np.unique(np.concatenate([c, t])) for c, t in zip(clusters, by_terms)]
+        return self._search_candidates(queries, k, mask, candidates)
+
+    def _search(self, queries: np.ndarray, k: int, mask: np.ndarray) -> SearchResult:
+        raise ValueError("HI2Index.search needs query_terms")
+
+    def _term_candidates(self, query_terms: SparseWeights) -> list[np.ndarray]:
+        offsets, rows = self.postings
+        q_rows, q_terms, _ = top_terms(query_terms, self.terms_per_query)
+        out = [np.zeros(0, dtype=np.int64)] * len(query_terms)
+        known = q_terms < self.vocab_size
+        q_rows, q_terms = q_rows[known], q_terms[known]
+        bounds = np.searchsorted(q_rows, np.arange(len(query_terms) + 1))
+        for i in range(len(query_terms)):
+            terms = q_terms[bounds[i] : bounds[i + 1]]
+            if len(terms):
+                out[i] = np.concatenate([rows[offsets[t] : offsets[t + 1]] for t in terms])
+        return out
+
+    def params(self) -> dict[str, object]:
+        return {**super().params(), "terms_per_doc": self.terms_per_doc, "terms_per_query": self.terms_per_query,
+                "max_posting": self.max_posting, "vocab_size": self.vocab_size}
+
+    def bytes_per_document(self) -> float:
+        offsets, rows = self.postings
+        n = max(len(self), 1)
+        return super().bytes_per_document() + (rows.nbytes + offsets.nbytes) / n
+
+    def _state(self) -> dict[str, np.ndarray]:
+        return {**super()._state(), "term_rows": self.term_rows, "term_ids": self.term_ids,
+                "term_weights": self.term_weights}
+
+    @classmethod
+    def _from_params(cls, params: dict) -> HI2Index:
+        index = cls(params["dim"], n_lists=params["n_lists"], n_probe=params["n_probe"],
+                    terms_per_doc=params["terms_per_doc"], terms_per_query=params["terms_per_query"],
+                    max_posting=params["max_posting"], codec=params["codec"], pq_m=params.get("pq_m"),
+                    opq=params.get("opq", False))
+        index.vocab_size = params["vocab_size"]
+        return index
+
+    def _load_state(self, params: dict, arrays: dict[str, np.ndarray]) -> None:
+        super()._load_state(params, arrays)
+        self.term_rows = np.asarray(arrays["term_rows"])
+        self.term_ids = np.asarray(arrays["term_ids"])
+        self.term_weights = np.asarray(arrays["term_weights"])

@@ -1,0 +1,115 @@
+"""Inverted-file index: k-means clusters over the vectors; a query scores the documents of its nearest
+clusters only."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from flagstone.index.codecs import require_faiss
+from flagstone.index.dense import DenseIndex, check_vectors, register
+
+_MIN_POINTS_PER_LIST = 39  # faiss's k-means warns below this many training points per centroid
+
+
+def default_n_lists(n: int) -> int:
+    """About 4 sqrt(N) clusters, never fewer than 39 training points each."""
+    return max(1, min(int(4 * math.sqrt(n)), n // _MIN_POINTS_PER_LIST))
+
+
+def train_centroids(vectors: np.ndarray, n_lists: int, seed: int = 1234) -> np.ndarray:
+    """Spherical k-means centroids (unit length, for inner-product assignment)."""
+    if n_lists == 1:
+        c = vectors.mean(axis=0, keepdims=True)
+        return (c / max(np.linalg.norm(c), 1e-12)).astype(np.float32)
+    faiss = require_faiss()
+    kmeans = faiss.Kmeans(vectors.shape[1], n_lists, niter=20, seed=seed, spherical=True, verbose=False)
+    kmeans.train(np.ascontiguousarray(vectors, dtype=np.float32))
+    return kmeans.centroids.astype(np.float32)
+
+
+@register
+class IVFIndex(DenseIndex):
+    """``n_lists`` clusters (default about 4 sqrt(N) at the first add), ``n_probe`` probed per query
+    (default n_lists / 8). Each document lives in exactly one cluster."""
+
+    kind = "ivf"
+
+    def __init__(self, dim: int, *, n_lists: int | None = None, n_probe: int | None = None, codec: str = "flat",
+                 pq_m: int | None = None, opq: bool = False) -> None:
+        super().__init__(dim, codec=codec, pq_m=pq_m, opq=opq)
+        if n_lists is not None and n_lists < 1 or n_probe is not None and n_probe < 1:
+            raise ValueError("n_lists and n_probe must be at least 1")
+        self.n_lists = n_lists
+        self._n_probe = n_probe
+        self.centroids: np.ndarray | None = None
+        self.assign = np.zeros(0, dtype=np.int32)
+        self._lists: tuple[np.ndarray, np.ndarray] | None = None  # (offsets, rows) grouped by cluster
+
+    @property
+    def n_probe(self) -> int:
+        default = max(1, round((self.n_lists or 1) / 8))
+        return min(self._n_probe or default, self.n_lists or 1)
+
+    @n_probe.setter
+    def n_probe(self, value: int) -> None:
+        if value < 1:
+            raise ValueError("n_probe must be at least 1")
+        self._n_probe = value
+
+    @property
+    def trained(self) -> bool:
+        return self.centroids is not None and self.codec.trained
+
+    def train(self, vectors: np.ndarray) -> None:
+        vectors = check_vectors(vectors, self.dim)
+        self.n_lists = min(self.n_lists or default_n_lists(len(vectors)), len(vectors))
+        self.centroids = train_centroids(vectors, self.n_lists)
+        self.codec.train(vectors)
+
+    def _added(self, rows: np.ndarray, vectors: np.ndarray) -> None:
+        self.assign = np.concatenate([self.assign, (vectors @ self.centroids.T).argmax(axis=1).astype(np.int32)])
+        self._lists = None
+
+    def _kept(self, keep: np.ndarray) -> None:
+        self.assign = self.assign[keep]
+        self._lists = None
+
+    @property
+    def lists(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._lists is None:
+            order = np.argsort(self.assign, kind="stable")
+            offsets = np.zeros(self.n_lists + 1, dtype=np.int64)
+            offsets[1:] = np.cumsum(np.bincount(self.assign, minlength=self.n_lists))
+            self._lists = (offsets, order.astype(np.int64))
+        return self._lists
+
+    def expected_candidates(self) -> float:
+        return self.n_probe * self.id_map.rows / max(self.n_lists or 1, 1)
+
+    def _probe(self, queries: np.ndarray) -> list[np.ndarray]:
+        offsets, rows = self.lists
+        n_probe = self.n_probe
+        scores = queries @ self.centroids.T
+        probed = np.argpartition(-scores, n_probe - 1, axis=1)[:, :n_probe] if n_probe < self.n_lists else \
+            np.broadcast_to(np.arange(self.n_lists), scores.shape)
+        return [np.concatenate([rows[offsets[c] : offsets[c + 1]] for c in clusters]) for clusters in probed]
+
+    def params(self) -> dict[str, object]:
+        return {**super().params(), "n_lists": self.n_lists, "n_probe": self.n_probe}
+
+    def bytes_per_document(self) -> float:
+        n = max(len(self), 1)
+        return self.codec.bytes_per_vector + 4 + (self.centroids.nbytes if self.centroids is not None else 0) / n
+
+    def _state(self) -> dict[str, np.ndarray]:
+        return {"centroids": self.centroids, "assign": self.assign}
+
+    @classmethod
+    def _from_params(cls, params: dict) -> IVFIndex:
+        return cls(params["dim"], n_lists=params["n_lists"], n_probe=params["n_probe"], codec=params["codec"],
+                   pq_m=params.get("pq_m"), opq=params.get("opq", False))
+
+    def _load_state(self, params: dict, arrays: dict[str, np.ndarray]) -> None:
+        self.centroids = np.asarray(arrays["centroids"])
+        self.assign = np.asarray(arrays["assign"])

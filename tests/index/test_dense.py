@@ -1,0 +1,259 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from flagstone.errors import IdError, VectorError
+from flagstone.index import storage
+from flagstone.index.dense import DenseIndex
+from flagstone.index.flat import FlatIndex
+from flagstone.index.hi2 import HI2Index
+from flagstone.index.ivf import IVFIndex
+from flagstone.index.storage import IndexFormatError
+from flagstone.models.embeddings import SparseWeights
+
+pytest.importorskip("faiss")
+
+DIM, N_DOCS, N_QUERIES, VOCAB = 32, 3000, 60, 500
+
+
+@pytest.fixture(scope="module")
+def data():
+    """Clustered unit vectors, and term weights where each cluster favours its own terms."""
+    rng = np.random.default_rng(7)
+    centers = rng.normal(size=(40, DIM))
+    labels = rng.integers(0, 40, N_DOCS)
+    docs = centers[labels] + 0.6 * rng.normal(size=(N_DOCS, DIM))
+    docs /= np.linalg.norm(docs, axis=1, keepdims=True)
+    q_labels = rng.integers(0, 40, N_QUERIES)
+    queries = centers[q_labels] + 0.6 * rng.normal(size=(N_QUERIES, DIM))
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+
+    def terms(label_list, n_terms):
+        rows = []
+        for lab in label_list:
+            own = rng.choice(np.arange(lab * 10, lab * 10 + 10), size=3, replace=False)
+            noise = rng.integers(400, VOCAB, size=n_terms)
+            rows.append({int(t): float(rng.uniform(1, 3)) for t in own} | {int(t): float(rng.uniform(0, 1))
+                                                                            for t in noise})
+        return SparseWeights.from_dicts(rows, VOCAB)
+
+    ids = [f"doc{i}" for i in range(N_DOCS)]
+    return ids, docs.astype(np.float32), queries.astype(np.float32), terms(labels, 8), terms(q_labels, 2)
+
+
+def exact(docs, queries, k, rows=None):
+    rows = np.arange(len(docs)) if rows is None else np.asarray(rows)
+    scores = queries @ docs[rows].T
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return rows[order], np.take_along_axis(scores, order, axis=1)
+
+
+def recall(found, truth):
+    return np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)])
+
+
+def build(kind, data, **kw):
+    ids, docs, _, doc_terms, _ = data
+    index = {"flat": FlatIndex, "ivf": IVFIndex, "hi2": HI2Index}[kind](DIM, **kw)
+    if kind == "hi2":
+        index.add(ids, docs, doc_terms)
+    else:
+        index.add(ids, docs)
+    return index
+
+
+def search(index, data, k, **kw):
+    _, _, queries, _, q_terms = data
+    if isinstance(index, HI2Index):
+        return index.search(queries, k, query_terms=q_terms, **kw)
+    return index.search(queries, k, **kw)
+
+
+def test_flat_equals_brute_force(data):
+    index = build("flat", data)
+    result = search(index, data, 10)
+    truth, scores = exact(data[1], data[2], 10)
+    assert np.array_equal(result.positions, truth)
+    assert np.allclose(result.scores, scores, atol=1e-5)
+    assert index.ids_of(result.positions)[0][0] == f"doc{truth[0, 0]}"
+    assert (result.docs_evaluated == N_DOCS).all()
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hi2"])
+def test_probing_everything_is_exact(kind, data):
+    index = build(kind, data)
+    index.n_probe = index.n_lists
+    result = search(index, data, 10)
+    assert np.array_equal(result.positions, exact(data[1], data[2], 10)[0])
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hi2"])
+def test_defaults_reach_high_recall_on_a_fraction(kind, data):
+    index = build(kind, data)
+    result = search(index, data, 10)
+    assert recall(result.positions, exact(data[1], data[2], 10)[0]) >= 0.9
+    assert result.docs_evaluated.mean() < 0.5 * N_DOCS
+    described = index.describe()
+    assert described["kind"] == kind and described["documents"] == N_DOCS and described["n_lists"] >= 2
+    assert described["bytes_per_document"] >= 4 * DIM
+
+
+def test_hi2_terms_add_what_clusters_miss(data):
+    clusters_only = build("hi2", data, n_probe=1, terms_per_query=0)
+    with_terms = build("hi2", data, n_probe=1)
+    truth = exact(data[1], data[2], 10)[0]
+    r_clusters = recall(search(clusters_only, data, 10).positions, truth)
+    r_both = recall(search(with_terms, data, 10).positions, truth)
+    assert r_both > r_clusters
+
+
+def test_pq_codec_saves_memory_and_keeps_recall(data):
+    index = build("hi2", data, codec="pq", pq_m=8)
+    assert index.codec.bytes_per_vector == 8
+    assert index.describe()["bytes_per_document"] < 4 * DIM
+    result = search(index, data, 10)
+    assert recall(result.positions, exact(data[1], data[2], 10)[0]) >= 0.5
+    fp16 = build("flat", data, codec="fp16")
+    assert recall(search(fp16, data, 10).positions, exact(data[1], data[2], 10)[0]) >= 0.99
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hi2"])
+def test_filters_keep_recall_when_narrow(kind, data):
+    ids, docs, queries = data[0], data[1], data[2]
+    index = build(kind, data, n_probe=1) if kind != "flat" else build(kind, data)
+    allowed_rows = np.arange(0, N_DOCS, 97)  # 31 documents, mostly outside the probed clusters
+    result = search(index, data, 5, allow=[ids[r] for r in allowed_rows])
+    truth, _ = exact(docs, queries, 5, allowed_rows)
+    assert np.array_equal(result.positions, truth)
+    wide = np.arange(0, N_DOCS, 2)
+    result = search(index, data, 5, allow=[ids[r] for r in wide])
+    assert np.isin(result.positions[result.positions >= 0], wide).all()
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hi2"])
+def test_delete_then_compact(kind, data):
+    ids = data[0]
+    index = build(kind, data)
+    before = search(index, data, 10)
+    gone = sorted({ids[p] for p in before.positions[:, 0]})
+    index.remove(gone)
+    assert len(index) == N_DOCS - len(gone) and gone[0] not in index
+    after = index.ids_of(search(index, data, 10).positions)
+    assert not set(gone) & {i for row in after for i in row}
+    rows_before = index.codec.codes.shape[0]
+    index.compact()
+    assert index.codec.codes.shape[0] == rows_before - len(gone)  # space is really freed
+    assert index.ids_of(search(index, data, 10).positions) == after  # same results, new rows
+    with pytest.raises(IdError, match="unknown ids"):
+        index.remove(gone[:1])
+
+
+@pytest.mark.parametrize("kind,kw", [("flat", {}), ("ivf", {}), ("hi2", {}), ("hi2", {"codec": "pq", "pq_m": 8}),
+                                     ("ivf", {"codec": "fp16"})])
+def test_save_load_round_trip(kind, kw, data, tmp_path):
+    index = build(kind, data, **kw)
+    index.remove([data[0][3], data[0][5]])
+    expected = search(index, data, 10)
+    expected_ids = index.ids_of(expected.positions)
+    index.save(tmp_path / "idx")
+    for mmap in (False, True):
+        loaded = DenseIndex.load(tmp_path / "idx", mmap=mmap)
+        assert type(loaded) is type(index) and len(loaded) == N_DOCS - 2
+        got = search(loaded, data, 10)
+        assert loaded.ids_of(got.positions) == expected_ids
+        assert np.allclose(got.scores, expected.scores, atol=1e-6)
+        assert loaded.describe() == index.describe()
+    # adding to a loaded index
+    loaded = DenseIndex.load(tmp_path / "idx")
+    extra = np.ones((1, DIM), dtype=np.float32) / np.sqrt(DIM)
+    if kind == "hi2":
+        loaded.add(["new"], extra, SparseWeights.from_dicts([{1: 1.0}], VOCAB))
+    else:
+        loaded.add(["new"], extra)
+    assert "new" in loaded and len(loaded) == N_DOCS - 1
+
+
+def test_interrupted_save_leaves_the_old_index(data, tmp_path, monkeypatch):
+    folder = tmp_path / "idx"
+    first = build("ivf", data)
+    first.save(folder)
+    second = build("flat", data)
+    second.remove([data[0][0]])
+    calls = {"n": 0}
+    real_save = np.save
+
+    def failing_save(handle, array, allow_pickle=False):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated kill in the middle of a write")
+        return real_save(handle, array, allow_pickle=allow_pickle)
+
+    monkeypatch.setattr(storage.np, "save", failing_save)
+    with pytest.raises(KeyboardInterrupt):
+        second.save(folder)
+    monkeypatch.undo()
+    survivor = DenseIndex.load(folder)
+    assert isinstance(survivor, IVFIndex) and len(survivor) == N_DOCS
+    second.save(folder)  # the next save still works and replaces it
+    assert isinstance(DenseIndex.load(folder), FlatIndex)
+    assert len(list(folder.glob("gen-*"))) == 1
+
+
+def test_load_rejects_corrupt_and_foreign_folders(data, tmp_path):
+    with pytest.raises(IndexFormatError, match="index folder not found"):
+        DenseIndex.load(tmp_path / "nothing")
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("hello")
+    with pytest.raises(IndexFormatError, match="not a Flagstone index"):
+        DenseIndex.load(tmp_path / "foreign")
+    with pytest.raises(IndexFormatError, match="non-empty folder"):
+        build("flat", data).save(tmp_path / "foreign")
+    folder = tmp_path / "idx"
+    build("flat", data).save(folder)
+    gen = folder / (folder / "CURRENT").read_text().strip()
+    codes = gen / "codes.npy"
+    raw = bytearray(codes.read_bytes())
+    raw[-1] ^= 0xFF
+    codes.write_bytes(bytes(raw))
+    with pytest.raises(IndexFormatError, match="checksum mismatch"):
+        DenseIndex.load(folder)
+    codes.write_bytes(bytes(raw[:-10]))
+    with pytest.raises(IndexFormatError, match="truncated"):
+        DenseIndex.load(folder)
+    manifest = json.loads((gen / "manifest.json").read_text())
+    manifest["version"] = 99
+    (gen / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexFormatError, match="version 99"):
+        DenseIndex.load(folder)
+    build("flat", data).save(tmp_path / "flat")
+    with pytest.raises(IndexFormatError, match="not 'ivf'"):
+        IVFIndex.load(tmp_path / "flat")
+
+
+def test_bad_input(data):
+    ids, docs = data[0], data[1]
+    index = FlatIndex(DIM)
+    empty = index.search(docs[:2], 3)
+    assert (empty.positions == -1).all() and np.isneginf(empty.scores).all()
+    with pytest.raises(VectorError, match=r"shape \(n, 32\)"):
+        index.add(["a"], np.ones((1, 16)))
+    bad = docs[:2].copy()
+    bad[1, 3] = np.nan
+    with pytest.raises(VectorError, match="row 1 contains NaN"):
+        index.add(["a", "b"], bad)
+    with pytest.raises(IdError, match="duplicate ids"):
+        index.add(["a", "a"], docs[:2])
+    index.add(["a", "b"], docs[:2])
+    with pytest.raises(IdError, match="already in the index"):
+        index.add(["a"], docs[:1])
+    with pytest.raises(IdError, match="unknown ids"):
+        index.search(docs[:1], 1, allow=["zzz"])
+    with pytest.raises(VectorError):
+        index.search(np.ones((1, 8)), 1)
+    result = index.search(docs[:1], 5)  # k larger than the index
+    assert result.positions.shape == (1, 5) and list(result.positions[0, 2:]) == [-1, -1, -1]
+    with pytest.raises(ValueError, match="term weights"):
+        HI2Index(DIM).add(["x"], docs[:1])

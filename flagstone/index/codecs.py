@@ -12,7 +12,7 @@ def require_faiss():
     try:
         import faiss
     except ImportError:
-        raise MissingDependencyError("this index needs faiss: pip install 'flagstone[index]' (faiss-cpu)") from None
+        raise MissingDependencyError("this index needs faiss: pip install 'flagstone[index]'") from None
     return faiss
 
 
@@ -107,6 +107,8 @@ class PQCodec(Codec):
     name = "pq"
 
     def __init__(self, dim: int, m: int | None = None, nbits: int = 8, opq: bool = False) -> None:
+        if nbits != 8:
+            raise ValueError("PQ codes are one byte per sub-vector (nbits=8)")
         self.m = m or _default_pq_m(dim)
         if dim % self.m:
             raise ValueError(f"PQ needs dim ({dim}) divisible by m ({self.m})")
@@ -147,9 +149,13 @@ class PQCodec(Codec):
             codes[:, j] = dist.argmin(axis=1)
         return codes
 
-    def scores(self, queries: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    def tables(self, queries: np.ndarray) -> np.ndarray:
+        """(queries, m, 2^nbits) inner products of each query sub-vector with each sub-centroid."""
         q = (np.asarray(queries, dtype=np.float32) @ self.rotation.T).reshape(len(queries), self.m, -1)
-        tables = np.einsum("qms,mcs->qmc", q, self.centroids)  # (queries, m, 256)
+        return np.ascontiguousarray(np.einsum("qms,mcs->qmc", q, self.centroids), dtype=np.float32)
+
+    def scores(self, queries: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        tables = self.tables(queries)
         codes = self.codes if rows is None else self.codes[rows]
         out = np.zeros((len(queries), len(codes)), dtype=np.float32)
         for j in range(self.m):

@@ -2,7 +2,7 @@
 
 Every dense index has the same interface: ``add(ids, vectors)``, ``search(queries, k, allow=None)``,
 ``remove(ids)``, ``compact()``, ``save(folder)``, ``load(folder)``, ``len()`` and ``describe()``.
-Subclasses decide which rows a query looks at (``_probe``); the codec decides how rows are stored and scored.
+Subclasses decide which rows a query looks at (``_search``); the codec decides how rows are stored and scored.
 """
 from __future__ import annotations
 
@@ -128,9 +128,6 @@ class DenseIndex:
         return float(self.id_map.rows)
 
     def _search(self, queries: np.ndarray, k: int, mask: np.ndarray) -> SearchResult:
-        return self._search_candidates(queries, k, mask, self._probe(queries))
-
-    def _probe(self, queries: np.ndarray) -> list[np.ndarray]:
         raise NotImplementedError
 
     def _search_candidates(self, queries: np.ndarray, k: int, mask: np.ndarray,
@@ -144,17 +141,22 @@ class DenseIndex:
         return pad_results(rows_out, k, evaluated)
 
     def _exhaustive(self, queries: np.ndarray, k: int, rows: np.ndarray | None) -> SearchResult:
-        """Score every live row (or the given rows) for every query."""
-        if rows is None:
-            rows = np.flatnonzero(self._alive)
+        """Score every live row (or only ``rows``) for every query, a block of queries per matmul."""
         parts = []
         for s in range(0, len(queries), _QUERY_BLOCK):
             block = queries[s : s + _QUERY_BLOCK]
-            result = top_k(self.codec.scores(block, rows), k) if len(rows) else top_k(
-                np.zeros((len(block), 0), np.float32), k)
-            positions = np.where(result.positions >= 0, rows[np.maximum(result.positions, 0)], -1) \
-                if len(rows) else result.positions
-            parts.append(SearchResult(positions, result.scores, np.full(len(block), len(rows), dtype=np.int64)))
+            if rows is None:  # all rows, in place: no gather of the stored vectors
+                scores = self.codec.scores(block)
+                if not self._alive.all():
+                    scores[:, ~self._alive] = -np.inf
+                result = top_k(scores, k)
+                evaluated = int(self._alive.sum())
+            else:
+                result = top_k(self.codec.scores(block, rows), k)
+                hit = result.positions >= 0
+                result = SearchResult(np.where(hit, rows[np.where(hit, result.positions, 0)], -1), result.scores)
+                evaluated = len(rows)
+            parts.append(SearchResult(result.positions, result.scores, np.full(len(block), evaluated, np.int64)))
         out = stack_results(parts)
         if out.positions.shape[1] < k:  # fewer rows than k: pad to the promised width
             return pad_results([(p[p >= 0], s[p >= 0]) for p, s in zip(out.positions, out.scores)], k,

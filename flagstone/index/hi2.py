@@ -121,26 +121,19 @@ class HI2Index(IVFIndex):
         mask, allowed_rows = self._mask(allow)
         if allowed_rows is not None and len(allowed_rows) <= self.expected_candidates():
             return self._exhaustive(queries, k, allowed_rows)
-        clusters = self._probe(queries)
-        by_terms = self._term_candidates(query_terms)
-        candidates = [np.unique(np.concatenate([c, t])) for c, t in zip(clusters, by_terms)]
-        return self._search_candidates(queries, k, mask, candidates)
+        return self._scan(queries, k, mask, self.probed_lists(queries), self._query_terms(query_terms),
+                          self.postings)
 
     def _search(self, queries: np.ndarray, k: int, mask: np.ndarray) -> SearchResult:
         raise ValueError("HI2Index.search needs query_terms")
 
-    def _term_candidates(self, query_terms: SparseWeights) -> list[np.ndarray]:
-        offsets, rows = self.postings
+    def _query_terms(self, query_terms: SparseWeights) -> tuple[np.ndarray, np.ndarray]:
+        """(offsets, terms): each query's ``terms_per_query`` heaviest terms known to the index."""
         q_rows, q_terms, _ = top_terms(query_terms, self.terms_per_query)
-        out = [np.zeros(0, dtype=np.int64)] * len(query_terms)
         known = q_terms < self.vocab_size
         q_rows, q_terms = q_rows[known], q_terms[known]
-        bounds = np.searchsorted(q_rows, np.arange(len(query_terms) + 1))
-        for i in range(len(query_terms)):
-            terms = q_terms[bounds[i] : bounds[i + 1]]
-            if len(terms):
-                out[i] = np.concatenate([rows[offsets[t] : offsets[t + 1]] for t in terms])
-        return out
+        offsets = np.searchsorted(q_rows, np.arange(len(query_terms) + 1)).astype(np.int64)
+        return offsets, np.ascontiguousarray(q_terms, dtype=np.int64)
 
     def params(self) -> dict[str, object]:
         return {**super().params(), "terms_per_doc": self.terms_per_doc, "terms_per_query": self.terms_per_query,

@@ -6,7 +6,8 @@ import math
 
 import numpy as np
 
-from flagstone.index.codecs import require_faiss
+from flagstone.index.base import SearchResult
+from flagstone.index.codecs import FlatCodec, Float16Codec, PQCodec, require_faiss
 from flagstone.index.dense import DenseIndex, check_vectors, register
 
 _MIN_POINTS_PER_LIST = 39  # faiss's k-means warns below this many training points per centroid
@@ -31,7 +32,7 @@ def train_centroids(vectors: np.ndarray, n_lists: int, seed: int = 1234) -> np.n
 @register
 class IVFIndex(DenseIndex):
     """``n_lists`` clusters (default about 4 sqrt(N) at the first add), ``n_probe`` probed per query
-    (default n_lists / 8). Each document lives in exactly one cluster."""
+    (default sqrt(n_lists)). Each document lives in exactly one cluster."""
 
     kind = "ivf"
 
@@ -48,7 +49,7 @@ class IVFIndex(DenseIndex):
 
     @property
     def n_probe(self) -> int:
-        default = max(1, round((self.n_lists or 1) / 8))
+        default = math.ceil(math.sqrt(self.n_lists or 1))
         return min(self._n_probe or default, self.n_lists or 1)
 
     @n_probe.setter
@@ -87,13 +88,43 @@ class IVFIndex(DenseIndex):
     def expected_candidates(self) -> float:
         return self.n_probe * self.id_map.rows / max(self.n_lists or 1, 1)
 
-    def _probe(self, queries: np.ndarray) -> list[np.ndarray]:
-        offsets, rows = self.lists
+    def probed_lists(self, queries: np.ndarray) -> np.ndarray:
+        """(queries, n_probe) the clusters each query visits, nearest centroids by inner product."""
         n_probe = self.n_probe
         scores = queries @ self.centroids.T
-        probed = np.argpartition(-scores, n_probe - 1, axis=1)[:, :n_probe] if n_probe < self.n_lists else \
-            np.broadcast_to(np.arange(self.n_lists), scores.shape)
-        return [np.concatenate([rows[offsets[c] : offsets[c + 1]] for c in clusters]) for clusters in probed]
+        if n_probe >= self.n_lists:
+            return np.ascontiguousarray(np.broadcast_to(np.arange(self.n_lists), scores.shape), dtype=np.int64)
+        return np.ascontiguousarray(np.argpartition(-scores, n_probe - 1, axis=1)[:, :n_probe], dtype=np.int64)
+
+    def _search(self, queries: np.ndarray, k: int, mask: np.ndarray) -> SearchResult:
+        no_terms = np.zeros(len(queries) + 1, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        no_postings = np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        return self._scan(queries, k, mask, self.probed_lists(queries), no_terms, no_postings)
+
+    def _scan(self, queries: np.ndarray, k: int, mask: np.ndarray, probed: np.ndarray,
+              query_terms: tuple[np.ndarray, np.ndarray], postings: tuple[np.ndarray, np.ndarray]) -> SearchResult:
+        """Score the union of probed clusters and term postings; compiled for float32 and PQ codecs."""
+        list_offsets, list_rows = self.lists
+        term_offsets, terms = query_terms
+        post_offsets, post_rows = postings
+        mask = np.ascontiguousarray(mask)
+        if isinstance(self.codec, (FlatCodec, PQCodec)) and type(self.codec) is not Float16Codec:
+            from flagstone.index import _kernels
+
+            if isinstance(self.codec, PQCodec):
+                kernel, luts = _kernels.search_pq, self.codec.tables(queries)
+            else:
+                kernel, luts = _kernels.search_float, np.zeros((len(queries), 1, 1), dtype=np.float32)
+            rows, scores, evaluated = kernel(queries, self.codec.codes, luts, mask, probed, list_offsets, list_rows,
+                                             term_offsets, terms, post_offsets, post_rows, k)
+            return SearchResult(rows, scores, evaluated)
+        candidates = []
+        for qi, clusters in enumerate(probed):
+            parts = [list_rows[list_offsets[c] : list_offsets[c + 1]] for c in clusters]
+            parts += [post_rows[post_offsets[t] : post_offsets[t + 1]]
+                      for t in terms[term_offsets[qi] : term_offsets[qi + 1]]]
+            candidates.append(np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64))
+        return self._search_candidates(queries, k, mask, candidates)
 
     def params(self) -> dict[str, object]:
         return {**super().params(), "n_lists": self.n_lists, "n_probe": self.n_probe}

@@ -8,7 +8,10 @@ import numpy as np
 
 from flagstone.errors import FlagstoneError, InvalidTextError, MissingHeadError
 from flagstone.index.base import SearchResult
+from flagstone.index.dense import DenseIndex
 from flagstone.index.flat import FlatIndex
+from flagstone.index.hi2 import HI2Index
+from flagstone.index.ivf import IVFIndex
 from flagstone.index.multivector import MultiVectorIndex
 from flagstone.index.sparse import SparseIndex
 from flagstone.models.cache import EmbeddingCache
@@ -18,6 +21,7 @@ from flagstone.retrieval.bm25 import BM25
 from flagstone.retrieval.fusion import NORMALIZATIONS, reciprocal_rank_fusion, weighted_sum
 
 SIGNALS = ("dense", "sparse", "colbert", "bm25")
+DENSE_INDEXES = {"flat": FlatIndex, "ivf": IVFIndex, "hi2": HI2Index}
 MODES = SIGNALS + ("hybrid",)
 _MODEL_SIGNALS = ("dense", "sparse", "colbert")
 
@@ -57,7 +61,7 @@ class Hits:
 
     mode: str
     ids: list[list[str]]
-    scores: np.ndarray  # (queries, k) final score
+    scores: np.ndarray  # (queries, k) final score; NaN after the last hit when a query has fewer than k
     signals: dict[str, np.ndarray] = field(default_factory=dict)  # signal -> (queries, k) raw scores
 
     def __len__(self) -> int:
@@ -65,7 +69,7 @@ class Hits:
 
     def to_run(self, query_ids: Sequence[str]) -> dict[str, dict[str, float]]:
         """``{query id: {doc id: score}}``, the run format of pytrec_eval and TREC tools."""
-        return {q: {d: float(s) for d, s in zip(ids, scores)}
+        return {q: {d: float(s) for d, s in zip(ids, scores)}  # zip stops at the last real hit
                 for q, ids, scores in zip(query_ids, self.ids, self.scores)}
 
 
@@ -73,7 +77,9 @@ class Retriever:
     """Holds one index per signal over the same documents.
 
     ``signals`` defaults to every output the embedder has plus BM25; pass ``embedder=None`` for a
-    BM25-only retriever. ``cache`` stores document embeddings on disk between runs.
+    BM25-only retriever. ``cache`` stores document embeddings on disk between runs. ``dense_index`` is
+    "flat" (exact), "ivf", "hi2", or an empty index instance configured by the caller; HI² takes its
+    salient terms from the retriever's BM25 model.
     """
 
     def __init__(
@@ -84,7 +90,12 @@ class Retriever:
         bm25: BM25 | None = None,
         cache: EmbeddingCache | None = None,
         hybrid: HybridConfig | None = None,
+        dense_index: str | DenseIndex = "flat",
     ) -> None:
+        if isinstance(dense_index, str) and dense_index not in DENSE_INDEXES:
+            raise ValueError(f"unknown dense index {dense_index!r}; choose from {tuple(DENSE_INDEXES)}")
+        if isinstance(dense_index, DenseIndex) and len(dense_index):
+            raise ValueError("pass an empty dense index; the retriever fills it")
         if signals is None:
             signals = (embedder.available_outputs if embedder is not None else ()) + ("bm25",)
         unknown = set(signals) - set(SIGNALS)
@@ -102,6 +113,9 @@ class Retriever:
         self.embedder = embedder
         self.signals = tuple(signals)
         self.bm25 = bm25 if bm25 is not None else (BM25() if "bm25" in self.signals else None)
+        self.dense_index = dense_index
+        needs_terms = dense_index == "hi2" or isinstance(dense_index, HI2Index)
+        self._term_model = self.bm25 if self.bm25 is not None else (BM25() if needs_terms else None)
         self.cache = cache
         self.hybrid = hybrid or HybridConfig()
         self.ids: list[str] = []
@@ -130,13 +144,20 @@ class Retriever:
         if not ids:
             raise InvalidTextError("the corpus is empty: nothing to index")
         validate_texts(texts)
-        indexes: dict[str, FlatIndex | SparseIndex | MultiVectorIndex] = {}
+        indexes: dict[str, DenseIndex | SparseIndex | MultiVectorIndex] = {}
+        term_weights = self._term_model.fit_transform(texts) if self._term_model is not None else None
         model_signals = [s for s in self.signals if s in _MODEL_SIGNALS]
         if model_signals:
             emb = self._encode(texts, model_signals, is_query=False, show_progress=show_progress)
             if emb.dense is not None:
-                indexes["dense"] = FlatIndex(emb.dense.shape[1])
-                indexes["dense"].add(ids, emb.dense)
+                dense = self.dense_index
+                if isinstance(dense, str):
+                    dense = DENSE_INDEXES[dense](emb.dense.shape[1])
+                if isinstance(dense, HI2Index):
+                    dense.add(ids, emb.dense, term_weights)
+                else:
+                    dense.add(ids, emb.dense)
+                indexes["dense"] = dense
             if emb.sparse is not None:
                 indexes["sparse"] = SparseIndex(emb.sparse.vocab_size)
                 indexes["sparse"].add(ids, emb.sparse)
@@ -144,9 +165,8 @@ class Retriever:
                 indexes["colbert"] = MultiVectorIndex(emb.colbert.dim)
                 indexes["colbert"].add(ids, emb.colbert)
         if self.bm25 is not None:
-            weights = self.bm25.fit_transform(texts)
-            indexes["bm25"] = SparseIndex(weights.vocab_size)
-            indexes["bm25"].add(ids, weights)
+            indexes["bm25"] = SparseIndex(term_weights.vocab_size)
+            indexes["bm25"].add(ids, term_weights)
         self._indexes = indexes
         self.ids = ids
         return self
@@ -175,8 +195,10 @@ class Retriever:
         validate_texts(queries)
         if mode != "hybrid":
             encoded = self._encode_queries(queries, [mode])
-            result = self._indexes[mode].search(encoded[mode], k)
-            return Hits(mode, self._ids_of(result.positions), result.scores, {mode: result.scores})
+            result = self._search_signal(mode, encoded[mode], queries, k)
+            keep = result.positions >= 0
+            scores = result.scores if keep.all() else np.where(keep, result.scores, np.nan)
+            return Hits(mode, self._ids_of(result.positions), scores, {mode: scores})
         return self._search_hybrid(queries, k, hybrid or self.hybrid)
 
     def _encode_queries(self, queries: Sequence[str], signals: Sequence[str]) -> dict[str, object]:
@@ -189,6 +211,12 @@ class Retriever:
             encoded["bm25"] = self.bm25.transform_queries(queries)
         return encoded
 
+    def _search_signal(self, signal: str, encoded: object, queries: Sequence[str], k: int) -> SearchResult:
+        index = self._indexes[signal]
+        if isinstance(index, HI2Index):
+            return index.search(encoded, k, query_terms=self._term_model.transform_queries(queries))
+        return index.search(encoded, k)
+
     def _ids_of(self, positions: np.ndarray) -> list[list[str]]:
         return [[self.ids[p] for p in row if p >= 0] for row in positions]
 
@@ -200,11 +228,11 @@ class Retriever:
             raise FlagstoneError(f"hybrid weights name signals this retriever lacks: {missing}")
         encoded = self._encode_queries(queries, list(weights))
         per_signal_k = max(config.candidates, k)  # so the union always holds min(k, corpus) documents
-        proposals: list[SearchResult] = [self._indexes[s].search(encoded[s], per_signal_k) for s in weights]
+        proposals = [self._search_signal(s, encoded[s], queries, per_signal_k) for s in weights]
         top = min(k, len(self.ids))
-        out_pos = np.zeros((len(queries), top), dtype=np.int64)
-        out_scores = np.zeros((len(queries), top), dtype=np.float32)
-        out_signals = {s: np.zeros((len(queries), top), dtype=np.float32) for s in weights}
+        out_pos = np.full((len(queries), top), -1, dtype=np.int64)
+        out_scores = np.full((len(queries), top), np.nan, dtype=np.float32)
+        out_signals = {s: np.full((len(queries), top), np.nan, dtype=np.float32) for s in weights}
         candidates = [np.unique(np.concatenate([p.positions[qi][p.positions[qi] >= 0] for p in proposals]))
                       for qi in range(len(queries))]
         rescored = {s: self._indexes[s].rescore(encoded[s], candidates) for s in weights}
@@ -214,9 +242,9 @@ class Retriever:
                 fused = reciprocal_rank_fusion(per_signal, weights, config.rrf_k)
             else:
                 fused = weighted_sum(per_signal, weights, config.normalize)
-            order = np.lexsort((cand, -fused))[:top]
-            out_pos[qi] = cand[order]
-            out_scores[qi] = fused[order]
+            order = np.lexsort((cand, -fused))[:top]  # approximate signals may propose fewer than top
+            out_pos[qi, : len(order)] = cand[order]
+            out_scores[qi, : len(order)] = fused[order]
             for s in weights:
-                out_signals[s][qi] = per_signal[s][order]
+                out_signals[s][qi, : len(order)] = per_signal[s][order]
         return Hits("hybrid", self._ids_of(out_pos), out_scores, out_signals)

@@ -109,3 +109,25 @@ def test_colbert_scores_are_the_same_in_small_blocks(monkeypatch):
     assert np.allclose(scoring.colbert_scores(queries, docs), expected, atol=1e-5)
     monkeypatch.setattr(scoring, "_COLBERT_BLOCK_TOKENS", 4)
     assert np.allclose(scoring.colbert_scores(queries, docs), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("dense_index", ["ivf", "hi2"])
+def test_approximate_dense_indexes_in_the_retriever(minilm, dense_index):
+    pytest.importorskip("faiss")
+    from flagstone.corpora import python_docstrings
+
+    ids, texts = python_docstrings(400)
+    exact = Retriever(minilm, signals=["dense"]).fit(ids, texts)
+    approx = Retriever(minilm, signals=["dense"], dense_index=dense_index).fit(ids, texts)
+    queries = ["compress a file", "parse a date string", "open a network socket", "read a CSV file"]
+    truth = exact.search(queries, mode="dense", k=5)
+    got = approx.search(queries, mode="dense", k=5)
+    overlap = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(truth.ids, got.ids)])
+    assert overlap >= 0.6
+    hybrid = Retriever(minilm, dense_index=dense_index).fit(ids, texts).search(queries, mode="hybrid", k=5)
+    assert all(len(row) == 5 for row in hybrid.ids)
+
+
+def test_dense_index_argument_is_checked(minilm):
+    with pytest.raises(ValueError, match="unknown dense index"):
+        Retriever(minilm, dense_index="annoy")

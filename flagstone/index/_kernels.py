@@ -1,0 +1,132 @@
+"""Compiled inner loops of the inverted indexes (numba): gather candidates from probed clusters and
+posting lists, score them, keep the top k; queries run in parallel.
+
+Each query marks the rows it has scored in a private bitmap, so a document reached through several
+lists is scored once, and ``evaluated`` counts distinct documents.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+
+@numba.njit(cache=True, inline="always")
+def _sift_down(scores, rows, k):
+    # min-heap on scores[0:k]; restore the heap after replacing the root
+    i = 0
+    while True:
+        left = 2 * i + 1
+        if left >= k:
+            break
+        child = left
+        right = left + 1
+        if right < k and scores[right] < scores[left]:
+            child = right
+        if scores[child] < scores[i]:
+            scores[i], scores[child] = scores[child], scores[i]
+            rows[i], rows[child] = rows[child], rows[i]
+            i = child
+        else:
+            break
+
+
+@numba.njit(cache=True, inline="always")
+def _sift_up(scores, rows, i):
+    while i > 0:
+        parent = (i - 1) // 2
+        if scores[i] < scores[parent]:
+            scores[i], scores[parent] = scores[parent], scores[i]
+            rows[i], rows[parent] = rows[parent], rows[i]
+            i = parent
+        else:
+            break
+
+
+@numba.njit(cache=True, inline="always")
+def _offer(heap_scores, heap_rows, size, k, score, row):
+    if size < k:
+        heap_scores[size] = score
+        heap_rows[size] = row
+        _sift_up(heap_scores, heap_rows, size)
+        return size + 1
+    if score > heap_scores[0] or (score == heap_scores[0] and row < heap_rows[0]):
+        heap_scores[0] = score
+        heap_rows[0] = row
+        _sift_down(heap_scores, heap_rows, k)
+    return size
+
+
+@numba.njit(cache=True, inline="always")
+def _dot(query, codes, lut, row):
+    s = np.float32(0.0)
+    for j in range(codes.shape[1]):
+        s += query[j] * codes[row, j]
+    return s
+
+
+@numba.njit(cache=True, inline="always")
+def _pq(query, codes, lut, row):
+    s = np.float32(0.0)
+    for j in range(codes.shape[1]):
+        s += lut[j, codes[row, j]]
+    return s
+
+
+def _make_search(score):
+    @numba.njit(cache=True, parallel=True)
+    def search(queries, codes, luts, mask, probed, list_offsets, list_rows, term_offsets, terms,
+               post_offsets, post_rows, k):
+        n_queries = queries.shape[0]
+        n_rows = codes.shape[0]
+        out_rows = np.full((n_queries, k), -1, dtype=np.int64)
+        out_scores = np.full((n_queries, k), -np.inf, dtype=np.float32)
+        evaluated = np.zeros(n_queries, dtype=np.int64)
+        for qi in numba.prange(n_queries):
+            seen = np.zeros(n_rows, dtype=np.bool_)
+            heap_scores = np.empty(k, dtype=np.float32)
+            heap_rows = np.empty(k, dtype=np.int64)
+            size = 0
+            count = 0
+            query = queries[qi]
+            lut = luts[qi]
+            for p in range(probed.shape[1]):
+                c = probed[qi, p]
+                for idx in range(list_offsets[c], list_offsets[c + 1]):
+                    row = list_rows[idx]
+                    if mask[row]:
+                        seen[row] = True
+                        count += 1
+                        size = _offer(heap_scores, heap_rows, size, k, score(query, codes, lut, row), row)
+            for t in range(term_offsets[qi], term_offsets[qi + 1]):
+                term = terms[t]
+                for idx in range(post_offsets[term], post_offsets[term + 1]):
+                    row = post_rows[idx]
+                    if mask[row] and not seen[row]:
+                        seen[row] = True
+                        count += 1
+                        size = _offer(heap_scores, heap_rows, size, k, score(query, codes, lut, row), row)
+            # heap -> best first; equal scores ordered by row for determinism
+            order = np.argsort(-heap_scores[:size], kind="mergesort")
+            srt_s = heap_scores[:size][order]
+            srt_r = heap_rows[:size][order]
+            start = 0
+            while start < size:
+                end = start + 1
+                while end < size and srt_s[end] == srt_s[start]:
+                    end += 1
+                if end - start > 1:
+                    srt_r[start:end] = np.sort(srt_r[start:end])
+                start = end
+            out_rows[qi, :size] = srt_r
+            out_scores[qi, :size] = srt_s
+            evaluated[qi] = count
+        return out_rows, out_scores, evaluated
+
+    return search
+
+
+# Top-k over the union of each query's probed clusters and the posting lists of its terms.
+# search_float: ``codes`` are float32 vectors; search_pq: uint8 PQ codes scored through ``luts``
+# (queries x m x 256). Both return (rows, scores, evaluated); -1 / -inf pad rows with fewer than k hits.
+search_float = _make_search(_dot)
+search_pq = _make_search(_pq)

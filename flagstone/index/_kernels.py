@@ -10,7 +10,7 @@ import numba
 import numpy as np
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True, inline="always", fastmath=True)
 def _sift_down(scores, rows, k):
     # min-heap on scores[0:k]; restore the heap after replacing the root
     i = 0
@@ -30,7 +30,7 @@ def _sift_down(scores, rows, k):
             break
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True, inline="always", fastmath=True)
 def _sift_up(scores, rows, i):
     while i > 0:
         parent = (i - 1) // 2
@@ -42,7 +42,7 @@ def _sift_up(scores, rows, i):
             break
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True, inline="always", fastmath=True)
 def _offer(heap_scores, heap_rows, size, k, score, row):
     if size < k:
         heap_scores[size] = score
@@ -56,7 +56,7 @@ def _offer(heap_scores, heap_rows, size, k, score, row):
     return size
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True, inline="always", fastmath=True)
 def _dot(query, codes, lut, row):
     s = np.float32(0.0)
     for j in range(codes.shape[1]):
@@ -64,7 +64,7 @@ def _dot(query, codes, lut, row):
     return s
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True, inline="always", fastmath=True)
 def _pq(query, codes, lut, row):
     s = np.float32(0.0)
     for j in range(codes.shape[1]):
@@ -73,7 +73,7 @@ def _pq(query, codes, lut, row):
 
 
 def _make_search(score):
-    @numba.njit(cache=True, parallel=True)
+    @numba.njit(cache=True, parallel=True, fastmath=True)
     def search(queries, codes, luts, mask, probed, list_offsets, list_rows, term_offsets, terms,
                post_offsets, post_rows, k):
         n_queries = queries.shape[0]

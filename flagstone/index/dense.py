@@ -192,6 +192,10 @@ class DenseIndex:
     @classmethod
     def load(cls, folder: str | os.PathLike[str], *, mmap: bool = False, verify: bool = True) -> DenseIndex:
         """Open a saved index; ``mmap=True`` leaves vectors on disk (for indexes larger than RAM)."""
+        import flagstone.index.flat  # noqa: F401  (importing registers each kind)
+        import flagstone.index.hi2  # noqa: F401
+        import flagstone.index.ivf  # noqa: F401
+
         kind, params, arrays = load_index(folder, mmap=mmap, verify=verify)
         target = INDEX_KINDS.get(kind)
         if target is None:

@@ -20,8 +20,9 @@ from flagstone.models.embeddings import SparseWeights
 
 
 def default_max_posting(n: int) -> int:
-    """Posting lists longer than this keep only their highest-weight documents: about 8 sqrt(N), >= 64."""
-    return max(64, int(8 * math.sqrt(n)))
+    """Posting lists longer than this keep only their highest-weight documents: about sqrt(N), >= 64.
+    (On 69k real texts, 256 rather than 2,048 cost 0.002 recall@10 and saved 15% of scored documents.)"""
+    return max(64, int(math.sqrt(n)))
 
 
 def top_terms(weights: SparseWeights, per_row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -5,11 +5,14 @@ tf / (tf + k1 * (1 - b + b * dl / avgdl)); a query term repeated counts once per
 """
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
 
 import numpy as np
 
-from flagstone.errors import InvalidTextError
+from flagstone._io import atomic_write, require_file
+from flagstone.errors import DataError, InvalidTextError
 from flagstone.models.embeddings import SparseWeights
 from flagstone.retrieval.lexical import LexicalTokenizer
 
@@ -75,3 +78,24 @@ class BM25:
 
     def config(self) -> dict[str, object]:
         return {"k1": self.k1, "b": self.b, "tokenizer": self.tokenizer.config()}
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the fitted model (settings, vocabulary, idf, mean length) as JSON, atomically."""
+        state = {**self.config(), "avgdl": self.avgdl, "vocab": list(self.vocab), "idf": self.idf.tolist()}
+        with atomic_write(path) as handle:
+            json.dump(state, handle)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> BM25:
+        try:
+            state = json.loads(require_file(path, "BM25 model").read_text(encoding="utf-8"))
+            tok = state["tokenizer"]
+            model = cls(k1=state["k1"], b=state["b"], tokenizer=LexicalTokenizer(
+                lowercase=tok["lowercase"], pattern=tok["pattern"], stopwords=tok["stopwords"],
+                stemmer=tok["stemmer"]))
+            model.vocab = {w: i for i, w in enumerate(state["vocab"])}
+            model.idf = np.asarray(state["idf"], dtype=np.float32)
+            model.avgdl = float(state["avgdl"])
+        except (KeyError, TypeError, json.JSONDecodeError) as exc:
+            raise DataError(f"{path}: not a Flagstone BM25 model ({exc})") from None
+        return model

@@ -63,3 +63,18 @@ def test_bm25_needs_documents_and_valid_parameters():
         BM25().fit_transform([])
     with pytest.raises(ValueError):
         BM25(b=2.0)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    bm25 = BM25(k1=0.9, b=0.4)
+    bm25.fit_transform(DOCS)
+    bm25.save(tmp_path / "bm25.json")
+    loaded = BM25.load(tmp_path / "bm25.json")
+    assert loaded.config() == bm25.config()
+    a, b = bm25.transform_queries(QUERIES), loaded.transform_queries(QUERIES)
+    assert a.to_dicts() == b.to_dicts() and np.allclose(loaded.idf, bm25.idf)
+    (tmp_path / "bad.json").write_text("{}")
+    from flagstone.errors import DataError
+
+    with pytest.raises(DataError, match="not a Flagstone BM25 model"):
+        BM25.load(tmp_path / "bad.json")

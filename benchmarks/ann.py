@@ -29,6 +29,7 @@ from ann_data import load_ann_data
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 K = 100
 LATENCY_QUERIES = 200
+PROBES = [1, 2, 4, 8, 16, 32, 64, 96, 128, 192, 256]
 
 
 def recall_at(found: np.ndarray, truth: np.ndarray, k: int) -> float:
@@ -78,7 +79,7 @@ def flagstone_methods(bench: Bench, quick: bool, doc_terms, query_terms) -> None
 
     d = bench.data
     dim = d.doc_vectors.shape[1]
-    probes = [1, 2, 4, 8, 16, 32, 64] if not quick else [4, 16]
+    probes = PROBES if not quick else [4, 16]
     configs = [("flagstone-flat", lambda: FlatIndex(dim), [None]),
                ("flagstone-ivf", lambda: IVFIndex(dim), probes),
                ("flagstone-hi2", lambda: HI2Index(dim), probes),
@@ -119,7 +120,7 @@ def faiss_methods(bench: Bench, quick: bool, n_lists: int) -> None:
     d = bench.data
     x, q = d.doc_vectors, d.query_vectors
     dim, n = x.shape[1], len(x)
-    probes = [1, 2, 4, 8, 16, 32, 64] if not quick else [4, 16]
+    probes = PROBES if not quick else [4, 16]
     ef_values = [100, 200, 400] if not quick else [100]
     pq_m = 96
 

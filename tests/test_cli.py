@@ -128,3 +128,35 @@ def test_encode_in_bfloat16_stays_close_to_float32(tmp_path):
         cosine = np.sum(full["dense"] * half["dense"], axis=1)
         assert full["dense"].dtype == half["dense"].dtype == np.float32
         assert cosine.min() > 0.99
+
+
+def test_index_build_search_describe(mini, tmp_path, capsys, cache_args):
+    pytest.importorskip("faiss")
+    folder = tmp_path / "idx"
+    assert main(["index", "build", str(mini), "-o", str(folder), "--index", "hi2", *cache_args]) == 0
+    assert (folder / "dense" / "CURRENT").is_file() and (folder / "bm25.json").is_file()
+    capsys.readouterr()
+    assert main(["index", "search", str(folder), "-q", "neutron stars", "-k", "2", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "d3:" in printed.splitlines()[2] and "documents scored" in printed
+    assert main(["index", "search", str(folder), "-q", "neutron stars", "--mmap", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["index", "describe", str(folder)]) == 0
+    described = json.loads(capsys.readouterr().out)
+    assert described["kind"] == "hi2" and described["documents"] == 3
+    # rebuilding replaces the folder; a folder that is not an index is never overwritten
+    assert main(["index", "build", str(mini), "-o", str(folder), "--index", "flat", *cache_args]) == 0
+    other = tmp_path / "precious"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    result = run_cli("index", "build", str(mini), "-o", str(other), "--quiet")
+    assert result.returncode == 2 and "refusing to overwrite" in result.stderr
+    assert (other / "notes.txt").read_text() == "keep me"
+    result = run_cli("index", "search", str(other), "-q", "x")
+    assert result.returncode == 2 and "not an index folder" in result.stderr
+
+
+def test_eval_with_an_approximate_index(mini, capsys, cache_args):
+    pytest.importorskip("faiss")
+    assert main(["eval", str(mini), "--modes", "dense", "--index", "ivf", *cache_args]) == 0
+    assert "| dense |" in capsys.readouterr().out

@@ -100,12 +100,10 @@ class IdMap:
             self.ids[row] = None
         return rows
 
-    def compact(self) -> np.ndarray:
-        """Drop removed rows; returns the old row of each new row."""
-        keep = np.flatnonzero(self.live_mask())
-        self.ids = [self.ids[r] for r in keep]
-        self._pos = {i: n for n, i in enumerate(self.ids)}
-        return keep
+    def reorder(self, rows: np.ndarray) -> None:
+        """Keep only ``rows``, in that order: new row n is old row ``rows[n]``."""
+        self.ids = [self.ids[r] for r in rows]
+        self._pos = {i: n for n, i in enumerate(self.ids) if i is not None}
 
     @classmethod
     def from_ids(cls, ids: Sequence[str]) -> IdMap:

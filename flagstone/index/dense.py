@@ -91,18 +91,21 @@ class DenseIndex:
 
     def compact(self) -> None:
         """Rewrite storage without removed rows."""
-        if self.id_map.rows == len(self.id_map):
-            return
-        keep = self.id_map.compact()
-        self.codec.keep(keep)
-        self._alive = np.ones(len(keep), dtype=bool)
-        self._kept(keep)
+        if self.id_map.rows != len(self.id_map):
+            self._permute(np.flatnonzero(self._alive))
+
+    def _permute(self, rows: np.ndarray) -> None:
+        """Keep only ``rows`` of storage, in that order (row numbers are internal and may change)."""
+        self.id_map.reorder(rows)
+        self.codec.keep(rows)
+        self._alive = self._alive[rows]
+        self._kept(rows)
 
     def _added(self, rows: np.ndarray, vectors: np.ndarray) -> None:
         """Hook: new rows were appended."""
 
     def _kept(self, keep: np.ndarray) -> None:
-        """Hook: storage was compacted to the old rows ``keep``."""
+        """Hook: storage now holds the old rows ``keep``, in that order."""
 
     # -- searching -----------------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int, *, allow: Sequence[str] | None = None) -> SearchResult:

@@ -70,14 +70,19 @@ class HI2Index(IVFIndex):
             raise ValueError("HI2Index.add needs the documents' term weights (terms=SparseWeights, e.g. from BM25)")
         if len(terms) != len(ids):
             raise ValueError(f"{len(ids)} ids for {len(terms)} rows of term weights")
-        first_row = self.id_map.rows
-        super().add(ids, vectors)
+        # record the terms first: adding rows may reorder storage, and the reorder maps term rows too
+        saved = (self.term_rows, self.term_ids, self.term_weights, self.vocab_size)
         rows, term_ids, weights = top_terms(terms, self.terms_per_doc)
-        self.vocab_size = max(self.vocab_size, terms.vocab_size)
-        self.term_rows = np.concatenate([self.term_rows, rows + first_row])
+        self.term_rows = np.concatenate([self.term_rows, rows + self.id_map.rows])
         self.term_ids = np.concatenate([self.term_ids, term_ids])
         self.term_weights = np.concatenate([self.term_weights, weights])
+        self.vocab_size = max(self.vocab_size, terms.vocab_size)
         self._postings = None
+        try:
+            super().add(ids, vectors)
+        except BaseException:
+            self.term_rows, self.term_ids, self.term_weights, self.vocab_size = saved
+            raise
 
     def _kept(self, keep: np.ndarray) -> None:
         super()._kept(keep)

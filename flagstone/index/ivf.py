@@ -71,6 +71,10 @@ class IVFIndex(DenseIndex):
     def _added(self, rows: np.ndarray, vectors: np.ndarray) -> None:
         self.assign = np.concatenate([self.assign, (vectors @ self.centroids.T).argmax(axis=1).astype(np.int32)])
         self._lists = None
+        # store rows cluster by cluster, so a probed list is one contiguous block of memory
+        order = np.argsort(self.assign, kind="stable")
+        if not np.array_equal(order, np.arange(len(order))):
+            self._permute(order)
 
     def _kept(self, keep: np.ndarray) -> None:
         self.assign = self.assign[keep]

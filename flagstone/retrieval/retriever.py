@@ -169,6 +169,15 @@ class Retriever:
             indexes["bm25"].add(ids, term_weights)
         self._indexes = indexes
         self.ids = ids
+        # an index may store rows in its own order (IVF and HI² group them by cluster): keep both mappings
+        position = {doc_id: n for n, doc_id in enumerate(ids)}
+        self._to_retriever: dict[str, np.ndarray] = {}
+        self._to_index: dict[str, np.ndarray] = {}
+        for signal, index in indexes.items():
+            to_retriever = np.fromiter((position[i] for i in index.id_map.ids), dtype=np.int64, count=len(ids))
+            to_index = np.empty_like(to_retriever)
+            to_index[to_retriever] = np.arange(len(to_retriever))
+            self._to_retriever[signal], self._to_index[signal] = to_retriever, to_index
         return self
 
     def _encode(self, texts: Sequence[str], outputs: Sequence[str], *, is_query: bool,
@@ -212,10 +221,15 @@ class Retriever:
         return encoded
 
     def _search_signal(self, signal: str, encoded: object, queries: Sequence[str], k: int) -> SearchResult:
+        """One index's top k, with positions in the retriever's document order."""
         index = self._indexes[signal]
         if isinstance(index, HI2Index):
-            return index.search(encoded, k, query_terms=self._term_model.transform_queries(queries))
-        return index.search(encoded, k)
+            result = index.search(encoded, k, query_terms=self._term_model.transform_queries(queries))
+        else:
+            result = index.search(encoded, k)
+        hit = result.positions >= 0
+        positions = np.where(hit, self._to_retriever[signal][np.where(hit, result.positions, 0)], -1)
+        return SearchResult(positions, result.scores, result.docs_evaluated)
 
     def _ids_of(self, positions: np.ndarray) -> list[list[str]]:
         return [[self.ids[p] for p in row if p >= 0] for row in positions]
@@ -235,7 +249,8 @@ class Retriever:
         out_signals = {s: np.full((len(queries), top), np.nan, dtype=np.float32) for s in weights}
         candidates = [np.unique(np.concatenate([p.positions[qi][p.positions[qi] >= 0] for p in proposals]))
                       for qi in range(len(queries))]
-        rescored = {s: self._indexes[s].rescore(encoded[s], candidates) for s in weights}
+        rescored = {s: self._indexes[s].rescore(encoded[s], [self._to_index[s][c] for c in candidates])
+                    for s in weights}
         for qi, cand in enumerate(candidates):
             per_signal = {s: rescored[s][qi] for s in weights}
             if config.method == "rrf":

@@ -55,6 +55,14 @@ def recall(found, truth):
     return np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)])
 
 
+def found_ids(index, result):
+    return index.ids_of(result.positions)
+
+
+def truth_ids(rows):
+    return [[f"doc{r}" for r in row] for row in rows]
+
+
 def build(kind, data, **kw):
     ids, docs, _, doc_terms, _ = data
     index = {"flat": FlatIndex, "ivf": IVFIndex, "hi2": HI2Index}[kind](DIM, **kw)
@@ -87,14 +95,14 @@ def test_probing_everything_is_exact(kind, data):
     index = build(kind, data)
     index.n_probe = index.n_lists
     result = search(index, data, 10)
-    assert np.array_equal(result.positions, exact(data[1], data[2], 10)[0])
+    assert found_ids(index, result) == truth_ids(exact(data[1], data[2], 10)[0])
 
 
 @pytest.mark.parametrize("kind", ["ivf", "hi2"])
 def test_defaults_reach_high_recall_on_a_fraction(kind, data):
     index = build(kind, data)
     result = search(index, data, 10)
-    assert recall(result.positions, exact(data[1], data[2], 10)[0]) >= 0.9
+    assert recall(found_ids(index, result), truth_ids(exact(data[1], data[2], 10)[0])) >= 0.9
     assert result.docs_evaluated.mean() < 0.5 * N_DOCS
     described = index.describe()
     assert described["kind"] == kind and described["documents"] == N_DOCS and described["n_lists"] >= 2
@@ -104,9 +112,9 @@ def test_defaults_reach_high_recall_on_a_fraction(kind, data):
 def test_hi2_terms_add_what_clusters_miss(data):
     clusters_only = build("hi2", data, n_probe=1, terms_per_query=0)
     with_terms = build("hi2", data, n_probe=1)
-    truth = exact(data[1], data[2], 10)[0]
-    r_clusters = recall(search(clusters_only, data, 10).positions, truth)
-    r_both = recall(search(with_terms, data, 10).positions, truth)
+    truth = truth_ids(exact(data[1], data[2], 10)[0])
+    r_clusters = recall(found_ids(clusters_only, search(clusters_only, data, 10)), truth)
+    r_both = recall(found_ids(with_terms, search(with_terms, data, 10)), truth)
     assert r_both > r_clusters
 
 
@@ -114,10 +122,10 @@ def test_pq_codec_saves_memory_and_keeps_recall(data):
     index = build("hi2", data, codec="pq", pq_m=8)
     assert index.codec.bytes_per_vector == 8
     assert index.describe()["bytes_per_document"] < 4 * DIM
-    result = search(index, data, 10)
-    assert recall(result.positions, exact(data[1], data[2], 10)[0]) >= 0.5
+    truth = truth_ids(exact(data[1], data[2], 10)[0])
+    assert recall(found_ids(index, search(index, data, 10)), truth) >= 0.5
     fp16 = build("flat", data, codec="fp16")
-    assert recall(search(fp16, data, 10).positions, exact(data[1], data[2], 10)[0]) >= 0.99
+    assert recall(found_ids(fp16, search(fp16, data, 10)), truth) >= 0.99
 
 
 @pytest.mark.parametrize("kind", ["flat", "ivf", "hi2"])
@@ -127,18 +135,17 @@ def test_filters_keep_recall_when_narrow(kind, data):
     allowed_rows = np.arange(0, N_DOCS, 97)  # 31 documents, mostly outside the probed clusters
     result = search(index, data, 5, allow=[ids[r] for r in allowed_rows])
     truth, _ = exact(docs, queries, 5, allowed_rows)
-    assert np.array_equal(result.positions, truth)
-    wide = np.arange(0, N_DOCS, 2)
-    result = search(index, data, 5, allow=[ids[r] for r in wide])
-    assert np.isin(result.positions[result.positions >= 0], wide).all()
+    assert found_ids(index, result) == truth_ids(truth)
+    wide = {ids[r] for r in range(0, N_DOCS, 2)}
+    result = search(index, data, 5, allow=sorted(wide))
+    assert all(set(row) <= wide for row in found_ids(index, result))
 
 
 @pytest.mark.parametrize("kind", ["flat", "ivf", "hi2"])
 def test_delete_then_compact(kind, data):
-    ids = data[0]
     index = build(kind, data)
     before = search(index, data, 10)
-    gone = sorted({ids[p] for p in before.positions[:, 0]})
+    gone = sorted({row[0] for row in found_ids(index, before)})
     index.remove(gone)
     assert len(index) == N_DOCS - len(gone) and gone[0] not in index
     after = index.ids_of(search(index, data, 10).positions)
@@ -234,7 +241,7 @@ def test_load_rejects_corrupt_and_foreign_folders(data, tmp_path):
 
 
 def test_bad_input(data):
-    ids, docs = data[0], data[1]
+    docs = data[1]
     index = FlatIndex(DIM)
     empty = index.search(docs[:2], 3)
     assert (empty.positions == -1).all() and np.isneginf(empty.scores).all()

@@ -264,3 +264,56 @@ def test_bad_input(data):
     assert result.positions.shape == (1, 5) and list(result.positions[0, 2:]) == [-1, -1, -1]
     with pytest.raises(ValueError, match="term weights"):
         HI2Index(DIM).add(["x"], docs[:1])
+
+
+KILL_CHILD = """
+import sys, time
+import numpy as np
+from flagstone.index import storage
+from flagstone.index.flat import FlatIndex
+
+folder = sys.argv[1]
+rng = np.random.default_rng(0)
+first = FlatIndex(8)
+first.add([f"a{i}" for i in range(50)], rng.normal(size=(50, 8)))
+first.save(folder)
+real_save = np.save
+calls = [0]
+
+def slow_save(handle, array, allow_pickle=False):
+    calls[0] += 1
+    real_save(handle, array, allow_pickle=allow_pickle)
+    if calls[0] == 2:
+        print("WRITING", flush=True)
+        time.sleep(120)
+
+storage.np.save = slow_save
+second = FlatIndex(8)
+second.add([f"b{i}" for i in range(70)], rng.normal(size=(70, 8)))
+second.save(folder)
+"""
+
+
+def test_kill_during_save_leaves_the_old_index_loadable(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    folder = tmp_path / "idx"
+    child = subprocess.Popen([sys.executable, "-c", KILL_CHILD, str(folder)], stdout=subprocess.PIPE, text=True,
+                             env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        assert child.stdout.readline().strip() == "WRITING"
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    survivor = DenseIndex.load(folder)
+    assert len(survivor) == 50 and "a0" in survivor  # the old index, whole
+    survivor.add(["c"], np.ones((1, 8), dtype=np.float32))
+    survivor.save(folder)  # a half-written generation does not block the next save
+    assert len(DenseIndex.load(folder)) == 51 and len(list(folder.glob("gen-*"))) == 1

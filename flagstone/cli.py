@@ -93,8 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queries", type=int, default=None, help="evaluate only the first N judged queries")
     p.add_argument("--output", default=None, help="write the metrics as JSON here")
     p.add_argument("--run-dir", default=None, help="write one TREC run file per mode into this folder")
-    p.add_argument("--index", choices=("flat", "ivf", "hi2"), default="flat",
-                   help="dense index: exact flat, IVF or HI² (default: flat)")
+    p.add_argument("--index", nargs="+", choices=("flat", "ivf", "hi2"), default=["flat"],
+                   help="dense index: exact flat, IVF or HI²; several compare them in one table, e.g. "
+                        "--index flat hi2 (default: flat)")
     _add_model_options(p)
     _add_hybrid_options(p)
 
@@ -270,12 +271,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
     dataset = load_beir(args.data, args.split)
     if args.max_queries:
         dataset = dataset.head(args.max_queries)
-    retriever = _retriever(args, args.modes, dense_index=args.index)
-    report = evaluate_retrieval(retriever, dataset, modes=args.modes, k_values=args.k, hybrid=_hybrid(args))
+    kinds = list(dict.fromkeys(args.index))
+    report = None
+    for kind in kinds:
+        retriever = _retriever(args, args.modes, dense_index=kind)
+        modes = list(args.modes or retriever.modes)
+        if report is not None:  # later index kinds only change the modes that read the dense index
+            modes = [m for m in modes if m in ("dense", "hybrid")]
+            if not modes:
+                break
+        part = evaluate_retrieval(retriever, dataset, modes=modes, k_values=args.k, hybrid=_hybrid(args))
+        if len(kinds) > 1:
+            part.results = {(f"{m}[{kind}]" if m in ("dense", "hybrid") else m): r for m, r in part.results.items()}
+        if report is None:
+            report = part
+        else:
+            report.results.update(part.results)
     print(f"{dataset.name} ({args.split}, {len(dataset.qrels)} queries, {len(dataset.doc_ids)} documents), "
           f"model {report.model}")
-    print(report.table(metrics=[f"{m}@{k}" for k in (10, 100) if k in args.k
-                                for m in ("ndcg", "mrr", "recall", "map")] or None))
+    cutoffs = sorted(set(args.k) & {10, 100}) or [max(args.k)]
+    shown = [f"{m}@{k}" for k in cutoffs for m in ("ndcg", "mrr", "recall", "map")]
+    print(report.table(metrics=shown))
     if args.output:
         report.save_json(args.output)
         print(f"metrics -> {args.output}")

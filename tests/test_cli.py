@@ -160,3 +160,11 @@ def test_eval_with_an_approximate_index(mini, capsys, cache_args):
     pytest.importorskip("faiss")
     assert main(["eval", str(mini), "--modes", "dense", "--index", "ivf", *cache_args]) == 0
     assert "| dense |" in capsys.readouterr().out
+
+
+def test_eval_compares_index_kinds_in_one_table(mini, capsys, cache_args):
+    pytest.importorskip("faiss")
+    assert main(["eval", str(mini), "--modes", "dense", "bm25", "--index", "flat", "hi2", "--k", "5", *cache_args]) == 0
+    printed = capsys.readouterr().out
+    assert "| dense[flat] |" in printed and "| dense[hi2] |" in printed and printed.count("| bm25 |") == 1
+    assert "ndcg@5" in printed

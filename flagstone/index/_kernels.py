@@ -57,76 +57,70 @@ def _offer(heap_scores, heap_rows, size, k, score, row):
 
 
 @numba.njit(cache=True, inline="always", fastmath=True)
-def _dot(query, codes, lut, row):
+def _score(query, vectors, codes, lut, row, use_pq):
     s = np.float32(0.0)
-    for j in range(codes.shape[1]):
-        s += query[j] * codes[row, j]
+    if use_pq:
+        for j in range(codes.shape[1]):
+            s += lut[j, codes[row, j]]
+    else:
+        for j in range(vectors.shape[1]):
+            s += query[j] * vectors[row, j]
     return s
 
 
-@numba.njit(cache=True, inline="always", fastmath=True)
-def _pq(query, codes, lut, row):
-    s = np.float32(0.0)
-    for j in range(codes.shape[1]):
-        s += lut[j, codes[row, j]]
-    return s
+@numba.njit(cache=True, parallel=True, fastmath=True)
+def search_lists(queries, vectors, codes, luts, use_pq, mask, probed, list_offsets, list_rows, term_offsets, terms,
+                 post_offsets, post_rows, k):
+    """Top-k over the union of each query's probed clusters and the posting lists of its terms.
 
-
-def _make_search(score):
-    @numba.njit(cache=True, parallel=True, fastmath=True)
-    def search(queries, codes, luts, mask, probed, list_offsets, list_rows, term_offsets, terms,
-               post_offsets, post_rows, k):
-        n_queries = queries.shape[0]
-        n_rows = codes.shape[0]
-        out_rows = np.full((n_queries, k), -1, dtype=np.int64)
-        out_scores = np.full((n_queries, k), -np.inf, dtype=np.float32)
-        evaluated = np.zeros(n_queries, dtype=np.int64)
-        for qi in numba.prange(n_queries):
-            seen = np.zeros(n_rows, dtype=np.bool_)
-            heap_scores = np.empty(k, dtype=np.float32)
-            heap_rows = np.empty(k, dtype=np.int64)
-            size = 0
-            count = 0
-            query = queries[qi]
-            lut = luts[qi]
-            for p in range(probed.shape[1]):
-                c = probed[qi, p]
-                for idx in range(list_offsets[c], list_offsets[c + 1]):
-                    row = list_rows[idx]
-                    if mask[row]:
-                        seen[row] = True
-                        count += 1
-                        size = _offer(heap_scores, heap_rows, size, k, score(query, codes, lut, row), row)
-            for t in range(term_offsets[qi], term_offsets[qi + 1]):
-                term = terms[t]
-                for idx in range(post_offsets[term], post_offsets[term + 1]):
-                    row = post_rows[idx]
-                    if mask[row] and not seen[row]:
-                        seen[row] = True
-                        count += 1
-                        size = _offer(heap_scores, heap_rows, size, k, score(query, codes, lut, row), row)
-            # heap -> best first; equal scores ordered by row for determinism
-            order = np.argsort(-heap_scores[:size], kind="mergesort")
-            srt_s = heap_scores[:size][order]
-            srt_r = heap_rows[:size][order]
-            start = 0
-            while start < size:
-                end = start + 1
-                while end < size and srt_s[end] == srt_s[start]:
-                    end += 1
-                if end - start > 1:
-                    srt_r[start:end] = np.sort(srt_r[start:end])
-                start = end
-            out_rows[qi, :size] = srt_r
-            out_scores[qi, :size] = srt_s
-            evaluated[qi] = count
-        return out_rows, out_scores, evaluated
-
-    return search
-
-
-# Top-k over the union of each query's probed clusters and the posting lists of its terms.
-# search_float: ``codes`` are float32 vectors; search_pq: uint8 PQ codes scored through ``luts``
-# (queries x m x 256). Both return (rows, scores, evaluated); -1 / -inf pad rows with fewer than k hits.
-search_float = _make_search(_dot)
-search_pq = _make_search(_pq)
+    Rows are scored from float32 ``vectors`` or, with ``use_pq``, from uint8 PQ ``codes`` through ``luts``
+    (queries x m x 256); the unused one may be an empty array. Returns (rows, scores, evaluated); -1 / -inf
+    pad the rows of queries with fewer than k hits. One plain function (no closures) so numba caches it.
+    """
+    n_queries = queries.shape[0]
+    n_rows = mask.shape[0]
+    out_rows = np.full((n_queries, k), -1, dtype=np.int64)
+    out_scores = np.full((n_queries, k), -np.inf, dtype=np.float32)
+    evaluated = np.zeros(n_queries, dtype=np.int64)
+    for qi in numba.prange(n_queries):
+        seen = np.zeros(n_rows, dtype=np.bool_)
+        heap_scores = np.empty(k, dtype=np.float32)
+        heap_rows = np.empty(k, dtype=np.int64)
+        size = 0
+        count = 0
+        query = queries[qi]
+        lut = luts[qi]
+        for p in range(probed.shape[1]):
+            c = probed[qi, p]
+            for idx in range(list_offsets[c], list_offsets[c + 1]):
+                row = list_rows[idx]
+                if mask[row]:
+                    seen[row] = True
+                    count += 1
+                    score = _score(query, vectors, codes, lut, row, use_pq)
+                    size = _offer(heap_scores, heap_rows, size, k, score, row)
+        for t in range(term_offsets[qi], term_offsets[qi + 1]):
+            term = terms[t]
+            for idx in range(post_offsets[term], post_offsets[term + 1]):
+                row = post_rows[idx]
+                if mask[row] and not seen[row]:
+                    seen[row] = True
+                    count += 1
+                    score = _score(query, vectors, codes, lut, row, use_pq)
+                    size = _offer(heap_scores, heap_rows, size, k, score, row)
+        # heap -> best first; equal scores ordered by row for determinism
+        order = np.argsort(-heap_scores[:size], kind="mergesort")
+        srt_s = heap_scores[:size][order]
+        srt_r = heap_rows[:size][order]
+        start = 0
+        while start < size:
+            end = start + 1
+            while end < size and srt_s[end] == srt_s[start]:
+                end += 1
+            if end - start > 1:
+                srt_r[start:end] = np.sort(srt_r[start:end])
+            start = end
+        out_rows[qi, :size] = srt_r
+        out_scores[qi, :size] = srt_s
+        evaluated[qi] = count
+    return out_rows, out_scores, evaluated

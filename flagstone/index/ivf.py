@@ -10,7 +10,9 @@ from flagstone.index.base import SearchResult
 from flagstone.index.codecs import FlatCodec, Float16Codec, PQCodec, require_faiss
 from flagstone.index.dense import DenseIndex, check_vectors, register
 
-_MIN_POINTS_PER_LIST = 39  # faiss's k-means warns below this many training points per centroid
+_MIN_POINTS_PER_LIST = 39
+_NO_VECTORS = np.zeros((0, 1), dtype=np.float32)  # placeholders for the kernel argument a codec does not use
+_NO_CODES = np.zeros((0, 1), dtype=np.uint8)  # faiss's k-means warns below this many training points per centroid
 
 
 def default_n_lists(n: int) -> int:
@@ -115,12 +117,14 @@ class IVFIndex(DenseIndex):
         if isinstance(self.codec, (FlatCodec, PQCodec)) and type(self.codec) is not Float16Codec:
             from flagstone.index import _kernels
 
-            if isinstance(self.codec, PQCodec):
-                kernel, luts = _kernels.search_pq, self.codec.tables(queries)
+            use_pq = isinstance(self.codec, PQCodec)
+            if use_pq:
+                vectors, codes, luts = _NO_VECTORS, self.codec.codes, self.codec.tables(queries)
             else:
-                kernel, luts = _kernels.search_float, np.zeros((len(queries), 1, 1), dtype=np.float32)
-            rows, scores, evaluated = kernel(queries, self.codec.codes, luts, mask, probed, list_offsets, list_rows,
-                                             term_offsets, terms, post_offsets, post_rows, k)
+                vectors, codes, luts = self.codec.codes, _NO_CODES, np.zeros((len(queries), 1, 1), np.float32)
+            rows, scores, evaluated = _kernels.search_lists(queries, vectors, codes, luts, use_pq, mask, probed,
+                                                            list_offsets, list_rows, term_offsets, terms,
+                                                            post_offsets, post_rows, k)
             return SearchResult(rows, scores, evaluated)
         candidates = []
         for qi, clusters in enumerate(probed):

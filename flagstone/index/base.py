@@ -131,3 +131,48 @@ class IdMap:
         if missing:
             raise IdError(f"{len(missing)} unknown ids, e.g. {missing[:3]}")
         return np.array([self._pos[i] for i in ids], dtype=np.int64)
+
+
+class IdIndex:
+    """What every index shares: external ids, tombstones for removed rows, and the id views of results."""
+
+    def __init__(self) -> None:
+        self.id_map = IdMap()
+        self._alive = np.zeros(0, dtype=bool)
+
+    def __len__(self) -> int:
+        return len(self.id_map)
+
+    def __contains__(self, doc_id: str) -> bool:
+        return doc_id in self.id_map
+
+    @property
+    def ids(self) -> list[str | None]:
+        """Id of every row (None for removed rows until ``compact``)."""
+        return self.id_map.ids
+
+    def ids_of(self, positions: np.ndarray) -> list[list[str]]:
+        """Result rows as ids (padding positions -1 dropped)."""
+        return [[self.id_map.ids[p] for p in row if p >= 0] for row in positions]
+
+    def _track_added(self, ids: Sequence[str]) -> None:
+        self.id_map.extend(ids)
+        self._alive = np.concatenate([self._alive, np.ones(len(ids), dtype=bool)])
+
+    def remove(self, ids: Sequence[str]) -> None:
+        """Remove documents; they stop matching at once, their space is freed by ``compact``."""
+        self._alive[self.id_map.remove(ids)] = False
+
+    def compact(self) -> None:
+        """Rewrite storage without removed rows."""
+        if self.id_map.rows != len(self.id_map):
+            self._permute(np.flatnonzero(self._alive))
+
+    def _permute(self, rows: np.ndarray) -> None:
+        """Keep only ``rows`` of storage, in that order; subclasses move their own arrays too."""
+        self.id_map.reorder(rows)
+        self._alive = self._alive[rows]
+
+    def _restore_ids(self, ids: np.ndarray) -> None:
+        self.id_map = IdMap.from_ids([str(i) for i in ids])
+        self._alive = np.ones(len(self.id_map), dtype=bool)

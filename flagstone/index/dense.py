@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from flagstone.errors import VectorError
-from flagstone.index.base import IdMap, SearchResult, best_of, pad_results, stack_results, top_k
+from flagstone.index.base import IdIndex, SearchResult, best_of, pad_results, stack_results, top_k
 from flagstone.index.codecs import Codec, make_codec
 from flagstone.index.storage import IndexFormatError, load_index, save_index
 
@@ -33,7 +33,7 @@ def check_vectors(vectors: np.ndarray, dim: int, what: str = "vectors") -> np.nd
     return array
 
 
-class DenseIndex:
+class DenseIndex(IdIndex):
     """Base class; use :class:`FlatIndex`, :class:`IVFIndex` or :class:`HI2Index`."""
 
     kind = "dense"
@@ -41,25 +41,9 @@ class DenseIndex:
     def __init__(self, dim: int, *, codec: str = "flat", pq_m: int | None = None, opq: bool = False) -> None:
         if dim < 1:
             raise ValueError("dim must be positive")
+        super().__init__()
         self.dim = dim
         self.codec: Codec = make_codec(codec, dim, pq_m=pq_m, opq=opq)
-        self.id_map = IdMap()
-        self._alive = np.zeros(0, dtype=bool)
-
-    # -- size and ids --------------------------------------------------------------------------
-    def __len__(self) -> int:
-        return len(self.id_map)
-
-    def __contains__(self, doc_id: str) -> bool:
-        return doc_id in self.id_map
-
-    @property
-    def ids(self) -> list[str | None]:
-        """Id of every row (None for removed rows until :meth:`compact`)."""
-        return self.id_map.ids
-
-    def ids_of(self, positions: np.ndarray) -> list[list[str]]:
-        return [[self.id_map.ids[p] for p in row if p >= 0] for row in positions]
 
     # -- writing -------------------------------------------------------------------------------
     def add(self, ids: Sequence[str], vectors: np.ndarray) -> None:
@@ -71,9 +55,8 @@ class DenseIndex:
         if not self.trained:
             self.train(vectors)
         first_row = self.id_map.rows
-        self.id_map.extend(ids)
+        self._track_added(ids)
         self.codec.append(vectors)
-        self._alive = np.concatenate([self._alive, np.ones(len(vectors), dtype=bool)])
         self._added(np.arange(first_row, first_row + len(vectors)), vectors)
 
     @property
@@ -84,21 +67,9 @@ class DenseIndex:
         """Learn codec (and, in subclasses, cluster) parameters; called by the first ``add``."""
         self.codec.train(check_vectors(vectors, self.dim))
 
-    def remove(self, ids: Sequence[str]) -> None:
-        """Remove documents; they stop matching at once, their space is freed by :meth:`compact`."""
-        rows = self.id_map.remove(ids)
-        self._alive[rows] = False
-
-    def compact(self) -> None:
-        """Rewrite storage without removed rows."""
-        if self.id_map.rows != len(self.id_map):
-            self._permute(np.flatnonzero(self._alive))
-
     def _permute(self, rows: np.ndarray) -> None:
-        """Keep only ``rows`` of storage, in that order (row numbers are internal and may change)."""
-        self.id_map.reorder(rows)
+        super()._permute(rows)
         self.codec.keep(rows)
-        self._alive = self._alive[rows]
         self._kept(rows)
 
     def _added(self, rows: np.ndarray, vectors: np.ndarray) -> None:
@@ -206,8 +177,7 @@ class DenseIndex:
         if cls is not DenseIndex and not issubclass(target, cls):
             raise IndexFormatError(f"{folder} holds a {kind!r} index, not {cls.kind!r}")
         index = target._from_params(params)
-        index.id_map = IdMap.from_ids([str(i) for i in arrays["ids"]])
-        index._alive = np.ones(len(index.id_map), dtype=bool)
+        index._restore_ids(arrays["ids"])
         index.codec.load_state(arrays)
         index._load_state(params, arrays)
         return index

@@ -6,37 +6,23 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from flagstone.index.base import IdMap, SearchResult, stack_results, top_k
+from flagstone.index.base import IdIndex, SearchResult, stack_results, top_k
 from flagstone.index.storage import IndexFormatError, load_index, save_index
 from flagstone.models.embeddings import MultiVectors
 from flagstone.retrieval.scoring import colbert_scores
 
 
-class MultiVectorIndex:
+class MultiVectorIndex(IdIndex):
     """Scores documents by MaxSim. ``search`` is exhaustive; ``search_candidates`` re-scores another
     index's candidates (the usual way to use it at scale). Same interface as the other indexes."""
 
     kind = "multivector"
 
     def __init__(self, dim: int) -> None:
+        super().__init__()
         self.dim = dim
-        self.id_map = IdMap()
         self._parts: list[MultiVectors] = []
         self._docs: MultiVectors | None = MultiVectors.from_list([], dim)
-        self._alive = np.zeros(0, dtype=bool)
-
-    def __len__(self) -> int:
-        return len(self.id_map)
-
-    def __contains__(self, doc_id: str) -> bool:
-        return doc_id in self.id_map
-
-    @property
-    def ids(self) -> list[str | None]:
-        return self.id_map.ids
-
-    def ids_of(self, positions: np.ndarray) -> list[list[str]]:
-        return [[self.id_map.ids[p] for p in row if p >= 0] for row in positions]
 
     @property
     def docs(self) -> MultiVectors:
@@ -54,21 +40,14 @@ class MultiVectorIndex:
             from flagstone.errors import VectorError
 
             raise VectorError("token vectors contain NaN or infinity")
-        self.id_map.extend(ids)
+        self._track_added(ids)
         self._parts = [self.docs, vectors]
         self._docs = None
-        self._alive = np.concatenate([self._alive, np.ones(len(ids), dtype=bool)])
 
-    def remove(self, ids: Sequence[str]) -> None:
-        self._alive[self.id_map.remove(ids)] = False
-
-    def compact(self) -> None:
-        if self.id_map.rows != len(self.id_map):
-            keep = np.flatnonzero(self._alive)
-            self.id_map.reorder(keep)
-            self._docs = self.docs.take(keep)
-            self._parts = [self._docs]
-            self._alive = np.ones(len(keep), dtype=bool)
+    def _permute(self, rows: np.ndarray) -> None:
+        super()._permute(rows)
+        self._docs = self.docs.take(rows)
+        self._parts = [self._docs]
 
     def search(self, queries: MultiVectors, k: int) -> SearchResult:
         parts = []
@@ -112,8 +91,7 @@ class MultiVectorIndex:
         if kind != cls.kind:
             raise IndexFormatError(f"{folder} holds a {kind!r} index, not {cls.kind!r}")
         index = cls(params["dim"])
-        index.id_map = IdMap.from_ids([str(i) for i in arrays["ids"]])
+        index._restore_ids(arrays["ids"])
         index._docs = MultiVectors(np.asarray(arrays["offsets"]), arrays["vectors"])
         index._parts = [index._docs]
-        index._alive = np.ones(len(index.id_map), dtype=bool)
         return index

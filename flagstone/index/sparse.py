@@ -6,14 +6,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from flagstone.index.base import IdMap, SearchResult, stack_results, top_k
+from flagstone.index.base import IdIndex, SearchResult, stack_results, top_k
 from flagstone.index.storage import IndexFormatError, load_index, save_index
 from flagstone.models.embeddings import SparseWeights
 
 _QUERY_BLOCK = 256
 
 
-class SparseIndex:
+class SparseIndex(IdIndex):
     """Documents as rows of a sparse (docs x vocabulary) matrix; a query's score is a sparse dot product.
 
     Same interface as the dense indexes: add, search, remove, compact, save, load, len, describe.
@@ -24,24 +24,10 @@ class SparseIndex:
     def __init__(self, vocab_size: int) -> None:
         from scipy.sparse import csr_matrix
 
+        super().__init__()
         self.vocab_size = vocab_size
-        self.id_map = IdMap()
         self._matrix = csr_matrix((0, vocab_size), dtype=np.float32)
-        self._alive = np.zeros(0, dtype=bool)
         self._by_term = None  # (vocab x docs) CSR built lazily: each row is a posting list
-
-    def __len__(self) -> int:
-        return len(self.id_map)
-
-    def __contains__(self, doc_id: str) -> bool:
-        return doc_id in self.id_map
-
-    @property
-    def ids(self) -> list[str | None]:
-        return self.id_map.ids
-
-    def ids_of(self, positions: np.ndarray) -> list[list[str]]:
-        return [[self.id_map.ids[p] for p in row if p >= 0] for row in positions]
 
     def add(self, ids: Sequence[str], weights: SparseWeights) -> None:
         from scipy.sparse import vstack
@@ -54,21 +40,14 @@ class SparseIndex:
             from flagstone.errors import VectorError
 
             raise VectorError("term weights contain NaN or infinity")
-        self.id_map.extend(ids)
+        self._track_added(ids)
         self._matrix = vstack([self._matrix, weights.to_scipy()], format="csr")
-        self._alive = np.concatenate([self._alive, np.ones(len(ids), dtype=bool)])
         self._by_term = None
 
-    def remove(self, ids: Sequence[str]) -> None:
-        self._alive[self.id_map.remove(ids)] = False
-
-    def compact(self) -> None:
-        if self.id_map.rows != len(self.id_map):
-            keep = np.flatnonzero(self._alive)
-            self.id_map.reorder(keep)
-            self._matrix = self._matrix[keep]
-            self._alive = np.ones(len(keep), dtype=bool)
-            self._by_term = None
+    def _permute(self, rows: np.ndarray) -> None:
+        super()._permute(rows)
+        self._matrix = self._matrix[rows]
+        self._by_term = None
 
     @property
     def postings(self):
@@ -112,8 +91,7 @@ class SparseIndex:
         if kind != cls.kind:
             raise IndexFormatError(f"{folder} holds a {kind!r} index, not {cls.kind!r}")
         index = cls(params["vocab_size"])
-        index.id_map = IdMap.from_ids([str(i) for i in arrays["ids"]])
+        index._restore_ids(arrays["ids"])
         index._matrix = csr_matrix((np.asarray(arrays["data"]), np.asarray(arrays["indices"]),
                                     np.asarray(arrays["indptr"])), shape=(len(index.id_map), params["vocab_size"]))
-        index._alive = np.ones(len(index.id_map), dtype=bool)
         return index

@@ -124,3 +124,39 @@ def search_lists(queries, vectors, codes, luts, use_pq, mask, probed, list_offse
         out_scores[qi, :size] = srt_s
         evaluated[qi] = count
     return out_rows, out_scores, evaluated
+
+
+@numba.njit(cache=True, parallel=True)
+def top_k_rows(scores, k):
+    """Best ``k`` columns of each row of a (queries x rows) score matrix, best first, ties to the lower
+    column; -inf entries are never returned (-1 / -inf padding instead). A heap rejects most columns with
+    one comparison, which beats a full partition when k is small."""
+    n_queries, n = scores.shape
+    out_rows = np.full((n_queries, k), -1, dtype=np.int64)
+    out_scores = np.full((n_queries, k), -np.inf, dtype=np.float32)
+    for qi in numba.prange(n_queries):
+        heap_scores = np.empty(k, dtype=np.float32)
+        heap_rows = np.empty(k, dtype=np.int64)
+        size = 0
+        row_scores = scores[qi]
+        for col in range(n):
+            s = row_scores[col]
+            if s == -np.inf:
+                continue
+            if size == k and s <= heap_scores[0]:
+                continue  # ties keep the lower column, which came first
+            size = _offer(heap_scores, heap_rows, size, k, s, col)
+        order = np.argsort(-heap_scores[:size], kind="mergesort")
+        srt_s = heap_scores[:size][order]
+        srt_r = heap_rows[:size][order]
+        start = 0
+        while start < size:
+            end = start + 1
+            while end < size and srt_s[end] == srt_s[start]:
+                end += 1
+            if end - start > 1:
+                srt_r[start:end] = np.sort(srt_r[start:end])
+            start = end
+        out_rows[qi, :size] = srt_r
+        out_scores[qi, :size] = srt_s
+    return out_rows, out_scores

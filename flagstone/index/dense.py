@@ -19,6 +19,18 @@ from flagstone.index.storage import IndexFormatError, load_index, save_index
 _QUERY_BLOCK = 256  # queries per matmul in exhaustive search: bounds the (queries x rows) block
 
 
+def _fast_top_k(scores: np.ndarray, k: int) -> SearchResult:
+    """top_k through the compiled heap when numba is installed (several times faster for small k)."""
+    try:
+        from flagstone.index._kernels import top_k_rows
+    except ImportError:
+        return top_k(scores, k)
+    if k >= scores.shape[1]:
+        return top_k(scores, k)
+    rows, best = top_k_rows(np.ascontiguousarray(scores, dtype=np.float32), k)
+    return SearchResult(rows, best)
+
+
 def check_vectors(vectors: np.ndarray, dim: int, what: str = "vectors") -> np.ndarray:
     """float32 (n, dim) array, or VectorError naming the problem."""
     array = np.asarray(vectors)
@@ -123,7 +135,7 @@ class DenseIndex(IdIndex):
                 scores = self.codec.scores(block)
                 if not self._alive.all():
                     scores[:, ~self._alive] = -np.inf
-                result = top_k(scores, k)
+                result = _fast_top_k(scores, k)
                 evaluated = int(self._alive.sum())
             else:
                 result = top_k(self.codec.scores(block, rows), k)

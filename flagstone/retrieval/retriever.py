@@ -153,6 +153,9 @@ class Retriever:
                 dense = self.dense_index
                 if isinstance(dense, str):
                     dense = DENSE_INDEXES[dense](emb.dense.shape[1])
+                elif len(dense):
+                    raise FlagstoneError("this retriever's dense index instance is already filled; pass the index "
+                                         "kind (e.g. dense_index='hi2') to fit a retriever more than once")
                 if isinstance(dense, HI2Index):
                     dense.add(ids, emb.dense, term_weights)
                 else:

@@ -131,3 +131,15 @@ def test_approximate_dense_indexes_in_the_retriever(minilm, dense_index):
 def test_dense_index_argument_is_checked(minilm):
     with pytest.raises(ValueError, match="unknown dense index"):
         Retriever(minilm, dense_index="annoy")
+
+
+def test_an_index_instance_is_filled_once(minilm):
+    pytest.importorskip("faiss")
+    from flagstone.index.ivf import IVFIndex
+
+    index = IVFIndex(384, n_lists=2, n_probe=2)
+    retriever = Retriever(minilm, signals=["dense"], dense_index=index).fit(list(DOCS), list(DOCS.values()))
+    assert len(index) == len(DOCS)
+    assert retriever.search(["bees"], mode="dense", k=1).ids == [["bees"]]
+    with pytest.raises(FlagstoneError, match="already filled"):
+        retriever.fit(list(DOCS), list(DOCS.values()))

@@ -56,6 +56,24 @@ def _offer(heap_scores, heap_rows, size, k, score, row):
     return size
 
 
+@numba.njit(cache=True)
+def _write_sorted(heap_scores, heap_rows, size, out_scores, out_rows):
+    """Write a heap's entries best first into the output row; equal scores ordered by row (deterministic)."""
+    order = np.argsort(-heap_scores[:size], kind="mergesort")
+    srt_s = heap_scores[:size][order]
+    srt_r = heap_rows[:size][order]
+    start = 0
+    while start < size:
+        end = start + 1
+        while end < size and srt_s[end] == srt_s[start]:
+            end += 1
+        if end - start > 1:
+            srt_r[start:end] = np.sort(srt_r[start:end])
+        start = end
+    out_rows[:size] = srt_r
+    out_scores[:size] = srt_s
+
+
 @numba.njit(cache=True, inline="always", fastmath=True)
 def _score(query, vectors, codes, lut, row, use_pq):
     s = np.float32(0.0)
@@ -108,20 +126,7 @@ def search_lists(queries, vectors, codes, luts, use_pq, mask, probed, list_offse
                     count += 1
                     score = _score(query, vectors, codes, lut, row, use_pq)
                     size = _offer(heap_scores, heap_rows, size, k, score, row)
-        # heap -> best first; equal scores ordered by row for determinism
-        order = np.argsort(-heap_scores[:size], kind="mergesort")
-        srt_s = heap_scores[:size][order]
-        srt_r = heap_rows[:size][order]
-        start = 0
-        while start < size:
-            end = start + 1
-            while end < size and srt_s[end] == srt_s[start]:
-                end += 1
-            if end - start > 1:
-                srt_r[start:end] = np.sort(srt_r[start:end])
-            start = end
-        out_rows[qi, :size] = srt_r
-        out_scores[qi, :size] = srt_s
+        _write_sorted(heap_scores, heap_rows, size, out_scores[qi], out_rows[qi])
         evaluated[qi] = count
     return out_rows, out_scores, evaluated
 
@@ -146,17 +151,5 @@ def top_k_rows(scores, k):
             if size == k and s <= heap_scores[0]:
                 continue  # ties keep the lower column, which came first
             size = _offer(heap_scores, heap_rows, size, k, s, col)
-        order = np.argsort(-heap_scores[:size], kind="mergesort")
-        srt_s = heap_scores[:size][order]
-        srt_r = heap_rows[:size][order]
-        start = 0
-        while start < size:
-            end = start + 1
-            while end < size and srt_s[end] == srt_s[start]:
-                end += 1
-            if end - start > 1:
-                srt_r[start:end] = np.sort(srt_r[start:end])
-            start = end
-        out_rows[qi, :size] = srt_r
-        out_scores[qi, :size] = srt_s
+        _write_sorted(heap_scores, heap_rows, size, out_scores[qi], out_rows[qi])
     return out_rows, out_scores

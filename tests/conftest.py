@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from tests.helpers import SCIFACT, build_tiny_m3
+from tests.helpers import SCIFACT, build_tiny_causal_lm, build_tiny_cross_encoder, build_tiny_m3
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -33,3 +33,13 @@ def scifact_dir():
     if not (SCIFACT / "corpus.jsonl").is_file():
         pytest.skip(f"SciFact not found at {SCIFACT} (the shared data folder is absent)")
     return SCIFACT
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_encoder_dir(tmp_path_factory):
+    return build_tiny_cross_encoder(tmp_path_factory.mktemp("tiny-ce") / "reranker")
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_lm_dir(tmp_path_factory):
+    return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-lm") / "lm", chat_template=True)

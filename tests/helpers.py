@@ -65,3 +65,49 @@ def load_flagembedding(module: str, name: str):
 def load_flagembedding_m3():
     """FlagEmbedding's M3Embedder, the class behind BGEM3FlagModel."""
     return load_flagembedding("inference.embedder.encoder_only.m3", "M3Embedder")
+
+
+def build_tiny_cross_encoder(folder: Path, *, num_labels: int = 1, seed: int = 0) -> Path:
+    """A randomly initialised reranker in bge-reranker's layout: XLM-R sequence classification + tokenizer."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, XLMRobertaForSequenceClassification
+
+    source = build_tiny_m3(folder.parent / f"{folder.name}-encoder", seed=seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    AutoTokenizer.from_pretrained(source).save_pretrained(folder)
+    config = AutoConfig.from_pretrained(source, num_labels=num_labels)
+    torch.manual_seed(seed + 1)
+    XLMRobertaForSequenceClassification(config).eval().save_pretrained(folder)
+    return folder
+
+
+def build_tiny_causal_lm(folder: Path, *, chat_template: bool = False, seed: int = 0) -> Path:
+    """A randomly initialised Llama-architecture causal LM (SmolLM2's family) with a small BPE tokenizer
+    in which "Yes" and "No" are single tokens."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from flagstone.corpora import python_docstrings
+
+    folder.mkdir(parents=True, exist_ok=True)
+    _, texts = python_docstrings(300)
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok.train_from_iterator(texts + ["Yes", "No"] * 50, trainers.BpeTrainer(
+        vocab_size=800, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>", model_max_length=256)
+    if chat_template:
+        fast.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                              "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    fast.save_pretrained(folder)
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         pad_token_id=fast.pad_token_id, bos_token_id=fast.bos_token_id,
+                         eos_token_id=fast.eos_token_id, tie_word_embeddings=True)
+    LlamaForCausalLM(config).eval().save_pretrained(folder)
+    return folder

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from flagstone.errors import InvalidTextError, MissingHeadError, ModelNotFoundError
+from flagstone.models._hf import quiet_transformers
 from flagstone.models.embeddings import Embeddings, MultiVectors, SparseWeights
 from flagstone.models.presets import DEFAULT_MODEL, PRESETS, ModelPreset, find_preset
 
@@ -170,20 +171,12 @@ class Embedder:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
 
-        from transformers.utils import logging as hf_logging
-
-        verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-        hf_logging.set_verbosity_error()  # an encoder loaded without its unused pooler is expected
-        hf_logging.disable_progress_bar()  # loading a small encoder needs no bar of its own
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(self.path))
-            self.model = AutoModel.from_pretrained(str(self.path), dtype=getattr(torch, dtype))
-        except (OSError, ValueError) as exc:
-            raise ModelNotFoundError(f"could not load model from {self.path}: {exc}") from None
-        finally:
-            hf_logging.set_verbosity(verbosity)
-            if bars:
-                hf_logging.enable_progress_bar()
+        with quiet_transformers():  # an encoder loaded without its unused pooler is expected
+            try:
+                self.tokenizer = AutoTokenizer.from_pretrained(str(self.path))
+                self.model = AutoModel.from_pretrained(str(self.path), dtype=getattr(torch, dtype))
+            except (OSError, ValueError) as exc:
+                raise ModelNotFoundError(f"could not load model from {self.path}: {exc}") from None
         self.model.eval().to(device)
         model_limit = int(getattr(self.model.config, "max_position_embeddings", 512) or 512)
         if self.model.config.model_type in ("xlm-roberta", "roberta", "camembert"):

@@ -1,0 +1,302 @@
+"""Rerankers: score (query, passage) pairs with a cross-encoder, a causal LM (yes/no prompting) or ColBERT.
+
+All rerankers share one small interface: ``score_pairs(pairs) -> (n,) float32`` and
+``rerank(query, passages, top_k) -> Reranked``. ``rerank_hits`` re-orders a retriever's ``Hits``.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from flagstone.errors import InvalidTextError, ModelNotFoundError
+from flagstone.models._hf import quiet_transformers, torch_dtype
+
+if TYPE_CHECKING:
+    import torch
+
+    from flagstone.models.embedder import Embedder
+    from flagstone.retrieval.retriever import Hits
+
+DEFAULT_LLM_PROMPT = (
+    "Given a query and a passage, answer 'Yes' if the passage is relevant to the query, otherwise 'No'.\n"
+    "Query: {query}\nPassage: {passage}\nIs the passage relevant to the query? Answer Yes or No."
+)
+
+
+@dataclass(frozen=True)
+class Reranked:
+    """Passages of one query re-ordered best first: positions into the input list and their scores."""
+
+    order: np.ndarray  # (k,) int64 positions into the passages given
+    scores: np.ndarray  # (k,) float32, descending
+
+
+class Reranker(Protocol):
+    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray: ...
+
+
+def validate_pairs(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Reject a bare string, malformed pairs and empty texts with the position of the first bad one."""
+    if isinstance(pairs, str) or (isinstance(pairs, tuple) and len(pairs) == 2 and isinstance(pairs[0], str)):
+        raise InvalidTextError("expected a list of (query, passage) pairs, got a single pair or string")
+    checked = []
+    for i, pair in enumerate(pairs):
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise InvalidTextError(f"pair #{i} is not a (query, passage) pair")
+        query, passage = pair
+        for role, text in (("query", query), ("passage", passage)):
+            if not isinstance(text, str):
+                raise InvalidTextError(f"pair #{i}: the {role} is {type(text).__name__}, not a string")
+            if not text.strip():
+                raise InvalidTextError(f"pair #{i}: the {role} is empty")
+        checked.append((query, passage))
+    return checked
+
+
+def rerank(reranker: Reranker, query: str, passages: Sequence[str], top_k: int | None = None) -> Reranked:
+    """Score every passage against ``query`` and return the best ``top_k`` (all by default), best first."""
+    if len(passages) == 0:
+        return Reranked(np.zeros(0, np.int64), np.zeros(0, np.float32))
+    scores = reranker.score_pairs([(query, p) for p in passages])
+    order = np.argsort(-scores, kind="stable")[: top_k if top_k is not None else len(passages)]
+    return Reranked(order.astype(np.int64), scores[order])
+
+
+def rerank_hits(
+    reranker: Reranker,
+    queries: Sequence[str],
+    hits: Hits,
+    texts: Mapping[str, str],
+    *,
+    depth: int | None = None,
+    show_progress: bool = False,
+) -> Hits:
+    """Re-order each query's first ``depth`` hits (all by default) by the reranker's score.
+
+    The first stage's score of each hit is kept as the signal ``first_stage``; the returned ``Hits``
+    has mode ``"<first stage mode>+rerank"`` and one row per query, best first.
+    """
+    from tqdm.auto import tqdm
+
+    from flagstone.retrieval.retriever import Hits
+
+    if len(queries) != len(hits):
+        raise ValueError(f"{len(queries)} queries for {len(hits)} rows of hits")
+    rows_ids, rows_scores, rows_first = [], [], []
+    for qi in tqdm(range(len(queries)), desc="Reranking", unit="query", disable=not show_progress):
+        ids = hits.ids[qi][:depth] if depth is not None else hits.ids[qi]
+        missing = [d for d in ids if d not in texts]
+        if missing:
+            raise KeyError(f"no text for document id {missing[0]!r}")
+        result = rerank(reranker, queries[qi], [texts[d] for d in ids])
+        rows_ids.append([ids[i] for i in result.order])
+        rows_scores.append(result.scores)
+        rows_first.append(np.asarray(hits.scores[qi][: len(ids)])[result.order])
+    width = max((len(r) for r in rows_ids), default=0)
+    scores = np.full((len(queries), width), np.nan, dtype=np.float32)
+    first = np.full((len(queries), width), np.nan, dtype=np.float32)
+    for qi, (s, f) in enumerate(zip(rows_scores, rows_first)):
+        scores[qi, : len(s)] = s
+        first[qi, : len(f)] = f
+    return Hits(mode=f"{hits.mode}+rerank", ids=rows_ids, scores=scores, signals={"first_stage": first,
+                                                                                   "rerank": scores.copy()})
+
+
+def _batches(n: int, size: int) -> list[slice]:
+    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+class CrossEncoderReranker:
+    """A Hugging Face sequence-classification checkpoint (the bge-reranker format) scoring pairs.
+
+    Scores are raw logits (``normalize=False``) or sigmoid probabilities in 0..1. A two-label model scores
+    the log-odds of its second label. Long inputs keep the query (cut to ``max_query_length`` tokens)
+    and truncate the passage to fit ``max_length``.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike,
+        *,
+        max_length: int = 512,
+        max_query_length: int = 64,
+        batch_size: int = 32,
+        normalize: bool = False,
+        dtype: str = "float32",
+        device: str = "cpu",
+    ) -> None:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from flagstone.models.embedder import resolve_model_path
+
+        if max_query_length >= max_length:
+            raise ValueError("max_query_length must be smaller than max_length")
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        folder, _ = resolve_model_path(str(model))
+        self.path = folder
+        with quiet_transformers():
+            try:
+                self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+                self.model = AutoModelForSequenceClassification.from_pretrained(str(folder), dtype=torch_dtype(dtype))
+            except (OSError, ValueError) as exc:
+                raise ModelNotFoundError(f"could not load a cross-encoder from {folder}: {exc}") from None
+        self.model.eval().to(device)
+        n_labels = int(self.model.config.num_labels)
+        if n_labels not in (1, 2):
+            raise ModelNotFoundError(f"{folder} has {n_labels} labels; a reranker needs 1 (a score) or 2 (no/yes)")
+        limit = int(getattr(self.model.config, "max_position_embeddings", max_length) or max_length)
+        if self.model.config.model_type in ("xlm-roberta", "roberta", "camembert"):
+            limit -= 2
+        self.max_length = min(max_length, limit)
+        self.max_query_length = min(max_query_length, self.max_length // 2)
+        self.batch_size = batch_size
+        self.normalize = normalize
+        self.device = device
+
+    def _cut_query(self, query: str) -> str:
+        """The query cut after its first ``max_query_length`` tokens (at a character offset, so the
+        text is re-tokenised exactly as it was)."""
+        enc = self.tokenizer(query, add_special_tokens=False, return_offsets_mapping=True)
+        if len(enc["input_ids"]) <= self.max_query_length:
+            return query
+        return query[: enc["offset_mapping"][self.max_query_length - 1][1]]
+
+    def _encode_batch(self, pairs: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
+        # the query is kept whole up to max_query_length tokens; the passage is cut to fit max_length
+        batch = self.tokenizer([self._cut_query(q) for q, _ in pairs], [p for _, p in pairs], padding=True,
+                               truncation="only_second", max_length=self.max_length, return_tensors="pt")
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        import torch
+
+        pairs = validate_pairs(pairs)
+        out = np.zeros(len(pairs), dtype=np.float32)
+        # longest first keeps padding low; results go back to input order
+        order = np.argsort([-(len(q) + len(p)) for q, p in pairs], kind="stable")
+        with torch.inference_mode():
+            for part in _batches(len(pairs), self.batch_size):
+                idx = order[part]
+                logits = self.model(**self._encode_batch([pairs[i] for i in idx])).logits.float()
+                scores = logits[:, 0] if logits.shape[1] == 1 else logits[:, 1] - logits[:, 0]
+                if self.normalize:
+                    scores = torch.sigmoid(scores)
+                out[idx] = scores.cpu().numpy()
+        return out
+
+
+class LLMReranker:
+    """Pointwise reranking with a causal LM (INTERS style): the score is the log-odds of "Yes" over "No"
+    as the next token after a relevance prompt; ``normalize=True`` gives P(Yes | Yes or No) in 0..1.
+
+    ``model`` is anything :func:`flagstone.models.causal_lm.load_causal_lm` accepts (default: the bundled
+    SmolLM2-135M-Instruct). Chat models get the prompt through their chat template. Passages are cut by
+    tokens so the whole prompt fits ``max_length``.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike = "smollm2-135m-instruct",
+        *,
+        prompt: str = DEFAULT_LLM_PROMPT,
+        yes: str = "Yes",
+        no: str = "No",
+        max_length: int = 512,
+        batch_size: int = 8,
+        normalize: bool = False,
+        dtype: str = "float32",
+        cache_dir: str | os.PathLike | None = None,
+    ) -> None:
+        from flagstone.models.causal_lm import load_causal_lm
+
+        if "{query}" not in prompt or "{passage}" not in prompt:
+            raise ValueError("prompt must contain {query} and {passage}")
+        lm = load_causal_lm(model, dtype=dtype, cache_dir=cache_dir)
+        self.model, self.tokenizer, self.path = lm.model, lm.tokenizer, lm.path
+        self.prompt = prompt
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.normalize = normalize
+        self.yes_id = self._single_token(yes)
+        self.no_id = self._single_token(no)
+        self._chat = getattr(self.tokenizer, "chat_template", None) is not None
+        self._pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
+    def _single_token(self, word: str) -> int:
+        ids = self.tokenizer(word, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise ValueError(f"{word!r} is {len(ids)} tokens for this tokenizer; the answer words must be one token")
+        return int(ids[0])
+
+    def _prompt_ids(self, query: str, passage: str) -> list[int]:
+        """Token ids of the full prompt, the passage cut so everything fits in max_length."""
+        def render(passage_text: str) -> list[int]:
+            text = self.prompt.format(query=query, passage=passage_text)
+            if self._chat:
+                return list(self.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=True,
+                                                               add_generation_prompt=True, return_dict=False))
+            return self.tokenizer(text, add_special_tokens=True)["input_ids"]
+
+        ids = render(passage)
+        if len(ids) <= self.max_length:
+            return ids
+        passage_ids = self.tokenizer(passage, add_special_tokens=False)["input_ids"]
+        budget = len(passage_ids) - (len(ids) - self.max_length)
+        if budget < 1:
+            raise InvalidTextError(f"the prompt and query alone take more than max_length={self.max_length} tokens")
+        ids = render(self.tokenizer.decode(passage_ids[:budget]))
+        return ids[: self.max_length]  # decoding and re-encoding can shift a token or two
+
+    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        import torch
+
+        pairs = validate_pairs(pairs)
+        prompts = [self._prompt_ids(q, p) for q, p in pairs]
+        order = np.argsort([-len(p) for p in prompts], kind="stable")
+        out = np.zeros(len(pairs), dtype=np.float32)
+        with torch.inference_mode():
+            for part in _batches(len(pairs), self.batch_size):
+                idx = order[part]
+                rows = [prompts[i] for i in idx]
+                width = max(len(r) for r in rows)
+                input_ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
+                mask = torch.zeros((len(rows), width), dtype=torch.long)
+                for r, ids in enumerate(rows):  # right padding: positions of real tokens stay 0..n-1
+                    input_ids[r, : len(ids)] = torch.tensor(ids)
+                    mask[r, : len(ids)] = 1
+                logits = self.model(input_ids=input_ids, attention_mask=mask).logits
+                last = logits[torch.arange(len(rows)), mask.sum(dim=1) - 1].float()
+                log_probs = torch.log_softmax(last, dim=-1)
+                scores = log_probs[:, self.yes_id] - log_probs[:, self.no_id]
+                if self.normalize:
+                    scores = torch.sigmoid(scores)
+                out[idx] = scores.numpy()
+        return out
+
+
+class ColbertReranker:
+    """Late-interaction re-scoring with an embedder's ColBERT head (BGE-M3's multi-vector output)."""
+
+    def __init__(self, embedder: Embedder) -> None:
+        if not embedder.has_colbert:
+            from flagstone.errors import MissingHeadError
+            from flagstone.models.embedder import COLBERT_HEAD_FILE
+
+            raise MissingHeadError(f"model {embedder.name!r} has no ColBERT head ({COLBERT_HEAD_FILE})")
+        self.embedder = embedder
+
+    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        from flagstone.retrieval.scoring import colbert_pair_scores
+
+        pairs = validate_pairs(pairs)
+        unique = list(dict.fromkeys(q for q, _ in pairs))  # reranking repeats one query for every passage
+        encoded = self.embedder.encode(unique, dense=False, colbert=True, is_query=True, show_progress=False).colbert
+        position = {q: i for i, q in enumerate(unique)}
+        queries = encoded.take([position[q] for q, _ in pairs])
+        docs = self.embedder.encode([p for _, p in pairs], dense=False, colbert=True, show_progress=False)
+        return colbert_pair_scores(queries, docs.colbert)

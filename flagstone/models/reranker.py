@@ -110,6 +110,20 @@ def _batches(n: int, size: int) -> list[slice]:
     return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
 
+def encode_pairs(tokenizer, pairs: Sequence[tuple[str, str]], max_length: int,
+                 max_query_length: int) -> dict[str, torch.Tensor]:
+    """Tokenise (query, passage) pairs for a cross-encoder: the query is kept whole up to
+    ``max_query_length`` tokens, the passage is cut to fit ``max_length``. Shared by scoring and training."""
+    cut = []
+    for query, _ in pairs:
+        enc = tokenizer(query, add_special_tokens=False, return_offsets_mapping=True)
+        if len(enc["input_ids"]) > max_query_length:  # cut at a character offset so it re-tokenises the same
+            query = query[: enc["offset_mapping"][max_query_length - 1][1]]
+        cut.append(query)
+    return tokenizer(cut, [p for _, p in pairs], padding=True, truncation="only_second", max_length=max_length,
+                     return_tensors="pt")
+
+
 class CrossEncoderReranker:
     """A Hugging Face sequence-classification checkpoint (the bge-reranker format) scoring pairs.
 
@@ -133,8 +147,6 @@ class CrossEncoderReranker:
 
         from flagstone.models.embedder import resolve_model_path
 
-        if max_query_length >= max_length:
-            raise ValueError("max_query_length must be smaller than max_length")
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         folder, _ = resolve_model_path(str(model))
@@ -158,18 +170,8 @@ class CrossEncoderReranker:
         self.normalize = normalize
         self.device = device
 
-    def _cut_query(self, query: str) -> str:
-        """The query cut after its first ``max_query_length`` tokens (at a character offset, so the
-        text is re-tokenised exactly as it was)."""
-        enc = self.tokenizer(query, add_special_tokens=False, return_offsets_mapping=True)
-        if len(enc["input_ids"]) <= self.max_query_length:
-            return query
-        return query[: enc["offset_mapping"][self.max_query_length - 1][1]]
-
     def _encode_batch(self, pairs: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
-        # the query is kept whole up to max_query_length tokens; the passage is cut to fit max_length
-        batch = self.tokenizer([self._cut_query(q) for q, _ in pairs], [p for _, p in pairs], padding=True,
-                               truncation="only_second", max_length=self.max_length, return_tensors="pt")
+        batch = encode_pairs(self.tokenizer, pairs, self.max_length, self.max_query_length)
         return {k: v.to(self.device) for k, v in batch.items()}
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:

@@ -38,9 +38,12 @@ class TrainingConfig:
     max_steps: int | None = None  # optimiser steps; caps epochs
     checkpoint_every: int | None = None  # optimiser steps between resumable checkpoints
     seed: int = 0
+    precision: str = "float32"  # "bfloat16": autocast the forward pass (about 2x faster on CPUs with AVX-512 BF16)
     show_progress: bool = True
 
     def __post_init__(self) -> None:
+        if self.precision not in ("float32", "bfloat16"):
+            raise ValueError(f"precision must be float32 or bfloat16, got {self.precision!r}")
         if self.epochs < 1 or self.gradient_accumulation < 1:
             raise ValueError("epochs and gradient_accumulation must be at least 1")
         if self.learning_rate <= 0:
@@ -127,7 +130,8 @@ def train(
                 continue  # this epoch finished before the resume point
             step_loss, micro = 0.0, 0
             for batch in batches[max(0, first): per_epoch * config.gradient_accumulation]:
-                loss = loss_fn(batch) / config.gradient_accumulation
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision == "bfloat16"):
+                    loss = loss_fn(batch) / config.gradient_accumulation
                 loss.backward()
                 step_loss += float(loss.detach())
                 micro += 1

@@ -183,3 +183,20 @@ def test_bundled_smollm2_prefers_the_relevant_passage():
                                    ("What is the capital of France?", "Bananas are rich in potassium and fibre.")])
     assert np.all((scores > 0) & (scores < 1))
     assert scores[0] > scores[1]
+
+
+def test_rerank_hits_interpolates_with_the_first_stage(cross_encoder):
+    from flagstone.retrieval.fusion import normalize_scores
+
+    texts = {f"d{i}": p for i, p in enumerate(PASSAGES)}
+    first = np.array([[4, 3, 2, 1]], dtype=np.float32)
+    hits = Hits(mode="bm25", ids=[["d0", "d1", "d2", "d3"]], scores=first)
+    out = rerank_hits(cross_encoder, [QUERY], hits, texts, first_stage_weight=0.3)
+    ce = cross_encoder.score_pairs([(QUERY, p) for p in PASSAGES])
+    expected = 0.7 * normalize_scores(ce, "minmax") + 0.3 * normalize_scores(first[0], "minmax")
+    got = dict(zip(out.ids[0], out.scores[0]))
+    np.testing.assert_allclose([got[f"d{i}"] for i in range(4)], expected, atol=1e-5)
+    only_first = rerank_hits(cross_encoder, [QUERY], hits, texts, first_stage_weight=1.0)
+    assert only_first.ids[0] == ["d0", "d1", "d2", "d3"]
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        rerank_hits(cross_encoder, [QUERY], hits, texts, first_stage_weight=1.5)

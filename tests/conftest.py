@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from tests.helpers import SCIFACT, build_tiny_causal_lm, build_tiny_cross_encoder, build_tiny_m3
+from tests.helpers import SCIFACT, SHARED_DATA, build_tiny_causal_lm, build_tiny_cross_encoder, build_tiny_m3
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -43,3 +43,10 @@ def tiny_cross_encoder_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_causal_lm_dir(tmp_path_factory):
     return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-lm") / "lm", chat_template=True)
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    if not (SHARED_DATA / "README.md").is_file():
+        pytest.skip(f"the shared data folder is absent ({SHARED_DATA})")
+    return SHARED_DATA

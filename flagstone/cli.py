@@ -81,11 +81,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     _add_hybrid_options(p)
 
-    p = sub.add_parser("eval", help="evaluate retrieval on a BEIR data set in several modes",
-                       description="Evaluate retrieval on a BEIR folder (corpus.jsonl, queries.jsonl, "
-                                   "qrels/<split>.tsv): nDCG, MRR, Recall and MAP at several cut-offs.",
+    p = sub.add_parser("eval", help="evaluate retrieval on a BEIR folder, or run an MTEB-style task suite",
+                       description="Two uses. (1) eval DATA: retrieval on a BEIR folder (corpus.jsonl, queries.jsonl, "
+                                   "qrels/<split>.tsv) in several modes: nDCG, MRR, Recall and MAP at several cut-offs. "
+                                   "(2) eval --suite NAME / --tasks T... / --task-file F.json: MTEB task types "
+                                   "(retrieval, reranking, STS, pair classification, classification, clustering) "
+                                   "with MTEB's protocols; one MTEB-layout JSON per task plus a table and averages. "
+                                   "Suites: default, quick, sts, multilingual-sts, all; --list-tasks shows the tasks.",
                        epilog=EPILOG)
-    p.add_argument("data", help="BEIR data set folder")
+    p.add_argument("data", nargs="?", default=None, help="BEIR data set folder (retrieval evaluation)")
+    g = p.add_argument_group("task suite")
+    g.add_argument("--suite", default=None, help="a named suite: default, quick, sts, multilingual-sts, all")
+    g.add_argument("--tasks", nargs="+", default=None, metavar="TASK", help="tasks by name (see --list-tasks)")
+    g.add_argument("--task-file", action="append", default=None,
+                   help="a JSON file defining your own task(s): name, type, files, columns (repeatable)")
+    g.add_argument("--list-tasks", action="store_true", help="list the built-in tasks and suites, then exit")
+    g.add_argument("--data-root", default=None,
+                   help="folder the built-in tasks' files are under (default: $FLAGSTONE_DATA, else "
+                        "./shared/data or ../shared/data)")
+    g.add_argument("--output-dir", default=None, help="write <task>.json (MTEB layout), summary.json, table.md here")
     p.add_argument("--split", default="test", help="qrels split (default: test)")
     p.add_argument("--modes", nargs="+", default=None,
                    help="modes to evaluate (default: every mode the model supports, plus bm25 and hybrid)")
@@ -265,6 +279,15 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.list_tasks:
+        return _list_tasks()
+    if args.suite or args.tasks or args.task_file:
+        if args.data:
+            raise FlagstoneError("give either a BEIR folder or --suite / --tasks / --task-file, not both")
+        return _eval_suite(args)
+    if not args.data:
+        raise FlagstoneError("nothing to evaluate: give a BEIR folder, or --suite / --tasks / --task-file "
+                             "(see flagstone eval --help)")
     from flagstone.evaluation.beir import load_beir
     from flagstone.evaluation.retrieval import evaluate_retrieval
 
@@ -298,6 +321,51 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.run_dir:
         for path in report.write_trec_runs(args.run_dir):
             print(f"run -> {path}")
+    return 0
+
+
+def _list_tasks() -> int:
+    from flagstone.evaluation.tasks import REGISTRY, SUITES
+
+    print("| task | type | main score | languages | data |")
+    print("|---|---|---|---|---|")
+    for t in REGISTRY.values():
+        print(f"| {t.name} | {t.type} | {t.main_score} | {'-'.join(t.languages)} | {t.reference} |")
+    print()
+    for name, tasks in SUITES.items():
+        print(f"suite {name}: {' '.join(tasks)}")
+    return 0
+
+
+def _eval_suite(args: argparse.Namespace) -> int:
+    from flagstone.evaluation.suite import run_suite
+    from flagstone.evaluation.tasks import default_data_root, load_task_file, resolve_tasks
+
+    tasks = resolve_tasks(args.tasks, args.suite)
+    for path in args.task_file or []:
+        tasks += load_task_file(path)
+    data_root = Path(args.data_root) if args.data_root else default_data_root()
+    needs_root = [t.name for t in tasks if any(not Path(f).is_absolute() for f in t.files.values())]
+    if needs_root and (data_root is None or not data_root.is_dir()):
+        raise FlagstoneError(f"the built-in tasks ({', '.join(needs_root)}) read the shared data folder, which was "
+                             f"not found{f' at {data_root}' if data_root else ''}: pass --data-root or set "
+                             f"FLAGSTONE_DATA")
+    modes = args.modes or ["dense"]
+    if len(modes) > 1:
+        raise FlagstoneError("a suite runs retrieval tasks in one mode: give a single --modes value")
+    embedder = _embedder(args)
+    print(f"model {embedder.name}: {len(tasks)} task(s)", file=sys.stderr)
+
+    def show(result) -> None:
+        print(f"{result.task.name:28s} {result.task.type:20s} {result.task.main_score:16s} "
+              f"{100 * result.main_score:6.2f}  ({result.seconds:.1f} s)", file=sys.stderr)
+
+    report = run_suite(tasks, embedder, data_root=data_root, cache=_cache(args), retrieval_mode=modes[0],
+                       show_progress=not args.quiet, on_result=show)
+    print(report.table())
+    if args.output_dir:
+        report.save(args.output_dir)
+        print(f"results -> {args.output_dir}")
     return 0
 
 
@@ -458,6 +526,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FlagstoneError, ValueError) as exc:
         print(f"flagstone: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into head or less that closed early
+        return 0
     except OSError as exc:  # permissions, full disk, a folder where a file was expected
         print(f"flagstone: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
         return 2

@@ -83,6 +83,11 @@ def test_search_and_encode(mini, tmp_path, capsys, cache_args):
     (["encode", "{tmp}/long.txt", "-o", "{tmp}/o.npz", "--no-truncate"], "text #1 has"),
     (["encode", "{tmp}/ok.txt", "-o", "{tmp}"], "is a folder"),
     (["search", "{tmp}", "-q", "x"], "JSONL file not found"),
+    (["eval"], "nothing to evaluate"),
+    (["eval", "--tasks", "STSbenchmark"], "did you mean STSBenchmark"),
+    (["eval", "--task-file", "{tmp}/task.json"], "task #0: columns needs sentence2"),
+    (["eval", "--task-file", "{tmp}/missing.json"], "task file not found"),
+    (["eval", "{tmp}/unknown-ids", "--suite", "quick"], "not both"),
 ])
 def test_user_mistakes_print_one_line_without_traceback(tmp_path, args, message):
     (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"text": oops}\n')
@@ -92,6 +97,8 @@ def test_user_mistakes_print_one_line_without_traceback(tmp_path, args, message)
     (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1"))
     (tmp_path / "latin1.jsonl").write_bytes(b'{"text": "ok"}\n' + '{"text": "caf\xe9"}\n'.encode("latin-1"))
     (tmp_path / "long.txt").write_text("short text\n" + "many words " * 400 + "\n")
+    (tmp_path / "task.json").write_text(json.dumps({"name": "T", "type": "sts", "files": {"test": "a.csv"},
+                                                    "columns": {"sentence1": 0}}))
     result = run_cli(*[a.format(tmp=tmp_path) for a in args], "--quiet")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
@@ -168,3 +175,19 @@ def test_eval_compares_index_kinds_in_one_table(mini, capsys, cache_args):
     printed = capsys.readouterr().out
     assert "| dense[flat] |" in printed and "| dense[hi2] |" in printed and printed.count("| bm25 |") == 1
     assert "ndcg@5" in printed
+
+
+def test_eval_runs_a_user_task_file_and_writes_mteb_results(tmp_path, capsys, cache_args):
+    rows = [("A man plays a guitar.", "A person plays guitar.", 4.8), ("A man plays a guitar.", "Stocks fell.", 0.1),
+            ("Dogs run in a park.", "Dogs are running.", 4.1), ("Dogs run in a park.", "The plane landed.", 0.3)]
+    (tmp_path / "sts.csv").write_text("s1,s2,gold\n" + "".join(f"{a},{b},{g}\n" for a, b, g in rows))
+    (tmp_path / "task.json").write_text(json.dumps({"name": "MySTS", "type": "sts", "files": {"test": "sts.csv"},
+                                                    "columns": {"sentence1": "s1", "sentence2": "s2", "score": "gold"}}))
+    assert main(["eval", "--task-file", str(tmp_path / "task.json"), "--output-dir", str(tmp_path / "out"),
+                 *cache_args]) == 0
+    out = capsys.readouterr().out
+    assert "| MySTS | sts | cosine_spearman |" in out
+    result = json.loads((tmp_path / "out" / "MySTS.json").read_text())
+    assert result["scores"]["test"][0]["main_score"] == pytest.approx(1.0)  # 4 pairs ranked exactly right
+    assert main(["eval", "--list-tasks"]) == 0
+    assert "suite default:" in capsys.readouterr().out

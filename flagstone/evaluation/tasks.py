@@ -19,7 +19,7 @@ from flagstone.evaluation.tabular import Column
 TASK_TYPES = ("retrieval", "reranking", "sts", "pair_classification", "classification", "clustering")
 MAIN_SCORES = {
     "retrieval": "ndcg_at_10",
-    "reranking": "map",
+    "reranking": "map_at_1000",
     "sts": "cosine_spearman",
     "pair_classification": "max_ap",
     "classification": "accuracy",
@@ -100,7 +100,7 @@ class TaskSpec:
                 values[key] = tuple(values[key])  # type: ignore[arg-type]
         try:
             return cls(**values)  # type: ignore[arg-type]
-        except TypeError as exc:
+        except (TypeError, DataError) as exc:
             raise DataError(f"{where}: {exc}") from None
 
 

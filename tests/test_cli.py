@@ -85,7 +85,7 @@ def test_search_and_encode(mini, tmp_path, capsys, cache_args):
     (["search", "{tmp}", "-q", "x"], "JSONL file not found"),
     (["eval"], "nothing to evaluate"),
     (["eval", "--tasks", "STSbenchmark"], "did you mean STSBenchmark"),
-    (["eval", "--task-file", "{tmp}/task.json"], "task #0: columns needs sentence2"),
+    (["eval", "--task-file", "{tmp}/task.json"], "task #0: task 'T': columns needs sentence2"),
     (["eval", "--task-file", "{tmp}/missing.json"], "task file not found"),
     (["eval", "{tmp}/unknown-ids", "--suite", "quick"], "not both"),
 ])

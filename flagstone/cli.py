@@ -78,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="hybrid", help="dense, sparse, colbert, bm25 or hybrid (default: hybrid)")
     p.add_argument("-k", type=int, default=10, help="results per query (default: 10)")
     p.add_argument("--json", action="store_true", help="print results as JSON lines")
+    g = p.add_argument_group("reranking")
+    g.add_argument("--rerank", default=None, metavar="MODEL",
+                   help="rerank the first stage: a cross-encoder (folder or hub name, bge-reranker format), "
+                        "'llm' for the bundled SmolLM2 yes/no reranker, or 'llm:MODEL' for another causal LM")
+    g.add_argument("--rerank-depth", type=int, default=100, help="first-stage hits to rerank (default: 100)")
+    g.add_argument("--first-stage-weight", type=float, default=0.0,
+                   help="interpolate: (1-w) reranker + w first stage, min-max normalised (default: 0)")
     _add_model_options(p)
     _add_hybrid_options(p)
 
@@ -264,18 +271,40 @@ def cmd_search(args: argparse.Namespace) -> int:
     ids, texts = _read_texts(args.corpus)
     retriever = _retriever(args, [args.mode])
     retriever.fit(ids, texts)
-    hits = retriever.search(args.query, mode=args.mode, k=args.k)
     by_id = dict(zip(ids, texts))
+    if args.rerank:
+        from flagstone.models.reranker import rerank_hits
+
+        reranker = _reranker(args.rerank)
+        first = retriever.search(args.query, mode=args.mode, k=max(args.k, args.rerank_depth))
+        from flagstone.retrieval.retriever import Hits
+
+        ranked = rerank_hits(reranker, args.query, first, by_id, depth=args.rerank_depth,
+                             first_stage_weight=args.first_stage_weight, show_progress=not args.quiet)
+        hits = Hits(ranked.mode, [row[: args.k] for row in ranked.ids], ranked.scores[:, : args.k],
+                    {n: v[:, : args.k] for n, v in ranked.signals.items()})
+    else:
+        hits = retriever.search(args.query, mode=args.mode, k=args.k)
     for qi, query in enumerate(args.query):
         if args.json:
-            print(json.dumps({"query": query, "mode": args.mode, "hits": [
+            print(json.dumps({"query": query, "mode": hits.mode, "hits": [
                 {"id": d, "score": float(s), **{n: float(v[qi, r]) for n, v in hits.signals.items()}}
                 for r, (d, s) in enumerate(zip(hits.ids[qi], hits.scores[qi]))]}))
             continue
-        print(f"\n{query}  [{args.mode}]")
+        print(f"\n{query}  [{hits.mode}]")
         for rank, (doc_id, score) in enumerate(zip(hits.ids[qi], hits.scores[qi]), start=1):
             print(f"  {rank:>2}. {score:8.4f}  {doc_id}: {_snippet(by_id[doc_id])}")
     return 0
+
+
+def _reranker(spec: str):
+    from flagstone.models.reranker import CrossEncoderReranker, LLMReranker
+
+    if spec == "llm":
+        return LLMReranker()
+    if spec.startswith("llm:"):
+        return LLMReranker(spec[4:])
+    return CrossEncoderReranker(spec)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -516,11 +545,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    for name in ("batch_size", "k", "docs", "max_length", "max_queries", "n_lists", "n_probe"):
+    for name in ("batch_size", "k", "docs", "max_length", "max_queries", "n_lists", "n_probe", "rerank_depth"):
         value = getattr(args, name, None)
         values = value if isinstance(value, list) else [value]
         if any(v is not None and v < 1 for v in values):
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    weight = getattr(args, "first_stage_weight", 0.0)
+    if not 0.0 <= weight <= 1.0:
+        parser.error("--first-stage-weight must be between 0 and 1")
     try:
         return COMMANDS[args.command](args)
     except (FlagstoneError, ValueError) as exc:

@@ -191,3 +191,21 @@ def test_eval_runs_a_user_task_file_and_writes_mteb_results(tmp_path, capsys, ca
     assert result["scores"]["test"][0]["main_score"] == pytest.approx(1.0)  # 4 pairs ranked exactly right
     assert main(["eval", "--list-tasks"]) == 0
     assert "suite default:" in capsys.readouterr().out
+
+
+def test_search_reranks_with_a_cross_encoder(tiny_cross_encoder_dir, tmp_path, capsys, cache_args):
+    from flagstone.models.reranker import CrossEncoderReranker
+
+    docs = ["open a file for reading", "close the file", "the absolute value", "read bytes from a stream"]
+    (tmp_path / "docs.txt").write_text("\n".join(docs) + "\n")
+    assert main(["search", str(tmp_path / "docs.txt"), "-q", "open file", "--mode", "bm25", "-k", "2",
+                 "--rerank", str(tiny_cross_encoder_dir), "--json", *cache_args]) == 0
+    row = json.loads(capsys.readouterr().out.strip())
+    assert row["mode"] == "bm25+rerank" and len(row["hits"]) == 2
+    # the two shown are the cross-encoder's best among the BM25 candidates, with its scores
+    reranker = CrossEncoderReranker(tiny_cross_encoder_dir)
+    bm25_candidates = [d for d in docs if {"open", "file"} & set(d.split())]
+    scores = dict(zip(bm25_candidates, reranker.score_pairs([("open file", d) for d in bm25_candidates])))
+    best = sorted(scores, key=scores.get, reverse=True)[:2]
+    assert [docs[int(h["id"]) - 1] for h in row["hits"]] == best  # ids of a .txt file are line numbers
+    assert row["hits"][0]["rerank"] == pytest.approx(scores[best[0]], abs=1e-5)

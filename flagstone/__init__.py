@@ -23,6 +23,13 @@ _EXPORTS = {
     "evaluate_retrieval": "flagstone.evaluation.retrieval",
     "evaluate_run": "flagstone.evaluation.metrics",
     "FlagstoneError": "flagstone.errors",
+    "CrossEncoderReranker": "flagstone.models.reranker",
+    "LLMReranker": "flagstone.models.reranker",
+    "ColbertReranker": "flagstone.models.reranker",
+    "rerank_hits": "flagstone.models.reranker",
+    "load_causal_lm": "flagstone.models.causal_lm",
+    "TaskSpec": "flagstone.evaluation.tasks",
+    "run_suite": "flagstone.evaluation.suite",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -34,7 +41,11 @@ if TYPE_CHECKING:
     from flagstone.evaluation.retrieval import evaluate_retrieval
     from flagstone.models.cache import EmbeddingCache
     from flagstone.models.embedder import Embedder
+    from flagstone.evaluation.suite import run_suite
+    from flagstone.evaluation.tasks import TaskSpec
+    from flagstone.models.causal_lm import load_causal_lm
     from flagstone.models.embeddings import Embeddings, MultiVectors, SparseWeights
+    from flagstone.models.reranker import ColbertReranker, CrossEncoderReranker, LLMReranker, rerank_hits
     from flagstone.retrieval.bm25 import BM25
     from flagstone.retrieval.retriever import Hits, HybridConfig, Retriever
 

@@ -365,20 +365,7 @@ class Embedder:
         return torch.from_numpy(input_ids).to(self.device), torch.from_numpy(mask).to(self.device)
 
     def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        import torch
-
-        pooling = self.settings.pooling
-        if pooling == "cls":
-            pooled = hidden[:, 0]
-        elif pooling == "mean":
-            m = mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
-        else:  # last_token, right padding: the last real token of each row
-            last = mask.sum(dim=1) - 1
-            pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-        if self.settings.normalize:
-            pooled = torch.nn.functional.normalize(pooled, dim=-1)
-        return pooled
+        return pool(hidden, mask, self.settings.pooling, self.settings.normalize)
 
     def _sparse_rows(self, hidden: torch.Tensor, batch: list[list[int]]) -> list[tuple[np.ndarray, np.ndarray]]:
         import torch
@@ -405,6 +392,24 @@ class Embedder:
             vecs = torch.nn.functional.normalize(vecs, dim=-1)
         vecs = vecs.float().cpu().numpy()
         return [vecs[row, : len(ids) - 1] for row, ids in enumerate(batch)]
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str, normalize: bool) -> torch.Tensor:
+    """One vector per text from token states (right padding): CLS, mean over real tokens, or last token.
+    Shared by encoding and training so both compute exactly the same embedding."""
+    import torch
+
+    if pooling == "cls":
+        pooled = hidden[:, 0]
+    elif pooling == "mean":
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
+    else:  # last_token: the last real token of each row
+        last = mask.sum(dim=1) - 1
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    if normalize:
+        pooled = torch.nn.functional.normalize(pooled, dim=-1)
+    return pooled
 
 
 def validate_texts(texts: Sequence[object]) -> None:

@@ -1,0 +1,298 @@
+"""Embedder training: contrastive fine-tuning (InfoNCE with hard and in-batch negatives), knowledge
+distillation from teacher scores, and BGE-M3's unified training of dense, sparse and ColBERT heads with the
+ensemble score as a self-distillation teacher.
+
+The saved folder is a normal Hugging Face encoder folder (plus the sentence-transformers files of the base,
+so pooling carries over) and, when those heads were trained, ``sparse_linear.pt`` / ``colbert_linear.pt``
+in BGE-M3's layout: it loads in :class:`flagstone.Embedder` and in FlagEmbedding's ``BGEM3FlagModel``.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from flagstone.errors import DataError, MissingDependencyError
+from flagstone.models.embedder import COLBERT_HEAD_FILE, SPARSE_HEAD_FILE, Embedder, pool
+from flagstone.training.data import TrainingExample
+from flagstone.training.loop import TrainingConfig, TrainingResult, clear_checkpoint, seed_everything, train
+
+if TYPE_CHECKING:
+    import torch
+
+HEADS = ("dense", "sparse", "colbert")
+# BGE-M3's weights for the heads' losses and for the ensemble score (dense 1, sparse 0.3, ColBERT 1)
+HEAD_WEIGHTS = {"dense": 1.0, "sparse": 0.3, "colbert": 1.0}
+
+
+@dataclass
+class EmbedderTrainingSettings:
+    """What the contrastive objective looks like (the optimiser and schedule are in TrainingConfig)."""
+
+    heads: tuple[str, ...] = ("dense",)
+    temperature: float = 0.02
+    group_size: int = 8  # one positive + group_size - 1 hard negatives per query
+    batch_size: int = 8  # queries per micro-batch
+    in_batch_negatives: bool = True  # other queries' passages are negatives too (dense and ColBERT)
+    query_max_length: int = 64
+    passage_max_length: int = 256
+    distill: bool = True  # use pos_scores / neg_scores as soft targets when the data has them
+    teacher_temperature: float = 1.0
+    self_distill: bool = True  # M3: the ensemble of the trained heads teaches each head
+    freeze_encoder: bool = False  # train only the heads (e.g. sparse-only training on a frozen encoder)
+    gradient_checkpointing: bool = False
+    lora_rank: int | None = None  # train LoRA adapters (peft) instead of the full encoder
+    lora_alpha: int = 16
+    lora_targets: tuple[str, ...] = ("query", "key", "value", "dense")
+    query_instruction: str | None = None  # None: the base model's (e.g. BGE's retrieval instruction)
+    head_weights: dict[str, float] = field(default_factory=lambda: dict(HEAD_WEIGHTS))
+
+    def __post_init__(self) -> None:
+        unknown = set(self.heads) - set(HEADS)
+        if unknown or not self.heads:
+            raise ValueError(f"heads must be a non-empty subset of {HEADS}, got {self.heads}")
+        if self.group_size < 2:
+            raise ValueError("group_size must be at least 2 (one positive and one negative)")
+        if self.temperature <= 0:
+            raise ValueError("temperature must be positive")
+
+
+class _Trainable:
+    """The encoder and its heads as one torch module, scoring queries against passages per head."""
+
+    def __init__(self, base: Embedder, settings: EmbedderTrainingSettings) -> None:
+        import torch
+
+        self.base, self.settings = base, settings
+        encoder = base.model
+        encoder.train()
+        if settings.gradient_checkpointing:
+            encoder.gradient_checkpointing_enable()
+        if settings.lora_rank:
+            try:
+                from peft import LoraConfig, get_peft_model
+            except ImportError:
+                raise MissingDependencyError("LoRA training needs peft: pip install 'flagstone[train]'") from None
+            targets = [t for t in settings.lora_targets if any(n.endswith(t) for n, _ in encoder.named_modules())]
+            encoder = get_peft_model(encoder, LoraConfig(r=settings.lora_rank, lora_alpha=settings.lora_alpha,
+                                                         target_modules=targets, lora_dropout=0.0))
+        hidden = base.dim
+        sparse = base.sparse_head or torch.nn.Linear(hidden, 1)
+        colbert = base.colbert_head or torch.nn.Linear(hidden, hidden)
+        self.module = torch.nn.ModuleDict({"encoder": encoder, "sparse": sparse.float(), "colbert": colbert.float()})
+        for name in ("sparse", "colbert"):
+            self.module[name].requires_grad_(name in settings.heads)
+        if settings.freeze_encoder:
+            encoder.requires_grad_(False)
+        special = [i for i in (base.tokenizer.cls_token_id, base.tokenizer.eos_token_id, base.tokenizer.sep_token_id,
+                               base.tokenizer.pad_token_id, base.tokenizer.unk_token_id) if i is not None]
+        self.special_ids = torch.tensor(sorted(set(special)), dtype=torch.long)
+
+    def tokenize(self, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+        return self.base.tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+
+    def outputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        import torch
+
+        hidden = self.module["encoder"](input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                                        ).last_hidden_state
+        mask = batch["attention_mask"]
+        out = {}
+        if "dense" in self.settings.heads:
+            out["dense"] = pool(hidden, mask, self.base.settings.pooling, self.base.settings.normalize)
+        if "sparse" in self.settings.heads:
+            weights = torch.relu(self.module["sparse"](hidden.float())).squeeze(-1) * mask
+            weights = weights * ~torch.isin(batch["input_ids"], self.special_ids)
+            vocab = torch.zeros(len(weights), self.base.vocab_size, dtype=weights.dtype, device=weights.device)
+            # a token repeated in a text keeps its largest weight, as at inference
+            out["sparse"] = vocab.scatter_reduce(1, batch["input_ids"], weights, reduce="amax", include_self=True)
+        if "colbert" in self.settings.heads:
+            vecs = self.module["colbert"](hidden[:, 1:].float()) * mask[:, 1:].unsqueeze(-1)
+            if self.base.settings.normalize:
+                vecs = torch.nn.functional.normalize(vecs, dim=-1)
+            out["colbert"] = vecs
+            out["colbert_mask"] = mask[:, 1:]
+        return out
+
+    @staticmethod
+    def scores(q: dict[str, torch.Tensor], p: dict[str, torch.Tensor], head: str) -> torch.Tensor:
+        """(queries, passages) scores for one head."""
+        import torch
+
+        if head == "dense":
+            return q["dense"].float() @ p["dense"].float().T
+        if head == "sparse":
+            return q["sparse"] @ p["sparse"].T
+        token = torch.einsum("qid,pjd->qpij", q["colbert"], p["colbert"])
+        token = token.masked_fill(p["colbert_mask"][None, :, None, :] == 0, -1e4)
+        best = token.max(dim=-1).values * q["colbert_mask"][:, None, :]
+        return best.sum(-1) / q["colbert_mask"].sum(-1, keepdim=True).clamp(min=1)
+
+
+def _sample_batches(examples: Sequence[TrainingExample], settings: EmbedderTrainingSettings, seed: int):
+    rng = np.random.default_rng(seed)
+    missing = [i for i, ex in enumerate(examples) if not ex.neg]
+    if missing:
+        raise DataError(f"training example #{missing[0]} has no negatives: mine hard negatives first")
+    groups = []
+    need = settings.group_size - 1
+    for i in rng.permutation(len(examples)):
+        ex = examples[i]
+        p = int(rng.integers(len(ex.pos)))
+        negs = rng.choice(len(ex.neg), size=need, replace=len(ex.neg) < need)
+        teacher = None
+        if settings.distill and ex.pos_scores is not None and ex.neg_scores is not None:
+            teacher = [ex.pos_scores[p]] + [ex.neg_scores[j] for j in negs]
+        query = (ex.prompt or "") + ex.query
+        groups.append((query, [ex.pos[p]] + [ex.neg[j] for j in negs], teacher))
+    return [groups[s: s + settings.batch_size] for s in range(0, len(groups), settings.batch_size)]
+
+
+def _soft_cross_entropy(student: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    return -(teacher_probs * torch.log_softmax(student, dim=-1)).sum(-1).mean()
+
+
+def train_embedder(
+    base: str | os.PathLike[str] | Embedder,
+    examples: Sequence[TrainingExample],
+    output_dir: str | os.PathLike[str],
+    *,
+    settings: EmbedderTrainingSettings | None = None,
+    config: TrainingConfig | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainingResult:
+    """Fine-tune ``base`` on (query, positive, negatives) examples and save the result to ``output_dir``.
+
+    Each query is scored against its own group (positive first) and, with ``in_batch_negatives``, against
+    every other passage in the micro-batch; the loss is cross-entropy with the positive as the target at
+    ``temperature``. With teacher scores in the data (``distill``), the group's target is the teacher's
+    softmax instead. With several heads, each head has that loss, their weighted ensemble has it too, and
+    (``self_distill``) the ensemble's distribution teaches every head, as in BGE-M3. An :class:`Embedder`
+    passed as ``base`` is trained in place (its settings, e.g. pooling, are what the saved folder records).
+    """
+    import torch
+
+    settings = settings or EmbedderTrainingSettings()
+    config = config or TrainingConfig()
+    seed_everything(config.seed)
+    embedder = base if isinstance(base, Embedder) else Embedder(str(base), show_progress=False)
+    if embedder.settings.dtype != "float32":
+        raise ValueError("train from a float32 embedder (use TrainingConfig(precision='bfloat16') for speed)")
+    trainable = _Trainable(embedder, settings)
+    instruction = embedder.settings.query_instruction if settings.query_instruction is None \
+        else settings.query_instruction
+    heads = settings.heads
+    weights = {h: settings.head_weights.get(h, 1.0) for h in heads}
+
+    def loss_fn(batch) -> torch.Tensor:
+        queries = [instruction + q for q, _, _ in batch]
+        passages = [t for _, texts, _ in batch for t in texts]
+        q = trainable.outputs(trainable.tokenize(queries, settings.query_max_length))
+        p = trainable.outputs(trainable.tokenize(passages, settings.passage_max_length))
+        n, g = len(batch), settings.group_size
+        own = torch.arange(n)[:, None] * g + torch.arange(g)[None, :]  # each query's group columns
+        targets = own[:, 0]  # the positive's column
+        scores = {h: trainable.scores(q, p, h).float() / settings.temperature for h in heads}
+        if not settings.in_batch_negatives:
+            scores = {h: s.gather(1, own) for h, s in scores.items()}
+            targets = torch.zeros(n, dtype=torch.long)
+        teacher = None
+        if batch[0][2] is not None:
+            t = torch.tensor([row[2] for row in batch], dtype=torch.float32) / settings.teacher_temperature
+            teacher = torch.softmax(t, dim=-1)
+
+        def head_loss(s: torch.Tensor) -> torch.Tensor:
+            if teacher is None:
+                return torch.nn.functional.cross_entropy(s, targets)
+            group = s if not settings.in_batch_negatives else s.gather(1, own)
+            return _soft_cross_entropy(group, teacher)
+
+        losses = {h: head_loss(s) for h, s in scores.items()}
+        if len(heads) == 1:
+            return losses[heads[0]]
+        ensemble = sum(weights[h] * scores[h] for h in heads)
+        total = sum(weights[h] * losses[h] for h in heads) + head_loss(ensemble)
+        if settings.self_distill:
+            target = torch.softmax(ensemble.detach(), dim=-1)
+            distilled = sum(weights[h] * _soft_cross_entropy(scores[h], target) for h in heads)
+            total = (total + distilled) / 2
+        return total
+
+    def batches(epoch: int):
+        return _sample_batches(examples, settings, config.seed + epoch)
+
+    result = train(trainable.module, batches, loss_fn, config, checkpoint_dir=checkpoint_dir, on_step=on_step)
+    save_embedder(trainable, output_dir)
+    if checkpoint_dir is not None:
+        clear_checkpoint(checkpoint_dir)
+    return result
+
+
+def _write_sentence_transformers_files(folder: Path, settings) -> None:
+    """Record pooling, normalisation and max length the sentence-transformers way, so the trained folder
+    embeds exactly as it was trained (in Flagstone and in sentence-transformers)."""
+    import json
+
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if settings.normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        (folder / "2_Normalize").mkdir(exist_ok=True)
+    (folder / "modules.json").write_text(json.dumps(modules, indent=2))
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    hidden = json.loads((folder / "config.json").read_text()).get("hidden_size")
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": hidden, "pooling_mode_cls_token": settings.pooling == "cls",
+        "pooling_mode_mean_tokens": settings.pooling == "mean", "pooling_mode_lasttoken": settings.pooling == "last_token",
+        "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False}, indent=2))
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": settings.max_length,
+                                                                  "do_lower_case": False}, indent=2))
+
+
+def save_embedder(trainable: _Trainable, output_dir: str | os.PathLike[str]) -> Path:
+    """Save encoder + tokenizer (+ the base's sentence-transformers files, + trained M3 heads) atomically."""
+    import tempfile
+
+    import torch
+
+    target = Path(output_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    os.chmod(staging, 0o755)
+    try:
+        encoder = trainable.module["encoder"]
+        if hasattr(encoder, "merge_and_unload"):  # LoRA: fold the adapters into the weights
+            encoder = encoder.merge_and_unload()
+        encoder.save_pretrained(staging)
+        trainable.base.tokenizer.save_pretrained(staging)
+        base_folder = trainable.base.path
+        for name in ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json"):
+            if (base_folder / name).is_file():
+                shutil.copy2(base_folder / name, staging / name)
+        for sub in base_folder.iterdir():  # sentence-transformers module folders: 1_Pooling, 2_Normalize
+            if sub.is_dir() and sub.name[:1].isdigit() and "_" in sub.name and sub.name != "0_Transformer":
+                shutil.copytree(sub, staging / sub.name, dirs_exist_ok=True)
+        if not (staging / "modules.json").is_file():
+            _write_sentence_transformers_files(staging, trainable.base.settings)
+        for head, filename in (("sparse", SPARSE_HEAD_FILE), ("colbert", COLBERT_HEAD_FILE)):
+            if head in trainable.settings.heads or (base_folder / filename).is_file():
+                state = {k: v.detach().float().cpu() for k, v in trainable.module[head].state_dict().items()}
+                torch.save(state, staging / filename)
+        old = target.with_name(f".{target.name}.old")
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+        os.replace(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target

@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from flagstone.models.embedder import Embedder
+from flagstone.training.data import TrainingExample
+from flagstone.training.embedder import EmbedderTrainingSettings, train_embedder
+from flagstone.training.loop import TrainingConfig
+from tests.helpers import load_flagembedding_m3
+
+
+def _examples(n=24):
+    from flagstone.corpora import python_docstrings
+
+    _, texts = python_docstrings(150)
+    # the positive starts with a word no negative has: a signal a tiny random encoder can learn quickly
+    return [TrainingExample(t[:40], ["Return " + t[:80]], [texts[(i + k) % len(texts)][:80] for k in (7, 13, 29)])
+            for i, t in enumerate(texts[:n])]
+
+
+def _train(base, out, heads, steps_epochs=6, **kw):
+    settings = EmbedderTrainingSettings(heads=heads, group_size=4, batch_size=4, query_max_length=32,
+                                        passage_max_length=48, temperature=0.05, **kw)
+    config = TrainingConfig(epochs=steps_epochs, learning_rate=5e-3, warmup_ratio=0.0, show_progress=False)
+    return train_embedder(base, _examples(), out, settings=settings, config=config)
+
+
+def _group_loss(embedder: Embedder, mode: str = "dense") -> float:
+    """Mean InfoNCE of the training groups (positive first) at temperature 0.05, without dropout."""
+    from flagstone.retrieval.scoring import score_pairs
+
+    losses = []
+    for ex in _examples():
+        texts = ex.pos + ex.neg
+        q = embedder.encode([ex.query] * len(texts), dense=mode == "dense", sparse=mode == "sparse", is_query=True)
+        d = embedder.encode(texts, dense=mode == "dense", sparse=mode == "sparse")
+        s = getattr(score_pairs(q, d), mode) / 0.05
+        losses.append(np.log(np.exp(s - s.max()).sum()) + s.max() - s[0])
+    return float(np.mean(losses))
+
+
+def test_dense_training_lowers_the_loss_and_saves_an_embedder(tiny_m3_dir, tmp_path):
+    # mean pooling: a random tiny encoder's CLS vector barely depends on the text, its token average does
+    base = Embedder(str(tiny_m3_dir), pooling="mean", show_progress=False)
+    before = _group_loss(base)
+    result = _train(base, tmp_path / "dense", ("dense",))
+    assert result.steps == 36
+    trained = Embedder(str(tmp_path / "dense"), show_progress=False)
+    assert _group_loss(trained) < 0.5 * before
+    fresh = Embedder(str(tiny_m3_dir), pooling="mean", show_progress=False)  # `base` was trained in place
+    assert trained.settings == fresh.settings  # pooling, normalisation, lengths recorded in the folder
+    texts = ["Return the sum of two numbers", "a quick check"]
+    np.testing.assert_allclose(trained.encode(texts).dense, base.encode(texts).dense, atol=1e-5)
+    assert not np.allclose(trained.encode(texts).dense, fresh.encode(texts).dense, atol=1e-4)
+
+
+def test_m3_unified_training_saves_heads_that_flagembedding_loads(tiny_m3_dir, tmp_path):
+    base = Embedder(str(tiny_m3_dir), show_progress=False)
+    before = _group_loss(base, "sparse")
+    _train(base, tmp_path / "m3", ("dense", "sparse", "colbert"))
+    ours = Embedder(str(tmp_path / "m3"), show_progress=False)
+    assert _group_loss(ours, "sparse") < before
+    assert ours.has_sparse and ours.has_colbert
+    texts = ["Return the sum of two numbers", "open a file and read it"]
+    mine = ours.encode(texts, dense=True, sparse=True, colbert=True)
+    m3_class = load_flagembedding_m3()
+    if m3_class is None:
+        pytest.skip("FlagEmbedding is not installed")
+    ref = m3_class(str(tmp_path / "m3"), use_fp16=False, devices="cpu", normalize_embeddings=True,
+                   query_max_length=126, passage_max_length=126)
+    out = ref.encode(texts, batch_size=2, max_length=ours.settings.max_length, return_dense=True,
+                     return_sparse=True, return_colbert_vecs=True)
+    assert np.abs(out["dense_vecs"] - mine.dense).max() < 1e-5
+    for i, weights in enumerate(out["lexical_weights"]):
+        row = mine.sparse.row(i)
+        assert {int(t) for t in weights} == set(row)
+        assert all(abs(row[int(t)] - float(w)) < 1e-5 for t, w in weights.items())
+    for i, vecs in enumerate(out["colbert_vecs"]):
+        assert np.abs(mine.colbert[i] - vecs).max() < 1e-5
+
+
+def test_sparse_only_training_on_a_frozen_encoder_changes_only_the_sparse_head(tiny_m3_dir, tmp_path):
+    import torch
+
+    _train(str(tiny_m3_dir), tmp_path / "sparse", ("sparse",), steps_epochs=2, freeze_encoder=True)
+    before = torch.load(tiny_m3_dir / "sparse_linear.pt", weights_only=True)
+    after = torch.load(tmp_path / "sparse" / "sparse_linear.pt", weights_only=True)
+    assert not torch.allclose(before["weight"], after["weight"])
+    base, trained = Embedder(str(tiny_m3_dir), show_progress=False), Embedder(str(tmp_path / "sparse"),
+                                                                              show_progress=False)
+    texts = ["Return the sum of two numbers"]
+    np.testing.assert_allclose(trained.encode(texts).dense, base.encode(texts).dense, atol=1e-6)
+    colbert_before = torch.load(tiny_m3_dir / "colbert_linear.pt", weights_only=True)
+    colbert_after = torch.load(tmp_path / "sparse" / "colbert_linear.pt", weights_only=True)
+    assert torch.equal(colbert_before["weight"], colbert_after["weight"])
+
+
+def test_distillation_uses_teacher_scores(tiny_m3_dir, tmp_path):
+    examples = [TrainingExample(ex.query, ex.pos, ex.neg, [3.0], [1.0, 0.5, 0.0]) for ex in _examples()]
+    settings = EmbedderTrainingSettings(group_size=4, batch_size=4, query_max_length=32, passage_max_length=48,
+                                        in_batch_negatives=False)
+    config = TrainingConfig(epochs=1, learning_rate=1e-3, show_progress=False, max_steps=2)
+    result = train_embedder(str(tiny_m3_dir), examples, tmp_path / "kd", settings=settings, config=config)
+    # with soft targets the loss is bounded below by the teacher's entropy, not by zero
+    probs = np.exp([3.0, 1.0, 0.5, 0.0]) / np.exp([3.0, 1.0, 0.5, 0.0]).sum()
+    entropy = -(probs * np.log(probs)).sum()
+    assert all(loss >= entropy - 1e-4 for loss in result.losses)
+
+
+def test_settings_are_checked():
+    with pytest.raises(ValueError, match="heads"):
+        EmbedderTrainingSettings(heads=("dense", "splade"))
+    with pytest.raises(ValueError, match="group_size"):
+        EmbedderTrainingSettings(group_size=1)

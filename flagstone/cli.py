@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from flagstone import cli_train
 from flagstone.errors import DataError, FlagstoneError
 
 EPILOG = "Models: a local folder, a hub name (BAAI/bge-m3) or a preset (see `flagstone models`)."
@@ -147,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = isub.add_parser("describe", help="print an index folder's settings and size",
                         description="Print an index folder's settings, size and memory per document.")
     d.add_argument("folder", help="index folder")
+    cli_train.add_parsers(sub, EPILOG)
     return parser
 
 
@@ -536,7 +538,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"demo": cmd_demo, "models": cmd_models, "encode": cmd_encode, "search": cmd_search, "eval": cmd_eval,
-            "index": cmd_index}
+            "index": cmd_index, **cli_train.COMMANDS}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -545,7 +547,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    for name in ("batch_size", "k", "docs", "max_length", "max_queries", "n_lists", "n_probe", "rerank_depth"):
+    for name in ("batch_size", "k", "docs", "max_length", "max_queries", "n_lists", "n_probe", "rerank_depth",
+                 "epochs", "group_size", "gradient_accumulation", "max_steps", "negatives", "checkpoint_every"):
         value = getattr(args, name, None)
         values = value if isinstance(value, list) else [value]
         if any(v is not None and v < 1 for v in values):

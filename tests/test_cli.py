@@ -209,3 +209,50 @@ def test_search_reranks_with_a_cross_encoder(tiny_cross_encoder_dir, tmp_path, c
     best = sorted(scores, key=scores.get, reverse=True)[:2]
     assert [docs[int(h["id"]) - 1] for h in row["hits"]] == best  # ids of a .txt file are line numbers
     assert row["hits"][0]["rerank"] == pytest.approx(scores[best[0]], abs=1e-5)
+
+
+def test_mine_train_and_merge_from_the_command_line(tiny_m3_dir, tmp_path, capsys):
+    from flagstone.corpora import python_docstrings
+    from flagstone.training.data import TrainingExample, load_examples, save_examples
+
+    _, texts = python_docstrings(80)
+    save_examples([TrainingExample(t[:40], [t]) for t in texts[:12]], tmp_path / "train.jsonl")
+    (tmp_path / "corpus.txt").write_text("\n".join(t.replace("\n", " ") for t in texts) + "\n")
+    assert main(["mine", str(tmp_path / "train.jsonl"), "-o", str(tmp_path / "mined.jsonl"), "--corpus",
+                 str(tmp_path / "corpus.txt"), "--mode", "bm25", "--range", "1", "20", "--negatives", "3",
+                 "--quiet"]) == 0
+    mined = load_examples(tmp_path / "mined.jsonl")
+    assert len(mined) == 12 and all(len(ex.neg) == 3 and ex.pos[0] not in ex.neg for ex in mined)
+
+    common = ["--model", str(tiny_m3_dir), "--max-steps", "2", "--batch-size", "4", "--group-size", "3",
+              "--max-length", "48", "--quiet"]
+    assert main(["train", "embedder", str(tmp_path / "mined.jsonl"), "-o", str(tmp_path / "emb"),
+                 "--heads", "dense", "sparse", *common]) == 0
+    assert "2 steps" in capsys.readouterr().out
+    assert (tmp_path / "emb" / "sparse_linear.pt").is_file()
+    assert main(["train", "reranker", str(tmp_path / "mined.jsonl"), "-o", str(tmp_path / "ce"), *common]) == 0
+    assert (tmp_path / "ce" / "config.json").is_file()
+
+    assert main(["merge", str(tiny_m3_dir), str(tmp_path / "emb"), "-o", str(tmp_path / "merged"),
+                 "--weights", "1", "1"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert list(out["weights"].values()) == [0.5, 0.5]
+    assert main(["merge", str(tiny_m3_dir), str(tmp_path / "emb"), "-o", str(tmp_path / "merged2"),
+                 "--examples", str(tmp_path / "mined.jsonl"), "--temperature", "1"]) == 0
+    weights = list(json.loads(capsys.readouterr().out)["weights"].values())
+    assert sum(weights) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train"], "choose what to train"),
+    (["train", "embedder", "{tmp}/nope.jsonl", "-o", "{tmp}/o"], "JSONL file not found"),
+    (["train", "reranker", "{tmp}/noneg.jsonl", "-o", "{tmp}/o"], "has no negatives: mine hard negatives first"),
+    (["mine", "{tmp}/badrow.jsonl", "-o", "{tmp}/o.jsonl"], "badrow.jsonl:1: 'pos' must be a list of strings"),
+    (["merge", "{tmp}/a", "{tmp}/b", "-o", "{tmp}/m", "--weights", "1", "1"], "unknown model"),
+])
+def test_training_mistakes_print_one_line(tmp_path, args, message):
+    (tmp_path / "noneg.jsonl").write_text(json.dumps({"query": "q", "pos": ["p"]}) + "\n")
+    (tmp_path / "badrow.jsonl").write_text(json.dumps({"query": "q", "pos": [1]}) + "\n")
+    result = run_cli(*[a.format(tmp=tmp_path) for a in args])
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert message in result.stderr.strip().splitlines()[-1]

@@ -1,0 +1,166 @@
+"""The training commands of the ``flagstone`` CLI: mine, train embedder|reranker, merge."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from flagstone.errors import FlagstoneError
+
+
+def add_parsers(sub, epilog: str) -> None:
+    p = sub.add_parser("mine", help="add hard negatives (and optional teacher scores) to training data",
+                       description="Read FlagEmbedding-format training data (JSONL: query, pos, neg, ...), retrieve "
+                                   "for each query from a corpus, and replace its negatives with documents sampled "
+                                   "from a rank range (positives excluded). Optionally add pos_scores/neg_scores "
+                                   "from a teacher reranker for distillation.", epilog=epilog)
+    p.add_argument("data", help="training data .jsonl (query and pos are required)")
+    p.add_argument("-o", "--output", required=True, help="output .jsonl")
+    p.add_argument("--corpus", default=None,
+                   help="texts to mine from: a BEIR folder, .jsonl or .txt (default: every pos/neg text in the data)")
+    p.add_argument("--model", default=None, help="retrieval model (default: the bundled all-MiniLM-L6-v2)")
+    p.add_argument("--mode", default="dense", choices=("dense", "bm25", "hybrid"), help="retrieval mode (default: dense)")
+    p.add_argument("--range", nargs=2, type=int, default=[10, 100], metavar=("START", "END"),
+                   help="0-based rank range to sample negatives from (default: 10 100)")
+    p.add_argument("--negatives", type=int, default=15, help="negatives per query (default: 15)")
+    p.add_argument("--teacher", default=None, help="a cross-encoder to score pos/neg for distillation")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("train", help="fine-tune an embedder (dense or BGE-M3 dense+sparse+ColBERT) or a reranker",
+                       description="Contrastive fine-tuning on FlagEmbedding-format data with hard negatives "
+                                   "(run `flagstone mine` first). Resumable with --checkpoint-dir.", epilog=epilog)
+    tsub = p.add_subparsers(dest="train_command", metavar="KIND")
+    for kind, help_text in (("embedder", "InfoNCE with in-batch and hard negatives; --heads dense sparse colbert "
+                                         "trains BGE-M3's three heads with self-distillation"),
+                            ("reranker", "a cross-encoder with groupwise softmax (one logit per pair)")):
+        t = tsub.add_parser(kind, help=help_text, description=help_text, epilog=epilog)
+        t.add_argument("data", help="training data .jsonl with negatives")
+        t.add_argument("-o", "--output", required=True, help="folder to save the trained model in")
+        t.add_argument("--model", default="all-MiniLM-L6-v2", help="base model (default: all-MiniLM-L6-v2)")
+        t.add_argument("--epochs", type=int, default=1)
+        t.add_argument("--learning-rate", type=float, default=2e-5 if kind == "embedder" else 5e-5)
+        t.add_argument("--batch-size", type=int, default=8 if kind == "embedder" else 4, help="queries per step")
+        t.add_argument("--group-size", type=int, default=8, help="1 positive + N-1 negatives (default: 8)")
+        t.add_argument("--gradient-accumulation", type=int, default=1)
+        t.add_argument("--max-steps", type=int, default=None)
+        t.add_argument("--max-length", type=int, default=256, help="passage tokens (default: 256)")
+        t.add_argument("--bf16", action="store_true", help="bfloat16 autocast (about 2x faster on AVX-512 BF16 CPUs)")
+        t.add_argument("--checkpoint-dir", default=None, help="save resumable state here; rerun to resume")
+        t.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints (default: 50)")
+        t.add_argument("--seed", type=int, default=0)
+        t.add_argument("--quiet", action="store_true", help="no progress bars")
+        if kind == "embedder":
+            t.add_argument("--heads", nargs="+", default=["dense"], choices=("dense", "sparse", "colbert"),
+                           help="heads to train (default: dense)")
+            t.add_argument("--temperature", type=float, default=0.02)
+            t.add_argument("--no-in-batch", action="store_true", help="only the query's own group as negatives")
+            t.add_argument("--freeze-encoder", action="store_true", help="train only the sparse/ColBERT heads")
+            t.add_argument("--lora-rank", type=int, default=None, help="train LoRA adapters of this rank (needs peft)")
+            t.add_argument("--gradient-checkpointing", action="store_true")
+
+    p = sub.add_parser("merge", help="LM-Cocktail: merge same-architecture models by weighted averaging",
+                       description="Average two or more checkpoints (embedders, rerankers or causal LMs) with given "
+                                   "weights, or with weights computed from a few target-task examples: "
+                                   "softmax(-loss / temperature).", epilog=epilog)
+    p.add_argument("models", nargs="+", help="model folders (same architecture)")
+    p.add_argument("-o", "--output", required=True, help="folder for the merged model")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--weights", nargs="+", type=float, help="one weight per model")
+    g.add_argument("--examples", help="a .jsonl of examples (training-data rows; causal LMs: input/output)")
+    p.add_argument("--kind", choices=("embedder", "reranker", "causal_lm"), default="embedder")
+    p.add_argument("--temperature", type=float, default=5.0, help="softmax temperature for example weights")
+
+
+def _training_config(args: argparse.Namespace):
+    from flagstone.training.loop import TrainingConfig
+
+    return TrainingConfig(epochs=args.epochs, learning_rate=args.learning_rate,
+                          gradient_accumulation=args.gradient_accumulation, max_steps=args.max_steps,
+                          checkpoint_every=args.checkpoint_every if args.checkpoint_dir else None, seed=args.seed,
+                          precision="bfloat16" if args.bf16 else "float32", show_progress=not args.quiet)
+
+
+def cmd_mine(args: argparse.Namespace) -> int:
+    from flagstone.models.embedder import Embedder
+    from flagstone.retrieval.retriever import Retriever
+    from flagstone.training.data import load_examples, save_examples
+    from flagstone.training.mining import add_teacher_scores, mine_hard_negatives
+
+    examples = load_examples(args.data)
+    if args.corpus:
+        from flagstone.cli import _read_texts
+
+        ids, texts = _read_texts(args.corpus)
+    else:
+        texts = list(dict.fromkeys(t for ex in examples for t in ex.pos + ex.neg))
+        ids = [str(i) for i in range(len(texts))]
+    embedder = None if args.mode == "bm25" else Embedder(args.model or "all-MiniLM-L6-v2", show_progress=not args.quiet)
+    signals = ["bm25"] if args.mode == "bm25" else (["dense"] if args.mode == "dense" else None)
+    retriever = Retriever(embedder, signals=signals).fit(ids, texts, show_progress=not args.quiet)
+    mined = mine_hard_negatives(examples, retriever, dict(zip(ids, texts)), mode=args.mode,
+                                rank_range=tuple(args.range), n_negatives=args.negatives, seed=args.seed)
+    if args.teacher:
+        from flagstone.models.reranker import CrossEncoderReranker
+
+        mined = add_teacher_scores(mined, CrossEncoderReranker(args.teacher), show_progress=not args.quiet)
+    save_examples(mined, args.output)
+    print(f"{len(mined)} examples with {args.negatives} negatives each -> {args.output}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from flagstone.training.data import load_examples
+
+    if args.train_command is None:
+        raise FlagstoneError("choose what to train: flagstone train embedder|reranker (see --help)")
+    examples = load_examples(args.data)
+    config = _training_config(args)
+    if args.train_command == "reranker":
+        from flagstone.training.reranker import train_cross_encoder
+
+        result = train_cross_encoder(args.model, examples, args.output, group_size=args.group_size,
+                                     batch_size=args.batch_size, max_length=args.max_length, config=config,
+                                     checkpoint_dir=args.checkpoint_dir)
+    else:
+        from flagstone.training.embedder import EmbedderTrainingSettings, train_embedder
+
+        settings = EmbedderTrainingSettings(
+            heads=tuple(args.heads), temperature=args.temperature, group_size=args.group_size,
+            batch_size=args.batch_size, in_batch_negatives=not args.no_in_batch, passage_max_length=args.max_length,
+            freeze_encoder=args.freeze_encoder, lora_rank=args.lora_rank,
+            gradient_checkpointing=args.gradient_checkpointing)
+        result = train_embedder(args.model, examples, args.output, settings=settings, config=config,
+                                checkpoint_dir=args.checkpoint_dir)
+    first = sum(result.losses[:10]) / max(1, len(result.losses[:10]))
+    last = sum(result.losses[-10:]) / max(1, len(result.losses[-10:]))
+    print(f"{result.steps} steps in {result.seconds:.0f} s (loss {first:.4f} -> {last:.4f}) -> {args.output}")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from flagstone._io import iter_jsonl
+    from flagstone.training.cocktail import mix_models
+    from flagstone.training.data import load_examples
+
+    examples = None
+    if args.examples:
+        if args.kind == "causal_lm":
+            examples = [row for _, row in iter_jsonl(args.examples)]
+            bad = [i for i, row in enumerate(examples) if not isinstance(row.get("input"), str)
+                   or not isinstance(row.get("output"), str)]
+            if bad:
+                raise FlagstoneError(f"{args.examples}: example #{bad[0]} needs string fields 'input' and 'output'")
+        else:
+            examples = load_examples(args.examples)
+    out, weights = mix_models(args.models, args.output, examples=examples, weights=args.weights, kind=args.kind,
+                              temperature=args.temperature)
+    print(json.dumps({"output": str(Path(out)), "weights": dict(zip(args.models, weights))}, indent=2))
+    return 0
+
+
+COMMANDS = {"mine": cmd_mine, "train": cmd_train, "merge": cmd_merge}
+
+if __name__ == "__main__":  # pragma: no cover - run through flagstone.cli
+    sys.exit("use: flagstone mine|train|merge")

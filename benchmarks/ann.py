@@ -22,7 +22,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-
 from _common import RESULTS, SHARED_DATA, save_results
 from ann_data import load_ann_data
 

@@ -12,7 +12,6 @@ import json
 from dataclasses import dataclass
 
 import numpy as np
-
 from _common import SHARED_DATA
 
 N_QUERIES = 1000

@@ -19,7 +19,6 @@ import sys
 import time
 
 import numpy as np
-
 from _common import SHARED_DATA, save_results
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

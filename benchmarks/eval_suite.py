@@ -14,6 +14,7 @@ import sys
 import time
 
 from _common import RESULTS, SHARED_DATA, save_results
+
 from flagstone.evaluation.suite import run_suite
 from flagstone.evaluation.tasks import resolve_tasks
 from flagstone.models.cache import EmbeddingCache

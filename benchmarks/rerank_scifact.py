@@ -22,13 +22,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _common import RESULTS, SHARED_DATA, save_results
+
 from flagstone.evaluation.beir import load_beir, load_qrels
 from flagstone.evaluation.metrics import evaluate_run
 from flagstone.models.cache import EmbeddingCache
 from flagstone.models.embedder import Embedder
-from flagstone.models.reranker import CrossEncoderReranker, LLMReranker, interpolate_with_first_stage, rerank_hits
+from flagstone.models.reranker import (
+    CrossEncoderReranker,
+    LLMReranker,
+    interpolate_with_first_stage,
+    rerank_hits,
+)
 from flagstone.retrieval.retriever import Retriever
 from flagstone.training.data import examples_from_qrels
 from flagstone.training.loop import TrainingConfig

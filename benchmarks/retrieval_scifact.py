@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _common import SHARED_DATA, save_results
+
 from flagstone.evaluation.beir import load_beir, load_qrels
 from flagstone.evaluation.metrics import evaluate_run
 from flagstone.models.cache import EmbeddingCache

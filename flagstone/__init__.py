@@ -39,13 +39,18 @@ if TYPE_CHECKING:
     from flagstone.evaluation.beir import load_beir
     from flagstone.evaluation.metrics import evaluate_run
     from flagstone.evaluation.retrieval import evaluate_retrieval
-    from flagstone.models.cache import EmbeddingCache
-    from flagstone.models.embedder import Embedder
     from flagstone.evaluation.suite import run_suite
     from flagstone.evaluation.tasks import TaskSpec
+    from flagstone.models.cache import EmbeddingCache
     from flagstone.models.causal_lm import load_causal_lm
+    from flagstone.models.embedder import Embedder
     from flagstone.models.embeddings import Embeddings, MultiVectors, SparseWeights
-    from flagstone.models.reranker import ColbertReranker, CrossEncoderReranker, LLMReranker, rerank_hits
+    from flagstone.models.reranker import (
+        ColbertReranker,
+        CrossEncoderReranker,
+        LLMReranker,
+        rerank_hits,
+    )
     from flagstone.retrieval.bm25 import BM25
     from flagstone.retrieval.retriever import Hits, HybridConfig, Retriever
 

@@ -370,7 +370,11 @@ def _list_tasks() -> int:
 
 def _eval_suite(args: argparse.Namespace) -> int:
     from flagstone.evaluation.suite import run_suite
-    from flagstone.evaluation.tasks import default_data_root, load_task_file, resolve_tasks
+    from flagstone.evaluation.tasks import (
+        default_data_root,
+        load_task_file,
+        resolve_tasks,
+    )
 
     tasks = resolve_tasks(args.tasks, args.suite)
     for path in args.task_file or []:

@@ -4,7 +4,13 @@ import os
 
 import pytest
 
-from tests.helpers import SCIFACT, SHARED_DATA, build_tiny_causal_lm, build_tiny_cross_encoder, build_tiny_m3
+from tests.helpers import (
+    SCIFACT,
+    SHARED_DATA,
+    build_tiny_causal_lm,
+    build_tiny_cross_encoder,
+    build_tiny_m3,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

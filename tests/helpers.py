@@ -16,7 +16,14 @@ M3_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 def build_tiny_m3(folder: Path, *, hidden: int = 32, colbert_dim: int | None = None, seed: int = 0) -> Path:
     """A randomly initialised checkpoint in BGE-M3's layout: XLM-R encoder + tokenizer + both heads."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import XLMRobertaConfig, XLMRobertaModel, XLMRobertaTokenizerFast
 
     from flagstone.corpora import python_docstrings
@@ -70,7 +77,11 @@ def load_flagembedding_m3():
 def build_tiny_cross_encoder(folder: Path, *, num_labels: int = 1, seed: int = 0) -> Path:
     """A randomly initialised reranker in bge-reranker's layout: XLM-R sequence classification + tokenizer."""
     import torch
-    from transformers import AutoConfig, AutoTokenizer, XLMRobertaForSequenceClassification
+    from transformers import (
+        AutoConfig,
+        AutoTokenizer,
+        XLMRobertaForSequenceClassification,
+    )
 
     source = build_tiny_m3(folder.parent / f"{folder.name}-encoder", seed=seed)
     folder.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,12 @@ from pathlib import Path
 
 from flagstone._io import atomic_write
 from flagstone.evaluation.beir import BeirDataset
-from flagstone.evaluation.metrics import METRICS, MetricReport, evaluate_run, rank_documents
+from flagstone.evaluation.metrics import (
+    METRICS,
+    MetricReport,
+    evaluate_run,
+    rank_documents,
+)
 from flagstone.retrieval.retriever import HybridConfig, Retriever
 
 DEFAULT_K = (1, 3, 5, 10, 100)

@@ -125,7 +125,13 @@ def classification_scores(
     """Logistic regression on embeddings, trained on ``samples_per_label`` examples per label in each of
     ``n_experiments`` draws, scored on the whole test set; metrics averaged over experiments (main: accuracy)."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import accuracy_score, average_precision_score, f1_score, precision_score, recall_score
+    from sklearn.metrics import (
+        accuracy_score,
+        average_precision_score,
+        f1_score,
+        precision_score,
+        recall_score,
+    )
 
     if len(train_emb) != len(train_labels) or len(test_emb) != len(test_labels):
         raise ValueError("each embedding needs exactly one label")

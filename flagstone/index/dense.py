@@ -12,7 +12,14 @@ from collections.abc import Sequence
 import numpy as np
 
 from flagstone.errors import VectorError
-from flagstone.index.base import IdIndex, SearchResult, best_of, pad_results, stack_results, top_k
+from flagstone.index.base import (
+    IdIndex,
+    SearchResult,
+    best_of,
+    pad_results,
+    stack_results,
+    top_k,
+)
 from flagstone.index.codecs import Codec, make_codec
 from flagstone.index.storage import IndexFormatError, load_index, save_index
 

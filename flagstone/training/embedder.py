@@ -18,9 +18,20 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from flagstone.errors import DataError, MissingDependencyError
-from flagstone.models.embedder import COLBERT_HEAD_FILE, SPARSE_HEAD_FILE, Embedder, pool
+from flagstone.models.embedder import (
+    COLBERT_HEAD_FILE,
+    SPARSE_HEAD_FILE,
+    Embedder,
+    pool,
+)
 from flagstone.training.data import TrainingExample
-from flagstone.training.loop import TrainingConfig, TrainingResult, clear_checkpoint, seed_everything, train
+from flagstone.training.loop import (
+    TrainingConfig,
+    TrainingResult,
+    clear_checkpoint,
+    seed_everything,
+    train,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -51,6 +62,7 @@ class EmbedderTrainingSettings:
     lora_targets: tuple[str, ...] = ("query", "key", "value", "dense")
     query_instruction: str | None = None  # None: the base model's (e.g. BGE's retrieval instruction)
     head_weights: dict[str, float] = field(default_factory=lambda: dict(HEAD_WEIGHTS))
+    head_learning_rate_scale: float = 20.0  # new sparse / ColBERT heads learn this much faster than the encoder
 
     def __post_init__(self) -> None:
         unknown = set(self.heads) - set(HEADS)
@@ -82,8 +94,16 @@ class _Trainable:
             encoder = get_peft_model(encoder, LoraConfig(r=settings.lora_rank, lora_alpha=settings.lora_alpha,
                                                          target_modules=targets, lora_dropout=0.0))
         hidden = base.dim
-        sparse = base.sparse_head or torch.nn.Linear(hidden, 1)
-        colbert = base.colbert_head or torch.nn.Linear(hidden, hidden)
+        sparse, colbert = base.sparse_head, base.colbert_head
+        if sparse is None:  # a new head starts as plain term overlap: every token weighs about the same
+            sparse = torch.nn.Linear(hidden, 1)
+            torch.nn.init.normal_(sparse.weight, std=0.01)
+            torch.nn.init.constant_(sparse.bias, 1.0)
+        if colbert is None:  # a new head starts as the encoder's own token vectors (late interaction on them)
+            colbert = torch.nn.Linear(hidden, hidden)
+            with torch.no_grad():
+                colbert.weight.copy_(torch.eye(hidden))
+                colbert.bias.zero_()
         self.module = torch.nn.ModuleDict({"encoder": encoder, "sparse": sparse.float(), "colbert": colbert.float()})
         for name in ("sparse", "colbert"):
             self.module[name].requires_grad_(name in settings.heads)
@@ -229,7 +249,10 @@ def train_embedder(
     def batches(epoch: int):
         return _sample_batches(examples, settings, config.seed + epoch)
 
-    result = train(trainable.module, batches, loss_fn, config, checkpoint_dir=checkpoint_dir, on_step=on_step)
+    scales = {id(p): settings.head_learning_rate_scale
+              for name in ("sparse", "colbert") for p in trainable.module[name].parameters()}
+    result = train(trainable.module, batches, loss_fn, config, checkpoint_dir=checkpoint_dir, on_step=on_step,
+                   lr_scales=scales)
     save_embedder(trainable, output_dir)
     if checkpoint_dir is not None:
         clear_checkpoint(checkpoint_dir)

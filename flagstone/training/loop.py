@@ -74,6 +74,7 @@ def train(
     *,
     checkpoint_dir: str | os.PathLike[str] | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    lr_scales: dict[int, float] | None = None,
 ) -> TrainingResult:
     """Train ``model``'s parameters that require gradients.
 
@@ -81,7 +82,8 @@ def train(
     run sees the same data); ``loss_fn(batch)`` returns a scalar loss. With ``checkpoint_dir`` the model,
     optimiser, schedule and position are saved every ``checkpoint_every`` steps and a later call with
     the same arguments resumes from the last one. ``on_step(step, loss)`` runs after each optimiser step
-    (evaluation hooks, logging).
+    (evaluation hooks, logging). ``lr_scales`` maps ``id(parameter)`` to a learning-rate multiplier (new
+    heads on a pretrained encoder learn faster than the encoder).
     """
     import torch
     from tqdm.auto import tqdm
@@ -90,10 +92,13 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("no parameters require gradients: nothing to train")
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]  # biases and norms are not decayed
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.learning_rate)
+    groups: dict[tuple[float, bool], list] = {}
+    for p in params:  # biases and norms are not decayed; each scale gets its own group
+        scale = (lr_scales or {}).get(id(p), 1.0)
+        groups.setdefault((scale, p.ndim >= 2), []).append(p)
+    optimizer = torch.optim.AdamW(
+        [{"params": ps, "lr": config.learning_rate * scale, "weight_decay": config.weight_decay if decay else 0.0}
+         for (scale, decay), ps in groups.items()], lr=config.learning_rate)
     per_epoch = len(batches_for_epoch(0)) // config.gradient_accumulation
     if per_epoch == 0:
         raise DataError("not enough training batches for one optimiser step")

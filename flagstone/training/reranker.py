@@ -13,7 +13,13 @@ from flagstone.errors import DataError, ModelNotFoundError
 from flagstone.models._hf import quiet_transformers
 from flagstone.models.reranker import encode_pairs
 from flagstone.training.data import TrainingExample
-from flagstone.training.loop import TrainingConfig, TrainingResult, clear_checkpoint, seed_everything, train
+from flagstone.training.loop import (
+    TrainingConfig,
+    TrainingResult,
+    clear_checkpoint,
+    seed_everything,
+    train,
+)
 
 
 def sample_groups(examples: Sequence[TrainingExample], group_size: int, batch_size: int,

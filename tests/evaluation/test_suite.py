@@ -8,7 +8,13 @@ import pytest
 from flagstone.errors import DataError
 from flagstone.evaluation import scoring
 from flagstone.evaluation.suite import run_suite, run_task
-from flagstone.evaluation.tasks import REGISTRY, SUITES, TaskSpec, load_task_file, resolve_tasks
+from flagstone.evaluation.tasks import (
+    REGISTRY,
+    SUITES,
+    TaskSpec,
+    load_task_file,
+    resolve_tasks,
+)
 
 STS_ROWS = [
     ("A man is playing a guitar.", "A person plays the guitar.", 4.6),

@@ -4,7 +4,11 @@ import numpy as np
 import pytest
 
 from flagstone.errors import FlagstoneError, MissingHeadError
-from flagstone.retrieval.fusion import normalize_scores, reciprocal_rank_fusion, weighted_sum
+from flagstone.retrieval.fusion import (
+    normalize_scores,
+    reciprocal_rank_fusion,
+    weighted_sum,
+)
 from flagstone.retrieval.retriever import HybridConfig, Retriever
 from flagstone.retrieval.scoring import colbert_scores, dense_scores, sparse_scores
 

@@ -5,7 +5,12 @@ import json
 import pytest
 
 from flagstone.errors import DataError
-from flagstone.training.data import TrainingExample, examples_from_qrels, load_examples, save_examples
+from flagstone.training.data import (
+    TrainingExample,
+    examples_from_qrels,
+    load_examples,
+    save_examples,
+)
 
 
 def test_round_trip_keeps_every_field(tmp_path):

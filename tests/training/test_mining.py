@@ -4,7 +4,11 @@ import numpy as np
 
 from flagstone.retrieval.retriever import Retriever
 from flagstone.training.data import TrainingExample
-from flagstone.training.mining import EmbedderTeacher, add_teacher_scores, mine_hard_negatives
+from flagstone.training.mining import (
+    EmbedderTeacher,
+    add_teacher_scores,
+    mine_hard_negatives,
+)
 
 
 def _corpus():

@@ -232,6 +232,7 @@ def test_mine_train_and_merge_from_the_command_line(tiny_m3_dir, tmp_path, capsy
     assert (tmp_path / "emb" / "sparse_linear.pt").is_file()
     assert main(["train", "reranker", str(tmp_path / "mined.jsonl"), "-o", str(tmp_path / "ce"), *common]) == 0
     assert (tmp_path / "ce" / "config.json").is_file()
+    capsys.readouterr()
 
     assert main(["merge", str(tiny_m3_dir), str(tmp_path / "emb"), "-o", str(tmp_path / "merged"),
                  "--weights", "1", "1"]) == 0

@@ -228,14 +228,15 @@ def mix_models(
     temperature: float = 5.0,
 ) -> tuple[Path, list[float]]:
     """Merge ``models`` with given ``weights``, or with weights computed from ``examples``; returns the
-    merged folder and the weights used."""
+    merged folder and the weights used (normalised to sum to 1)."""
     if (weights is None) == (examples is None):
         raise ValueError("give either weights or examples (to compute the weights from)")
     if weights is None:
         check_compatible([Path(_config_folder(m)) for m in models])
         losses = [example_loss(m, examples, kind) for m in models]  # type: ignore[arg-type]
         weights = cocktail_weights(losses, temperature)
-    return merge_models(models, weights, output_dir), list(weights)
+    total = float(sum(weights))
+    return merge_models(models, weights, output_dir), [float(w) / total for w in weights]
 
 
 def _config_folder(model: str | os.PathLike[str]) -> Path:

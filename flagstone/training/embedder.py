@@ -259,6 +259,17 @@ def train_embedder(
     return result
 
 
+def _checkpoint_keys(folder: Path) -> set[str]:
+    """Parameter names stored in a folder's model.safetensors (empty when it has another format)."""
+    file = folder / "model.safetensors"
+    if not file.is_file():
+        return set()
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as handle:
+        return set(handle.keys())
+
+
 def _write_sentence_transformers_files(folder: Path, settings) -> None:
     """Record pooling, normalisation and max length the sentence-transformers way, so the trained folder
     embeds exactly as it was trained (in Flagstone and in sentence-transformers)."""
@@ -294,7 +305,11 @@ def save_embedder(trainable: _Trainable, output_dir: str | os.PathLike[str]) -> 
         encoder = trainable.module["encoder"]
         if hasattr(encoder, "merge_and_unload"):  # LoRA: fold the adapters into the weights
             encoder = encoder.merge_and_unload()
-        encoder.save_pretrained(staging)
+        state = encoder.state_dict()
+        base_keys = _checkpoint_keys(trainable.base.path)
+        if base_keys:  # keep the base's parameter set: an unused pooler the loader added is not saved
+            state = {k: v for k, v in state.items() if k in base_keys}
+        encoder.save_pretrained(staging, state_dict=state)
         trainable.base.tokenizer.save_pretrained(staging)
         base_folder = trainable.base.path
         for name in ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json"):

@@ -57,10 +57,14 @@ def build_tiny_m3(folder: Path, *, hidden: int = 32, colbert_dim: int | None = N
 def load_flagembedding(module: str, name: str):
     """A class from FlagEmbedding without running its package __init__, which imports decoder-only
     rerankers that do not import under transformers 5. None when FlagEmbedding is not installed."""
-    spec = importlib.util.find_spec("FlagEmbedding")
-    if spec is None:
-        return None
-    root = next(iter(spec.submodule_search_locations))
+    loaded = sys.modules.get("FlagEmbedding")
+    if loaded is not None:  # stubbed by an earlier call (find_spec refuses a module without a spec)
+        root = loaded.__path__[0]
+    else:
+        spec = importlib.util.find_spec("FlagEmbedding")
+        if spec is None:
+            return None
+        root = next(iter(spec.submodule_search_locations))
     for pkg, sub in (("FlagEmbedding", ""), ("FlagEmbedding.inference", "/inference")):
         if pkg not in sys.modules:
             stub = types.ModuleType(pkg)

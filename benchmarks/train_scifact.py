@@ -51,6 +51,8 @@ def main() -> int:
     parser.add_argument("--group-size", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--cocktail-examples", type=int, default=8)
+    parser.add_argument("--reuse", action="store_true",
+                        help="skip training when the model folders exist (finish an interrupted run)")
     parser.add_argument("--quick", action="store_true", help="a tiny run to check the script (numbers meaningless)")
     args = parser.parse_args()
     if not Path(args.data).is_dir():
@@ -110,8 +112,8 @@ def main() -> int:
     log("fine-tuning the dense model")
     finetuned = MODELS / "scifact-minilm-finetuned"
     t0 = time.perf_counter()
-    dense_run = train_embedder(base, examples, finetuned, settings=EmbedderTrainingSettings(heads=("dense",), **common),
-                               config=config)
+    dense_run = _train_or_reuse(args.reuse, base, examples, finetuned,
+                                EmbedderTrainingSettings(heads=("dense",), **common), config)
     dense_seconds = time.perf_counter() - t0
     results["finetuned"] = scifact(finetuned)
 
@@ -119,9 +121,8 @@ def main() -> int:
     log("M3 unified training (dense + sparse + ColBERT)")
     m3_dir = MODELS / "scifact-minilm-m3"
     t0 = time.perf_counter()
-    m3_run = train_embedder(base, examples, m3_dir,
-                            settings=EmbedderTrainingSettings(heads=("dense", "sparse", "colbert"), **common),
-                            config=config)
+    m3_run = _train_or_reuse(args.reuse, base, examples, m3_dir,
+                             EmbedderTrainingSettings(heads=("dense", "sparse", "colbert"), **common), config)
     m3_seconds = time.perf_counter() - t0
     results["m3"] = scifact(m3_dir, modes=("dense", "sparse", "colbert", "all"), use_cache=False)
 
@@ -179,6 +180,15 @@ def main() -> int:
         return 0
     save_results("train_scifact", "\n".join(lines), train_scifact=out)
     return 0
+
+
+def _train_or_reuse(reuse: bool, base, examples, folder: Path, settings, config):
+    from flagstone.training.loop import TrainingResult
+
+    if reuse and (folder / "config.json").is_file():
+        log(f"  reusing {folder.name} (trained earlier; its steps and time are not re-measured)")
+        return TrainingResult(steps=0)
+    return train_embedder(base, examples, folder, settings=settings, config=config)
 
 
 if __name__ == "__main__":

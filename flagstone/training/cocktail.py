@@ -78,13 +78,17 @@ def merge_state_dicts(states: Sequence[dict[str, torch.Tensor]], weights: Sequen
     import torch
 
     names = list(names or [f"model #{i}" for i in range(len(states))])
-    keys = set(states[0])
+    # integer buffers some checkpoints store and others rebuild on load (e.g. BERT's position_ids) are left
+    # for the loader to rebuild; any other difference in parameter names is an error
+    optional = {k for s in states for k, v in s.items() if not v.is_floating_point()}
+    keys = set(states[0]) - optional
     for name, state in zip(names[1:], states[1:]):
-        if set(state) != keys:
-            diff = sorted(keys ^ set(state))
+        if set(state) - optional != keys:
+            diff = sorted(keys ^ (set(state) - optional))
             raise IncompatibleModelsError(f"{names[0]} and {name} have different parameters (e.g. {diff[0]!r})")
+    shared = [k for k in states[0] if k in keys or all(k in s for s in states)]
     merged = {}
-    for key in states[0]:
+    for key in shared:
         tensors = [s[key] for s in states]
         shapes = {tuple(t.shape) for t in tensors}
         if len(shapes) > 1:

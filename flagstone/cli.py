@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from flagstone import cli_train
+from flagstone import cli_rag, cli_train
 from flagstone.errors import DataError, FlagstoneError
 
 EPILOG = "Models: a local folder, a hub name (BAAI/bge-m3) or a preset (see `flagstone models`)."
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flagstone",
         description="Retrieval toolkit: dense, sparse (lexical) and ColBERT embeddings, BM25, hybrid search, "
-                    "evaluation.",
+                    "reranking, training, evaluation, and retrieval-augmented answering.",
         epilog=EPILOG,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -149,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Print an index folder's settings, size and memory per document.")
     d.add_argument("folder", help="index folder")
     cli_train.add_parsers(sub, EPILOG)
+    cli_rag.add_parsers(sub, EPILOG)
     return parser
 
 
@@ -542,7 +543,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"demo": cmd_demo, "models": cmd_models, "encode": cmd_encode, "search": cmd_search, "eval": cmd_eval,
-            "index": cmd_index, **cli_train.COMMANDS}
+            "index": cmd_index, **cli_train.COMMANDS,
+            **cli_rag.COMMANDS}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -552,7 +554,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     for name in ("batch_size", "k", "docs", "max_length", "max_queries", "n_lists", "n_probe", "rerank_depth",
-                 "epochs", "group_size", "gradient_accumulation", "max_steps", "negatives", "checkpoint_every"):
+                 "epochs", "group_size", "gradient_accumulation", "max_steps", "negatives", "checkpoint_every",
+                 "chunk_tokens", "max_new_tokens"):
         value = getattr(args, name, None)
         values = value if isinstance(value, list) else [value]
         if any(v is not None and v < 1 for v in values):

@@ -257,3 +257,50 @@ def test_training_mistakes_print_one_line(tmp_path, args, message):
     result = run_cli(*[a.format(tmp=tmp_path) for a in args])
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert message in result.stderr.strip().splitlines()[-1]
+
+
+ASK_CONTEXT = "The Velmora bridge opened in 1932. It crosses the river Aune.\n\nMayor Ilse Brandt ordered it built.\n"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["ask", "When?"], "needs --context"),
+    (["ask", "When?", "--context", "{tmp}/missing.txt"], "not found"),
+    (["ask", "When?", "--context", "{tmp}/ctx.txt", "--context", "{tmp}/ctx.txt", "--mode", "bm25"], "share an id"),
+    (["ask", "When?", "--context", "{tmp}/ctx.txt", "--generator", "{tmp}/no-model"], "unknown causal LM"),
+    (["ask", "When?", "--pipeline", "no_retrieval", "--base-url", "http://127.0.0.1:9/v1", "--generator", "m"],
+     "failed after"),
+])
+def test_ask_mistakes_print_one_line(tmp_path, args, message):
+    (tmp_path / "ctx.txt").write_text(ASK_CONTEXT)
+    result = run_cli(*[a.format(tmp=tmp_path) for a in args])
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert message in result.stderr.strip().splitlines()[-1]
+
+
+def test_ask_rag_json_trace_with_a_local_model(tiny_causal_lm_dir, tmp_path):
+    (tmp_path / "ctx.txt").write_text(ASK_CONTEXT)
+    result = run_cli("ask", "When did the Velmora bridge open?", "--context", str(tmp_path / "ctx.txt"),
+                     "--generator", str(tiny_causal_lm_dir), "--mode", "bm25", "--max-new-tokens", "4", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["pipeline"] == "rag" and isinstance(data["answer"], str)
+    assert data["trace"]["retrieved"] == ["ctx.txt#0"]
+    assert [s["name"] for s in data["trace"]["steps"]] == ["search", "answer"]
+    assert data["trace"]["completion_tokens"] >= 1
+
+
+@pytest.mark.slow
+def test_ask_memorag_saves_and_reuses_its_memory(tmp_path):
+    (tmp_path / "ctx.txt").write_text(ASK_CONTEXT)
+    memory = tmp_path / "memory"
+    args = ["ask", "Who ordered the bridge?", "--pipeline", "memorag", "--mode", "bm25", "--memory", str(memory),
+            "--max-new-tokens", "8", "--json"]
+    first = run_cli(*args, "--context", str(tmp_path / "ctx.txt"))
+    assert first.returncode == 0, first.stderr
+    assert (memory / "memory.json").is_file() and (memory / "context.json").is_file()
+    second = run_cli(*args)  # no --context: everything comes from the memory folder
+    assert second.returncode == 0, second.stderr
+    names = [[s["name"] for s in json.loads(r.stdout)["trace"]["steps"]] for r in (first, second)]
+    assert names[0][0] == "gist" and "gist" not in names[1]
+    assert names[1][0] == "clues"

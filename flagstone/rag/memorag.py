@@ -155,11 +155,17 @@ class MemoRAG:
         recorder.trace.retrieved = [c.id for c in chosen]  # what the answer reads, not every candidate
         return chosen
 
-    def ask(self, question: str, context: ContextIndex, memory: Memory | None = None) -> Answer:
+    def ask(self, question: str, context: ContextIndex, memory: Memory | None = None,
+            save_to: str | os.PathLike | None = None) -> Answer:
+        """Answer with ``memory``, or memorize the context first (saving memory and context to ``save_to``,
+        for later calls with :meth:`Memory.load` and :meth:`ContextIndex.load`)."""
         question = check_question(question)
         start, recorder = time.perf_counter(), Recorder(self.generator)
         if memory is None:
             memory = self.memorize(context, recorder)
+            if save_to is not None:
+                context.save(save_to)
+                memory.save(save_to)
         clues, draft = self.recall(question, memory, recorder)
         recorder.trace.clues = clues + ([f"draft: {draft}"] if draft else [])
         chunks = self.retrieve(question, clues, draft, context, recorder)

@@ -1,0 +1,120 @@
+"""The ``flagstone ask`` command: answer a question over a context with one of the RAG pipelines."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from flagstone.errors import FlagstoneError
+
+PIPELINE_HELP = {
+    "rag": "retrieve the top-k chunks and answer from them",
+    "memorag": "gist the whole context into a memory, write clues from it, retrieve with them, answer",
+    "search_o1": "reason, searching the context between tags; retrieved text is condensed before it is inserted",
+    "lc_boost": "walk the context part by part, keeping notes, searching or answering at each step",
+    "full_context": "put as much of the context as fits into one prompt",
+    "no_retrieval": "answer from the model alone",
+}
+
+
+def add_parsers(sub, epilog: str) -> None:
+    lines = "\n".join(f"  {name:13s} {text}" for name, text in PIPELINE_HELP.items())
+    p = sub.add_parser(
+        "ask", help="answer a question over a document or collection with RAG, MemoRAG, Search-o1 or LC-Boost",
+        description="Answer a question from a context with a retrieval-augmented pipeline:\n" + lines +
+                    "\nThe generator is a local causal LM (default: the bundled SmolLM2-135M-Instruct; a folder, "
+                    "a .gguf file or a hub name) or any OpenAI-compatible server with --base-url "
+                    "(key from $OPENAI_API_KEY).",
+        epilog=epilog + " Example: flagstone ask 'Who wrote it?' --context essay.txt --pipeline memorag --trace",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("question")
+    p.add_argument("--context", action="append", default=None, metavar="PATH",
+                   help="a .txt/.md file (one document), a .jsonl file (one document per line, field 'text'), or "
+                        "a BEIR folder; repeatable")
+    p.add_argument("--pipeline", choices=tuple(PIPELINE_HELP), default="rag", help="(default: rag)")
+    p.add_argument("--generator", default="smollm2-135m-instruct",
+                   help="local model (name, folder, .gguf) or, with --base-url, the served model's name")
+    p.add_argument("--base-url", default=None, help="OpenAI-compatible API root, e.g. http://localhost:8080/v1")
+    p.add_argument("--model", default=None, help="embedding model for retrieval (default: all-MiniLM-L6-v2)")
+    p.add_argument("--mode", default="hybrid", help="retrieval mode: dense, bm25, hybrid, ... (default: hybrid)")
+    p.add_argument("-k", type=int, default=3, help="chunks read per retrieval (default: 3)")
+    p.add_argument("--chunk-tokens", type=int, default=200, help="tokens per chunk (default: 200)")
+    p.add_argument("--overlap", type=int, default=32, help="tokens shared by neighbouring chunks (default: 32)")
+    p.add_argument("--memory", default=None, metavar="DIR",
+                   help="MemoRAG: load the memory and context from DIR if saved there, else build and save them")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens in the answer (default: 64)")
+    p.add_argument("--trace", action="store_true", help="print every step: outputs, queries, chunks, tokens, time")
+    p.add_argument("--json", action="store_true", help="print the answer and its full trace as JSON")
+
+
+def _documents(paths: list[str]) -> list[tuple[str, str]]:
+    from flagstone._io import read_text
+    from flagstone.cli import _read_texts
+
+    documents: list[tuple[str, str]] = []
+    for path in paths:
+        p = Path(path)
+        if p.is_file() and p.suffix.lower() in (".txt", ".md", ""):
+            documents.append((p.name, read_text(p, "context file")))
+        else:
+            ids, texts = _read_texts(path)
+            documents += list(zip(ids, texts))
+    ids = [d for d, _ in documents]
+    if len(set(ids)) != len(ids):
+        raise FlagstoneError("two context documents share an id (file name or record id); rename one")
+    return documents
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from flagstone.models.generator import load_generator
+    from flagstone.rag import PIPELINES, ContextIndex, Memory
+
+    if args.pipeline != "no_retrieval" and not args.context and not args.memory:
+        raise FlagstoneError(f"--pipeline {args.pipeline} needs --context (or a saved --memory folder)")
+    settings = {"max_new_tokens": args.max_new_tokens}
+    if args.pipeline in ("rag", "memorag", "search_o1"):
+        settings["k"] = args.k
+    generator = load_generator(args.generator, base_url=args.base_url)
+    pipeline = PIPELINES[args.pipeline](generator, **settings)
+
+    context = memory = None
+    saved = args.memory and (Path(args.memory) / "context.json").is_file()
+    if saved:
+        context = ContextIndex.load(args.memory, embedder=_embedder_for(args))
+        if (Path(args.memory) / "memory.json").is_file():
+            memory = Memory.load(args.memory)
+    elif args.context:
+        context = ContextIndex.build(_documents(args.context), embedder=_embedder_for(args), mode=args.mode,
+                                     chunk_tokens=args.chunk_tokens, overlap=args.overlap)
+    if args.pipeline == "memorag":
+        answer = pipeline.ask(args.question, context, memory=memory, save_to=None if memory else args.memory)
+    else:
+        answer = pipeline.ask(args.question, context)
+
+    if args.json:
+        print(json.dumps(answer.to_dict(), indent=2, ensure_ascii=False))
+        return 0
+    print(answer.answer)
+    if args.trace:
+        trace = answer.trace
+        for step in trace.steps:
+            detail = step.output if step.kind == "generate" else ", ".join(step.chunk_ids)
+            tokens = f"{step.prompt_tokens}+{step.completion_tokens} tok, " if step.kind == "generate" else ""
+            print(f"  [{step.name}] ({tokens}{step.seconds:.1f} s) {' '.join(detail.split())[:300]}")
+        for label, values in (("clues", trace.clues), ("queries", trace.queries), ("chunks", trace.retrieved)):
+            if values:
+                print(f"  {label}: {' | '.join(values)}")
+        print(f"  total: {trace.tokens} tokens, {answer.seconds:.1f} s")
+    return 0
+
+
+def _embedder_for(args: argparse.Namespace):
+    if args.mode == "bm25":
+        return None
+    from flagstone.models.embedder import Embedder
+    from flagstone.models.presets import DEFAULT_MODEL
+
+    return Embedder(args.model or DEFAULT_MODEL, show_progress=False)
+
+
+COMMANDS = {"ask": cmd_ask}

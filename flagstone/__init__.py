@@ -30,6 +30,13 @@ _EXPORTS = {
     "load_causal_lm": "flagstone.models.causal_lm",
     "TaskSpec": "flagstone.evaluation.tasks",
     "run_suite": "flagstone.evaluation.suite",
+    "LocalGenerator": "flagstone.models.generator",
+    "OpenAIChatGenerator": "flagstone.models.generator",
+    "ContextIndex": "flagstone.rag.base",
+    "RAG": "flagstone.rag.plain",
+    "MemoRAG": "flagstone.rag.memorag",
+    "SearchO1": "flagstone.rag.search_o1",
+    "LCBoost": "flagstone.rag.lc_boost",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -45,12 +52,18 @@ if TYPE_CHECKING:
     from flagstone.models.causal_lm import load_causal_lm
     from flagstone.models.embedder import Embedder
     from flagstone.models.embeddings import Embeddings, MultiVectors, SparseWeights
+    from flagstone.models.generator import LocalGenerator, OpenAIChatGenerator
     from flagstone.models.reranker import (
         ColbertReranker,
         CrossEncoderReranker,
         LLMReranker,
         rerank_hits,
     )
+    from flagstone.rag.base import ContextIndex
+    from flagstone.rag.lc_boost import LCBoost
+    from flagstone.rag.memorag import MemoRAG
+    from flagstone.rag.plain import RAG
+    from flagstone.rag.search_o1 import SearchO1
     from flagstone.retrieval.bm25 import BM25
     from flagstone.retrieval.retriever import Hits, HybridConfig, Retriever
 

@@ -9,8 +9,9 @@ from tests.helpers import REPO
 
 def test_import_does_not_load_heavy_libraries():
     code = ("import sys, flagstone, flagstone.cli, flagstone.evaluation.metrics, flagstone.retrieval.bm25, "
-            "flagstone.models.reranker, flagstone.evaluation.suite, flagstone.training.mining; "
-            "heavy = [m for m in ('torch', 'transformers', 'sentence_transformers', 'sklearn') if m in sys.modules]; "
+            "flagstone.models.reranker, flagstone.evaluation.suite, flagstone.training.mining, flagstone.rag, "
+            "flagstone.models.generator, flagstone.evaluation.qa; "
+            "heavy = [m for m in ('torch', 'transformers', 'sentence_transformers', 'sklearn', 'httpx') if m in sys.modules]; "
             "print(heavy); assert not heavy")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stdout + result.stderr

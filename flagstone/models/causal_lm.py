@@ -8,12 +8,11 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from flagstone._io import atomic_folder
 from flagstone.errors import MissingDependencyError, ModelNotFoundError
 from flagstone.models._hf import quiet_transformers, torch_dtype
 
@@ -100,16 +99,9 @@ def _converted_gguf(gguf: Path, cache_dir: str | os.PathLike | None) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.is_quantized = False
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
-    os.chmod(staging, 0o755)
-    try:
+    with atomic_folder(target) as staging:  # a finished folder appears at once or not at all
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        os.replace(staging, target)  # a finished folder appears at once or not at all
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not (target / "config.json").is_file():  # a concurrent converter may have won the race
-            raise
     return target
 
 

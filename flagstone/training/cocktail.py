@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from flagstone._io import atomic_folder
 from flagstone.errors import DataError, ModelNotFoundError
 
 if TYPE_CHECKING:
@@ -131,10 +131,7 @@ def merge_models(
     merged = merge_state_dicts([_load_state(f) for f in folders], w, [str(f) for f in folders])
 
     target = Path(output_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    os.chmod(staging, 0o755)
-    try:
+    with atomic_folder(target) as staging:
         source = roots[0]
         for item in source.iterdir():  # configs, tokenizer, sentence-transformers modules
             if item.name in ("model.safetensors", "pytorch_model.bin", *_HEAD_FILES) or item.name.startswith("."):
@@ -157,15 +154,6 @@ def merge_models(
                 torch.save(merge_state_dicts(states, w), weights_dir / head)
         (staging / "merge.json").write_text(json.dumps(
             {"models": [str(m) for m in models], "weights": w.tolist()}, indent=2))
-        old = target.with_name(f".{target.name}.old")
-        if target.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-        os.replace(staging, target)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
 
 

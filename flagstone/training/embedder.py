@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from flagstone._io import atomic_folder
 from flagstone.errors import DataError, MissingDependencyError
 from flagstone.models.embedder import (
     COLBERT_HEAD_FILE,
@@ -293,15 +294,10 @@ def _write_sentence_transformers_files(folder: Path, settings) -> None:
 
 def save_embedder(trainable: _Trainable, output_dir: str | os.PathLike[str]) -> Path:
     """Save encoder + tokenizer (+ the base's sentence-transformers files, + trained M3 heads) atomically."""
-    import tempfile
-
     import torch
 
     target = Path(output_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    os.chmod(staging, 0o755)
-    try:
+    with atomic_folder(target) as staging:
         encoder = trainable.module["encoder"]
         if hasattr(encoder, "merge_and_unload"):  # LoRA: fold the adapters into the weights
             encoder = encoder.merge_and_unload()
@@ -324,13 +320,4 @@ def save_embedder(trainable: _Trainable, output_dir: str | os.PathLike[str]) -> 
             if head in trainable.settings.heads or (base_folder / filename).is_file():
                 state = {k: v.detach().float().cpu() for k, v in trainable.module[head].state_dict().items()}
                 torch.save(state, staging / filename)
-        old = target.with_name(f".{target.name}.old")
-        if target.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-        os.replace(staging, target)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from flagstone._io import atomic_folder
 from flagstone.errors import DataError, ModelNotFoundError
 from flagstone.models._hf import quiet_transformers
 from flagstone.models.reranker import encode_pairs
@@ -99,22 +98,7 @@ def train_cross_encoder(
 
 def save_pretrained_atomic(model, tokenizer, output_dir: str | os.PathLike[str]) -> Path:
     """Save a model and tokenizer into a sibling temporary folder and swap it into ``output_dir``."""
-    target = Path(output_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    os.chmod(staging, 0o755)
-    try:
+    with atomic_folder(output_dir) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(staging, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
+    return Path(output_dir)

@@ -160,7 +160,7 @@ class LocalGenerator:
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         if stop:
-            kwargs.update(stop_strings=stop, tokenizer=self.tokenizer)
+            kwargs["stopping_criteria"] = _new_text_stop(self.tokenizer, len(ids), stop)
         return kwargs
 
     def generate(self, messages: Sequence[Message], *, max_new_tokens: int = 256, stop: Sequence[str] = (),
@@ -196,6 +196,8 @@ class LocalGenerator:
         def run() -> None:
             try:
                 with self._lock, _torch_threads(self.threads), torch.inference_mode():
+                    if temperature > 0:
+                        torch.manual_seed(self.seed)
                     self.model.generate(**kwargs, streamer=streamer)
             except BaseException as exc:  # noqa: BLE001 -- re-raised in the consuming thread below
                 errors.append(exc)
@@ -207,6 +209,20 @@ class LocalGenerator:
         worker.join()
         if errors:
             raise errors[0]
+
+
+def _new_text_stop(tokenizer, prompt_length: int, stops: Sequence[str]):
+    """Stop when the generated text (not the prompt: transformers' own ``stop_strings`` also match across the
+    prompt's end) contains a stop string."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class NewTextStop(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
+            texts = tokenizer.batch_decode(input_ids[:, prompt_length:], skip_special_tokens=True)
+            return torch.tensor([cut_at_stop(t, stops)[1] is not None for t in texts], device=input_ids.device)
+
+    return StoppingCriteriaList([NewTextStop()])
 
 
 def _stream_until_stop(pieces: Iterator[str], stops: Sequence[str]) -> Iterator[str]:
@@ -359,8 +375,10 @@ class OpenAIChatGenerator:
         if hit is None and choice.get("finish_reason") == "stop" and isinstance(choice.get("stop"), str):
             hit = choice["stop"] if choice["stop"] in stops else None
         usage = payload.get("usage") or {}
-        prompt_tokens = int(usage.get("prompt_tokens") or sum(self.count_tokens(m["content"]) for m in messages))
-        completion_tokens = int(usage.get("completion_tokens") or self.count_tokens(raw))
+        prompt_tokens = int(usage["prompt_tokens"]) if usage.get("prompt_tokens") is not None else \
+            sum(self.count_tokens(m["content"]) for m in messages)
+        completion_tokens = int(usage["completion_tokens"]) if usage.get("completion_tokens") is not None else \
+            self.count_tokens(raw)
         finish = "length" if choice.get("finish_reason") == "length" else "stop"
         return Generation(text, hit, finish, prompt_tokens, completion_tokens, time.perf_counter() - start)
 
@@ -368,9 +386,13 @@ class OpenAIChatGenerator:
                temperature: float = 0.0) -> Iterator[str]:
         """Yield text pieces from the server's server-sent events."""
         stops = _check_settings(max_new_tokens, temperature, stop)
+        import httpx
+
         response = self._post(self._body(messages, max_new_tokens, stops, temperature, True), stream=True)
         try:
             yield from _stream_until_stop(_sse_pieces(response), stops)
+        except httpx.TransportError as exc:  # a stalled or dropped stream
+            raise GeneratorError(f"{self.base_url}: the stream broke off ({type(exc).__name__})") from None
         finally:
             response.close()
             response.extensions["flagstone_client"].close()

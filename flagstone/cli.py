@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from flagstone import cli_rag, cli_train
+from flagstone import cli_rag, cli_serve, cli_train
 from flagstone.errors import DataError, FlagstoneError
 
 EPILOG = "Models: a local folder, a hub name (BAAI/bge-m3) or a preset (see `flagstone models`)."
@@ -150,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("folder", help="index folder")
     cli_train.add_parsers(sub, EPILOG)
     cli_rag.add_parsers(sub, EPILOG)
+    cli_serve.add_parsers(sub, EPILOG)
     return parser
 
 
@@ -544,7 +545,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 COMMANDS = {"demo": cmd_demo, "models": cmd_models, "encode": cmd_encode, "search": cmd_search, "eval": cmd_eval,
             "index": cmd_index, **cli_train.COMMANDS,
-            **cli_rag.COMMANDS}
+            **cli_rag.COMMANDS, **cli_serve.COMMANDS}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -555,7 +556,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     for name in ("batch_size", "k", "docs", "max_length", "max_queries", "n_lists", "n_probe", "rerank_depth",
                  "epochs", "group_size", "gradient_accumulation", "max_steps", "negatives", "checkpoint_every",
-                 "chunk_tokens", "max_new_tokens"):
+                 "chunk_tokens", "max_new_tokens", "port", "max_texts", "max_chars", "max_batch"):
         value = getattr(args, name, None)
         values = value if isinstance(value, list) else [value]
         if any(v is not None and v < 1 for v in values):

@@ -1,0 +1,53 @@
+"""The ``flagstone serve`` command: run the HTTP service."""
+from __future__ import annotations
+
+import argparse
+
+from flagstone.errors import MissingDependencyError
+
+
+def add_parsers(sub, epilog: str) -> None:
+    p = sub.add_parser(
+        "serve", help="run the HTTP service: embeddings, collections, search, rerank, ask, a search page",
+        description="Serve Flagstone over HTTP (FastAPI + uvicorn). OpenAPI spec at /openapi.json, docs at /docs, "
+                    "a search page at /, Prometheus metrics at /metrics. Collections and their write-ahead logs "
+                    "live under --data-dir; an acknowledged write survives a crash.", epilog=epilog)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="(default: 8000)")
+    p.add_argument("--data-dir", default="flagstone-data", help="collections and caches (default: ./flagstone-data)")
+    p.add_argument("--model", default=None, help="embedding model (default: the bundled all-MiniLM-L6-v2)")
+    p.add_argument("--reranker", default=None, help="cross-encoder for /rerank and reranked search (default: none)")
+    p.add_argument("--generator", default="smollm2-135m-instruct",
+                   help="generator for /ask, loaded on first use (default: the bundled SmolLM2-135M-Instruct)")
+    p.add_argument("--generator-base-url", default=None, help="OpenAI-compatible server for /ask instead")
+    p.add_argument("--api-keys-file", default=None,
+                   help="require a bearer token from this file (one per line); $FLAGSTONE_API_KEYS adds more")
+    p.add_argument("--max-texts", type=int, default=256, help="texts per request (default: 256)")
+    p.add_argument("--max-chars", type=int, default=20000, help="characters per text (default: 20000)")
+    p.add_argument("--max-body-mb", type=float, default=8.0, help="request body limit in MB (default: 8)")
+    p.add_argument("--max-batch", type=int, default=64, help="texts per encoder batch (default: 64)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="how long a request may wait for others to share its batch (default: 5)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+    except ImportError:
+        raise MissingDependencyError("the service needs the server extra: pip install 'flagstone[server]'") from None
+    from flagstone.server.app import ServerSettings, create_app, read_api_keys
+
+    settings = ServerSettings(
+        data_dir=args.data_dir, model=args.model, reranker=args.reranker, generator=args.generator,
+        generator_base_url=args.generator_base_url, api_keys=read_api_keys(args.api_keys_file),
+        max_texts=args.max_texts, max_chars=args.max_chars, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, threads=args.threads)
+    app = create_app(settings)
+    print(f"Flagstone serving on http://{args.host}:{args.port} (data in {args.data_dir}"
+          f"{', API keys required' if settings.api_keys else ''})", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+COMMANDS = {"serve": cmd_serve}

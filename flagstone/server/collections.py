@@ -1,0 +1,241 @@
+"""Collections: named, persistent document sets with an index kept in step with their documents.
+
+Writes go to the collection's :class:`DocumentStore` (durable before they are acknowledged) and their
+embeddings to the on-disk embedding cache; the retriever is rebuilt from the cache on the first search
+after a change, so a search always sees every acknowledged write.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from flagstone._io import atomic_write
+from flagstone.errors import DataError, FlagstoneError, IdError, InvalidTextError
+from flagstone.server.store import SETTINGS, Document, DocumentStore
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+INDEX_KINDS = ("flat", "hi2")
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+class CollectionNotFound(FlagstoneError):
+    """No collection of that name."""
+
+
+class CollectionExists(FlagstoneError):
+    """A collection of that name already exists."""
+
+
+def check_filter(where: Mapping | None) -> dict:
+    """A metadata filter: ``{"field": value}`` (equal) or ``{"field": {"$in": [values]}}``, all must hold."""
+    if where is None:
+        return {}
+    if not isinstance(where, Mapping):
+        raise InvalidTextError("filter must be an object of field: value or field: {\"$in\": [...]}")
+    for key, cond in where.items():
+        if isinstance(cond, Mapping):
+            if set(cond) != {"$in"} or not isinstance(cond["$in"], list):
+                raise InvalidTextError(f"filter on {key!r}: only {{\"$in\": [...]}} is supported besides equality")
+    return dict(where)
+
+
+def matches(metadata: Mapping, where: Mapping) -> bool:
+    for key, cond in where.items():
+        value = metadata.get(key)
+        if isinstance(cond, Mapping):
+            if value not in cond["$in"]:
+                return False
+        elif value != cond:
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    id: str
+    score: float
+    text: str
+    metadata: dict
+    signals: dict[str, float]
+    highlights: list[tuple[int, int]]  # character spans of document words matching a query term
+
+
+class Collection:
+    def __init__(self, name: str, folder: Path, embedder, cache, settings: dict) -> None:
+        self.name = name
+        self.folder = folder
+        self.embedder = embedder
+        self.cache = cache
+        self.settings = settings
+        self.store = DocumentStore(folder, checkpoint_every=settings.get("checkpoint_every", 1000))
+        self._lock = threading.Lock()
+        self._retriever = None
+        self._built_version = -1
+        self._built_docs: list[Document] = []
+
+    @property
+    def index_kind(self) -> str:
+        return self.settings["index"]
+
+    def describe(self) -> dict:
+        return {"name": self.name, "documents": len(self.store), "index": self.index_kind,
+                "model": self.embedder.name, "modes": list(self._modes()),
+                "description": self.settings.get("description", "")}
+
+    def _modes(self) -> tuple[str, ...]:
+        return (*self.embedder.available_outputs, "bm25", "hybrid")
+
+    def add(self, documents: Sequence[Document], *, overwrite: bool) -> int:
+        """Embed (into the cache) first, then log: a write is acknowledged only once it is searchable."""
+        if documents:
+            self._embed([d.text for d in documents])
+        return self.store.upsert(documents, overwrite=overwrite)
+
+    def _embed(self, texts: list[str]) -> None:
+        outputs = {o: True for o in self.embedder.available_outputs}
+        self.cache.encode(self.embedder, texts, is_query=False, show_progress=False, **outputs)
+
+    def delete(self, ids: Sequence[str], *, missing_ok: bool = False) -> int:
+        return self.store.delete(ids, missing_ok=missing_ok)
+
+    def get(self, doc_id: str) -> Document:
+        doc = self.store.documents.get(doc_id)
+        if doc is None:
+            raise IdError(f"no document {doc_id!r} in collection {self.name!r}")
+        return doc
+
+    def retriever(self):
+        """The retriever over the current documents, rebuilt when they changed since the last build."""
+        from flagstone.retrieval.retriever import Retriever
+
+        with self._lock:
+            version, docs = self.store.snapshot()
+            if version != self._built_version:
+                if docs:
+                    retriever = Retriever(self.embedder, cache=self.cache, dense_index=self.index_kind)
+                    retriever.fit([d.id for d in docs], [d.text for d in docs], show_progress=False)
+                else:
+                    retriever = None
+                self._retriever, self._built_version, self._built_docs = retriever, version, docs
+            return self._retriever, {d.id: d for d in self._built_docs}
+
+    def search(self, query: str, *, mode: str = "hybrid", k: int = 10, where: Mapping | None = None,
+               reranker=None, rerank_depth: int = 50) -> list[SearchHit]:
+        if mode not in self._modes():
+            raise InvalidTextError(f"mode {mode!r} is not available; this collection has {', '.join(self._modes())}")
+        where = check_filter(where)
+        retriever, docs = self.retriever()
+        if retriever is None:
+            return []
+        n = len(docs)
+        depth = max(k, rerank_depth if reranker is not None else k)
+        fetch = min(n, depth if not where else max(depth * 10, 100))
+        while True:  # a narrow filter falls back to scoring every document
+            hits = retriever.search([query], mode=mode, k=fetch)
+            keep = [j for j, doc_id in enumerate(hits.ids[0]) if not where or matches(docs[doc_id].metadata, where)]
+            if len(keep) >= depth or fetch >= n:
+                break
+            fetch = n
+        keep = keep[:depth]
+        ids = [hits.ids[0][j] for j in keep]
+        scores = [float(hits.scores[0][j]) for j in keep]
+        signals = [{name: float(values[0][j]) for name, values in hits.signals.items()} for j in keep]
+        if reranker is not None and ids:
+            from flagstone.models.reranker import rerank
+
+            ranked = rerank(reranker, query, [docs[i].text for i in ids])
+            order = ranked.order.tolist()
+            for pos, score in zip(order, ranked.scores.tolist()):
+                signals[pos]["rerank"] = float(score)
+            ids, scores, signals = ([ids[p] for p in order], [float(s) for s in ranked.scores],
+                                    [signals[p] for p in order])
+        terms = self._query_terms(retriever, query)
+        return [SearchHit(i, s, docs[i].text, docs[i].metadata, sig, self._highlights(retriever, docs[i].text, terms))
+                for i, s, sig in list(zip(ids, scores, signals))[:k]]
+
+    @staticmethod
+    def _query_terms(retriever, query: str) -> set[str]:
+        analyzer = retriever.bm25.tokenizer if retriever.bm25 is not None else None
+        return set(analyzer(query)) if analyzer is not None else set()
+
+    @staticmethod
+    def _highlights(retriever, text: str, terms: set[str]) -> list[tuple[int, int]]:
+        if not terms or retriever.bm25 is None:
+            return []
+        analyzer = retriever.bm25.tokenizer
+        spans = []
+        for match in _WORD.finditer(text):
+            analysed = analyzer(match.group())
+            if analysed and analysed[0] in terms:
+                spans.append((match.start(), match.end()))
+        return spans
+
+    def close(self) -> None:
+        self.store.close()
+
+
+class CollectionManager:
+    """All collections under one folder (one sub-folder each), sharing the service's embedder and cache."""
+
+    def __init__(self, root: str | Path, embedder, cache) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.embedder = embedder
+        self.cache = cache
+        self._lock = threading.Lock()
+        self._collections: dict[str, Collection] = {}
+        for folder in sorted(p for p in self.root.iterdir() if (p / SETTINGS).is_file()):
+            try:
+                settings = json.loads((folder / SETTINGS).read_text(encoding="utf-8"))
+            except ValueError:
+                raise DataError(f"{folder / SETTINGS}: damaged collection settings") from None
+            self._collections[folder.name] = Collection(folder.name, folder, embedder, cache, settings)
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._collections)
+
+    def get(self, name: str) -> Collection:
+        with self._lock:
+            collection = self._collections.get(name)
+        if collection is None:
+            raise CollectionNotFound(f"no collection named {name!r}")
+        return collection
+
+    def create(self, name: str, *, index: str = "flat", description: str = "") -> Collection:
+        if not NAME.match(name or ""):
+            raise InvalidTextError("a collection name is 1-64 letters, digits, '_', '.' or '-', starting with a "
+                                   "letter or digit")
+        if index not in INDEX_KINDS:
+            raise InvalidTextError(f"index must be one of {', '.join(INDEX_KINDS)}")
+        with self._lock:
+            if name in self._collections:
+                raise CollectionExists(f"collection {name!r} already exists")
+            folder = self.root / name
+            settings = {"format": 1, "index": index, "description": description, "model": self.embedder.name}
+            folder.mkdir(parents=True, exist_ok=True)
+            with atomic_write(folder / SETTINGS) as f:
+                json.dump(settings, f)
+            collection = Collection(name, folder, self.embedder, self.cache, settings)
+            self._collections[name] = collection
+            return collection
+
+    def delete(self, name: str) -> None:
+        with self._lock:
+            collection = self._collections.pop(name, None)
+            if collection is None:
+                raise CollectionNotFound(f"no collection named {name!r}")
+            collection.close()
+            # remove the settings first: a crash mid-delete leaves a folder that is no longer a collection
+            (collection.folder / SETTINGS).unlink(missing_ok=True)
+            shutil.rmtree(collection.folder, ignore_errors=True)
+
+    def close(self) -> None:
+        with self._lock:
+            for collection in self._collections.values():
+                collection.close()

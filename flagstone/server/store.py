@@ -1,0 +1,157 @@
+"""Durable document storage for one collection: a snapshot plus a write-ahead log.
+
+Every acknowledged write is one line in ``wal.jsonl``, flushed and fsynced before the call returns, so it
+survives ``kill -9`` and power loss of the process. At start the snapshot is read and the log replayed; a
+torn last line (a write that was never acknowledged) is dropped. ``checkpoint`` folds the log into a new
+snapshot written atomically, then starts an empty log.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flagstone._io import atomic_write
+from flagstone.errors import DataError, IdError
+
+SNAPSHOT, WAL, SETTINGS = "snapshot.jsonl", "wal.jsonl", "collection.json"
+
+
+@dataclass
+class Document:
+    id: str
+    text: str
+    metadata: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "text": self.text, "metadata": self.metadata}
+
+
+class DocumentStore:
+    """Documents by id, in insertion order, persisted under ``folder``."""
+
+    def __init__(self, folder: str | os.PathLike, *, checkpoint_every: int = 1000) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.checkpoint_every = checkpoint_every
+        self.documents: dict[str, Document] = {}
+        self.version = 0  # bumps on every change: the index compares it with the version it was built at
+        self._lock = threading.Lock()
+        self._logged = 0
+        self.dropped_tail = False
+        self._load()
+        self._wal = open(self.folder / WAL, "a", encoding="utf-8")  # noqa: SIM115 -- held for the store's life
+
+    def __len__(self) -> int:
+        return len(self.documents)
+
+    # -- reading at start ------------------------------------------------------------------------
+    def _load(self) -> None:
+        snapshot = self.folder / SNAPSHOT
+        if snapshot.is_file():
+            for n, line in enumerate(snapshot.read_text(encoding="utf-8").splitlines(), 1):
+                if line.strip():
+                    try:
+                        doc = json.loads(line)
+                        self.documents[doc["id"]] = Document(doc["id"], doc["text"], doc.get("metadata") or {})
+                    except (ValueError, KeyError, TypeError):
+                        raise DataError(f"{snapshot}:{n}: damaged snapshot line") from None
+        wal = self.folder / WAL
+        if wal.is_file():
+            lines = wal.read_bytes().split(b"\n")
+            # the last piece has no newline: if it holds anything, the write was cut and never acknowledged
+            good, self.dropped_tail = lines[:-1], bool(lines[-1].strip())
+            for n, line in enumerate(good, 1):
+                if not line.strip():
+                    continue
+                try:
+                    self._apply(json.loads(line))
+                except (ValueError, KeyError, TypeError):
+                    if n < len(good):
+                        raise DataError(f"{wal}:{n}: damaged log line") from None
+                    good, self.dropped_tail = good[:-1], True  # torn final line: its newline landed, not its data
+                    break
+                self._logged += 1
+            if self.dropped_tail:  # appends must start on a clean line
+                with atomic_write(wal, "wb") as f:
+                    f.write(b"".join(line + b"\n" for line in good))
+        self.version = 1
+
+    def _apply(self, record: Mapping) -> None:
+        if record["op"] == "upsert":
+            for doc in record["documents"]:
+                self.documents.pop(doc["id"], None)  # an update moves the document to the end
+                self.documents[doc["id"]] = Document(doc["id"], doc["text"], doc.get("metadata") or {})
+        elif record["op"] == "delete":
+            for doc_id in record["ids"]:
+                self.documents.pop(doc_id, None)
+        else:
+            raise KeyError(record["op"])
+
+    # -- writing ---------------------------------------------------------------------------------
+    def _log(self, record: dict) -> None:
+        self._wal.write(json.dumps(record) + "\n")
+        self._wal.flush()
+        os.fsync(self._wal.fileno())
+        self._logged += 1
+
+    def upsert(self, documents: Iterable[Document], *, overwrite: bool = True) -> int:
+        """Add or replace documents; with ``overwrite=False`` an existing id is an error and nothing is written."""
+        docs = list(documents)
+        with self._lock:
+            if not overwrite:
+                clash = [d.id for d in docs if d.id in self.documents]
+                if clash:
+                    raise IdError(f"ids already in the collection: {clash[:3]} (use upsert to replace)")
+            record = {"op": "upsert", "documents": [d.to_dict() for d in docs]}
+            self._log(record)
+            self._apply(record)
+            self.version += 1
+            self._maybe_checkpoint()
+        return len(docs)
+
+    def delete(self, ids: Sequence[str], *, missing_ok: bool = False) -> int:
+        with self._lock:
+            missing = [i for i in ids if i not in self.documents]
+            if missing and not missing_ok:
+                raise IdError(f"{len(missing)} unknown ids, e.g. {missing[:3]}")
+            present = [i for i in ids if i in self.documents]
+            if present:
+                record = {"op": "delete", "ids": present}
+                self._log(record)
+                self._apply(record)
+                self.version += 1
+                self._maybe_checkpoint()
+        return len(present)
+
+    def _maybe_checkpoint(self) -> None:
+        if self._logged >= self.checkpoint_every:
+            self._checkpoint_locked()
+
+    def checkpoint(self) -> None:
+        with self._lock:
+            self._checkpoint_locked()
+
+    def _checkpoint_locked(self) -> None:
+        """Write every document to a new snapshot, then empty the log (a crash in between replays the log
+        onto the new snapshot, which gives the same documents)."""
+        with atomic_write(self.folder / SNAPSHOT, "w") as f:
+            for doc in self.documents.values():
+                f.write(json.dumps(doc.to_dict()) + "\n")
+        self._wal.close()
+        with atomic_write(self.folder / WAL, "w"):
+            pass
+        self._wal = open(self.folder / WAL, "a", encoding="utf-8")  # noqa: SIM115
+        self._logged = 0
+
+    def snapshot(self) -> tuple[int, list[Document]]:
+        """The version and the documents at that version (consistent under concurrent writes)."""
+        with self._lock:
+            return self.version, list(self.documents.values())
+
+    def close(self) -> None:
+        with self._lock:
+            self._wal.close()

@@ -20,3 +20,16 @@ def save_results(name: str, table: str, **json_files: dict) -> None:
         (RESULTS / f"{stem}.json").write_text(json.dumps(data, indent=2) + "\n")
     (RESULTS / f"{name}.md").write_text(table + "\n")
     print(table)
+
+
+def load_scifact_with_train(data: str | Path):
+    """SciFact's test split (corpus, queries, test qrels), its train qrels and ``{doc id: text}``, or None
+    with a message when the folder is missing. Both training benchmarks start here."""
+    from flagstone.evaluation.beir import load_beir, load_qrels
+
+    if not Path(data).is_dir():
+        print(f"SciFact not found at {data}", file=sys.stderr)
+        return None
+    test = load_beir(data, "test")
+    train_qrels = load_qrels(Path(data) / "qrels" / "train.tsv")
+    return test, train_qrels, dict(zip(test.doc_ids, test.doc_texts))

@@ -20,12 +20,10 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
-from _common import RESULTS, SHARED_DATA, save_results
+from _common import RESULTS, SHARED_DATA, load_scifact_with_train, save_results
 
-from flagstone.evaluation.beir import load_beir, load_qrels
 from flagstone.evaluation.metrics import evaluate_run
 from flagstone.models.cache import EmbeddingCache
 from flagstone.models.embedder import Embedder
@@ -80,13 +78,11 @@ def main() -> int:
         print("--reuse-llm: no earlier LLM figures for this --llm-depth in benchmarks/results; run without it",
               file=sys.stderr)
         return 2
-    if not Path(args.data).is_dir():
-        print(f"SciFact not found at {args.data}", file=sys.stderr)
-        return 2
     wall = time.perf_counter()
-    test = load_beir(args.data, "test")
-    train_qrels = load_qrels(Path(args.data) / "qrels" / "train.tsv")
-    doc_text = dict(zip(test.doc_ids, test.doc_texts))
+    loaded = load_scifact_with_train(args.data)
+    if loaded is None:
+        return 2
+    test, train_qrels, doc_text = loaded
     retriever = Retriever(Embedder(show_progress=True), cache=EmbeddingCache()).fit(test.doc_ids, test.doc_texts)
 
     train_ids = list(train_qrels)

@@ -19,9 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from _common import RESULTS, SHARED_DATA, save_results
+from _common import RESULTS, SHARED_DATA, load_scifact_with_train, save_results
 
-from flagstone.evaluation.beir import load_beir, load_qrels
 from flagstone.evaluation.metrics import evaluate_run
 from flagstone.evaluation.suite import run_task
 from flagstone.evaluation.tasks import REGISTRY
@@ -55,13 +54,11 @@ def main() -> int:
                         help="skip training when the model folders exist (finish an interrupted run)")
     parser.add_argument("--quick", action="store_true", help="a tiny run to check the script (numbers meaningless)")
     args = parser.parse_args()
-    if not Path(args.data).is_dir():
-        print(f"SciFact not found at {args.data}", file=sys.stderr)
-        return 2
     wall = time.perf_counter()
-    test = load_beir(args.data, "test")
-    train_qrels = load_qrels(Path(args.data) / "qrels" / "train.tsv")
-    doc_text = dict(zip(test.doc_ids, test.doc_texts))
+    loaded = load_scifact_with_train(args.data)
+    if loaded is None:
+        return 2
+    test, train_qrels, doc_text = loaded
     cache = EmbeddingCache()
     test_ids = list(test.qrels)
     train_ids = list(train_qrels)

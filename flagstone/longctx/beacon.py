@@ -99,6 +99,8 @@ class BeaconState:
     raw: KV = field(default_factory=lambda: KV([], []))
     segments: list[tuple[int, int]] = field(default_factory=list)  # memory span of each compressed window
     window_raw: list[KV] = field(default_factory=list)  # each finished window's raw KV, kept when asked
+    window_ids: list[list[int]] = field(default_factory=list)  # and its token ids (for retrieval by text)
+    open_ids: list[int] = field(default_factory=list)  # token ids of the open window
     tokens_seen: int = 0
 
     def kv_bytes(self) -> int:
@@ -154,7 +156,7 @@ class BeaconLM(nn.Module):
         return q, k, v
 
     def _attend(self, layer: int, q: torch.Tensor, q_pos: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                k_pos: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+                k_pos: torch.Tensor, allowed: torch.Tensor, capture: list | None = None) -> torch.Tensor:
         """Rotate with the given positions, attend where ``allowed`` (queries x keys), project out."""
         q = self._rotate(q, *self._rope(q, q_pos))
         keys = self._rotate(keys, *self._rope(keys, k_pos))
@@ -164,6 +166,8 @@ class BeaconLM(nn.Module):
         scores = torch.matmul(q, keys.transpose(2, 3)) / math.sqrt(self.head_dim)
         scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
         weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+        if capture is not None:  # attention mass on each key, summed over heads and queries
+            capture.append(weights.detach().float().sum(dim=(0, 1, 2)))
         out = torch.matmul(weights, values).transpose(1, 2).reshape(1, q.shape[2], -1)
         return self.layers[layer].self_attn.o_proj(out)
 
@@ -172,7 +176,8 @@ class BeaconLM(nn.Module):
         return hidden + block.mlp(block.post_attention_layernorm(hidden))
 
     # -- reading raw tokens ----------------------------------------------------------------------------
-    def _raw_forward(self, ids: torch.Tensor, state: BeaconState, context: KV | None = None) -> torch.Tensor:
+    def _raw_forward(self, ids: torch.Tensor, state: BeaconState, context: KV | None = None,
+                     capture: list | None = None) -> torch.Tensor:
         """Hidden states of new raw tokens attending to ``context`` (default: memory) and the open window;
         their KV is appended to the open window."""
         context = state.memory if context is None else context
@@ -190,7 +195,7 @@ class BeaconLM(nn.Module):
                               if t is not None], dim=2)
             values = torch.cat([t for t in (context.values[i] if m else None, state.raw.values[i] if c else None, v)
                                 if t is not None], dim=2)
-            hidden = hidden + self._attend(i, q, q_pos, keys, values, k_pos, allowed)
+            hidden = hidden + self._attend(i, q, q_pos, keys, values, k_pos, allowed, capture)
             hidden = self._mlp(i, hidden)
             new_keys.append(k)
             new_values.append(v)
@@ -230,6 +235,8 @@ class BeaconLM(nn.Module):
         state.segments.append((m, m + b))
         if keep_raw:
             state.window_raw.append(raw.detach())
+            state.window_ids.append(state.open_ids)
+        state.open_ids = []
         state.raw = KV([], [])
 
     def choose_ratio(self, state: BeaconState) -> int:
@@ -256,6 +263,7 @@ class BeaconLM(nn.Module):
             room = self.config.window - state.raw.length
             piece = ids[:, at:at + room]
             hidden = self._raw_forward(piece, state)
+            state.open_ids += piece[0].tolist()
             if logits:
                 out.append(self._logits(hidden))
             at += piece.shape[1]
@@ -287,6 +295,49 @@ class BeaconLM(nn.Module):
             new.append(token)
             logits, state = self.feed([token], state)
         return new, state
+
+    # -- refilling (ACRE) and KV-page retrieval (RetroLM) ------------------------------------------------
+    @torch.no_grad()
+    def window_scores_by_attention(self, state: BeaconState, question: torch.Tensor | Sequence[int]) -> torch.Tensor:
+        """ACRE's selection signal: the attention mass the question puts on each compressed window's beacons,
+        summed over layers, heads and question tokens (the question is read on a copy of the state)."""
+        ids = torch.as_tensor(question, dtype=torch.long).reshape(1, -1)
+        probe = BeaconState(memory=state.memory, raw=state.raw)
+        capture: list[torch.Tensor] = []
+        self._raw_forward(ids, probe, capture=capture)
+        mass = torch.stack([c[: state.memory.length] for c in capture]).sum(dim=0)
+        return torch.stack([mass[a:b].sum() for a, b in state.segments]) if state.segments else torch.zeros(0)
+
+    def window_texts(self, state: BeaconState, tokenizer) -> list[str]:
+        return [tokenizer.decode(ids) for ids in state.window_ids]
+
+    def refill(self, state: BeaconState, windows: Sequence[int]) -> BeaconState:
+        """A state whose memory holds the raw KV of ``windows`` (indices of compressed windows) in place of
+        their beacons; the rest stays compressed. Needs ``feed(..., keep_raw=True)``."""
+        if len(state.window_raw) != len(state.segments):
+            raise FlagstoneError("refilling needs the raw KV of every window: read the input with keep_raw=True")
+        chosen = set(int(w) for w in windows)
+        unknown = chosen - set(range(len(state.segments)))
+        if unknown:
+            raise ValueError(f"no compressed windows {sorted(unknown)}; there are {len(state.segments)}")
+        keys: list[list[torch.Tensor]] = [[] for _ in self.layers]
+        values: list[list[torch.Tensor]] = [[] for _ in self.layers]
+        segments, at = [], 0
+        for w, (a, b) in enumerate(state.segments):
+            for i in range(len(self.layers)):
+                if w in chosen:
+                    keys[i].append(state.window_raw[w].keys[i])
+                    values[i].append(state.window_raw[w].values[i])
+                else:
+                    keys[i].append(state.memory.keys[i][:, :, a:b])
+                    values[i].append(state.memory.values[i][:, :, a:b])
+            size = state.window_raw[w].length if w in chosen else b - a
+            segments.append((at, at + size))
+            at += size
+        memory = KV([torch.cat(k, dim=2) for k in keys], [torch.cat(v, dim=2) for v in values])
+        return BeaconState(memory=memory, raw=state.raw, segments=segments, window_raw=state.window_raw,
+                           window_ids=state.window_ids, open_ids=list(state.open_ids),
+                           tokens_seen=state.tokens_seen)
 
     # -- persistence ----------------------------------------------------------------------------------
     def save_beacon(self, folder: str | os.PathLike) -> None:

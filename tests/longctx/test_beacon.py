@@ -119,3 +119,35 @@ def test_bad_settings(base):
         BeaconConfig(window=30, ratios=(4,))
     with pytest.raises(UnsupportedModelError):
         BeaconLM(torch.nn.Linear(2, 2))
+
+
+@torch.no_grad()
+def test_refilling_a_window_restores_exact_full_attention_over_it(base):
+    beacon = wrap(base)
+    ids = random_ids(52, seed=11)
+    _, state = beacon.feed(ids[:, :32], keep_raw=True)  # one window, compressed
+    assert state.memory.length == 8 and len(state.window_raw) == 1
+    refilled = beacon.refill(state, [0])
+    assert refilled.memory.length == 32 and refilled.segments == [(0, 32)]
+    logits, _ = beacon.feed(ids[:, 32:], refilled)
+    torch.testing.assert_close(logits, base(ids).logits[:, 32:], atol=1e-5, rtol=1e-5)
+    compressed, _ = beacon.feed(ids[:, 32:], state)  # without refilling the logits differ
+    assert (compressed - logits).abs().max() > 1e-4
+
+
+@torch.no_grad()
+def test_attention_scores_pick_windows_and_refill_checks_its_input(base, tiny_causal_lm_dir):
+    from transformers import AutoTokenizer
+
+    beacon = wrap(base)
+    _, state = beacon.feed(random_ids(100, seed=2), keep_raw=True)
+    scores = beacon.window_scores_by_attention(state, random_ids(6, seed=9)[0])
+    assert scores.shape == (3,) and bool((scores > 0).all())
+    assert state.memory.length == 24 and state.raw.length == 4  # scoring read the question on a copy
+    texts = beacon.window_texts(state, AutoTokenizer.from_pretrained(tiny_causal_lm_dir))
+    assert len(texts) == 3 and all(texts)
+    with pytest.raises(ValueError):
+        beacon.refill(state, [3])
+    _, no_raw = beacon.feed(random_ids(64))
+    with pytest.raises(Exception, match="keep_raw"):
+        beacon.refill(no_raw, [0])

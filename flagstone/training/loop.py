@@ -172,7 +172,8 @@ def _save_state(folder: Path, model, optimizer, scheduler, result: TrainingResul
 
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{_STATE_FILE}.tmp"
-    trainable = {k: v for k, v in model.state_dict().items()}
+    # frozen parameters never change, so only what trains is saved (a frozen 100M-parameter base stays out)
+    trainable = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
     torch.save({"model": trainable, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "step": result.steps, "losses": result.losses, "torch_rng": torch.get_rng_state()}, tmp)
     os.replace(tmp, folder / _STATE_FILE)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import os
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,8 +240,8 @@ class BeaconLM(nn.Module):
 
     def choose_ratio(self, state: BeaconState) -> int:
         cfg = self.config
-        if self.training:
-            return random.choice(cfg.ratios)
+        if self.training:  # torch's generator: seeded and restored by resumable training
+            return cfg.ratios[int(torch.randint(len(cfg.ratios), (1,)))]
         if cfg.ratio is not None:
             return cfg.ratio
         for r in sorted(cfg.ratios):  # the smallest ratio whose beacons still fit the memory budget

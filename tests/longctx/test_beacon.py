@@ -151,3 +151,31 @@ def test_attention_scores_pick_windows_and_refill_checks_its_input(base, tiny_ca
     _, no_raw = beacon.feed(random_ids(64))
     with pytest.raises(Exception, match="keep_raw"):
         beacon.refill(no_raw, [0])
+
+
+def test_train_beacon_lowers_loss_and_resumes(base, tmp_path):
+    from flagstone.longctx.training import train_beacon
+    from flagstone.training.loop import TrainingConfig
+
+    segments = [random_ids(80, seed=s, vocab=40)[0].tolist() for s in range(4)]
+    config = TrainingConfig(epochs=3, learning_rate=1e-2, warmup_ratio=0.0, seed=0, show_progress=False,
+                            checkpoint_every=2)
+    beacon = wrap(base)
+    result = train_beacon(beacon, segments, config)
+    assert result.steps == 12 and min(result.losses[-4:]) < max(result.losses[:4])
+    # a run killed after step 6 resumes from its checkpoint to the same weights
+    class Killed(Exception):
+        pass
+
+    def kill_at_6(step, loss):
+        if step == 6:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_beacon(wrap(base), segments, config, checkpoint_dir=tmp_path / "ckpt", on_step=kill_at_6)
+    resumed = wrap(base)
+    train_beacon(resumed, segments, config, checkpoint_dir=tmp_path / "ckpt")
+    for a, b in zip(resumed.beacon.parameters(), beacon.beacon.parameters()):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="first window"):
+        train_beacon(wrap(base), [[5] * 10], config)

@@ -22,13 +22,9 @@ from flagstone.rag.chunking import (
 
 ANSWER_SYSTEM = (
     "You answer questions from the passages you are given. Reply with the answer only: a short phrase, "
-    "a name, a number, or yes/no. Do not explain. For example:\nQuestion: In which year did the bridge open?\n"
-    "Answer: 1932"
+    "a name, a number, or yes/no. Do not explain."
 )
-NO_PASSAGES_SYSTEM = (
-    "Answer the question. Reply with the answer only: a short phrase, a name, a number, or yes/no. "
-    "For example:\nQuestion: In which year did the bridge open?\nAnswer: 1932"
-)
+NO_PASSAGES_SYSTEM = "Answer the question. Reply with the answer only: a short phrase, a name, a number, or yes/no."
 
 
 @dataclass

@@ -35,8 +35,7 @@ ACCESS_PROMPT = (
 STEP_SYSTEM = (
     "You read a long document part by part to answer a question, keeping short notes. Reply with exactly one "
     "line, one of:\nNOTE: <facts from this part that help answer the question>\nSKIP\n"
-    "SEARCH: <query for a fact you still need>\nANSWER: <the final answer, when the notes and this part suffice>\n"
-    "For example: NOTE: The bridge opened in 1932."
+    "SEARCH: <query for a fact you still need>\nANSWER: <the final answer, when the notes and this part suffice>"
 )
 STEP_PROMPT = "Question: {question}\n\nNotes so far:\n{notes}\n\nPart {index} of {parts}:\n{text}\n\nYour action:"
 MERGE_SYSTEM = "You shorten notes without losing facts that matter for a question."

@@ -34,8 +34,7 @@ REASONING_SYSTEM = (
     "You answer questions by reasoning step by step, and you can search a document collection.\n"
     f"To search, write {BEGIN_SEARCH}your query{END_SEARCH} and stop. The findings will appear as "
     f"{BEGIN_RESULT}...{END_RESULT}; then continue reasoning. Search for one fact at a time; you may search "
-    "up to {max_searches} times.\nWhen you know the answer, write it in a box, as short as possible, for "
-    "example \\boxed{{1932}}."
+    "up to {max_searches} times.\nWhen you know the answer, write it as short as possible between \\boxed{{ and }}."
 )
 DOCUMENTS_SYSTEM = "You read search results and pull out what matters for an ongoing line of reasoning."
 DOCUMENTS_PROMPT = (

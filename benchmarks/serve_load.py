@@ -12,43 +12,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
-from _common import REPO, save_results
+from _common import save_results
 
 QUERIES = ["how do I read a file", "parse command line arguments", "sort a list in place", "open a socket",
            "compress data with zlib", "format a date", "regular expression match", "random number generator",
            "decode json", "temporary directory", "thread pool", "hash a password", "copy a tree of files"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(port: int, data_dir: str, threads: int) -> subprocess.Popen:
-    import httpx
-
-    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
-    process = subprocess.Popen([sys.executable, "-m", "flagstone", "serve", "--port", str(port), "--data-dir",
-                                data_dir, "--threads", str(threads), "--max-texts", "256"], env=env)
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return process
-        except httpx.TransportError:
-            time.sleep(0.3)
-    process.kill()
-    raise SystemExit("the server did not start")
 
 
 async def embed_throughput(url: str, texts: list[str], clients: int, per_request: int) -> float:
@@ -133,6 +107,7 @@ def main() -> int:
 
     from flagstone.corpora import python_docstrings
     from flagstone.models.embedder import Embedder
+    from flagstone.server.process import free_port, start_server_process
 
     torch.set_num_threads(args.threads)
     ids, docs = python_docstrings(max(args.docs, args.embed_texts))
@@ -140,7 +115,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as data_dir:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        server = start_server(port, data_dir, args.threads)
+        server = start_server_process(port, data_dir, ["--threads", str(args.threads), "--max-texts", "256"])
         try:
             httpx.post(f"{url}/collections", json={"name": "docs"}).raise_for_status()
             for start in range(0, args.docs, 200):

@@ -3,42 +3,19 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
 
-from tests.helpers import REPO
-
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn", reason="the server extra is not installed")
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from flagstone.server.process import free_port, start_server_process  # noqa: E402 -- after the skip
 
 
 def start_server(data_dir, port):
-    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
-    process = subprocess.Popen([sys.executable, "-m", "flagstone", "serve", "--port", str(port), "--data-dir",
-                                str(data_dir), "--threads", "1"], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited: {process.stdout.read().decode()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return process
-        except httpx.TransportError:
-            time.sleep(0.2)
-    process.kill()
-    raise AssertionError("server did not start in 120 s")
+    return start_server_process(port, data_dir, ["--threads", "1"], timeout=120)
 
 
 def test_acknowledged_writes_survive_kill_9(tmp_path):

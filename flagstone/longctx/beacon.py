@@ -310,6 +310,16 @@ class BeaconLM(nn.Module):
     def window_texts(self, state: BeaconState, tokenizer) -> list[str]:
         return [tokenizer.decode(ids) for ids in state.window_ids]
 
+    @staticmethod
+    def window_scores_by_retriever(texts: Sequence[str], question: str, embedder) -> torch.Tensor:
+        """RetroLM's selection signal: dense similarity between the question and each window's text
+        (``embedder`` is a :class:`flagstone.models.embedder.Embedder`)."""
+        if not texts:
+            return torch.zeros(0)
+        query = embedder.encode_queries([question]).dense[0]
+        pages = embedder.encode_documents(list(texts)).dense
+        return torch.from_numpy(pages @ query)
+
     def refill(self, state: BeaconState, windows: Sequence[int]) -> BeaconState:
         """A state whose memory holds the raw KV of ``windows`` (indices of compressed windows) in place of
         their beacons; the rest stays compressed. Needs ``feed(..., keep_raw=True)``."""

@@ -179,3 +179,10 @@ def test_train_beacon_lowers_loss_and_resumes(base, tmp_path):
         torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="first window"):
         train_beacon(wrap(base), [[5] * 10], config)
+
+
+def test_retriever_scores_rank_the_window_about_the_question_first(minilm):
+    texts = ["The harbour was dredged in 1871 for fishing boats.", "The bridge over the river opened in 1932.",
+             "Snow is rare in this mild climate."]
+    scores = BeaconLM.window_scores_by_retriever(texts, "When did the bridge open?", minilm)
+    assert scores.shape == (3,) and int(scores.argmax()) == 1

@@ -117,11 +117,19 @@ class MemoRAG:
     max_clues: int = 5
     min_clue_words: int = 2
     max_new_tokens: int = 32
+    # a long-context memory model (e.g. flagstone.longctx.generator.BeaconGenerator): clues are written from
+    # the whole context read through it, instead of from gists
+    memory_generator: Generator | None = None
     name: str = "memorag"
 
     def memorize(self, context: ContextIndex, recorder: Recorder | None = None) -> Memory:
-        """Gist the context piece by piece (each piece fits the generator's window)."""
+        """Gist the context piece by piece (each piece fits the generator's window); with a memory model the
+        memory is the context itself, which that model reads whole."""
         recorder = recorder or Recorder(self.generator)
+        if self.memory_generator is not None:
+            chunks = without_overlap(context.chunks)
+            return Memory([" ".join(c.text.split()) for c in chunks], [[c.id] for c in chunks],
+                          self.memory_generator.name, {"memory": "context, read by the memory model"})
         budget = min(self.piece_tokens, prompt_budget(self.generator, self.gist_tokens, GIST_SYSTEM))
         gists, pieces = [], []
         remaining = without_overlap(context.chunks)
@@ -139,9 +147,14 @@ class MemoRAG:
 
     def recall(self, question: str, memory: Memory, recorder: Recorder) -> tuple[list[str], str]:
         prompt = CLUE_PROMPT.format(memory=memory.text(), question=question, max_clues=self.max_clues)
-        prompt_budget(self.generator, self.clue_tokens, CLUE_SYSTEM, prompt)  # raises when the memory cannot fit
-        out = recorder.generate("clues", [{"role": "system", "content": CLUE_SYSTEM},
-                                          {"role": "user", "content": prompt}], max_new_tokens=self.clue_tokens)
+        writer = self.memory_generator or self.generator
+        prompt_budget(writer, self.clue_tokens, CLUE_SYSTEM, prompt)  # raises when the memory cannot fit
+        messages = [{"role": "system", "content": CLUE_SYSTEM}, {"role": "user", "content": prompt}]
+        if self.memory_generator is not None:
+            out = Recorder(self.memory_generator, recorder.trace).generate("clues", messages,
+                                                                          max_new_tokens=self.clue_tokens)
+        else:
+            out = recorder.generate("clues", messages, max_new_tokens=self.clue_tokens)
         return parse_clues(out.text, max_clues=self.max_clues, min_words=self.min_clue_words)
 
     def retrieve(self, question: str, clues: Sequence[str], draft: str, context: ContextIndex,

@@ -186,3 +186,25 @@ def test_retriever_scores_rank_the_window_about_the_question_first(minilm):
              "Snow is rare in this mild climate."]
     scores = BeaconLM.window_scores_by_retriever(texts, "When did the bridge open?", minilm)
     assert scores.shape == (3,) and int(scores.argmax()) == 1
+
+
+def test_memorag_writes_clues_from_the_whole_context_through_a_beacon_memory(base, tiny_causal_lm_dir):
+    from transformers import AutoTokenizer
+
+    from flagstone.longctx.generator import BeaconGenerator
+    from flagstone.rag import ContextIndex, MemoRAG
+    from tests.rag.test_pipelines import DOCUMENTS, ScriptedGenerator
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_causal_lm_dir)
+    memory_model = BeaconGenerator(wrap(base), tokenizer)
+    out = memory_model.generate([{"role": "user", "content": "hello " * 60}], max_new_tokens=3)
+    assert out.prompt_tokens > 32 and 1 <= out.completion_tokens <= 3  # read past the 32-token window
+    context = ContextIndex.build(DOCUMENTS, mode="bm25", chunk_tokens=64, overlap=0)
+    answerer = ScriptedGenerator(["1932"])
+    pipeline = MemoRAG(answerer, k=2, clue_tokens=4, memory_generator=memory_model)
+    answer = pipeline.ask("When did the bridge open?", context)
+    names = [s.name for s in answer.trace.steps if s.kind == "generate"]
+    assert names == ["clues", "answer"]  # no gists: the memory model read the context itself
+    clue_prompt = answer.trace.steps[0].input[-1]["content"]
+    assert all(text in clue_prompt for _, text in DOCUMENTS)
+    assert len(answerer.calls) == 1 and answer.answer == "1932"

@@ -325,7 +325,7 @@ class BeaconLM(nn.Module):
         their beacons; the rest stays compressed. Needs ``feed(..., keep_raw=True)``."""
         if len(state.window_raw) != len(state.segments):
             raise FlagstoneError("refilling needs the raw KV of every window: read the input with keep_raw=True")
-        chosen = set(int(w) for w in windows)
+        chosen = {int(w) for w in windows}
         unknown = chosen - set(range(len(state.segments)))
         if unknown:
             raise ValueError(f"no compressed windows {sorted(unknown)}; there are {len(state.segments)}")

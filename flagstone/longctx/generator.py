@@ -6,7 +6,13 @@ import time
 from collections.abc import Sequence
 
 from flagstone.longctx.beacon import BeaconLM
-from flagstone.models.generator import Generation, Message, _check_settings, cut_at_stop, validate_messages
+from flagstone.models.generator import (
+    Generation,
+    Message,
+    _check_settings,
+    cut_at_stop,
+    validate_messages,
+)
 
 
 class BeaconGenerator:

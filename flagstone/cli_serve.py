@@ -25,7 +25,9 @@ def add_parsers(sub, epilog: str) -> None:
     p.add_argument("--max-texts", type=int, default=256, help="texts per request (default: 256)")
     p.add_argument("--max-chars", type=int, default=20000, help="characters per text (default: 20000)")
     p.add_argument("--max-body-mb", type=float, default=8.0, help="request body limit in MB (default: 8)")
-    p.add_argument("--max-batch", type=int, default=64, help="texts per encoder batch (default: 64)")
+    p.add_argument("--max-batch", type=int, default=256,
+                   help="texts per encoder batch; the encoder sorts a batch by length, so bigger batches pad "
+                        "less (default: 256)")
     p.add_argument("--max-wait-ms", type=float, default=5.0,
                    help="how long a request may wait for others to share its batch (default: 5)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")

@@ -34,7 +34,8 @@ REASONING_SYSTEM = (
     "You answer questions by reasoning step by step, and you can search a document collection.\n"
     f"To search, write {BEGIN_SEARCH}your query{END_SEARCH} and stop. The findings will appear as "
     f"{BEGIN_RESULT}...{END_RESULT}; then continue reasoning. Search for one fact at a time; you may search "
-    "up to {max_searches} times.\nWhen you know the answer, write it as short as possible between \\boxed{{ and }}."
+    "up to {max_searches} times.\nWhen you know the answer, end with the answer itself, a few words at most, "
+    "inside \\boxed{{}}."
 )
 DOCUMENTS_SYSTEM = "You read search results and pull out what matters for an ongoing line of reasoning."
 DOCUMENTS_PROMPT = (
@@ -134,8 +135,8 @@ class SearchO1:
             reasoning += f"\n\n{BEGIN_RESULT}{result}{END_RESULT}\n\n"
             answer = self._final_answer(question, reasoning, recorder)
         else:
-            answer = clean_answer(reasoning) if "\\boxed{" in reasoning else self._final_answer(question, reasoning,
-                                                                                                 recorder)
+            boxed = clean_answer(reasoning) if "\\boxed{" in reasoning else ""
+            answer = boxed or self._final_answer(question, reasoning, recorder)  # an empty box is no answer
         recorder.trace.notes.append(f"reasoning: {reasoning}")
         return Answer(question, answer, self.name, recorder.trace, time.perf_counter() - start)
 

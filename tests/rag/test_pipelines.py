@@ -258,3 +258,11 @@ def test_pipelines_run_end_to_end_on_smollm2(make, smollm2, dense_context):
     if pipeline.name in ("rag", "memorag", "search_o1"):
         assert "bridge#0" in answer.trace.retrieved
     assert answer.to_dict()["trace"]["prompt_tokens"] > 0
+
+
+def test_search_o1_asks_again_when_the_box_is_empty(context):
+    first = f"Look it up. {BEGIN_SEARCH}Velmora bridge opened{END_SEARCH}"
+    gen = ScriptedGenerator([first, "It opened in 1932.", "The answer is \\boxed{}.", "1932}"])
+    answer = SearchO1(gen, k=1).ask("When did the bridge open?", context)
+    assert answer.answer == "1932"
+    assert [s.name for s in answer.trace.steps if s.kind == "generate"][-1] == "final_answer"

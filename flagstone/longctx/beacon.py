@@ -10,7 +10,9 @@ two passes equal the interleaved layout of the paper, and input that fits in one
 model's output.
 
 Keys are kept before rotary embedding and rotated when used: memory entries take positions 0..m-1, the open
-window the positions after them, a beacon the position of the last raw token of its chunk.
+window the positions after them, a beacon the position of the last raw token of its chunk. As in the paper,
+the first ``sink`` raw tokens stay uncompressed at the front of the memory: models lean on the first
+positions as an attention sink, and a memory without them disturbs every later window.
 
 Supported: Hugging Face Llama-family decoders (Llama, SmolLM2, Qwen2, Mistral): ``model.model.layers[i]``
 with ``self_attn.{q,k,v,o}_proj``, ``input_layernorm``, ``post_attention_layernorm``, ``mlp``.
@@ -42,6 +44,7 @@ class BeaconConfig:
     ratios: tuple[int, ...] = (2, 4, 8)  # compression ratios to draw from in training
     ratio: int | None = 4  # fixed ratio at inference; None: the smallest of ``ratios`` that fits ``max_memory``
     max_memory: int | None = None  # beacon entries the memory may hold (None: no limit)
+    sink: int = 1  # first raw tokens kept uncompressed at the front of the memory (the attention sink)
 
     def __post_init__(self) -> None:
         for r in (*self.ratios, *([self.ratio] if self.ratio else [])):
@@ -230,6 +233,10 @@ class BeaconLM(nn.Module):
             hidden = self._mlp(i, hidden)
             new_keys.append(k)
             new_values.append(v)
+        if m == 0 and not state.segments and self.config.sink:  # the first window leaves its sink behind
+            s = min(self.config.sink, w)
+            memory = KV([k[:, :, :s] for k in raw.keys], [v[:, :, :s] for v in raw.values])
+            m = s
         state.memory = memory.append(new_keys, new_values)
         state.segments.append((m, m + b))
         if keep_raw:
@@ -329,18 +336,20 @@ class BeaconLM(nn.Module):
         unknown = chosen - set(range(len(state.segments)))
         if unknown:
             raise ValueError(f"no compressed windows {sorted(unknown)}; there are {len(state.segments)}")
-        keys: list[list[torch.Tensor]] = [[] for _ in self.layers]
-        values: list[list[torch.Tensor]] = [[] for _ in self.layers]
-        segments, at = [], 0
+        prefix = state.segments[0][0] if state.segments else 0  # the sink, already raw
+        keys = [[k[:, :, :prefix]] for k in state.memory.keys]
+        values = [[v[:, :, :prefix]] for v in state.memory.values]
+        segments, at = [], prefix
         for w, (a, b) in enumerate(state.segments):
+            skip = prefix if w == 0 else 0  # window 0's first tokens are the sink
             for i in range(len(self.layers)):
                 if w in chosen:
-                    keys[i].append(state.window_raw[w].keys[i])
-                    values[i].append(state.window_raw[w].values[i])
+                    keys[i].append(state.window_raw[w].keys[i][:, :, skip:])
+                    values[i].append(state.window_raw[w].values[i][:, :, skip:])
                 else:
                     keys[i].append(state.memory.keys[i][:, :, a:b])
                     values[i].append(state.memory.values[i][:, :, a:b])
-            size = state.window_raw[w].length if w in chosen else b - a
+            size = state.window_raw[w].length - skip if w in chosen else b - a
             segments.append((at, at + size))
             at += size
         memory = KV([torch.cat(k, dim=2) for k in keys], [torch.cat(v, dim=2) for v in values])
@@ -361,7 +370,7 @@ class BeaconLM(nn.Module):
             save_file({k: v.detach().contiguous().cpu() for k, v in self.beacon.state_dict().items()},
                       str(staging / BEACON_FILE))
             settings = {"window": self.config.window, "ratios": list(self.config.ratios), "ratio": self.config.ratio,
-                        "max_memory": self.config.max_memory, "layers": len(self.layers),
+                        "max_memory": self.config.max_memory, "sink": self.config.sink, "layers": len(self.layers),
                         "hidden_size": int(self.beacon.embedding.shape[0])}
             (staging / BEACON_CONFIG).write_text(json.dumps(settings, indent=2))
 
@@ -377,7 +386,8 @@ class BeaconLM(nn.Module):
         folder = Path(folder)
         settings = json.loads(require_file(folder / BEACON_CONFIG, "beacon settings").read_text())
         wrapped = cls(model, BeaconConfig(window=settings["window"], ratios=tuple(settings["ratios"]),
-                                          ratio=settings["ratio"], max_memory=settings.get("max_memory")))
+                                          ratio=settings["ratio"], max_memory=settings.get("max_memory"),
+                                          sink=settings.get("sink", 0)))
         state = load_file(str(require_file(folder / BEACON_FILE, "beacon weights")))
         if settings["layers"] != len(wrapped.layers) or settings["hidden_size"] != wrapped.beacon.embedding.shape[0]:
             raise DataError(f"the beacon in {folder} was trained for another model ({settings['layers']} layers, "

@@ -41,8 +41,8 @@ def test_windows_compress_into_beacons(base):
     beacon = wrap(base)
     logits, state = beacon.feed(random_ids(100))
     assert logits.shape[1] == 100
-    assert state.segments == [(0, 8), (8, 16), (16, 24)]  # three full windows of 32 at ratio 4
-    assert state.memory.length == 24 and state.raw.length == 4
+    assert state.segments == [(1, 9), (9, 17), (17, 25)]  # the sink token, then three windows of 32 at ratio 4
+    assert state.memory.length == 25 and state.raw.length == 4
     assert state.kv_bytes() < beacon.kv_bytes_full(100) / 3
 
 
@@ -65,8 +65,8 @@ def test_a_beacon_sees_only_raw_tokens_up_to_the_end_of_its_chunk(base):
     changed[0, 13] = (changed[0, 13] + 7) % 300 + 5  # chunk 3 (tokens 12-15) at ratio 4
     _, a = beacon.feed(ids)
     _, b = beacon.feed(changed)
-    keys_a, keys_b = a.memory.keys[-1][0], b.memory.keys[-1][0]  # (kv_heads, 8 beacons, d)
-    same = [(keys_a[:, i] - keys_b[:, i]).abs().max().item() < 1e-6 for i in range(8)]
+    keys_a, keys_b = a.memory.keys[-1][0], b.memory.keys[-1][0]  # (kv_heads, sink + 8 beacons, d)
+    same = [(keys_a[:, 1 + i] - keys_b[:, 1 + i]).abs().max().item() < 1e-6 for i in range(8)]
     assert same == [True, True, True, False, False, False, False, False]
 
 
@@ -122,13 +122,21 @@ def test_bad_settings(base):
 
 
 @torch.no_grad()
+def test_without_a_sink_the_memory_holds_only_beacons(base):
+    beacon = wrap(base, sink=0)
+    _, state = beacon.feed(random_ids(70), keep_raw=True)
+    assert state.segments == [(0, 8), (8, 16)] and state.memory.length == 16
+    assert beacon.refill(state, [1]).segments == [(0, 8), (8, 40)]
+
+
+@torch.no_grad()
 def test_refilling_a_window_restores_exact_full_attention_over_it(base):
     beacon = wrap(base)
     ids = random_ids(52, seed=11)
     _, state = beacon.feed(ids[:, :32], keep_raw=True)  # one window, compressed
-    assert state.memory.length == 8 and len(state.window_raw) == 1
+    assert state.memory.length == 1 + 8 and len(state.window_raw) == 1
     refilled = beacon.refill(state, [0])
-    assert refilled.memory.length == 32 and refilled.segments == [(0, 32)]
+    assert refilled.memory.length == 32 and refilled.segments == [(1, 32)]
     logits, _ = beacon.feed(ids[:, 32:], refilled)
     torch.testing.assert_close(logits, base(ids).logits[:, 32:], atol=1e-5, rtol=1e-5)
     compressed, _ = beacon.feed(ids[:, 32:], state)  # without refilling the logits differ
@@ -143,7 +151,7 @@ def test_attention_scores_pick_windows_and_refill_checks_its_input(base, tiny_ca
     _, state = beacon.feed(random_ids(100, seed=2), keep_raw=True)
     scores = beacon.window_scores_by_attention(state, random_ids(6, seed=9)[0])
     assert scores.shape == (3,) and bool((scores > 0).all())
-    assert state.memory.length == 24 and state.raw.length == 4  # scoring read the question on a copy
+    assert state.memory.length == 25 and state.raw.length == 4  # scoring read the question on a copy
     texts = beacon.window_texts(state, AutoTokenizer.from_pretrained(tiny_causal_lm_dir))
     assert len(texts) == 3 and all(texts)
     with pytest.raises(ValueError):

@@ -73,7 +73,8 @@ def run_hotpotqa(args, generator, embedder, cache) -> None:
     mine = [e for i, e in enumerate(examples) if i % shards == shard]
     for name in args.pipelines:
         path = OUT / f"{name}.jsonl"
-        todo = [e for e in mine if e.id not in done_ids(path)]
+        done = done_ids(path)  # read once, not once per question
+        todo = [e for e in mine if e.id not in done]
         print(f"{name}: {len(todo)} of {len(mine)} questions to run", flush=True)
         pipeline = build_pipeline(name, generator, args.k)
         for n, example in enumerate(todo, 1):

@@ -177,21 +177,15 @@ def create_app(settings: ServerSettings | None = None, *, embedder=None):
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         return problem(422, "invalid_request", f"{where or 'body'}: {first.get('msg', 'invalid request')}")
 
-    @app.exception_handler(CollectionNotFound)
-    async def _not_found(request: Request, exc: CollectionNotFound):
-        return problem(404, "not_found", str(exc))
+    def plain_error(status: int, kind: str):
+        async def handler(request: Request, exc: Exception):
+            return problem(status, kind, str(exc))
+        return handler
 
-    @app.exception_handler(CollectionExists)
-    async def _exists(request: Request, exc: CollectionExists):
-        return problem(409, "conflict", str(exc))
-
-    @app.exception_handler(FlagstoneError)
-    async def _user_error(request: Request, exc: FlagstoneError):
-        return problem(400, "invalid_request", str(exc))
-
-    @app.exception_handler(ValueError)
-    async def _value_error(request: Request, exc: ValueError):
-        return problem(400, "invalid_request", str(exc))
+    # the most specific class wins (Starlette looks handlers up along the exception's MRO)
+    for error, status, kind in ((CollectionNotFound, 404, "not_found"), (CollectionExists, 409, "conflict"),
+                                (FlagstoneError, 400, "invalid_request"), (ValueError, 400, "invalid_request")):
+        app.add_exception_handler(error, plain_error(status, kind))
 
     # -- middleware: body size, metrics -------------------------------------------------------------
     @app.middleware("http")

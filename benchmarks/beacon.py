@@ -34,6 +34,7 @@ def main() -> int:
     parser.add_argument("--held-out", type=int, default=9, help="essays kept out of training")
     parser.add_argument("--niah-lengths", default="1024,2048,4096")
     parser.add_argument("--niah-depths", default="0.1,0.5,0.9")
+    parser.add_argument("--sink", type=int, default=1, help="raw tokens kept in front of the memory (default: 1)")
     parser.add_argument("--refill-windows", type=int, default=2, help="windows refilled by ACRE")
     parser.add_argument("--output", default=str(RESULTS.parent / "models" / "smollm2-beacon"))
     parser.add_argument("--quick", action="store_true", help="a tiny run to check the script (numbers meaningless)")
@@ -105,14 +106,14 @@ def main() -> int:
 
     row("full", None, perplexity(full))
     row("truncation", None, perplexity(truncated))
-    untrained = BeaconLM(model, BeaconConfig(window=args.window, ratios=RATIOS, ratio=4)).eval()
+    untrained = BeaconLM(model, BeaconConfig(window=args.window, ratios=RATIOS, ratio=4, sink=args.sink)).eval()
     for r in RATIOS:
         row("beacon_untrained", r, perplexity(with_beacon(untrained, r)))
 
     # training: segments of several windows from the training essays, random ratio per window
     segments = token_segments(train_texts, tokenizer, args.window * args.segment_windows)
     np.random.default_rng(0).shuffle(segments)
-    trained = BeaconLM(model, BeaconConfig(window=args.window, ratios=RATIOS, ratio=4))
+    trained = BeaconLM(model, BeaconConfig(window=args.window, ratios=RATIOS, ratio=4, sink=args.sink))
     deadline = time.perf_counter() + args.train_minutes * 60
 
     class Budget(Exception):

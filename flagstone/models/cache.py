@@ -2,12 +2,14 @@
 
 Layout: ``<root>/<settings key>/shard-<n>.npz``, each shard holding the SHA-256 of its texts and their
 embeddings. Shards are written to a temporary name and renamed into place, so a kill at any moment
-leaves only whole shards; unreadable shards are reported and ignored.
+leaves only whole shards; unreadable shards are reported and ignored. Shards never change once renamed, so
+each is read once per cache object and kept in memory; later calls only look for new shard files.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 import uuid
 import warnings
@@ -47,6 +49,9 @@ class EmbeddingCache:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise CacheError(f"cannot create cache directory {self.root}: {exc.strerror}") from None
+        self._known: dict[Path, dict[bytes, tuple[Embeddings, int]]] = {}
+        self._read_shards: dict[Path, set[str]] = {}
+        self._lock = threading.Lock()  # the service encodes from several threads
 
     def encode(
         self,
@@ -72,9 +77,11 @@ class EmbeddingCache:
             emb = embedder.encode([texts[i] for i in chunk], dense=dense, sparse=sparse, colbert=colbert,
                                   is_query=is_query, show_progress=False)
             chunk_keys = [keys[i] for i in chunk]
-            self._write_shard(folder, chunk_keys, emb)
-            for row, k in enumerate(chunk_keys):
-                known[k] = (emb, row)
+            shard = self._write_shard(folder, chunk_keys, emb)
+            with self._lock:
+                self._read_shards.setdefault(folder, set()).add(shard.name)
+                for row, k in enumerate(chunk_keys):
+                    known[k] = (emb, row)
             bar.update(len(chunk))
         bar.close()
         if not keys:
@@ -93,31 +100,37 @@ class EmbeddingCache:
         return Embeddings.concat(pieces).take(inverse)
 
     def _load(self, folder: Path) -> dict[bytes, tuple[Embeddings, int]]:
-        known: dict[bytes, tuple[Embeddings, int]] = {}
-        if not folder.is_dir():
+        """Every cached key in ``folder`` with its rows, reading only shards this object has not read yet."""
+        with self._lock:
+            known = self._known.setdefault(folder, {})
+            read = self._read_shards.setdefault(folder, set())
+            if not folder.is_dir():
+                return known
+            for stale in folder.glob(".tmp-*"):  # left by a killed writer; a live writer renames within seconds
+                try:
+                    if time.time() - stale.stat().st_mtime > _STALE_SECONDS:
+                        stale.unlink()
+                except FileNotFoundError:
+                    pass
+            for shard in sorted(folder.glob("shard-*.npz")):
+                if shard.name in read:
+                    continue
+                read.add(shard.name)  # an unreadable shard is reported once, not on every call
+                try:
+                    with np.load(shard) as data:
+                        arrays = {name: data[name] for name in data.files}
+                    emb = Embeddings.from_arrays(arrays)
+                    shard_keys = arrays["keys"]
+                    if len(shard_keys) != len(emb):
+                        raise ValueError("key count does not match rows")
+                except Exception as exc:  # any unreadable shard is skipped, never trusted
+                    warnings.warn(f"ignoring unreadable cache shard {shard.name}: {exc}", stacklevel=2)
+                    continue
+                for row, k in enumerate(shard_keys):
+                    known[k.tobytes()] = (emb, row)
             return known
-        for stale in folder.glob(".tmp-*"):  # left by a killed writer; a live writer renames within seconds
-            try:
-                if time.time() - stale.stat().st_mtime > _STALE_SECONDS:
-                    stale.unlink()
-            except FileNotFoundError:
-                pass
-        for shard in sorted(folder.glob("shard-*.npz")):
-            try:
-                with np.load(shard) as data:
-                    arrays = {name: data[name] for name in data.files}
-                emb = Embeddings.from_arrays(arrays)
-                shard_keys = arrays["keys"]
-                if len(shard_keys) != len(emb):
-                    raise ValueError("key count does not match rows")
-            except Exception as exc:  # any unreadable shard is skipped, never trusted
-                warnings.warn(f"ignoring unreadable cache shard {shard.name}: {exc}", stacklevel=2)
-                continue
-            for row, k in enumerate(shard_keys):
-                known[k.tobytes()] = (emb, row)
-        return known
 
-    def _write_shard(self, folder: Path, keys: list[bytes], emb: Embeddings) -> None:
+    def _write_shard(self, folder: Path, keys: list[bytes], emb: Embeddings) -> Path:
         arrays = emb.to_arrays()
         arrays["keys"] = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(len(keys), 32)
         name = folder / f"shard-{uuid.uuid4().hex}.npz"
@@ -126,10 +139,14 @@ class EmbeddingCache:
                 np.savez(handle, **arrays)
         except OSError as exc:
             raise CacheError(f"cannot write embedding cache in {folder}: {exc.strerror}") from None
+        return name
 
     def clear(self) -> None:
         """Delete every cached embedding under this root."""
         import shutil
 
-        shutil.rmtree(self.root, ignore_errors=True)
-        self.root.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            shutil.rmtree(self.root, ignore_errors=True)
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._known.clear()
+            self._read_shards.clear()

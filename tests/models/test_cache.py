@@ -54,6 +54,26 @@ def test_duplicates_and_other_settings(tiny_m3, tmp_path, monkeypatch):
     assert sum(calls) == 3
 
 
+def test_shards_are_read_once_and_new_ones_are_found(tiny_m3, tmp_path, monkeypatch):
+    import flagstone.models.cache as cache_module
+
+    cache, other = EmbeddingCache(tmp_path), EmbeddingCache(tmp_path)
+    cache.encode(tiny_m3, TEXTS[:20])
+    reads = []
+    real_load = np.load
+    monkeypatch.setattr(cache_module.np, "load", lambda path, *a, **kw: reads.append(path) or real_load(path, *a, **kw))
+    calls = _counting(tiny_m3, monkeypatch)
+    cache.encode(tiny_m3, TEXTS[:20])
+    assert reads == [] and calls == []  # its own shard is in memory already
+    other.encode(tiny_m3, TEXTS[20:])  # another writer (another process, in real use) adds a shard
+    reads.clear()
+    calls.clear()
+    both = cache.encode(tiny_m3, TEXTS)
+    assert len(reads) == 1 and calls == []  # only the new shard is read, nothing is encoded
+    monkeypatch.undo()
+    assert np.allclose(both.dense, tiny_m3.encode(TEXTS).dense, atol=1e-5)  # batches differ: padding
+
+
 def test_corrupt_shard_is_ignored_and_reencoded(tiny_m3, tmp_path):
     cache = EmbeddingCache(tmp_path)
     cache.encode(tiny_m3, TEXTS)
@@ -61,7 +81,7 @@ def test_corrupt_shard_is_ignored_and_reencoded(tiny_m3, tmp_path):
     shard.write_bytes(shard.read_bytes()[:100])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        again = cache.encode(tiny_m3, TEXTS)
+        again = EmbeddingCache(tmp_path).encode(tiny_m3, TEXTS)  # a later run reads the damaged shard
     assert any("unreadable cache shard" in str(w.message) for w in caught)
     assert np.array_equal(again.dense, tiny_m3.encode(TEXTS).dense)
 

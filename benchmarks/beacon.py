@@ -27,6 +27,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--window", type=int, default=256, help="raw tokens per window (default: 256)")
     parser.add_argument("--train-minutes", type=float, default=45.0, help="training budget (default: 45)")
+    parser.add_argument("--epochs", type=int, default=1,
+                        help="passes over the training segments, each with fresh random ratios (the time budget "
+                             "stops training early if needed)")
     parser.add_argument("--segment-windows", type=int, default=4, help="windows per training segment")
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--eval-tokens", type=int, default=2048, help="tokens per evaluation sequence")
@@ -126,8 +129,7 @@ def main() -> int:
         if time.perf_counter() > deadline:
             raise Budget
 
-    config = TrainingConfig(epochs=1, learning_rate=args.learning_rate, warmup_ratio=0.05, seed=0,
-                            max_steps=len(segments))
+    config = TrainingConfig(epochs=args.epochs, learning_rate=args.learning_rate, warmup_ratio=0.05, seed=0)
     start = time.perf_counter()
     try:
         train_beacon(trained, segments, config, on_step=stop_at_budget)
@@ -178,7 +180,8 @@ def main() -> int:
                "rows": rows, "niah": niah,
                "gap_recovered_at_ratio_4": recovered,
                "training": {"steps": steps, "seconds": round(train_seconds, 1), "segments_available": len(segments),
-                            "segment_tokens": args.window * args.segment_windows, "learning_rate": args.learning_rate,
+                            "segment_tokens": args.window * args.segment_windows, "epochs": args.epochs,
+                            "learning_rate": args.learning_rate,
                             "ratios": list(RATIOS), "loss_first": losses[:5], "loss_last": losses[-5:],
                             "train_essays": len(train_texts), "held_out_essays": len(held_texts)},
                "eval": {"sequences": len(eval_ids), "tokens_per_sequence": args.eval_tokens},

@@ -5,7 +5,9 @@
 2. recall: from the memory the generator writes clues (phrases likely to sit near the answer, or simpler
    sub-questions), one per line, and a draft answer;
 3. retrieve: the question, each clue and the draft each retrieve; the lists are fused by reciprocal rank
-   and the best ``k`` chunks are kept, so MemoRAG reads as many chunks as plain RAG with the same ``k``;
+   and the best ``k`` chunks are kept, so MemoRAG reads as many chunks as plain RAG with the same ``k``
+   (``question_weight`` > 1 trusts the question's own list more; ``clean_clues`` cuts looping clues and
+   drops echoes of the question: knobs for weak clue writers, off by default as in MemoRAG);
 4. answer from those chunks in reading order.
 """
 from __future__ import annotations
@@ -92,18 +94,48 @@ def parse_clues(text: str, *, max_clues: int = 5, min_words: int = 2) -> tuple[l
     return clues[:max_clues], draft
 
 
-def fuse_rankings(rankings: Sequence[Sequence[Chunk]], k: int, rrf_k: int = 60) -> list[Chunk]:
-    """The ``k`` best chunks by reciprocal-rank fusion of several ranked lists (ties: first list first)."""
+def fuse_rankings(rankings: Sequence[Sequence[Chunk]], k: int, rrf_k: int = 60,
+                  weights: Sequence[float] | None = None) -> list[Chunk]:
+    """The ``k`` best chunks by (weighted) reciprocal-rank fusion of ranked lists (ties: first list first)."""
+    weights = [1.0] * len(rankings) if weights is None else list(weights)
+    if len(weights) != len(rankings):
+        raise ValueError(f"{len(weights)} weights for {len(rankings)} rankings")
     score: dict[str, float] = {}
     first_seen: dict[str, tuple[int, int]] = {}
     chunks: dict[str, Chunk] = {}
-    for li, ranking in enumerate(rankings):
+    for li, (ranking, weight) in enumerate(zip(rankings, weights)):
         for rank, chunk in enumerate(ranking, 1):
-            score[chunk.id] = score.get(chunk.id, 0.0) + 1.0 / (rrf_k + rank)
+            score[chunk.id] = score.get(chunk.id, 0.0) + weight / (rrf_k + rank)
             first_seen.setdefault(chunk.id, (rank, li))
             chunks[chunk.id] = chunk
     best = sorted(score, key=lambda c: (-score[c], first_seen[c]))
     return [chunks[c] for c in best[:k]]
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+def clean_clue(clue: str, question: str, *, max_words: int = 24, max_overlap: float = 0.7) -> str:
+    """A clue fit for searching, or "" when it adds nothing to the question.
+
+    Small models loop ("Dred Scott Decision Dred Scott Decision ...") and echo the question; a looping clue is
+    cut where its first word trigram comes back, then capped at ``max_words``; a clue whose words are mostly
+    the question's (Jaccard >= ``max_overlap``) is dropped, since the question is searched anyway.
+    """
+    words = clue.split()
+    seen: set[tuple[str, ...]] = set()
+    for i in range(len(words) - 2):
+        gram = tuple(w.lower() for w in words[i:i + 3])
+        if gram in seen:
+            words = words[:i]
+            break
+        seen.add(gram)
+    words = words[:max_words]
+    mine, theirs = set(_words(" ".join(words))), set(_words(question))
+    if not mine or len(mine & theirs) / len(mine | theirs) >= max_overlap:
+        return ""
+    return " ".join(words)
 
 
 @dataclass
@@ -117,6 +149,9 @@ class MemoRAG:
     max_clues: int = 5
     min_clue_words: int = 2
     max_new_tokens: int = 32
+    # the question's own ranking counts this many times in the fusion; clues are cleaned of loops and echoes
+    question_weight: float = 1.0
+    clean_clues: bool = False
     # a long-context memory model (e.g. flagstone.longctx.generator.BeaconGenerator): clues are written from
     # the whole context read through it, instead of from gists
     memory_generator: Generator | None = None
@@ -159,12 +194,15 @@ class MemoRAG:
 
     def retrieve(self, question: str, clues: Sequence[str], draft: str, context: ContextIndex,
                  recorder: Recorder) -> list[Chunk]:
-        queries = [question] + [c for c in clues if c.lower() != question.lower()]
-        if draft and len(draft.split()) >= self.min_clue_words and draft.lower() not in map(str.lower, queries):
-            queries.append(draft)
+        if self.clean_clues:
+            clues, draft = [clean_clue(c, question) for c in clues], clean_clue(draft, question)
+        queries = [question]
+        for clue in [*clues, draft]:
+            if len(clue.split()) >= self.min_clue_words and clue.lower() not in map(str.lower, queries):
+                queries.append(clue)
         recorder.trace.queries += queries
         rankings = recorder.retrieve("search", context, queries, self.per_query_k)
-        chosen = fuse_rankings(rankings, self.k)
+        chosen = fuse_rankings(rankings, self.k, weights=[self.question_weight] + [1.0] * (len(queries) - 1))
         recorder.trace.retrieved = [c.id for c in chosen]  # what the answer reads, not every candidate
         return chosen
 

@@ -16,7 +16,7 @@ from flagstone.rag import (
     SearchO1,
 )
 from flagstone.rag.lc_boost import parse_action
-from flagstone.rag.memorag import fuse_rankings, parse_clues
+from flagstone.rag.memorag import clean_clue, fuse_rankings, parse_clues
 from flagstone.rag.search_o1 import (
     BEGIN_RESULT,
     BEGIN_SEARCH,
@@ -117,6 +117,25 @@ def test_fuse_rankings_prefers_chunks_found_by_several_queries(context):
     a, b, c = (context.by_id[i] for i in ("bridge#0", "mayor#0", "harbour#0"))
     assert [x.id for x in fuse_rankings([[a, b], [c, b]], k=2)] == ["mayor#0", "bridge#0"]
     assert len(fuse_rankings([[a], [a]], k=3)) == 1
+
+
+def test_fuse_rankings_weights_lists(context):
+    a, b, c = (context.by_id[i] for i in ("bridge#0", "mayor#0", "harbour#0"))
+    # two clue lists agree on c; the question's list (a first) outweighs them only with a large weight
+    assert fuse_rankings([[a, b], [c, b], [c, a]], k=1)[0].id == "harbour#0"
+    assert fuse_rankings([[a, b], [c, b], [c, a]], k=1, weights=[3, 1, 1])[0].id == "bridge#0"
+    with pytest.raises(ValueError, match="2 weights for 3 rankings"):
+        fuse_rankings([[a], [b], [c]], k=1, weights=[1, 1])
+
+
+def test_clean_clue_cuts_loops_and_drops_echoes():
+    question = "When did the Velmora bridge open?"
+    loop = "The Dred Scott Decision Dred Scott Decision Dred Scott Decision"
+    assert clean_clue(loop, question) == "The Dred Scott Decision"
+    assert clean_clue("when did the Velmora bridge open", question) == ""  # the question, searched anyway
+    assert clean_clue("Mayor Ilse Brandt ordered the bridge", question) == "Mayor Ilse Brandt ordered the bridge"
+    assert clean_clue(" ".join(f"w{i}" for i in range(40)), question, max_words=5) == "w0 w1 w2 w3 w4"
+    assert clean_clue("", question) == ""
 
 
 def test_memorag_clues_retrieve_what_the_question_alone_misses(context, tmp_path):

@@ -13,9 +13,11 @@ benchmarks/results/beacon.{json,md}.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from _common import RESULTS, SHARED_DATA, save_results
@@ -40,6 +42,9 @@ def main() -> int:
     parser.add_argument("--sink", type=int, default=1, help="raw tokens kept in front of the memory (default: 1)")
     parser.add_argument("--refill-windows", type=int, default=2, help="windows refilled by ACRE")
     parser.add_argument("--output", default=str(RESULTS.parent / "models" / "smollm2-beacon"))
+    parser.add_argument("--reuse", action="store_true",
+                        help="skip perplexity and training: load the beacon saved in --output and the perplexity rows "
+                             "of the last benchmarks/results/beacon.json, run only the needle-in-a-haystack part")
     parser.add_argument("--quick", action="store_true", help="a tiny run to check the script (numbers meaningless)")
     args = parser.parse_args()
 
@@ -107,70 +112,111 @@ def main() -> int:
         rows.append({"method": method, "ratio": ratio, "ppl": ppl, "kv_bytes": kv, "ms_per_token": ms})
         print(f"{method:18s} ratio={ratio} ppl={ppl:.2f} kv={kv / 1e6:.1f} MB {ms:.1f} ms/token", flush=True)
 
-    row("full", None, perplexity(full))
-    row("truncation", None, perplexity(truncated))
-    untrained = BeaconLM(model, BeaconConfig(window=args.window, ratios=RATIOS, ratio=4, sink=args.sink)).eval()
-    for r in RATIOS:
-        row("beacon_untrained", r, perplexity(with_beacon(untrained, r)))
+    previous_path = RESULTS / "beacon.json"
+    if args.reuse:
+        if not previous_path.is_file() or not (Path(args.output) / "beacon.json").is_file():
+            print(f"--reuse needs {previous_path} and a saved beacon in {args.output}: run without --reuse first",
+                  file=sys.stderr)
+            return 2
+        previous = json.loads(previous_path.read_text())
+        if previous["window"] != args.window:
+            print(f"the saved run used --window {previous['window']}", file=sys.stderr)
+            return 2
+        rows, training = previous["rows"], previous["training"]
+        trained = BeaconLM.load_beacon(model, args.output).eval()
+    else:
+        row("full", None, perplexity(full))
+        row("truncation", None, perplexity(truncated))
+        untrained = BeaconLM(model, BeaconConfig(window=args.window, ratios=RATIOS, ratio=4, sink=args.sink)).eval()
+        for r in RATIOS:
+            row("beacon_untrained", r, perplexity(with_beacon(untrained, r)))
 
-    # training: segments of several windows from the training essays, random ratio per window
-    segments = token_segments(train_texts, tokenizer, args.window * args.segment_windows)
-    np.random.default_rng(0).shuffle(segments)
-    trained = BeaconLM(model, BeaconConfig(window=args.window, ratios=RATIOS, ratio=4, sink=args.sink))
-    deadline = time.perf_counter() + args.train_minutes * 60
+        # training: segments of several windows from the training essays, random ratio per window
+        segments = token_segments(train_texts, tokenizer, args.window * args.segment_windows)
+        np.random.default_rng(0).shuffle(segments)
+        trained = BeaconLM(model, BeaconConfig(window=args.window, ratios=RATIOS, ratio=4, sink=args.sink))
+        deadline = time.perf_counter() + args.train_minutes * 60
 
-    class Budget(Exception):
-        pass
+        class Budget(Exception):
+            pass
 
-    losses: list[float] = []
+        losses: list[float] = []
 
-    def stop_at_budget(step, loss):
-        losses.append(loss)
-        if time.perf_counter() > deadline:
-            raise Budget
+        def stop_at_budget(step, loss):
+            losses.append(loss)
+            if time.perf_counter() > deadline:
+                raise Budget
 
-    config = TrainingConfig(epochs=args.epochs, learning_rate=args.learning_rate, warmup_ratio=0.05, seed=0)
-    start = time.perf_counter()
-    try:
-        train_beacon(trained, segments, config, on_step=stop_at_budget)
-    except Budget:
-        pass  # the time budget is spent: evaluate what was learnt so far
-    steps = len(losses)
-    train_seconds = time.perf_counter() - start
-    trained.eval()
-    trained.save_beacon(args.output)
-    for r in RATIOS:
-        row("beacon_trained", r, perplexity(with_beacon(trained, r)))
+        config = TrainingConfig(epochs=args.epochs, learning_rate=args.learning_rate, warmup_ratio=0.05, seed=0)
+        start = time.perf_counter()
+        try:
+            train_beacon(trained, segments, config, on_step=stop_at_budget)
+        except Budget:
+            pass  # the time budget is spent: evaluate what was learnt so far
+        train_seconds = time.perf_counter() - start
+        trained.eval()
+        trained.save_beacon(args.output)
+        for r in RATIOS:
+            row("beacon_trained", r, perplexity(with_beacon(trained, r)))
+        training = {"steps": len(losses), "seconds": round(train_seconds, 1), "segments_available": len(segments),
+                    "segment_tokens": args.window * args.segment_windows, "epochs": args.epochs,
+                    "learning_rate": args.learning_rate, "ratios": list(RATIOS), "loss_first": losses[:5],
+                    "loss_last": losses[-5:], "train_essays": len(train_texts), "held_out_essays": len(held_texts)}
 
-    # needle in a haystack past the window
+    # needle in a haystack past the window: one chat turn whose user message is the haystack and the question,
+    # and the answer's first words after it, passkey style (the model continues them with the passphrase)
     niah = []
-    question = tokenizer.apply_chat_template([{"role": "user", "content": DEFAULT_NEEDLE.question + " Answer briefly."}],
-                                             tokenize=True, add_generation_prompt=True, return_dict=False)
-    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    marker = "\u0000HAYSTACK\u0000"
+    turn = tokenizer.apply_chat_template([{"role": "user", "content": f"{marker}\n\n{DEFAULT_NEEDLE.question} "
+                                                                      "Answer with the passphrase only."}],
+                                         tokenize=False, add_generation_prompt=True) + DEFAULT_NEEDLE.lead
+    before, after = turn.split(marker)
+
+    def encode(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def count(text: str) -> int:
+        return len(encode(text))
+
+    head, question = encode(before), encode(after)
+    new_tokens = 32
+
+    def greedy(ids):
+        out = model.generate(torch.tensor([ids]), max_new_tokens=new_tokens, do_sample=False)
+        return out[0, len(ids):].tolist()
+
     for length in (int(x) for x in args.niah_lengths.split(",")):
         for depth in (float(x) for x in args.niah_depths.split(",")):
-            haystack = tokenizer(build_haystack(essays[-args.held_out:], length, depth, count),
-                                 add_special_tokens=False)["input_ids"]
-            cases = {}
-            tail = haystack[-(args.window - len(question)):] if len(question) < args.window else []
-            cases["truncation"] = lambda h=tail: model.generate(torch.tensor([h + question]), max_new_tokens=24,
-                                                                do_sample=False)[0, len(h) + len(question):].tolist()
-            cases["beacon"] = lambda h=haystack: trained.generate(h + question, max_new_tokens=24)[0]
+            text = build_haystack(essays[-args.held_out:], length, depth, count)
+            haystack = head + encode(text)
+            needle_window = (len(head) + count(text[: text.index(DEFAULT_NEEDLE.fact)])) // args.window
+            room = args.window - len(head) - len(question)
+            picked: list[int] = []
+            cases = {
+                "full": lambda h=haystack: greedy(h + question),
+                "truncation": lambda h=haystack, room=room: greedy(head + h[len(head):][-room:] + question),
+                "beacon": lambda h=haystack: trained.generate(h + question, max_new_tokens=new_tokens)[0],
+            }
 
-            def refilled(h=haystack):
+            def refilled(h=haystack, picked=picked):
                 _, state = trained.feed(h, keep_raw=True, logits=False)
                 scores = trained.window_scores_by_attention(state, question)
-                best = scores.argsort(descending=True)[: args.refill_windows].tolist()
-                return trained.generate(question, max_new_tokens=24, state=trained.refill(state, best))[0]
+                picked += scores.argsort(descending=True)[: args.refill_windows].tolist()
+                return trained.generate(question, max_new_tokens=new_tokens, state=trained.refill(state, picked))[0]
 
             cases["beacon_refill"] = refilled
             for method, run in cases.items():
                 with torch.no_grad():
                     answer = tokenizer.decode(run(), skip_special_tokens=True)
-                niah.append({"method": method, "length": length, "depth": depth,
-                             "correct": DEFAULT_NEEDLE.is_found(answer), "answer": answer[:80]})
-                print(f"niah {method:14s} length={length} depth={depth} correct={niah[-1]['correct']} "
-                      f"{answer[:60]!r}", flush=True)
+                record = {"method": method, "length": length, "depth": depth,
+                          "correct": DEFAULT_NEEDLE.is_found(answer), "answer": answer[:80]}
+                if method == "beacon_refill":  # did the question's attention pick the window with the needle?
+                    record.update(needle_window=needle_window, refilled_windows=picked,
+                                  needle_window_refilled=needle_window in picked)
+                niah.append(record)
+                print(f"niah {method:14s} length={length} depth={depth} correct={record['correct']} "
+                      f"{answer[:60]!r}" + (f" needle window {needle_window} refilled {picked}"
+                                            if method == "beacon_refill" else ""), flush=True)
 
     full_ppl = rows[0]["ppl"]
     trunc_ppl = rows[1]["ppl"]
@@ -179,26 +225,25 @@ def main() -> int:
     results = {"model": "SmolLM2-135M-Instruct (bundled GGUF, dequantised to float32)", "window": args.window,
                "rows": rows, "niah": niah,
                "gap_recovered_at_ratio_4": recovered,
-               "training": {"steps": steps, "seconds": round(train_seconds, 1), "segments_available": len(segments),
-                            "segment_tokens": args.window * args.segment_windows, "epochs": args.epochs,
-                            "learning_rate": args.learning_rate,
-                            "ratios": list(RATIOS), "loss_first": losses[:5], "loss_last": losses[-5:],
-                            "train_essays": len(train_texts), "held_out_essays": len(held_texts)},
+               "training": training,
                "eval": {"sequences": len(eval_ids), "tokens_per_sequence": args.eval_tokens},
-               "wall_s": round(time.perf_counter() - wall, 1)}
+               "wall_s": round(time.perf_counter() - wall, 1), "reused_training": args.reuse}
     lines = ["| method | ratio | perplexity | KV MB | ms / token |", "|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['method']} | {r['ratio'] or '-'} | {r['ppl']:.2f} | {r['kv_bytes'] / 1e6:.1f} | "
                      f"{r['ms_per_token']:.1f} |")
-    lines += ["", f"Gap between truncation and full attention recovered by trained beacons at ratio 4: "
-                  f"{recovered:.0%}.", "", "| NIAH method | " + " | ".join(args.niah_lengths.split(",")) + " |",
+    lines += ["", (f"Gap between truncation and full attention recovered by trained beacons at ratio 4: "
+                  f"{recovered:.0%}."), "", "| NIAH method | " + " | ".join(args.niah_lengths.split(",")) + " |",
               "|---|" + "---|" * len(args.niah_lengths.split(","))]
-    for method in ("truncation", "beacon", "beacon_refill"):
+    for method in ("full", "truncation", "beacon", "beacon_refill"):
         cells = []
         for length in (int(x) for x in args.niah_lengths.split(",")):
             hits = [n["correct"] for n in niah if n["method"] == method and n["length"] == length]
             cells.append(f"{sum(hits)}/{len(hits)}")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    picks = [n["needle_window_refilled"] for n in niah if n["method"] == "beacon_refill"]
+    lines += ["", (f"Refilling picked the window holding the needle in {sum(picks)} of {len(picks)} haystacks "
+                  f"({args.refill_windows} windows refilled each).")]
     if args.quick:
         print("\n".join(lines))
         return 0

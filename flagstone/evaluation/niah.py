@@ -14,6 +14,7 @@ class Needle:
     fact: str
     question: str
     key: str  # an answer is correct when it contains this (case-insensitive)
+    lead: str = ""  # the answer's first words, for passkey-style prompts where the model continues them
 
     def is_found(self, answer: str) -> bool:
         return self.key.lower() in answer.lower()
@@ -23,6 +24,7 @@ DEFAULT_NEEDLE = Needle(
     "The secret passphrase for the old lighthouse archive is amber falcon 4821.",
     "What is the secret passphrase for the old lighthouse archive?",
     "4821",
+    "The secret passphrase for the old lighthouse archive is",
 )
 
 

@@ -119,3 +119,27 @@ def test_sentence_transformers_folder_with_transformer_subfolder(minilm, tmp_pat
     nested = Embedder(str(root), show_progress=False)
     assert nested.path == root / "0_Transformer" and nested.settings.pooling == "mean"
     assert np.abs(nested.encode(TEXTS[:2]).dense - minilm.encode(TEXTS[:2]).dense).max() < 1e-6
+
+
+def test_length_batches_cap_padded_tokens():
+    from flagstone.models.embedder import length_batches
+
+    lengths = [300, 200, 50, 50, 10]  # sorted longest first, as encode sorts them
+    assert length_batches(lengths, 32, 400) == [(0, 1), (1, 3), (3, 5)]
+    assert length_batches(lengths, 2, None) == [(0, 2), (2, 4), (4, 5)]
+    assert length_batches(lengths, 32, 100) == [(0, 1), (1, 2), (2, 4), (4, 5)]  # never an empty batch
+    assert length_batches([], 32, 100) == []
+
+
+def test_token_budget_changes_batches_not_results(tiny_m3_dir):
+    texts = [" ".join(["word"] * n) for n in (3, 40, 7, 90, 1, 25)]
+    unlimited = Embedder(str(tiny_m3_dir), max_batch_tokens=None, show_progress=False)
+    budget = Embedder(str(tiny_m3_dir), max_batch_tokens=64, show_progress=False)
+    a = unlimited.encode(texts, dense=True, sparse=True, colbert=True)
+    b = budget.encode(texts, dense=True, sparse=True, colbert=True)
+    assert np.allclose(a.dense, b.dense, atol=1e-5)
+    for i in range(len(texts)):
+        assert np.allclose(a.colbert[i], b.colbert[i], atol=1e-5)
+    assert Embedder(str(tiny_m3_dir), show_progress=False).max_batch_tokens == 1024  # "auto" on CPU
+    with pytest.raises(ValueError, match="max_batch_tokens"):
+        Embedder(str(tiny_m3_dir), max_batch_tokens=0)

@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -62,6 +63,7 @@ def main() -> int:
         return 2
     if args.quick:
         args.window, args.train_minutes, args.eval_tokens, args.eval_sequences = 64, 0.3, 256, 2
+        args.output = tempfile.mkdtemp(prefix="beacon-quick-")  # never over the real run's beacon
         args.niah_lengths, args.niah_depths = "256", "0.5"
     wall = time.perf_counter()
     torch.manual_seed(0)
@@ -114,7 +116,7 @@ def main() -> int:
 
     previous_path = RESULTS / "beacon.json"
     if args.reuse:
-        if not previous_path.is_file() or not (Path(args.output) / "beacon.json").is_file():
+        if not previous_path.is_file() or not (Path(args.output) / "beacon.safetensors").is_file():
             print(f"--reuse needs {previous_path} and a saved beacon in {args.output}: run without --reuse first",
                   file=sys.stderr)
             return 2
@@ -124,6 +126,10 @@ def main() -> int:
             return 2
         rows, training = previous["rows"], previous["training"]
         trained = BeaconLM.load_beacon(model, args.output).eval()
+        if trained.config.window != args.window:
+            print(f"the beacon in {args.output} was trained with window {trained.config.window}, not {args.window}",
+                  file=sys.stderr)
+            return 2
     else:
         row("full", None, perplexity(full))
         row("truncation", None, perplexity(truncated))

@@ -187,8 +187,8 @@ class Embedder:
             raise ValueError("batch_size must be at least 1")
         if max_batch_tokens == "auto":
             # on CPU a product of ~1k rows runs as fast as a bigger one, so smaller batches of long texts cost
-            # nothing and compute less padding (a service's mixed-length batch of 128 texts: 1.25x); on a GPU
-            # big batches pay, so only batch_size limits them
+            # nothing and compute less padding (what lifted the service's throughput, see serve_load); on a
+            # GPU big batches pay, so only batch_size limits them
             max_batch_tokens = CPU_BATCH_TOKENS if device == "cpu" else None
         if max_batch_tokens is not None and (not isinstance(max_batch_tokens, int) or max_batch_tokens < 1):
             raise ValueError("max_batch_tokens must be a positive int, None (batch_size only) or 'auto'")

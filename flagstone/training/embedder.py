@@ -64,6 +64,11 @@ class EmbedderTrainingSettings:
     query_instruction: str | None = None  # None: the base model's (e.g. BGE's retrieval instruction)
     head_weights: dict[str, float] = field(default_factory=lambda: dict(HEAD_WEIGHTS))
     head_learning_rate_scale: float = 20.0  # new sparse / ColBERT heads learn this much faster than the encoder
+    # how a new sparse head starts: "idf" fits it to the square root of each token's inverse document
+    # frequency over the training passages (so q.d starts as IDF-weighted term overlap); "uniform" gives
+    # every token about the same weight (plain term overlap, stop words included)
+    sparse_init: str = "idf"
+    sparse_init_scale: float = 0.1  # initial weights ~ scale * sqrt(idf): scores near BGE-M3's range
 
     def __post_init__(self) -> None:
         unknown = set(self.heads) - set(HEADS)
@@ -73,6 +78,8 @@ class EmbedderTrainingSettings:
             raise ValueError("group_size must be at least 2 (one positive and one negative)")
         if self.temperature <= 0:
             raise ValueError("temperature must be positive")
+        if self.sparse_init not in ("idf", "uniform"):
+            raise ValueError(f"sparse_init must be 'idf' or 'uniform', got {self.sparse_init!r}")
 
 
 class _Trainable:
@@ -106,6 +113,11 @@ class _Trainable:
                 colbert.weight.copy_(torch.eye(hidden))
                 colbert.bias.zero_()
         self.module = torch.nn.ModuleDict({"encoder": encoder, "sparse": sparse.float(), "colbert": colbert.float()})
+        # the embedder trains in place: heads being trained are its heads, so validation hooks can use them
+        if "sparse" in settings.heads:
+            base.sparse_head = self.module["sparse"]
+        if "colbert" in settings.heads:
+            base.colbert_head = self.module["colbert"]
         for name in ("sparse", "colbert"):
             self.module[name].requires_grad_(name in settings.heads)
         if settings.freeze_encoder:
@@ -207,6 +219,10 @@ def train_embedder(
     embedder = base if isinstance(base, Embedder) else Embedder(str(base), show_progress=False)
     if embedder.settings.dtype != "float32":
         raise ValueError("train from a float32 embedder (use TrainingConfig(precision='bfloat16') for speed)")
+    if "sparse" in settings.heads and embedder.sparse_head is None and settings.sparse_init == "idf":
+        passages = list(dict.fromkeys(t for ex in examples for t in (*ex.pos, *ex.neg)))
+        embedder.sparse_head = idf_sparse_head(embedder, passages, scale=settings.sparse_init_scale,
+                                               max_length=settings.passage_max_length, seed=config.seed)
     trainable = _Trainable(embedder, settings)
     instruction = embedder.settings.query_instruction if settings.query_instruction is None \
         else settings.query_instruction
@@ -258,6 +274,56 @@ def train_embedder(
     if checkpoint_dir is not None:
         clear_checkpoint(checkpoint_dir)
     return result
+
+
+def idf_sparse_head(
+    embedder: Embedder,
+    passages: Sequence[str],
+    *,
+    scale: float = 0.1,
+    max_length: int = 256,
+    fit_passages: int = 300,
+    seed: int = 0,
+) -> torch.nn.Linear:
+    """A new sparse head (BGE-M3's ``Linear(hidden, 1)``) whose weights start near ``scale * sqrt(idf)``.
+
+    IDF (BM25's form) is counted over ``passages``; the head is the ridge least-squares fit from the
+    encoder's token states to those targets on ``fit_passages`` of them. A query and a passage sharing a
+    token then score about ``scale**2 * idf``, so the untrained head already ranks like IDF-weighted term
+    overlap, and training refines weights in context instead of first unlearning stop words.
+    """
+    import torch
+
+    if not passages:
+        raise DataError("no passages to count term frequencies over")
+    tokenizer = embedder.tokenizer
+    special = set(tokenizer.all_special_ids)
+    token_ids = tokenizer(list(passages), truncation=True, max_length=max_length)["input_ids"]
+    doc_freq = np.zeros(embedder.vocab_size)
+    for ids in token_ids:
+        doc_freq[np.unique(ids)] += 1
+    n = len(token_ids)
+    target = scale * np.sqrt(np.log1p((n - doc_freq + 0.5) / (doc_freq + 0.5)))
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(n, size=min(fit_passages, n), replace=False)
+    states, targets = [], []
+    embedder.model.eval()
+    with torch.inference_mode(), torch.autocast(torch.device(embedder.device).type, dtype=torch.bfloat16):
+        for start in range(0, len(chosen), 16):
+            batch = [token_ids[i] for i in chosen[start: start + 16]]
+            input_ids, mask = embedder._pad(batch)
+            hidden = embedder.model(input_ids=input_ids, attention_mask=mask).last_hidden_state.float()
+            keep = mask.bool() & ~torch.isin(input_ids, torch.tensor(sorted(special), device=input_ids.device))
+            states.append(hidden[keep].cpu().numpy().astype(np.float64))
+            targets.append(target[input_ids[keep].cpu().numpy()])
+    x = np.concatenate(states)
+    x = np.hstack([x, np.ones((len(x), 1))])
+    solution = np.linalg.solve(x.T @ x + 1e-2 * np.eye(x.shape[1]), x.T @ np.concatenate(targets))
+    head = torch.nn.Linear(x.shape[1] - 1, 1)
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(solution[:-1]).float()[None])
+        head.bias.fill_(float(solution[-1]))
+    return head
 
 
 def _checkpoint_keys(folder: Path) -> set[str]:

@@ -113,3 +113,46 @@ def test_settings_are_checked():
         EmbedderTrainingSettings(heads=("dense", "splade"))
     with pytest.raises(ValueError, match="group_size"):
         EmbedderTrainingSettings(group_size=1)
+
+
+def _without_heads(tiny_m3_dir, folder):
+    import shutil
+
+    shutil.copytree(tiny_m3_dir, folder)
+    for name in ("sparse_linear.pt", "colbert_linear.pt"):
+        (folder / name).unlink()
+    return folder
+
+
+def test_a_new_sparse_head_starts_from_idf(tiny_m3_dir, tmp_path):
+    from flagstone.corpora import python_docstrings
+    from flagstone.training.embedder import idf_sparse_head
+
+    embedder = Embedder(str(_without_heads(tiny_m3_dir, tmp_path / "dense-only")), show_progress=False)
+    assert not embedder.has_sparse
+    _, texts = python_docstrings(200)
+    passages = [f"the value {t}" for t in texts]  # "the" and "value" are in every passage: idf near zero
+    embedder.sparse_head = idf_sparse_head(embedder, passages, scale=0.1, max_length=48)
+    weights = embedder.encode(passages[:20], dense=False, sparse=True).sparse
+    common = {i for w in ("the", "value") for i in embedder.tokenizer(w, add_special_tokens=False)["input_ids"]}
+    common_w = [w for i in range(20) for t, w in weights.row(i).items() if t in common]
+    other_w = [w for i in range(20) for t, w in weights.row(i).items() if t not in common]
+    assert common_w and other_w
+    assert np.mean(common_w) < 0.75 * np.mean(other_w)  # a 32-wide random encoder fits IDF only roughly
+    assert 0.05 < np.mean(other_w) < 0.4  # about scale * sqrt(idf)
+
+
+def test_m3_training_from_a_dense_only_model_saves_an_idf_initialised_sparse_head(tiny_m3_dir, tmp_path):
+    import torch
+
+    folder = _without_heads(tiny_m3_dir, tmp_path / "dense-only")
+    _train(str(folder), tmp_path / "idf", ("dense", "sparse"), steps_epochs=1)
+    _train(str(folder), tmp_path / "uniform", ("dense", "sparse"), steps_epochs=1, sparse_init="uniform")
+    idf = torch.load(tmp_path / "idf" / "sparse_linear.pt", weights_only=True)
+    uniform = torch.load(tmp_path / "uniform" / "sparse_linear.pt", weights_only=True)
+    assert idf["weight"].shape == uniform["weight"].shape == (1, 32)
+    # the uniform start is bias 1 with tiny weights; six steps cannot move it near the IDF fit
+    assert float(uniform["bias"]) > 0.9 and abs(float(idf["bias"]) - float(uniform["bias"])) > 0.3
+    assert not (tmp_path / "idf" / "colbert_linear.pt").exists()
+    with pytest.raises(ValueError, match="sparse_init"):
+        EmbedderTrainingSettings(sparse_init="bm25")

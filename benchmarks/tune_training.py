@@ -1,0 +1,136 @@
+"""Choose train_scifact's hyperparameters without the test split: hold out 100 of SciFact's 809 train
+queries, train on the other 709 and score the held-out queries (whole corpus, nDCG@10) after every epoch.
+
+    python benchmarks/tune_training.py dense --learning-rates 3e-5,1e-4 --temperatures 0.02,0.05 --epochs 3
+    python benchmarks/tune_training.py m3 --learning-rates 3e-5 --temperatures 0.02 --epochs 2
+    python benchmarks/tune_training.py cocktail --model benchmarks/models/tune-dense-lr1e-04-t0.05 \\
+        --cocktail-temperatures 0.5,1,2,5
+
+``dense`` and ``m3`` train one model per (learning rate, temperature) and keep the last one of each in
+benchmarks/models/tune-*; ``cocktail`` merges such a model with the base at LM-Cocktail weights from 8
+training examples for each temperature. Writes benchmarks/results/tune_training_<stage>.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+
+from _common import RESULTS, SHARED_DATA, load_scifact_with_train, save_results
+
+from flagstone.evaluation.beir import BeirDataset
+from flagstone.models.cache import EmbeddingCache
+from flagstone.models.embedder import Embedder
+from flagstone.retrieval.retriever import HybridConfig, Retriever
+from flagstone.training.cocktail import cocktail_weights, example_loss, merge_models
+from flagstone.training.data import examples_from_qrels
+from flagstone.training.embedder import EmbedderTrainingSettings, train_embedder
+from flagstone.training.loop import TrainingConfig
+from flagstone.training.mining import mine_hard_negatives
+from flagstone.training.validation import RetrievalValidation, split_queries
+
+MODELS = RESULTS.parent / "models"
+BASE = "all-MiniLM-L6-v2"
+HELD_OUT = 100
+M3_WEIGHTS = {"dense": 1.0, "sparse": 0.3, "colbert": 1.0}
+
+
+def floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("stage", choices=("dense", "m3", "cocktail"))
+    parser.add_argument("--data", default=str(SHARED_DATA / "beir" / "scifact"))
+    parser.add_argument("--learning-rates", type=floats, default=[3e-5])
+    parser.add_argument("--temperatures", type=floats, default=[0.02], help="InfoNCE temperatures")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--group-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--passage-length", type=int, default=192)
+    parser.add_argument("--sparse-init", choices=("idf", "uniform"), default="idf")
+    parser.add_argument("--model", help="cocktail: the fine-tuned folder to merge with the base")
+    parser.add_argument("--cocktail-temperatures", type=floats, default=[0.5, 1.0, 2.0, 5.0])
+    parser.add_argument("--cocktail-examples", type=int, default=8)
+    args = parser.parse_args()
+    loaded = load_scifact_with_train(args.data)
+    if loaded is None:
+        return 2
+    test, train_qrels, doc_text = loaded
+    fit_ids, held_out_ids = split_queries(sorted(train_qrels), HELD_OUT, seed=0)
+    held_out = BeirDataset("scifact-train-held-out", test.doc_ids, test.doc_texts, test.queries,
+                           {q: train_qrels[q] for q in held_out_ids})
+    cache = EmbeddingCache()
+    wall = time.perf_counter()
+    retriever = Retriever(Embedder(BASE, dtype="bfloat16", show_progress=False), signals=["dense"], cache=cache)
+    retriever.fit(test.doc_ids, test.doc_texts)
+    examples = examples_from_qrels(test.queries, train_qrels, doc_text, fit_ids)
+    examples = mine_hard_negatives(examples, retriever, doc_text, mode="dense", rank_range=(5, 100),
+                                   n_negatives=15, seed=0)
+    rows: list[dict[str, object]] = []
+    if args.stage == "cocktail":
+        if not args.model:
+            parser.error("cocktail needs --model (a folder trained by the dense stage)")
+        base_path = Embedder(BASE, show_progress=False).path
+        few = examples[: args.cocktail_examples]
+        losses = [example_loss(args.model, few, "embedder"), example_loss(base_path, few, "embedder")]
+        for name, folder in (("base", base_path), ("finetuned", args.model)):
+            score = RetrievalValidation(Embedder(str(folder), show_progress=False), held_out, every=1).evaluate()
+            rows.append({"model": name, "held_out_ndcg@10": score["dense_ndcg@10"]})
+        for temperature in args.cocktail_temperatures:
+            weights = cocktail_weights(losses, temperature=temperature)
+            merged = merge_models([args.model, base_path], weights, MODELS / "tune-merged")
+            score = RetrievalValidation(Embedder(str(merged), show_progress=False), held_out, every=1).evaluate()
+            rows.append({"model": f"merged T={temperature:g}", "finetuned_weight": weights[0],
+                         "held_out_ndcg@10": score["dense_ndcg@10"]})
+        base_score, tuned_score = rows[0]["held_out_ndcg@10"], rows[1]["held_out_ndcg@10"]
+        for row in rows[2:]:
+            row["gain_kept"] = (row["held_out_ndcg@10"] - base_score) / (tuned_score - base_score)
+        lines = ["| model | fine-tuned weight | held-out nDCG@10 | gain kept |", "|---|---|---|---|"]
+        lines += [f"| {r['model']} | {r.get('finetuned_weight', float('nan')):.3f} | {r['held_out_ndcg@10']:.4f} | "
+                  f"{100 * r['gain_kept']:.0f}% |" if "gain_kept" in r else
+                  f"| {r['model']} | | {r['held_out_ndcg@10']:.4f} | |" for r in rows]
+        lines.append(f"\nexample losses: fine-tuned {losses[0]:.4f}, base {losses[1]:.4f} "
+                     f"({len(few)} training examples)")
+    else:
+        heads = ("dense",) if args.stage == "dense" else ("dense", "sparse", "colbert")
+        modes = ("dense",) if args.stage == "dense" else ("dense", "sparse", "colbert", "hybrid")
+        for lr in args.learning_rates:
+            for temperature in args.temperatures:
+                name = f"tune-{args.stage}-lr{lr:.0e}-t{temperature:g}"
+                embedder = Embedder(BASE, show_progress=False)
+                settings = EmbedderTrainingSettings(heads=heads, group_size=args.group_size,
+                                                    batch_size=args.batch_size, temperature=temperature,
+                                                    passage_max_length=args.passage_length,
+                                                    sparse_init=args.sparse_init)
+                config = TrainingConfig(epochs=args.epochs, learning_rate=lr, warmup_ratio=0.1,
+                                        precision="bfloat16", seed=0)
+                steps_per_epoch = math.ceil(len(examples) / args.batch_size)
+                check = RetrievalValidation(embedder, held_out, every=steps_per_epoch, modes=modes,
+                                            hybrid=HybridConfig(weights=M3_WEIGHTS))
+                if args.stage == "m3":
+                    check.evaluate(0)  # where the new heads start
+                started = time.perf_counter()
+                train_embedder(embedder, examples, MODELS / name, settings=settings, config=config,
+                               on_step=check)
+                print(f"{name}: {time.perf_counter() - started:.0f} s with evaluation", flush=True)
+                for row in check.history:
+                    rows.append({"learning_rate": lr, "temperature": temperature,
+                                 "epoch": row["step"] / steps_per_epoch,
+                                 **{f"{m}_ndcg@10": row[f"{m}_ndcg@10"] for m in modes}})
+        lines = ["| learning rate | temperature | epoch | " + " | ".join(f"{m} nDCG@10" for m in modes) + " |",
+                 "|---" * (3 + len(modes)) + "|"]
+        lines += [f"| {r['learning_rate']:g} | {r['temperature']:g} | {r['epoch']:g} | "
+                  + " | ".join(f"{r[f'{m}_ndcg@10']:.4f}" for m in modes) + " |" for r in rows]
+    lines.append(f"\n{len(fit_ids)} train queries for training, {len(held_out_ids)} held out for scoring "
+                 f"(whole corpus). Wall time {(time.perf_counter() - wall) / 60:.1f} min on 2 cores.")
+    out = {"stage": args.stage, "arguments": {k: v for k, v in vars(args).items() if k != "data"},
+           "train_queries": len(fit_ids), "held_out_queries": len(held_out_ids), "rows": rows}
+    save_results(f"tune_training_{args.stage}", "\n".join(lines), **{f"tune_training_{args.stage}": out})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -46,10 +46,13 @@ def main() -> int:
     parser.add_argument("--data", default=str(SHARED_DATA / "beir" / "scifact"))
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--learning-rate", type=float, default=3e-5)
+    parser.add_argument("--temperature", type=float, default=0.02, help="InfoNCE temperature")
     parser.add_argument("--passage-length", type=int, default=192, help="passage tokens during training")
     parser.add_argument("--group-size", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--cocktail-examples", type=int, default=8)
+    parser.add_argument("--cocktail-temperature", type=float, default=5.0,
+                        help="LM-Cocktail's softmax temperature over the example losses")
     parser.add_argument("--reuse", action="store_true",
                         help="skip training when the model folders exist (finish an interrupted run)")
     parser.add_argument("--quick", action="store_true", help="a tiny run to check the script (numbers meaningless)")
@@ -103,8 +106,8 @@ def main() -> int:
                                    n_negatives=15, seed=0)
     config = TrainingConfig(epochs=args.epochs, learning_rate=args.learning_rate, warmup_ratio=0.1,
                             precision="bfloat16", seed=0)
-    common = dict(group_size=args.group_size, batch_size=args.batch_size, passage_max_length=args.passage_length,
-                  temperature=0.02)
+    common = {"group_size": args.group_size, "batch_size": args.batch_size,
+              "passage_max_length": args.passage_length, "temperature": args.temperature}
 
     log("fine-tuning the dense model")
     finetuned = MODELS / "scifact-minilm-finetuned"
@@ -127,7 +130,7 @@ def main() -> int:
     log("LM-Cocktail")
     few = examples[: args.cocktail_examples]
     losses = {"finetuned": example_loss(finetuned, few, "embedder"), "base": example_loss(base, few, "embedder")}
-    weights = cocktail_weights([losses["finetuned"], losses["base"]], temperature=5.0)
+    weights = cocktail_weights([losses["finetuned"], losses["base"]], temperature=args.cocktail_temperature)
     merged = merge_models([finetuned, Embedder(base, show_progress=False).path], weights, MODELS / "scifact-minilm-merged")
     cocktail = {}
     for name, folder in (("base", base), ("finetuned", finetuned), ("merged", merged)):
@@ -148,14 +151,16 @@ def main() -> int:
         "base": results["base"], "finetuned": results["finetuned"], "m3": results["m3"], "bm25_ndcg@10": bm25,
         "cocktail": cocktail,
         "cocktail_weights": {"finetuned": weights[0], "base": weights[1], "example_losses": losses,
-                             "examples": len(few), "temperature": 5.0},
+                             "examples": len(few), "temperature": args.cocktail_temperature},
         "cocktail_gain_kept": kept,
         "training": {"train_queries": len(examples), "hard_negatives": "dense base model, ranks 5-99, 15 per query",
                      "epochs": args.epochs, "learning_rate": args.learning_rate, "group_size": args.group_size,
                      "batch_queries": args.batch_size, "passage_max_length": args.passage_length,
-                     "temperature": 0.02, "precision": "bfloat16 autocast", "dense_steps": dense_run.steps,
+                     "temperature": args.temperature, "precision": "bfloat16 autocast", "dense_steps": dense_run.steps,
                      "dense_seconds": round(dense_seconds), "m3_steps": m3_run.steps, "m3_seconds": round(m3_seconds),
                      "m3_head_weights": {"dense": 1.0, "sparse": 0.3, "colbert": 1.0},
+                     "sparse_init": "idf: fit to 0.1 x sqrt(idf) over the training passages",
+                     "chosen_on": "100 held-out train queries (benchmarks/tune_training.py)",
                      "evaluation": "bfloat16 inference, max length 256, exact search"},
         "wall_s": round(time.perf_counter() - wall, 1),
     }
@@ -166,11 +171,11 @@ def main() -> int:
           f"{100 * c['banking77_accuracy']:.2f} |" for name, c in cocktail.items()],
         "",
         "| M3 unified (from MiniLM) | dense | sparse | ColBERT | all three | BM25 |", "|---|---|---|---|---|---|",
-        f"| SciFact nDCG@10 | {m3['dense_ndcg@10']:.4f} | {m3['sparse_ndcg@10']:.4f} | {m3['colbert_ndcg@10']:.4f} | "
-        f"{m3['all_ndcg@10']:.4f} | {bm25 if bm25 is None else f'{bm25:.4f}'} |",
+        (f"| SciFact nDCG@10 | {m3['dense_ndcg@10']:.4f} | {m3['sparse_ndcg@10']:.4f} | "
+         f"{m3['colbert_ndcg@10']:.4f} | {m3['all_ndcg@10']:.4f} | {bm25 if bm25 is None else f'{bm25:.4f}'} |"),
         "",
-        f"merged = {weights[0]:.3f} x fine-tuned + {weights[1]:.3f} x base (weights from {len(few)} train examples); "
-        f"keeps {100 * kept:.0f}% of the SciFact gain. Wall time {out['wall_s'] / 60:.1f} min on 2 cores.",
+        (f"merged = {weights[0]:.3f} x fine-tuned + {weights[1]:.3f} x base (weights from {len(few)} train "
+         f"examples); keeps {100 * kept:.0f}% of the SciFact gain. Wall time {out['wall_s'] / 60:.1f} min on 2 cores."),
     ]
     if args.quick:
         print("\n".join(lines))

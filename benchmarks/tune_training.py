@@ -20,12 +20,17 @@ import time
 from _common import RESULTS, SHARED_DATA, load_scifact_with_train, save_results
 
 from flagstone.evaluation.beir import BeirDataset
+from flagstone.evaluation.retrieval import evaluate_retrieval
 from flagstone.models.cache import EmbeddingCache
 from flagstone.models.embedder import Embedder
 from flagstone.retrieval.retriever import HybridConfig, Retriever
 from flagstone.training.cocktail import cocktail_weights, example_loss, merge_models
 from flagstone.training.data import examples_from_qrels
-from flagstone.training.embedder import EmbedderTrainingSettings, train_embedder
+from flagstone.training.embedder import (
+    EmbedderTrainingSettings,
+    idf_sparse_head,
+    train_embedder,
+)
 from flagstone.training.loop import TrainingConfig
 from flagstone.training.mining import mine_hard_negatives
 from flagstone.training.validation import RetrievalValidation, split_queries
@@ -70,22 +75,27 @@ def main() -> int:
     examples = mine_hard_negatives(examples, retriever, doc_text, mode="dense", rank_range=(5, 100),
                                    n_negatives=15, seed=0)
     rows: list[dict[str, object]] = []
+    # m3: held-out sparse nDCG@10 of each IDF-initialised head before training; cocktail: the chosen temperature
+    summary: dict[str, float] = {}
+    base_score = evaluate_retrieval(retriever, held_out, modes=("dense",), k_values=(10,), metrics=("ndcg",),
+                                    fit=False).results["dense"].metrics.mean["ndcg@10"]
+    print(f"base model: held-out dense nDCG@10 {base_score:.4f}", flush=True)
     if args.stage == "cocktail":
         if not args.model:
             parser.error("cocktail needs --model (a folder trained by the dense stage)")
         base_path = Embedder(BASE, show_progress=False).path
         few = examples[: args.cocktail_examples]
         losses = [example_loss(args.model, few, "embedder"), example_loss(base_path, few, "embedder")]
-        for name, folder in (("base", base_path), ("finetuned", args.model)):
-            score = RetrievalValidation(Embedder(str(folder), show_progress=False), held_out, every=1).evaluate()
-            rows.append({"model": name, "held_out_ndcg@10": score["dense_ndcg@10"]})
+        rows.append({"model": "base", "held_out_ndcg@10": base_score})
+        score = RetrievalValidation(Embedder(args.model, show_progress=False), held_out, every=1).evaluate()
+        rows.append({"model": "finetuned", "held_out_ndcg@10": score["dense_ndcg@10"]})
         for temperature in args.cocktail_temperatures:
             weights = cocktail_weights(losses, temperature=temperature)
             merged = merge_models([args.model, base_path], weights, MODELS / "tune-merged")
             score = RetrievalValidation(Embedder(str(merged), show_progress=False), held_out, every=1).evaluate()
             rows.append({"model": f"merged T={temperature:g}", "finetuned_weight": weights[0],
                          "held_out_ndcg@10": score["dense_ndcg@10"]})
-        base_score, tuned_score = rows[0]["held_out_ndcg@10"], rows[1]["held_out_ndcg@10"]
+        tuned_score = rows[1]["held_out_ndcg@10"]
         for row in rows[2:]:
             row["gain_kept"] = (row["held_out_ndcg@10"] - base_score) / (tuned_score - base_score)
         lines = ["| model | fine-tuned weight | held-out nDCG@10 | gain kept |", "|---|---|---|---|"]
@@ -94,6 +104,11 @@ def main() -> int:
                   f"| {r['model']} | | {r['held_out_ndcg@10']:.4f} | |" for r in rows]
         lines.append(f"\nexample losses: fine-tuned {losses[0]:.4f}, base {losses[1]:.4f} "
                      f"({len(few)} training examples)")
+        # the most conservative merge (most base weight) that keeps 80% of the held-out gain
+        keeping = [t for t, r in zip(args.cocktail_temperatures, rows[2:]) if r["gain_kept"] >= 0.8]
+        summary["chosen_temperature"] = max(keeping) if keeping else min(args.cocktail_temperatures)
+        lines.append(f"chosen: temperature {summary['chosen_temperature']:g} (the largest that keeps 80% of the "
+                     "held-out gain)")
     else:
         heads = ("dense",) if args.stage == "dense" else ("dense", "sparse", "colbert")
         modes = ("dense",) if args.stage == "dense" else ("dense", "sparse", "colbert", "hybrid")
@@ -110,8 +125,11 @@ def main() -> int:
                 steps_per_epoch = math.ceil(len(examples) / args.batch_size)
                 check = RetrievalValidation(embedder, held_out, every=steps_per_epoch, modes=modes,
                                             hybrid=HybridConfig(weights=M3_WEIGHTS))
-                if args.stage == "m3":
-                    check.evaluate(0)  # where the new heads start
+                if args.stage == "m3" and args.sparse_init == "idf":  # where the new sparse head starts
+                    passages = list(dict.fromkeys(t for ex in examples for t in (*ex.pos, *ex.neg)))
+                    embedder.sparse_head = idf_sparse_head(embedder, passages, max_length=args.passage_length)
+                    start = RetrievalValidation(embedder, held_out, every=1, modes=("sparse",)).evaluate(0)
+                    summary[f"{name} initial sparse_ndcg@10"] = start["sparse_ndcg@10"]
                 started = time.perf_counter()
                 train_embedder(embedder, examples, MODELS / name, settings=settings, config=config,
                                on_step=check)
@@ -122,12 +140,16 @@ def main() -> int:
                                  **{f"{m}_ndcg@10": row[f"{m}_ndcg@10"] for m in modes}})
         lines = ["| learning rate | temperature | epoch | " + " | ".join(f"{m} nDCG@10" for m in modes) + " |",
                  "|---" * (3 + len(modes)) + "|"]
+        lines += [f"| {lr:g} | {t:g} | 0 | | {summary[f'tune-m3-lr{lr:.0e}-t{t:g} initial sparse_ndcg@10']:.4f} | | |"
+                  for lr in args.learning_rates for t in args.temperatures if summary]
         lines += [f"| {r['learning_rate']:g} | {r['temperature']:g} | {r['epoch']:g} | "
                   + " | ".join(f"{r[f'{m}_ndcg@10']:.4f}" for m in modes) + " |" for r in rows]
-    lines.append(f"\n{len(fit_ids)} train queries for training, {len(held_out_ids)} held out for scoring "
+    lines.append(f"\nbase model (bfloat16): held-out dense nDCG@10 {base_score:.4f}")
+    lines.append(f"{len(fit_ids)} train queries for training, {len(held_out_ids)} held out for scoring "
                  f"(whole corpus). Wall time {(time.perf_counter() - wall) / 60:.1f} min on 2 cores.")
     out = {"stage": args.stage, "arguments": {k: v for k, v in vars(args).items() if k != "data"},
-           "train_queries": len(fit_ids), "held_out_queries": len(held_out_ids), "rows": rows}
+           "train_queries": len(fit_ids), "held_out_queries": len(held_out_ids), "base_ndcg@10": base_score,
+           "summary": summary, "rows": rows}
     save_results(f"tune_training_{args.stage}", "\n".join(lines), **{f"tune_training_{args.stage}": out})
     return 0
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -59,6 +60,14 @@ def add_parsers(sub, epilog: str) -> None:
             t.add_argument("--freeze-encoder", action="store_true", help="train only the sparse/ColBERT heads")
             t.add_argument("--lora-rank", type=int, default=None, help="train LoRA adapters of this rank (needs peft)")
             t.add_argument("--gradient-checkpointing", action="store_true")
+            t.add_argument("--sparse-init", choices=("idf", "uniform"), default="idf",
+                           help="how a new sparse head starts: IDF-weighted (default) or uniform term overlap")
+            t.add_argument("--validate", metavar="BEIR_FOLDER", default=None,
+                           help="score this BEIR data set (nDCG@10, recall@100) during training; never pass "
+                                "the split you report on")
+            t.add_argument("--validate-split", default="dev", help="qrels split to validate on (default: dev)")
+            t.add_argument("--validate-every", type=int, default=None,
+                           help="optimiser steps between validations (default: once per epoch)")
 
     p = sub.add_parser("merge", help="LM-Cocktail: merge same-architecture models by weighted averaging",
                        description="Average two or more checkpoints (embedders, rerankers or causal LMs) with given "
@@ -130,9 +139,24 @@ def cmd_train(args: argparse.Namespace) -> int:
             heads=tuple(args.heads), temperature=args.temperature, group_size=args.group_size,
             batch_size=args.batch_size, in_batch_negatives=not args.no_in_batch, passage_max_length=args.max_length,
             freeze_encoder=args.freeze_encoder, lora_rank=args.lora_rank,
-            gradient_checkpointing=args.gradient_checkpointing)
-        result = train_embedder(args.model, examples, args.output, settings=settings, config=config,
-                                checkpoint_dir=args.checkpoint_dir)
+            gradient_checkpointing=args.gradient_checkpointing, sparse_init=args.sparse_init)
+        base = args.model
+        validation = None
+        if args.validate:
+            from flagstone.evaluation.beir import load_beir
+            from flagstone.models.embedder import Embedder
+            from flagstone.training.validation import RetrievalValidation
+
+            dataset = load_beir(args.validate, args.validate_split)
+            base = Embedder(args.model, show_progress=False)
+            every = args.validate_every or max(1, math.ceil(len(examples) / args.batch_size)
+                                               // args.gradient_accumulation)
+            modes = tuple(args.heads) + (("hybrid",) if len(args.heads) > 1 else ())
+            validation = RetrievalValidation(base, dataset, every=every, modes=modes, bfloat16=args.bf16)
+        result = train_embedder(base, examples, args.output, settings=settings, config=config,
+                                checkpoint_dir=args.checkpoint_dir, on_step=validation)
+        if validation is not None and validation.history:
+            print(json.dumps({"validation": validation.history}, indent=2))
     first = sum(result.losses[:10]) / max(1, len(result.losses[:10]))
     last = sum(result.losses[-10:]) / max(1, len(result.losses[-10:]))
     print(f"{result.steps} steps in {result.seconds:.0f} s (loss {first:.4f} -> {last:.4f}) -> {args.output}")

@@ -230,6 +230,14 @@ def test_mine_train_and_merge_from_the_command_line(tiny_m3_dir, tmp_path, capsy
                  "--heads", "dense", "sparse", *common]) == 0
     assert "2 steps" in capsys.readouterr().out
     assert (tmp_path / "emb" / "sparse_linear.pt").is_file()
+    beir = make_beir(tmp_path / "beir")
+    (beir / "qrels" / "test.tsv").rename(beir / "qrels" / "dev.tsv")
+    assert main(["train", "embedder", str(tmp_path / "mined.jsonl"), "-o", str(tmp_path / "validated"),
+                 "--heads", "dense", "sparse", "--validate", str(beir), "--validate-every", "1", *common]) == 0
+    out = capsys.readouterr().out
+    history = json.loads(out[out.index("{"): out.rindex("}") + 1])["validation"]
+    assert [row["step"] for row in history] == [1, 2]
+    assert {"dense_ndcg@10", "sparse_ndcg@10", "hybrid_ndcg@10"} <= set(history[0])
     assert main(["train", "reranker", str(tmp_path / "mined.jsonl"), "-o", str(tmp_path / "ce"), *common]) == 0
     assert (tmp_path / "ce" / "config.json").is_file()
     capsys.readouterr()

@@ -5,6 +5,7 @@ queries, train on the other 709 and score the held-out queries (whole corpus, nD
     python benchmarks/tune_training.py m3 --learning-rates 3e-5 --temperatures 0.02 --epochs 2
     python benchmarks/tune_training.py cocktail --model benchmarks/models/tune-dense-lr1e-04-t0.05 \\
         --cocktail-temperatures 0.5,1,2,5
+    python benchmarks/tune_training.py baselines      # the base model and BM25 on the held-out queries
 
 ``dense`` and ``m3`` train one model per (learning rate, temperature) and keep the last one of each in
 benchmarks/models/tune-*; ``cocktail`` merges such a model with the base at LM-Cocktail weights from 8
@@ -47,7 +48,8 @@ def floats(text: str) -> list[float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=("dense", "m3", "cocktail"))
+    parser.add_argument("stage", choices=("dense", "m3", "cocktail", "baselines"),
+                        help="baselines: only score the base model and BM25 on the held-out queries")
     parser.add_argument("--data", default=str(SHARED_DATA / "beir" / "scifact"))
     parser.add_argument("--learning-rates", type=floats, default=[3e-5])
     parser.add_argument("--temperatures", type=floats, default=[0.02], help="InfoNCE temperatures")
@@ -79,7 +81,11 @@ def main() -> int:
     summary: dict[str, float] = {}
     base_score = evaluate_retrieval(retriever, held_out, modes=("dense",), k_values=(10,), metrics=("ndcg",),
                                     fit=False).results["dense"].metrics.mean["ndcg@10"]
-    print(f"base model: held-out dense nDCG@10 {base_score:.4f}", flush=True)
+    bm25 = evaluate_retrieval(Retriever(None, signals=["bm25"]), held_out, modes=("bm25",), k_values=(10,),
+                              metrics=("ndcg",))
+    bm25_score = bm25.results["bm25"].metrics.mean["ndcg@10"]
+    print(f"held-out nDCG@10: base model (dense) {base_score:.4f}, BM25 {bm25_score:.4f}", flush=True)
+    lines: list[str] = []
     if args.stage == "cocktail":
         if not args.model:
             parser.error("cocktail needs --model (a folder trained by the dense stage)")
@@ -109,7 +115,7 @@ def main() -> int:
         summary["chosen_temperature"] = max(keeping) if keeping else min(args.cocktail_temperatures)
         lines.append(f"chosen: temperature {summary['chosen_temperature']:g} (the largest that keeps 80% of the "
                      "held-out gain)")
-    else:
+    elif args.stage in ("dense", "m3"):
         heads = ("dense",) if args.stage == "dense" else ("dense", "sparse", "colbert")
         modes = ("dense",) if args.stage == "dense" else ("dense", "sparse", "colbert", "hybrid")
         for lr in args.learning_rates:
@@ -144,11 +150,13 @@ def main() -> int:
                   for lr in args.learning_rates for t in args.temperatures if summary]
         lines += [f"| {r['learning_rate']:g} | {r['temperature']:g} | {r['epoch']:g} | "
                   + " | ".join(f"{r[f'{m}_ndcg@10']:.4f}" for m in modes) + " |" for r in rows]
-    lines.append(f"\nbase model (bfloat16): held-out dense nDCG@10 {base_score:.4f}")
+    lines.append(f"\nheld-out nDCG@10 before training: base model (bfloat16, dense) {base_score:.4f}, "
+                 f"BM25 {bm25_score:.4f}")
     lines.append(f"{len(fit_ids)} train queries for training, {len(held_out_ids)} held out for scoring "
                  f"(whole corpus). Wall time {(time.perf_counter() - wall) / 60:.1f} min on 2 cores.")
     out = {"stage": args.stage, "arguments": {k: v for k, v in vars(args).items() if k != "data"},
            "train_queries": len(fit_ids), "held_out_queries": len(held_out_ids), "base_ndcg@10": base_score,
+           "bm25_ndcg@10": bm25_score,
            "summary": summary, "rows": rows}
     save_results(f"tune_training_{args.stage}", "\n".join(lines), **{f"tune_training_{args.stage}": out})
     return 0

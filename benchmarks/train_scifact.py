@@ -22,7 +22,13 @@ import sys
 import time
 from pathlib import Path
 
-from _common import RESULTS, SHARED_DATA, load_scifact_with_train, save_results
+from _common import (
+    RESULTS,
+    SHARED_DATA,
+    load_scifact_with_train,
+    mine_scifact_examples,
+    save_results,
+)
 
 from flagstone.evaluation.metrics import evaluate_run
 from flagstone.evaluation.suite import run_task
@@ -31,10 +37,12 @@ from flagstone.models.cache import EmbeddingCache
 from flagstone.models.embedder import Embedder
 from flagstone.retrieval.retriever import HybridConfig, Retriever
 from flagstone.training.cocktail import cocktail_weights, example_loss, merge_models
-from flagstone.training.data import examples_from_qrels
-from flagstone.training.embedder import EmbedderTrainingSettings, train_embedder
+from flagstone.training.embedder import (
+    HEAD_WEIGHTS,
+    EmbedderTrainingSettings,
+    train_embedder,
+)
 from flagstone.training.loop import TrainingConfig
-from flagstone.training.mining import mine_hard_negatives
 
 MODELS = RESULTS.parent / "models"
 BM25_REFERENCE = "benchmarks/results/retrieval_scifact.json"
@@ -82,7 +90,7 @@ def main() -> int:
         for mode in modes:
             if mode == "all":
                 hits = retriever.search([test.queries[q] for q in test_ids], mode="hybrid", k=100,
-                                        hybrid=HybridConfig(weights={"dense": 1.0, "sparse": 0.3, "colbert": 1.0}))
+                                        hybrid=HybridConfig(weights=HEAD_WEIGHTS))
             else:
                 hits = retriever.search([test.queries[q] for q in test_ids], mode=mode, k=100)
             out[f"{mode}_ndcg@10"] = evaluate_run(hits.to_run(test_ids), test_qrels, (10,)).mean["ndcg@10"]
@@ -103,11 +111,7 @@ def main() -> int:
 
     # 1. hard negatives from the base model's dense retrieval, ranks 5-99
     log("mining hard negatives")
-    retriever = Retriever(Embedder(base, dtype="bfloat16", show_progress=False), signals=["dense"], cache=cache)
-    retriever.fit(test.doc_ids, test.doc_texts)
-    examples = examples_from_qrels(test.queries, train_qrels, doc_text, train_ids)
-    examples = mine_hard_negatives(examples, retriever, doc_text, mode="dense", rank_range=(5, 100),
-                                   n_negatives=15, seed=0)
+    examples, _ = mine_scifact_examples(test, train_qrels, doc_text, train_ids, cache, base)
     config = TrainingConfig(epochs=args.epochs, learning_rate=args.learning_rate, warmup_ratio=0.1,
                             precision="bfloat16", seed=0)
     common = {"group_size": args.group_size, "batch_size": args.batch_size,
@@ -163,7 +167,7 @@ def main() -> int:
                      "batch_queries": args.batch_size, "passage_max_length": args.passage_length,
                      "temperature": args.temperature, "precision": "bfloat16 autocast", "dense_steps": dense_run.steps,
                      "dense_seconds": round(dense_seconds), "m3_steps": m3_run.steps, "m3_seconds": round(m3_seconds),
-                     "m3_head_weights": {"dense": 1.0, "sparse": 0.3, "colbert": 1.0},
+                     "m3_head_weights": HEAD_WEIGHTS,
                      "sparse_init": "idf: fit to 0.1 x sqrt(idf) over the training passages",
                      "chosen_on": "100 held-out train queries (benchmarks/tune_training.py)",
                      "evaluation": "bfloat16 inference, max length 256, exact search"},

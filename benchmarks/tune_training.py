@@ -18,7 +18,13 @@ import math
 import sys
 import time
 
-from _common import RESULTS, SHARED_DATA, load_scifact_with_train, save_results
+from _common import (
+    RESULTS,
+    SHARED_DATA,
+    load_scifact_with_train,
+    mine_scifact_examples,
+    save_results,
+)
 
 from flagstone.evaluation.beir import BeirDataset
 from flagstone.evaluation.retrieval import evaluate_retrieval
@@ -26,20 +32,19 @@ from flagstone.models.cache import EmbeddingCache
 from flagstone.models.embedder import Embedder
 from flagstone.retrieval.retriever import HybridConfig, Retriever
 from flagstone.training.cocktail import cocktail_weights, example_loss, merge_models
-from flagstone.training.data import examples_from_qrels
+from flagstone.training.data import unique_passages
 from flagstone.training.embedder import (
+    HEAD_WEIGHTS,
     EmbedderTrainingSettings,
     idf_sparse_head,
     train_embedder,
 )
 from flagstone.training.loop import TrainingConfig
-from flagstone.training.mining import mine_hard_negatives
 from flagstone.training.validation import RetrievalValidation, split_queries
 
 MODELS = RESULTS.parent / "models"
 BASE = "all-MiniLM-L6-v2"
 HELD_OUT = 100
-M3_WEIGHTS = {"dense": 1.0, "sparse": 0.3, "colbert": 1.0}
 
 
 def floats(text: str) -> list[float]:
@@ -71,11 +76,7 @@ def main() -> int:
                            {q: train_qrels[q] for q in held_out_ids})
     cache = EmbeddingCache()
     wall = time.perf_counter()
-    retriever = Retriever(Embedder(BASE, dtype="bfloat16", show_progress=False), signals=["dense"], cache=cache)
-    retriever.fit(test.doc_ids, test.doc_texts)
-    examples = examples_from_qrels(test.queries, train_qrels, doc_text, fit_ids)
-    examples = mine_hard_negatives(examples, retriever, doc_text, mode="dense", rank_range=(5, 100),
-                                   n_negatives=15, seed=0)
+    examples, retriever = mine_scifact_examples(test, train_qrels, doc_text, fit_ids, cache, BASE)
     rows: list[dict[str, object]] = []
     # m3: held-out sparse nDCG@10 of each IDF-initialised head before training; cocktail: the chosen temperature
     summary: dict[str, float] = {}
@@ -130,10 +131,10 @@ def main() -> int:
                                         precision="bfloat16", seed=0)
                 steps_per_epoch = math.ceil(len(examples) / args.batch_size)
                 check = RetrievalValidation(embedder, held_out, every=steps_per_epoch, modes=modes,
-                                            hybrid=HybridConfig(weights=M3_WEIGHTS))
+                                            hybrid=HybridConfig(weights=HEAD_WEIGHTS))
                 if args.stage == "m3" and args.sparse_init == "idf":  # where the new sparse head starts
-                    passages = list(dict.fromkeys(t for ex in examples for t in (*ex.pos, *ex.neg)))
-                    embedder.sparse_head = idf_sparse_head(embedder, passages, max_length=args.passage_length)
+                    embedder.sparse_head = idf_sparse_head(embedder, unique_passages(examples),
+                                                           max_length=args.passage_length)
                     start = RetrievalValidation(embedder, held_out, every=1, modes=("sparse",)).evaluate(0)
                     summary[f"{name} initial sparse_ndcg@10"] = start["sparse_ndcg@10"]
                 started = time.perf_counter()

@@ -17,6 +17,11 @@ from flagstone.models.embeddings import SparseWeights
 from flagstone.retrieval.lexical import LexicalTokenizer
 
 
+def lucene_idf(doc_freq: np.ndarray, n_docs: int) -> np.ndarray:
+    """Lucene's BM25 inverse document frequency, ln(1 + (N - df + 0.5) / (df + 0.5)): never negative."""
+    return np.log1p((n_docs - doc_freq + 0.5) / (doc_freq + 0.5))
+
+
 class BM25:
     """Fit on a corpus once, then turn documents and queries into :class:`SparseWeights` over its vocabulary."""
 
@@ -50,8 +55,7 @@ class BM25:
         doc_len = np.asarray(counts.sum(axis=1)).ravel().astype(np.float64)
         self.avgdl = float(doc_len.mean()) or 1.0
         df = np.bincount(counts.indices, minlength=len(vocab)).astype(np.float64)
-        n = len(documents)
-        self.idf = np.log1p((n - df + 0.5) / (df + 0.5)).astype(np.float32)
+        self.idf = lucene_idf(df, len(documents)).astype(np.float32)
         tf = counts.data.astype(np.float64)
         row_len = np.repeat(doc_len, np.diff(counts.indptr))
         norm = self.k1 * (1.0 - self.b + self.b * row_len / self.avgdl)

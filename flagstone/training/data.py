@@ -91,6 +91,11 @@ def save_examples(examples: Iterable[TrainingExample], path: str | os.PathLike[s
             handle.write(json.dumps(ex.to_dict(), ensure_ascii=False) + "\n")
 
 
+def unique_passages(examples: Iterable[TrainingExample]) -> list[str]:
+    """Every positive and negative passage of ``examples`` once, in first-seen order."""
+    return list(dict.fromkeys(t for ex in examples for t in (*ex.pos, *ex.neg)))
+
+
 def examples_from_qrels(
     queries: dict[str, str],
     qrels: dict[str, dict[str, int]],

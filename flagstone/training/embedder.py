@@ -25,7 +25,8 @@ from flagstone.models.embedder import (
     Embedder,
     pool,
 )
-from flagstone.training.data import TrainingExample
+from flagstone.retrieval.bm25 import lucene_idf
+from flagstone.training.data import TrainingExample, unique_passages
 from flagstone.training.loop import (
     TrainingConfig,
     TrainingResult,
@@ -122,9 +123,7 @@ class _Trainable:
             self.module[name].requires_grad_(name in settings.heads)
         if settings.freeze_encoder:
             encoder.requires_grad_(False)
-        special = [i for i in (base.tokenizer.cls_token_id, base.tokenizer.eos_token_id, base.tokenizer.sep_token_id,
-                               base.tokenizer.pad_token_id, base.tokenizer.unk_token_id) if i is not None]
-        self.special_ids = torch.tensor(sorted(set(special)), dtype=torch.long)
+        self.special_ids = torch.from_numpy(base._special_ids)  # the tokens inference gives no weight
 
     def tokenize(self, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
         return self.base.tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
@@ -220,8 +219,7 @@ def train_embedder(
     if embedder.settings.dtype != "float32":
         raise ValueError("train from a float32 embedder (use TrainingConfig(precision='bfloat16') for speed)")
     if "sparse" in settings.heads and embedder.sparse_head is None and settings.sparse_init == "idf":
-        passages = list(dict.fromkeys(t for ex in examples for t in (*ex.pos, *ex.neg)))
-        embedder.sparse_head = idf_sparse_head(embedder, passages, scale=settings.sparse_init_scale,
+        embedder.sparse_head = idf_sparse_head(embedder, unique_passages(examples), scale=settings.sparse_init_scale,
                                                max_length=settings.passage_max_length, seed=config.seed)
     trainable = _Trainable(embedder, settings)
     instruction = embedder.settings.query_instruction if settings.query_instruction is None \
@@ -296,24 +294,23 @@ def idf_sparse_head(
 
     if not passages:
         raise DataError("no passages to count term frequencies over")
-    tokenizer = embedder.tokenizer
-    special = set(tokenizer.all_special_ids)
-    token_ids = tokenizer(list(passages), truncation=True, max_length=max_length)["input_ids"]
+    token_ids = embedder.tokenizer(list(passages), truncation=True, max_length=max_length)["input_ids"]
     doc_freq = np.zeros(embedder.vocab_size)
     for ids in token_ids:
         doc_freq[np.unique(ids)] += 1
     n = len(token_ids)
-    target = scale * np.sqrt(np.log1p((n - doc_freq + 0.5) / (doc_freq + 0.5)))
+    target = scale * np.sqrt(lucene_idf(doc_freq, n))
     rng = np.random.default_rng(seed)
     chosen = rng.choice(n, size=min(fit_passages, n), replace=False)
     states, targets = [], []
+    special = torch.from_numpy(embedder._special_ids)  # the tokens inference gives no weight
     embedder.model.eval()
     with torch.inference_mode(), torch.autocast(torch.device(embedder.device).type, dtype=torch.bfloat16):
         for start in range(0, len(chosen), 16):
             batch = [token_ids[i] for i in chosen[start: start + 16]]
             input_ids, mask = embedder._pad(batch)
             hidden = embedder.model(input_ids=input_ids, attention_mask=mask).last_hidden_state.float()
-            keep = mask.bool() & ~torch.isin(input_ids, torch.tensor(sorted(special), device=input_ids.device))
+            keep = mask.bool() & ~torch.isin(input_ids, special.to(input_ids.device))
             states.append(hidden[keep].cpu().numpy().astype(np.float64))
             targets.append(target[input_ids[keep].cpu().numpy()])
     x = np.concatenate(states)

@@ -36,3 +36,7 @@ class IdError(FlagstoneError):
 
 class VectorError(FlagstoneError):
     """Vectors have the wrong shape or contain NaN / infinity."""
+
+
+class NotFittedError(FlagstoneError):
+    """A model or index was asked to work before it was fitted or given any documents."""

@@ -1,17 +1,13 @@
-"""Indexes: exact flat, IVF and HI² for dense vectors; an inverted index for sparse term weights; a
-multi-vector index for ColBERT. All share add / search / remove / compact / save / load / len / describe."""
+"""Indexes: exact flat, IVF and HI² for dense vectors; an inverted index for sparse term weights (dot product or
+BM25); a multi-vector index for ColBERT. All answer one protocol (see :mod:`flagstone.index.base`):
+add / remove / search(queries, k, allow=...) / compact / save / load / len / describe."""
 from __future__ import annotations
 
 import os
 
+from flagstone.index.base import Index
 
-def load(folder: str | os.PathLike[str], *, mmap: bool = False, verify: bool = True):
+
+def load(folder: str | os.PathLike[str], *, mmap: bool = False, verify: bool = True) -> Index:
     """Open any saved index folder, whatever its kind."""
-    from flagstone.index.dense import DenseIndex
-    from flagstone.index.multivector import MultiVectorIndex
-    from flagstone.index.sparse import SparseIndex
-    from flagstone.index.storage import load_index
-
-    kind = load_index(folder, mmap=True, verify=False)[0]
-    opener = {"sparse": SparseIndex.load, "multivector": MultiVectorIndex.load}.get(kind, DenseIndex.load)
-    return opener(folder, mmap=mmap, verify=verify)
+    return Index.load(folder, mmap=mmap, verify=verify)

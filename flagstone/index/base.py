@@ -1,13 +1,31 @@
-"""What every index returns, and the top-k selection they share."""
+"""The one protocol every index kind answers, what it returns, and the top-k selection they share.
+
+Every index (flat, IVF, HI², sparse inverted, multi-vector) has the same surface, as every faiss index does:
+``add(ids, items)``, ``remove(ids)``, ``search(queries, k, *, allow=None) -> SearchResult``,
+``save(folder)``, ``Kind.load(folder, mmap=...)``, ``len(index)`` and ``describe()``. ``items`` and
+``queries`` are the kind's native type (a float32 array, :class:`SparseWeights` or :class:`MultiVectors`) or
+an :class:`Embeddings` holding it; HI² reads the vectors and the term weights from one ``Embeddings``.
+
+``allow`` (ids) restricts results to those documents inside the search, never by post-filtering: a narrow
+list is scored exhaustively, a wide one makes approximate indexes probe further. Ids in ``allow`` that the
+index does not hold are ignored (the same list can be sent to every shard of a corpus).
+
+Missing results, wherever a query has fewer than ``k`` hits, are padded with position -1 and score -inf.
+"""
+
 from __future__ import annotations
 
+import importlib
+import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from flagstone.errors import IdError
+from flagstone.models.embeddings import Embeddings
 
 
 @dataclass(frozen=True)
@@ -59,6 +77,17 @@ def pad_results(rows: Sequence[tuple[np.ndarray, np.ndarray]], k: int, evaluated
         positions[i, :n] = pos[:n]
         scores[i, :n] = sc[:n]
     return SearchResult(positions, scores, np.asarray(evaluated, dtype=np.int64))
+
+
+def pad_to(result: SearchResult, k: int) -> SearchResult:
+    """``result`` widened to ``k`` columns with -1 / -inf (an index with fewer than k rows)."""
+    width = result.positions.shape[1]
+    if width >= k:
+        return result
+    n = len(result.positions)
+    return SearchResult(np.concatenate([result.positions, np.full((n, k - width), -1, np.int64)], axis=1),
+                        np.concatenate([result.scores, np.full((n, k - width), -np.inf, np.float32)], axis=1),
+                        result.docs_evaluated)
 
 
 def best_of(candidates: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -125,6 +154,11 @@ class IdMap:
             self._pos[i] = len(self.ids)
             self.ids.append(i)
 
+    def known_rows(self, ids: Sequence[str]) -> np.ndarray:
+        """Sorted rows of those ``ids`` that are live here; unknown ids are skipped."""
+        rows = {self._pos[i] for i in map(str, ids) if i in self._pos}
+        return np.array(sorted(rows), dtype=np.int64)
+
     def positions(self, ids: Sequence[str]) -> np.ndarray:
         ids = [str(i) for i in ids]
         missing = [i for i in ids if i not in self._pos]
@@ -133,8 +167,47 @@ class IdMap:
         return np.array([self._pos[i] for i in ids], dtype=np.int64)
 
 
-class IdIndex:
-    """What every index shares: external ids, tombstones for removed rows, and the id views of results."""
+
+
+# Kinds register themselves here when their module is imported. ``load`` finds a kind it has not seen yet
+# through this table of module names, so no index module imports the modules that subclass it.
+INDEX_KINDS: dict[str, type[Index]] = {}
+_KIND_MODULES = {"flat": "flagstone.index.flat", "ivf": "flagstone.index.ivf", "hi2": "flagstone.index.hi2",
+                 "sparse": "flagstone.index.sparse", "multivector": "flagstone.index.multivector"}
+
+
+def register(cls: type[Index]) -> type[Index]:
+    """Class decorator: make ``cls.kind`` loadable from saved folders."""
+    INDEX_KINDS[cls.kind] = cls
+    return cls
+
+
+def index_class(kind: str) -> type[Index]:
+    """The class that reads folders of ``kind`` (importing its module on first use)."""
+    from flagstone.index.storage import IndexFormatError
+
+    if kind not in INDEX_KINDS and kind in _KIND_MODULES:
+        importlib.import_module(_KIND_MODULES[kind])
+    if kind not in INDEX_KINDS:
+        raise IndexFormatError(f"unknown index kind {kind!r}; kinds: {sorted(_KIND_MODULES)}")
+    return INDEX_KINDS[kind]
+
+
+def empty_result(n_queries: int, k: int) -> SearchResult:
+    """``n_queries`` rows of padding: no hits."""
+    return SearchResult(np.full((n_queries, k), -1, dtype=np.int64), np.full((n_queries, k), -np.inf, np.float32),
+                        np.zeros(n_queries, dtype=np.int64))
+
+
+class Index:
+    """What every index kind shares: external ids, tombstones for removed rows, allow-lists, persistence.
+
+    Subclasses provide ``_items`` / ``_queries`` (accept the kind's input), ``_append`` (store new rows),
+    ``_search`` (top k among rows where ``mask`` is true), ``_search_rows`` (exact top k among given rows),
+    ``rescore``, ``_params`` / ``_arrays`` / ``_restore`` (persistence) and ``bytes_per_document``.
+    """
+
+    kind = "index"
 
     def __init__(self) -> None:
         self.id_map = IdMap()
@@ -155,9 +228,25 @@ class IdIndex:
         """Result rows as ids (padding positions -1 dropped)."""
         return [[self.id_map.ids[p] for p in row if p >= 0] for row in positions]
 
-    def _track_added(self, ids: Sequence[str]) -> None:
-        self.id_map.extend(ids)
+    # -- writing -------------------------------------------------------------------------------
+    def add(self, ids: Sequence[str], items: Any) -> None:
+        """Store ``items`` (one per id) under ``ids``; ids already present raise :class:`IdError`."""
+        ids = [str(i) for i in ids]
+        items = self._items(items)
+        if len(ids) != _count(items):
+            raise ValueError(f"{len(ids)} ids for {_count(items)} items")
+        if not ids:
+            return
+        first_row = self.id_map.rows
+        self.id_map.extend(ids)  # refuses duplicates before anything is stored
         self._alive = np.concatenate([self._alive, np.ones(len(ids), dtype=bool)])
+        try:
+            self._append(np.arange(first_row, first_row + len(ids)), items)
+        except BaseException:  # leave the index as it was
+            self.id_map.remove(ids)
+            del self.id_map.ids[first_row:]
+            self._alive = self._alive[:first_row]
+            raise
 
     def remove(self, ids: Sequence[str]) -> None:
         """Remove documents; they stop matching at once, their space is freed by ``compact``."""
@@ -173,6 +262,110 @@ class IdIndex:
         self.id_map.reorder(rows)
         self._alive = self._alive[rows]
 
-    def _restore_ids(self, ids: np.ndarray) -> None:
-        self.id_map = IdMap.from_ids([str(i) for i in ids])
-        self._alive = np.ones(len(self.id_map), dtype=bool)
+    # -- searching -----------------------------------------------------------------------------
+    def search(self, queries: Any, k: int, *, allow: Sequence[str] | None = None) -> SearchResult:
+        """Top ``k`` rows per query, best first; ``allow`` restricts the results to those ids."""
+        if k < 1:
+            raise ValueError("k must be at least 1")
+        queries = self._queries(queries)
+        n_queries = _count(queries)
+        if allow is None:
+            if len(self) == 0:
+                return empty_result(n_queries, k)
+            return self._search(queries, k, self._alive, 1.0)
+        rows = self.id_map.known_rows(allow)
+        if len(rows) == 0:
+            return empty_result(n_queries, k)
+        if len(rows) <= self.expected_candidates():
+            return self._search_rows(queries, k, rows)  # a narrow list: scoring all of it is cheaper
+        mask = np.zeros_like(self._alive)
+        mask[rows] = True
+        return self._search(queries, k, mask, len(rows) / max(len(self), 1))
+
+    def expected_candidates(self) -> float:
+        """Rows a query scores on average; an allow-list at most this long is scored exhaustively."""
+        return float(self.id_map.rows)
+
+    def _search(self, queries: Any, k: int, mask: np.ndarray, allowed_fraction: float) -> SearchResult:
+        """Top ``k`` among rows where ``mask`` is true; approximate kinds probe about 1/fraction more."""
+        return self._search_rows(queries, k, np.flatnonzero(mask))
+
+    def _search_rows(self, queries: Any, k: int, rows: np.ndarray) -> SearchResult:
+        raise NotImplementedError
+
+    def rescore(self, queries: Any, positions: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Exact scores of given rows, one array per query (for hybrid fusion)."""
+        raise NotImplementedError
+
+    def _items(self, items: Any) -> Any:
+        raise NotImplementedError
+
+    def _queries(self, queries: Any) -> Any:
+        return self._items(queries)
+
+    def _append(self, rows: np.ndarray, items: Any) -> None:
+        raise NotImplementedError
+
+    # -- description and persistence -------------------------------------------------------------
+    def _params(self) -> dict[str, Any]:
+        return {}
+
+    def bytes_per_document(self) -> float:
+        return 0.0
+
+    def describe(self) -> dict[str, Any]:
+        """Kind, settings, size and memory per document."""
+        return {"kind": self.kind, "documents": len(self), "rows": self.id_map.rows, **self._params(),
+                "bytes_per_document": self.bytes_per_document()}
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def save(self, folder: str | os.PathLike[str]) -> None:
+        """Write a new version of the index to ``folder`` (compacting first); crash-safe, see storage."""
+        from flagstone.index.storage import save_index
+
+        self.compact()
+        save_index(folder, self.kind, self._params(), {"ids": np.asarray(self.id_map.ids, dtype=str),
+                                                       **self._arrays()})
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike[str], *, mmap: bool = False, verify: bool = True) -> Index:
+        """Open a saved index of this class (or of any kind, called on a base class); ``mmap=True`` leaves the
+        arrays on disk, for indexes larger than memory."""
+        from flagstone.index.storage import IndexFormatError, load_index
+
+        kind, params, arrays = load_index(folder, mmap=mmap, verify=verify)
+        target = index_class(kind)
+        if not issubclass(target, cls):
+            raise IndexFormatError(f"{folder} holds a {kind!r} index, not {cls.kind!r}")
+        index = target._from_params(params)
+        index.id_map = IdMap.from_ids([str(i) for i in arrays["ids"]])
+        index._alive = np.ones(len(index.id_map), dtype=bool)
+        index._restore(params, arrays)
+        return index
+
+    @classmethod
+    def _from_params(cls, params: dict[str, Any]) -> Index:
+        raise NotImplementedError
+
+    def _restore(self, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        """Hook: take back the arrays ``_arrays`` wrote."""
+
+
+def _count(items: Any) -> int:
+    if isinstance(items, tuple):  # (vectors, terms) of HI²
+        return len(items[0])
+    return len(items)
+
+
+def part_of(items: Any, name: str, native: type | tuple[type, ...], what: str) -> Any:
+    """The ``name`` part of an :class:`Embeddings` (or ``items`` itself when it is already ``native``)."""
+    if isinstance(items, Embeddings):
+        value = getattr(items, name)
+        if value is None:
+            raise ValueError(f"this index needs {what}: the Embeddings passed have no {name!r} part")
+        return value
+    if isinstance(items, native):
+        return items
+    raise TypeError(f"this index takes {what} (or Embeddings holding them), got {type(items).__name__}")

@@ -25,6 +25,16 @@ class Codec:
         self.dim = dim
         self.codes = self.empty()
 
+    @property
+    def codes(self) -> np.ndarray:
+        """One row of codes per stored vector."""
+        return self._buffer[: self._size]
+
+    @codes.setter
+    def codes(self, value: np.ndarray) -> None:
+        self._buffer = value  # may be memory-mapped and read-only: append copies it into memory first
+        self._size = len(value)
+
     def empty(self) -> np.ndarray:
         raise NotImplementedError
 
@@ -39,7 +49,19 @@ class Codec:
         raise NotImplementedError
 
     def append(self, vectors: np.ndarray) -> None:
-        self.codes = np.concatenate([self.codes, self.encode(vectors)])
+        """Store codes for ``vectors`` after the existing rows (amortised: capacity grows by half)."""
+        new = self.encode(vectors)
+        end = self._size + len(new)
+        if end > len(self._buffer) or not self._buffer.flags.writeable or isinstance(self._buffer, np.memmap):
+            buffer = np.empty((max(end, self._size + self._size // 2 + 16), *new.shape[1:]), dtype=new.dtype)
+            buffer[: self._size] = self.codes
+            self._buffer = buffer
+        self._buffer[self._size : end] = new
+        self._size = end
+
+    def decode(self, rows: np.ndarray) -> np.ndarray:
+        """float32 vectors of ``rows`` (exact for float codecs, the quantised approximation for PQ)."""
+        raise NotImplementedError
 
     def keep(self, rows: np.ndarray) -> None:
         self.codes = np.ascontiguousarray(self.codes[rows])
@@ -79,6 +101,9 @@ class FlatCodec(Codec):
 
     def vectors(self, rows: np.ndarray) -> np.ndarray:
         return np.asarray(self.codes[rows], dtype=np.float32)
+
+    def decode(self, rows: np.ndarray) -> np.ndarray:
+        return self.vectors(rows)
 
 
 class Float16Codec(FlatCodec):
@@ -148,6 +173,12 @@ class PQCodec(Codec):
             dist = (c * c).sum(axis=1)[None, :] - 2 * sub[:, j] @ c.T
             codes[:, j] = dist.argmin(axis=1)
         return codes
+
+    def decode(self, rows: np.ndarray) -> np.ndarray:
+        codes = self.codes[rows]
+        parts = [self.centroids[j][codes[:, j]] for j in range(self.m)]
+        rotated = np.concatenate(parts, axis=1) if parts else np.zeros((len(codes), self.dim), np.float32)
+        return np.ascontiguousarray(rotated @ self.rotation, dtype=np.float32)  # the rotation is orthogonal
 
     def tables(self, queries: np.ndarray) -> np.ndarray:
         """(queries, m, 2^nbits) inner products of each query sub-vector with each sub-centroid."""

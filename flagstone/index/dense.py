@@ -1,27 +1,25 @@
-"""The dense-vector index family's shared machinery: ids, deletion, filters, persistence.
+"""The dense-vector index family's shared machinery on top of :class:`flagstone.index.base.Index`.
 
-Every dense index has the same interface: ``add(ids, vectors)``, ``search(queries, k, allow=None)``,
-``remove(ids)``, ``compact()``, ``save(folder)``, ``load(folder)``, ``len()`` and ``describe()``.
 Subclasses decide which rows a query looks at (``_search``); the codec decides how rows are stored and scored.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from flagstone.errors import VectorError
 from flagstone.index.base import (
-    IdIndex,
+    Index,
     SearchResult,
     best_of,
     pad_results,
+    part_of,
     stack_results,
     top_k,
 )
 from flagstone.index.codecs import Codec, make_codec
-from flagstone.index.storage import IndexFormatError, load_index, save_index
 
 _QUERY_BLOCK = 256  # queries per matmul in exhaustive search: bounds the (queries x rows) block
 
@@ -52,7 +50,7 @@ def check_vectors(vectors: np.ndarray, dim: int, what: str = "vectors") -> np.nd
     return array
 
 
-class DenseIndex(IdIndex):
+class DenseIndex(Index):
     """Base class; use :class:`FlatIndex`, :class:`IVFIndex` or :class:`HI2Index`."""
 
     kind = "dense"
@@ -65,18 +63,17 @@ class DenseIndex(IdIndex):
         self.codec: Codec = make_codec(codec, dim, pq_m=pq_m, opq=opq)
 
     # -- writing -------------------------------------------------------------------------------
-    def add(self, ids: Sequence[str], vectors: np.ndarray) -> None:
-        vectors = check_vectors(vectors, self.dim)
-        if len(ids) != len(vectors):
-            raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
-        if len(vectors) == 0:
-            return
+    def _items(self, items: Any) -> np.ndarray:
+        return check_vectors(part_of(items, "dense", np.ndarray, "dense vectors"), self.dim)
+
+    def _queries(self, queries: Any) -> np.ndarray:
+        return check_vectors(part_of(queries, "dense", np.ndarray, "dense query vectors"), self.dim, "queries")
+
+    def _append(self, rows: np.ndarray, vectors: np.ndarray) -> None:
         if not self.trained:
             self.train(vectors)
-        first_row = self.id_map.rows
-        self._track_added(ids)
         self.codec.append(vectors)
-        self._added(np.arange(first_row, first_row + len(vectors)), vectors)
+        self._added(rows, vectors)
 
     @property
     def trained(self) -> bool:
@@ -98,30 +95,8 @@ class DenseIndex(IdIndex):
         """Hook: storage now holds the old rows ``keep``, in that order."""
 
     # -- searching -----------------------------------------------------------------------------
-    def search(self, queries: np.ndarray, k: int, *, allow: Sequence[str] | None = None) -> SearchResult:
-        """Top ``k`` rows per query by inner product; ``allow`` restricts results to those ids."""
-        queries = check_vectors(queries, self.dim, "queries")
-        if k < 1:
-            raise ValueError("k must be at least 1")
-        mask, allowed_rows = self._mask(allow)
-        if allowed_rows is not None and len(allowed_rows) <= self.expected_candidates():
-            return self._exhaustive(queries, k, allowed_rows)  # a narrow filter: scoring it all is cheaper
-        return self._search(queries, k, mask)
-
-    def _mask(self, allow: Sequence[str] | None) -> tuple[np.ndarray, np.ndarray | None]:
-        if allow is None:
-            return self._alive, None
-        rows = np.unique(self.id_map.positions(list(allow)))
-        mask = np.zeros_like(self._alive)
-        mask[rows] = True
-        return mask, rows
-
-    def expected_candidates(self) -> float:
-        """Rows a query scores on average; exhaustive search wins below this."""
-        return float(self.id_map.rows)
-
-    def _search(self, queries: np.ndarray, k: int, mask: np.ndarray) -> SearchResult:
-        raise NotImplementedError
+    def _search_rows(self, queries: np.ndarray, k: int, rows: np.ndarray) -> SearchResult:
+        return self._exhaustive(queries, k, rows)
 
     def _search_candidates(self, queries: np.ndarray, k: int, mask: np.ndarray,
                            candidates: Sequence[np.ndarray]) -> SearchResult:
@@ -156,62 +131,34 @@ class DenseIndex(IdIndex):
                                out.docs_evaluated)
         return out
 
-    def rescore(self, queries: np.ndarray, positions: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def rescore(self, queries: Any, positions: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Codec scores of given rows, one array per query (for hybrid fusion)."""
-        queries = check_vectors(queries, self.dim, "queries")
+        queries = self._queries(queries)
         return [self.codec.scores(q[None, :], p)[0] for q, p in zip(queries, positions)]
 
     # -- description and persistence -------------------------------------------------------------
     def params(self) -> dict[str, object]:
-        return {"dim": self.dim, **self.codec.params()}
+        return self._params()
 
-    def describe(self) -> dict[str, object]:
-        """Settings, size and memory per document."""
-        return {"kind": self.kind, "documents": len(self), "rows": self.id_map.rows, **self.params(),
-                "bytes_per_document": self.bytes_per_document()}
+    def _params(self) -> dict[str, Any]:
+        return {"dim": self.dim, **self.codec.params()}
 
     def bytes_per_document(self) -> float:
         return float(self.codec.bytes_per_vector)
 
+    def _arrays(self) -> dict[str, np.ndarray]:
+        return {**self.codec.state(), **self._state()}
+
     def _state(self) -> dict[str, np.ndarray]:
         return {}
-
-    def save(self, folder: str | os.PathLike[str]) -> None:
-        """Write a new version of the index to ``folder`` (compacting first); crash-safe, see storage."""
-        self.compact()
-        arrays = {"ids": np.asarray(self.id_map.ids, dtype=str), **self.codec.state(), **self._state()}
-        save_index(folder, self.kind, self.params(), arrays)
-
-    @classmethod
-    def load(cls, folder: str | os.PathLike[str], *, mmap: bool = False, verify: bool = True) -> DenseIndex:
-        """Open a saved index; ``mmap=True`` leaves vectors on disk (for indexes larger than RAM)."""
-        import flagstone.index.flat  # noqa: F401  (importing registers each kind)
-        import flagstone.index.hi2  # noqa: F401
-        import flagstone.index.ivf  # noqa: F401
-
-        kind, params, arrays = load_index(folder, mmap=mmap, verify=verify)
-        target = INDEX_KINDS.get(kind)
-        if target is None:
-            raise IndexFormatError(f"{folder}: unknown index kind {kind!r}")
-        if cls is not DenseIndex and not issubclass(target, cls):
-            raise IndexFormatError(f"{folder} holds a {kind!r} index, not {cls.kind!r}")
-        index = target._from_params(params)
-        index._restore_ids(arrays["ids"])
-        index.codec.load_state(arrays)
-        index._load_state(params, arrays)
-        return index
 
     @classmethod
     def _from_params(cls, params: dict) -> DenseIndex:
         return cls(params["dim"], codec=params["codec"], pq_m=params.get("pq_m"), opq=params.get("opq", False))
 
+    def _restore(self, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        self.codec.load_state(arrays)
+        self._load_state(params, arrays)
+
     def _load_state(self, params: dict, arrays: dict[str, np.ndarray]) -> None:
         """Hook: restore subclass state."""
-
-
-INDEX_KINDS: dict[str, type[DenseIndex]] = {}
-
-
-def register(cls: type[DenseIndex]) -> type[DenseIndex]:
-    INDEX_KINDS[cls.kind] = cls
-    return cls

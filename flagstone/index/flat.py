@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from flagstone.index.base import SearchResult
-from flagstone.index.dense import DenseIndex, register
+from flagstone.index.base import SearchResult, register
+from flagstone.index.dense import DenseIndex
 
 
 @register
@@ -19,5 +19,5 @@ class FlatIndex(DenseIndex):
         """The stored float32 vectors, row by row (flat codec only)."""
         return self.codec.vectors(np.arange(self.id_map.rows))
 
-    def _search(self, queries: np.ndarray, k: int, mask: np.ndarray) -> SearchResult:
+    def _search(self, queries: np.ndarray, k: int, mask: np.ndarray, allowed_fraction: float) -> SearchResult:
         return self._exhaustive(queries, k, None if mask is self._alive else np.flatnonzero(mask))

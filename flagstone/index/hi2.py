@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from flagstone.index.base import SearchResult
-from flagstone.index.dense import check_vectors, register
+from flagstone.index.base import SearchResult, register
+from flagstone.index.dense import check_vectors
 from flagstone.index.ivf import IVFIndex
-from flagstone.models.embeddings import SparseWeights
+from flagstone.models.embeddings import Embeddings, SparseWeights
 
 
 def default_max_posting(n: int) -> int:
@@ -36,8 +37,8 @@ def top_terms(weights: SparseWeights, per_row: int) -> tuple[np.ndarray, np.ndar
 
 @register
 class HI2Index(IVFIndex):
-    """Hybrid inverted index. ``add(ids, vectors, terms)`` and ``search(queries, k, query_terms=...)`` take
-    the documents' and queries' term weights (:class:`SparseWeights`) beside the vectors."""
+    """Hybrid inverted index. ``add`` and ``search`` take :class:`Embeddings` whose ``dense`` part holds the
+    vectors and whose ``sparse`` part holds the term weights (a model's lexical weights, or BM25's)."""
 
     kind = "hi2"
 
@@ -65,21 +66,33 @@ class HI2Index(IVFIndex):
         self._max_posting = value
         self._postings = None
 
-    def add(self, ids: Sequence[str], vectors: np.ndarray, terms: SparseWeights | None = None) -> None:
-        if terms is None:
-            raise ValueError("HI2Index.add needs the documents' term weights (terms=SparseWeights, e.g. from BM25)")
-        if len(terms) != len(ids):
-            raise ValueError(f"{len(ids)} ids for {len(terms)} rows of term weights")
+    def _items(self, items: Any) -> tuple[np.ndarray, SparseWeights]:
+        if not isinstance(items, Embeddings) or items.dense is None or items.sparse is None:
+            raise TypeError("HI2Index takes Embeddings(dense=vectors, sparse=term weights), e.g. with BM25's "
+                            "weights as the sparse part")
+        if len(items.sparse) != len(items.dense):
+            raise ValueError(f"{len(items.dense)} vectors for {len(items.sparse)} rows of term weights")
+        return check_vectors(items.dense, self.dim), items.sparse
+
+    def _queries(self, queries: Any) -> tuple[np.ndarray, SparseWeights]:
+        if not isinstance(queries, Embeddings) or queries.dense is None or queries.sparse is None:
+            raise TypeError("HI2Index.search takes Embeddings(dense=query vectors, sparse=query term weights)")
+        if len(queries.sparse) != len(queries.dense):
+            raise ValueError(f"{len(queries.dense)} queries for {len(queries.sparse)} rows of query terms")
+        return check_vectors(queries.dense, self.dim, "queries"), queries.sparse
+
+    def _append(self, rows: np.ndarray, items: tuple[np.ndarray, SparseWeights]) -> None:
+        vectors, terms = items
         # record the terms first: adding rows may reorder storage, and the reorder maps term rows too
         saved = (self.term_rows, self.term_ids, self.term_weights, self.vocab_size)
-        rows, term_ids, weights = top_terms(terms, self.terms_per_doc)
-        self.term_rows = np.concatenate([self.term_rows, rows + self.id_map.rows])
+        term_rows, term_ids, weights = top_terms(terms, self.terms_per_doc)
+        self.term_rows = np.concatenate([self.term_rows, term_rows + rows[0]])
         self.term_ids = np.concatenate([self.term_ids, term_ids])
         self.term_weights = np.concatenate([self.term_weights, weights])
         self.vocab_size = max(self.vocab_size, terms.vocab_size)
         self._postings = None
         try:
-            super().add(ids, vectors)
+            super()._append(rows, vectors)
         except BaseException:
             self.term_rows, self.term_ids, self.term_weights, self.vocab_size = saved
             raise
@@ -114,24 +127,21 @@ class HI2Index(IVFIndex):
         mean_list = float(lists[lists > 0].mean()) if (lists > 0).any() else 0.0
         return super().expected_candidates() + self.terms_per_query * mean_list
 
-    def search(self, queries: np.ndarray, k: int, *, query_terms: SparseWeights | None = None,
-               allow: Sequence[str] | None = None) -> SearchResult:
+    def _search(self, queries: tuple[np.ndarray, SparseWeights], k: int, mask: np.ndarray,
+                allowed_fraction: float) -> SearchResult:
         """Top ``k`` by codec score among the probed clusters' and the query terms' documents."""
-        queries = check_vectors(queries, self.dim, "queries")
-        if query_terms is None:
-            raise ValueError("HI2Index.search needs the queries' term weights (query_terms=SparseWeights)")
-        if len(query_terms) != len(queries):
-            raise ValueError(f"{len(queries)} queries for {len(query_terms)} rows of query terms")
-        if k < 1:
-            raise ValueError("k must be at least 1")
-        mask, allowed_rows = self._mask(allow)
-        if allowed_rows is not None and len(allowed_rows) <= self.expected_candidates():
-            return self._exhaustive(queries, k, allowed_rows)
-        return self._scan(queries, k, mask, self.probed_lists(queries), self._query_terms(query_terms),
-                          self.postings)
+        vectors, terms = queries
+        probed = self.probed_lists(vectors, self._probe_for(allowed_fraction))
+        result = self._scan(vectors, k, mask, probed, self._query_terms(terms), self.postings)
+        return self._fill_short(vectors, k, mask, result)
 
-    def _search(self, queries: np.ndarray, k: int, mask: np.ndarray) -> SearchResult:
-        raise ValueError("HI2Index.search needs query_terms")
+    def _search_rows(self, queries: tuple[np.ndarray, SparseWeights], k: int, rows: np.ndarray) -> SearchResult:
+        return self._exhaustive(queries[0], k, rows)
+
+    def rescore(self, queries: Any, positions: Sequence[np.ndarray]) -> list[np.ndarray]:
+        vectors = queries.dense if isinstance(queries, Embeddings) else queries
+        vectors = check_vectors(vectors, self.dim, "queries")
+        return [self.codec.scores(q[None, :], p)[0] for q, p in zip(vectors, positions)]
 
     def _query_terms(self, query_terms: SparseWeights) -> tuple[np.ndarray, np.ndarray]:
         """(offsets, terms): each query's ``terms_per_query`` heaviest terms known to the index."""
@@ -141,8 +151,8 @@ class HI2Index(IVFIndex):
         offsets = np.searchsorted(q_rows, np.arange(len(query_terms) + 1)).astype(np.int64)
         return offsets, np.ascontiguousarray(q_terms, dtype=np.int64)
 
-    def params(self) -> dict[str, object]:
-        return {**super().params(), "terms_per_doc": self.terms_per_doc, "terms_per_query": self.terms_per_query,
+    def _params(self) -> dict[str, object]:
+        return {**super()._params(), "terms_per_doc": self.terms_per_doc, "terms_per_query": self.terms_per_query,
                 "max_posting": self.max_posting, "vocab_size": self.vocab_size}
 
     def bytes_per_document(self) -> float:

@@ -1,20 +1,21 @@
 """Late-interaction (ColBERT) search over per-token vectors: exact MaxSim, and re-scoring of candidates."""
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from flagstone.index.base import IdIndex, SearchResult, stack_results, top_k
-from flagstone.index.storage import IndexFormatError, load_index, save_index
+from flagstone.errors import VectorError
+from flagstone.index.base import Index, SearchResult, pad_to, part_of, register, stack_results, top_k
 from flagstone.models.embeddings import MultiVectors
 from flagstone.retrieval.scoring import colbert_scores
 
 
-class MultiVectorIndex(IdIndex):
+@register
+class MultiVectorIndex(Index):
     """Scores documents by MaxSim. ``search`` is exhaustive; ``search_candidates`` re-scores another
-    index's candidates (the usual way to use it at scale). Same interface as the other indexes."""
+    index's candidates (the usual way to use it at scale)."""
 
     kind = "multivector"
 
@@ -31,16 +32,15 @@ class MultiVectorIndex(IdIndex):
             self._parts = [self._docs]
         return self._docs
 
-    def add(self, ids: Sequence[str], vectors: MultiVectors) -> None:
+    def _items(self, items: Any) -> MultiVectors:
+        vectors = part_of(items, "colbert", MultiVectors, "token vectors (MultiVectors)")
         if vectors.dim != self.dim:
             raise ValueError(f"expected {self.dim}-d token vectors, got {vectors.dim}")
-        if len(ids) != len(vectors):
-            raise ValueError(f"{len(ids)} ids for {len(vectors)} documents")
         if len(vectors.vectors) and not np.isfinite(vectors.vectors).all():
-            from flagstone.errors import VectorError
-
             raise VectorError("token vectors contain NaN or infinity")
-        self._track_added(ids)
+        return vectors
+
+    def _append(self, rows: np.ndarray, vectors: MultiVectors) -> None:
         self._parts = [self.docs, vectors]
         self._docs = None
 
@@ -49,16 +49,27 @@ class MultiVectorIndex(IdIndex):
         self._docs = self.docs.take(rows)
         self._parts = [self._docs]
 
-    def search(self, queries: MultiVectors, k: int) -> SearchResult:
+    def _search(self, queries: MultiVectors, k: int, mask: np.ndarray, allowed_fraction: float) -> SearchResult:
         parts = []
         for i in range(len(queries)):
             scores = colbert_scores(queries.take([i]), self.docs)
-            if not self._alive.all():
-                scores[:, ~self._alive] = -np.inf
-            parts.append(top_k(scores, k))
-        return stack_results(parts) if parts else top_k(np.zeros((0, len(self)), np.float32), k)
+            scores[:, ~mask] = -np.inf
+            block = top_k(scores, k)
+            parts.append(SearchResult(block.positions, block.scores, np.array([int(mask.sum())], np.int64)))
+        return pad_to(stack_results(parts), k) if parts else top_k(np.zeros((0, 0), np.float32), k)
 
-    def rescore(self, queries: MultiVectors, positions: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def _search_rows(self, queries: MultiVectors, k: int, rows: np.ndarray) -> SearchResult:
+        docs = self.docs.take(rows)
+        parts = []
+        for i in range(len(queries)):
+            block = top_k(colbert_scores(queries.take([i]), docs), k)
+            hit = block.positions >= 0
+            positions = np.where(hit, rows[np.where(hit, block.positions, 0)], -1)
+            parts.append(SearchResult(positions, block.scores, np.array([len(rows)], np.int64)))
+        return pad_to(stack_results(parts), k) if parts else top_k(np.zeros((0, 0), np.float32), k)
+
+    def rescore(self, queries: Any, positions: Sequence[np.ndarray]) -> list[np.ndarray]:
+        queries = self._queries(queries)
         docs = self.docs
         return [colbert_scores(queries.take([i]), docs.take(p))[0] for i, p in enumerate(positions)]
 
@@ -73,25 +84,25 @@ class MultiVectorIndex(IdIndex):
             out.append([(self.id_map.ids[rows[j]], float(scores[j])) for j in order])
         return out
 
-    def describe(self) -> dict[str, object]:
-        docs = self.docs
-        n = max(len(self), 1)
-        return {"kind": self.kind, "documents": len(self), "rows": self.id_map.rows, "dim": self.dim,
-                "tokens": int(docs.offsets[-1]), "bytes_per_document": (docs.vectors.nbytes + docs.offsets.nbytes) / n}
+    def _params(self) -> dict[str, Any]:
+        return {"dim": self.dim}
 
-    def save(self, folder: str | os.PathLike[str]) -> None:
-        self.compact()
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "tokens": int(self.docs.offsets[-1])}
+
+    def bytes_per_document(self) -> float:
         docs = self.docs
-        save_index(folder, self.kind, {"dim": self.dim},
-                   {"ids": np.asarray(self.id_map.ids, dtype=str), "offsets": docs.offsets, "vectors": docs.vectors})
+        return (docs.vectors.nbytes + docs.offsets.nbytes) / max(len(self), 1)
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        docs = self.docs
+        return {"offsets": docs.offsets, "vectors": docs.vectors}
 
     @classmethod
-    def load(cls, folder: str | os.PathLike[str], *, mmap: bool = False, verify: bool = True) -> MultiVectorIndex:
-        kind, params, arrays = load_index(folder, mmap=mmap, verify=verify)
-        if kind != cls.kind:
-            raise IndexFormatError(f"{folder} holds a {kind!r} index, not {cls.kind!r}")
-        index = cls(params["dim"])
-        index._restore_ids(arrays["ids"])
-        index._docs = MultiVectors(np.asarray(arrays["offsets"]), arrays["vectors"])
-        index._parts = [index._docs]
-        return index
+    def _from_params(cls, params: dict[str, Any]) -> MultiVectorIndex:
+        return cls(params["dim"])
+
+    def _restore(self, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        self._docs = MultiVectors(np.asarray(arrays["offsets"]), arrays["vectors"])
+        self._parts = [self._docs]
+

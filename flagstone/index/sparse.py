@@ -1,97 +1,261 @@
-"""Exact search over sparse term weights (BM25 or a model's lexical weights) with an inverted layout."""
+"""Exact search over sparse term weights with an inverted layout: a model's lexical weights (dot product) or
+BM25 computed at query time from stored term counts, so its statistics stay exact under adds and removes."""
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from flagstone.index.base import IdIndex, SearchResult, stack_results, top_k
-from flagstone.index.storage import IndexFormatError, load_index, save_index
+from flagstone.errors import VectorError
+from flagstone.index.base import Index, SearchResult, pad_to, part_of, register, stack_results, top_k
 from flagstone.models.embeddings import SparseWeights
 
 _QUERY_BLOCK = 256
+_SCORINGS = ("dot", "bm25")
 
 
-class SparseIndex(IdIndex):
-    """Documents as rows of a sparse (docs x vocabulary) matrix; a query's score is a sparse dot product.
+def lucene_idf(doc_freq: np.ndarray, n_docs: int) -> np.ndarray:
+    """Lucene's BM25 inverse document frequency, ln(1 + (N - df + 0.5) / (df + 0.5)): never negative."""
+    return np.log1p((n_docs - doc_freq + 0.5) / (doc_freq + 0.5))
 
-    Same interface as the dense indexes: add, search, remove, compact, save, load, len, describe.
+
+def bm25_term_weights(tf: np.ndarray, doc_len: np.ndarray, avgdl: float, k1: float, b: float) -> np.ndarray:
+    """The term-frequency part of BM25 for each (tf, length of its document): tf / (tf + k1 (1 - b + b dl/avgdl))."""
+    tf = tf.astype(np.float64)
+    return tf / (tf + k1 * (1.0 - b + b * doc_len / (avgdl or 1.0)))
+
+
+@register
+class SparseIndex(Index):
+    """Documents as rows of a sparse (docs x vocabulary) matrix.
+
+    ``scoring="dot"`` (default): rows are term weights (e.g. BGE-M3's lexical weights) and a query's score is
+    the sparse dot product with its own weights. ``scoring="bm25"``: rows are term counts and a query (term
+    counts too) is scored by Lucene's BM25 with the document frequencies, document count and mean length of
+    the live documents at search time, so scores always equal a fresh BM25 fit on the same documents.
+
+    New rows go to a small tail that is scored directly and merged into the main inverted layout once it holds
+    an eighth of the rows, so adding one document costs about one document's work.
     """
 
     kind = "sparse"
 
-    def __init__(self, vocab_size: int) -> None:
+    def __init__(self, vocab_size: int = 0, *, scoring: str = "dot", k1: float = 1.2, b: float = 0.75) -> None:
         from scipy.sparse import csr_matrix
 
+        if scoring not in _SCORINGS:
+            raise ValueError(f"scoring must be one of {_SCORINGS}, got {scoring!r}")
+        if k1 < 0 or not 0 <= b <= 1:
+            raise ValueError(f"BM25 needs k1 >= 0 and 0 <= b <= 1, got k1={k1}, b={b}")
         super().__init__()
         self.vocab_size = vocab_size
-        self._matrix = csr_matrix((0, vocab_size), dtype=np.float32)
-        self._by_term = None  # (vocab x docs) CSR built lazily: each row is a posting list
+        self.scoring = scoring
+        self.k1, self.b = k1, b
+        self._main = csr_matrix((0, vocab_size), dtype=np.float32)
+        self._main_postings = None  # (vocab x main rows) CSR, built lazily: each row is a posting list
+        self._tail: list = []  # CSR blocks added since the last merge
+        self._tail_rows = 0
+        self.doc_len = np.zeros(0, dtype=np.float64)  # sum of each row's values (term counts under BM25)
+        self._doc_freq = np.zeros(vocab_size, dtype=np.int64)  # live rows holding each term
+        self._live_len = 0.0
 
-    def add(self, ids: Sequence[str], weights: SparseWeights) -> None:
+    # -- writing -------------------------------------------------------------------------------
+    def _items(self, items: Any) -> SparseWeights:
+        weights = part_of(items, "sparse", SparseWeights, "sparse term weights")
+        if len(weights.weights) and not np.isfinite(weights.weights).all():
+            raise VectorError("term weights contain NaN or infinity")
+        return weights
+
+    def _append(self, rows: np.ndarray, weights: SparseWeights) -> None:
+        block = weights.to_scipy()
+        if weights.vocab_size > self.vocab_size:
+            self.vocab_size = weights.vocab_size
+            self._doc_freq = np.concatenate([self._doc_freq, np.zeros(self.vocab_size - len(self._doc_freq),
+                                                                      np.int64)])
+        lengths = np.asarray(block.sum(axis=1), dtype=np.float64).ravel()
+        self._doc_freq += np.bincount(block.indices, minlength=self.vocab_size)
+        self.doc_len = np.concatenate([self.doc_len, lengths])
+        self._live_len += float(lengths.sum())
+        self._tail.append(block)
+        self._tail_rows += block.shape[0]
+        if self._tail_rows * 8 >= self.id_map.rows:
+            self._merge_tail()
+
+    def remove(self, ids: Sequence[str]) -> None:
+        rows = self.id_map.positions(ids)
+        gone = self._rows_matrix(rows)
+        super().remove(ids)
+        self._doc_freq -= np.bincount(gone.indices, minlength=self.vocab_size)
+        self._live_len -= float(self.doc_len[rows].sum())
+
+    def _merge_tail(self) -> None:
         from scipy.sparse import vstack
 
-        if weights.vocab_size != self.vocab_size:
-            raise ValueError(f"vocabulary size {weights.vocab_size} != index's {self.vocab_size}")
-        if len(ids) != len(weights):
-            raise ValueError(f"{len(ids)} ids for {len(weights)} rows")
-        if len(weights.weights) and not np.isfinite(weights.weights).all():
-            from flagstone.errors import VectorError
-
-            raise VectorError("term weights contain NaN or infinity")
-        self._track_added(ids)
-        self._matrix = vstack([self._matrix, weights.to_scipy()], format="csr")
-        self._by_term = None
+        if self._tail:
+            blocks = [_widen(m, self.vocab_size) for m in (self._main, *self._tail)]
+            self._main = vstack(blocks, format="csr")
+            self._tail, self._tail_rows = [], 0
+            self._main_postings = None
 
     def _permute(self, rows: np.ndarray) -> None:
+        self._merge_tail()
         super()._permute(rows)
-        self._matrix = self._matrix[rows]
-        self._by_term = None
+        self._main = self._main[rows]
+        self._main_postings = None
+        self.doc_len = self.doc_len[rows]
 
+    def _rows_matrix(self, rows: np.ndarray):
+        """The stored rows ``rows`` as one CSR matrix over the whole vocabulary, in ``rows`` order."""
+        from scipy.sparse import vstack
+
+        rows = np.asarray(rows, dtype=np.int64)
+        main = _widen(self._main, self.vocab_size)
+        if not self._tail:
+            return main[rows]
+        n_main = main.shape[0]
+        tail = vstack([_widen(m, self.vocab_size) for m in self._tail], format="csr")
+        in_main = rows < n_main
+        parts = vstack([main[rows[in_main]], tail[rows[~in_main] - n_main]], format="csr")
+        order = np.empty(len(rows), dtype=np.int64)  # row i of the result is parts' row order[i]
+        order[np.flatnonzero(in_main)] = np.arange(in_main.sum())
+        order[np.flatnonzero(~in_main)] = in_main.sum() + np.arange((~in_main).sum())
+        return parts[order]
+
+    # -- scoring -------------------------------------------------------------------------------
     @property
     def postings(self):
-        if self._by_term is None:
-            self._by_term = self._matrix.T.tocsr()
-        return self._by_term
+        """(vocab x rows) CSR of the main part: row t is term t's posting list."""
+        if self._main_postings is None:
+            self._main_postings = self._main.T.tocsr()
+        return self._main_postings
 
-    def search(self, queries: SparseWeights, k: int) -> SearchResult:
-        q = queries.to_scipy()
+    def _query_matrix(self, queries: SparseWeights):
+        """Queries as CSR over the index's vocabulary, with BM25's idf folded into the query side."""
+        q = _widen(queries.to_scipy(), self.vocab_size, clip=True)
+        if self.scoring == "bm25":
+            q = q.copy()
+            q.data = (q.data * lucene_idf(self._doc_freq[q.indices], len(self))).astype(np.float32)
+        return q
+
+    def _document_side(self, matrix, first_row: int):
+        """Stored rows ``first_row...`` as the document side of the score (BM25's length-normalised tf)."""
+        if self.scoring == "dot":
+            return matrix
+        lengths = np.repeat(self.doc_len[first_row : first_row + matrix.shape[0]], np.diff(matrix.indptr))
+        out = matrix.copy()
+        out.data = bm25_term_weights(matrix.data, lengths, self._avgdl(), self.k1, self.b).astype(np.float32)
+        return out
+
+    def _avgdl(self) -> float:
+        return self._live_len / max(len(self), 1)
+
+    def _scores(self, q) -> np.ndarray:
+        """(queries, rows) scores of every stored row."""
+        parts = []
+        if self._main.shape[0]:
+            postings = self.postings
+            terms = np.unique(q.indices)
+            terms = terms[terms < postings.shape[0]]  # terms first seen after the last merge are in the tail
+            sub = postings[terms]  # only the query terms' posting lists
+            if self.scoring == "bm25":
+                sub = sub.copy()
+                sub.data = bm25_term_weights(sub.data, self.doc_len[sub.indices], self._avgdl(), self.k1,
+                                             self.b).astype(np.float32)
+            parts.append(np.asarray((q[:, terms] @ sub).todense(), dtype=np.float32))
+        first = self._main.shape[0]
+        for block in self._tail:
+            side = self._document_side(_widen(block, self.vocab_size), first)
+            parts.append(np.asarray((q @ side.T).todense(), dtype=np.float32))
+            first += block.shape[0]
+        return np.concatenate(parts, axis=1) if parts else np.zeros((q.shape[0], 0), np.float32)
+
+    def _search(self, queries: SparseWeights, k: int, mask: np.ndarray, allowed_fraction: float) -> SearchResult:
+        q = self._query_matrix(queries)
         parts = []
         for s in range(0, q.shape[0], _QUERY_BLOCK):
-            scores = np.asarray((q[s : s + _QUERY_BLOCK] @ self.postings).todense(), dtype=np.float32)
-            if not self._alive.all():
-                scores[:, ~self._alive] = -np.inf
-            parts.append(top_k(scores, k))
-        return stack_results(parts) if parts else top_k(np.zeros((0, len(self)), np.float32), k)
+            scores = self._scores(q[s : s + _QUERY_BLOCK])
+            if not mask.all():
+                scores[:, ~mask] = -np.inf
+            block = top_k(scores, k)
+            parts.append(SearchResult(block.positions, block.scores,
+                                      np.full(len(block.positions), int(mask.sum()), np.int64)))
+        return pad_to(stack_results(parts), k) if parts else top_k(np.zeros((0, 0), np.float32), k)
 
-    def rescore(self, queries: SparseWeights, positions: Sequence[np.ndarray]) -> list[np.ndarray]:
-        q = queries.to_scipy()
-        return [np.asarray((self._matrix[p] @ q[i].T).todense(), dtype=np.float32).ravel()
+    def _search_rows(self, queries: SparseWeights, k: int, rows: np.ndarray) -> SearchResult:
+        q = self._query_matrix(queries)
+        docs = self._weighted_rows(rows)
+        scores = np.asarray((q @ docs.T).todense(), dtype=np.float32)
+        result = top_k(scores, k)
+        hit = result.positions >= 0
+        positions = np.where(hit, rows[np.where(hit, result.positions, 0)], -1)
+        return pad_to(SearchResult(positions, result.scores, np.full(len(positions), len(rows), np.int64)), k)
+
+    def _weighted_rows(self, rows: np.ndarray):
+        rows = np.asarray(rows, dtype=np.int64)
+        matrix = self._rows_matrix(rows)
+        if self.scoring == "dot":
+            return matrix
+        out = matrix.copy()
+        out.data = bm25_term_weights(matrix.data, np.repeat(self.doc_len[rows], np.diff(matrix.indptr)),
+                                     self._avgdl(), self.k1, self.b).astype(np.float32)
+        return out
+
+    def rescore(self, queries: Any, positions: Sequence[np.ndarray]) -> list[np.ndarray]:
+        q = self._query_matrix(self._queries(queries))
+        return [np.asarray((self._weighted_rows(p) @ q[i].T).todense(), dtype=np.float32).ravel()
                 for i, p in enumerate(positions)]
 
-    def describe(self) -> dict[str, object]:
-        n = max(len(self), 1)
-        m = self._matrix
-        return {"kind": self.kind, "documents": len(self), "rows": self.id_map.rows, "vocab_size": self.vocab_size,
-                "postings": int(m.nnz), "bytes_per_document": (m.data.nbytes + m.indices.nbytes + m.indptr.nbytes) / n}
+    def document_weights(self, ids: Sequence[str]) -> SparseWeights:
+        """The stored documents' scoring-side weights (BM25 weights under ``scoring="bm25"``), in ``ids`` order."""
+        return SparseWeights.from_csr(self._weighted_rows(self.id_map.positions(ids)))
 
-    def save(self, folder: str | os.PathLike[str]) -> None:
-        self.compact()
-        m = self._matrix
-        save_index(folder, self.kind, {"vocab_size": self.vocab_size},
-                   {"ids": np.asarray(self.id_map.ids, dtype=str), "indptr": m.indptr, "indices": m.indices,
-                    "data": m.data})
+    # -- description and persistence -------------------------------------------------------------
+    def _params(self) -> dict[str, Any]:
+        params: dict[str, Any] = {"vocab_size": self.vocab_size, "scoring": self.scoring}
+        if self.scoring == "bm25":
+            params |= {"k1": self.k1, "b": self.b}
+        return params
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "postings": int(self._main.nnz + sum(m.nnz for m in self._tail))}
+
+    def bytes_per_document(self) -> float:
+        matrices = (self._main, *self._tail)
+        total = sum(m.data.nbytes + m.indices.nbytes + m.indptr.nbytes for m in matrices) + self.doc_len.nbytes
+        return total / max(len(self), 1)
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        self._merge_tail()
+        m = self._main
+        return {"indptr": m.indptr, "indices": m.indices, "data": m.data, "doc_len": self.doc_len}
 
     @classmethod
-    def load(cls, folder: str | os.PathLike[str], *, mmap: bool = False, verify: bool = True) -> SparseIndex:
+    def _from_params(cls, params: dict[str, Any]) -> SparseIndex:
+        return cls(params["vocab_size"], scoring=params.get("scoring", "dot"), k1=params.get("k1", 1.2),
+                   b=params.get("b", 0.75))
+
+    def _restore(self, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         from scipy.sparse import csr_matrix
 
-        kind, params, arrays = load_index(folder, mmap=mmap, verify=verify)
-        if kind != cls.kind:
-            raise IndexFormatError(f"{folder} holds a {kind!r} index, not {cls.kind!r}")
-        index = cls(params["vocab_size"])
-        index._restore_ids(arrays["ids"])
-        index._matrix = csr_matrix((np.asarray(arrays["data"]), np.asarray(arrays["indices"]),
-                                    np.asarray(arrays["indptr"])), shape=(len(index.id_map), params["vocab_size"]))
-        return index
+        self._main = csr_matrix((np.asarray(arrays["data"]), np.asarray(arrays["indices"]),
+                                 np.asarray(arrays["indptr"])), shape=(len(self.id_map), self.vocab_size))
+        self.doc_len = (np.asarray(arrays["doc_len"], dtype=np.float64) if "doc_len" in arrays
+                        else np.asarray(self._main.sum(axis=1), dtype=np.float64).ravel())
+        self._doc_freq = np.bincount(self._main.indices, minlength=self.vocab_size).astype(np.int64)
+        self._live_len = float(self.doc_len.sum())
+
+
+def _widen(matrix, vocab_size: int, *, clip: bool = False):
+    """``matrix`` with ``vocab_size`` columns: padded when narrower; with ``clip``, columns past it dropped."""
+    from scipy.sparse import csr_matrix
+
+    width = matrix.shape[1]
+    if width == vocab_size:
+        return matrix
+    if width < vocab_size:
+        return csr_matrix((matrix.data, matrix.indices, matrix.indptr), shape=(matrix.shape[0], vocab_size))
+    if not clip:
+        raise ValueError(f"term ids up to {width - 1} for a vocabulary of {vocab_size}")
+    return matrix[:, :vocab_size].tocsr()
+

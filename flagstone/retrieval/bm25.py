@@ -12,18 +12,21 @@ from collections.abc import Sequence
 import numpy as np
 
 from flagstone._io import atomic_write, require_file
-from flagstone.errors import DataError, InvalidTextError
+from flagstone.errors import DataError, InvalidTextError, NotFittedError
+from flagstone.index.sparse import lucene_idf
 from flagstone.models.embeddings import SparseWeights
 from flagstone.retrieval.lexical import LexicalTokenizer
 
-
-def lucene_idf(doc_freq: np.ndarray, n_docs: int) -> np.ndarray:
-    """Lucene's BM25 inverse document frequency, ln(1 + (N - df + 0.5) / (df + 0.5)): never negative."""
-    return np.log1p((n_docs - doc_freq + 0.5) / (doc_freq + 0.5))
+__all__ = ["BM25", "lucene_idf"]
 
 
 class BM25:
-    """Fit on a corpus once, then turn documents and queries into :class:`SparseWeights` over its vocabulary."""
+    """Turns documents and queries into :class:`SparseWeights` over a vocabulary.
+
+    Two ways to use it: ``fit_transform(corpus)`` learns the vocabulary and statistics once and returns the
+    documents' BM25 weights (for a dot-product index); or ``count(texts)`` grows the vocabulary and returns term
+    counts for ``SparseIndex(scoring="bm25")``, which keeps the statistics exact under adds and removes.
+    """
 
     def __init__(self, *, k1: float = 1.2, b: float = 0.75, tokenizer: LexicalTokenizer | None = None) -> None:
         if k1 < 0 or not 0 <= b <= 1:
@@ -62,10 +65,18 @@ class BM25:
         data = (self.idf[counts.indices] * tf / (tf + norm)).astype(np.float32)
         return SparseWeights.from_csr(csr_matrix((data, counts.indices, counts.indptr), shape=counts.shape))
 
+    def count(self, texts: Sequence[str]) -> SparseWeights:
+        """Term counts of ``texts``, adding their new terms to the vocabulary."""
+        tokens = self.tokenizer.tokenize(texts)
+        for words in tokens:
+            for w in words:
+                self.vocab.setdefault(w, len(self.vocab))
+        return SparseWeights.from_csr(self._counts(tokens))
+
     def transform_queries(self, queries: Sequence[str]) -> SparseWeights:
         """Query term counts over the fitted vocabulary (unknown terms cannot match and are dropped)."""
         if not self.vocab:
-            raise RuntimeError("BM25 is not fitted: call fit_transform on the corpus first")
+            raise NotFittedError("BM25 has no vocabulary yet: fit it on (or add) documents first")
         tokens = [[w for w in words if w in self.vocab] for words in self.tokenizer.tokenize(queries)]
         return SparseWeights.from_csr(self._counts(tokens).astype(np.float32))
 
@@ -84,7 +95,7 @@ class BM25:
         return {"k1": self.k1, "b": self.b, "tokenizer": self.tokenizer.config()}
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the fitted model (settings, vocabulary, idf, mean length) as JSON, atomically."""
+        """Write the model (settings, vocabulary, and idf and mean length when fitted) as JSON, atomically."""
         state = {**self.config(), "avgdl": self.avgdl, "vocab": list(self.vocab), "idf": self.idf.tolist()}
         with atomic_write(path) as handle:
             json.dump(state, handle)

@@ -1,13 +1,31 @@
-"""Retriever: index a corpus once, search it by dense, sparse, ColBERT, BM25 or a hybrid of them."""
+"""Retriever: documents in, ranked ids out, by dense, sparse, ColBERT, BM25 or a hybrid of them.
+
+A retriever has a lifecycle: ``add`` and ``remove`` documents at any time (BM25 statistics stay exact, trained
+index structures are kept and ``describe()`` reports their drift until ``retrain()``), ``search`` with an
+optional allow-list of ids, ``save`` to a folder and ``Retriever.load`` it back. The CLI and the service both
+use this folder format.
+"""
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from flagstone.errors import FlagstoneError, InvalidTextError, MissingHeadError
-from flagstone.index.base import SearchResult
+from flagstone._io import atomic_folder, atomic_write, iter_jsonl
+from flagstone.errors import (
+    DataError,
+    FlagstoneError,
+    IdError,
+    InvalidTextError,
+    MissingHeadError,
+    NotFittedError,
+)
+from flagstone.index.base import Index
 from flagstone.index.dense import DenseIndex
 from flagstone.index.flat import FlatIndex
 from flagstone.index.hi2 import HI2Index
@@ -77,13 +95,18 @@ class Hits:
                 for q, ids, scores in zip(query_ids, self.ids, self.scores)}
 
 
+FORMAT = "flagstone-retriever"
+VERSION = 1
+_SETTINGS = "retriever.json"
+
+
 class Retriever:
     """Holds one index per signal over the same documents.
 
     ``signals`` defaults to every output the embedder has plus BM25; pass ``embedder=None`` for a
     BM25-only retriever. ``cache`` stores document embeddings on disk between runs. ``dense_index`` is
     "flat" (exact), "ivf", "hi2", or an empty index instance configured by the caller; HI² takes its
-    salient terms from the retriever's BM25 model.
+    salient terms from the retriever's BM25 statistics.
     """
 
     def __init__(
@@ -116,21 +139,47 @@ class Retriever:
                     f"{', '.join(embedder.available_outputs)}); drop those signals or use a model with M3 heads")
         self.embedder = embedder
         self.signals = tuple(signals)
-        self.bm25 = bm25 if bm25 is not None else (BM25() if "bm25" in self.signals else None)
         self.dense_index = dense_index
-        needs_terms = dense_index == "hi2" or isinstance(dense_index, HI2Index)
-        self._term_model = self.bm25 if self.bm25 is not None else (BM25() if needs_terms else None)
+        needs_terms = "bm25" in self.signals or (
+            "dense" in self.signals and (dense_index == "hi2" or isinstance(dense_index, HI2Index)))
+        self.bm25 = bm25 if bm25 is not None else (BM25() if needs_terms else None)
         self.cache = cache
         self.hybrid = hybrid or HybridConfig()
-        self.ids: list[str] = []
-        self._indexes: dict[str, FlatIndex | SparseIndex | MultiVectorIndex] = {}
+        self._reset()
+
+    def _reset(self) -> None:
+        self._texts: dict[str, str] = {}  # insertion order is the tie-break order of results
+        self._metadata: dict[str, dict] = {}
+        self._order: dict[str, int] = {}
+        self._next = 0
+        self._indexes: dict[str, Index] = {}
+        self._terms: SparseIndex | None = None  # BM25 statistics (the "bm25" signal's index, or HI²'s terms)
 
     @property
     def modes(self) -> tuple[str, ...]:
         return self.signals + (("hybrid",) if len(self.signals) > 1 else ())
 
+    @property
+    def ids(self) -> list[str]:
+        """Ids of the indexed documents, in the order they were added."""
+        return list(self._texts)
+
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self._texts)
+
+    def __contains__(self, doc_id: str) -> bool:
+        return doc_id in self._texts
+
+    def text(self, doc_id: str) -> str:
+        return self._texts[doc_id]
+
+    def metadata(self, doc_id: str) -> dict:
+        return self._metadata.get(doc_id, {})
+
+    @property
+    def indexes(self) -> dict[str, Index]:
+        """The index behind each signal (read-only use)."""
+        return dict(self._indexes)
 
     def default_weights(self) -> dict[str, float]:
         if all(s in self.signals for s in _MODEL_SIGNALS):
@@ -139,53 +188,92 @@ class Retriever:
             return {"dense": 0.5, "bm25": 0.5}
         return {s: 1.0 for s in self.signals}
 
-    # -- indexing ------------------------------------------------------------------------------
+    # -- writing -------------------------------------------------------------------------------
     def fit(self, ids: Sequence[str], texts: Sequence[str], *, show_progress: bool | None = None) -> Retriever:
-        """Index ``texts`` under ``ids`` for every signal (replacing anything indexed before)."""
+        """Index ``texts`` under ``ids`` for every signal, replacing anything indexed before."""
+        if len(ids) == 0:
+            raise InvalidTextError("the corpus is empty: nothing to index")
+        if isinstance(self.dense_index, DenseIndex) and len(self.dense_index):
+            raise FlagstoneError("this retriever's dense index instance is already filled; pass the index "
+                                 "kind (e.g. dense_index='hi2') to fit a retriever more than once")
+        self._reset()
+        if self.bm25 is not None and self.bm25.vocab:
+            self.bm25 = BM25(k1=self.bm25.k1, b=self.bm25.b, tokenizer=self.bm25.tokenizer)
+        self.add(ids, texts, show_progress=show_progress)
+        return self
+
+    def add(self, ids: Sequence[str], texts: Sequence[str], metadata: Sequence[Mapping] | None = None, *,
+            show_progress: bool | None = None) -> None:
+        """Index more documents. Ids must be new (``remove`` first to replace one). Encoding happens before any
+        index changes, so a failure leaves the retriever as it was."""
         ids = [str(i) for i in ids]
         if len(ids) != len(texts):
             raise ValueError(f"{len(ids)} ids for {len(texts)} texts")
+        if metadata is not None and len(metadata) != len(ids):
+            raise ValueError(f"{len(ids)} ids for {len(metadata)} metadata records")
         if not ids:
-            raise InvalidTextError("the corpus is empty: nothing to index")
+            return
+        if any(not i for i in ids) or len(set(ids)) != len(ids):
+            raise IdError("ids must be non-empty and unique within one add() call")
+        present = [i for i in ids if i in self._texts]
+        if present:
+            raise IdError(f"{len(present)} ids already indexed, e.g. {present[:3]}; remove them first")
         validate_texts(texts)
-        indexes: dict[str, DenseIndex | SparseIndex | MultiVectorIndex] = {}
-        term_weights = self._term_model.fit_transform(texts) if self._term_model is not None else None
         model_signals = [s for s in self.signals if s in _MODEL_SIGNALS]
-        if model_signals:
-            emb = self._encode(texts, model_signals, is_query=False, show_progress=show_progress)
-            if emb.dense is not None:
-                dense = self.dense_index
-                if isinstance(dense, str):
-                    dense = DENSE_INDEXES[dense](emb.dense.shape[1])
-                elif len(dense):
-                    raise FlagstoneError("this retriever's dense index instance is already filled; pass the index "
-                                         "kind (e.g. dense_index='hi2') to fit a retriever more than once")
-                if isinstance(dense, HI2Index):
-                    dense.add(ids, emb.dense, term_weights)
-                else:
-                    dense.add(ids, emb.dense)
-                indexes["dense"] = dense
-            if emb.sparse is not None:
-                indexes["sparse"] = SparseIndex(emb.sparse.vocab_size)
-                indexes["sparse"].add(ids, emb.sparse)
-            if emb.colbert is not None:
-                indexes["colbert"] = MultiVectorIndex(emb.colbert.dim)
-                indexes["colbert"].add(ids, emb.colbert)
+        emb = (self._encode(texts, model_signals, is_query=False, show_progress=show_progress)
+               if model_signals else Embeddings())
         if self.bm25 is not None:
-            indexes["bm25"] = SparseIndex(term_weights.vocab_size)
-            indexes["bm25"].add(ids, term_weights)
-        self._indexes = indexes
-        self.ids = ids
-        # an index may store rows in its own order (IVF and HI² group them by cluster): keep both mappings
-        position = {doc_id: n for n, doc_id in enumerate(ids)}
-        self._to_retriever: dict[str, np.ndarray] = {}
-        self._to_index: dict[str, np.ndarray] = {}
-        for signal, index in indexes.items():
-            to_retriever = np.fromiter((position[i] for i in index.id_map.ids), dtype=np.int64, count=len(ids))
-            to_index = np.empty_like(to_retriever)
-            to_index[to_retriever] = np.arange(len(to_retriever))
-            self._to_retriever[signal], self._to_index[signal] = to_retriever, to_index
-        return self
+            counts = self.bm25.count(texts)
+            if self._terms is None:
+                self._terms = SparseIndex(counts.vocab_size, scoring="bm25", k1=self.bm25.k1, b=self.bm25.b)
+            self._terms.add(ids, counts)
+            if "bm25" in self.signals:
+                self._indexes["bm25"] = self._terms
+        if emb.dense is not None:
+            dense = self._indexes.get("dense")
+            if dense is None:
+                dense = self.dense_index if isinstance(self.dense_index, DenseIndex) else \
+                    DENSE_INDEXES[self.dense_index](emb.dense.shape[1])
+                self._indexes["dense"] = dense
+            if isinstance(dense, HI2Index):  # the documents' BM25 weights as HI²'s term lists
+                dense.add(ids, Embeddings(dense=emb.dense, sparse=self._terms.document_weights(ids)))
+            else:
+                dense.add(ids, emb.dense)
+        if emb.sparse is not None:
+            self._indexes.setdefault("sparse", SparseIndex(emb.sparse.vocab_size)).add(ids, emb.sparse)
+        if emb.colbert is not None:
+            self._indexes.setdefault("colbert", MultiVectorIndex(emb.colbert.dim)).add(ids, emb.colbert)
+        for n, (doc_id, text) in enumerate(zip(ids, texts)):
+            self._texts[doc_id] = text
+            self._order[doc_id] = self._next
+            self._next += 1
+            if metadata is not None and metadata[n]:
+                self._metadata[doc_id] = dict(metadata[n])
+
+    def remove(self, ids: Sequence[str]) -> None:
+        """Forget documents; they stop matching at once."""
+        ids = [str(i) for i in ids]
+        missing = [i for i in ids if i not in self._texts]
+        if missing:
+            raise IdError(f"{len(missing)} unknown ids, e.g. {missing[:3]}")
+        indexes = {id(x): x for x in (*self._indexes.values(), self._terms) if x is not None}
+        for index in indexes.values():
+            index.remove(ids)
+        for doc_id in ids:
+            del self._texts[doc_id], self._order[doc_id]
+            self._metadata.pop(doc_id, None)
+
+    def retrain(self) -> None:
+        """Learn trained structures (IVF / HI² clusters) again from the current documents."""
+        for index in self._indexes.values():
+            if hasattr(index, "retrain"):
+                index.retrain()
+
+    def describe(self) -> dict[str, Any]:
+        """Documents, signals, model, and each index's description (with drift for clustered indexes)."""
+        return {"documents": len(self), "signals": list(self.signals),
+                "model": self.embedder.name if self.embedder is not None else None,
+                "indexes": {s: index.describe() for s, index in self._indexes.items()}}
 
     def _encode(self, texts: Sequence[str], outputs: Sequence[str], *, is_query: bool,
                 show_progress: bool | None) -> Embeddings:
@@ -196,10 +284,11 @@ class Retriever:
 
     # -- searching -----------------------------------------------------------------------------
     def search(self, queries: Sequence[str], *, mode: str = "dense", k: int = 10,
-               hybrid: HybridConfig | None = None) -> Hits:
-        """Top ``k`` documents for each query in ``mode`` (a signal name or "hybrid")."""
-        if not self.ids:
-            raise FlagstoneError("nothing is indexed yet: call fit(ids, texts) first")
+               hybrid: HybridConfig | None = None, allow: Sequence[str] | None = None) -> Hits:
+        """Top ``k`` documents for each query in ``mode`` (a signal name or "hybrid"); ``allow`` restricts the
+        results to those ids, inside each index's search."""
+        if not self._texts:
+            raise NotFittedError("nothing is indexed yet: add(ids, texts) or fit(ids, texts) first")
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; modes: {MODES}")
         if mode != "hybrid" and mode not in self.signals:
@@ -211,62 +300,158 @@ class Retriever:
         validate_texts(queries)
         if mode != "hybrid":
             encoded = self._encode_queries(queries, [mode])
-            result = self._search_signal(mode, encoded[mode], queries, k)
+            index = self._indexes[mode]
+            result = index.search(encoded[mode], k, allow=allow)
             keep = result.positions >= 0
             scores = result.scores if keep.all() else np.where(keep, result.scores, np.nan)
-            return Hits(mode, self._ids_of(result.positions), scores, {mode: scores})
-        return self._search_hybrid(queries, k, hybrid or self.hybrid)
+            return Hits(mode, index.ids_of(result.positions), scores, {mode: scores})
+        return self._search_hybrid(queries, k, hybrid or self.hybrid, allow)
 
     def _encode_queries(self, queries: Sequence[str], signals: Sequence[str]) -> dict[str, object]:
         encoded: dict[str, object] = {}
         model_signals = [s for s in signals if s in _MODEL_SIGNALS]
+        terms = self.bm25.transform_queries(queries) if self.bm25 is not None and self._terms is not None else None
         if model_signals:
             emb = self._encode(queries, model_signals, is_query=True, show_progress=False)
             encoded.update({s: getattr(emb, s) for s in model_signals})
+            if isinstance(self._indexes.get("dense"), HI2Index):
+                encoded["dense"] = Embeddings(dense=emb.dense, sparse=terms)
         if "bm25" in signals:
-            encoded["bm25"] = self.bm25.transform_queries(queries)
+            encoded["bm25"] = terms
         return encoded
 
-    def _search_signal(self, signal: str, encoded: object, queries: Sequence[str], k: int) -> SearchResult:
-        """One index's top k, with positions in the retriever's document order."""
-        index = self._indexes[signal]
-        if isinstance(index, HI2Index):
-            result = index.search(encoded, k, query_terms=self._term_model.transform_queries(queries))
-        else:
-            result = index.search(encoded, k)
-        hit = result.positions >= 0
-        positions = np.where(hit, self._to_retriever[signal][np.where(hit, result.positions, 0)], -1)
-        return SearchResult(positions, result.scores, result.docs_evaluated)
-
-    def _ids_of(self, positions: np.ndarray) -> list[list[str]]:
-        return [[self.ids[p] for p in row if p >= 0] for row in positions]
-
-    def _search_hybrid(self, queries: Sequence[str], k: int, config: HybridConfig) -> Hits:
+    def _search_hybrid(self, queries: Sequence[str], k: int, config: HybridConfig,
+                       allow: Sequence[str] | None) -> Hits:
         weights = dict(config.weights) if config.weights is not None else self.default_weights()
         weights = {s: w for s, w in weights.items() if w != 0}
+        if not weights:
+            raise ValueError("hybrid weights are all zero: give at least one signal a non-zero weight")
         missing = [s for s in weights if s not in self.signals]
         if missing:
             raise FlagstoneError(f"hybrid weights name signals this retriever lacks: {missing}")
         encoded = self._encode_queries(queries, list(weights))
         per_signal_k = max(config.candidates, k)  # so the union always holds min(k, corpus) documents
-        proposals = [self._search_signal(s, encoded[s], queries, per_signal_k) for s in weights]
-        top = min(k, len(self.ids))
-        out_pos = np.full((len(queries), top), -1, dtype=np.int64)
+        proposals = {s: self._indexes[s].search(encoded[s], per_signal_k, allow=allow) for s in weights}
+        top = min(k, len(self))
+        out_ids: list[list[str]] = []
         out_scores = np.full((len(queries), top), np.nan, dtype=np.float32)
         out_signals = {s: np.full((len(queries), top), np.nan, dtype=np.float32) for s in weights}
-        candidates = [np.unique(np.concatenate([p.positions[qi][p.positions[qi] >= 0] for p in proposals]))
-                      for qi in range(len(queries))]
-        rescored = {s: self._indexes[s].rescore(encoded[s], [self._to_index[s][c] for c in candidates])
+        candidates = []
+        for qi in range(len(queries)):
+            found = {doc_id for s, result in proposals.items()
+                     for doc_id in self._indexes[s].ids_of(result.positions[qi : qi + 1])[0]}
+            candidates.append(sorted(found, key=self._order.__getitem__))
+        rescored = {s: self._indexes[s].rescore(encoded[s], [self._indexes[s].id_map.positions(c) for c in candidates])
                     for s in weights}
-        for qi, cand in enumerate(candidates):
+        for qi, cands in enumerate(candidates):
             per_signal = {s: rescored[s][qi] for s in weights}
             if config.method == "rrf":
                 fused = reciprocal_rank_fusion(per_signal, weights, config.rrf_k)
             else:
                 fused = weighted_sum(per_signal, weights, config.normalize)
-            order = np.lexsort((cand, -fused))[:top]  # approximate signals may propose fewer than top
-            out_pos[qi, : len(order)] = cand[order]
+            order = np.lexsort((np.arange(len(cands)), -fused))[:top]  # ties: earlier-added document first
+            out_ids.append([cands[j] for j in order])
             out_scores[qi, : len(order)] = fused[order]
             for s in weights:
                 out_signals[s][qi, : len(order)] = per_signal[s][order]
-        return Hits("hybrid", self._ids_of(out_pos), out_scores, out_signals)
+        return Hits("hybrid", out_ids, out_scores, out_signals)
+
+    # -- persistence ---------------------------------------------------------------------------
+    def save(self, folder: str | os.PathLike[str], *, overwrite: bool = False) -> None:
+        """Write the retriever (settings, BM25 vocabulary, documents, every index) to ``folder``.
+
+        The folder is written beside the target and renamed into place. An existing retriever folder is
+        replaced only with ``overwrite=True``; any other existing non-empty path is never touched.
+        """
+        target = Path(folder)
+        check_output_folder(target, overwrite=overwrite)
+        with atomic_folder(target) as staging:
+            settings = {"format": FORMAT, "version": VERSION, "signals": list(self.signals),
+                        "dense_index": self._indexes["dense"].kind if "dense" in self._indexes else
+                        (self.dense_index if isinstance(self.dense_index, str) else self.dense_index.kind),
+                        "hybrid": asdict(self.hybrid), "documents": len(self),
+                        "model": None if self.embedder is None else {
+                            "name": self.embedder.name, "path": str(self.embedder.path),
+                            "max_length": self.embedder.settings.max_length}}
+            if self.bm25 is not None:
+                self.bm25.save(staging / "bm25.json")
+            with atomic_write(staging / "documents.jsonl") as handle:
+                for doc_id, text in self._texts.items():
+                    record = {"_id": doc_id, "text": text}
+                    if doc_id in self._metadata:
+                        record["metadata"] = self._metadata[doc_id]
+                    handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            for signal, index in self._indexes.items():
+                index.save(staging / "indexes" / signal)
+            if self._terms is not None and "bm25" not in self._indexes:
+                self._terms.save(staging / "indexes" / "terms")
+            with atomic_write(staging / _SETTINGS) as handle:
+                json.dump(settings, handle, indent=2)
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike[str], *, embedder: Embedder | None = None,
+             cache: EmbeddingCache | None = None, mmap: bool = False, verify: bool = True) -> Retriever:
+        """Open a folder written by :meth:`save`. The embedder is loaded from the saved model path unless one
+        is given (it must be the same model for the stored vectors to make sense)."""
+        root = Path(folder)
+        settings = read_settings(root)
+        model = settings.get("model")
+        if embedder is None and model is not None:
+            embedder = Embedder(model["path"], max_length=model["max_length"])
+        hybrid = settings.get("hybrid") or {}
+        retriever = cls(embedder, signals=settings["signals"],
+                        bm25=BM25.load(root / "bm25.json") if (root / "bm25.json").is_file() else None,
+                        cache=cache, hybrid=HybridConfig(**hybrid), dense_index=settings["dense_index"])
+        for signal in retriever.signals:
+            retriever._indexes[signal] = Index.load(root / "indexes" / signal, mmap=mmap, verify=verify)
+        if "bm25" in retriever._indexes:
+            retriever._terms = retriever._indexes["bm25"]
+        elif (root / "indexes" / "terms").is_dir():
+            retriever._terms = Index.load(root / "indexes" / "terms", mmap=mmap, verify=verify)
+        for _, record in iter_jsonl(root / "documents.jsonl"):
+            doc_id = record["_id"]
+            retriever._texts[doc_id] = record["text"]
+            retriever._order[doc_id] = retriever._next
+            retriever._next += 1
+            if record.get("metadata"):
+                retriever._metadata[doc_id] = record["metadata"]
+        for signal, index in retriever._indexes.items():
+            if len(index) != len(retriever):
+                raise DataError(f"{root}: the {signal} index holds {len(index)} documents, the document list "
+                                f"{len(retriever)}; the folder is damaged")
+        return retriever
+
+
+def read_settings(root: Path) -> dict[str, Any]:
+    """The settings of a saved retriever folder, or :class:`DataError` saying what the folder is not."""
+    file = root / _SETTINGS
+    if not file.is_file():
+        if (root / "flagstone-index.json").is_file():
+            raise DataError(f"{root} was written by an older Flagstone (flagstone-index.json); build it again "
+                            f"with `flagstone index build`")
+        raise DataError(f"{root} is not a retriever folder (no {_SETTINGS})")
+    try:
+        settings = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{file}: unreadable ({exc})") from None
+    if settings.get("format") != FORMAT:
+        raise DataError(f"{root} is not a retriever folder (format {settings.get('format')!r})")
+    if settings.get("version") != VERSION:
+        raise DataError(f"{root}: retriever format version {settings.get('version')} is not supported "
+                        f"(this Flagstone reads version {VERSION})")
+    return settings
+
+
+def check_output_folder(target: Path, *, overwrite: bool) -> None:
+    """Refuse to write a retriever over anything but an empty folder, or (with ``overwrite``) a retriever."""
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise DataError(f"{target} exists and is not a folder")
+    if not any(target.iterdir()):
+        return
+    if not (target / _SETTINGS).is_file():
+        raise DataError(f"{target} is a non-empty folder that is not a Flagstone retriever; refusing to write there")
+    if not overwrite:
+        raise DataError(f"{target} already holds a retriever; pass overwrite=True (--overwrite) to replace it")
+

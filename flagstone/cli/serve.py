@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import argparse
 
+from flagstone.cli._common import EPILOG
 from flagstone.errors import MissingDependencyError
 
 
-def add_parsers(sub, epilog: str) -> None:
+def add_parsers(sub, epilog: str = EPILOG) -> None:
     p = sub.add_parser(
         "serve", help="run the HTTP service: embeddings, collections, search, rerank, ask, a search page",
         description="Serve Flagstone over HTTP (FastAPI + uvicorn). OpenAPI spec at /openapi.json, docs at /docs, "

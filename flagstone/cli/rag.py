@@ -5,6 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
+from flagstone.cli._common import EPILOG, _read_texts
 from flagstone.errors import FlagstoneError
 
 PIPELINE_HELP = {
@@ -17,7 +18,7 @@ PIPELINE_HELP = {
 }
 
 
-def add_parsers(sub, epilog: str) -> None:
+def add_parsers(sub, epilog: str = EPILOG) -> None:
     lines = "\n".join(f"  {name:13s} {text}" for name, text in PIPELINE_HELP.items())
     p = sub.add_parser(
         "ask", help="answer a question over a document or collection with RAG, MemoRAG, Search-o1 or LC-Boost",
@@ -49,7 +50,6 @@ def add_parsers(sub, epilog: str) -> None:
 
 def _documents(paths: list[str]) -> list[tuple[str, str]]:
     from flagstone._io import read_text
-    from flagstone.cli import _read_texts
 
     documents: list[tuple[str, str]] = []
     for path in paths:

@@ -7,10 +7,11 @@ import math
 import sys
 from pathlib import Path
 
+from flagstone.cli._common import EPILOG, _read_texts
 from flagstone.errors import FlagstoneError
 
 
-def add_parsers(sub, epilog: str) -> None:
+def add_parsers(sub, epilog: str = EPILOG) -> None:
     p = sub.add_parser("mine", help="add hard negatives (and optional teacher scores) to training data",
                        description="Read FlagEmbedding-format training data (JSONL: query, pos, neg, ...), retrieve "
                                    "for each query from a corpus, and replace its negatives with documents sampled "
@@ -99,8 +100,6 @@ def cmd_mine(args: argparse.Namespace) -> int:
 
     examples = load_examples(args.data)
     if args.corpus:
-        from flagstone.cli import _read_texts
-
         ids, texts = _read_texts(args.corpus)
     else:
         texts = list(dict.fromkeys(t for ex in examples for t in ex.pos + ex.neg))

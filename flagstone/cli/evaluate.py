@@ -1,0 +1,149 @@
+"""The ``flagstone eval`` command: retrieval evaluation on a BEIR folder, or an MTEB-style task suite."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from flagstone.cli._common import (
+    EPILOG,
+    _add_hybrid_options,
+    _add_model_options,
+    _cache,
+    _embedder,
+    _hybrid,
+    _retriever,
+)
+from flagstone.errors import FlagstoneError
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate retrieval on a BEIR folder, or run an MTEB-style task suite",
+                       description="Two uses. (1) eval DATA: retrieval on a BEIR folder (corpus.jsonl, queries.jsonl, "
+                                   "qrels/<split>.tsv) in several modes: nDCG, MRR, Recall and MAP at several cut-offs. "
+                                   "(2) eval --suite NAME / --tasks T... / --task-file F.json: MTEB task types "
+                                   "(retrieval, reranking, STS, pair classification, classification, clustering) "
+                                   "with MTEB's protocols; one MTEB-layout JSON per task plus a table and averages. "
+                                   "Suites: default, quick, sts, multilingual-sts, all; --list-tasks shows the tasks.",
+                       epilog=EPILOG)
+    p.add_argument("data", nargs="?", default=None, help="BEIR data set folder (retrieval evaluation)")
+    g = p.add_argument_group("task suite")
+    g.add_argument("--suite", default=None, help="a named suite: default, quick, sts, multilingual-sts, all")
+    g.add_argument("--tasks", nargs="+", default=None, metavar="TASK", help="tasks by name (see --list-tasks)")
+    g.add_argument("--task-file", action="append", default=None,
+                   help="a JSON file defining your own task(s): name, type, files, columns (repeatable)")
+    g.add_argument("--list-tasks", action="store_true", help="list the built-in tasks and suites, then exit")
+    g.add_argument("--data-root", default=None,
+                   help="folder the built-in tasks' files are under (default: $FLAGSTONE_DATA, else "
+                        "./shared/data or ../shared/data)")
+    g.add_argument("--output-dir", default=None, help="write <task>.json (MTEB layout), summary.json, table.md here")
+    p.add_argument("--split", default="test", help="qrels split (default: test)")
+    p.add_argument("--modes", nargs="+", default=None,
+                   help="modes to evaluate (default: every mode the model supports, plus bm25 and hybrid)")
+    p.add_argument("--k", nargs="+", type=int, default=[1, 3, 5, 10, 100], help="cut-offs (default: 1 3 5 10 100)")
+    p.add_argument("--max-queries", type=int, default=None, help="evaluate only the first N judged queries")
+    p.add_argument("--output", default=None, help="write the metrics as JSON here")
+    p.add_argument("--run-dir", default=None, help="write one TREC run file per mode into this folder")
+    p.add_argument("--index", nargs="+", choices=("flat", "ivf", "hi2"), default=["flat"],
+                   help="dense index: exact flat, IVF or HI²; several compare them in one table, e.g. "
+                        "--index flat hi2 (default: flat)")
+    _add_model_options(p)
+    _add_hybrid_options(p)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    if args.list_tasks:
+        return _list_tasks()
+    if args.suite or args.tasks or args.task_file:
+        if args.data:
+            raise FlagstoneError("give either a BEIR folder or --suite / --tasks / --task-file, not both")
+        return _eval_suite(args)
+    if not args.data:
+        raise FlagstoneError("nothing to evaluate: give a BEIR folder, or --suite / --tasks / --task-file "
+                             "(see flagstone eval --help)")
+    from flagstone.evaluation.beir import load_beir
+    from flagstone.evaluation.retrieval import evaluate_retrieval
+
+    dataset = load_beir(args.data, args.split)
+    if args.max_queries:
+        dataset = dataset.head(args.max_queries)
+    kinds = list(dict.fromkeys(args.index))
+    report = None
+    for kind in kinds:
+        retriever = _retriever(args, args.modes, dense_index=kind)
+        modes = list(args.modes or retriever.modes)
+        if report is not None:  # later index kinds only change the modes that read the dense index
+            modes = [m for m in modes if m in ("dense", "hybrid")]
+            if not modes:
+                break
+        part = evaluate_retrieval(retriever, dataset, modes=modes, k_values=args.k, hybrid=_hybrid(args))
+        if len(kinds) > 1:
+            part.results = {(f"{m}[{kind}]" if m in ("dense", "hybrid") else m): r for m, r in part.results.items()}
+        if report is None:
+            report = part
+        else:
+            report.results.update(part.results)
+    print(f"{dataset.name} ({args.split}, {len(dataset.qrels)} queries, {len(dataset.doc_ids)} documents), "
+          f"model {report.model}")
+    cutoffs = sorted(set(args.k) & {10, 100}) or [max(args.k)]
+    shown = [f"{m}@{k}" for k in cutoffs for m in ("ndcg", "mrr", "recall", "map")]
+    print(report.table(metrics=shown))
+    if args.output:
+        report.save_json(args.output)
+        print(f"metrics -> {args.output}")
+    if args.run_dir:
+        for path in report.write_trec_runs(args.run_dir):
+            print(f"run -> {path}")
+    return 0
+
+
+def _list_tasks() -> int:
+    from flagstone.evaluation.tasks import REGISTRY, SUITES
+
+    print("| task | type | main score | languages | data |")
+    print("|---|---|---|---|---|")
+    for t in REGISTRY.values():
+        print(f"| {t.name} | {t.type} | {t.main_score} | {'-'.join(t.languages)} | {t.reference} |")
+    print()
+    for name, tasks in SUITES.items():
+        print(f"suite {name}: {' '.join(tasks)}")
+    return 0
+
+
+def _eval_suite(args: argparse.Namespace) -> int:
+    from flagstone.evaluation.suite import run_suite
+    from flagstone.evaluation.tasks import (
+        default_data_root,
+        load_task_file,
+        resolve_tasks,
+    )
+
+    tasks = resolve_tasks(args.tasks, args.suite)
+    for path in args.task_file or []:
+        tasks += load_task_file(path)
+    data_root = Path(args.data_root) if args.data_root else default_data_root()
+    needs_root = [t.name for t in tasks if any(not Path(f).is_absolute() for f in t.files.values())]
+    if needs_root and (data_root is None or not data_root.is_dir()):
+        raise FlagstoneError(f"the built-in tasks ({', '.join(needs_root)}) read the shared data folder, which was "
+                             f"not found{f' at {data_root}' if data_root else ''}: pass --data-root or set "
+                             f"FLAGSTONE_DATA")
+    modes = args.modes or ["dense"]
+    if len(modes) > 1:
+        raise FlagstoneError("a suite runs retrieval tasks in one mode: give a single --modes value")
+    embedder = _embedder(args)
+    print(f"model {embedder.name}: {len(tasks)} task(s)", file=sys.stderr)
+
+    def show(result) -> None:
+        print(f"{result.task.name:28s} {result.task.type:20s} {result.task.main_score:16s} "
+              f"{100 * result.main_score:6.2f}  ({result.seconds:.1f} s)", file=sys.stderr)
+
+    report = run_suite(tasks, embedder, data_root=data_root, cache=_cache(args), retrieval_mode=modes[0],
+                       show_progress=not args.quiet, on_result=show)
+    print(report.table())
+    if args.output_dir:
+        report.save(args.output_dir)
+        print(f"results -> {args.output_dir}")
+    return 0
+
+
+COMMANDS = {"eval": cmd_eval}

@@ -1,0 +1,41 @@
+"""``/ask``: answer a question from a collection with one of the RAG pipelines and the generator."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, Field
+
+from flagstone.server.service import HTTPProblem, Service, authorised, get_service
+
+router = APIRouter(dependencies=[Depends(authorised)])
+
+
+class AskRequest(BaseModel):
+    question: str
+    collection: str
+    pipeline: Literal["rag", "memorag", "search_o1", "lc_boost", "full_context", "no_retrieval"] = "rag"
+    k: int = Field(default=3, ge=1, le=20)
+    max_new_tokens: int = Field(default=64, ge=1, le=512)
+
+
+@router.post("/ask")
+def ask(body: AskRequest, service: Service = Depends(get_service)) -> dict:
+    from flagstone.rag import PIPELINES
+    from flagstone.rag.base import ContextIndex
+    from flagstone.rag.chunking import Chunk
+
+    service.check_texts([body.question], "question")
+    collection = service.collections.get(body.collection)
+    retriever, docs = collection.retriever()
+    if retriever is None:
+        raise HTTPProblem(400, "invalid_request", f"collection {body.collection!r} is empty")
+    chunks = [Chunk(d.id, d.id, n, 0, d.text, 0, len(d.text)) for n, d in enumerate(docs.values())]
+    context = ContextIndex([(d.id, d.text) for d in docs.values()], chunks, retriever, "hybrid")
+    generator = service.load_generator()
+    options: dict[str, Any] = {"max_new_tokens": body.max_new_tokens}
+    if body.pipeline in ("rag", "memorag", "search_o1"):
+        options["k"] = body.k
+    with service.heavy_lock:  # one generation at a time: the model is shared
+        answer = PIPELINES[body.pipeline](generator, **options).ask(body.question, context)
+    return answer.to_dict()

@@ -1,0 +1,113 @@
+"""Collections: create, list, describe, delete; add (upsert), delete and get documents; search."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, Field
+
+from flagstone.errors import IdError
+from flagstone.server.service import HTTPProblem, Service, authorised, get_service
+from flagstone.server.store import Document
+
+router = APIRouter(dependencies=[Depends(authorised)])
+
+
+class CreateCollection(BaseModel):
+    name: str = Field(min_length=1, max_length=64)
+    index: Literal["flat", "hi2"] = "flat"
+    description: str = Field(default="", max_length=1000)
+
+
+class DocumentIn(BaseModel):
+    id: str = Field(min_length=1, max_length=512)
+    text: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class AddDocuments(BaseModel):
+    documents: list[DocumentIn]
+    upsert: bool = True  # False: an id that exists already is an error
+
+
+class DeleteDocuments(BaseModel):
+    ids: list[str] = Field(min_length=1)
+    missing_ok: bool = False
+
+
+class SearchRequest(BaseModel):
+    query: str
+    mode: str = "hybrid"
+    k: int = Field(default=10, ge=1)
+    filter: dict[str, Any] | None = None
+    rerank: bool = False
+    rerank_depth: int = Field(default=50, ge=1)
+
+
+@router.get("/collections")
+def list_collections(service: Service = Depends(get_service)) -> dict:
+    collections = service.collections
+    return {"collections": [collections.get(n).describe() for n in collections.names()]}
+
+
+@router.post("/collections", status_code=201)
+def create_collection(body: CreateCollection, service: Service = Depends(get_service)) -> dict:
+    return service.collections.create(body.name, index=body.index, description=body.description).describe()
+
+
+@router.get("/collections/{name}")
+def describe_collection(name: str, service: Service = Depends(get_service)) -> dict:
+    return service.collections.get(name).describe()
+
+
+@router.delete("/collections/{name}")
+def delete_collection(name: str, service: Service = Depends(get_service)) -> dict:
+    service.collections.delete(name)
+    return {"deleted": name}
+
+
+@router.post("/collections/{name}/documents")
+def add_documents(name: str, body: AddDocuments, service: Service = Depends(get_service)) -> dict:
+    collection = service.collections.get(name)
+    service.check_texts([d.text for d in body.documents], "documents")
+    ids = [d.id for d in body.documents]
+    if len(set(ids)) != len(ids):
+        raise HTTPProblem(400, "invalid_request", "the same id appears twice in one request")
+    docs = [Document(d.id, d.text, d.metadata) for d in body.documents]
+    try:
+        count = collection.add(docs, overwrite=body.upsert)
+    except IdError as exc:
+        raise HTTPProblem(409, "conflict", str(exc)) from None
+    return {"collection": name, "written": count, "documents": len(collection.store)}
+
+
+@router.post("/collections/{name}/documents/delete")
+def delete_documents(name: str, body: DeleteDocuments, service: Service = Depends(get_service)) -> dict:
+    collection = service.collections.get(name)
+    try:
+        count = collection.delete(body.ids, missing_ok=body.missing_ok)
+    except IdError as exc:
+        raise HTTPProblem(404, "not_found", str(exc)) from None
+    return {"collection": name, "deleted": count, "documents": len(collection.store)}
+
+
+@router.get("/collections/{name}/documents/{doc_id}")
+def get_document(name: str, doc_id: str, service: Service = Depends(get_service)) -> dict:
+    try:
+        return service.collections.get(name).get(doc_id).to_dict()
+    except IdError as exc:
+        raise HTTPProblem(404, "not_found", str(exc)) from None
+
+
+@router.post("/collections/{name}/search")
+def search(name: str, body: SearchRequest, service: Service = Depends(get_service)) -> dict:
+    collection = service.collections.get(name)
+    service.check_texts([body.query], "query")
+    service.check_k(body.k)
+    service.check_k(body.rerank_depth)
+    reranker = service.load_reranker() if body.rerank else None
+    hits = collection.search(body.query, mode=body.mode, k=body.k, where=body.filter, reranker=reranker,
+                             rerank_depth=body.rerank_depth)
+    return {"collection": name, "mode": body.mode, "results": [
+        {"id": h.id, "score": h.score, "text": h.text, "metadata": h.metadata, "signals": h.signals,
+         "highlights": [list(s) for s in h.highlights]} for h in hits]}

@@ -1,0 +1,72 @@
+"""Embeddings: ``/v1/embeddings`` (OpenAI-compatible, dense) and ``/v1/embed`` (dense, sparse, ColBERT)."""
+from __future__ import annotations
+
+import base64
+from typing import Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, Field
+
+from flagstone.errors import MissingHeadError
+from flagstone.server.service import HTTPProblem, Service, authorised, get_service
+
+router = APIRouter(dependencies=[Depends(authorised)])
+
+
+class OpenAIEmbeddingRequest(BaseModel):
+    input: str | list[str]
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = None
+
+
+class EmbedRequest(BaseModel):
+    texts: list[str]
+    dense: bool = True
+    sparse: bool = False
+    colbert: bool = False
+    is_query: bool = False
+
+
+@router.post("/v1/embeddings")
+def openai_embeddings(body: OpenAIEmbeddingRequest, service: Service = Depends(get_service)) -> dict:
+    embedder = service.embedder
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    service.check_texts(texts, "input")
+    dense = service.batcher.encode(texts).dense
+    if body.dimensions is not None:
+        if body.dimensions > dense.shape[1]:
+            raise HTTPProblem(400, "invalid_request", f"dimensions={body.dimensions} is more than the model's "
+                                                      f"{dense.shape[1]}")
+        dense = dense[:, : body.dimensions]
+        dense = dense / np.maximum(np.linalg.norm(dense, axis=1, keepdims=True), 1e-12)
+    data = []
+    for i, row in enumerate(dense.astype(np.float32)):
+        value = base64.b64encode(row.tobytes()).decode() if body.encoding_format == "base64" else row.tolist()
+        data.append({"object": "embedding", "index": i, "embedding": value})
+    tokens = sum(len(ids) for ids in embedder._tokenize(texts, truncate=True))
+    return {"object": "list", "data": data, "model": embedder.name,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+@router.post("/v1/embed")
+def embed(body: EmbedRequest, service: Service = Depends(get_service)) -> dict:
+    embedder = service.embedder
+    service.check_texts(body.texts)
+    if not (body.dense or body.sparse or body.colbert):
+        raise HTTPProblem(400, "invalid_request", "ask for at least one of dense, sparse, colbert")
+    try:
+        emb = service.batcher.encode(body.texts, is_query=body.is_query, dense=body.dense, sparse=body.sparse,
+                                     colbert=body.colbert)
+    except MissingHeadError as exc:
+        raise HTTPProblem(400, "invalid_request", str(exc)) from None
+    out: dict[str, Any] = {"model": embedder.name}
+    if emb.dense is not None:
+        out["dense"] = emb.dense.tolist()
+    if emb.sparse is not None:
+        out["sparse"] = [embedder.lexical_tokens(emb.sparse.row(i)) for i in range(len(emb.sparse))]
+    if emb.colbert is not None:
+        out["colbert"] = [emb.colbert[i].tolist() for i in range(len(emb.colbert))]
+    return out

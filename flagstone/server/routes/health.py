@@ -1,0 +1,30 @@
+"""Service endpoints: ``/health``, Prometheus ``/metrics`` and the search page at ``/``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import HTMLResponse, PlainTextResponse
+
+from flagstone.server.service import Service, get_service
+
+STATIC = Path(__file__).parent.parent / "static"
+
+router = APIRouter()
+
+
+@router.get("/health")
+def health(service: Service = Depends(get_service)) -> dict:
+    return {"status": "ok", "model": service.embedder.name, "outputs": list(service.embedder.available_outputs),
+            "collections": len(service.collections.names())}
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+def prometheus_metrics(service: Service = Depends(get_service)) -> PlainTextResponse:
+    body, content_type = service.metrics.render()
+    return PlainTextResponse(body, media_type=content_type)
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+def page() -> HTMLResponse:
+    return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))

@@ -1,0 +1,26 @@
+"""``/rerank``: order documents for a query with the configured cross-encoder."""
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, Field
+
+from flagstone.server.service import Service, authorised, get_service
+
+router = APIRouter(dependencies=[Depends(authorised)])
+
+
+class RerankRequest(BaseModel):
+    query: str
+    documents: list[str]
+    top_n: int | None = Field(default=None, ge=1)
+
+
+@router.post("/rerank")
+def rerank_documents(body: RerankRequest, service: Service = Depends(get_service)) -> dict:
+    service.check_texts([body.query], "query")
+    service.check_texts(body.documents, "documents")
+    from flagstone.models.reranker import rerank
+
+    ranked = rerank(service.load_reranker(), body.query, body.documents, body.top_n)
+    return {"results": [{"index": int(i), "score": float(s), "document": body.documents[int(i)]}
+                        for i, s in zip(ranked.order, ranked.scores)]}

@@ -1,0 +1,129 @@
+"""What every router of the service shares: one ``Service`` on ``app.state.service``, reached with
+``Depends(get_service)``, plus the error type and body that all endpoints answer with."""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+if TYPE_CHECKING:
+    from flagstone.server.app import ServerSettings
+    from flagstone.server.batching import BatchingEncoder
+    from flagstone.server.collections import CollectionManager
+    from flagstone.server.metrics import Metrics
+
+
+class HTTPProblem(Exception):
+    def __init__(self, status: int, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.kind, self.message = status, kind, message
+
+
+def problem(status: int, kind: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status)
+
+
+@dataclass
+class Service:
+    """The state of one app: settings, the embedder and its batcher, the collections, the metrics, and the
+    reranker and generator, loaded on first use."""
+
+    settings: ServerSettings
+    embedder: Any
+    batcher: BatchingEncoder
+    collections: CollectionManager
+    metrics: Metrics
+    heavy: dict[str, Any] = field(default_factory=dict)
+    heavy_lock: threading.Lock = field(default_factory=threading.Lock)  # loading, and one generation at a time
+
+    @classmethod
+    def build(cls, settings: ServerSettings, embedder=None) -> Service:
+        """Load what the settings name (``embedder`` may be passed in: tests share one)."""
+        from pathlib import Path
+
+        from flagstone.models.cache import EmbeddingCache
+        from flagstone.server.batching import BatchedEmbedder, BatchingEncoder
+        from flagstone.server.collections import CollectionManager
+        from flagstone.server.metrics import Metrics
+
+        if settings.threads:
+            import torch
+
+            torch.set_num_threads(settings.threads)
+        if embedder is None:
+            from flagstone.models.embedder import Embedder
+            from flagstone.models.presets import DEFAULT_MODEL
+
+            embedder = Embedder(settings.model or DEFAULT_MODEL, show_progress=False)
+        batcher = BatchingEncoder(embedder, max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms)
+        batched = BatchedEmbedder(embedder, batcher)
+        data_dir = Path(settings.data_dir)
+        cache = EmbeddingCache(data_dir / "embeddings")
+        collections = CollectionManager(data_dir / "collections", batched, cache)
+        metrics = Metrics(lambda: batcher.queue_depth, lambda: {n: len(collections.get(n).store)
+                                                                 for n in collections.names()})
+        return cls(settings, embedder, batcher, collections, metrics)
+
+    def close(self) -> None:
+        self.batcher.close()
+        self.collections.close()
+
+    # -- checks -------------------------------------------------------------------------------------
+    def authorise(self, request: Request) -> None:
+        if not self.settings.api_keys:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or token.strip() not in self.settings.api_keys:
+            raise HTTPProblem(401, "unauthorized", "missing or wrong API key (Authorization: Bearer <key>)")
+
+    def check_texts(self, texts: list[str], what: str = "texts") -> None:
+        settings = self.settings
+        if not texts:
+            raise HTTPProblem(400, "invalid_request", f"{what} is empty")
+        if len(texts) > settings.max_texts:
+            raise HTTPProblem(413, "too_large", f"{len(texts)} {what}; at most {settings.max_texts} per request")
+        for i, text in enumerate(texts):
+            if not text.strip():
+                raise HTTPProblem(400, "invalid_request", f"{what}[{i}] is empty")
+            if len(text) > settings.max_chars:
+                raise HTTPProblem(413, "too_large", f"{what}[{i}] has {len(text)} characters; at most "
+                                                    f"{settings.max_chars}")
+            if "\x00" in text:
+                raise HTTPProblem(400, "invalid_request", f"{what}[{i}] contains a NUL character")
+
+    def check_k(self, k: int) -> None:
+        if k > self.settings.max_k:
+            raise HTTPProblem(400, "invalid_request", f"k={k} is over the limit of {self.settings.max_k}")
+
+    # -- models loaded on first use -----------------------------------------------------------------
+    def load_reranker(self):
+        if self.settings.reranker is None:
+            raise HTTPProblem(400, "not_configured", "no reranker configured: start the server with --reranker")
+        with self.heavy_lock:
+            if "reranker" not in self.heavy:
+                from flagstone.models.reranker import CrossEncoderReranker
+
+                self.heavy["reranker"] = CrossEncoderReranker(self.settings.reranker)
+            return self.heavy["reranker"]
+
+    def load_generator(self):
+        with self.heavy_lock:
+            if "generator" not in self.heavy:
+                from flagstone.models.generator import load_generator as load
+
+                self.heavy["generator"] = load(self.settings.generator, base_url=self.settings.generator_base_url)
+            return self.heavy["generator"]
+
+
+def get_service(request: Request) -> Service:
+    """The dependency through which routers reach the app's ``Service``."""
+    return request.app.state.service
+
+
+def authorised(request: Request) -> None:
+    """Route dependency: a 401 unless the request carries one of the configured API keys (if any are)."""
+    get_service(request).authorise(request)

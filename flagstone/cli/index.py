@@ -1,4 +1,4 @@
-"""The ``flagstone index`` commands: build, search and describe a saved dense index."""
+"""The ``flagstone index`` commands: build, search and describe a saved retriever folder (dense index)."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from flagstone.cli._common import EPILOG, _add_model_options, _cache, _embedder, _read_texts, _snippet
-from flagstone.errors import DataError, FlagstoneError
+from flagstone.errors import FlagstoneError
 
 
 def add_parsers(sub) -> None:
@@ -18,7 +18,8 @@ def add_parsers(sub) -> None:
                                     "dense index, the BM25 term model (HI² query terms) and the documents.",
                         epilog=EPILOG)
     b.add_argument("corpus", help="a BEIR folder, a corpus .jsonl (_id/id, title, text) or a .txt file")
-    b.add_argument("-o", "--output", required=True, help="index folder to write (replaced atomically)")
+    b.add_argument("-o", "--output", required=True, help="index folder to write (written beside, then renamed)")
+    b.add_argument("--overwrite", action="store_true", help="replace an index folder that already exists there")
     b.add_argument("--index", choices=("flat", "ivf", "hi2"), default="hi2", help="index type (default: hi2)")
     b.add_argument("--codec", choices=("flat", "fp16", "pq"), default="flat",
                    help="vector storage: float32, float16 or product quantisation (default: flat)")
@@ -39,9 +40,6 @@ def add_parsers(sub) -> None:
     d.add_argument("folder", help="index folder")
 
 
-_INDEX_META = "flagstone-index.json"
-
-
 def cmd_index(args: argparse.Namespace) -> int:
     if args.index_command is None:
         raise FlagstoneError("choose an action: flagstone index build|search|describe (see --help)")
@@ -49,97 +47,54 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def _index_build(args: argparse.Namespace) -> int:
-    import shutil
-    import tempfile
+    from flagstone.retrieval.retriever import DENSE_INDEXES, Retriever, check_output_folder
 
-    from flagstone._io import atomic_write
-    from flagstone.index.flat import FlatIndex
-    from flagstone.index.hi2 import HI2Index
-    from flagstone.index.ivf import IVFIndex
-    from flagstone.retrieval.bm25 import BM25
-
-    ids, texts = _read_texts(args.corpus)
     out = Path(args.output)
-    if out.exists() and not (out / _INDEX_META).is_file() and (not out.is_dir() or any(out.iterdir())):
-        raise DataError(f"{out} exists and is not a Flagstone index folder; refusing to overwrite it")
+    check_output_folder(out, overwrite=args.overwrite)  # before any encoding
+    ids, texts = _read_texts(args.corpus)
     embedder = _embedder(args)
-    cache = _cache(args)
-    vectors = (cache.encode(embedder, texts) if cache else embedder.encode(texts)).dense
-    knobs = {"codec": args.codec}
+    knobs: dict[str, object] = {"codec": args.codec}
     if args.index != "flat":
         knobs |= {"n_lists": args.n_lists, "n_probe": args.n_probe}
     if args.index == "hi2":
-        index = HI2Index(vectors.shape[1], terms_per_doc=args.terms_per_doc, **knobs)
-        bm25 = BM25()
-        index.add(ids, vectors, bm25.fit_transform(texts))
-    else:
-        index = (IVFIndex if args.index == "ivf" else FlatIndex)(vectors.shape[1], **knobs)
-        index.add(ids, vectors)
-        bm25 = None
-    # build beside the target, then swap folders, so an interrupted build never leaves a broken index
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
-    try:
-        index.save(staging / "dense")
-        if bm25 is not None:
-            bm25.save(staging / "bm25.json")
-        with atomic_write(staging / "documents.jsonl") as handle:
-            for doc_id, text in zip(ids, texts):
-                handle.write(json.dumps({"_id": doc_id, "text": text}) + "\n")
-        with atomic_write(staging / _INDEX_META) as handle:
-            json.dump({"model": str(embedder.path), "model_name": embedder.name,
-                       "max_length": embedder.settings.max_length, "index": index.describe()}, handle, indent=2)
-        old = out.parent / f".{out.name}.old-{staging.name.rsplit('-', 1)[-1]}"
-        if out.exists():
-            out.rename(old)
-        staging.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    described = index.describe()
-    print(f"indexed {len(index)} documents -> {out}")
-    print(json.dumps(described))
+        knobs["terms_per_doc"] = args.terms_per_doc
+    index = DENSE_INDEXES[args.index](embedder.dim, **knobs)
+    retriever = Retriever(embedder, signals=["dense"], cache=_cache(args), dense_index=index)
+    retriever.add(ids, texts)
+    retriever.save(out, overwrite=args.overwrite)
+    print(f"indexed {len(retriever)} documents -> {out}")
+    print(json.dumps(index.describe()))
     return 0
 
 
-def _load_index_folder(folder: str, mmap: bool = False):
-    from flagstone.index.dense import DenseIndex
-
-    root = Path(folder)
-    meta_file = root / _INDEX_META
-    if not meta_file.is_file():
-        raise DataError(f"{root} is not an index folder written by `flagstone index build` (no {_INDEX_META})")
-    meta = json.loads(meta_file.read_text())
-    return root, meta, DenseIndex.load(root / "dense", mmap=mmap, verify=not mmap)
-
-
 def _index_describe(args: argparse.Namespace) -> int:
-    _, meta, index = _load_index_folder(args.folder)
-    print(json.dumps({"model": meta["model_name"], **index.describe()}, indent=2))
+    from flagstone.index import load
+    from flagstone.retrieval.retriever import read_settings
+
+    model = read_settings(Path(args.folder)).get("model") or {}  # no weights are loaded to describe
+    index = load(Path(args.folder) / "indexes" / "dense")
+    print(json.dumps({"model": model.get("name"), **index.describe()}, indent=2))
     return 0
 
 
 def _index_search(args: argparse.Namespace) -> int:
-    from flagstone.evaluation.beir import load_corpus
-    from flagstone.index.hi2 import HI2Index
-    from flagstone.models.embedder import Embedder
-    from flagstone.retrieval.bm25 import BM25
+    from flagstone.retrieval.retriever import Retriever, read_settings
 
-    root, meta, index = _load_index_folder(args.folder, mmap=args.mmap)
+    model = read_settings(Path(args.folder)).get("model") or {}
+    embedder = None
+    if model:
+        from flagstone.models.embedder import Embedder
+
+        embedder = Embedder(model["path"], max_length=model["max_length"], show_progress=not args.quiet)
+    retriever = Retriever.load(args.folder, embedder=embedder, mmap=args.mmap, verify=not args.mmap)
+    index = retriever.indexes["dense"]
     if args.n_probe is not None:
         index.n_probe = args.n_probe
-    embedder = Embedder(meta["model"], max_length=meta["max_length"], show_progress=not args.quiet)
-    queries = embedder.encode_queries(args.query).dense
-    if isinstance(index, HI2Index):
-        result = index.search(queries, args.k, query_terms=BM25.load(root / "bm25.json").transform_queries(args.query))
-    else:
-        result = index.search(queries, args.k)
-    ids, texts = load_corpus(root / "documents.jsonl")
-    by_id = dict(zip(ids, texts))
+    hits = retriever.search(args.query, mode="dense", k=args.k)
     for qi, query in enumerate(args.query):
-        print(f"\n{query}  [{index.kind}, {int(result.docs_evaluated[qi])} documents scored]")
-        for rank, (doc_id, score) in enumerate(zip(index.ids_of(result.positions)[qi], result.scores[qi]), 1):
-            print(f"  {rank:>2}. {score:8.4f}  {doc_id}: {_snippet(by_id[doc_id])}")
+        print(f"\n{query}  [{index.kind}, {int(hits.evaluated[qi])} documents scored]")
+        for rank, (doc_id, score) in enumerate(zip(hits.ids[qi], hits.scores[qi]), 1):
+            print(f"  {rank:>2}. {score:8.4f}  {doc_id}: {_snippet(retriever.text(doc_id))}")
     return 0
 
 

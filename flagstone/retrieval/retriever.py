@@ -85,6 +85,7 @@ class Hits:
     ids: list[list[str]]
     scores: np.ndarray  # (queries, k) final score; NaN after the last hit when a query has fewer than k
     signals: dict[str, np.ndarray] = field(default_factory=dict)  # signal -> (queries, k) raw scores
+    evaluated: np.ndarray | None = None  # (queries,) documents scored, for a single-signal search
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -304,7 +305,7 @@ class Retriever:
             result = index.search(encoded[mode], k, allow=allow)
             keep = result.positions >= 0
             scores = result.scores if keep.all() else np.where(keep, result.scores, np.nan)
-            return Hits(mode, index.ids_of(result.positions), scores, {mode: scores})
+            return Hits(mode, index.ids_of(result.positions), scores, {mode: scores}, result.docs_evaluated)
         return self._search_hybrid(queries, k, hybrid or self.hybrid, allow)
 
     def _encode_queries(self, queries: Sequence[str], signals: Sequence[str]) -> dict[str, object]:

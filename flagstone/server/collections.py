@@ -1,8 +1,9 @@
 """Collections: named, persistent document sets with an index kept in step with their documents.
 
 Writes go to the collection's :class:`DocumentStore` (durable before they are acknowledged) and their
-embeddings to the on-disk embedding cache; the retriever is rebuilt from the cache on the first search
-after a change, so a search always sees every acknowledged write.
+embeddings to the on-disk embedding cache. The retriever is built from the store (reading the cache) on the
+first search after start-up; from then on every write is applied to it incrementally, under the same lock
+as the store write, so a search always sees every acknowledged write and one write costs one write's work.
 """
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import json
 import re
 import shutil
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +21,46 @@ from flagstone.errors import DataError, FlagstoneError, IdError, InvalidTextErro
 from flagstone.server.store import SETTINGS, Document, DocumentStore
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-INDEX_KINDS = ("flat", "hi2")
+INDEX_KINDS = ("flat", "ivf", "hi2")
 _WORD = re.compile(r"\w+", re.UNICODE)
+
+
+class ReadWriteLock:
+    """Many searches at once, or one write alone; a waiting write goes before newly arriving searches."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+        self._writers_waiting = 0
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writing or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._writers_waiting += 1
+            while self._writing or self._readers:
+                self._cond.wait()
+            self._writers_waiting -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
 
 
 class CollectionNotFound(FlagstoneError):
@@ -73,10 +113,8 @@ class Collection:
         self.cache = cache
         self.settings = settings
         self.store = DocumentStore(folder, checkpoint_every=settings.get("checkpoint_every", 1000))
-        self._lock = threading.Lock()
+        self._lock = ReadWriteLock()
         self._retriever = None
-        self._built_version = -1
-        self._built_docs: list[Document] = []
 
     @property
     def index_kind(self) -> str:
@@ -94,14 +132,31 @@ class Collection:
         """Embed (into the cache) first, then log: a write is acknowledged only once it is searchable."""
         if documents:
             self._embed([d.text for d in documents])
-        return self.store.upsert(documents, overwrite=overwrite)
+        with self._lock.write():
+            written = self.store.upsert(documents, overwrite=overwrite)
+            if self._retriever is not None:
+                latest = {d.id: d for d in documents}  # the last of repeated ids wins, as in the store
+                replaced = [i for i in latest if i in self._retriever]
+                if replaced:
+                    self._retriever.remove(replaced)
+                self._retriever.add(list(latest), [d.text for d in latest.values()],
+                                    [d.metadata for d in latest.values()], show_progress=False)
+            return written
 
     def _embed(self, texts: list[str]) -> None:
         outputs = {o: True for o in self.embedder.available_outputs}
         self.cache.encode(self.embedder, texts, is_query=False, show_progress=False, **outputs)
 
     def delete(self, ids: Sequence[str], *, missing_ok: bool = False) -> int:
-        return self.store.delete(ids, missing_ok=missing_ok)
+        with self._lock.write():
+            deleted = self.store.delete(ids, missing_ok=missing_ok)
+            if self._retriever is not None:
+                present = [i for i in dict.fromkeys(ids) if i in self._retriever]
+                if len(present) == len(self._retriever):
+                    self._retriever = None  # an empty collection: built again on the next write and search
+                elif present:
+                    self._retriever.remove(present)
+            return deleted
 
     def get(self, doc_id: str) -> Document:
         doc = self.store.documents.get(doc_id)
@@ -109,53 +164,59 @@ class Collection:
             raise IdError(f"no document {doc_id!r} in collection {self.name!r}")
         return doc
 
-    def retriever(self):
-        """The retriever over the current documents, rebuilt when they changed since the last build."""
+    def _built(self) -> None:
+        """Build the retriever from the store on first use (and after the collection was emptied)."""
         from flagstone.retrieval.retriever import Retriever
 
-        with self._lock:
-            version, docs = self.store.snapshot()
-            if version != self._built_version:
-                if docs:
-                    retriever = Retriever(self.embedder, cache=self.cache, dense_index=self.index_kind)
-                    retriever.fit([d.id for d in docs], [d.text for d in docs], show_progress=False)
-                else:
-                    retriever = None
-                self._retriever, self._built_version, self._built_docs = retriever, version, docs
-            return self._retriever, {d.id: d for d in self._built_docs}
+        if self._retriever is not None:  # the common case, without waiting for the write lock
+            return
+        with self._lock.write():
+            _, docs = self.store.snapshot()
+            if self._retriever is None and docs:
+                retriever = Retriever(self.embedder, cache=self.cache, dense_index=self.index_kind)
+                retriever.add([d.id for d in docs], [d.text for d in docs], [d.metadata for d in docs],
+                              show_progress=False)
+                self._retriever = retriever
+
+    def retriever(self):
+        """The retriever over the current documents and those documents by id (None, {} when empty)."""
+        self._built()
+        with self._lock.read():
+            _, docs = self.store.snapshot()
+            return self._retriever, {d.id: d for d in docs}
 
     def search(self, query: str, *, mode: str = "hybrid", k: int = 10, where: Mapping | None = None,
                reranker=None, rerank_depth: int = 50) -> list[SearchHit]:
         if mode not in self._modes():
             raise InvalidTextError(f"mode {mode!r} is not available; this collection has {', '.join(self._modes())}")
         where = check_filter(where)
-        retriever, docs = self.retriever()
-        if retriever is None:
-            return []
-        n = len(docs)
         depth = max(k, rerank_depth if reranker is not None else k)
-        fetch = min(n, depth if not where else max(depth * 10, 100))
-        while True:  # a narrow filter falls back to scoring every document
-            hits = retriever.search([query], mode=mode, k=fetch)
-            keep = [j for j, doc_id in enumerate(hits.ids[0]) if not where or matches(docs[doc_id].metadata, where)]
-            if len(keep) >= depth or fetch >= n:
-                break
-            fetch = n
-        keep = keep[:depth]
-        ids = [hits.ids[0][j] for j in keep]
-        scores = [float(hits.scores[0][j]) for j in keep]
-        signals = [{name: float(values[0][j]) for name, values in hits.signals.items()} for j in keep]
+        self._built()
+        with self._lock.read():  # a write in the middle of a search would change the indexes under it
+            retriever = self._retriever
+            if retriever is None:
+                return []
+            allow = None
+            if where:  # the filter is applied inside each index's search, not after it
+                allow = [i for i in retriever.ids if matches(retriever.metadata(i), where)]
+                if not allow:
+                    return []
+            hits = retriever.search([query], mode=mode, k=depth, allow=allow)
+            ids = hits.ids[0]
+            found = {i: (retriever.text(i), retriever.metadata(i)) for i in ids}
+        scores = [float(s) for s in hits.scores[0][: len(ids)]]
+        signals = [{name: float(values[0][j]) for name, values in hits.signals.items()} for j in range(len(ids))]
         if reranker is not None and ids:
             from flagstone.models.reranker import rerank
 
-            ranked = rerank(reranker, query, [docs[i].text for i in ids])
+            ranked = rerank(reranker, query, [found[i][0] for i in ids])
             order = ranked.order.tolist()
             for pos, score in zip(order, ranked.scores.tolist()):
                 signals[pos]["rerank"] = float(score)
             ids, scores, signals = ([ids[p] for p in order], [float(s) for s in ranked.scores],
                                     [signals[p] for p in order])
         terms = self._query_terms(retriever, query)
-        return [SearchHit(i, s, docs[i].text, docs[i].metadata, sig, self._highlights(retriever, docs[i].text, terms))
+        return [SearchHit(i, s, found[i][0], found[i][1], sig, self._highlights(retriever, found[i][0], terms))
                 for i, s, sig in list(zip(ids, scores, signals))[:k]]
 
     @staticmethod

@@ -12,7 +12,7 @@ from flagstone.index.flat import FlatIndex
 from flagstone.index.hi2 import HI2Index
 from flagstone.index.ivf import IVFIndex
 from flagstone.index.storage import IndexFormatError
-from flagstone.models.embeddings import SparseWeights
+from flagstone.models.embeddings import Embeddings, SparseWeights
 
 pytest.importorskip("faiss")
 
@@ -67,7 +67,7 @@ def build(kind, data, **kw):
     ids, docs, _, doc_terms, _ = data
     index = {"flat": FlatIndex, "ivf": IVFIndex, "hi2": HI2Index}[kind](DIM, **kw)
     if kind == "hi2":
-        index.add(ids, docs, doc_terms)
+        index.add(ids, Embeddings(dense=docs, sparse=doc_terms))
     else:
         index.add(ids, docs)
     return index
@@ -76,7 +76,7 @@ def build(kind, data, **kw):
 def search(index, data, k, **kw):
     _, _, queries, _, q_terms = data
     if isinstance(index, HI2Index):
-        return index.search(queries, k, query_terms=q_terms, **kw)
+        return index.search(Embeddings(dense=queries, sparse=q_terms), k, **kw)
     return index.search(queries, k, **kw)
 
 
@@ -177,7 +177,7 @@ def test_save_load_round_trip(kind, kw, data, tmp_path):
     loaded = DenseIndex.load(tmp_path / "idx")
     extra = np.ones((1, DIM), dtype=np.float32) / np.sqrt(DIM)
     if kind == "hi2":
-        loaded.add(["new"], extra, SparseWeights.from_dicts([{1: 1.0}], VOCAB))
+        loaded.add(["new"], Embeddings(dense=extra, sparse=SparseWeights.from_dicts([{1: 1.0}], VOCAB)))
     else:
         loaded.add(["new"], extra)
     assert "new" in loaded and len(loaded) == N_DOCS - 1
@@ -256,13 +256,14 @@ def test_bad_input(data):
     index.add(["a", "b"], docs[:2])
     with pytest.raises(IdError, match="already in the index"):
         index.add(["a"], docs[:1])
-    with pytest.raises(IdError, match="unknown ids"):
-        index.search(docs[:1], 1, allow=["zzz"])
+    # ids the index does not hold cannot match: an allow-list of only such ids finds nothing
+    nothing = index.search(docs[:1], 1, allow=["zzz"])
+    assert nothing.positions.tolist() == [[-1]]
     with pytest.raises(VectorError):
         index.search(np.ones((1, 8)), 1)
     result = index.search(docs[:1], 5)  # k larger than the index
     assert result.positions.shape == (1, 5) and list(result.positions[0, 2:]) == [-1, -1, -1]
-    with pytest.raises(ValueError, match="term weights"):
+    with pytest.raises(TypeError, match="term weights"):
         HI2Index(DIM).add(["x"], docs[:1])
 
 

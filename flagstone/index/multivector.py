@@ -9,7 +9,7 @@ import numpy as np
 from flagstone.index.base import IdIndex, SearchResult, stack_results, top_k
 from flagstone.index.storage import IndexFormatError, load_index, save_index
 from flagstone.models.embeddings import MultiVectors
-from flagstone.retrieval.scoring import colbert_scores
+from flagstone.models.scoring import colbert_scores
 
 
 class MultiVectorIndex(IdIndex):

@@ -27,12 +27,8 @@ from _common import RESULTS, SHARED_DATA, load_scifact_with_train, save_results
 from flagstone.evaluation.metrics import evaluate_run
 from flagstone.models.cache import EmbeddingCache
 from flagstone.models.embedder import Embedder
-from flagstone.models.reranker import (
-    CrossEncoderReranker,
-    LLMReranker,
-    interpolate_with_first_stage,
-    rerank_hits,
-)
+from flagstone.models.reranker import CrossEncoderReranker, LLMReranker
+from flagstone.rerank import interpolate_with_first_stage, rerank_hits
 from flagstone.retrieval.retriever import Retriever
 from flagstone.training.data import examples_from_qrels
 from flagstone.training.loop import TrainingConfig

@@ -26,7 +26,7 @@ _EXPORTS = {
     "CrossEncoderReranker": "flagstone.models.reranker",
     "LLMReranker": "flagstone.models.reranker",
     "ColbertReranker": "flagstone.models.reranker",
-    "rerank_hits": "flagstone.models.reranker",
+    "rerank_hits": "flagstone.rerank",
     "load_causal_lm": "flagstone.models.causal_lm",
     "TaskSpec": "flagstone.evaluation.tasks",
     "run_suite": "flagstone.evaluation.suite",
@@ -53,17 +53,13 @@ if TYPE_CHECKING:
     from flagstone.models.embedder import Embedder
     from flagstone.models.embeddings import Embeddings, MultiVectors, SparseWeights
     from flagstone.models.generator import LocalGenerator, OpenAIChatGenerator
-    from flagstone.models.reranker import (
-        ColbertReranker,
-        CrossEncoderReranker,
-        LLMReranker,
-        rerank_hits,
-    )
+    from flagstone.models.reranker import ColbertReranker, CrossEncoderReranker, LLMReranker
     from flagstone.rag.base import ContextIndex
     from flagstone.rag.lc_boost import LCBoost
     from flagstone.rag.memorag import MemoRAG
     from flagstone.rag.plain import RAG
     from flagstone.rag.search_o1 import SearchO1
+    from flagstone.rerank import rerank_hits
     from flagstone.retrieval.bm25 import BM25
     from flagstone.retrieval.retriever import Hits, HybridConfig, Retriever
 

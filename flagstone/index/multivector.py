@@ -9,7 +9,7 @@ import numpy as np
 from flagstone.errors import VectorError
 from flagstone.index.base import Index, SearchResult, pad_to, part_of, register, stack_results, top_k
 from flagstone.models.embeddings import MultiVectors
-from flagstone.retrieval.scoring import colbert_scores
+from flagstone.models.scoring import colbert_scores
 
 
 @register

@@ -5,21 +5,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-NORMALIZATIONS = ("none", "minmax", "zscore")
-
-
-def normalize_scores(scores: np.ndarray, method: str) -> np.ndarray:
-    """Rescale one query's candidate scores so signals with different ranges can be added."""
-    scores = np.asarray(scores, dtype=np.float64)
-    if method == "none" or len(scores) == 0:
-        return scores
-    if method == "minmax":
-        lo, hi = scores.min(), scores.max()
-        return (scores - lo) / (hi - lo) if hi > lo else np.zeros_like(scores)
-    if method == "zscore":
-        sd = scores.std()
-        return (scores - scores.mean()) / sd if sd > 0 else np.zeros_like(scores)
-    raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {method!r}")
+from flagstone.models.scoring import normalize_scores
 
 
 def weighted_sum(signal_scores: Mapping[str, np.ndarray], weights: Mapping[str, float],

@@ -35,12 +35,9 @@ from flagstone.index.sparse import SparseIndex
 from flagstone.models.cache import EmbeddingCache
 from flagstone.models.embedder import Embedder, validate_texts
 from flagstone.models.embeddings import Embeddings
+from flagstone.models.scoring import NORMALIZATIONS
 from flagstone.retrieval.bm25 import BM25
-from flagstone.retrieval.fusion import (
-    NORMALIZATIONS,
-    reciprocal_rank_fusion,
-    weighted_sum,
-)
+from flagstone.retrieval.fusion import reciprocal_rank_fusion, weighted_sum
 
 SIGNALS = ("dense", "sparse", "colbert", "bm25")
 DENSE_INDEXES = {"flat": FlatIndex, "ivf": IVFIndex, "hi2": HI2Index}

@@ -8,7 +8,7 @@ from flagstone.errors import IdError
 from flagstone.index.multivector import MultiVectorIndex
 from flagstone.index.sparse import SparseIndex
 from flagstone.models.embeddings import MultiVectors, SparseWeights
-from flagstone.retrieval.scoring import colbert_scores, sparse_scores
+from flagstone.models.scoring import colbert_scores, sparse_scores
 
 
 @pytest.fixture

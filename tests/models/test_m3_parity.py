@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flagstone.retrieval.scoring import colbert_scores, score_pairs, sparse_scores
+from flagstone.models.scoring import colbert_scores, score_pairs, sparse_scores
 from tests.helpers import load_flagembedding_m3
 
 QUERIES = ["how do I read a file line by line", "compress data", "what is a socket"]

@@ -9,9 +9,7 @@ from flagstone.models.reranker import (
     CrossEncoderReranker,
     LLMReranker,
     rerank,
-    rerank_hits,
 )
-from flagstone.retrieval.retriever import Hits
 
 QUERY = "how do I open a file for reading"
 PASSAGES = [
@@ -89,23 +87,6 @@ def test_rerank_orders_best_first(cross_encoder):
     assert np.all(np.diff(result.scores) <= 0)
 
 
-def test_rerank_hits_reorders_each_query_and_keeps_first_stage(cross_encoder):
-    texts = {f"d{i}": p for i, p in enumerate(PASSAGES)}
-    hits = Hits(mode="dense", ids=[["d0", "d1", "d2", "d3"], ["d3", "d2"]],
-                scores=np.array([[4, 3, 2, 1], [2, 1, np.nan, np.nan]], dtype=np.float32))
-    out = rerank_hits(cross_encoder, [QUERY, "dictionary keys"], hits, texts, depth=3)
-    assert out.mode == "dense+rerank"
-    assert sorted(out.ids[0]) == ["d0", "d1", "d2"] and sorted(out.ids[1]) == ["d2", "d3"]
-    for qi, query in enumerate([QUERY, "dictionary keys"]):
-        expected = cross_encoder.score_pairs([(query, texts[d]) for d in out.ids[qi]])
-        np.testing.assert_allclose(out.scores[qi, : len(expected)], expected, atol=1e-5)
-        assert np.all(np.diff(out.scores[qi, : len(expected)]) <= 0)
-    first = {d: s for d, s in zip(hits.ids[0], hits.scores[0])}
-    assert [first[d] for d in out.ids[0]] == list(out.signals["first_stage"][0])
-    with pytest.raises(KeyError, match="d9"):
-        rerank_hits(cross_encoder, [QUERY], Hits("dense", [["d9"]], np.ones((1, 1), np.float32)), texts)
-
-
 @pytest.mark.parametrize("bad, message", [
     ("just a string", "single pair or string"),
     (("q", "p"), "single pair"),
@@ -157,7 +138,7 @@ def test_llm_reranker_truncates_passages_to_fit(tiny_causal_lm_dir):
 
 
 def test_colbert_reranker_matches_pair_scoring(tiny_m3):
-    from flagstone.retrieval.scoring import score_pairs
+    from flagstone.models.scoring import score_pairs
 
     reranker = ColbertReranker(tiny_m3)
     got = reranker.score_pairs([(QUERY, p) for p in PASSAGES])
@@ -183,20 +164,3 @@ def test_bundled_smollm2_prefers_the_relevant_passage():
                                    ("What is the capital of France?", "Bananas are rich in potassium and fibre.")])
     assert np.all((scores > 0) & (scores < 1))
     assert scores[0] > scores[1]
-
-
-def test_rerank_hits_interpolates_with_the_first_stage(cross_encoder):
-    from flagstone.retrieval.fusion import normalize_scores
-
-    texts = {f"d{i}": p for i, p in enumerate(PASSAGES)}
-    first = np.array([[4, 3, 2, 1]], dtype=np.float32)
-    hits = Hits(mode="bm25", ids=[["d0", "d1", "d2", "d3"]], scores=first)
-    out = rerank_hits(cross_encoder, [QUERY], hits, texts, first_stage_weight=0.3)
-    ce = cross_encoder.score_pairs([(QUERY, p) for p in PASSAGES])
-    expected = 0.7 * normalize_scores(ce, "minmax") + 0.3 * normalize_scores(first[0], "minmax")
-    got = dict(zip(out.ids[0], out.scores[0]))
-    np.testing.assert_allclose([got[f"d{i}"] for i in range(4)], expected, atol=1e-5)
-    only_first = rerank_hits(cross_encoder, [QUERY], hits, texts, first_stage_weight=1.0)
-    assert only_first.ids[0] == ["d0", "d1", "d2", "d3"]
-    with pytest.raises(ValueError, match="between 0 and 1"):
-        rerank_hits(cross_encoder, [QUERY], hits, texts, first_stage_weight=1.5)

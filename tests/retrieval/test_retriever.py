@@ -4,13 +4,9 @@ import numpy as np
 import pytest
 
 from flagstone.errors import FlagstoneError, MissingHeadError
-from flagstone.retrieval.fusion import (
-    normalize_scores,
-    reciprocal_rank_fusion,
-    weighted_sum,
-)
+from flagstone.models.scoring import colbert_scores, dense_scores, normalize_scores, sparse_scores
+from flagstone.retrieval.fusion import reciprocal_rank_fusion, weighted_sum
 from flagstone.retrieval.retriever import HybridConfig, Retriever
-from flagstone.retrieval.scoring import colbert_scores, dense_scores, sparse_scores
 
 DOCS = {
     "zinc": "Zinc lozenges shorten the common cold in adults.",
@@ -102,7 +98,7 @@ def test_bm25_only_retriever_needs_no_model():
 
 
 def test_colbert_scores_are_the_same_in_small_blocks(monkeypatch):
-    import flagstone.retrieval.scoring as scoring
+    import flagstone.models.scoring as scoring
     from flagstone.models.embeddings import MultiVectors
 
     rng = np.random.default_rng(0)

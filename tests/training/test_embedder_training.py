@@ -28,7 +28,7 @@ def _train(base, out, heads, steps_epochs=6, **kw):
 
 def _group_loss(embedder: Embedder, mode: str = "dense") -> float:
     """Mean InfoNCE of the training groups (positive first) at temperature 0.05, without dropout."""
-    from flagstone.retrieval.scoring import score_pairs
+    from flagstone.models.scoring import score_pairs
 
     losses = []
     for ex in _examples():

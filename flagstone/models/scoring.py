@@ -1,4 +1,5 @@
-"""Query x document scores in each mode: dense inner product, lexical matching, ColBERT late interaction."""
+"""Query x document scores in each mode (dense inner product, lexical matching, ColBERT late interaction)
+and the per-query score normalisation that fusion and reranking share."""
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -7,6 +8,22 @@ from dataclasses import dataclass
 import numpy as np
 
 from flagstone.models.embeddings import Embeddings, MultiVectors, SparseWeights
+
+NORMALIZATIONS = ("none", "minmax", "zscore")
+
+
+def normalize_scores(scores: np.ndarray, method: str) -> np.ndarray:
+    """Rescale one query's candidate scores so signals with different ranges can be added."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if method == "none" or len(scores) == 0:
+        return scores
+    if method == "minmax":
+        lo, hi = scores.min(), scores.max()
+        return (scores - lo) / (hi - lo) if hi > lo else np.zeros_like(scores)
+    if method == "zscore":
+        sd = scores.std()
+        return (scores - scores.mean()) / sd if sd > 0 else np.zeros_like(scores)
+    raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {method!r}")
 
 
 def dense_scores(queries: np.ndarray, docs: np.ndarray) -> np.ndarray:

@@ -28,9 +28,6 @@ LAYERS: dict[str, int] = {
     "flagstone.distributed": 7,
     "flagstone.server": 7,
     "flagstone.cli": 8,
-    "flagstone.cli_rag": 8,
-    "flagstone.cli_train": 8,
-    "flagstone.cli_serve": 8,
     "flagstone.__main__": 8,
     "flagstone": 9,  # the top-level lazy export table, above everything
 }

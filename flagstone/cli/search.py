@@ -39,7 +39,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     retriever.fit(ids, texts)
     by_id = dict(zip(ids, texts))
     if args.rerank:
-        from flagstone.models.reranker import rerank_hits
+        from flagstone.rerank import rerank_hits
 
         reranker = _reranker(args.rerank)
         first = retriever.search(args.query, mode=args.mode, k=max(args.k, args.rerank_depth))

@@ -264,12 +264,3 @@ class ColbertReranker:
         docs = self.embedder.encode([p for _, p in pairs], dense=False, colbert=True, show_progress=False)
         return colbert_pair_scores(queries, docs.colbert)
 
-
-def __getattr__(name: str) -> Any:
-    """TEMPORARY re-export of ``rerank_hits``, which moved to :mod:`flagstone.rerank`, for flagstone/cli.py
-    until that file imports it from there; remove it then (tests/test_layers.py flags it)."""
-    if name == "rerank_hits":
-        from flagstone.rerank import rerank_hits
-
-        return rerank_hits
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,10 +8,8 @@ Every request body is validated against the OpenAPI schema; user mistakes get a 
 """
 from __future__ import annotations
 
-import os
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,35 +18,9 @@ from flagstone.errors import FlagstoneError
 from flagstone.server.collections import CollectionExists, CollectionNotFound
 from flagstone.server.routes import ROUTERS
 from flagstone.server.service import HTTPProblem, Service, problem
+from flagstone.server.settings import ServerSettings, read_api_keys
 
-
-@dataclass
-class ServerSettings:
-    data_dir: str = "flagstone-data"
-    model: str | None = None  # embedding model (default: the bundled all-MiniLM-L6-v2)
-    reranker: str | None = None  # cross-encoder for /rerank and search reranking
-    generator: str = "smollm2-135m-instruct"  # loaded on the first /ask
-    generator_base_url: str | None = None
-    api_keys: frozenset[str] = field(default_factory=frozenset)
-    max_texts: int = 256  # per request
-    max_chars: int = 20_000  # per text
-    max_body_bytes: int = 8 * 1024 * 1024
-    max_k: int = 1000
-    max_batch: int = 256  # larger batches sort by length over more texts: less padding (see serve_load)
-    max_wait_ms: float = 5.0
-    threads: int | None = None
-
-
-def read_api_keys(path: str | None = None, env: str = "FLAGSTONE_API_KEYS") -> frozenset[str]:
-    """Keys from a file (one per line, # comments) and/or a comma-separated environment variable."""
-    keys: set[str] = set()
-    if path:
-        from flagstone._io import read_text
-
-        keys |= {ln.strip() for ln in read_text(path, "API key file").splitlines()
-                 if ln.strip() and not ln.strip().startswith("#")}
-    keys |= {k.strip() for k in os.environ.get(env, "").split(",") if k.strip()}
-    return frozenset(keys)
+__all__ = ["ServerSettings", "create_app", "read_api_keys"]
 
 
 @asynccontextmanager

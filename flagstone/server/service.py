@@ -10,7 +10,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 if TYPE_CHECKING:
-    from flagstone.server.app import ServerSettings
+    from flagstone.server.settings import ServerSettings
     from flagstone.server.batching import BatchingEncoder
     from flagstone.server.collections import CollectionManager
     from flagstone.server.metrics import Metrics

@@ -1,0 +1,34 @@
+"""The service's settings and API-key loading (no FastAPI needed to build them)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ServerSettings:
+    data_dir: str = "flagstone-data"
+    model: str | None = None  # embedding model (default: the bundled all-MiniLM-L6-v2)
+    reranker: str | None = None  # cross-encoder for /rerank and search reranking
+    generator: str = "smollm2-135m-instruct"  # loaded on the first /ask
+    generator_base_url: str | None = None
+    api_keys: frozenset[str] = field(default_factory=frozenset)
+    max_texts: int = 256  # per request
+    max_chars: int = 20_000  # per text
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_k: int = 1000
+    max_batch: int = 256  # larger batches sort by length over more texts: less padding (see serve_load)
+    max_wait_ms: float = 5.0
+    threads: int | None = None
+
+
+def read_api_keys(path: str | None = None, env: str = "FLAGSTONE_API_KEYS") -> frozenset[str]:
+    """Keys from a file (one per line, # comments) and/or a comma-separated environment variable."""
+    keys: set[str] = set()
+    if path:
+        from flagstone._io import read_text
+
+        keys |= {ln.strip() for ln in read_text(path, "API key file").splitlines()
+                 if ln.strip() and not ln.strip().startswith("#")}
+    keys |= {k.strip() for k in os.environ.get(env, "").split(",") if k.strip()}
+    return frozenset(keys)

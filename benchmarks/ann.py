@@ -75,6 +75,7 @@ def flagstone_methods(bench: Bench, quick: bool, doc_terms, query_terms) -> None
     from flagstone.index.flat import FlatIndex
     from flagstone.index.hi2 import HI2Index
     from flagstone.index.ivf import IVFIndex
+    from flagstone.models.embeddings import Embeddings
 
     d = bench.data
     dim = d.doc_vectors.shape[1]
@@ -87,7 +88,7 @@ def flagstone_methods(bench: Bench, quick: bool, doc_terms, query_terms) -> None
         start = time.perf_counter()
         index = make()
         if isinstance(index, HI2Index):
-            index.add(d.doc_ids, d.doc_vectors, doc_terms)
+            index.add(d.doc_ids, Embeddings(dense=d.doc_vectors, sparse=doc_terms))
             _ = index.postings  # built at first search otherwise; count it as build time
         else:
             index.add(d.doc_ids, d.doc_vectors)
@@ -95,7 +96,7 @@ def flagstone_methods(bench: Bench, quick: bool, doc_terms, query_terms) -> None
 
         def search(queries, terms):
             if isinstance(index, HI2Index):
-                return index.search(queries, K, query_terms=terms)
+                return index.search(Embeddings(dense=queries, sparse=terms), K)
             return index.search(queries, K)
 
         search(d.query_vectors[:8], query_terms.take(np.arange(8)))  # warm-up: compiles the numba kernels
@@ -203,7 +204,7 @@ def scifact_check() -> dict[str, float]:
         report = evaluate_retrieval(retriever, data, modes=["dense"], k_values=(10,))
         out[f"{name}_ndcg@10"] = report.results["dense"].metrics.mean["ndcg@10"]
         if name == "hi2":
-            out["hi2_params"] = retriever._indexes["dense"].params()
+            out["hi2_params"] = retriever.indexes["dense"].params()
     return out
 
 

@@ -141,7 +141,8 @@ def test_index_build_search_describe(mini, tmp_path, capsys, cache_args):
     pytest.importorskip("faiss")
     folder = tmp_path / "idx"
     assert main(["index", "build", str(mini), "-o", str(folder), "--index", "hi2", *cache_args]) == 0
-    assert (folder / "dense" / "CURRENT").is_file() and (folder / "bm25.json").is_file()
+    assert (folder / "retriever.json").is_file() and (folder / "indexes" / "dense" / "CURRENT").is_file()
+    assert (folder / "bm25.json").is_file()  # HI²'s query terms
     capsys.readouterr()
     assert main(["index", "search", str(folder), "-q", "neutron stars", "-k", "2", "--quiet"]) == 0
     printed = capsys.readouterr().out
@@ -151,16 +152,18 @@ def test_index_build_search_describe(mini, tmp_path, capsys, cache_args):
     assert main(["index", "describe", str(folder)]) == 0
     described = json.loads(capsys.readouterr().out)
     assert described["kind"] == "hi2" and described["documents"] == 3
-    # rebuilding replaces the folder; a folder that is not an index is never overwritten
-    assert main(["index", "build", str(mini), "-o", str(folder), "--index", "flat", *cache_args]) == 0
+    # rebuilding needs --overwrite; a folder that is not an index is never overwritten, even with it
+    result = run_cli("index", "build", str(mini), "-o", str(folder), "--index", "flat", "--quiet")
+    assert result.returncode == 2 and "--overwrite" in result.stderr and "Traceback" not in result.stderr
+    assert main(["index", "build", str(mini), "-o", str(folder), "--index", "flat", "--overwrite", *cache_args]) == 0
     other = tmp_path / "precious"
     other.mkdir()
     (other / "notes.txt").write_text("keep me")
-    result = run_cli("index", "build", str(mini), "-o", str(other), "--quiet")
-    assert result.returncode == 2 and "refusing to overwrite" in result.stderr
+    result = run_cli("index", "build", str(mini), "-o", str(other), "--overwrite", "--quiet")
+    assert result.returncode == 2 and "refusing to write" in result.stderr
     assert (other / "notes.txt").read_text() == "keep me"
     result = run_cli("index", "search", str(other), "-q", "x")
-    assert result.returncode == 2 and "not an index folder" in result.stderr
+    assert result.returncode == 2 and "not a retriever folder" in result.stderr
 
 
 def test_eval_with_an_approximate_index(mini, capsys, cache_args):

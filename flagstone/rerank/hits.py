@@ -42,8 +42,8 @@ def rerank_hits(
         scores = reranker.score_pairs([(queries[qi], texts[d]) for d in ids]) if ids else np.zeros(0, np.float32)
         rows.append((list(ids), scores, np.asarray(hits.scores[qi][: len(ids)], dtype=np.float32)))
     width = max((len(r[0]) for r in rows), default=0)
-    rerank_signal = np.full((len(queries), width), np.nan, dtype=np.float32)
-    first_signal = np.full((len(queries), width), np.nan, dtype=np.float32)
+    rerank_signal = np.full((len(queries), width), -np.inf, dtype=np.float32)
+    first_signal = np.full((len(queries), width), -np.inf, dtype=np.float32)
     for qi, (ids, scores, first) in enumerate(rows):
         rerank_signal[qi, : len(ids)] = scores
         first_signal[qi, : len(ids)] = first
@@ -60,7 +60,7 @@ def interpolate_with_first_stage(reranked: Hits, weight: float) -> Hits:
         raise ValueError("first_stage_weight must be between 0 and 1")
     rerank_all, first_all = reranked.signals["rerank"], reranked.signals["first_stage"]
     ids_out = []
-    arrays = [np.full_like(rerank_all, np.nan) for _ in range(3)]
+    arrays = [np.full_like(rerank_all, -np.inf) for _ in range(3)]
     for qi, row in enumerate(reranked.ids):
         n = len(row)
         r, f = rerank_all[qi, :n].astype(np.float64), first_all[qi, :n].astype(np.float64)

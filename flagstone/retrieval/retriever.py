@@ -76,11 +76,15 @@ class HybridConfig:
 
 @dataclass(frozen=True)
 class Hits:
-    """Ranked results for a batch of queries, best first, with each signal's own score per hit."""
+    """Ranked results for a batch of queries, best first, with each signal's own score per hit.
+
+    ``ids`` rows hold only real hits; the score arrays are padded after the last hit with -inf, the same
+    convention as the indexes' :class:`~flagstone.index.base.SearchResult` (position -1, score -inf).
+    """
 
     mode: str
     ids: list[list[str]]
-    scores: np.ndarray  # (queries, k) final score; NaN after the last hit when a query has fewer than k
+    scores: np.ndarray  # (queries, k) final score; -inf after the last hit when a query has fewer than k
     signals: dict[str, np.ndarray] = field(default_factory=dict)  # signal -> (queries, k) raw scores
     evaluated: np.ndarray | None = None  # (queries,) documents scored, for a single-signal search
 
@@ -300,8 +304,7 @@ class Retriever:
             encoded = self._encode_queries(queries, [mode])
             index = self._indexes[mode]
             result = index.search(encoded[mode], k, allow=allow)
-            keep = result.positions >= 0
-            scores = result.scores if keep.all() else np.where(keep, result.scores, np.nan)
+            scores = result.scores
             return Hits(mode, index.ids_of(result.positions), scores, {mode: scores}, result.docs_evaluated)
         return self._search_hybrid(queries, k, hybrid or self.hybrid, allow)
 
@@ -332,8 +335,8 @@ class Retriever:
         proposals = {s: self._indexes[s].search(encoded[s], per_signal_k, allow=allow) for s in weights}
         top = min(k, len(self))
         out_ids: list[list[str]] = []
-        out_scores = np.full((len(queries), top), np.nan, dtype=np.float32)
-        out_signals = {s: np.full((len(queries), top), np.nan, dtype=np.float32) for s in weights}
+        out_scores = np.full((len(queries), top), -np.inf, dtype=np.float32)
+        out_signals = {s: np.full((len(queries), top), -np.inf, dtype=np.float32) for s in weights}
         candidates = []
         for qi in range(len(queries)):
             found = {doc_id for s, result in proposals.items()

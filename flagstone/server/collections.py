@@ -23,6 +23,7 @@ from flagstone.server.store import SETTINGS, Document, DocumentStore
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 INDEX_KINDS = ("flat", "ivf", "hi2")
 _WORD = re.compile(r"\w+", re.UNICODE)
+RETRIEVER = "retriever"  # sub-folder holding the retriever saved at shutdown
 
 
 class ReadWriteLock:
@@ -173,10 +174,27 @@ class Collection:
         with self._lock.write():
             _, docs = self.store.snapshot()
             if self._retriever is None and docs:
-                retriever = Retriever(self.embedder, cache=self.cache, dense_index=self.index_kind)
-                retriever.add([d.id for d in docs], [d.text for d in docs], [d.metadata for d in docs],
-                              show_progress=False)
+                retriever = self._saved_retriever(docs)
+                if retriever is None:
+                    retriever = Retriever(self.embedder, cache=self.cache, dense_index=self.index_kind)
+                    retriever.add([d.id for d in docs], [d.text for d in docs], [d.metadata for d in docs],
+                                  show_progress=False)
                 self._retriever = retriever
+
+    def _saved_retriever(self, docs: list[Document]):
+        """The retriever saved at the last shutdown, if it holds exactly the store's documents (else None)."""
+        from flagstone.retrieval.retriever import Retriever
+
+        folder = self.folder / RETRIEVER
+        if not (folder / "retriever.json").is_file():
+            return None
+        try:
+            retriever = Retriever.load(folder, embedder=self.embedder, cache=self.cache)
+        except FlagstoneError:
+            return None  # damaged or from another version: the store is the truth, build again from it
+        same = retriever.ids == [d.id for d in docs] and all(
+            retriever.text(d.id) == d.text and retriever.metadata(d.id) == d.metadata for d in docs)
+        return retriever if same else None
 
     def retriever(self):
         """The retriever over the current documents and those documents by id (None, {} when empty)."""
@@ -236,8 +254,13 @@ class Collection:
                 spans.append((match.start(), match.end()))
         return spans
 
-    def close(self) -> None:
-        self.store.close()
+    def close(self, *, save: bool = True) -> None:
+        """Close the store; with ``save``, keep the retriever on disk so the next start loads it instead of
+        adding every document again (it is used only if it still matches the store)."""
+        with self._lock.write():
+            if save and self._retriever is not None:
+                self._retriever.save(self.folder / RETRIEVER, overwrite=True)
+            self.store.close()
 
 
 class CollectionManager:
@@ -291,7 +314,7 @@ class CollectionManager:
             collection = self._collections.pop(name, None)
             if collection is None:
                 raise CollectionNotFound(f"no collection named {name!r}")
-            collection.close()
+            collection.close(save=False)
             # remove the settings first: a crash mid-delete leaves a folder that is no longer a collection
             (collection.folder / SETTINGS).unlink(missing_ok=True)
             shutil.rmtree(collection.folder, ignore_errors=True)

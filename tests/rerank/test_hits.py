@@ -19,7 +19,7 @@ def cross_encoder(tiny_cross_encoder_dir):
 def test_rerank_hits_reorders_each_query_and_keeps_first_stage(cross_encoder):
     texts = {f"d{i}": p for i, p in enumerate(PASSAGES)}
     hits = Hits(mode="dense", ids=[["d0", "d1", "d2", "d3"], ["d3", "d2"]],
-                scores=np.array([[4, 3, 2, 1], [2, 1, np.nan, np.nan]], dtype=np.float32))
+                scores=np.array([[4, 3, 2, 1], [2, 1, -np.inf, -np.inf]], dtype=np.float32))
     out = rerank_hits(cross_encoder, [QUERY, "dictionary keys"], hits, texts, depth=3)
     assert out.mode == "dense+rerank"
     assert sorted(out.ids[0]) == ["d0", "d1", "d2"] and sorted(out.ids[1]) == ["d2", "d3"]

@@ -268,7 +268,7 @@ def create_app(settings: ServerSettings | None = None, *, embedder=None):
         for i, row in enumerate(dense.astype(np.float32)):
             value = base64.b64encode(row.tobytes()).decode() if body.encoding_format == "base64" else row.tolist()
             data.append({"object": "embedding", "index": i, "embedding": value})
-        tokens = sum(len(ids) for ids in embedder._tokenize(texts, truncate=True))
+        tokens = sum(len(ids) for ids in embedder.tokenize(texts))
         return {"object": "list", "data": data, "model": embedder.name,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 

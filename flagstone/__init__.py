@@ -15,6 +15,7 @@ _EXPORTS = {
     "SparseWeights": "flagstone.models.embeddings",
     "MultiVectors": "flagstone.models.embeddings",
     "EmbeddingCache": "flagstone.models.cache",
+    "CachedEmbedder": "flagstone.models.cache",
     "BM25": "flagstone.retrieval.bm25",
     "Retriever": "flagstone.retrieval.retriever",
     "HybridConfig": "flagstone.retrieval.retriever",
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
     from flagstone.evaluation.retrieval import evaluate_retrieval
     from flagstone.evaluation.suite import run_suite
     from flagstone.evaluation.tasks import TaskSpec
-    from flagstone.models.cache import EmbeddingCache
+    from flagstone.models.cache import CachedEmbedder, EmbeddingCache
     from flagstone.models.causal_lm import load_causal_lm
     from flagstone.models.embedder import Embedder
     from flagstone.models.embeddings import Embeddings, MultiVectors, SparseWeights

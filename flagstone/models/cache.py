@@ -1,4 +1,5 @@
-"""On-disk embedding cache keyed by model, settings and text, safe to interrupt.
+"""On-disk embedding cache keyed by model, settings and text, safe to interrupt, and
+:class:`CachedEmbedder`, the wrapper that lets any embedder use it.
 
 Layout: ``<root>/<settings key>/shard-<n>.npz``, each shard holding the SHA-256 of its texts and their
 embeddings. Shards are written to a temporary name and renamed into place, so a kill at any moment
@@ -15,14 +16,18 @@ import uuid
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from flagstone._io import atomic_write
-from flagstone.errors import CacheError
-from flagstone.models.embedder import Embedder
+from flagstone.errors import CacheError, InvalidTextError, MissingHeadError
+from flagstone.models.embedder import Embedder, EmbedderSettings, validate_texts
 from flagstone.models.embeddings import Embeddings
+
+if TYPE_CHECKING:
+    import torch
 
 _SHARD_TEXTS = 512  # texts encoded and written per shard: what an interruption can lose at most
 _STALE_SECONDS = 3600  # age after which a temporary file is known to belong to a dead writer
@@ -64,7 +69,12 @@ class EmbeddingCache:
         is_query: bool = False,
         show_progress: bool | None = None,
     ) -> Embeddings:
-        """Like :meth:`Embedder.encode`, reading what is cached and writing what is new."""
+        """Like :meth:`Embedder.encode`, reading what is cached and writing what is new.
+
+        A :class:`CachedEmbedder` passed here is unwrapped: texts are cached here only, not twice.
+        """
+        while isinstance(embedder, CachedEmbedder):
+            embedder = embedder.embedder
         outputs = [n for n, on in (("dense", dense), ("sparse", sparse), ("colbert", colbert)) if on]
         folder = self.root / embedder.cache_key(outputs, is_query)
         known = self._load(folder)
@@ -150,3 +160,135 @@ class EmbeddingCache:
             self.root.mkdir(parents=True, exist_ok=True)
             self._known.clear()
             self._read_shards.clear()
+
+
+class CachedEmbedder:
+    """An embedder that reads documents' embeddings from an :class:`EmbeddingCache` and encodes (and caches)
+    only the ones it has not seen; queries are encoded every time, as :class:`~flagstone.retrieval.Retriever`
+    does with its ``cache``: they are rarely repeated, and one-off texts would only fill the cache.
+
+    It offers the encoding surface of :class:`~flagstone.models.embedder.Embedder` (``encode``,
+    ``encode_queries``, ``encode_documents``, ``tokenize``, ``available_outputs``, ``name``, ``settings``,
+    ...), so it goes wherever an embedder is used for encoding: a retriever, a RAG context, a service.
+    ``embedder`` may be anything with that surface (an Embedder, the service's batched embedder). Do not wrap
+    an embedder that is being trained: the cache key comes from the weight files, not from weights in memory.
+    """
+
+    def __init__(self, embedder: Embedder, cache: EmbeddingCache) -> None:
+        if not isinstance(cache, EmbeddingCache):
+            raise TypeError(f"cache must be an EmbeddingCache, got {type(cache).__name__}")
+        self.embedder = embedder
+        self.cache = cache
+
+    # -- what callers read off an embedder ------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.embedder.name
+
+    @property
+    def path(self) -> Path:
+        return self.embedder.path
+
+    @property
+    def settings(self) -> EmbedderSettings:
+        return self.embedder.settings
+
+    @property
+    def fingerprint(self) -> str:
+        return self.embedder.fingerprint
+
+    @property
+    def tokenizer(self):  # a Hugging Face tokenizer (transformers is imported lazily)
+        return self.embedder.tokenizer
+
+    @property
+    def device(self) -> str:
+        return self.embedder.device
+
+    @property
+    def show_progress(self) -> bool:
+        return self.embedder.show_progress
+
+    @property
+    def dim(self) -> int:
+        return self.embedder.dim
+
+    @property
+    def vocab_size(self) -> int:
+        return self.embedder.vocab_size
+
+    @property
+    def has_sparse(self) -> bool:
+        return self.embedder.has_sparse
+
+    @property
+    def has_colbert(self) -> bool:
+        return self.embedder.has_colbert
+
+    @property
+    def available_outputs(self) -> tuple[str, ...]:
+        return self.embedder.available_outputs
+
+    def cache_key(self, outputs: Sequence[str], is_query: bool) -> str:
+        return self.embedder.cache_key(outputs, is_query)
+
+    def tokenize(self, texts: Sequence[str], *, is_query: bool = False, max_length: int | None = None,
+                 truncate: bool = True) -> list[list[int]]:
+        return self.embedder.tokenize(texts, is_query=is_query, max_length=max_length, truncate=truncate)
+
+    def pad(self, token_ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.embedder.pad(token_ids)
+
+    def count_truncated(self, texts: Sequence[str]) -> int:
+        return self.embedder.count_truncated(texts)
+
+    def lexical_tokens(self, weights: dict[int, float]) -> dict[str, float]:
+        return self.embedder.lexical_tokens(weights)
+
+    def __repr__(self) -> str:
+        return f"CachedEmbedder({self.embedder!r}, cache={str(self.cache.root)!r})"
+
+    # -- encoding -------------------------------------------------------------------------------
+    def encode(
+        self,
+        texts: Sequence[str],
+        *,
+        dense: bool = True,
+        sparse: bool = False,
+        colbert: bool = False,
+        is_query: bool = False,
+        truncate: bool = True,
+        show_progress: bool | None = None,
+    ) -> Embeddings:
+        """:meth:`Embedder.encode`, with documents (``is_query=False``) read from and written to the cache."""
+        if isinstance(texts, str):
+            raise InvalidTextError("encode expects a list of texts, got a single string; wrap it in a list")
+        if not (dense or sparse or colbert):
+            raise ValueError("ask for at least one of dense, sparse, colbert")
+        asked = [n for n, on in (("dense", dense), ("sparse", sparse), ("colbert", colbert)) if on]
+        missing = [n for n in asked if n not in self.available_outputs]
+        if missing:
+            raise MissingHeadError(f"model {self.name!r} has no {' or '.join(missing)} head")
+        texts = list(texts)
+        validate_texts(texts)
+        if not truncate:
+            # raise for a text over max_length even when its (truncated) vectors are cached; what is left to
+            # encode then fits, so truncation does not matter below
+            self.embedder.tokenize(texts, is_query=is_query, truncate=False)
+        if is_query:
+            return self.embedder.encode(texts, dense=dense, sparse=sparse, colbert=colbert, is_query=True,
+                                        show_progress=show_progress)
+        return self.cache.encode(self.embedder, texts, dense=dense, sparse=sparse, colbert=colbert,
+                                 show_progress=show_progress)
+
+    def encode_queries(self, texts: Sequence[str], *, dense: bool = True, sparse: bool = False,
+                       colbert: bool = False, show_progress: bool | None = None) -> Embeddings:
+        """Encode queries (not cached): the model's query instruction is prepended."""
+        return self.encode(texts, dense=dense, sparse=sparse, colbert=colbert, is_query=True,
+                           show_progress=show_progress)
+
+    def encode_documents(self, texts: Sequence[str], *, dense: bool = True, sparse: bool = False,
+                         colbert: bool = False, show_progress: bool | None = None) -> Embeddings:
+        """Encode documents through the cache."""
+        return self.encode(texts, dense=dense, sparse=sparse, colbert=colbert, is_query=False,
+                           show_progress=show_progress)

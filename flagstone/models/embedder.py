@@ -17,12 +17,14 @@ import numpy as np
 from flagstone.errors import InvalidTextError, MissingHeadError, ModelNotFoundError
 from flagstone.models._hf import quiet_transformers
 from flagstone.models.embeddings import Embeddings, MultiVectors, SparseWeights
+from flagstone.models.heads import POOLINGS, EncoderOutput, encoder_forward
 from flagstone.models.presets import DEFAULT_MODEL, PRESETS, ModelPreset, find_preset
 
 if TYPE_CHECKING:
     import torch
 
-POOLINGS = ("cls", "mean", "last_token")
+    from flagstone.models.cache import CachedEmbedder, EmbeddingCache
+
 SPARSE_HEAD_FILE = "sparse_linear.pt"
 COLBERT_HEAD_FILE = "colbert_linear.pt"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
@@ -223,7 +225,9 @@ class Embedder:
         self.fingerprint = _model_fingerprint(self.path)
         specials = {self.tokenizer.cls_token_id, self.tokenizer.eos_token_id, self.tokenizer.sep_token_id,
                     self.tokenizer.pad_token_id, self.tokenizer.unk_token_id}
-        self._special_ids = np.array(sorted(i for i in specials if i is not None), dtype=np.int64)
+        # the tokens that get no sparse weight (training uses the same set)
+        self.special_token_ids = np.array(sorted(i for i in specials if i is not None), dtype=np.int64)
+        self._special_ids_tensor = torch.from_numpy(self.special_token_ids).to(device)
         self._pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
     # -- loading -------------------------------------------------------------------------------
@@ -276,6 +280,13 @@ class Embedder:
                  ",".join(sorted(outputs)), s.query_instruction if is_query else ""]
         return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:24]
 
+    def with_cache(self, cache: EmbeddingCache) -> CachedEmbedder:
+        """This embedder wearing an embedding cache: documents are read from ``cache`` when already encoded
+        with the same model and settings, and written to it when not (see :class:`CachedEmbedder`)."""
+        from flagstone.models.cache import CachedEmbedder
+
+        return CachedEmbedder(self, cache)
+
     def __repr__(self) -> str:
         s = self.settings
         return (f"Embedder({self.name!r}, pooling={s.pooling!r}, normalize={s.normalize}, "
@@ -322,9 +333,7 @@ class Embedder:
                 f"model {self.name!r} has no ColBERT head ({COLBERT_HEAD_FILE} not in {self.path})")
         texts = list(texts)
         validate_texts(texts)
-        if is_query and self.settings.query_instruction:
-            texts = [self.settings.query_instruction + t for t in texts]
-        token_ids = self._tokenize(texts, truncate=truncate)
+        token_ids = self.tokenize(texts, is_query=is_query, truncate=truncate)
         order = np.argsort([-len(ids) for ids in token_ids], kind="stable")
         progress = self.show_progress if show_progress is None else show_progress
 
@@ -336,14 +345,15 @@ class Embedder:
             for start, stop in length_batches([len(token_ids[i]) for i in order], self.batch_size,
                                               self.max_batch_tokens):
                 batch = [token_ids[i] for i in order[start:stop]]
-                input_ids, mask = self._pad(batch)
-                hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+                input_ids, mask = self.pad(batch)
+                out = self.forward(input_ids, mask, dense=dense, sparse=sparse, colbert=colbert)
                 if dense:
-                    dense_parts.append(self._pool(hidden, mask).float().cpu().numpy())
+                    dense_parts.append(out.dense.float().cpu().numpy())
                 if sparse:
-                    sparse_rows.extend(self._sparse_rows(hidden, batch))
+                    sparse_rows.extend(_sparse_rows(out.sparse.float().cpu().numpy(), batch))
                 if colbert:
-                    colbert_rows.extend(self._colbert_rows(hidden, mask, batch))
+                    vecs = out.colbert.float().cpu().numpy()
+                    colbert_rows.extend(vecs[row, : len(ids) - 1] for row, ids in enumerate(batch))
                 bar.update(len(batch))
         bar.close()
 
@@ -359,8 +369,30 @@ class Embedder:
             out_colbert = MultiVectors.from_list([colbert_rows[i] for i in inverse], self.colbert_head.out_features)
         return Embeddings(dense=out_dense, sparse=out_sparse, colbert=out_colbert)
 
-    def _tokenize(self, texts: list[str], *, truncate: bool) -> list[list[int]]:
-        max_len = self.settings.max_length
+    def tokenize(
+        self,
+        texts: Sequence[str],
+        *,
+        is_query: bool = False,
+        max_length: int | None = None,
+        truncate: bool = True,
+    ) -> list[list[int]]:
+        """Token ids of each text, special tokens included, cut at ``max_length`` tokens (default: the
+        embedder's ``settings.max_length``); what :meth:`encode` feeds the model, unpadded (see :meth:`pad`).
+
+        ``is_query`` prepends the query instruction as :meth:`encode` does. With ``truncate=False`` a text
+        longer than ``max_length`` raises :class:`~flagstone.errors.InvalidTextError` instead.
+        """
+        if isinstance(texts, str):
+            raise InvalidTextError("tokenize expects a list of texts, got a single string; wrap it in a list")
+        texts = list(texts)
+        if is_query and self.settings.query_instruction:
+            texts = [self.settings.query_instruction + t for t in texts]
+        max_len = self.settings.max_length if max_length is None else int(max_length)
+        if max_len < 1:
+            raise ValueError("max_length must be at least 1")
+        if not texts:
+            return []
         ids = self.tokenizer(texts, truncation=True, max_length=max_len, add_special_tokens=True)["input_ids"]
         if not truncate:
             for i, row in enumerate(ids):
@@ -372,68 +404,40 @@ class Embedder:
                             f"raise max_length)")
         return ids
 
-    def count_truncated(self, texts: Sequence[str]) -> int:
-        """How many of ``texts`` are longer than ``max_length`` tokens (and would be truncated)."""
-        lengths = self.tokenizer(list(texts), add_special_tokens=True, return_length=True)["length"]
-        return int(sum(n > self.settings.max_length for n in lengths))
-
-    def _pad(self, batch: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def pad(self, token_ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch of token id lists as ``(input_ids, attention_mask)`` int64 tensors on the embedder's device,
+        padded on the right (what pooling expects, whatever the tokenizer's own padding side)."""
         import torch
 
-        width = max(len(ids) for ids in batch)
-        input_ids = np.full((len(batch), width), self._pad_id, dtype=np.int64)
-        mask = np.zeros((len(batch), width), dtype=np.int64)
-        for row, ids in enumerate(batch):
+        if len(token_ids) == 0:
+            raise ValueError("nothing to pad")
+        width = max(len(ids) for ids in token_ids)
+        input_ids = np.full((len(token_ids), width), self._pad_id, dtype=np.int64)
+        mask = np.zeros((len(token_ids), width), dtype=np.int64)
+        for row, ids in enumerate(token_ids):
             input_ids[row, : len(ids)] = ids
             mask[row, : len(ids)] = 1
         return torch.from_numpy(input_ids).to(self.device), torch.from_numpy(mask).to(self.device)
 
-    def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return pool(hidden, mask, self.settings.pooling, self.settings.normalize)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, dense: bool = True,
+                sparse: bool = False, colbert: bool = False) -> EncoderOutput:
+        """The model and the heads asked for on one padded batch, as tensors (differentiable outside
+        ``torch.inference_mode``); see :func:`flagstone.models.heads.encoder_forward`."""
+        if sparse and not self.has_sparse:
+            raise MissingHeadError(f"model {self.name!r} has no sparse head ({SPARSE_HEAD_FILE} not in {self.path})")
+        if colbert and not self.has_colbert:
+            raise MissingHeadError(
+                f"model {self.name!r} has no ColBERT head ({COLBERT_HEAD_FILE} not in {self.path})")
+        return encoder_forward(self.model, input_ids, attention_mask, pooling=self.settings.pooling,
+                               normalize=self.settings.normalize, dense=dense,
+                               sparse_head=self.sparse_head if sparse else None,
+                               colbert_head=self.colbert_head if colbert else None,
+                               special_ids=self._special_ids_tensor)
 
-    def _sparse_rows(self, hidden: torch.Tensor, batch: list[list[int]]) -> list[tuple[np.ndarray, np.ndarray]]:
-        import torch
-
-        weights = torch.relu(self.sparse_head(hidden)).squeeze(-1).float().cpu().numpy()
-        rows = []
-        for row, ids in enumerate(batch):
-            ids_arr = np.asarray(ids, dtype=np.int64)
-            w = weights[row, : len(ids)]
-            keep = (w > 0) & ~np.isin(ids_arr, self._special_ids)
-            ids_arr, w = ids_arr[keep], w[keep]
-            # a token repeated in a text keeps its largest weight
-            uniq, inv = np.unique(ids_arr, return_inverse=True)
-            best = np.zeros(len(uniq), dtype=np.float32)
-            np.maximum.at(best, inv, w)
-            rows.append((uniq, best))
-        return rows
-
-    def _colbert_rows(self, hidden: torch.Tensor, mask: torch.Tensor, batch: list[list[int]]) -> list[np.ndarray]:
-        import torch
-
-        vecs = self.colbert_head(hidden[:, 1:]) * mask[:, 1:].unsqueeze(-1).to(hidden.dtype)
-        if self.settings.normalize:
-            vecs = torch.nn.functional.normalize(vecs, dim=-1)
-        vecs = vecs.float().cpu().numpy()
-        return [vecs[row, : len(ids) - 1] for row, ids in enumerate(batch)]
-
-
-def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str, normalize: bool) -> torch.Tensor:
-    """One vector per text from token states (right padding): CLS, mean over real tokens, or last token.
-    Shared by encoding and training so both compute exactly the same embedding."""
-    import torch
-
-    if pooling == "cls":
-        pooled = hidden[:, 0]
-    elif pooling == "mean":
-        m = mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
-    else:  # last_token: the last real token of each row
-        last = mask.sum(dim=1) - 1
-        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-    if normalize:
-        pooled = torch.nn.functional.normalize(pooled, dim=-1)
-    return pooled
+    def count_truncated(self, texts: Sequence[str]) -> int:
+        """How many of ``texts`` are longer than ``max_length`` tokens (and would be truncated)."""
+        lengths = self.tokenizer(list(texts), add_special_tokens=True, return_length=True)["length"]
+        return int(sum(n > self.settings.max_length for n in lengths))
 
 
 def validate_texts(texts: Sequence[object]) -> None:
@@ -445,6 +449,21 @@ def validate_texts(texts: Sequence[object]) -> None:
             raise InvalidTextError(f"text #{i} is {type(t).__name__}, not a string")
         if not t.strip():
             raise InvalidTextError(f"text #{i} is empty")
+
+
+def _sparse_rows(weights: np.ndarray, batch: list[list[int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per text, the token ids with a positive weight and their weights (the largest where a token repeats);
+    ``weights`` are the per-position weights of :func:`~flagstone.models.heads.sparse_token_weights`."""
+    rows = []
+    for row, ids in enumerate(batch):
+        ids_arr = np.asarray(ids, dtype=np.int64)
+        w = weights[row, : len(ids)]
+        keep = w > 0  # padding and special tokens already weigh zero
+        uniq, inv = np.unique(ids_arr[keep], return_inverse=True)
+        best = np.zeros(len(uniq), dtype=np.float32)
+        np.maximum.at(best, inv, w[keep])
+        rows.append((uniq, best))
+    return rows
 
 
 def _sparse_from_rows(rows: list[tuple[np.ndarray, np.ndarray]], vocab_size: int) -> SparseWeights:

@@ -109,8 +109,11 @@ class ContextIndex:
 
         ``mode`` is any retriever mode ("dense", "bm25", "hybrid", ...). Chunks are counted in the embedder's
         tokens (default: the bundled MiniLM); ``mode="bm25"`` needs no model, only a ``tokenizer`` for chunking
-        (default: MiniLM's).
+        (default: MiniLM's). With a ``cache`` (:class:`~flagstone.models.cache.EmbeddingCache`) the embedder
+        wears it, so rebuilding an index over the same chunks encodes nothing; an embedder that already
+        wears one (:class:`~flagstone.models.cache.CachedEmbedder`) needs no ``cache``.
         """
+        from flagstone.models.cache import CachedEmbedder
         from flagstone.models.embedder import Embedder
         from flagstone.retrieval.retriever import Retriever
 
@@ -122,8 +125,8 @@ class ContextIndex:
             tokenizer = load_tokenizer(tokenizer)
         else:
             embedder = embedder if embedder is not None else Embedder(show_progress=show_progress)
-            retriever = Retriever(embedder, cache=cache)
             tokenizer = tokenizer if tokenizer is not None else embedder.tokenizer
+            retriever = Retriever(CachedEmbedder(embedder, cache) if cache is not None else embedder)
         if mode not in retriever.modes:
             raise ValueError(f"mode {mode!r} is not available; choose from {retriever.modes}")
         chunks = chunk_documents(items, tokenizer, chunk_tokens=chunk_tokens, overlap=overlap)

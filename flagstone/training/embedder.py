@@ -23,8 +23,8 @@ from flagstone.models.embedder import (
     COLBERT_HEAD_FILE,
     SPARSE_HEAD_FILE,
     Embedder,
-    pool,
 )
+from flagstone.models.heads import encoder_forward, sparse_vocab_weights
 from flagstone.retrieval.bm25 import lucene_idf
 from flagstone.training.data import TrainingExample, unique_passages
 from flagstone.training.loop import (
@@ -123,33 +123,26 @@ class _Trainable:
             self.module[name].requires_grad_(name in settings.heads)
         if settings.freeze_encoder:
             encoder.requires_grad_(False)
-        self.special_ids = torch.from_numpy(base._special_ids)  # the tokens inference gives no weight
+        self.special_ids = torch.from_numpy(base.special_token_ids)  # the tokens inference gives no weight
 
-    def tokenize(self, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
-        return self.base.tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-
-    def outputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        import torch
-
-        hidden = self.module["encoder"](input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-                                        ).last_hidden_state
-        mask = batch["attention_mask"]
-        out = {}
-        if "dense" in self.settings.heads:
-            out["dense"] = pool(hidden, mask, self.base.settings.pooling, self.base.settings.normalize)
-        if "sparse" in self.settings.heads:
-            weights = torch.relu(self.module["sparse"](hidden.float())).squeeze(-1) * mask
-            weights = weights * ~torch.isin(batch["input_ids"], self.special_ids)
-            vocab = torch.zeros(len(weights), self.base.vocab_size, dtype=weights.dtype, device=weights.device)
-            # a token repeated in a text keeps its largest weight, as at inference
-            out["sparse"] = vocab.scatter_reduce(1, batch["input_ids"], weights, reduce="amax", include_self=True)
-        if "colbert" in self.settings.heads:
-            vecs = self.module["colbert"](hidden[:, 1:].float()) * mask[:, 1:].unsqueeze(-1)
-            if self.base.settings.normalize:
-                vecs = torch.nn.functional.normalize(vecs, dim=-1)
-            out["colbert"] = vecs
-            out["colbert_mask"] = mask[:, 1:]
-        return out
+    def outputs(self, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+        """The trained heads' outputs for ``texts`` (query instruction already prepended), through the same
+        tokenisation and forward as :meth:`Embedder.encode`; sparse weights spread over the vocabulary."""
+        heads = self.settings.heads
+        input_ids, mask = self.base.pad(self.base.tokenize(texts, max_length=max_length))
+        out = encoder_forward(self.module["encoder"], input_ids, mask, pooling=self.base.settings.pooling,
+                              normalize=self.base.settings.normalize, dense="dense" in heads,
+                              sparse_head=self.module["sparse"] if "sparse" in heads else None,
+                              colbert_head=self.module["colbert"] if "colbert" in heads else None,
+                              special_ids=self.special_ids)
+        result = {}
+        if out.dense is not None:
+            result["dense"] = out.dense
+        if out.sparse is not None:
+            result["sparse"] = sparse_vocab_weights(out.sparse, input_ids, self.base.vocab_size)
+        if out.colbert is not None:
+            result["colbert"], result["colbert_mask"] = out.colbert, out.colbert_mask
+        return result
 
     @staticmethod
     def scores(q: dict[str, torch.Tensor], p: dict[str, torch.Tensor], head: str) -> torch.Tensor:
@@ -230,8 +223,8 @@ def train_embedder(
     def loss_fn(batch) -> torch.Tensor:
         queries = [instruction + q for q, _, _ in batch]
         passages = [t for _, texts, _ in batch for t in texts]
-        q = trainable.outputs(trainable.tokenize(queries, settings.query_max_length))
-        p = trainable.outputs(trainable.tokenize(passages, settings.passage_max_length))
+        q = trainable.outputs(queries, settings.query_max_length)
+        p = trainable.outputs(passages, settings.passage_max_length)
         n, g = len(batch), settings.group_size
         own = torch.arange(n)[:, None] * g + torch.arange(g)[None, :]  # each query's group columns
         targets = own[:, 0]  # the positive's column
@@ -294,7 +287,7 @@ def idf_sparse_head(
 
     if not passages:
         raise DataError("no passages to count term frequencies over")
-    token_ids = embedder.tokenizer(list(passages), truncation=True, max_length=max_length)["input_ids"]
+    token_ids = embedder.tokenize(passages, max_length=max_length)
     doc_freq = np.zeros(embedder.vocab_size)
     for ids in token_ids:
         doc_freq[np.unique(ids)] += 1
@@ -303,12 +296,12 @@ def idf_sparse_head(
     rng = np.random.default_rng(seed)
     chosen = rng.choice(n, size=min(fit_passages, n), replace=False)
     states, targets = [], []
-    special = torch.from_numpy(embedder._special_ids)  # the tokens inference gives no weight
+    special = torch.from_numpy(embedder.special_token_ids)  # the tokens inference gives no weight
     embedder.model.eval()
     with torch.inference_mode(), torch.autocast(torch.device(embedder.device).type, dtype=torch.bfloat16):
         for start in range(0, len(chosen), 16):
             batch = [token_ids[i] for i in chosen[start: start + 16]]
-            input_ids, mask = embedder._pad(batch)
+            input_ids, mask = embedder.pad(batch)
             hidden = embedder.model(input_ids=input_ids, attention_mask=mask).last_hidden_state.float()
             keep = mask.bool() & ~torch.isin(input_ids, special.to(input_ids.device))
             states.append(hidden[keep].cpu().numpy().astype(np.float64))

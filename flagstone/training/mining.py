@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -10,6 +11,34 @@ from tqdm.auto import tqdm
 from flagstone.models.reranker import Reranker
 from flagstone.retrieval.retriever import Retriever
 from flagstone.training.data import TrainingExample
+
+if TYPE_CHECKING:
+    from flagstone.models.cache import EmbeddingCache
+    from flagstone.models.embedder import Embedder
+
+
+def mining_retriever(
+    embedder: Embedder | None,
+    ids: Sequence[str],
+    texts: Sequence[str],
+    *,
+    mode: str = "dense",
+    cache: EmbeddingCache | None = None,
+    show_progress: bool = True,
+) -> Retriever:
+    """A retriever over the corpus to mine from, fitted with only what ``mode`` searches (every signal for
+    "hybrid"). With a ``cache`` the embedder wears it, so mining the same corpus again (other training data,
+    other settings) encodes nothing. ``embedder`` may be None for ``mode="bm25"``."""
+    from flagstone.models.cache import CachedEmbedder
+
+    if mode != "bm25" and embedder is None:
+        raise ValueError(f"mode {mode!r} needs an embedder")
+    if mode == "bm25":
+        embedder = None
+    elif cache is not None:
+        embedder = CachedEmbedder(embedder, cache)
+    signals = None if mode == "hybrid" else [mode]
+    return Retriever(embedder, signals=signals).fit(ids, texts, show_progress=show_progress)
 
 
 def mine_hard_negatives(

@@ -155,3 +155,94 @@ def test_stale_temporary_files_are_removed(tiny_m3, tmp_path):
     os.utime(stale, (0, 0))
     cache.encode(tiny_m3, TEXTS[:2])
     assert not stale.exists() and fresh.exists()
+
+
+def _forward_calls(embedder, monkeypatch):
+    """Count model forward passes (one per batch) on ``embedder``."""
+    calls = []
+    original = embedder.forward
+
+    def spy(input_ids, attention_mask, **heads):
+        calls.append(len(input_ids))
+        return original(input_ids, attention_mask, **heads)
+
+    monkeypatch.setattr(embedder, "forward", spy)
+    return calls
+
+
+def _assert_same(got, want):
+    assert np.array_equal(got.dense, want.dense)
+    assert got.sparse.to_dicts() == want.sparse.to_dicts()
+    for i in range(len(want)):
+        assert np.array_equal(got.colbert[i], want.colbert[i])
+
+
+def test_cached_embedder_reads_documents_from_the_cache_the_second_time(tiny_m3, tmp_path, monkeypatch):
+    from flagstone.models.cache import CachedEmbedder
+
+    bare = tiny_m3.encode(TEXTS, dense=True, sparse=True, colbert=True)
+    calls = _forward_calls(tiny_m3, monkeypatch)
+    cached = CachedEmbedder(tiny_m3, EmbeddingCache(tmp_path))
+    first = cached.encode(TEXTS, dense=True, sparse=True, colbert=True)
+    assert sum(calls) == len(TEXTS)
+    assert list(tmp_path.glob("*/shard-*.npz"))  # written on the first call
+    again = tiny_m3.with_cache(EmbeddingCache(tmp_path))  # a new process would start like this
+    second = again.encode_documents(TEXTS[::-1], dense=True, sparse=True, colbert=True)
+    assert sum(calls) == len(TEXTS)  # no model call
+    _assert_same(first, bare)
+    _assert_same(second.take(np.arange(len(TEXTS))[::-1]), bare)
+
+
+def test_cached_embedder_encodes_queries_every_time_and_does_not_store_them(tiny_m3, tmp_path, monkeypatch):
+    from flagstone.models.cache import CachedEmbedder
+
+    bare = tiny_m3.encode_queries(TEXTS[:5], dense=True, sparse=True)
+    calls = _forward_calls(tiny_m3, monkeypatch)
+    cached = CachedEmbedder(tiny_m3, EmbeddingCache(tmp_path))
+    for _ in range(2):
+        q = cached.encode_queries(TEXTS[:5], dense=True, sparse=True)
+        assert np.array_equal(q.dense, bare.dense) and q.sparse.to_dicts() == bare.sparse.to_dicts()
+    assert sum(calls) == 10
+    assert not list(tmp_path.glob("*/shard-*.npz"))
+
+
+def test_cached_embedder_looks_like_its_embedder(tiny_m3, tmp_path):
+    from flagstone.errors import InvalidTextError
+    from flagstone.models.cache import CachedEmbedder
+    from flagstone.retrieval.retriever import Retriever
+
+    cached = tiny_m3.with_cache(EmbeddingCache(tmp_path))
+    assert isinstance(cached, CachedEmbedder) and cached.embedder is tiny_m3
+    for name in ("name", "path", "settings", "fingerprint", "dim", "vocab_size", "available_outputs", "tokenizer"):
+        assert getattr(cached, name) == getattr(tiny_m3, name)
+    assert cached.tokenize(TEXTS[:2], is_query=True) == tiny_m3.tokenize(TEXTS[:2], is_query=True)
+    assert cached.cache_key(["dense"], False) == tiny_m3.cache_key(["dense"], False)
+    with pytest.raises(InvalidTextError):
+        cached.encode("one text")
+    with pytest.raises(InvalidTextError):
+        cached.encode(["fine", "  "])
+    with pytest.raises(ValueError, match="at least one"):
+        cached.encode(TEXTS, dense=False)
+    cached.encode([" ".join(["word"] * 300)])  # cached, truncated
+    with pytest.raises(InvalidTextError, match="max_length"):
+        cached.encode([" ".join(["word"] * 300)], truncate=False)  # still refused though it is cached
+
+    ids = [str(i) for i in range(len(TEXTS))]
+    plain = Retriever(tiny_m3, signals=["dense", "sparse"]).fit(ids, TEXTS, show_progress=False)
+    worn = Retriever(cached, signals=["dense", "sparse"]).fit(ids, TEXTS, show_progress=False)
+    for mode in ("dense", "sparse"):
+        assert worn.search(TEXTS[:3], mode=mode, k=5).ids == plain.search(TEXTS[:3], mode=mode, k=5).ids
+
+
+def test_missing_head_and_double_wrapping(minilm, tiny_m3, tmp_path):
+    from flagstone.errors import MissingHeadError
+    from flagstone.models.cache import CachedEmbedder
+
+    with pytest.raises(MissingHeadError):
+        CachedEmbedder(minilm, EmbeddingCache(tmp_path / "a")).encode(["text"], sparse=True)
+    inner, outer = EmbeddingCache(tmp_path / "inner"), EmbeddingCache(tmp_path / "outer")
+    outer.encode(CachedEmbedder(tiny_m3, inner), TEXTS[:3])  # the outer cache is the one asked: only it stores
+    assert len(list((tmp_path / "outer").glob("*/shard-*.npz"))) == 1
+    assert not list((tmp_path / "inner").glob("*/shard-*.npz"))
+    with pytest.raises(TypeError):
+        CachedEmbedder(tiny_m3, str(tmp_path))

@@ -143,3 +143,40 @@ def test_token_budget_changes_batches_not_results(tiny_m3_dir):
     assert Embedder(str(tiny_m3_dir), show_progress=False).max_batch_tokens == 1024  # "auto" on CPU
     with pytest.raises(ValueError, match="max_batch_tokens"):
         Embedder(str(tiny_m3_dir), max_batch_tokens=0)
+
+
+def test_tokenize_is_what_encode_feeds_the_model(tiny_m3_dir, monkeypatch):
+    embedder = Embedder(str(tiny_m3_dir), query_instruction="query: ", show_progress=False)
+    texts = ["Return the sum of two numbers", "open a file"]
+    ids = embedder.tokenize(texts)
+    assert ids == embedder.tokenizer(texts, truncation=True, max_length=embedder.settings.max_length)["input_ids"]
+    assert embedder.tokenize(texts, is_query=True) == embedder.tokenize(["query: " + t for t in texts])
+    short = embedder.tokenize([" ".join(["word"] * 50)], max_length=6)[0]
+    assert len(short) == 6 and short[-1] == embedder.tokenizer.eos_token_id
+    with pytest.raises(InvalidTextError, match="more than max_length"):
+        embedder.tokenize([" ".join(["word"] * 50)], max_length=6, truncate=False)
+    with pytest.raises(InvalidTextError, match="single string"):
+        embedder.tokenize("one text")
+    assert embedder.tokenize([]) == []
+
+    input_ids, mask = embedder.pad(ids)
+    assert input_ids.shape == mask.shape == (2, max(len(i) for i in ids))
+    assert input_ids[1, : len(ids[1])].tolist() == ids[1] and mask[1].tolist() == [1] * len(ids[1]) + [0] * (
+        input_ids.shape[1] - len(ids[1]))  # right padding, whatever the tokenizer's padding side
+    assert set(input_ids[1, len(ids[1]):].tolist()) <= {embedder.tokenizer.pad_token_id}
+
+    calls = []
+    original = embedder.tokenize
+    monkeypatch.setattr(embedder, "tokenize", lambda t, **kw: calls.append(kw) or original(t, **kw))
+    embedder.encode_queries(texts[:1])
+    assert calls == [{"is_query": True, "truncate": True}]
+
+
+def test_forward_returns_differentiable_head_outputs(tiny_m3):
+    input_ids, mask = tiny_m3.pad(tiny_m3.tokenize(["Return the sum of two numbers", "x"]))
+    out = tiny_m3.forward(input_ids, mask, dense=True, sparse=True, colbert=True)
+    assert out.dense.shape == (2, tiny_m3.dim) and out.sparse.shape == input_ids.shape
+    assert out.colbert.shape[:2] == (2, input_ids.shape[1] - 1)
+    enc = tiny_m3.encode(["Return the sum of two numbers", "x"])
+    assert np.abs(out.dense.detach().numpy() - enc.dense).max() < 1e-6
+    assert out.dense.requires_grad  # outside inference_mode training can use it as is

@@ -41,3 +41,27 @@ def test_teacher_scores_are_the_teachers_pair_scores(minilm):
     d = minilm.encode(["Open file and return a stream.", "Return the absolute value."], show_progress=False).dense
     np.testing.assert_allclose(scored[0].pos_scores + scored[0].neg_scores, d @ q, atol=1e-5)
     assert scored[0].pos_scores[0] > scored[0].neg_scores[0]
+
+
+def test_mining_retriever_wears_the_cache(tiny_m3, tmp_path, monkeypatch):
+    from flagstone.models.cache import CachedEmbedder, EmbeddingCache
+    from flagstone.training.mining import mining_retriever
+
+    ids, texts = _corpus()
+    ids, texts = ids[:60], texts[:60]
+    doc_text = dict(zip(ids, texts))
+    examples = [TrainingExample(texts[i][:60], [texts[i]]) for i in range(0, 30, 5)]
+    plain = mining_retriever(tiny_m3, ids, texts, mode="dense", show_progress=False)
+    assert plain.signals == ("dense",) and plain.embedder is tiny_m3
+    cache = EmbeddingCache(tmp_path)
+    first = mining_retriever(tiny_m3, ids, texts, mode="dense", cache=cache, show_progress=False)
+    assert isinstance(first.embedder, CachedEmbedder)
+    calls = []
+    original = tiny_m3.forward
+    monkeypatch.setattr(tiny_m3, "forward", lambda *a, **kw: calls.append(len(a[0])) or original(*a, **kw))
+    again = mining_retriever(tiny_m3, ids, texts, mode="dense", cache=EmbeddingCache(tmp_path), show_progress=False)
+    mined = mine_hard_negatives(examples, again, doc_text, mode="dense", rank_range=(2, 20), n_negatives=5)
+    assert sum(calls) == len(examples)  # the corpus came from the cache; only the queries were encoded
+    monkeypatch.undo()
+    assert mined == mine_hard_negatives(examples, plain, doc_text, mode="dense", rank_range=(2, 20), n_negatives=5)
+    assert mining_retriever(None, ids, texts, mode="bm25", show_progress=False).signals == ("bm25",)

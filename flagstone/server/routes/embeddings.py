@@ -46,7 +46,7 @@ def openai_embeddings(body: OpenAIEmbeddingRequest, service: Service = Depends(g
     for i, row in enumerate(dense.astype(np.float32)):
         value = base64.b64encode(row.tobytes()).decode() if body.encoding_format == "base64" else row.tolist()
         data.append({"object": "embedding", "index": i, "embedding": value})
-    tokens = sum(len(ids) for ids in embedder._tokenize(texts, truncate=True))
+    tokens = sum(len(ids) for ids in embedder.tokenize(texts))
     return {"object": "list", "data": data, "model": embedder.name,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 

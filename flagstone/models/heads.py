@@ -1,0 +1,131 @@
+"""The encoder forward and its heads, one implementation for inference and training.
+
+From a transformer's token states this computes the pooled dense vector, BGE-M3's sparse token weights
+(``relu(Linear(hidden, 1))``) and ColBERT vectors (``Linear(hidden, dim)`` on every token after the first).
+Everything stays a differentiable tensor: :class:`~flagstone.models.embedder.Embedder` turns the outputs
+into arrays under ``torch.inference_mode``, training scores them and back-propagates.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+POOLINGS = ("cls", "mean", "last_token")
+
+
+@dataclass
+class EncoderOutput:
+    """Per-batch outputs of :func:`encoder_forward`; an output not asked for is ``None``.
+
+    ``sparse`` is one weight per token position, zero on padding and special tokens (a repeated token has a
+    weight at each position; :func:`sparse_vocab_weights` keeps the largest). ``colbert`` covers positions
+    ``1..`` (the first token, CLS, has no vector) with zero vectors on padding; ``colbert_mask`` marks the
+    real ones.
+    """
+
+    dense: torch.Tensor | None = None  # (batch, hidden)
+    sparse: torch.Tensor | None = None  # (batch, seq)
+    colbert: torch.Tensor | None = None  # (batch, seq - 1, dim)
+    colbert_mask: torch.Tensor | None = None  # (batch, seq - 1)
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str, normalize: bool) -> torch.Tensor:
+    """One vector per text from token states (right padding): CLS, mean over real tokens, or last token."""
+    import torch
+
+    if pooling == "cls":
+        pooled = hidden[:, 0]
+    elif pooling == "mean":
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
+    elif pooling == "last_token":  # the last real token of each row
+        last = mask.sum(dim=1) - 1
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    else:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    if normalize:
+        pooled = torch.nn.functional.normalize(pooled, dim=-1)
+    return pooled
+
+
+def sparse_token_weights(hidden: torch.Tensor, mask: torch.Tensor, input_ids: torch.Tensor,
+                         head: torch.nn.Module, special_ids: torch.Tensor) -> torch.Tensor:
+    """``relu(head(hidden))`` per token, zero on padding and on ``special_ids`` (CLS, SEP, PAD, ...)."""
+    import torch
+
+    # the head may be kept in another dtype than the encoder (training keeps heads in float32)
+    weights = torch.relu(head(hidden.to(head.weight.dtype))).squeeze(-1) * mask
+    return weights * ~torch.isin(input_ids, special_ids.to(input_ids.device))
+
+
+def sparse_vocab_weights(token_weights: torch.Tensor, input_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """``(batch, vocab_size)`` lexical weights: a token repeated in a text keeps its largest weight.
+    Differentiable (training scores with it); inference builds the same rows sparsely."""
+    import torch
+
+    vocab = torch.zeros(len(token_weights), vocab_size, dtype=token_weights.dtype, device=token_weights.device)
+    return vocab.scatter_reduce(1, input_ids, token_weights, reduce="amax", include_self=True)
+
+
+def colbert_vectors(hidden: torch.Tensor, mask: torch.Tensor, head: torch.nn.Module,
+                    normalize: bool) -> torch.Tensor:
+    """ColBERT vectors for every token after the first, zero on padding (unit length when ``normalize``)."""
+    import torch
+
+    vecs = head(hidden[:, 1:].to(head.weight.dtype))
+    vecs = vecs * mask[:, 1:].unsqueeze(-1).to(vecs.dtype)  # the head's dtype (bfloat16 under autocast)
+    if normalize:
+        vecs = torch.nn.functional.normalize(vecs, dim=-1)
+    return vecs
+
+
+def apply_heads(
+    hidden: torch.Tensor,
+    attention_mask: torch.Tensor,
+    input_ids: torch.Tensor,
+    *,
+    pooling: str,
+    normalize: bool,
+    dense: bool = True,
+    sparse_head: torch.nn.Module | None = None,
+    colbert_head: torch.nn.Module | None = None,
+    special_ids: torch.Tensor | None = None,
+) -> EncoderOutput:
+    """Dense, sparse and ColBERT outputs from token states ``hidden`` (right-padded batch).
+
+    Sparse weights are computed when ``sparse_head`` is given (``special_ids`` is then required), ColBERT
+    vectors when ``colbert_head`` is given.
+    """
+    out = EncoderOutput()
+    if dense:
+        out.dense = pool(hidden, attention_mask, pooling, normalize)
+    if sparse_head is not None:
+        if special_ids is None:
+            raise ValueError("sparse weights need special_ids (the tokens that get no weight)")
+        out.sparse = sparse_token_weights(hidden, attention_mask, input_ids, sparse_head, special_ids)
+    if colbert_head is not None:
+        out.colbert = colbert_vectors(hidden, attention_mask, colbert_head, normalize)
+        out.colbert_mask = attention_mask[:, 1:]
+    return out
+
+
+def encoder_forward(
+    encoder: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    pooling: str,
+    normalize: bool,
+    dense: bool = True,
+    sparse_head: torch.nn.Module | None = None,
+    colbert_head: torch.nn.Module | None = None,
+    special_ids: torch.Tensor | None = None,
+) -> EncoderOutput:
+    """Run ``encoder`` (a Hugging Face encoder, possibly LoRA-wrapped) on a right-padded batch and apply the
+    heads (see :func:`apply_heads`). Inference and training both call this, so they compute the same thing."""
+    hidden = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    return apply_heads(hidden, attention_mask, input_ids, pooling=pooling, normalize=normalize, dense=dense,
+                       sparse_head=sparse_head, colbert_head=colbert_head, special_ids=special_ids)

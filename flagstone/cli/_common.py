@@ -42,6 +42,13 @@ def _embedder(args: argparse.Namespace):
                     dtype=args.dtype, show_progress=not args.quiet)
 
 
+def _add_cache_options(p: argparse.ArgumentParser) -> None:
+    """The cache options alone, for commands without the full model group."""
+    p.add_argument("--cache-dir", default=None,
+                   help="embedding cache folder (default: $FLAGSTONE_CACHE or ~/.cache/flagstone)")
+    p.add_argument("--no-cache", action="store_true", help="always re-encode documents")
+
+
 def _cache(args: argparse.Namespace):
     if args.no_cache:
         return None

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from flagstone.cli._common import EPILOG, _add_model_options, _embedder, _read_texts
+from flagstone.cli._common import EPILOG, _add_model_options, _cache, _embedder, _read_texts
 from flagstone.errors import DataError
 
 
@@ -38,6 +38,11 @@ def cmd_encode(args: argparse.Namespace) -> int:
     if truncated and not args.no_truncate:
         print(f"note: {truncated} of {len(texts)} texts exceed {embedder.settings.max_length} tokens and are "
               "truncated", file=sys.stderr)
+    cache = None if args.queries else _cache(args)  # documents come from the cache; queries are always encoded
+    if cache is not None:
+        from flagstone.models.cache import CachedEmbedder
+
+        embedder = CachedEmbedder(embedder, cache)
     emb = embedder.encode(texts, dense=not args.no_dense, sparse=args.sparse, colbert=args.colbert,
                           is_query=args.queries, truncate=not args.no_truncate)
     arrays = emb.to_arrays()

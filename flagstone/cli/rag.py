@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from flagstone.cli._common import EPILOG, _read_texts
+from flagstone.cli._common import EPILOG, _add_cache_options, _cache, _read_texts
 from flagstone.errors import FlagstoneError
 
 PIPELINE_HELP = {
@@ -38,6 +38,7 @@ def add_parsers(sub, epilog: str = EPILOG) -> None:
     p.add_argument("--base-url", default=None, help="OpenAI-compatible API root, e.g. http://localhost:8080/v1")
     p.add_argument("--model", default=None, help="embedding model for retrieval (default: all-MiniLM-L6-v2)")
     p.add_argument("--mode", default="hybrid", help="retrieval mode: dense, bm25, hybrid, ... (default: hybrid)")
+    _add_cache_options(p)
     p.add_argument("-k", type=int, default=3, help="chunks read per retrieval (default: 3)")
     p.add_argument("--chunk-tokens", type=int, default=200, help="tokens per chunk (default: 200)")
     p.add_argument("--overlap", type=int, default=32, help="tokens shared by neighbouring chunks (default: 32)")
@@ -80,12 +81,12 @@ def cmd_ask(args: argparse.Namespace) -> int:
     context = memory = None
     saved = args.memory and (Path(args.memory) / "context.json").is_file()
     if saved:
-        context = ContextIndex.load(args.memory, embedder=_embedder_for(args))
+        context = ContextIndex.load(args.memory, embedder=_embedder_for(args), cache=_cache(args))
         if (Path(args.memory) / "memory.json").is_file():
             memory = Memory.load(args.memory)
     elif args.context:
         context = ContextIndex.build(_documents(args.context), embedder=_embedder_for(args), mode=args.mode,
-                                     chunk_tokens=args.chunk_tokens, overlap=args.overlap)
+                                     chunk_tokens=args.chunk_tokens, overlap=args.overlap, cache=_cache(args))
     if args.pipeline == "memorag":
         answer = pipeline.ask(args.question, context, memory=memory, save_to=None if memory else args.memory)
     else:

@@ -7,7 +7,7 @@ import math
 import sys
 from pathlib import Path
 
-from flagstone.cli._common import EPILOG, _read_texts
+from flagstone.cli._common import EPILOG, _add_cache_options, _cache, _read_texts
 from flagstone.errors import FlagstoneError
 
 
@@ -28,6 +28,7 @@ def add_parsers(sub, epilog: str = EPILOG) -> None:
     p.add_argument("--negatives", type=int, default=15, help="negatives per query (default: 15)")
     p.add_argument("--teacher", default=None, help="a cross-encoder to score pos/neg for distillation")
     p.add_argument("--seed", type=int, default=0)
+    _add_cache_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("train", help="fine-tune an embedder (dense or BGE-M3 dense+sparse+ColBERT) or a reranker",
@@ -94,9 +95,8 @@ def _training_config(args: argparse.Namespace):
 
 def cmd_mine(args: argparse.Namespace) -> int:
     from flagstone.models.embedder import Embedder
-    from flagstone.retrieval.retriever import Retriever
     from flagstone.training.data import load_examples, save_examples
-    from flagstone.training.mining import add_teacher_scores, mine_hard_negatives
+    from flagstone.training.mining import add_teacher_scores, mine_hard_negatives, mining_retriever
 
     examples = load_examples(args.data)
     if args.corpus:
@@ -105,8 +105,8 @@ def cmd_mine(args: argparse.Namespace) -> int:
         texts = list(dict.fromkeys(t for ex in examples for t in ex.pos + ex.neg))
         ids = [str(i) for i in range(len(texts))]
     embedder = None if args.mode == "bm25" else Embedder(args.model or "all-MiniLM-L6-v2", show_progress=not args.quiet)
-    signals = ["bm25"] if args.mode == "bm25" else (["dense"] if args.mode == "dense" else None)
-    retriever = Retriever(embedder, signals=signals).fit(ids, texts, show_progress=not args.quiet)
+    retriever = mining_retriever(embedder, ids, texts, mode=args.mode, cache=_cache(args),
+                                 show_progress=not args.quiet)
     mined = mine_hard_negatives(examples, retriever, dict(zip(ids, texts)), mode=args.mode,
                                 rank_range=tuple(args.range), n_negatives=args.negatives, seed=args.seed)
     if args.teacher:

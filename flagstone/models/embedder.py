@@ -23,8 +23,6 @@ from flagstone.models.presets import DEFAULT_MODEL, PRESETS, ModelPreset, find_p
 if TYPE_CHECKING:
     import torch
 
-    from flagstone.models.cache import CachedEmbedder, EmbeddingCache
-
 SPARSE_HEAD_FILE = "sparse_linear.pt"
 COLBERT_HEAD_FILE = "colbert_linear.pt"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
@@ -279,13 +277,6 @@ class Embedder:
         parts = [self.fingerprint, s.pooling, str(s.normalize), str(s.max_length), s.dtype,
                  ",".join(sorted(outputs)), s.query_instruction if is_query else ""]
         return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:24]
-
-    def with_cache(self, cache: EmbeddingCache) -> CachedEmbedder:
-        """This embedder wearing an embedding cache: documents are read from ``cache`` when already encoded
-        with the same model and settings, and written to it when not (see :class:`CachedEmbedder`)."""
-        from flagstone.models.cache import CachedEmbedder
-
-        return CachedEmbedder(self, cache)
 
     def __repr__(self) -> str:
         s = self.settings

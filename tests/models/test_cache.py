@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 import pytest
 
-from flagstone.models.cache import EmbeddingCache
+from flagstone.models.cache import CachedEmbedder, EmbeddingCache
 from tests.helpers import REPO
 
 TEXTS = [f"document number {i} about topic {i % 7}" for i in range(40)]
@@ -186,7 +186,7 @@ def test_cached_embedder_reads_documents_from_the_cache_the_second_time(tiny_m3,
     first = cached.encode(TEXTS, dense=True, sparse=True, colbert=True)
     assert sum(calls) == len(TEXTS)
     assert list(tmp_path.glob("*/shard-*.npz"))  # written on the first call
-    again = tiny_m3.with_cache(EmbeddingCache(tmp_path))  # a new process would start like this
+    again = CachedEmbedder(tiny_m3, EmbeddingCache(tmp_path))  # a new process would start like this
     second = again.encode_documents(TEXTS[::-1], dense=True, sparse=True, colbert=True)
     assert sum(calls) == len(TEXTS)  # no model call
     _assert_same(first, bare)
@@ -211,7 +211,7 @@ def test_cached_embedder_looks_like_its_embedder(tiny_m3, tmp_path):
     from flagstone.models.cache import CachedEmbedder
     from flagstone.retrieval.retriever import Retriever
 
-    cached = tiny_m3.with_cache(EmbeddingCache(tmp_path))
+    cached = CachedEmbedder(tiny_m3, EmbeddingCache(tmp_path))
     assert isinstance(cached, CachedEmbedder) and cached.embedder is tiny_m3
     for name in ("name", "path", "settings", "fingerprint", "dim", "vocab_size", "available_outputs", "tokenizer"):
         assert getattr(cached, name) == getattr(tiny_m3, name)

@@ -23,7 +23,13 @@ from tqdm.auto import tqdm
 
 from flagstone._io import atomic_write
 from flagstone.errors import CacheError, InvalidTextError, MissingHeadError
-from flagstone.models.embedder import Embedder, EmbedderSettings, validate_texts
+from flagstone.models.embedder import (
+    COLBERT_HEAD_FILE,
+    SPARSE_HEAD_FILE,
+    Embedder,
+    EmbedderSettings,
+    validate_texts,
+)
 from flagstone.models.embeddings import Embeddings
 
 if TYPE_CHECKING:
@@ -267,8 +273,10 @@ class CachedEmbedder:
             raise ValueError("ask for at least one of dense, sparse, colbert")
         asked = [n for n, on in (("dense", dense), ("sparse", sparse), ("colbert", colbert)) if on]
         missing = [n for n in asked if n not in self.available_outputs]
-        if missing:
-            raise MissingHeadError(f"model {self.name!r} has no {' or '.join(missing)} head")
+        if missing:  # worded as the embedder words it
+            names = {"sparse": f"sparse head ({SPARSE_HEAD_FILE}", "colbert": f"ColBERT head ({COLBERT_HEAD_FILE}"}
+            raise MissingHeadError(f"model {self.name!r} has no {names.get(missing[0], missing[0])} not in "
+                                   f"{self.path})")
         texts = list(texts)
         validate_texts(texts)
         if not truncate:

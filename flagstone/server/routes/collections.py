@@ -15,7 +15,7 @@ router = APIRouter(dependencies=[Depends(authorised)])
 
 class CreateCollection(BaseModel):
     name: str = Field(min_length=1, max_length=64)
-    index: Literal["flat", "hi2"] = "flat"
+    index: Literal["flat", "ivf", "hi2"] = "flat"
     description: str = Field(default="", max_length=1000)
 
 

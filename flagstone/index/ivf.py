@@ -238,7 +238,6 @@ class IVFIndex(DenseIndex):
     def _load_state(self, params: dict, arrays: dict[str, np.ndarray]) -> None:
         self.centroids = np.asarray(arrays["centroids"])
         self.assign = np.asarray(arrays["assign"])
-        self._configured_lists = params.get("configured_lists", self.n_lists)
         if "assign_similarity" in arrays:  # folders from before drift tracking lack these
             self.assign_similarity = np.asarray(arrays["assign_similarity"])
             self.trained_on = int(arrays["trained_on"])

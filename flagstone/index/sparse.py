@@ -138,11 +138,11 @@ class SparseIndex(Index):
             q.data = (q.data * lucene_idf(self._doc_freq[q.indices], len(self))).astype(np.float32)
         return q
 
-    def _document_side(self, matrix, first_row: int):
-        """Stored rows ``first_row...`` as the document side of the score (BM25's length-normalised tf)."""
+    def _document_side(self, matrix, lengths: np.ndarray):
+        """Stored values as the document side of the score: as they are for dot products, BM25's
+        length-normalised tf otherwise (``lengths``: the document length of each stored value)."""
         if self.scoring == "dot":
             return matrix
-        lengths = np.repeat(self.doc_len[first_row : first_row + matrix.shape[0]], np.diff(matrix.indptr))
         out = matrix.copy()
         out.data = bm25_term_weights(matrix.data, lengths, self._avgdl(), self.k1, self.b).astype(np.float32)
         return out
@@ -157,15 +157,13 @@ class SparseIndex(Index):
             postings = self.postings
             terms = np.unique(q.indices)
             terms = terms[terms < postings.shape[0]]  # terms first seen after the last merge are in the tail
-            sub = postings[terms]  # only the query terms' posting lists
-            if self.scoring == "bm25":
-                sub = sub.copy()
-                sub.data = bm25_term_weights(sub.data, self.doc_len[sub.indices], self._avgdl(), self.k1,
-                                             self.b).astype(np.float32)
+            sub = postings[terms]  # only the query terms' posting lists; their column indices are rows
+            sub = self._document_side(sub, self.doc_len[sub.indices])
             parts.append(np.asarray((q[:, terms] @ sub).todense(), dtype=np.float32))
         first = self._main.shape[0]
         for block in self._tail:
-            side = self._document_side(_widen(block, self.vocab_size), first)
+            lengths = np.repeat(self.doc_len[first : first + block.shape[0]], np.diff(block.indptr))
+            side = self._document_side(_widen(block, self.vocab_size), lengths)
             parts.append(np.asarray((q @ side.T).todense(), dtype=np.float32))
             first += block.shape[0]
         return np.concatenate(parts, axis=1) if parts else np.zeros((q.shape[0], 0), np.float32)
@@ -194,12 +192,7 @@ class SparseIndex(Index):
     def _weighted_rows(self, rows: np.ndarray):
         rows = np.asarray(rows, dtype=np.int64)
         matrix = self._rows_matrix(rows)
-        if self.scoring == "dot":
-            return matrix
-        out = matrix.copy()
-        out.data = bm25_term_weights(matrix.data, np.repeat(self.doc_len[rows], np.diff(matrix.indptr)),
-                                     self._avgdl(), self.k1, self.b).astype(np.float32)
-        return out
+        return self._document_side(matrix, np.repeat(self.doc_len[rows], np.diff(matrix.indptr)))
 
     def rescore(self, queries: Any, positions: Sequence[np.ndarray]) -> list[np.ndarray]:
         q = self._query_matrix(self._queries(queries))

@@ -22,14 +22,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from flagstone._io import atomic_write
-from flagstone.errors import CacheError, InvalidTextError, MissingHeadError
-from flagstone.models.embedder import (
-    COLBERT_HEAD_FILE,
-    SPARSE_HEAD_FILE,
-    Embedder,
-    EmbedderSettings,
-    validate_texts,
-)
+from flagstone.errors import CacheError
+from flagstone.models.embedder import Embedder, EmbedderSettings
 from flagstone.models.embeddings import Embeddings
 
 if TYPE_CHECKING:
@@ -267,18 +261,7 @@ class CachedEmbedder:
         show_progress: bool | None = None,
     ) -> Embeddings:
         """:meth:`Embedder.encode`, with documents (``is_query=False``) read from and written to the cache."""
-        if isinstance(texts, str):
-            raise InvalidTextError("encode expects a list of texts, got a single string; wrap it in a list")
-        if not (dense or sparse or colbert):
-            raise ValueError("ask for at least one of dense, sparse, colbert")
-        asked = [n for n, on in (("dense", dense), ("sparse", sparse), ("colbert", colbert)) if on]
-        missing = [n for n in asked if n not in self.available_outputs]
-        if missing:  # worded as the embedder words it
-            names = {"sparse": f"sparse head ({SPARSE_HEAD_FILE}", "colbert": f"ColBERT head ({COLBERT_HEAD_FILE}"}
-            raise MissingHeadError(f"model {self.name!r} has no {names.get(missing[0], missing[0])} not in "
-                                   f"{self.path})")
-        texts = list(texts)
-        validate_texts(texts)
+        texts = self.embedder.check_request(texts, dense=dense, sparse=sparse, colbert=colbert)
         if not truncate:
             # raise for a text over max_length even when its (truncated) vectors are cached; what is left to
             # encode then fits, so truncation does not matter below

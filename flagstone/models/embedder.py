@@ -313,17 +313,7 @@ class Embedder:
         import torch
         from tqdm.auto import tqdm
 
-        if isinstance(texts, str):
-            raise InvalidTextError("encode expects a list of texts, got a single string; wrap it in a list")
-        if not (dense or sparse or colbert):
-            raise ValueError("ask for at least one of dense, sparse, colbert")
-        if sparse and not self.has_sparse:
-            raise MissingHeadError(f"model {self.name!r} has no sparse head ({SPARSE_HEAD_FILE} not in {self.path})")
-        if colbert and not self.has_colbert:
-            raise MissingHeadError(
-                f"model {self.name!r} has no ColBERT head ({COLBERT_HEAD_FILE} not in {self.path})")
-        texts = list(texts)
-        validate_texts(texts)
+        texts = self.check_request(texts, dense=dense, sparse=sparse, colbert=colbert)
         token_ids = self.tokenize(texts, is_query=is_query, truncate=truncate)
         order = np.argsort([-len(ids) for ids in token_ids], kind="stable")
         progress = self.show_progress if show_progress is None else show_progress
@@ -410,15 +400,31 @@ class Embedder:
             mask[row, : len(ids)] = 1
         return torch.from_numpy(input_ids).to(self.device), torch.from_numpy(mask).to(self.device)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, dense: bool = True,
-                sparse: bool = False, colbert: bool = False) -> EncoderOutput:
-        """The model and the heads asked for on one padded batch, as tensors (differentiable outside
-        ``torch.inference_mode``); see :func:`flagstone.models.heads.encoder_forward`."""
+    def check_heads(self, *, sparse: bool, colbert: bool) -> None:
+        """:class:`MissingHeadError` naming the file when an output is asked of a model without its head."""
         if sparse and not self.has_sparse:
             raise MissingHeadError(f"model {self.name!r} has no sparse head ({SPARSE_HEAD_FILE} not in {self.path})")
         if colbert and not self.has_colbert:
             raise MissingHeadError(
                 f"model {self.name!r} has no ColBERT head ({COLBERT_HEAD_FILE} not in {self.path})")
+
+    def check_request(self, texts: Sequence[str], *, dense: bool, sparse: bool, colbert: bool) -> list[str]:
+        """The checks every encode call makes before any work: a list of valid texts, at least one output,
+        and the heads for the outputs asked; returns the texts as a list."""
+        if isinstance(texts, str):
+            raise InvalidTextError("encode expects a list of texts, got a single string; wrap it in a list")
+        if not (dense or sparse or colbert):
+            raise ValueError("ask for at least one of dense, sparse, colbert")
+        self.check_heads(sparse=sparse, colbert=colbert)
+        texts = list(texts)
+        validate_texts(texts)
+        return texts
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, dense: bool = True,
+                sparse: bool = False, colbert: bool = False) -> EncoderOutput:
+        """The model and the heads asked for on one padded batch, as tensors (differentiable outside
+        ``torch.inference_mode``); see :func:`flagstone.models.heads.encoder_forward`."""
+        self.check_heads(sparse=sparse, colbert=colbert)
         return encoder_forward(self.model, input_ids, attention_mask, pooling=self.settings.pooling,
                                normalize=self.settings.normalize, dense=dense,
                                sparse_head=self.sparse_head if sparse else None,

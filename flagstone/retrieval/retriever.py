@@ -207,7 +207,8 @@ class Retriever:
     def add(self, ids: Sequence[str], texts: Sequence[str], metadata: Sequence[Mapping] | None = None, *,
             show_progress: bool | None = None) -> None:
         """Index more documents. Ids must be new (``remove`` first to replace one). Encoding happens before any
-        index changes, so a failure leaves the retriever as it was."""
+        index changes, and an index that refuses the rows makes the others drop them again, so a failed add
+        leaves no trace in search results."""
         ids = [str(i) for i in ids]
         if len(ids) != len(texts):
             raise ValueError(f"{len(ids)} ids for {len(texts)} texts")
@@ -224,6 +225,22 @@ class Retriever:
         model_signals = [s for s in self.signals if s in _MODEL_SIGNALS]
         emb = (self._encode(texts, model_signals, is_query=False, show_progress=show_progress)
                if model_signals else Embeddings())
+        try:
+            self._add_to_indexes(ids, texts, emb)
+        except BaseException:  # an index refused the rows (e.g. NaN vectors): take them out of those that took them
+            for index in self._all_indexes():
+                taken = [i for i in ids if i in index]
+                if taken:
+                    index.remove(taken)
+            raise
+        for n, (doc_id, text) in enumerate(zip(ids, texts)):
+            self._texts[doc_id] = text
+            self._order[doc_id] = self._next
+            self._next += 1
+            if metadata is not None and metadata[n]:
+                self._metadata[doc_id] = dict(metadata[n])
+
+    def _add_to_indexes(self, ids: list[str], texts: Sequence[str], emb: Embeddings) -> None:
         if self.bm25 is not None:
             counts = self.bm25.count(texts)
             if self._terms is None:
@@ -245,12 +262,10 @@ class Retriever:
             self._indexes.setdefault("sparse", SparseIndex(emb.sparse.vocab_size)).add(ids, emb.sparse)
         if emb.colbert is not None:
             self._indexes.setdefault("colbert", MultiVectorIndex(emb.colbert.dim)).add(ids, emb.colbert)
-        for n, (doc_id, text) in enumerate(zip(ids, texts)):
-            self._texts[doc_id] = text
-            self._order[doc_id] = self._next
-            self._next += 1
-            if metadata is not None and metadata[n]:
-                self._metadata[doc_id] = dict(metadata[n])
+
+    def _all_indexes(self) -> list[Index]:
+        """Every index once (the BM25 statistics are the "bm25" signal's index when it is one)."""
+        return list({id(x): x for x in (*self._indexes.values(), self._terms) if x is not None}.values())
 
     def remove(self, ids: Sequence[str]) -> None:
         """Forget documents; they stop matching at once."""
@@ -258,8 +273,7 @@ class Retriever:
         missing = [i for i in ids if i not in self._texts]
         if missing:
             raise IdError(f"{len(missing)} unknown ids, e.g. {missing[:3]}")
-        indexes = {id(x): x for x in (*self._indexes.values(), self._terms) if x is not None}
-        for index in indexes.values():
+        for index in self._all_indexes():
             index.remove(ids)
         for doc_id in ids:
             del self._texts[doc_id], self._order[doc_id]
@@ -311,11 +325,12 @@ class Retriever:
     def _encode_queries(self, queries: Sequence[str], signals: Sequence[str]) -> dict[str, object]:
         encoded: dict[str, object] = {}
         model_signals = [s for s in signals if s in _MODEL_SIGNALS]
-        terms = self.bm25.transform_queries(queries) if self.bm25 is not None and self._terms is not None else None
+        hi2 = "dense" in model_signals and isinstance(self._indexes.get("dense"), HI2Index)
+        terms = self.bm25.transform_queries(queries) if "bm25" in signals or hi2 else None
         if model_signals:
             emb = self._encode(queries, model_signals, is_query=True, show_progress=False)
             encoded.update({s: getattr(emb, s) for s in model_signals})
-            if isinstance(self._indexes.get("dense"), HI2Index):
+            if hi2:
                 encoded["dense"] = Embeddings(dense=emb.dense, sparse=terms)
         if "bm25" in signals:
             encoded["bm25"] = terms

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flagstone.errors import DataError, IdError, NotFittedError
+from flagstone.errors import DataError, IdError, NotFittedError, VectorError
 from flagstone.index.sparse import SparseIndex
 from flagstone.retrieval.bm25 import BM25
 from flagstone.retrieval.retriever import Retriever
@@ -114,3 +114,17 @@ def test_describe_reports_drift_and_retrain_resets_it(minilm):
     assert drift["trained_on"] == 12 and drift["added_since_training"] == 0
     assert drift["centroid_similarity_now"] == pytest.approx(drift["centroid_similarity_at_training"], abs=1e-5)
     assert retriever.search(["bees"], mode="dense", k=2).ids[0][0] in {"doc3", "doc7", "doc11"}
+
+
+def test_a_refused_add_leaves_no_trace(tiny_m3, monkeypatch):
+    retriever = Retriever(tiny_m3, signals=["dense", "bm25"]).fit(IDS[:4], CORPUS[:4])
+    real = retriever._encode
+    broken = real(["x"], ["dense"], is_query=False, show_progress=False)
+    monkeypatch.setattr(retriever, "_encode", lambda *a, **kw: type(broken)(dense=np.full_like(broken.dense, np.nan)))
+    with pytest.raises(VectorError):
+        retriever.add(["bad"], ["Honey bees and zinc lozenges."])
+    monkeypatch.undo()
+    assert "bad" not in retriever and len(retriever) == 4
+    assert all("bad" not in row for row in retriever.search(["honey bees zinc"], mode="bm25", k=4).ids)
+    retriever.add(["bad"], ["Honey bees and zinc lozenges."])  # the id is free again
+    assert retriever.search(["honey bees zinc"], mode="bm25", k=1).ids[0] == ["bad"]

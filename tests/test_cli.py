@@ -82,6 +82,7 @@ def test_search_and_encode(mini, tmp_path, capsys, cache_args):
     (["search", "{tmp}/latin1.jsonl", "-q", "x", "--mode", "bm25"], "latin1.jsonl:2: not valid UTF-8"),
     (["encode", "{tmp}/long.txt", "-o", "{tmp}/o.npz", "--no-truncate"], "text #1 has"),
     (["encode", "{tmp}/ok.txt", "-o", "{tmp}"], "is a folder"),
+    (["encode", "{tmp}/ok.txt", "-o", "{tmp}/ok.txt"], "already exists; pass --overwrite"),
     (["search", "{tmp}", "-q", "x"], "JSONL file not found"),
     (["eval"], "nothing to evaluate"),
     (["eval", "--tasks", "STSbenchmark"], "did you mean STSBenchmark"),
@@ -260,6 +261,7 @@ def test_mine_train_and_merge_from_the_command_line(tiny_m3_dir, tmp_path, capsy
     (["train", "embedder", "{tmp}/nope.jsonl", "-o", "{tmp}/o"], "JSONL file not found"),
     (["train", "reranker", "{tmp}/noneg.jsonl", "-o", "{tmp}/o"], "has no negatives: mine hard negatives first"),
     (["mine", "{tmp}/badrow.jsonl", "-o", "{tmp}/o.jsonl"], "badrow.jsonl:1: 'pos' must be a list of strings"),
+    (["mine", "{tmp}/badrow.jsonl", "-o", "{tmp}/noneg.jsonl"], "already exists; pass --overwrite"),
     (["merge", "{tmp}/a", "{tmp}/b", "-o", "{tmp}/m", "--weights", "1", "1"], "unknown model"),
 ])
 def test_training_mistakes_print_one_line(tmp_path, args, message):

@@ -49,6 +49,17 @@ def _add_cache_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cache", action="store_true", help="always re-encode documents")
 
 
+def _check_output_file(path: str, *, overwrite: bool, example: str) -> None:
+    """Before any work: the output file must not be a folder, nor exist unless ``--overwrite`` was given."""
+    from flagstone.errors import DataError
+
+    out = Path(path)
+    if out.is_dir():
+        raise DataError(f"output {path} is a folder; give a file name such as {example}")
+    if out.exists() and not overwrite:
+        raise DataError(f"output {path} already exists; pass --overwrite to replace it")
+
+
 def _cache(args: argparse.Namespace):
     if args.no_cache:
         return None

@@ -3,10 +3,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from flagstone.cli._common import EPILOG, _add_model_options, _cache, _embedder, _read_texts
-from flagstone.errors import DataError
+from flagstone.cli._common import (
+    EPILOG,
+    _add_model_options,
+    _cache,
+    _check_output_file,
+    _embedder,
+    _read_texts,
+)
 
 
 def add_parsers(sub) -> None:
@@ -16,6 +21,7 @@ def add_parsers(sub) -> None:
                        epilog=EPILOG)
     p.add_argument("input", help="texts: .jsonl or .txt")
     p.add_argument("-o", "--output", required=True, help="output .npz file")
+    p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     p.add_argument("--queries", action="store_true", help="encode as queries (adds the query instruction)")
     p.add_argument("--sparse", action="store_true", help="also output sparse lexical weights (needs M3 heads)")
     p.add_argument("--colbert", action="store_true", help="also output ColBERT vectors (needs M3 heads)")
@@ -30,8 +36,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
     from flagstone._io import atomic_write
 
-    if Path(args.output).is_dir():
-        raise DataError(f"output {args.output} is a folder; give a file name such as vectors.npz")
+    _check_output_file(args.output, overwrite=args.overwrite, example="vectors.npz")
     ids, texts = _read_texts(args.input)
     embedder = _embedder(args)
     truncated = embedder.count_truncated(texts)

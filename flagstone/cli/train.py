@@ -7,7 +7,7 @@ import math
 import sys
 from pathlib import Path
 
-from flagstone.cli._common import EPILOG, _add_cache_options, _cache, _read_texts
+from flagstone.cli._common import EPILOG, _add_cache_options, _cache, _check_output_file, _read_texts
 from flagstone.errors import FlagstoneError
 
 
@@ -19,6 +19,7 @@ def add_parsers(sub, epilog: str = EPILOG) -> None:
                                    "from a teacher reranker for distillation.", epilog=epilog)
     p.add_argument("data", help="training data .jsonl (query and pos are required)")
     p.add_argument("-o", "--output", required=True, help="output .jsonl")
+    p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     p.add_argument("--corpus", default=None,
                    help="texts to mine from: a BEIR folder, .jsonl or .txt (default: every pos/neg text in the data)")
     p.add_argument("--model", default=None, help="retrieval model (default: the bundled all-MiniLM-L6-v2)")
@@ -98,6 +99,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
     from flagstone.training.data import load_examples, save_examples
     from flagstone.training.mining import add_teacher_scores, mine_hard_negatives, mining_retriever
 
+    _check_output_file(args.output, overwrite=args.overwrite, example="mined.jsonl")
     examples = load_examples(args.data)
     if args.corpus:
         ids, texts = _read_texts(args.corpus)

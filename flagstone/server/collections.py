@@ -137,12 +137,23 @@ class Collection:
             written = self.store.upsert(documents, overwrite=overwrite)
             if self._retriever is not None:
                 latest = {d.id: d for d in documents}  # the last of repeated ids wins, as in the store
-                replaced = [i for i in latest if i in self._retriever]
-                if replaced:
-                    self._retriever.remove(replaced)
-                self._retriever.add(list(latest), [d.text for d in latest.values()],
-                                    [d.metadata for d in latest.values()], show_progress=False)
+                with self._resync_on_error():
+                    replaced = [i for i in latest if i in self._retriever]
+                    if replaced:
+                        self._retriever.remove(replaced)
+                    self._retriever.add(list(latest), [d.text for d in latest.values()],
+                                        [d.metadata for d in latest.values()], show_progress=False)
             return written
+
+    @contextmanager
+    def _resync_on_error(self) -> Iterator[None]:
+        """The store is the truth: if applying a logged write to the retriever fails, drop the retriever so
+        the next search builds it again from the store, instead of serving an index that disagrees."""
+        try:
+            yield
+        except BaseException:
+            self._retriever = None
+            raise
 
     def _embed(self, texts: list[str]) -> None:
         outputs = {o: True for o in self.embedder.available_outputs}
@@ -156,7 +167,8 @@ class Collection:
                 if len(present) == len(self._retriever):
                     self._retriever = None  # an empty collection: built again on the next write and search
                 elif present:
-                    self._retriever.remove(present)
+                    with self._resync_on_error():
+                        self._retriever.remove(present)
             return deleted
 
     def get(self, doc_id: str) -> Document:

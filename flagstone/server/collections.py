@@ -8,6 +8,7 @@ as the store write, so a search always sees every acknowledged write and one wri
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import threading
@@ -24,6 +25,7 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 INDEX_KINDS = ("flat", "ivf", "hi2")
 _WORD = re.compile(r"\w+", re.UNICODE)
 RETRIEVER = "retriever"  # sub-folder holding the retriever saved at shutdown
+_log = logging.getLogger(__name__)
 
 
 class ReadWriteLock:
@@ -202,11 +204,16 @@ class Collection:
             return None
         try:
             retriever = Retriever.load(folder, embedder=self.embedder, cache=self.cache)
-        except FlagstoneError:
-            return None  # damaged or from another version: the store is the truth, build again from it
+        except FlagstoneError as exc:  # the store is the truth: build again from it, and say why
+            _log.warning("collection %r: saved retriever not used (%s); building it from the documents",
+                         self.name, exc)
+            return None
         same = retriever.ids == [d.id for d in docs] and all(
             retriever.text(d.id) == d.text and retriever.metadata(d.id) == d.metadata for d in docs)
-        return retriever if same else None
+        if not same:  # writes after the last clean shutdown (a crash, or a kill)
+            _log.info("collection %r: saved retriever is older than the documents; building it again", self.name)
+            return None
+        return retriever
 
     def retriever(self):
         """The retriever over the current documents and those documents by id (None, {} when empty)."""

@@ -97,3 +97,21 @@ def read_text(path: str | os.PathLike[str], what: str = "file") -> str:
         return p.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise DataError(f"{p}: not valid UTF-8 (byte {exc.start})") from None
+
+
+def read_format_json(file: Path, *, format_name: str, version: int, what: str, kind: str,
+                     error: type[Exception] = DataError) -> dict[str, Any]:
+    """A JSON file that names its ``format`` and ``version`` (index manifests, retriever settings): the parsed
+    object, or ``error`` saying the file is unreadable, not ``what``, or of an unsupported ``kind`` version."""
+    try:
+        document = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise error(f"{file}: missing or unreadable ({exc.__class__.__name__})") from None
+    where = file.parent
+    if not isinstance(document, dict) or document.get("format") != format_name:
+        found = document.get("format") if isinstance(document, dict) else None
+        raise error(f"{where} is not {what} (format {found!r})")
+    if document.get("version") != version:
+        raise error(f"{where}: {kind} format version {document.get('version')} is not supported "
+                    f"(this Flagstone reads version {version})")
+    return document

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flagstone._io import atomic_write
+from flagstone._io import atomic_write, read_format_json
 from flagstone.errors import FlagstoneError
 
 FORMAT = "flagstone-index"
@@ -91,15 +91,8 @@ def load_index(folder: str | os.PathLike[str], *, mmap: bool = False,
     if not current.is_file():
         raise IndexFormatError(f"{root} is not a Flagstone index (no CURRENT file)")
     gen = root / current.read_text().strip()
-    try:
-        manifest = json.loads((gen / "manifest.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        raise IndexFormatError(f"{gen}: missing or unreadable manifest.json") from None
-    if manifest.get("format") != FORMAT:
-        raise IndexFormatError(f"{gen} is not a Flagstone index (format {manifest.get('format')!r})")
-    if manifest.get("version") != VERSION:
-        raise IndexFormatError(f"{gen}: index format version {manifest.get('version')} is not supported "
-                               f"(this Flagstone reads version {VERSION})")
+    manifest = read_format_json(gen / "manifest.json", format_name=FORMAT, version=VERSION,
+                                what="a Flagstone index", kind="index", error=IndexFormatError)
     arrays = {}
     for name, entry in manifest["arrays"].items():
         file = gen / entry["file"]

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from flagstone._io import atomic_folder, atomic_write, iter_jsonl
+from flagstone._io import atomic_folder, atomic_write, iter_jsonl, read_format_json
 from flagstone.errors import (
     DataError,
     FlagstoneError,
@@ -446,16 +446,7 @@ def read_settings(root: Path) -> dict[str, Any]:
             raise DataError(f"{root} was written by an older Flagstone (flagstone-index.json); build it again "
                             f"with `flagstone index build`")
         raise DataError(f"{root} is not a retriever folder (no {_SETTINGS})")
-    try:
-        settings = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{file}: unreadable ({exc})") from None
-    if settings.get("format") != FORMAT:
-        raise DataError(f"{root} is not a retriever folder (format {settings.get('format')!r})")
-    if settings.get("version") != VERSION:
-        raise DataError(f"{root}: retriever format version {settings.get('version')} is not supported "
-                        f"(this Flagstone reads version {VERSION})")
-    return settings
+    return read_format_json(file, format_name=FORMAT, version=VERSION, what="a retriever folder", kind="retriever")
 
 
 def check_output_folder(target: Path, *, overwrite: bool) -> None:

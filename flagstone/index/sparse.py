@@ -200,8 +200,13 @@ class SparseIndex(Index):
                 for i, p in enumerate(positions)]
 
     def document_weights(self, ids: Sequence[str]) -> SparseWeights:
-        """The stored documents' scoring-side weights (BM25 weights under ``scoring="bm25"``), in ``ids`` order."""
-        return SparseWeights.from_csr(self._weighted_rows(self.id_map.positions(ids)))
+        """Each document's weight per term, in ``ids`` order: the stored weights, or under ``scoring="bm25"``
+        the full BM25 weight idf x length-normalised tf with today's statistics (what ranks a document's
+        salient terms; searching folds the idf into the query side instead)."""
+        weights = self._weighted_rows(self.id_map.positions(ids))
+        if self.scoring == "bm25":
+            weights.data = (weights.data * lucene_idf(self._doc_freq[weights.indices], len(self))).astype(np.float32)
+        return SparseWeights.from_csr(weights)
 
     # -- description and persistence -------------------------------------------------------------
     def _params(self) -> dict[str, Any]:

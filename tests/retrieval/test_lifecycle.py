@@ -53,6 +53,9 @@ def test_bm25_index_equals_precomputed_weights():
     precomputed = SparseIndex(weights.vocab_size)
     precomputed.add(IDS, weights)
     retriever = Retriever(None, signals=["bm25"]).fit(IDS, CORPUS)
+    # the same full weights per document (HI² ranks a document's salient terms by them); same vocabulary order
+    stored = retriever.indexes["bm25"].document_weights(IDS).to_scipy().toarray()
+    np.testing.assert_allclose(stored, weights.to_scipy().toarray(), rtol=1e-5, atol=1e-7)
     queries = model.transform_queries(QUERIES)
     expected = precomputed.search(queries, len(IDS))
     got = bm25_scores(retriever)

@@ -161,7 +161,7 @@ def main() -> int:
             pass  # the time budget is spent: evaluate what was learnt so far
         train_seconds = time.perf_counter() - start
         trained.eval()
-        trained.save_beacon(args.output)
+        trained.save_beacon(args.output, overwrite=True)
         for r in RATIOS:
             row("beacon_trained", r, perplexity(with_beacon(trained, r)))
         training = {"steps": len(losses), "seconds": round(train_seconds, 1), "segments_available": len(segments),

@@ -103,7 +103,7 @@ def main() -> int:
                             precision="bfloat16", seed=0)
     start = time.perf_counter()
     trained = train_cross_encoder("all-MiniLM-L6-v2", examples, args.output_model, group_size=8, batch_size=4,
-                                  max_length=args.max_length, config=config)
+                                  max_length=args.max_length, config=config, overwrite=True)
     train_seconds = time.perf_counter() - start
     cross = CrossEncoderReranker(args.output_model, max_length=args.max_length, batch_size=32, dtype="bfloat16")
 

@@ -140,7 +140,8 @@ def main() -> int:
     few = examples[: args.cocktail_examples]
     losses = {"finetuned": example_loss(finetuned, few, "embedder"), "base": example_loss(base, few, "embedder")}
     weights = cocktail_weights([losses["finetuned"], losses["base"]], temperature=args.cocktail_temperature)
-    merged = merge_models([finetuned, Embedder(base, show_progress=False).path], weights, MODELS / "scifact-minilm-merged")
+    merged = merge_models([finetuned, Embedder(base, show_progress=False).path], weights, MODELS / "scifact-minilm-merged",
+                          overwrite=True)
     cocktail = {}
     for name, folder in (("base", base), ("finetuned", finetuned), ("merged", merged)):
         scores = results[name]["dense_ndcg@10"] if name in results else scifact(folder)["dense_ndcg@10"]
@@ -199,7 +200,7 @@ def _train_or_reuse(reuse: bool, base, examples, folder: Path, settings, config)
     if reuse and (folder / "config.json").is_file():
         log(f"  reusing {folder.name} (trained earlier; its steps and time are not re-measured)")
         return TrainingResult(steps=0)
-    return train_embedder(base, examples, folder, settings=settings, config=config)
+    return train_embedder(base, examples, folder, settings=settings, config=config, overwrite=True)
 
 
 if __name__ == "__main__":

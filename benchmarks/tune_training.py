@@ -98,7 +98,7 @@ def main() -> int:
         rows.append({"model": "finetuned", "held_out_ndcg@10": score["dense_ndcg@10"]})
         for temperature in args.cocktail_temperatures:
             weights = cocktail_weights(losses, temperature=temperature)
-            merged = merge_models([args.model, base_path], weights, MODELS / "tune-merged")
+            merged = merge_models([args.model, base_path], weights, MODELS / "tune-merged", overwrite=True)
             score = RetrievalValidation(Embedder(str(merged), show_progress=False), held_out, every=1).evaluate()
             rows.append({"model": f"merged T={temperature:g}", "finetuned_weight": weights[0],
                          "held_out_ndcg@10": score["dense_ndcg@10"]})
@@ -139,7 +139,7 @@ def main() -> int:
                     summary[f"{name} initial sparse_ndcg@10"] = start["sparse_ndcg@10"]
                 started = time.perf_counter()
                 train_embedder(embedder, examples, MODELS / name, settings=settings, config=config,
-                               on_step=check)
+                               on_step=check, overwrite=True)
                 print(f"{name}: {time.perf_counter() - started:.0f} s with evaluation", flush=True)
                 for row in check.history:
                     rows.append({"learning_rate": lr, "temperature": temperature,

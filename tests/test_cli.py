@@ -161,7 +161,7 @@ def test_index_build_search_describe(mini, tmp_path, capsys, cache_args):
     other.mkdir()
     (other / "notes.txt").write_text("keep me")
     result = run_cli("index", "build", str(mini), "-o", str(other), "--overwrite", "--quiet")
-    assert result.returncode == 2 and "refusing to write" in result.stderr
+    assert result.returncode == 2 and "refusing to replace it" in result.stderr
     assert (other / "notes.txt").read_text() == "keep me"
     result = run_cli("index", "search", str(other), "-q", "x")
     assert result.returncode == 2 and "not a retriever folder" in result.stderr

@@ -7,6 +7,7 @@ import math
 import sys
 from pathlib import Path
 
+from flagstone._io import MODEL_LAYOUT, check_output_folder
 from flagstone.cli._common import EPILOG, _add_cache_options, _cache, _check_output_file, _read_texts
 from flagstone.errors import FlagstoneError
 
@@ -42,6 +43,9 @@ def add_parsers(sub, epilog: str = EPILOG) -> None:
         t = tsub.add_parser(kind, help=help_text, description=help_text, epilog=epilog)
         t.add_argument("data", help="training data .jsonl with negatives")
         t.add_argument("-o", "--output", required=True, help="folder to save the trained model in")
+        t.add_argument("--overwrite", action="store_true",
+                       help="replace the output folder if Flagstone wrote it (a folder holding anything else is "
+                            "never replaced)")
         t.add_argument("--model", default="all-MiniLM-L6-v2", help="base model (default: all-MiniLM-L6-v2)")
         t.add_argument("--epochs", type=int, default=1)
         t.add_argument("--learning-rate", type=float, default=2e-5 if kind == "embedder" else 5e-5)
@@ -78,6 +82,9 @@ def add_parsers(sub, epilog: str = EPILOG) -> None:
                                    "softmax(-loss / temperature).", epilog=epilog)
     p.add_argument("models", nargs="+", help="model folders (same architecture)")
     p.add_argument("-o", "--output", required=True, help="folder for the merged model")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the output folder if Flagstone wrote it (a folder holding anything else is never "
+                        "replaced)")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--weights", nargs="+", type=float, help="one weight per model")
     g.add_argument("--examples", help="a .jsonl of examples (training-data rows; causal LMs: input/output)")
@@ -125,6 +132,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.train_command is None:
         raise FlagstoneError("choose what to train: flagstone train embedder|reranker (see --help)")
+    check_output_folder(args.output, overwrite=args.overwrite, legacy=MODEL_LAYOUT)  # before any work
     examples = load_examples(args.data)
     config = _training_config(args)
     if args.train_command == "reranker":
@@ -132,7 +140,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         result = train_cross_encoder(args.model, examples, args.output, group_size=args.group_size,
                                      batch_size=args.batch_size, max_length=args.max_length, config=config,
-                                     checkpoint_dir=args.checkpoint_dir)
+                                     checkpoint_dir=args.checkpoint_dir, overwrite=args.overwrite)
     else:
         from flagstone.training.embedder import EmbedderTrainingSettings, train_embedder
 
@@ -155,7 +163,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             modes = tuple(args.heads) + (("hybrid",) if len(args.heads) > 1 else ())
             validation = RetrievalValidation(base, dataset, every=every, modes=modes, bfloat16=args.bf16)
         result = train_embedder(base, examples, args.output, settings=settings, config=config,
-                                checkpoint_dir=args.checkpoint_dir, on_step=validation)
+                                checkpoint_dir=args.checkpoint_dir, on_step=validation, overwrite=args.overwrite)
         if validation is not None and validation.history:
             print(json.dumps({"validation": validation.history}, indent=2))
     first = sum(result.losses[:10]) / max(1, len(result.losses[:10]))
@@ -169,6 +177,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from flagstone.training.cocktail import mix_models
     from flagstone.training.data import load_examples
 
+    check_output_folder(args.output, overwrite=args.overwrite, legacy=MODEL_LAYOUT)  # before any work
     examples = None
     if args.examples:
         if args.kind == "causal_lm":
@@ -180,7 +189,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         else:
             examples = load_examples(args.examples)
     out, weights = mix_models(args.models, args.output, examples=examples, weights=args.weights, kind=args.kind,
-                              temperature=args.temperature)
+                              temperature=args.temperature, overwrite=args.overwrite)
     print(json.dumps({"output": str(Path(out)), "weights": dict(zip(args.models, weights))}, indent=2))
     return 0
 

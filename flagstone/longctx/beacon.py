@@ -28,10 +28,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from flagstone._io import LegacyLayout, atomic_folder
 from flagstone.errors import FlagstoneError
 
 BEACON_FILE = "beacon.safetensors"
 BEACON_CONFIG = "beacon_config.json"
+# a beacon folder saved before output markers existed
+BEACON_LAYOUT = LegacyLayout(BEACON_CONFIG, frozenset({BEACON_FILE, BEACON_CONFIG}))
 
 
 class UnsupportedModelError(FlagstoneError):
@@ -358,15 +361,15 @@ class BeaconLM(nn.Module):
                            tokens_seen=state.tokens_seen)
 
     # -- persistence ----------------------------------------------------------------------------------
-    def save_beacon(self, folder: str | os.PathLike) -> None:
-        """Write only the beacon parameters and settings (the base model stays where it is)."""
+    def save_beacon(self, folder: str | os.PathLike, *, overwrite: bool = False) -> None:
+        """Write only the beacon parameters and settings (the base model stays where it is); an existing
+        folder is replaced only with ``overwrite=True`` (:func:`flagstone._io.check_output_folder`)."""
         import json
 
         from safetensors.torch import save_file
 
-        from flagstone._io import atomic_folder
 
-        with atomic_folder(folder) as staging:
+        with atomic_folder(folder, overwrite=overwrite, legacy=BEACON_LAYOUT) as staging:
             save_file({k: v.detach().contiguous().cpu() for k, v in self.beacon.state_dict().items()},
                       str(staging / BEACON_FILE))
             settings = {"window": self.config.window, "ratios": list(self.config.ratios), "ratio": self.config.ratio,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from flagstone._io import atomic_folder
+from flagstone._io import MODEL_LAYOUT, atomic_folder
 from flagstone.errors import MissingDependencyError, ModelNotFoundError
 from flagstone.models._hf import quiet_transformers, torch_dtype
 
@@ -99,7 +99,8 @@ def _converted_gguf(gguf: Path, cache_dir: str | os.PathLike | None) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.is_quantized = False
-    with atomic_folder(target) as staging:  # a finished folder appears at once or not at all
+    # a finished folder appears at once or not at all; what a killed conversion left there is ours to replace
+    with atomic_folder(target, overwrite=True, legacy=MODEL_LAYOUT) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
     return target

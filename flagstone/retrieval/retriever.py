@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from flagstone._io import atomic_folder, atomic_write, iter_jsonl, read_format_json
+from flagstone._io import LegacyLayout, atomic_folder, atomic_write, iter_jsonl, read_format_json
+from flagstone._io import check_output_folder as check_output
 from flagstone.errors import (
     DataError,
     FlagstoneError,
@@ -100,6 +101,8 @@ class Hits:
 FORMAT = "flagstone-retriever"
 VERSION = 1
 _SETTINGS = "retriever.json"
+# a retriever folder saved before output markers existed
+RETRIEVER_LAYOUT = LegacyLayout(_SETTINGS, frozenset({_SETTINGS, "bm25.json", "documents.jsonl", "indexes"}))
 
 
 class Retriever:
@@ -380,8 +383,7 @@ class Retriever:
         replaced only with ``overwrite=True``; any other existing non-empty path is never touched.
         """
         target = Path(folder)
-        check_output_folder(target, overwrite=overwrite)
-        with atomic_folder(target) as staging:
+        with atomic_folder(target, overwrite=overwrite, legacy=RETRIEVER_LAYOUT) as staging:
             settings = {"format": FORMAT, "version": VERSION, "signals": list(self.signals),
                         "dense_index": self._indexes["dense"].kind if "dense" in self._indexes else
                         (self.dense_index if isinstance(self.dense_index, str) else self.dense_index.kind),
@@ -449,16 +451,7 @@ def read_settings(root: Path) -> dict[str, Any]:
     return read_format_json(file, format_name=FORMAT, version=VERSION, what="a retriever folder", kind="retriever")
 
 
-def check_output_folder(target: Path, *, overwrite: bool) -> None:
-    """Refuse to write a retriever over anything but an empty folder, or (with ``overwrite``) a retriever."""
-    if not target.exists():
-        return
-    if not target.is_dir():
-        raise DataError(f"{target} exists and is not a folder")
-    if not any(target.iterdir()):
-        return
-    if not (target / _SETTINGS).is_file():
-        raise DataError(f"{target} is a non-empty folder that is not a Flagstone retriever; refusing to write there")
-    if not overwrite:
-        raise DataError(f"{target} already holds a retriever; pass overwrite=True (--overwrite) to replace it")
+def check_output_folder(target: str | os.PathLike[str], *, overwrite: bool) -> Path:
+    """Before any work: may a retriever be saved at ``target``? (see :func:`flagstone._io.check_output_folder`)"""
+    return check_output(target, overwrite=overwrite, legacy=RETRIEVER_LAYOUT)
 

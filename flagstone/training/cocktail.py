@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from flagstone._io import atomic_folder
+from flagstone._io import MODEL_LAYOUT, atomic_folder, check_output_folder
 from flagstone.errors import DataError, ModelNotFoundError
 
 if TYPE_CHECKING:
@@ -107,16 +107,20 @@ def merge_models(
     models: Sequence[str | os.PathLike[str]],
     weights: Sequence[float],
     output_dir: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
 ) -> Path:
     """Average ``models`` (folders) with ``weights`` (normalised to sum to 1) into ``output_dir``.
 
     Configuration, tokenizer and sentence-transformers files come from the first model; BGE-M3 heads
-    (``sparse_linear.pt``, ``colbert_linear.pt``) are merged when every model has them.
+    (``sparse_linear.pt``, ``colbert_linear.pt``) are merged when every model has them. An existing
+    ``output_dir`` is replaced only with ``overwrite=True`` (:func:`flagstone._io.check_output_folder`).
     """
     import torch
 
     from flagstone.models.embedder import _transformer_folder, resolve_model_path
 
+    check_output_folder(output_dir, overwrite=overwrite, legacy=MODEL_LAYOUT)
     if len(models) < 2:
         raise ValueError("merging needs at least two models")
     if len(weights) != len(models):
@@ -131,7 +135,7 @@ def merge_models(
     merged = merge_state_dicts([_load_state(f) for f in folders], w, [str(f) for f in folders])
 
     target = Path(output_dir)
-    with atomic_folder(target) as staging:
+    with atomic_folder(target, overwrite=overwrite, legacy=MODEL_LAYOUT) as staging:
         source = roots[0]
         for item in source.iterdir():  # configs, tokenizer, sentence-transformers modules
             if item.name in ("model.safetensors", "pytorch_model.bin", *_HEAD_FILES) or item.name.startswith("."):
@@ -218,17 +222,19 @@ def mix_models(
     weights: Sequence[float] | None = None,
     kind: str = "embedder",
     temperature: float = 5.0,
+    overwrite: bool = False,
 ) -> tuple[Path, list[float]]:
     """Merge ``models`` with given ``weights``, or with weights computed from ``examples``; returns the
     merged folder and the weights used (normalised to sum to 1)."""
     if (weights is None) == (examples is None):
         raise ValueError("give either weights or examples (to compute the weights from)")
+    check_output_folder(output_dir, overwrite=overwrite, legacy=MODEL_LAYOUT)  # before the example losses
     if weights is None:
         check_compatible([Path(_config_folder(m)) for m in models])
         losses = [example_loss(m, examples, kind) for m in models]  # type: ignore[arg-type]
         weights = cocktail_weights(losses, temperature)
     total = float(sum(weights))
-    return merge_models(models, weights, output_dir), [float(w) / total for w in weights]
+    return merge_models(models, weights, output_dir, overwrite=overwrite), [float(w) / total for w in weights]
 
 
 def _config_folder(model: str | os.PathLike[str]) -> Path:

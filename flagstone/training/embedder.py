@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from flagstone._io import atomic_folder
+from flagstone._io import MODEL_LAYOUT, atomic_folder, check_output_folder
 from flagstone.errors import DataError, MissingDependencyError
 from flagstone.models.embedder import (
     COLBERT_HEAD_FILE,
@@ -193,8 +193,12 @@ def train_embedder(
     config: TrainingConfig | None = None,
     checkpoint_dir: str | os.PathLike[str] | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    overwrite: bool = False,
 ) -> TrainingResult:
     """Fine-tune ``base`` on (query, positive, negatives) examples and save the result to ``output_dir``.
+
+    ``output_dir`` is checked before training: an existing non-empty folder is replaced only with
+    ``overwrite=True`` and only when Flagstone wrote it (:func:`flagstone._io.check_output_folder`).
 
     Each query is scored against its own group (positive first) and, with ``in_batch_negatives``, against
     every other passage in the micro-batch; the loss is cross-entropy with the positive as the target at
@@ -205,6 +209,7 @@ def train_embedder(
     """
     import torch
 
+    check_output_folder(output_dir, overwrite=overwrite, legacy=MODEL_LAYOUT)
     settings = settings or EmbedderTrainingSettings()
     config = config or TrainingConfig()
     seed_everything(config.seed)
@@ -261,7 +266,7 @@ def train_embedder(
               for name in ("sparse", "colbert") for p in trainable.module[name].parameters()}
     result = train(trainable.module, batches, loss_fn, config, checkpoint_dir=checkpoint_dir, on_step=on_step,
                    lr_scales=scales)
-    save_embedder(trainable, output_dir)
+    save_embedder(trainable, output_dir, overwrite=overwrite)
     if checkpoint_dir is not None:
         clear_checkpoint(checkpoint_dir)
     return result
@@ -348,12 +353,12 @@ def _write_sentence_transformers_files(folder: Path, settings) -> None:
                                                                   "do_lower_case": False}, indent=2))
 
 
-def save_embedder(trainable: _Trainable, output_dir: str | os.PathLike[str]) -> Path:
+def save_embedder(trainable: _Trainable, output_dir: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
     """Save encoder + tokenizer (+ the base's sentence-transformers files, + trained M3 heads) atomically."""
     import torch
 
     target = Path(output_dir)
-    with atomic_folder(target) as staging:
+    with atomic_folder(target, overwrite=overwrite, legacy=MODEL_LAYOUT) as staging:
         encoder = trainable.module["encoder"]
         if hasattr(encoder, "merge_and_unload"):  # LoRA: fold the adapters into the weights
             encoder = encoder.merge_and_unload()

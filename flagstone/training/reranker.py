@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flagstone._io import atomic_folder
+from flagstone._io import MODEL_LAYOUT, atomic_folder, check_output_folder
 from flagstone.errors import DataError, ModelNotFoundError
 from flagstone.models._hf import quiet_transformers
 from flagstone.models.reranker import encode_pairs
@@ -56,19 +56,22 @@ def train_cross_encoder(
     config: TrainingConfig | None = None,
     checkpoint_dir: str | os.PathLike[str] | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    overwrite: bool = False,
 ) -> TrainingResult:
     """Fine-tune ``base`` (any encoder checkpoint, or an existing cross-encoder) into a one-logit
     cross-encoder and save it in the Hugging Face sequence-classification format at ``output_dir``.
 
     The loss is cross-entropy over each group's scores with the positive as the target (FlagEmbedding's
     reranker loss). ``batch_size`` groups form one micro-batch; ``config.gradient_accumulation`` more.
-    ``on_step(step, loss)`` is called after every optimiser step (an evaluation hook).
+    ``on_step(step, loss)`` is called after every optimiser step (an evaluation hook). ``output_dir`` is
+    checked before training (an existing one needs ``overwrite=True``, see :func:`flagstone._io.check_output_folder`).
     """
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from flagstone.models.embedder import _transformer_folder, resolve_model_path
 
+    check_output_folder(output_dir, overwrite=overwrite, legacy=MODEL_LAYOUT)
     config = config or TrainingConfig()
     seed_everything(config.seed)  # the new head's initial weights come from the seeded generator
     root, _ = resolve_model_path(str(base))
@@ -90,15 +93,15 @@ def train_cross_encoder(
         return torch.nn.functional.cross_entropy(logits, torch.zeros(len(batch), dtype=torch.long))
 
     result = train(model, batches, loss_fn, config, checkpoint_dir=checkpoint_dir, on_step=on_step)
-    save_pretrained_atomic(model, tokenizer, output_dir)
+    save_pretrained_atomic(model, tokenizer, output_dir, overwrite=overwrite)
     if checkpoint_dir is not None:
         clear_checkpoint(checkpoint_dir)
     return result
 
 
-def save_pretrained_atomic(model, tokenizer, output_dir: str | os.PathLike[str]) -> Path:
+def save_pretrained_atomic(model, tokenizer, output_dir: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
     """Save a model and tokenizer into a sibling temporary folder and swap it into ``output_dir``."""
-    with atomic_folder(output_dir) as staging:
+    with atomic_folder(output_dir, overwrite=overwrite, legacy=MODEL_LAYOUT) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
     return Path(output_dir)

@@ -90,7 +90,7 @@ def test_lifecycle_with_every_signal(tiny_m3, tmp_path):
     retriever.save(tmp_path / "r", overwrite=True)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
-    with pytest.raises(DataError, match="not a Flagstone retriever"):
+    with pytest.raises(DataError, match="not written by Flagstone"):
         retriever.save(tmp_path / "other", overwrite=True)
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
 

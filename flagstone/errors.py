@@ -40,3 +40,11 @@ class VectorError(FlagstoneError):
 
 class NotFittedError(FlagstoneError):
     """A model or index was asked to work before it was fitted or given any documents."""
+
+
+class IndexFormatError(DataError):
+    """A folder is not a Flagstone index, is from an unsupported version, or its manifest is malformed."""
+
+
+class CorruptIndexError(IndexFormatError):
+    """An index file does not match its manifest: missing, truncated, a bad .npy header or a checksum mismatch."""

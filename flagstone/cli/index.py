@@ -1,17 +1,18 @@
-"""The ``flagstone index`` commands: build, search and describe a saved retriever folder (dense index)."""
+"""The ``flagstone index`` commands: build, search, describe and verify a saved retriever folder (dense index)."""
 from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 from flagstone.cli._common import EPILOG, _add_model_options, _cache, _embedder, _read_texts, _snippet
-from flagstone.errors import FlagstoneError
+from flagstone.errors import DataError, FlagstoneError
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("index", help="build a saved dense index (flat, IVF, HI²) and search it",
-                       description="Build, inspect and search a saved dense index.", epilog=EPILOG)
+    p = sub.add_parser("index", help="build a saved dense index (flat, IVF, HI²), search and verify it",
+                       description="Build, inspect, search and verify a saved dense index.", epilog=EPILOG)
     isub = p.add_subparsers(dest="index_command", metavar="ACTION")
     b = isub.add_parser("build", help="encode a corpus and save an index folder",
                         description="Encode a corpus (BEIR folder, .jsonl or .txt) and save an index folder: the "
@@ -33,17 +34,33 @@ def add_parsers(sub) -> None:
     s_.add_argument("-q", "--query", action="append", required=True, help="a query (repeatable)")
     s_.add_argument("-k", type=int, default=10, help="results per query (default: 10)")
     s_.add_argument("--n-probe", type=int, default=None, help="override the clusters probed per query")
-    s_.add_argument("--mmap", action="store_true", help="memory-map the vectors instead of reading them")
+    s_.add_argument("--mmap", action="store_true",
+                    help="memory-map the vectors instead of reading them (still checksummed unless --no-verify)")
+    _add_no_verify(s_)
     s_.add_argument("--quiet", action="store_true", help="no progress bars")
     d = isub.add_parser("describe", help="print an index folder's settings and size",
                         description="Print an index folder's settings, size and memory per document.")
     d.add_argument("folder", help="index folder")
+    _add_no_verify(d)
+    v = isub.add_parser("verify", help="check a saved folder's checksums and files",
+                        description="Check a folder written by `flagstone index build` (or any saved retriever "
+                                    "or index folder): the SHA-256 of every index array, the .npy headers, the "
+                                    "manifests and the JSON files. Prints one line per file checked; exits with "
+                                    "status 2 and names the first bad file otherwise.")
+    v.add_argument("folder", help="index folder, or a single index (a folder with a CURRENT file)")
+
+
+def _add_no_verify(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip the SHA-256 checksum check of the index files when loading (faster for very large "
+                        "indexes; damage inside the vectors then goes unnoticed)")
 
 
 def cmd_index(args: argparse.Namespace) -> int:
     if args.index_command is None:
-        raise FlagstoneError("choose an action: flagstone index build|search|describe (see --help)")
-    return {"build": _index_build, "search": _index_search, "describe": _index_describe}[args.index_command](args)
+        raise FlagstoneError("choose an action: flagstone index build|search|describe|verify (see --help)")
+    actions = {"build": _index_build, "search": _index_search, "describe": _index_describe, "verify": _index_verify}
+    return actions[args.index_command](args)
 
 
 def _index_build(args: argparse.Namespace) -> int:
@@ -72,7 +89,7 @@ def _index_describe(args: argparse.Namespace) -> int:
     from flagstone.retrieval.retriever import read_settings
 
     model = read_settings(Path(args.folder)).get("model") or {}  # no weights are loaded to describe
-    index = load(Path(args.folder) / "indexes" / "dense")
+    index = load(Path(args.folder) / "indexes" / "dense", verify=not args.no_verify)
     print(json.dumps({"model": model.get("name"), **index.describe()}, indent=2))
     return 0
 
@@ -86,7 +103,7 @@ def _index_search(args: argparse.Namespace) -> int:
         from flagstone.models.embedder import Embedder
 
         embedder = Embedder(model["path"], max_length=model["max_length"], show_progress=not args.quiet)
-    retriever = Retriever.load(args.folder, embedder=embedder, mmap=args.mmap, verify=not args.mmap)
+    retriever = Retriever.load(args.folder, embedder=embedder, mmap=args.mmap, verify=not args.no_verify)
     index = retriever.indexes["dense"]
     if args.n_probe is not None:
         index.n_probe = args.n_probe
@@ -95,6 +112,24 @@ def _index_search(args: argparse.Namespace) -> int:
         print(f"\n{query}  [{index.kind}, {int(hits.evaluated[qi])} documents scored]")
         for rank, (doc_id, score) in enumerate(zip(hits.ids[qi], hits.scores[qi]), 1):
             print(f"  {rank:>2}. {score:8.4f}  {doc_id}: {_snippet(retriever.text(doc_id))}")
+    return 0
+
+
+def _index_verify(args: argparse.Namespace) -> int:
+    from flagstone.index import verify
+    from flagstone.retrieval.retriever import verify_folder
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise DataError(f"folder not found: {folder}")
+    started = time.perf_counter()
+    # a single index has CURRENT; anything else is read as a retriever folder, whose errors say what it lacks
+    files = verify(folder) if (folder / "CURRENT").is_file() else verify_folder(folder)
+    seconds = time.perf_counter() - started
+    for file in files:
+        print(f"ok  {file}")
+    total = sum(file.stat().st_size for file in files)
+    print(f"verified {len(files)} files ({total / 1e6:.1f} MB) in {seconds:.2f} s: {folder} is intact")
     return 0
 
 

@@ -333,16 +333,21 @@ class Index:
     def load(cls, folder: str | os.PathLike[str], *, mmap: bool = False, verify: bool = True) -> Index:
         """Open a saved index of this class (or of any kind, called on a base class); ``mmap=True`` leaves the
         arrays on disk, for indexes larger than memory."""
-        from flagstone.index.storage import IndexFormatError, load_index
+        from flagstone.index.storage import CorruptIndexError, IndexFormatError, load_index
 
         kind, params, arrays = load_index(folder, mmap=mmap, verify=verify)
         target = index_class(kind)
         if not issubclass(target, cls):
             raise IndexFormatError(f"{folder} holds a {kind!r} index, not {cls.kind!r}")
-        index = target._from_params(params)
-        index.id_map = IdMap.from_ids([str(i) for i in arrays["ids"]])
-        index._alive = np.ones(len(index.id_map), dtype=bool)
-        index._restore(params, arrays)
+        try:
+            index = target._from_params(params)
+            index.id_map = IdMap.from_ids([str(i) for i in arrays["ids"]])
+            index._alive = np.ones(len(index.id_map), dtype=bool)
+            index._restore(params, arrays)
+        except (KeyError, TypeError, ValueError, IndexError, IdError) as exc:
+            # the files passed their checks, so the manifest's settings or array list were edited or damaged
+            raise CorruptIndexError(f"{folder}: the manifest does not fit a {kind} index "
+                                    f"({exc.__class__.__name__}: {exc})") from None
         return index
 
     @classmethod

@@ -410,34 +410,81 @@ class Retriever:
     def load(cls, folder: str | os.PathLike[str], *, embedder: Embedder | None = None,
              cache: EmbeddingCache | None = None, mmap: bool = False, verify: bool = True) -> Retriever:
         """Open a folder written by :meth:`save`. The embedder is loaded from the saved model path unless one
-        is given (it must be the same model for the stored vectors to make sense)."""
-        root = Path(folder)
-        settings = read_settings(root)
+        is given (it must be the same model for the stored vectors to make sense). ``verify`` checks every
+        index array's SHA-256, also with ``mmap=True``; see :func:`verify_folder` to check without loading."""
+        saved = _read_saved(Path(folder), mmap=mmap, verify=verify)  # before any model weights are read
+        settings = saved.settings
         model = settings.get("model")
         if embedder is None and model is not None:
             embedder = Embedder(model["path"], max_length=model["max_length"])
         hybrid = settings.get("hybrid") or {}
-        retriever = cls(embedder, signals=settings["signals"],
-                        bm25=BM25.load(root / "bm25.json") if (root / "bm25.json").is_file() else None,
-                        cache=cache, hybrid=HybridConfig(**hybrid), dense_index=settings["dense_index"])
-        for signal in retriever.signals:
-            retriever._indexes[signal] = Index.load(root / "indexes" / signal, mmap=mmap, verify=verify)
-        if "bm25" in retriever._indexes:
-            retriever._terms = retriever._indexes["bm25"]
-        elif (root / "indexes" / "terms").is_dir():
-            retriever._terms = Index.load(root / "indexes" / "terms", mmap=mmap, verify=verify)
-        for _, record in iter_jsonl(root / "documents.jsonl"):
+        retriever = cls(embedder, signals=settings["signals"], bm25=saved.bm25, cache=cache,
+                        hybrid=HybridConfig(**hybrid), dense_index=settings["dense_index"])
+        retriever._indexes.update(saved.indexes)
+        retriever._terms = saved.terms
+        for record in saved.records:
             doc_id = record["_id"]
             retriever._texts[doc_id] = record["text"]
             retriever._order[doc_id] = retriever._next
             retriever._next += 1
             if record.get("metadata"):
                 retriever._metadata[doc_id] = record["metadata"]
-        for signal, index in retriever._indexes.items():
-            if len(index) != len(retriever):
-                raise DataError(f"{root}: the {signal} index holds {len(index)} documents, the document list "
-                                f"{len(retriever)}; the folder is damaged")
         return retriever
+
+
+@dataclass
+class _Saved:
+    """What a retriever folder holds, read and checked, without the model."""
+
+    settings: dict[str, Any]
+    bm25: BM25 | None
+    indexes: dict[str, Index]
+    terms: Index | None
+    records: list[dict[str, Any]]
+    files: list[Path]  # every file read, for `flagstone index verify`
+
+
+def _read_saved(root: Path, *, mmap: bool, verify: bool) -> _Saved:
+    from flagstone.index.storage import index_files
+
+    settings = read_settings(root)
+    files = [root / _SETTINGS]
+    signals = settings.get("signals")
+    if not isinstance(signals, list) or not all(isinstance(s, str) for s in signals) \
+            or not isinstance(settings.get("dense_index"), str):
+        raise DataError(f"{root / _SETTINGS}: malformed (needs a list of signals and a dense_index)")
+    bm25 = None
+    if (root / "bm25.json").is_file():
+        bm25 = BM25.load(root / "bm25.json")
+        files.append(root / "bm25.json")
+    folders = {signal: root / "indexes" / signal for signal in signals}
+    if "bm25" not in signals and (root / "indexes" / "terms").is_dir():
+        folders["terms"] = root / "indexes" / "terms"
+    indexes = {}
+    for name, index_folder in folders.items():
+        indexes[name] = Index.load(index_folder, mmap=mmap, verify=verify)
+        files += index_files(index_folder)
+    terms = indexes.pop("terms", None) if "terms" in folders else indexes.get("bm25")
+    documents = root / "documents.jsonl"
+    records = []
+    for line_no, record in iter_jsonl(documents):
+        if not isinstance(record.get("_id"), str) or not isinstance(record.get("text"), str):
+            raise DataError(f"{documents}:{line_no}: a saved document needs string fields _id and text")
+        records.append(record)
+    files.append(documents)
+    for signal, index in indexes.items():
+        if len(index) != len(records):
+            raise DataError(f"{root}: the {signal} index holds {len(index)} documents, the document list "
+                            f"{len(records)}; the folder is damaged")
+    return _Saved(settings, bm25, indexes, terms, records, files)
+
+
+def verify_folder(folder: str | os.PathLike[str]) -> list[Path]:
+    """Check a saved retriever folder as :meth:`Retriever.load` does, every index array's checksum included,
+    without loading the model or the vectors into memory; returns the files checked. Raises a
+    :class:`~flagstone.errors.DataError` (a :class:`~flagstone.errors.CorruptIndexError` for index files)
+    naming the first bad file."""
+    return _read_saved(Path(folder), mmap=True, verify=True).files
 
 
 def read_settings(root: Path) -> dict[str, Any]:

@@ -20,11 +20,16 @@ from flagstone.errors import DataError
 def atomic_write(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[Any]]:
     """Write to a temporary file beside ``path`` and rename it into place on success.
 
-    A crash or kill at any point leaves either the old file or the new one, never a partial one.
+    A crash or kill at any point leaves either the old file or the new one, never a partial one; the
+    temporary file of a killed write (its name holds the writer's pid) is removed by the next write of ``path``.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
+    for orphan in target.parent.glob(f".{target.name}{_STAGING}*"):
+        pid = orphan.name.rsplit(_STAGING, 1)[1].split("-", 1)[0]
+        if orphan.is_file() and pid.isdigit() and not _pid_alive(int(pid)):
+            orphan.unlink(missing_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}{_STAGING}{os.getpid()}-", dir=target.parent)
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle

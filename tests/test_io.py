@@ -165,3 +165,22 @@ def test_a_live_writers_staging_folder_is_left_alone(tmp_path):
     unmarked.mkdir()
     assert remove_orphans(tmp_path / "out") == []
     assert staging.is_dir() and unmarked.is_dir()
+
+
+def test_a_killed_file_write_leaves_a_temporary_file_the_next_write_removes(tmp_path):
+    target = tmp_path / "vectors.npz"
+    script = (f"import time\nfrom flagstone._io import atomic_write\n"
+              f"with atomic_write({str(target)!r}, 'wb') as f:\n"
+              f"    f.write(b'0' * 1000); f.flush(); print('writing', flush=True); time.sleep(60)\n")
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert child.stdout.readline().strip() == "writing"
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    (tmp_path / ".vectors.npz.flagstone-tmp-notapid").write_text("unknown: kept")
+    assert len(list(tmp_path.iterdir())) == 2 and not target.exists()
+    from flagstone._io import atomic_write
+
+    with atomic_write(target) as f:
+        f.write("done")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".vectors.npz.flagstone-tmp-notapid", "vectors.npz"]

@@ -116,7 +116,7 @@ class EmbeddingCache:
             read = self._read_shards.setdefault(folder, set())
             if not folder.is_dir():
                 return known
-            for stale in folder.glob(".tmp-*"):  # left by a killed writer; a live writer renames within seconds
+            for stale in folder.glob(".shard-*.flagstone-tmp-*"):  # left by a killed writer; a live writer renames within seconds
                 try:
                     if time.time() - stale.stat().st_mtime > _STALE_SECONDS:
                         stale.unlink()

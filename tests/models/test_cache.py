@@ -149,7 +149,7 @@ def test_stale_temporary_files_are_removed(tiny_m3, tmp_path):
     cache = EmbeddingCache(tmp_path)
     cache.encode(tiny_m3, TEXTS[:2])
     (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
-    stale, fresh = folder / ".tmp-dead", folder / ".tmp-live"
+    stale, fresh = folder / ".shard-a.npz.flagstone-tmp-1-x", folder / ".shard-b.npz.flagstone-tmp-2-y"
     stale.write_bytes(b"partial")
     fresh.write_bytes(b"partial")
     os.utime(stale, (0, 0))

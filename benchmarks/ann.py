@@ -201,7 +201,7 @@ def scifact_check() -> dict[str, float]:
     out = {}
     for name, index in (("exact", "flat"), ("hi2", "hi2")):
         retriever = Retriever(embedder, signals=["dense"], cache=EmbeddingCache(), dense_index=index)
-        report = evaluate_retrieval(retriever, data, modes=["dense"], k_values=(10,))
+        report = evaluate_retrieval(retriever, data, modes=["dense"], k_values=(10,), depth=10)  # depth as before
         out[f"{name}_ndcg@10"] = report.results["dense"].metrics.mean["ndcg@10"]
         if name == "hi2":
             out["hi2_params"] = retriever.indexes["dense"].params()

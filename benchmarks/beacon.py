@@ -153,7 +153,9 @@ def main() -> int:
             if time.perf_counter() > deadline:
                 raise Budget
 
-        config = TrainingConfig(epochs=args.epochs, learning_rate=args.learning_rate, warmup_ratio=0.05, seed=0)
+        # float32 as in the published runs (TrainingConfig's default became bf16, the embedders' tuned setting)
+        config = TrainingConfig(epochs=args.epochs, learning_rate=args.learning_rate, warmup_ratio=0.05, seed=0,
+                                precision="float32")
         start = time.perf_counter()
         try:
             train_beacon(trained, segments, config, on_step=stop_at_budget)

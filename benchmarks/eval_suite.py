@@ -15,6 +15,7 @@ import time
 
 from _common import RESULTS, SHARED_DATA, save_results
 
+from flagstone.evaluation import DEFAULT_EVAL_DEPTH
 from flagstone.evaluation.suite import run_suite
 from flagstone.evaluation.tasks import resolve_tasks
 from flagstone.models.cache import EmbeddingCache
@@ -28,6 +29,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="all-MiniLM-L6-v2")
     parser.add_argument("--suite", default="all")
+    parser.add_argument("--depth", type=int, default=DEFAULT_EVAL_DEPTH,
+                        help=f"hits retrieved per query in retrieval tasks (default: {DEFAULT_EVAL_DEPTH})")
     args = parser.parse_args()
     if not (SHARED_DATA / "README.md").is_file():
         print(f"shared data not found at {SHARED_DATA}", file=sys.stderr)
@@ -38,9 +41,10 @@ def main() -> int:
     def show(r) -> None:
         print(f"{r.task.name:26s} {100 * r.main_score:6.2f}  {r.seconds:6.1f} s", flush=True)
 
+    # each task's file is written as it finishes; overwrite: a benchmark run always recomputes every task
     report = run_suite(resolve_tasks(suite=args.suite), embedder, data_root=SHARED_DATA, cache=EmbeddingCache(),
-                       show_progress=False, on_result=show)
-    report.save(RESULTS / "eval_suite")
+                       depth=args.depth, output_dir=RESULTS / "eval_suite", overwrite=True, show_progress=False,
+                       on_result=show)
     summary = report.summary()
     summary["published_mteb_x100"] = PUBLISHED
     summary["wall_s"] = round(time.perf_counter() - start, 1)

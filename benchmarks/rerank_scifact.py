@@ -24,6 +24,7 @@ import time
 import numpy as np
 from _common import RESULTS, SHARED_DATA, load_scifact_with_train, save_results
 
+from flagstone.evaluation import DEFAULT_EVAL_DEPTH
 from flagstone.evaluation.metrics import evaluate_run
 from flagstone.models.cache import EmbeddingCache
 from flagstone.models.embedder import Embedder
@@ -58,7 +59,8 @@ def previous_llm_figures(llm_depth: int) -> tuple[float, float, str] | None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(SHARED_DATA / "beir" / "scifact"))
-    parser.add_argument("--depth", type=int, default=100, help="first-stage hits reranked (default: 100)")
+    parser.add_argument("--depth", type=int, default=DEFAULT_EVAL_DEPTH,
+                        help=f"first-stage hits reranked (default: {DEFAULT_EVAL_DEPTH})")
     parser.add_argument("--llm-depth", type=int, default=20, help="hits the LLM reranks (default: 20)")
     parser.add_argument("--max-length", type=int, default=192, help="cross-encoder tokens per pair")
     parser.add_argument("--epochs", type=int, default=1)

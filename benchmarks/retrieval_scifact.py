@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from _common import SHARED_DATA, save_results
 
+from flagstone.evaluation import DEFAULT_EVAL_DEPTH
 from flagstone.evaluation.beir import load_beir, load_qrels
 from flagstone.evaluation.metrics import evaluate_run
 from flagstone.models.cache import EmbeddingCache
@@ -43,7 +44,8 @@ def main() -> int:
 
     def score(qrels, mode, hybrid=None):
         qids = list(qrels)
-        hits = retriever.search([test.queries[q] for q in qids], mode=mode, k=100, hybrid=hybrid)
+        hits = retriever.search([test.queries[q] for q in qids], mode=mode, k=DEFAULT_EVAL_DEPTH,
+                                hybrid=hybrid)
         return evaluate_run(hits.to_run(qids), qrels, (10, 100)).mean
 
     # choose the fusion weight on train queries only
@@ -71,6 +73,7 @@ def main() -> int:
         "model": repr(retriever.embedder),
         "bm25": retriever.bm25.config() | {"tokenizer": "lowercase, \\w\\w+, English stop words, Snowball stemmer"},
         "search_seconds_300_queries": timings,
+        "depth": DEFAULT_EVAL_DEPTH,
     }
     lines = ["| mode | nDCG@10 | Recall@100 | MRR@10 |", "|---|---|---|---|"]
     for mode, m in results.items():

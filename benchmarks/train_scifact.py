@@ -30,6 +30,7 @@ from _common import (
     save_results,
 )
 
+from flagstone.evaluation import DEFAULT_EVAL_DEPTH
 from flagstone.evaluation.metrics import evaluate_run
 from flagstone.evaluation.suite import run_task
 from flagstone.evaluation.tasks import REGISTRY
@@ -89,10 +90,10 @@ def main() -> int:
         out = {}
         for mode in modes:
             if mode == "all":
-                hits = retriever.search([test.queries[q] for q in test_ids], mode="hybrid", k=100,
+                hits = retriever.search([test.queries[q] for q in test_ids], mode="hybrid", k=DEFAULT_EVAL_DEPTH,
                                         hybrid=HybridConfig(weights=HEAD_WEIGHTS))
             else:
-                hits = retriever.search([test.queries[q] for q in test_ids], mode=mode, k=100)
+                hits = retriever.search([test.queries[q] for q in test_ids], mode=mode, k=DEFAULT_EVAL_DEPTH)
             out[f"{mode}_ndcg@10"] = evaluate_run(hits.to_run(test_ids), test_qrels, (10,)).mean["ndcg@10"]
             log(f"  {model_dir.name if isinstance(model_dir, Path) else model_dir} {mode}: {out[f'{mode}_ndcg@10']:.4f}")
         return out

@@ -80,10 +80,11 @@ def main() -> int:
     rows: list[dict[str, object]] = []
     # m3: held-out sparse nDCG@10 of each IDF-initialised head before training; cocktail: the chosen temperature
     summary: dict[str, float] = {}
+    # depth 10: what these baselines were computed at before evaluate_retrieval had a depth of its own
     base_score = evaluate_retrieval(retriever, held_out, modes=("dense",), k_values=(10,), metrics=("ndcg",),
-                                    fit=False).results["dense"].metrics.mean["ndcg@10"]
+                                    fit=False, depth=10).results["dense"].metrics.mean["ndcg@10"]
     bm25 = evaluate_retrieval(Retriever(None, signals=["bm25"]), held_out, modes=("bm25",), k_values=(10,),
-                              metrics=("ndcg",))
+                              metrics=("ndcg",), depth=10)
     bm25_score = bm25.results["bm25"].metrics.mean["ndcg@10"]
     print(f"held-out nDCG@10: base model (dense) {base_score:.4f}, BM25 {bm25_score:.4f}", flush=True)
     lines: list[str] = []

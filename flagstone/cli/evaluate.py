@@ -15,6 +15,7 @@ from flagstone.cli._common import (
     _retriever,
 )
 from flagstone.errors import FlagstoneError
+from flagstone.evaluation import DEFAULT_EVAL_DEPTH
 
 
 def add_parsers(sub) -> None:
@@ -36,11 +37,19 @@ def add_parsers(sub) -> None:
     g.add_argument("--data-root", default=None,
                    help="folder the built-in tasks' files are under (default: $FLAGSTONE_DATA, else "
                         "./shared/data or ../shared/data)")
-    g.add_argument("--output-dir", default=None, help="write <task>.json (MTEB layout), summary.json, table.md here")
+    g.add_argument("--output-dir", default=None,
+                   help="write <task>.json (MTEB layout) as each task finishes, then summary.json and table.md; "
+                        "a rerun into the same folder resumes, skipping tasks saved with the same settings")
+    g.add_argument("--overwrite", action="store_true",
+                   help="recompute every task and replace the files in --output-dir (needed when they were saved "
+                        "with other settings)")
     p.add_argument("--split", default="test", help="qrels split (default: test)")
     p.add_argument("--modes", nargs="+", default=None,
                    help="modes to evaluate (default: every mode the model supports, plus bm25 and hybrid)")
     p.add_argument("--k", nargs="+", type=int, default=[1, 3, 5, 10, 100], help="cut-offs (default: 1 3 5 10 100)")
+    p.add_argument("--depth", type=int, default=DEFAULT_EVAL_DEPTH,
+                   help=f"hits retrieved per query, for the data set and the suite's retrieval tasks; hybrid "
+                        f"scores depend on it, and it is recorded in the results (default: {DEFAULT_EVAL_DEPTH})")
     p.add_argument("--max-queries", type=int, default=None, help="evaluate only the first N judged queries")
     p.add_argument("--output", default=None, help="write the metrics as JSON here")
     p.add_argument("--run-dir", default=None, help="write one TREC run file per mode into this folder")
@@ -58,6 +67,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if args.data:
             raise FlagstoneError("give either a BEIR folder or --suite / --tasks / --task-file, not both")
         return _eval_suite(args)
+    if args.overwrite:
+        raise FlagstoneError("--overwrite applies to a suite's --output-dir (--suite / --tasks / --task-file)")
     if not args.data:
         raise FlagstoneError("nothing to evaluate: give a BEIR folder, or --suite / --tasks / --task-file "
                              "(see flagstone eval --help)")
@@ -76,7 +87,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             modes = [m for m in modes if m in ("dense", "hybrid")]
             if not modes:
                 break
-        part = evaluate_retrieval(retriever, dataset, modes=modes, k_values=args.k, hybrid=_hybrid(args))
+        part = evaluate_retrieval(retriever, dataset, modes=modes, k_values=args.k, hybrid=_hybrid(args),
+                                  depth=args.depth)
         if len(kinds) > 1:
             part.results = {(f"{m}[{kind}]" if m in ("dense", "hybrid") else m): r for m, r in part.results.items()}
         if report is None:
@@ -84,7 +96,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         else:
             report.results.update(part.results)
     print(f"{dataset.name} ({args.split}, {len(dataset.qrels)} queries, {len(dataset.doc_ids)} documents), "
-          f"model {report.model}")
+          f"model {report.model}, depth {args.depth}")
     cutoffs = sorted(set(args.k) & {10, 100}) or [max(args.k)]
     shown = [f"{m}@{k}" for k in cutoffs for m in ("ndcg", "mrr", "recall", "map")]
     print(report.table(metrics=shown))
@@ -130,18 +142,32 @@ def _eval_suite(args: argparse.Namespace) -> int:
     modes = args.modes or ["dense"]
     if len(modes) > 1:
         raise FlagstoneError("a suite runs retrieval tasks in one mode: give a single --modes value")
+    if args.overwrite and not args.output_dir:
+        raise FlagstoneError("--overwrite needs --output-dir")
     embedder = _embedder(args)
-    print(f"model {embedder.name}: {len(tasks)} task(s)", file=sys.stderr)
+    print(f"model {embedder.name}: {len(tasks)} task(s), retrieval {modes[0]} at depth {args.depth}",
+          file=sys.stderr)
+    started, finished = [], []
 
     def show(result) -> None:
+        finished.append(result)
+        when = "saved earlier" if result.resumed else f"{result.seconds:.1f} s"
         print(f"{result.task.name:28s} {result.task.type:20s} {result.task.main_score:16s} "
-              f"{100 * result.main_score:6.2f}  ({result.seconds:.1f} s)", file=sys.stderr)
+              f"{100 * result.main_score:6.2f}  ({when})", file=sys.stderr)
 
-    report = run_suite(tasks, embedder, data_root=data_root, cache=_cache(args), retrieval_mode=modes[0],
-                       show_progress=not args.quiet, on_result=show)
+    try:
+        report = run_suite(tasks, embedder, data_root=data_root, cache=_cache(args), retrieval_mode=modes[0],
+                           depth=args.depth, output_dir=args.output_dir, overwrite=args.overwrite,
+                           show_progress=not args.quiet, on_start=started.append, on_result=show)
+    except Exception:
+        if started and (not finished or finished[-1].task is not started[-1]):
+            # main() prints the error itself; say which task raised it and what was kept
+            kept = (f"the {len(finished)} finished task(s) are saved in {args.output_dir}; rerun the same command "
+                    f"to resume" if args.output_dir else "with --output-dir, finished tasks are kept across runs")
+            print(f"flagstone: task {started[-1].name} failed; {kept}", file=sys.stderr)
+        raise
     print(report.table())
     if args.output_dir:
-        report.save(args.output_dir)
         print(f"results -> {args.output_dir}")
     return 0
 

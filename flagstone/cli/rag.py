@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 from flagstone.cli._common import EPILOG, _add_cache_options, _cache, _read_texts
 from flagstone.errors import FlagstoneError
@@ -47,6 +51,11 @@ def add_parsers(sub, epilog: str = EPILOG) -> None:
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens in the answer (default: 64)")
     p.add_argument("--trace", action="store_true", help="print every step: outputs, queries, chunks, tokens, time")
     p.add_argument("--json", action="store_true", help="print the answer and its full trace as JSON")
+    p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                   help="print the answer step's reply as it is generated (local generators); default: when "
+                        "stdout is a terminal and neither --json nor --base-url is given")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress on stderr (loading, indexing bars, each retrieval and generation)")
 
 
 def _documents(paths: list[str]) -> list[tuple[str, str]]:
@@ -66,36 +75,106 @@ def _documents(paths: list[str]) -> list[tuple[str, str]]:
     return documents
 
 
+# the steps whose reply is the answer the user reads (the pipelines clean it into Answer.answer)
+ANSWER_STEPS = ("answer", "final_answer")
+
+
+class AskListener:
+    """What ``flagstone ask`` shows while it works: a line on stderr as each phase and step starts (unless
+    quiet), and, when streaming, the answer step's reply on stdout as the generator writes it."""
+
+    def __init__(self, *, progress: bool, stream: bool, out: TextIO | None = None,
+                 err: TextIO | None = None) -> None:
+        self.progress, self.stream = progress, stream
+        self.out, self.err = out or sys.stdout, err or sys.stderr
+        self.start = time.perf_counter()
+        self.counts: dict[str, int] = {}
+        self.streamed: list[str] = []  # the text of each streamed answer step
+        self._writing = False
+
+    def note(self, text: str) -> None:
+        if self.progress:
+            print(f"[{time.perf_counter() - self.start:6.1f} s] {text}", file=self.err, flush=True)
+
+    def step_started(self, kind: str, name: str) -> None:
+        n = self.counts[name] = self.counts.get(name, 0) + 1
+        self.note(f"{'generating' if kind == 'generate' else 'retrieving'}: {name}" + (f" #{n}" if n > 1 else ""))
+        if self.text_sink(name) is not None:
+            self.streamed.append("")
+            self._writing = False
+
+    def step_finished(self, step: object) -> None:
+        if self._writing:  # end the streamed reply's line
+            self.out.write("\n")
+            self.out.flush()
+            self._writing = False
+
+    def text_sink(self, name: str) -> Callable[[str], None] | None:
+        return self._write if self.stream and name in ANSWER_STEPS else None
+
+    def _write(self, text: str) -> None:
+        if not self._writing:
+            text = text.lstrip()  # replies usually start with a space or a newline
+            if not text:
+                return
+            self._writing = True
+        self.streamed[-1] += text
+        self.out.write(text)
+        self.out.flush()
+
+    def shown(self, answer: str) -> bool:
+        """Whether the streamed text already shows ``answer`` (the last answer step's reply, once cleaned)."""
+        from flagstone.rag.base import clean_answer
+
+        return bool(self.streamed) and bool(self.streamed[-1].strip()) and clean_answer(self.streamed[-1]) == answer
+
+
 def cmd_ask(args: argparse.Namespace) -> int:
-    from flagstone.models.generator import load_generator
-    from flagstone.rag import PIPELINES, ContextIndex, Memory
+    from flagstone.models.generator import accepts_on_text, load_generator
+    from flagstone.rag import PIPELINES, ContextIndex, Memory, listening
 
     if args.pipeline != "no_retrieval" and not args.context and not args.memory:
         raise FlagstoneError(f"--pipeline {args.pipeline} needs --context (or a saved --memory folder)")
+    if args.stream and args.json:
+        raise FlagstoneError("--stream prints the reply as text, --json prints one JSON object: choose one")
     settings = {"max_new_tokens": args.max_new_tokens}
     if args.pipeline in ("rag", "memorag", "search_o1"):
         settings["k"] = args.k
+    listener = AskListener(progress=not args.quiet, stream=False)
+    listener.note(f"loading generator {args.generator}" + (f" at {args.base_url}" if args.base_url else ""))
     generator = load_generator(args.generator, base_url=args.base_url)
+    if args.stream and not accepts_on_text(generator):
+        raise FlagstoneError("--stream needs a local generator (one served through --base-url is not streamed)")
+    listener.stream = args.stream if args.stream is not None else (
+        sys.stdout.isatty() and not args.json and accepts_on_text(generator))
     pipeline = PIPELINES[args.pipeline](generator, **settings)
 
     context = memory = None
     saved = args.memory and (Path(args.memory) / "context.json").is_file()
     if saved:
-        context = ContextIndex.load(args.memory, embedder=_embedder_for(args), cache=_cache(args))
+        listener.note(f"loading the saved context from {args.memory} and indexing it")
+        context = ContextIndex.load(args.memory, embedder=_embedder_for(args, listener), cache=_cache(args),
+                                    show_progress=not args.quiet)
         if (Path(args.memory) / "memory.json").is_file():
             memory = Memory.load(args.memory)
     elif args.context:
-        context = ContextIndex.build(_documents(args.context), embedder=_embedder_for(args), mode=args.mode,
-                                     chunk_tokens=args.chunk_tokens, overlap=args.overlap, cache=_cache(args))
-    if args.pipeline == "memorag":
-        answer = pipeline.ask(args.question, context, memory=memory, save_to=None if memory else args.memory)
-    else:
-        answer = pipeline.ask(args.question, context)
+        documents = _documents(args.context)
+        embedder = _embedder_for(args, listener)
+        listener.note(f"indexing {len(documents)} document(s) for {args.mode} retrieval")
+        context = ContextIndex.build(documents, embedder=embedder, mode=args.mode, chunk_tokens=args.chunk_tokens,
+                                     overlap=args.overlap, cache=_cache(args), show_progress=not args.quiet)
+    with listening(listener):
+        if args.pipeline == "memorag":
+            answer = pipeline.ask(args.question, context, memory=memory, save_to=None if memory else args.memory)
+        else:
+            answer = pipeline.ask(args.question, context)
+    listener.note(f"done: {answer.trace.tokens} tokens")
 
     if args.json:
         print(json.dumps(answer.to_dict(), indent=2, ensure_ascii=False))
         return 0
-    print(answer.answer)
+    if not listener.shown(answer.answer):  # not streamed, or the answer came from another step
+        print(answer.answer)
     if args.trace:
         trace = answer.trace
         for step in trace.steps:
@@ -109,13 +188,14 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
-def _embedder_for(args: argparse.Namespace):
+def _embedder_for(args: argparse.Namespace, listener: AskListener):
     if args.mode == "bm25":
         return None
     from flagstone.models.embedder import Embedder
     from flagstone.models.presets import DEFAULT_MODEL
 
-    return Embedder(args.model or DEFAULT_MODEL, show_progress=False)
+    listener.note(f"loading embedding model {args.model or DEFAULT_MODEL}")
+    return Embedder(args.model or DEFAULT_MODEL, show_progress=not args.quiet)
 
 
 COMMANDS = {"ask": cmd_ask}

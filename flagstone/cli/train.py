@@ -10,6 +10,18 @@ from pathlib import Path
 from flagstone._io import MODEL_LAYOUT, check_output_folder
 from flagstone.cli._common import EPILOG, _add_cache_options, _cache, _check_output_file, _read_texts
 from flagstone.errors import FlagstoneError
+from flagstone.training.settings import (
+    M3_EPOCHS,
+    RERANKER_BATCH_SIZE,
+    RERANKER_GROUP_SIZE,
+    RERANKER_MAX_LENGTH,
+    EmbedderTrainingSettings,
+    TrainingConfig,
+    default_epochs,
+)
+
+# the library's defaults (the tuned settings the README reports) are the options' defaults
+_CONFIG, _EMBEDDER = TrainingConfig(), EmbedderTrainingSettings()
 
 
 def add_parsers(sub, epilog: str = EPILOG) -> None:
@@ -47,27 +59,39 @@ def add_parsers(sub, epilog: str = EPILOG) -> None:
                        help="replace the output folder if Flagstone wrote it (a folder holding anything else is "
                             "never replaced)")
         t.add_argument("--model", default="all-MiniLM-L6-v2", help="base model (default: all-MiniLM-L6-v2)")
-        t.add_argument("--epochs", type=int, default=1)
-        t.add_argument("--learning-rate", type=float, default=2e-5 if kind == "embedder" else 5e-5)
-        t.add_argument("--batch-size", type=int, default=8 if kind == "embedder" else 4, help="queries per step")
-        t.add_argument("--group-size", type=int, default=8, help="1 positive + N-1 negatives (default: 8)")
-        t.add_argument("--gradient-accumulation", type=int, default=1)
+        is_embedder = kind == "embedder"
+        epochs_help = (f"(default: {_CONFIG.epochs}; {M3_EPOCHS} when training a sparse or ColBERT head)"
+                       if is_embedder else f"(default: {_CONFIG.epochs})")
+        t.add_argument("--epochs", type=int, default=None, help=epochs_help)
+        t.add_argument("--learning-rate", type=float, default=_CONFIG.learning_rate,
+                       help=f"(default: {_CONFIG.learning_rate:g})")
+        batch_size = _EMBEDDER.batch_size if is_embedder else RERANKER_BATCH_SIZE
+        t.add_argument("--batch-size", type=int, default=batch_size, help=f"queries per step (default: {batch_size})")
+        group_size = _EMBEDDER.group_size if is_embedder else RERANKER_GROUP_SIZE
+        t.add_argument("--group-size", type=int, default=group_size,
+                       help=f"1 positive + N-1 negatives (default: {group_size})")
+        t.add_argument("--gradient-accumulation", type=int, default=_CONFIG.gradient_accumulation)
         t.add_argument("--max-steps", type=int, default=None)
-        t.add_argument("--max-length", type=int, default=256, help="passage tokens (default: 256)")
-        t.add_argument("--bf16", action="store_true", help="bfloat16 autocast (about 2x faster on AVX-512 BF16 CPUs)")
+        max_length = _EMBEDDER.passage_max_length if is_embedder else RERANKER_MAX_LENGTH
+        t.add_argument("--max-length", type=int, default=max_length,
+                       help=f"{'passage' if is_embedder else 'pair'} tokens (default: {max_length})")
+        t.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=_CONFIG.precision == "bfloat16",
+                       help="bfloat16 autocast, about 2x faster on AVX-512 BF16 CPUs; --no-bf16 trains in float32 "
+                            f"(default: {'on' if _CONFIG.precision == 'bfloat16' else 'off'})")
         t.add_argument("--checkpoint-dir", default=None, help="save resumable state here; rerun to resume")
         t.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints (default: 50)")
-        t.add_argument("--seed", type=int, default=0)
+        t.add_argument("--seed", type=int, default=_CONFIG.seed)
         t.add_argument("--quiet", action="store_true", help="no progress bars")
         if kind == "embedder":
-            t.add_argument("--heads", nargs="+", default=["dense"], choices=("dense", "sparse", "colbert"),
-                           help="heads to train (default: dense)")
-            t.add_argument("--temperature", type=float, default=0.02)
+            t.add_argument("--heads", nargs="+", default=list(_EMBEDDER.heads), choices=("dense", "sparse", "colbert"),
+                           help=f"heads to train (default: {' '.join(_EMBEDDER.heads)})")
+            t.add_argument("--temperature", type=float, default=_EMBEDDER.temperature,
+                           help=f"InfoNCE temperature (default: {_EMBEDDER.temperature:g})")
             t.add_argument("--no-in-batch", action="store_true", help="only the query's own group as negatives")
             t.add_argument("--freeze-encoder", action="store_true", help="train only the sparse/ColBERT heads")
             t.add_argument("--lora-rank", type=int, default=None, help="train LoRA adapters of this rank (needs peft)")
             t.add_argument("--gradient-checkpointing", action="store_true")
-            t.add_argument("--sparse-init", choices=("idf", "uniform"), default="idf",
+            t.add_argument("--sparse-init", choices=("idf", "uniform"), default=_EMBEDDER.sparse_init,
                            help="how a new sparse head starts: IDF-weighted (default) or uniform term overlap")
             t.add_argument("--validate", metavar="BEIR_FOLDER", default=None,
                            help="score this BEIR data set (nDCG@10, recall@100) during training; never pass "
@@ -92,10 +116,11 @@ def add_parsers(sub, epilog: str = EPILOG) -> None:
     p.add_argument("--temperature", type=float, default=5.0, help="softmax temperature for example weights")
 
 
-def _training_config(args: argparse.Namespace):
-    from flagstone.training.loop import TrainingConfig
-
-    return TrainingConfig(epochs=args.epochs, learning_rate=args.learning_rate,
+def _training_config(args: argparse.Namespace) -> TrainingConfig:
+    epochs = args.epochs
+    if epochs is None:  # the tuned default, which for embedders depends on the heads
+        epochs = default_epochs(args.heads) if args.train_command == "embedder" else _CONFIG.epochs
+    return TrainingConfig(epochs=epochs, learning_rate=args.learning_rate,
                           gradient_accumulation=args.gradient_accumulation, max_steps=args.max_steps,
                           checkpoint_every=args.checkpoint_every if args.checkpoint_dir else None, seed=args.seed,
                           precision="bfloat16" if args.bf16 else "float32", show_progress=not args.quiet)

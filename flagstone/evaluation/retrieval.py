@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flagstone._io import atomic_write
+from flagstone.evaluation import DEFAULT_EVAL_DEPTH
 from flagstone.evaluation.beir import BeirDataset
 from flagstone.evaluation.metrics import (
     METRICS,
@@ -84,19 +85,32 @@ def evaluate_retrieval(
     metrics: Iterable[str] = METRICS,
     hybrid: HybridConfig | None = None,
     fit: bool = True,
+    depth: int = DEFAULT_EVAL_DEPTH,
 ) -> RetrievalReport:
-    """Index the corpus (unless ``fit=False``) and score each mode's ranking of the judged queries."""
+    """Index the corpus (unless ``fit=False``) and score each mode's top ``depth`` hits for the judged queries.
+
+    ``depth`` is fixed rather than taken from the cut-offs because hybrid scores depend on it (see
+    :data:`~flagstone.evaluation.DEFAULT_EVAL_DEPTH`); it is recorded in the report's settings.
+    """
     k_values = tuple(sorted(set(int(k) for k in k_values)))
+    if depth < 1:
+        raise ValueError(f"depth must be at least 1, got {depth}")
+    if not k_values:
+        raise ValueError("give at least one cut-off")
+    if k_values[-1] > depth:
+        # scoring @k on fewer than k hits would quietly report a truncated ranking
+        raise ValueError(f"cut-off {k_values[-1]} is deeper than the retrieval depth {depth}: raise the depth "
+                         f"(--depth {k_values[-1]}) or drop the cut-off")
     modes = tuple(modes) if modes is not None else retriever.modes
     if fit:
         retriever.fit(dataset.doc_ids, dataset.doc_texts)
-    depth = max(k_values)
     query_ids, query_texts = dataset.query_ids, dataset.query_texts()
     report = RetrievalReport(
         dataset.name,
         retriever.embedder.name if retriever.embedder is not None else "none",
         k_values,
-        settings={"embedder": repr(retriever.embedder) if retriever.embedder else None,
+        settings={"depth": depth,
+                  "embedder": repr(retriever.embedder) if retriever.embedder else None,
                   "bm25": retriever.bm25.config() if retriever.bm25 else None,
                   "hybrid": _hybrid_settings(retriever, hybrid)},
     )

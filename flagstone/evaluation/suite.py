@@ -1,11 +1,18 @@
 """Run evaluation tasks on a model and report them like MTEB / C-MTEB: one result file per task in MTEB's
-JSON layout, and a markdown table across tasks with averages per task type and overall."""
+JSON layout, and a markdown table across tasks with averages per task type and overall.
+
+With an output folder, each task's file is written the moment the task finishes, together with the settings
+it was computed with (model, embedder settings, retrieval mode and depth, the task's definition). A rerun
+into the same folder reuses the files whose settings match and refuses ones that do not, so a suite that
+fails half-way (or is killed) loses nothing and never mixes results from two configurations.
+"""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,7 +21,7 @@ import numpy as np
 
 from flagstone._io import atomic_write
 from flagstone.errors import DataError
-from flagstone.evaluation import scoring
+from flagstone.evaluation import DEFAULT_EVAL_DEPTH, scoring
 from flagstone.evaluation.tabular import parse_floats, read_columns
 from flagstone.evaluation.tasks import TaskSpec
 
@@ -23,6 +30,10 @@ if TYPE_CHECKING:
     from flagstone.models.embedder import Embedder
 
 MTEB_SCORE_KEYS = ("ndcg", "map", "mrr", "recall", "precision")
+# MTEB's retrieval cut-offs; those deeper than the retrieval depth are left out (they would score a cut list)
+RETRIEVAL_CUTOFFS = (1, 3, 5, 10, 20, 100, 1000)
+SUMMARY_FILE = "summary.json"
+TABLE_FILE = "table.md"
 
 
 @dataclass
@@ -31,26 +42,57 @@ class TaskResult:
     scores: dict[str, object]
     seconds: float
     n_examples: int
+    resumed: bool = False  # read back from an earlier run's file instead of computed now
 
     @property
     def main_score(self) -> float:
         return float(self.scores[self.task.main_score])  # type: ignore[arg-type]
 
-    def to_mteb(self, model: str) -> dict[str, object]:
-        """The layout of an MTEB result file (one split, the ``default`` subset)."""
-        split = "test" if self.task.type not in ("retrieval", "reranking") else self.task.split
+    @property
+    def split(self) -> str:
+        return _split(self.task)
+
+    def to_mteb(self, model: str, settings: dict[str, object] | None = None) -> dict[str, object]:
+        """The layout of an MTEB result file (one split, the ``default`` subset); Flagstone's own fields,
+        including the ``settings`` the scores were computed with, go under ``flagstone``."""
         entry = {**self.scores, "main_score": self.main_score, "hf_subset": "default",
                  "languages": [f"{lang}" for lang in self.task.languages]}
         return {"task_name": self.task.name, "model_name": model, "evaluation_time": round(self.seconds, 2),
-                "scores": {split: [entry]}, "flagstone": {"type": self.task.type, "main_score": self.task.main_score,
-                                                          "n_examples": self.n_examples,
-                                                          "reference": self.task.reference}}
+                "scores": {self.split: [entry]},
+                "flagstone": {"type": self.task.type, "main_score": self.task.main_score,
+                              "n_examples": self.n_examples, "reference": self.task.reference,
+                              "settings": settings or {}, "task": task_definition(self.task)}}
+
+
+def _split(task: TaskSpec) -> str:
+    return "test" if task.type not in ("retrieval", "reranking") else task.split
+
+
+def task_definition(task: TaskSpec) -> dict[str, object]:
+    """What defines a task's data and protocol, as JSON (the free-text ``reference`` is left out)."""
+    definition = dataclasses.asdict(task)
+    definition.pop("reference")
+    return json.loads(json.dumps(definition))  # tuples become lists, as they read back from a file
+
+
+def suite_settings(embedder: Embedder, retrieval_mode: str, depth: int) -> dict[str, object]:
+    """Everything besides the task that a suite's scores depend on; a saved result is reused only when its
+    settings equal these."""
+    return json.loads(json.dumps({
+        "model": embedder.name,
+        "model_fingerprint": embedder.fingerprint,  # a retrained folder under the same name differs here
+        "embedder": dataclasses.asdict(embedder.settings),
+        "retrieval_mode": retrieval_mode,
+        "depth": depth,
+    }))
 
 
 @dataclass
 class SuiteReport:
     model: str
     results: list[TaskResult] = field(default_factory=list)
+    settings: dict[str, object] = field(default_factory=dict)
+    failed: dict[str, str] | None = None  # {"task", "error"} when a task raised and the suite stopped
 
     def averages(self) -> dict[str, float]:
         """Mean main score per task type, and over all tasks (like the C-MTEB table's columns)."""
@@ -72,30 +114,78 @@ class SuiteReport:
         if avg:
             lines += ["", "| average | " + " | ".join(k for k in avg) + " |", "|---" * (len(avg) + 1) + "|",
                       "| x100 | " + " | ".join(f"{100 * v:.2f}" for v in avg.values()) + " |"]
+        if self.failed is not None:
+            lines += ["", f"incomplete: task {self.failed['task']} failed ({self.failed['error']})"]
         return "\n".join(lines)
 
     def summary(self) -> dict[str, object]:
-        """One entry per task with its main score (MTEB-style), plus the averages."""
-        return {"model": self.model,
-                "tasks": {r.task.name: {"type": r.task.type, "main_score": r.task.main_score, "value": r.main_score,
-                                        "languages": list(r.task.languages), "seconds": round(r.seconds, 2)}
-                          for r in self.results},
-                "averages": self.averages()}
+        """One entry per task with its main score (MTEB-style), plus the averages and the settings."""
+        out: dict[str, object] = {
+            "model": self.model,
+            "settings": self.settings,
+            "tasks": {r.task.name: {"type": r.task.type, "main_score": r.task.main_score, "value": r.main_score,
+                                    "languages": list(r.task.languages), "seconds": round(r.seconds, 2)}
+                      for r in self.results},
+            "averages": self.averages()}
+        if self.failed is not None:
+            out["failed"] = self.failed
+        return out
+
+    def save_task(self, folder: str | os.PathLike[str], result: TaskResult) -> Path:
+        """Write ``<task>.json`` (MTEB layout) into ``folder``, atomically."""
+        path = Path(folder) / f"{result.task.name}.json"
+        with atomic_write(path) as handle:
+            json.dump(result.to_mteb(self.model, self.settings), handle, indent=2)
+        return path
+
+    def save_summary(self, folder: str | os.PathLike[str]) -> list[Path]:
+        """Write ``summary.json`` and ``table.md`` for the tasks in this report into ``folder``."""
+        out = Path(folder)
+        with atomic_write(out / SUMMARY_FILE) as handle:
+            json.dump(self.summary(), handle, indent=2)
+        with atomic_write(out / TABLE_FILE) as handle:
+            handle.write(self.table() + "\n")
+        return [out / SUMMARY_FILE, out / TABLE_FILE]
 
     def save(self, folder: str | os.PathLike[str]) -> list[Path]:
         """Write ``<task>.json`` per task (MTEB layout) and ``summary.json`` + ``table.md`` into ``folder``."""
-        out = Path(folder)
-        written = []
-        for r in self.results:
-            path = out / f"{r.task.name}.json"
-            with atomic_write(path) as handle:
-                json.dump(r.to_mteb(self.model), handle, indent=2)
-            written.append(path)
-        with atomic_write(out / "summary.json") as handle:
-            json.dump(self.summary(), handle, indent=2)
-        with atomic_write(out / "table.md") as handle:
-            handle.write(self.table() + "\n")
-        return written + [out / "summary.json", out / "table.md"]
+        written = [self.save_task(folder, r) for r in self.results]
+        return written + self.save_summary(folder)
+
+
+def load_task_result(path: str | os.PathLike[str], task: TaskSpec, settings: dict[str, object]) -> TaskResult:
+    """Read back a result file written by a suite run with the same ``settings`` and task definition.
+
+    A file that is not such a result, or was computed differently, is an error: reusing it would mix two
+    configurations in one report.
+    """
+    p = Path(path)
+    advice = "choose another output folder, or pass overwrite=True (--overwrite) to recompute every task"
+    try:
+        saved = json.loads(p.read_text(encoding="utf-8"))
+        extra = saved["flagstone"]
+        saved_settings, saved_task = extra["settings"], extra["task"]
+        entry = dict(saved["scores"][_split(task)][0])
+        seconds, n_examples = float(saved["evaluation_time"]), int(extra["n_examples"])
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+        raise DataError(f"{p} is not a result file of a Flagstone suite run with settings "
+                        f"({type(exc).__name__}: {exc}): {advice}") from None
+    differ = _differences(saved_settings, settings) + _differences(saved_task, task_definition(task), "task.")
+    if differ:
+        raise DataError(f"{p} was computed with other settings ({'; '.join(differ)}): {advice}")
+    for key in ("main_score", "hf_subset", "languages"):
+        entry.pop(key, None)
+    if task.main_score not in entry:
+        raise DataError(f"{p} has no {task.main_score}: {advice}")
+    return TaskResult(task, entry, seconds, n_examples, resumed=True)
+
+
+def _differences(saved: object, current: dict[str, object], prefix: str = "") -> list[str]:
+    if not isinstance(saved, dict):
+        return [f"{prefix or 'settings'}: {saved!r} in the file"]
+    keys = list(dict.fromkeys([*current, *saved]))
+    return [f"{prefix}{k}: {saved.get(k)!r} in the file, {current.get(k)!r} now"
+            for k in keys if saved.get(k) != current.get(k)]
 
 
 class _Encoder:
@@ -121,9 +211,11 @@ def run_task(
     data_root: str | os.PathLike[str] | None = None,
     cache: EmbeddingCache | None = None,
     retrieval_mode: str = "dense",
+    depth: int = DEFAULT_EVAL_DEPTH,
     show_progress: bool = True,
 ) -> TaskResult:
-    """Load ``task``'s data, embed it with ``embedder`` and score it with the task type's MTEB protocol."""
+    """Load ``task``'s data, embed it with ``embedder`` and score it with the task type's MTEB protocol;
+    retrieval tasks score the top ``depth`` hits per query in ``retrieval_mode``."""
     encode = _Encoder(embedder, cache, show_progress)
     start = time.perf_counter()
     if task.type in ("sts", "pair_classification"):
@@ -141,7 +233,7 @@ def run_task(
     elif task.type == "reranking":
         scores, n = _run_reranking(task, encode, data_root)
     else:  # retrieval
-        scores, n = _run_retrieval(task, embedder, cache, data_root, retrieval_mode, show_progress)
+        scores, n = _run_retrieval(task, embedder, cache, data_root, retrieval_mode, depth, show_progress)
     return TaskResult(task, scores, time.perf_counter() - start, n)
 
 
@@ -193,19 +285,27 @@ def _run_reranking(task: TaskSpec, encode: _Encoder, data_root) -> tuple[dict[st
     return scoring.reranking_scores(query_emb, cand_emb, relevance), len(qids)
 
 
-def _run_retrieval(task: TaskSpec, embedder, cache, data_root, mode: str, show_progress: bool):
+def _retrieval_cutoffs(depth: int) -> tuple[int, ...]:
+    if depth < 10:
+        raise ValueError(f"depth must be at least 10 for retrieval tasks (their main score is nDCG@10), got {depth}")
+    return tuple(sorted({k for k in RETRIEVAL_CUTOFFS if k <= depth} | {depth}))
+
+
+def _run_retrieval(task: TaskSpec, embedder, cache, data_root, mode: str, depth: int, show_progress: bool):
     from flagstone.evaluation.beir import load_beir
     from flagstone.evaluation.metrics import evaluate_run
     from flagstone.retrieval.retriever import Retriever
 
+    cutoffs = _retrieval_cutoffs(depth)
     data = load_beir(task.path("beir", data_root), task.split)
     signals = None if mode == "hybrid" else (["bm25"] if mode == "bm25" else [mode])
     retriever = Retriever(embedder if mode != "bm25" else None, signals=signals, cache=cache)
     retriever.fit(data.doc_ids, data.doc_texts, show_progress=show_progress)
-    hits = retriever.search(data.query_texts(), mode=mode, k=1000)
-    report = evaluate_run(hits.to_run(data.query_ids), data.qrels, (1, 3, 5, 10, 20, 100, 1000))
+    hits = retriever.search(data.query_texts(), mode=mode, k=depth)
+    report = evaluate_run(hits.to_run(data.query_ids), data.qrels, cutoffs)
     scores: dict[str, object] = {k.replace("@", "_at_"): v for k, v in report.mean.items()}
     scores["retrieval_mode"] = mode
+    scores["retrieval_depth"] = depth
     return scores, len(data.qrels)
 
 
@@ -216,15 +316,73 @@ def run_suite(
     data_root: str | os.PathLike[str] | None = None,
     cache: EmbeddingCache | None = None,
     retrieval_mode: str = "dense",
+    depth: int = DEFAULT_EVAL_DEPTH,
+    output_dir: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
     show_progress: bool = True,
-    on_result=None,
+    on_start: Callable[[TaskSpec], None] | None = None,
+    on_result: Callable[[TaskResult], None] | None = None,
 ) -> SuiteReport:
-    """Run every task in order; ``on_result(TaskResult)`` is called as each finishes (for live output)."""
-    report = SuiteReport(model=embedder.name)
+    """Run every task in order; ``on_start(task)`` is called before a task is computed and
+    ``on_result(TaskResult)`` once its result is there, computed or read back (for live output).
+
+    With ``output_dir``, each task's MTEB-layout file is written as soon as the task finishes, and tasks whose
+    file is already there from a run with the same settings are read back instead of recomputed
+    (``result.resumed``); a file from other settings is a :class:`DataError` unless ``overwrite``, which
+    recomputes every task and replaces the files. ``summary.json`` and ``table.md`` are written at the end,
+    and also when a task raises: then they cover the tasks finished so far and name the failed one, and the
+    task's exception is re-raised.
+    """
+    names = [t.name for t in tasks]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise DataError(f"task names must be unique in a suite (their files would collide): {', '.join(repeated)}")
+    if any(t.type == "retrieval" for t in tasks):
+        _retrieval_cutoffs(depth)  # a bad depth fails now, not after the tasks before the first retrieval one
+    report = SuiteReport(model=embedder.name, settings=suite_settings(embedder, retrieval_mode, depth))
+    saved: dict[str, TaskResult] = {}
+    if output_dir is not None and not overwrite:
+        saved = _saved_results(Path(output_dir), tasks, report.settings)
     for task in tasks:
-        result = run_task(task, embedder, data_root=data_root, cache=cache, retrieval_mode=retrieval_mode,
-                          show_progress=show_progress)
+        if task.name in saved:
+            result = saved[task.name]
+        else:
+            if on_start is not None:
+                on_start(task)
+            try:
+                result = run_task(task, embedder, data_root=data_root, cache=cache, retrieval_mode=retrieval_mode,
+                                  depth=depth, show_progress=show_progress)
+            except BaseException as exc:  # Ctrl-C too: the summary still records how far the suite got
+                report.failed = {"task": task.name, "error": f"{type(exc).__name__}: {exc}"}
+                if output_dir is not None:
+                    report.save_summary(output_dir)
+                    exc.add_note(f"suite task {task.name} failed; the {len(report.results)} finished task(s) are "
+                                 f"in {output_dir}, and a rerun with the same settings resumes from them")
+                raise
+            if output_dir is not None:
+                report.save_task(output_dir, result)
         report.results.append(result)
         if on_result is not None:
             on_result(result)
+    if output_dir is not None:
+        report.save_summary(output_dir)
     return report
+
+
+def _saved_results(folder: Path, tasks: Sequence[TaskSpec], settings: dict[str, object]) -> dict[str, TaskResult]:
+    """The results already in ``folder`` for these tasks, all checked before any task runs."""
+    summary = folder / SUMMARY_FILE
+    if summary.is_file():
+        # the summary is rewritten at the end: it must come from the same settings too, or this run would
+        # silently replace another configuration's summary
+        advice = "choose another output folder, or pass overwrite=True (--overwrite) to recompute every task"
+        try:
+            saved_settings = json.loads(summary.read_text(encoding="utf-8"))["settings"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise DataError(f"{summary} is not the summary of a Flagstone suite run with settings: {advice}") \
+                from None
+        differ = _differences(saved_settings, settings)
+        if differ:
+            raise DataError(f"{summary} comes from a run with other settings ({'; '.join(differ)}): {advice}")
+    return {t.name: load_task_result(folder / f"{t.name}.json", t, settings)
+            for t in tasks if (folder / f"{t.name}.json").exists()}

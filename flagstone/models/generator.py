@@ -12,12 +12,13 @@ which the RAG pipelines use to resume reasoning after a search.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import random
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -54,6 +55,18 @@ class Generator(Protocol):
                  temperature: float = 0.0) -> Generation: ...
 
     def count_tokens(self, text: str) -> int: ...
+
+
+def accepts_on_text(generator: object) -> bool:
+    """Whether ``generator.generate`` takes ``on_text``, a callback that receives the text as it is generated
+    (:class:`LocalGenerator` does)."""
+    generate = getattr(generator, "generate", None)
+    if generate is None:
+        return False
+    try:
+        return "on_text" in inspect.signature(generate).parameters
+    except (TypeError, ValueError):  # a builtin or C callable without a signature
+        return False
 
 
 def validate_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
@@ -164,12 +177,16 @@ class LocalGenerator:
         return kwargs
 
     def generate(self, messages: Sequence[Message], *, max_new_tokens: int = 256, stop: Sequence[str] = (),
-                 temperature: float = 0.0) -> Generation:
+                 temperature: float = 0.0, on_text: Callable[[str], None] | None = None) -> Generation:
+        """Generate a reply; with ``on_text``, its text is passed to ``on_text`` piece by piece while it is
+        generated (cut at the stop string like the returned text), in this thread."""
         import torch
 
         stops = _check_settings(max_new_tokens, temperature, stop)
         ids = self.prompt_ids(messages)
         kwargs = self._generate_kwargs(ids, max_new_tokens, stops, temperature)
+        if on_text is not None:
+            kwargs["streamer"] = _callback_streamer(self.tokenizer, stops, on_text)
         start = time.perf_counter()
         with self._lock, _torch_threads(self.threads), torch.inference_mode():
             if temperature > 0:
@@ -225,25 +242,68 @@ def _new_text_stop(tokenizer, prompt_length: int, stops: Sequence[str]):
     return StoppingCriteriaList([NewTextStop()])
 
 
+class _StopCutter:
+    """Pass text pieces through, holding back just enough to cut at a stop string spanning pieces."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = list(stops)
+        self.hold = max((len(s) for s in self.stops), default=1) - 1
+        self.buffer = ""
+        self.stopped = False
+
+    def feed(self, piece: str) -> str:
+        """The text that can be released now (empty once a stop string was seen)."""
+        if self.stopped:
+            return ""
+        self.buffer += piece
+        text, hit = cut_at_stop(self.buffer, self.stops)
+        if hit is not None:
+            self.stopped, self.buffer = True, ""
+            return text
+        if len(self.buffer) > self.hold:
+            cut = len(self.buffer) - self.hold
+            text, self.buffer = self.buffer[:cut], self.buffer[cut:]
+            return text
+        return ""
+
+    def flush(self) -> str:
+        """The held-back rest, at the end of the text."""
+        text, self.buffer = self.buffer, ""
+        return text
+
+
 def _stream_until_stop(pieces: Iterator[str], stops: Sequence[str]) -> Iterator[str]:
     """Pass text pieces through, holding back just enough to cut at a stop string spanning pieces."""
-    hold = max((len(s) for s in stops), default=1) - 1
-    buffer = ""
+    cutter = _StopCutter(stops)
     for piece in pieces:
-        buffer += piece
-        text, hit = cut_at_stop(buffer, stops)
-        if hit is not None:
-            if text:
-                yield text
+        text = cutter.feed(piece)
+        if text:
+            yield text
+        if cutter.stopped:
             for _ in pieces:  # drain so the producer can finish
                 pass
             return
-        if len(buffer) > hold:
-            cut = len(buffer) - hold
-            yield buffer[:cut]
-            buffer = buffer[cut:]
-    if buffer:
-        yield buffer
+    rest = cutter.flush()
+    if rest:
+        yield rest
+
+
+def _callback_streamer(tokenizer, stops: Sequence[str], on_text: Callable[[str], None]):
+    """A transformers streamer that hands the new text to ``on_text`` as ``generate`` produces it, cut at the
+    first stop string (generation itself stops there through the stopping criteria)."""
+    from transformers import TextStreamer
+
+    cutter = _StopCutter(stops)
+
+    class CallbackStreamer(TextStreamer):
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            released = cutter.feed(text)
+            if stream_end:
+                released += cutter.flush()
+            if released:
+                on_text(released)
+
+    return CallbackStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
 
 
 def _eos_ids(model, tokenizer) -> set[int]:

@@ -1,9 +1,10 @@
 """Retrieval-augmented generation: plain RAG, MemoRAG, Search-o1 and LC-Boost over a chunked, indexed context.
 
 Every pipeline has ``ask(question, context) -> Answer``; the answer carries a trace of each generator call
-and retrieval (prompts, outputs, chunk ids, token counts, time).
+and retrieval (prompts, outputs, chunk ids, token counts, time). Inside ``with listening(listener):`` every
+step is also reported as it happens (progress output, or a local generator's answer text as it is written).
 """
-from flagstone.rag.base import Answer, ContextIndex, Step, Trace
+from flagstone.rag.base import Answer, ContextIndex, Step, StepListener, Trace, listening
 from flagstone.rag.chunking import Chunk, chunk_documents, chunk_text
 from flagstone.rag.lc_boost import LCBoost
 from flagstone.rag.memorag import MemoRAG, Memory
@@ -14,4 +15,4 @@ PIPELINES = {"no_retrieval": NoRetrieval, "full_context": FullContext, "rag": RA
              "search_o1": SearchO1, "lc_boost": LCBoost}
 
 __all__ = ["PIPELINES", "RAG", "Answer", "Chunk", "ContextIndex", "FullContext", "LCBoost", "MemoRAG", "Memory",
-           "NoRetrieval", "SearchO1", "Step", "Trace", "chunk_documents", "chunk_text"]
+           "NoRetrieval", "SearchO1", "Step", "StepListener", "Trace", "chunk_documents", "chunk_text", "listening"]

@@ -5,13 +5,16 @@ import json
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from flagstone._io import atomic_write, require_file
 from flagstone.errors import DataError, FlagstoneError, InvalidTextError
-from flagstone.models.generator import Generation, Generator, Message
+from flagstone.models.generator import Generation, Generator, Message, accepts_on_text
 from flagstone.models.presets import DEFAULT_MODEL
 from flagstone.rag.chunking import (
     Chunk,
@@ -146,7 +149,8 @@ class ContextIndex:
                        "documents": [list(d) for d in self.documents]}, f)
 
     @classmethod
-    def load(cls, folder: str | os.PathLike, *, embedder=None, cache=None) -> ContextIndex:
+    def load(cls, folder: str | os.PathLike, *, embedder=None, cache=None,
+             show_progress: bool = False) -> ContextIndex:
         from flagstone.models.embedder import Embedder
 
         path = require_file(Path(folder) / "context.json", "saved context")
@@ -157,8 +161,8 @@ class ContextIndex:
         except (ValueError, KeyError, TypeError):
             raise DataError(f"{path} is not a saved Flagstone context") from None
         if embedder is None and settings["mode"] != "bm25":
-            embedder = Embedder(saved.get("embedder") or DEFAULT_MODEL, show_progress=False)
-        return cls.build(documents, embedder=embedder, cache=cache, **settings)
+            embedder = Embedder(saved.get("embedder") or DEFAULT_MODEL, show_progress=show_progress)
+        return cls.build(documents, embedder=embedder, cache=cache, show_progress=show_progress, **settings)
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Chunk]]:
         """Top ``k`` chunks per query, best first."""
@@ -170,8 +174,44 @@ class ContextIndex:
         return separator.join(text for _, text in self.documents)
 
 
+class StepListener(Protocol):
+    """Follows a pipeline's steps as they happen (progress output, streaming); see :func:`listening`."""
+
+    def step_started(self, kind: str, name: str) -> None:
+        """A step begins: ``kind`` is "generate" or "retrieve", ``name`` what it is for ("answer", "gist", ...)."""
+
+    def step_finished(self, step: Step) -> None:
+        """The step is done and recorded in the trace."""
+
+    def text_sink(self, name: str) -> Callable[[str], None] | None:
+        """Where the text of a generate step named ``name`` should go while it is generated, or None."""
+
+
+# the listener of the pipeline calls running in this thread / task, set by ``listening``: the pipelines
+# make their own Recorders, so this reaches all of them without a parameter on every pipeline
+_LISTENER: ContextVar[StepListener | None] = ContextVar("flagstone_rag_listener", default=None)
+
+
+@contextmanager
+def listening(listener: StepListener) -> Iterator[StepListener]:
+    """Report every step of the pipeline calls inside the block to ``listener``::
+
+        with listening(my_listener):
+            answer = MemoRAG(generator).ask(question, context)
+
+    A listener whose ``text_sink`` returns a callable needs a generator that takes ``on_text``
+    (:class:`~flagstone.models.generator.LocalGenerator`); others raise a FlagstoneError.
+    """
+    token = _LISTENER.set(listener)
+    try:
+        yield listener
+    finally:
+        _LISTENER.reset(token)
+
+
 class Recorder:
-    """Runs a pipeline's generator calls and retrievals and writes each into the trace."""
+    """Runs a pipeline's generator calls and retrievals and writes each into the trace (and tells the
+    listener set by :func:`listening`, if any)."""
 
     def __init__(self, generator: Generator, trace: Trace | None = None) -> None:
         self.generator = generator
@@ -179,19 +219,37 @@ class Recorder:
 
     def generate(self, name: str, messages: Sequence[Message], *, max_new_tokens: int, stop: Sequence[str] = (),
                  temperature: float = 0.0) -> Generation:
-        out = self.generator.generate(messages, max_new_tokens=max_new_tokens, stop=stop, temperature=temperature)
-        self.trace.steps.append(Step("generate", name, [dict(m) for m in messages], out.text,
-                                     prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens,
-                                     seconds=out.seconds))
+        listener = _LISTENER.get()
+        extra = {}
+        if listener is not None:
+            listener.step_started("generate", name)
+            sink = listener.text_sink(name)
+            if sink is not None:
+                if not accepts_on_text(self.generator):
+                    raise FlagstoneError(f"generator {self.generator.name} cannot stream its text (its generate "
+                                         f"takes no on_text); use a local generator or do not ask for the text")
+                extra["on_text"] = sink
+        out = self.generator.generate(messages, max_new_tokens=max_new_tokens, stop=stop, temperature=temperature,
+                                      **extra)
+        step = Step("generate", name, [dict(m) for m in messages], out.text, prompt_tokens=out.prompt_tokens,
+                    completion_tokens=out.completion_tokens, seconds=out.seconds)
+        self.trace.steps.append(step)
+        if listener is not None:
+            listener.step_finished(step)
         return out
 
     def retrieve(self, name: str, context: ContextIndex, queries: Sequence[str], k: int) -> list[list[Chunk]]:
+        listener = _LISTENER.get()
+        if listener is not None:
+            listener.step_started("retrieve", name)
         start = time.perf_counter()
         results = context.search(queries, k)
         ids = [c.id for row in results for c in row]
-        self.trace.steps.append(Step("retrieve", name, "\n".join(queries), chunk_ids=ids,
-                                     seconds=time.perf_counter() - start))
+        step = Step("retrieve", name, "\n".join(queries), chunk_ids=ids, seconds=time.perf_counter() - start)
+        self.trace.steps.append(step)
         self.trace.add_retrieved(ids)
+        if listener is not None:
+            listener.step_finished(step)
         return results
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,59 +27,21 @@ from flagstone.models.heads import encoder_forward, sparse_vocab_weights
 from flagstone.retrieval.bm25 import lucene_idf
 from flagstone.training.data import TrainingExample, unique_passages
 from flagstone.training.loop import (
-    TrainingConfig,
     TrainingResult,
     clear_checkpoint,
     seed_everything,
     train,
 )
+from flagstone.training.settings import (  # noqa: F401 -- HEADS, HEAD_WEIGHTS: re-exported
+    HEAD_WEIGHTS,
+    HEADS,
+    EmbedderTrainingSettings,
+    TrainingConfig,
+    default_epochs,
+)
 
 if TYPE_CHECKING:
     import torch
-
-HEADS = ("dense", "sparse", "colbert")
-# BGE-M3's weights for the heads' losses and for the ensemble score (dense 1, sparse 0.3, ColBERT 1)
-HEAD_WEIGHTS = {"dense": 1.0, "sparse": 0.3, "colbert": 1.0}
-
-
-@dataclass
-class EmbedderTrainingSettings:
-    """What the contrastive objective looks like (the optimiser and schedule are in TrainingConfig)."""
-
-    heads: tuple[str, ...] = ("dense",)
-    temperature: float = 0.02
-    group_size: int = 8  # one positive + group_size - 1 hard negatives per query
-    batch_size: int = 8  # queries per micro-batch
-    in_batch_negatives: bool = True  # other queries' passages are negatives too (dense and ColBERT)
-    query_max_length: int = 64
-    passage_max_length: int = 256
-    distill: bool = True  # use pos_scores / neg_scores as soft targets when the data has them
-    teacher_temperature: float = 1.0
-    self_distill: bool = True  # M3: the ensemble of the trained heads teaches each head
-    freeze_encoder: bool = False  # train only the heads (e.g. sparse-only training on a frozen encoder)
-    gradient_checkpointing: bool = False
-    lora_rank: int | None = None  # train LoRA adapters (peft) instead of the full encoder
-    lora_alpha: int = 16
-    lora_targets: tuple[str, ...] = ("query", "key", "value", "dense")
-    query_instruction: str | None = None  # None: the base model's (e.g. BGE's retrieval instruction)
-    head_weights: dict[str, float] = field(default_factory=lambda: dict(HEAD_WEIGHTS))
-    head_learning_rate_scale: float = 20.0  # new sparse / ColBERT heads learn this much faster than the encoder
-    # how a new sparse head starts: "idf" fits it to the square root of each token's inverse document
-    # frequency over the training passages (so q.d starts as IDF-weighted term overlap); "uniform" gives
-    # every token about the same weight (plain term overlap, stop words included)
-    sparse_init: str = "idf"
-    sparse_init_scale: float = 0.1  # initial weights ~ scale * sqrt(idf): scores near BGE-M3's range
-
-    def __post_init__(self) -> None:
-        unknown = set(self.heads) - set(HEADS)
-        if unknown or not self.heads:
-            raise ValueError(f"heads must be a non-empty subset of {HEADS}, got {self.heads}")
-        if self.group_size < 2:
-            raise ValueError("group_size must be at least 2 (one positive and one negative)")
-        if self.temperature <= 0:
-            raise ValueError("temperature must be positive")
-        if self.sparse_init not in ("idf", "uniform"):
-            raise ValueError(f"sparse_init must be 'idf' or 'uniform', got {self.sparse_init!r}")
 
 
 class _Trainable:
@@ -211,7 +172,7 @@ def train_embedder(
 
     check_output_folder(output_dir, overwrite=overwrite, legacy=MODEL_LAYOUT)
     settings = settings or EmbedderTrainingSettings()
-    config = config or TrainingConfig()
+    config = config or TrainingConfig(epochs=default_epochs(settings.heads))
     seed_everything(config.seed)
     embedder = base if isinstance(base, Embedder) else Embedder(str(base), show_progress=False)
     if embedder.settings.dtype != "float32":

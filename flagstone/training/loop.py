@@ -19,35 +19,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from flagstone.errors import DataError
+from flagstone.training.settings import TrainingConfig
 
 if TYPE_CHECKING:
     import torch
 
 _STATE_FILE = "trainer_state.pt"
 _META_FILE = "trainer_state.json"
-
-
-@dataclass
-class TrainingConfig:
-    epochs: int = 1
-    learning_rate: float = 2e-5
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    gradient_accumulation: int = 1
-    max_grad_norm: float = 1.0
-    max_steps: int | None = None  # optimiser steps; caps epochs
-    checkpoint_every: int | None = None  # optimiser steps between resumable checkpoints
-    seed: int = 0
-    precision: str = "float32"  # "bfloat16": autocast the forward pass (about 2x faster on CPUs with AVX-512 BF16)
-    show_progress: bool = True
-
-    def __post_init__(self) -> None:
-        if self.precision not in ("float32", "bfloat16"):
-            raise ValueError(f"precision must be float32 or bfloat16, got {self.precision!r}")
-        if self.epochs < 1 or self.gradient_accumulation < 1:
-            raise ValueError("epochs and gradient_accumulation must be at least 1")
-        if self.learning_rate <= 0:
-            raise ValueError("learning_rate must be positive")
 
 
 @dataclass

@@ -13,11 +13,16 @@ from flagstone.models._hf import quiet_transformers
 from flagstone.models.reranker import encode_pairs
 from flagstone.training.data import TrainingExample
 from flagstone.training.loop import (
-    TrainingConfig,
     TrainingResult,
     clear_checkpoint,
     seed_everything,
     train,
+)
+from flagstone.training.settings import (
+    RERANKER_BATCH_SIZE,
+    RERANKER_GROUP_SIZE,
+    RERANKER_MAX_LENGTH,
+    TrainingConfig,
 )
 
 
@@ -49,9 +54,9 @@ def train_cross_encoder(
     examples: Sequence[TrainingExample],
     output_dir: str | os.PathLike[str],
     *,
-    group_size: int = 8,
-    batch_size: int = 4,
-    max_length: int = 256,
+    group_size: int = RERANKER_GROUP_SIZE,
+    batch_size: int = RERANKER_BATCH_SIZE,
+    max_length: int = RERANKER_MAX_LENGTH,
     max_query_length: int = 64,
     config: TrainingConfig | None = None,
     checkpoint_dir: str | os.PathLike[str] | None = None,

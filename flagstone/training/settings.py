@@ -60,7 +60,7 @@ class EmbedderTrainingSettings:
     batch_size: int = 16  # queries per micro-batch
     in_batch_negatives: bool = True  # other queries' passages are negatives too (dense and ColBERT)
     query_max_length: int = 64
-    passage_max_length: int = 256
+    passage_max_length: int = 192  # the tuned runs (benchmarks/train_scifact.py) trained at 192
     distill: bool = True  # use pos_scores / neg_scores as soft targets when the data has them
     teacher_temperature: float = 1.0
     self_distill: bool = True  # M3: the ensemble of the trained heads teaches each head

@@ -25,7 +25,7 @@ def _parse(kind: str, *options: str):
 def test_library_defaults_are_the_tuned_settings():
     config, settings = TrainingConfig(), EmbedderTrainingSettings()
     assert (config.learning_rate, config.epochs, config.precision, config.warmup_ratio) == (1e-4, 3, "bfloat16", 0.1)
-    assert (settings.temperature, settings.batch_size, settings.group_size) == (0.05, 16, 4)
+    assert (settings.temperature, settings.batch_size, settings.group_size, settings.passage_max_length) == (0.05, 16, 4, 192)
     assert settings.in_batch_negatives and settings.heads == ("dense",)
     assert default_epochs(("dense",)) == 3 and default_epochs(("dense", "sparse", "colbert")) == M3_EPOCHS == 2
     reranker = inspect.signature(train_cross_encoder).parameters

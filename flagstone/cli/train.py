@@ -7,7 +7,25 @@ import math
 import sys
 from pathlib import Path
 
-from flagstone.cli._common import EPILOG, _add_cache_options, _cache, _check_output_file, _read_texts
+from flagstone.cli._common import (
+    EPILOG,
+    _add_cache_options,
+    _cache,
+    _check_output_file,
+    _read_texts,
+    causal_lm_name,
+    check_argument,
+    check_with,
+    existing_file,
+    existing_folder,
+    existing_path,
+    model_name,
+    non_negative_int,
+    output_file,
+    output_folder,
+    positive_float,
+    positive_int,
+)
 from flagstone.errors import FlagstoneError
 
 
@@ -17,20 +35,23 @@ def add_parsers(sub, epilog: str = EPILOG) -> None:
                                    "for each query from a corpus, and replace its negatives with documents sampled "
                                    "from a rank range (positives excluded). Optionally add pos_scores/neg_scores "
                                    "from a teacher reranker for distillation.", epilog=epilog)
-    p.add_argument("data", help="training data .jsonl (query and pos are required)")
-    p.add_argument("-o", "--output", required=True, help="output .jsonl")
+    p.add_argument("data", type=existing_file, help="training data .jsonl (query and pos are required)")
+    p.add_argument("-o", "--output", type=output_file, required=True, help="output .jsonl")
     p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
-    p.add_argument("--corpus", default=None,
+    p.add_argument("--corpus", type=existing_path, default=None,
                    help="texts to mine from: a BEIR folder, .jsonl or .txt (default: every pos/neg text in the data)")
-    p.add_argument("--model", default=None, help="retrieval model (default: the bundled all-MiniLM-L6-v2)")
-    p.add_argument("--mode", default="dense", choices=("dense", "bm25", "hybrid"), help="retrieval mode (default: dense)")
-    p.add_argument("--range", nargs=2, type=int, default=[10, 100], metavar=("START", "END"),
+    p.add_argument("--model", type=model_name, default=None,
+                   help="retrieval model (default: the bundled all-MiniLM-L6-v2)")
+    p.add_argument("--mode", default="dense", choices=("dense", "bm25", "hybrid"),
+                   help="retrieval mode (default: dense)")
+    p.add_argument("--range", nargs=2, type=non_negative_int, default=[10, 100], metavar=("START", "END"),
                    help="0-based rank range to sample negatives from (default: 10 100)")
-    p.add_argument("--negatives", type=int, default=15, help="negatives per query (default: 15)")
-    p.add_argument("--teacher", default=None, help="a cross-encoder to score pos/neg for distillation")
+    p.add_argument("--negatives", type=positive_int, default=15, help="negatives per query (default: 15)")
+    p.add_argument("--teacher", type=model_name, default=None, help="a cross-encoder to score pos/neg for distillation")
     p.add_argument("--seed", type=int, default=0)
     _add_cache_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    check_with(p, _check_mine)
 
     p = sub.add_parser("train", help="fine-tune an embedder (dense or BGE-M3 dense+sparse+ColBERT) or a reranker",
                        description="Contrastive fine-tuning on FlagEmbedding-format data with hard negatives "
@@ -40,36 +61,41 @@ def add_parsers(sub, epilog: str = EPILOG) -> None:
                                          "trains BGE-M3's three heads with self-distillation"),
                             ("reranker", "a cross-encoder with groupwise softmax (one logit per pair)")):
         t = tsub.add_parser(kind, help=help_text, description=help_text, epilog=epilog)
-        t.add_argument("data", help="training data .jsonl with negatives")
-        t.add_argument("-o", "--output", required=True, help="folder to save the trained model in")
-        t.add_argument("--model", default="all-MiniLM-L6-v2", help="base model (default: all-MiniLM-L6-v2)")
-        t.add_argument("--epochs", type=int, default=1)
-        t.add_argument("--learning-rate", type=float, default=2e-5 if kind == "embedder" else 5e-5)
-        t.add_argument("--batch-size", type=int, default=8 if kind == "embedder" else 4, help="queries per step")
-        t.add_argument("--group-size", type=int, default=8, help="1 positive + N-1 negatives (default: 8)")
-        t.add_argument("--gradient-accumulation", type=int, default=1)
-        t.add_argument("--max-steps", type=int, default=None)
-        t.add_argument("--max-length", type=int, default=256, help="passage tokens (default: 256)")
+        t.add_argument("data", type=existing_file, help="training data .jsonl with negatives")
+        t.add_argument("-o", "--output", type=output_folder, required=True, help="folder to save the trained model in")
+        t.add_argument("--model", type=model_name, default="all-MiniLM-L6-v2",
+                       help="base model (default: all-MiniLM-L6-v2)")
+        t.add_argument("--epochs", type=positive_int, default=1)
+        t.add_argument("--learning-rate", type=positive_float, default=2e-5 if kind == "embedder" else 5e-5)
+        t.add_argument("--batch-size", type=positive_int, default=8 if kind == "embedder" else 4,
+                       help="queries per step")
+        t.add_argument("--group-size", type=positive_int, default=8, help="1 positive + N-1 negatives (default: 8)")
+        t.add_argument("--gradient-accumulation", type=positive_int, default=1)
+        t.add_argument("--max-steps", type=positive_int, default=None)
+        t.add_argument("--max-length", type=positive_int, default=256, help="passage tokens (default: 256)")
         t.add_argument("--bf16", action="store_true", help="bfloat16 autocast (about 2x faster on AVX-512 BF16 CPUs)")
-        t.add_argument("--checkpoint-dir", default=None, help="save resumable state here; rerun to resume")
-        t.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints (default: 50)")
+        t.add_argument("--checkpoint-dir", type=output_folder, default=None,
+                       help="save resumable state here; rerun to resume")
+        t.add_argument("--checkpoint-every", type=positive_int, default=50,
+                       help="steps between checkpoints (default: 50)")
         t.add_argument("--seed", type=int, default=0)
         t.add_argument("--quiet", action="store_true", help="no progress bars")
         if kind == "embedder":
             t.add_argument("--heads", nargs="+", default=["dense"], choices=("dense", "sparse", "colbert"),
                            help="heads to train (default: dense)")
-            t.add_argument("--temperature", type=float, default=0.02)
+            t.add_argument("--temperature", type=positive_float, default=0.02)
             t.add_argument("--no-in-batch", action="store_true", help="only the query's own group as negatives")
             t.add_argument("--freeze-encoder", action="store_true", help="train only the sparse/ColBERT heads")
-            t.add_argument("--lora-rank", type=int, default=None, help="train LoRA adapters of this rank (needs peft)")
+            t.add_argument("--lora-rank", type=positive_int, default=None,
+                           help="train LoRA adapters of this rank (needs peft)")
             t.add_argument("--gradient-checkpointing", action="store_true")
             t.add_argument("--sparse-init", choices=("idf", "uniform"), default="idf",
                            help="how a new sparse head starts: IDF-weighted (default) or uniform term overlap")
-            t.add_argument("--validate", metavar="BEIR_FOLDER", default=None,
+            t.add_argument("--validate", type=existing_folder, metavar="BEIR_FOLDER", default=None,
                            help="score this BEIR data set (nDCG@10, recall@100) during training; never pass "
                                 "the split you report on")
             t.add_argument("--validate-split", default="dev", help="qrels split to validate on (default: dev)")
-            t.add_argument("--validate-every", type=int, default=None,
+            t.add_argument("--validate-every", type=positive_int, default=None,
                            help="optimiser steps between validations (default: once per epoch)")
 
     p = sub.add_parser("merge", help="LM-Cocktail: merge same-architecture models by weighted averaging",
@@ -77,12 +103,35 @@ def add_parsers(sub, epilog: str = EPILOG) -> None:
                                    "weights, or with weights computed from a few target-task examples: "
                                    "softmax(-loss / temperature).", epilog=epilog)
     p.add_argument("models", nargs="+", help="model folders (same architecture)")
-    p.add_argument("-o", "--output", required=True, help="folder for the merged model")
+    p.add_argument("-o", "--output", type=output_folder, required=True, help="folder for the merged model")
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--weights", nargs="+", type=float, help="one weight per model")
-    g.add_argument("--examples", help="a .jsonl of examples (training-data rows; causal LMs: input/output)")
+    g.add_argument("--weights", nargs="+", type=float, help="one weight per model (not negative, not all zero)")
+    g.add_argument("--examples", type=existing_file,
+                   help="a .jsonl of examples (training-data rows; causal LMs: input/output)")
     p.add_argument("--kind", choices=("embedder", "reranker", "causal_lm"), default="embedder")
-    p.add_argument("--temperature", type=float, default=5.0, help="softmax temperature for example weights")
+    p.add_argument("--temperature", type=positive_float, default=5.0, help="softmax temperature for example weights")
+    check_with(p, _check_merge)
+
+
+def _check_mine(args: argparse.Namespace) -> None:
+    _check_output_file(args.output, overwrite=args.overwrite, example="mined.jsonl")
+    start, end = args.range
+    if start >= end:
+        raise FlagstoneError(f"--range {start} {end}: START must be below END")
+
+
+def _check_merge(args: argparse.Namespace) -> None:
+    if len(args.models) < 2:
+        raise FlagstoneError("merging needs at least two models")
+    check = causal_lm_name if args.kind == "causal_lm" else model_name
+    for model in args.models:
+        check_argument("models", model, check)
+    if args.weights is not None:
+        if len(args.weights) != len(args.models):
+            raise FlagstoneError(f"--weights: {len(args.weights)} given for {len(args.models)} models; give one "
+                                 "weight per model")
+        if any(not math.isfinite(w) or w < 0 for w in args.weights) or not any(w > 0 for w in args.weights):
+            raise FlagstoneError("--weights must be finite and not negative, and not all zero")
 
 
 def _training_config(args: argparse.Namespace):
@@ -99,7 +148,6 @@ def cmd_mine(args: argparse.Namespace) -> int:
     from flagstone.training.data import load_examples, save_examples
     from flagstone.training.mining import add_teacher_scores, mine_hard_negatives, mining_retriever
 
-    _check_output_file(args.output, overwrite=args.overwrite, example="mined.jsonl")
     examples = load_examples(args.data)
     if args.corpus:
         ids, texts = _read_texts(args.corpus)

@@ -68,14 +68,14 @@ def test_search_and_encode(mini, tmp_path, capsys, cache_args):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["eval", "{tmp}/nowhere"], "data set folder not found"),
-    (["search", "{tmp}/missing.jsonl", "-q", "x"], "input file not found"),
+    (["eval", "{tmp}/nowhere"], "argument data: folder not found"),
+    (["search", "{tmp}/missing.jsonl", "-q", "x"], "argument corpus: not found"),
     (["search", "{tmp}/bad.jsonl", "-q", "x"], "bad.jsonl:2: malformed JSON"),
     (["search", "{tmp}/empty.txt", "-q", "x"], "no texts found"),
     (["search", "{tmp}/ok.txt", "-q", "x", "--model", "no-such-model"], "unknown model 'no-such-model'"),
     (["search", "{tmp}/ok.txt", "-q", "  ", "--mode", "bm25"], "text #0 is empty"),
     (["search", "{tmp}/ok.txt", "-q", "x", "--mode", "sparse"], "cannot produce sparse"),
-    (["search", "{tmp}/ok.txt", "-q", "x", "--weights", "dense"], "bad --weights entry"),
+    (["search", "{tmp}/ok.txt", "-q", "x", "--weights", "dense"], "argument --weights: bad entry 'dense'"),
     (["encode", "{tmp}/ok.txt", "-o", "{tmp}/o.npz", "--colbert"], "no ColBERT head"),
     (["eval", "{tmp}/unknown-ids"], "document ids are not in corpus.jsonl"),
     (["search", "{tmp}/latin1.txt", "-q", "x", "--mode", "bm25"], "latin1.txt: not valid UTF-8"),
@@ -87,7 +87,7 @@ def test_search_and_encode(mini, tmp_path, capsys, cache_args):
     (["eval"], "nothing to evaluate"),
     (["eval", "--tasks", "STSbenchmark"], "did you mean STSBenchmark"),
     (["eval", "--task-file", "{tmp}/task.json"], "task #0: task 'T': columns needs sentence2"),
-    (["eval", "--task-file", "{tmp}/missing.json"], "task file not found"),
+    (["eval", "--task-file", "{tmp}/missing.json"], "argument --task-file: file not found"),
     (["eval", "{tmp}/unknown-ids", "--suite", "quick"], "not both"),
 ])
 def test_user_mistakes_print_one_line_without_traceback(tmp_path, args, message):
@@ -107,11 +107,13 @@ def test_user_mistakes_print_one_line_without_traceback(tmp_path, args, message)
     assert last.startswith("flagstone: error:") and message in last
 
 
-def test_bad_numbers_are_argument_errors(capsys):
+def test_bad_numbers_are_argument_errors(tmp_path, capsys):
+    (tmp_path / "ok.txt").write_text("one document\n")
     with pytest.raises(SystemExit) as exc:
-        main(["search", "x", "-q", "y", "-k", "0"])
+        main(["search", str(tmp_path / "ok.txt"), "-q", "y", "-k", "0"])
     assert exc.value.code == 2
-    assert "-k must be at least 1" in capsys.readouterr().err
+    assert capsys.readouterr().err == ("flagstone: error: argument -k: must be at least 1, got 0 "
+                                       "(see flagstone search --help)\n")
 
 
 def test_eval_every_mode_with_an_m3_model(mini, tiny_m3_dir, tmp_path, capsys, cache_args):
@@ -258,7 +260,7 @@ def test_mine_train_and_merge_from_the_command_line(tiny_m3_dir, tmp_path, capsy
 
 @pytest.mark.parametrize("args, message", [
     (["train"], "choose what to train"),
-    (["train", "embedder", "{tmp}/nope.jsonl", "-o", "{tmp}/o"], "JSONL file not found"),
+    (["train", "embedder", "{tmp}/nope.jsonl", "-o", "{tmp}/o"], "argument data: file not found"),
     (["train", "reranker", "{tmp}/noneg.jsonl", "-o", "{tmp}/o"], "has no negatives: mine hard negatives first"),
     (["mine", "{tmp}/badrow.jsonl", "-o", "{tmp}/o.jsonl"], "badrow.jsonl:1: 'pos' must be a list of strings"),
     (["mine", "{tmp}/badrow.jsonl", "-o", "{tmp}/noneg.jsonl"], "already exists; pass --overwrite"),
@@ -281,7 +283,7 @@ ASK_CONTEXT = "The Velmora bridge opened in 1932. It crosses the river Aune.\n\n
     (["ask", "When?", "--context", "{tmp}/ctx.txt", "--context", "{tmp}/ctx.txt", "--mode", "bm25"], "share an id"),
     (["ask", "When?", "--context", "{tmp}/ctx.txt", "--generator", "{tmp}/no-model"], "unknown causal LM"),
     (["ask", "When?", "--pipeline", "no_retrieval", "--base-url", "http://127.0.0.1:9/v1", "--generator", "m"],
-     "failed after"),
+     "cannot reach --base-url http://127.0.0.1:9/v1"),
 ])
 def test_ask_mistakes_print_one_line(tmp_path, args, message):
     (tmp_path / "ctx.txt").write_text(ASK_CONTEXT)

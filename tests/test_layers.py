@@ -14,6 +14,7 @@ from tests.helpers import REPO
 LAYERS: dict[str, int] = {
     "flagstone.errors": 0,
     "flagstone._io": 0,
+    "flagstone._version": 0,
     "flagstone.corpora": 0,
     "flagstone.models": 1,
     "flagstone.index": 2,

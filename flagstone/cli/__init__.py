@@ -10,20 +10,35 @@ import sys
 from collections.abc import Sequence
 
 from flagstone.cli import demo, encode, evaluate, index, models, rag, search, serve, train
-from flagstone.cli._common import EPILOG
+from flagstone.cli._common import EPILOG, ArgumentParser
 from flagstone.errors import FlagstoneError
 
 # in the order the commands are listed by --help
 GROUPS = (demo, models, encode, search, evaluate, index, train, rag, serve)
 
 
+def version() -> str:
+    """The installed distribution's version; a source checkout on PYTHONPATH has no metadata, so it falls
+    back to the package's own ``__version__``."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("flagstone")
+    except PackageNotFoundError:
+        from flagstone._version import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="flagstone",
         description="Retrieval toolkit: dense, sparse (lexical) and ColBERT embeddings, BM25, hybrid search, "
                     "reranking, training, evaluation, and retrieval-augmented answering.",
         epilog=EPILOG,
     )
+    parser.add_argument("--version", action="version", version=f"flagstone {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for group in GROUPS:
         group.add_parsers(sub)
@@ -39,17 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    for name in ("batch_size", "k", "docs", "max_length", "max_queries", "n_lists", "n_probe", "rerank_depth",
-                 "epochs", "group_size", "gradient_accumulation", "max_steps", "negatives", "checkpoint_every",
-                 "chunk_tokens", "max_new_tokens", "port", "max_texts", "max_chars", "max_batch"):
-        value = getattr(args, name, None)
-        values = value if isinstance(value, list) else [value]
-        if any(v is not None and v < 1 for v in values):
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    weight = getattr(args, "first_stage_weight", 0.0)
-    if not 0.0 <= weight <= 1.0:
-        parser.error("--first-stage-weight must be between 0 and 1")
     try:
+        check = getattr(args, "_check", None)  # the command's checks across arguments, before any work
+        if check is not None:
+            check(args)
         return COMMANDS[args.command](args)
     except (FlagstoneError, ValueError) as exc:
         print(f"flagstone: error: {exc}", file=sys.stderr)

@@ -2,23 +2,244 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import math
+import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from flagstone.errors import DataError, FlagstoneError
 
 EPILOG = "Models: a local folder, a hub name (BAAI/bge-m3) or a preset (see `flagstone models`)."
+# the Retriever's modes, spelled out so that building the parser imports no numpy (a test keeps them equal)
+MODES = ("dense", "sparse", "colbert", "bm25", "hybrid")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a parser error is one line on stderr (argparse adds a usage block) naming the help to read.
+
+    Subparsers inherit the class, so every command reports its mistakes the same way.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        flat = " ".join(message.split())
+        self.exit(2, f"flagstone: error: {flat} (see {self.prog} --help)\n")
+
+
+# -- argparse types: a bad value is a parser error (exit 2, one line) before any work starts ------------------
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = _float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+    return value
+
+
+def probability(text: str) -> float:
+    value = _float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def port(text: str) -> int:
+    value = _int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port must be between 1 and 65535, got {value}")
+    return value
+
+
+def existing_file(text: str) -> str:
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"file not found: {text}")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
+    return text
+
+
+def existing_folder(text: str) -> str:
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"folder not found: {text}")
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is not a folder")
+    return text
+
+
+def existing_path(text: str) -> str:
+    """A file or a folder that exists (inputs that may be either, e.g. a BEIR folder or a .jsonl file)."""
+    if not Path(text).expanduser().exists():
+        raise argparse.ArgumentTypeError(f"not found: {text}")
+    return text
+
+
+def _check_parents(path: Path, text: str) -> None:
+    """The nearest existing ancestor must be a folder, or the output could never be created."""
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise argparse.ArgumentTypeError(f"cannot write {text}: {parent} is a file, not a folder")
+            return
+
+
+def output_file(text: str) -> str:
+    """A file to write: not a folder, and its folder exists or can be created. Existing files are checked
+    against --overwrite by the command, which knows whether it has that flag."""
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name")
+    _check_parents(path, text)
+    return text
+
+
+def output_folder(text: str) -> str:
+    """A folder to write into: an existing folder, or a path that can be created (not a file)."""
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
+    _check_parents(path, text)
+    return text
+
+
+def http_url(text: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a URL starting with http:// or https://")
+    return text
+
+
+# a hub name as huggingface_hub accepts it: org/name, one slash, no leading dot, slash or tilde (those are paths)
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+")
+
+
+def model_name(text: str) -> str:
+    """An embedding or cross-encoder model: a model folder, a preset or a plausible hub name. Checked without
+    the network and without loading anything; a hub name that does not exist fails when it is fetched."""
+    from flagstone.models.presets import PRESETS, find_preset
+
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not ((path / "config.json").is_file() or (path / "modules.json").is_file()):
+            raise argparse.ArgumentTypeError(f"{text} is a folder but has no config.json: not a model folder")
+        return text
+    if find_preset(text) is not None or _HUB_ID.fullmatch(text):
+        return text
+    raise argparse.ArgumentTypeError(f"unknown model {text!r}: not a folder, not a hub name (org/name), not a "
+                                     f"preset ({', '.join(sorted(PRESETS))})")
+
+
+def causal_lm_name(text: str) -> str:
+    """A generator / causal LM: the bundled default, a model folder, a .gguf file or a plausible hub name."""
+    from flagstone.models.causal_lm import DEFAULT_LLM
+
+    path = Path(text).expanduser()
+    if text.lower() == DEFAULT_LLM or (path.is_file() and path.suffix == ".gguf"):
+        return text
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise argparse.ArgumentTypeError(f"{text} is a folder but has no config.json: not a model folder")
+        return text
+    if _HUB_ID.fullmatch(text):
+        return text
+    raise argparse.ArgumentTypeError(f"unknown causal LM {text!r}: not {DEFAULT_LLM}, a folder, a .gguf file or "
+                                     "org/name")
+
+
+def reranker_spec(text: str) -> str:
+    """'llm', 'llm:CAUSAL_LM' or a cross-encoder model."""
+    if text == "llm":
+        return text
+    if text.startswith("llm:"):
+        causal_lm_name(text[4:])
+        return text
+    return model_name(text)
+
+
+def hybrid_weights(text: str) -> dict[str, float]:
+    """``SIGNAL=W,...`` into a dict; unknown signals, negative or all-zero weights are rejected here."""
+    from flagstone.retrieval.fusion import SIGNALS, check_weights
+
+    weights: dict[str, float] = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if not sep or not math.isfinite(number):
+            raise argparse.ArgumentTypeError(f"bad entry {part!r}: expected SIGNAL=NUMBER, e.g. dense=0.3,bm25=0.7")
+        weights[name.strip()] = number
+    try:
+        check_weights(weights, SIGNALS)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return weights
+
+
+def check_argument(option: str, value: str, check: Callable[[str], object]) -> None:
+    """An argparse type check for a value whose rule depends on another argument (so no ``type=``)."""
+    try:
+        check(value)
+    except argparse.ArgumentTypeError as exc:
+        raise FlagstoneError(f"argument {option}: {exc}") from None
+
+
+def check_with(parser: argparse.ArgumentParser, check: Callable[[argparse.Namespace], None]) -> None:
+    """Register ``check(args)``: main() runs it after parsing and before the command, for the mistakes that
+    need several arguments together (an existing output without --overwrite, a URL to probe)."""
+    parser.set_defaults(_check=check)
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", default=None, help="embedding model (default: the bundled all-MiniLM-L6-v2)")
-    g.add_argument("--max-length", type=int, default=None, help="max tokens per text (default: the model's)")
-    g.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: 32)")
+    g.add_argument("--model", type=model_name, default=None,
+                   help="embedding model (default: the bundled all-MiniLM-L6-v2)")
+    g.add_argument("--max-length", type=positive_int, default=None, help="max tokens per text (default: the model's)")
+    g.add_argument("--batch-size", type=positive_int, default=32, help="texts per forward pass (default: 32)")
     g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                    help="compute type; bfloat16 is about 2x faster on CPUs with AVX-512 BF16, vectors differ "
                         "slightly (default: float32)")
-    g.add_argument("--cache-dir", default=None,
+    g.add_argument("--cache-dir", type=output_folder, default=None,
                    help="embedding cache folder (default: $FLAGSTONE_CACHE or ~/.cache/flagstone)")
     g.add_argument("--no-cache", action="store_true", help="always re-encode documents")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -26,8 +247,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 def _add_hybrid_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("hybrid")
-    g.add_argument("--weights", default=None, metavar="SIGNAL=W,...",
-                   help="hybrid weights, e.g. dense=0.3,bm25=0.7 (default: depends on the model's heads)")
+    g.add_argument("--weights", type=hybrid_weights, default=None, metavar="SIGNAL=W,...",
+                   help="hybrid weights, e.g. dense=0.3,bm25=0.7; none negative, not all zero (default: depends "
+                        "on the model's heads)")
     g.add_argument("--fusion", choices=("weighted", "rrf"), default="weighted",
                    help="weighted sum of normalised scores, or reciprocal-rank fusion (default: weighted)")
     g.add_argument("--normalize", choices=("minmax", "zscore", "none"), default="minmax",
@@ -44,7 +266,7 @@ def _embedder(args: argparse.Namespace):
 
 def _add_cache_options(p: argparse.ArgumentParser) -> None:
     """The cache options alone, for commands without the full model group."""
-    p.add_argument("--cache-dir", default=None,
+    p.add_argument("--cache-dir", type=output_folder, default=None,
                    help="embedding cache folder (default: $FLAGSTONE_CACHE or ~/.cache/flagstone)")
     p.add_argument("--no-cache", action="store_true", help="always re-encode documents")
 
@@ -71,18 +293,8 @@ def _cache(args: argparse.Namespace):
 def _hybrid(args: argparse.Namespace):
     from flagstone.retrieval.retriever import HybridConfig
 
-    weights = None
-    if args.weights:
-        weights = {}
-        for part in args.weights.split(","):
-            name, sep, value = part.partition("=")
-            try:
-                weights[name.strip()] = float(value)
-            except ValueError:
-                raise FlagstoneError(f"bad --weights entry {part!r}: expected SIGNAL=NUMBER") from None
-            if not sep:
-                raise FlagstoneError(f"bad --weights entry {part!r}: expected SIGNAL=NUMBER")
-    return HybridConfig(weights=weights, method=args.fusion, normalize=args.normalize)
+    # --weights arrives parsed and checked (hybrid_weights)
+    return HybridConfig(weights=args.weights, method=args.fusion, normalize=args.normalize)
 
 
 def _retriever(args: argparse.Namespace, modes: Sequence[str] | None = None, dense_index: str = "flat"):

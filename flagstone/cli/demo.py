@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from flagstone.cli._common import EPILOG, _add_model_options, _retriever, _snippet
+from flagstone.cli._common import EPILOG, _add_model_options, _retriever, _snippet, positive_int
 
 
 def add_parsers(sub) -> None:
@@ -11,9 +11,9 @@ def add_parsers(sub) -> None:
                        description="The main job end to end on embedded defaults: index a corpus every machine "
                                    "has (Python's own docstrings) and show results from each retrieval mode.",
                        epilog=EPILOG)
-    p.add_argument("--docs", type=int, default=2000, help="number of docstrings to index (default: 2000)")
+    p.add_argument("--docs", type=positive_int, default=2000, help="number of docstrings to index (default: 2000)")
     p.add_argument("--query", action="append", default=None, help="a query to ask (repeatable)")
-    p.add_argument("-k", type=int, default=3, help="results shown per mode (default: 3)")
+    p.add_argument("-k", type=positive_int, default=3, help="results shown per mode (default: 3)")
     _add_model_options(p)
 
 

@@ -11,6 +11,9 @@ from flagstone.cli._common import (
     _check_output_file,
     _embedder,
     _read_texts,
+    check_with,
+    existing_path,
+    output_file,
 )
 
 
@@ -19,8 +22,8 @@ def add_parsers(sub) -> None:
                        description="Encode a JSONL file (field 'text', optional 'title') or a text file "
                                    "(one text per line) and save the outputs as .npz.",
                        epilog=EPILOG)
-    p.add_argument("input", help="texts: .jsonl or .txt")
-    p.add_argument("-o", "--output", required=True, help="output .npz file")
+    p.add_argument("input", type=existing_path, help="texts: .jsonl or .txt")
+    p.add_argument("-o", "--output", type=output_file, required=True, help="output .npz file")
     p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     p.add_argument("--queries", action="store_true", help="encode as queries (adds the query instruction)")
     p.add_argument("--sparse", action="store_true", help="also output sparse lexical weights (needs M3 heads)")
@@ -29,6 +32,11 @@ def add_parsers(sub) -> None:
     p.add_argument("--no-truncate", action="store_true",
                    help="fail on texts longer than the max length instead of truncating them")
     _add_model_options(p)
+    check_with(p, _check_encode)
+
+
+def _check_encode(args: argparse.Namespace) -> None:
+    _check_output_file(args.output, overwrite=args.overwrite, example="vectors.npz")
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
@@ -36,7 +44,6 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
     from flagstone._io import atomic_write
 
-    _check_output_file(args.output, overwrite=args.overwrite, example="vectors.npz")
     ids, texts = _read_texts(args.input)
     embedder = _embedder(args)
     truncated = embedder.count_truncated(texts)

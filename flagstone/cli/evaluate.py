@@ -7,18 +7,27 @@ from pathlib import Path
 
 from flagstone.cli._common import (
     EPILOG,
+    MODES,
     _add_hybrid_options,
     _add_model_options,
     _cache,
     _embedder,
     _hybrid,
     _retriever,
+    check_with,
+    existing_file,
+    existing_folder,
+    output_file,
+    output_folder,
+    positive_int,
 )
 from flagstone.errors import FlagstoneError
 from flagstone.evaluation import DEFAULT_EVAL_DEPTH
 
 
 def add_parsers(sub) -> None:
+    from flagstone.evaluation.tasks import SUITES
+
     p = sub.add_parser("eval", help="evaluate retrieval on a BEIR folder, or run an MTEB-style task suite",
                        description="Two uses. (1) eval DATA: retrieval on a BEIR folder (corpus.jsonl, queries.jsonl, "
                                    "qrels/<split>.tsv) in several modes: nDCG, MRR, Recall and MAP at several cut-offs. "
@@ -27,37 +36,62 @@ def add_parsers(sub) -> None:
                                    "with MTEB's protocols; one MTEB-layout JSON per task plus a table and averages. "
                                    "Suites: default, quick, sts, multilingual-sts, all; --list-tasks shows the tasks.",
                        epilog=EPILOG)
-    p.add_argument("data", nargs="?", default=None, help="BEIR data set folder (retrieval evaluation)")
+    p.add_argument("data", nargs="?", type=existing_folder, default=None,
+                   help="BEIR data set folder (retrieval evaluation)")
     g = p.add_argument_group("task suite")
-    g.add_argument("--suite", default=None, help="a named suite: default, quick, sts, multilingual-sts, all")
+    g.add_argument("--suite", choices=tuple(SUITES), default=None, help="a named suite")
     g.add_argument("--tasks", nargs="+", default=None, metavar="TASK", help="tasks by name (see --list-tasks)")
-    g.add_argument("--task-file", action="append", default=None,
-                   help="a JSON file defining your own task(s): name, type, files, columns (repeatable)")
+    g.add_argument("--task-file", action="append", type=existing_file, default=None,
+                   help="a JSON file defining your own task(s): name, type, files, columns (repeatable). Tables "
+                        "with numbered columns: \"header\": true/false says whether the first row is a header; "
+                        "without it an STS or pair-classification file's first row is a header only when its "
+                        "score/label cell is not a number, and classification/clustering tasks must say")
     g.add_argument("--list-tasks", action="store_true", help="list the built-in tasks and suites, then exit")
-    g.add_argument("--data-root", default=None,
+    g.add_argument("--data-root", type=existing_folder, default=None,
                    help="folder the built-in tasks' files are under (default: $FLAGSTONE_DATA, else "
                         "./shared/data or ../shared/data)")
-    g.add_argument("--output-dir", default=None,
+    g.add_argument("--output-dir", type=output_folder, default=None,
                    help="write <task>.json (MTEB layout) as each task finishes, then summary.json and table.md; "
                         "a rerun into the same folder resumes, skipping tasks saved with the same settings")
     g.add_argument("--overwrite", action="store_true",
                    help="recompute every task and replace the files in --output-dir (needed when they were saved "
                         "with other settings)")
     p.add_argument("--split", default="test", help="qrels split (default: test)")
-    p.add_argument("--modes", nargs="+", default=None,
+    p.add_argument("--modes", nargs="+", choices=MODES, default=None,
                    help="modes to evaluate (default: every mode the model supports, plus bm25 and hybrid)")
-    p.add_argument("--k", nargs="+", type=int, default=[1, 3, 5, 10, 100], help="cut-offs (default: 1 3 5 10 100)")
-    p.add_argument("--depth", type=int, default=DEFAULT_EVAL_DEPTH,
+    p.add_argument("--k", nargs="+", type=positive_int, default=[1, 3, 5, 10, 100],
+                   help="cut-offs (default: 1 3 5 10 100)")
+    p.add_argument("--depth", type=positive_int, default=DEFAULT_EVAL_DEPTH,
                    help=f"hits retrieved per query, for the data set and the suite's retrieval tasks; hybrid "
                         f"scores depend on it, and it is recorded in the results (default: {DEFAULT_EVAL_DEPTH})")
-    p.add_argument("--max-queries", type=int, default=None, help="evaluate only the first N judged queries")
-    p.add_argument("--output", default=None, help="write the metrics as JSON here")
-    p.add_argument("--run-dir", default=None, help="write one TREC run file per mode into this folder")
+    p.add_argument("--max-queries", type=positive_int, default=None, help="evaluate only the first N judged queries")
+    p.add_argument("--output", type=output_file, default=None, help="write the metrics as JSON here")
+    p.add_argument("--run-dir", type=output_folder, default=None,
+                   help="write one TREC run file per mode into this folder")
     p.add_argument("--index", nargs="+", choices=("flat", "ivf", "hi2"), default=["flat"],
                    help="dense index: exact flat, IVF or HI²; several compare them in one table, e.g. "
                         "--index flat hi2 (default: flat)")
     _add_model_options(p)
     _add_hybrid_options(p)
+    check_with(p, _check_eval)
+
+
+def _check_eval(args: argparse.Namespace) -> None:
+    """The suite's task files and tables are read and checked (STS gold scores included) before the model
+    loads; cmd_eval reports a missing data root and the other mistakes that need no reading."""
+    if args.list_tasks or not (args.suite or args.tasks or args.task_file):
+        return
+    from flagstone.evaluation.suite import check_task_data
+    from flagstone.evaluation.tasks import default_data_root, load_task_file, resolve_tasks
+
+    tasks = resolve_tasks(args.tasks, args.suite)
+    for path in args.task_file or []:
+        tasks += load_task_file(path)
+    data_root = Path(args.data_root) if args.data_root else default_data_root()
+    for task in tasks:
+        relative = any(not Path(f).is_absolute() for f in task.files.values())
+        if not relative or (data_root is not None and data_root.is_dir()):
+            check_task_data(task, data_root)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

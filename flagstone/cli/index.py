@@ -6,7 +6,18 @@ import json
 import time
 from pathlib import Path
 
-from flagstone.cli._common import EPILOG, _add_model_options, _cache, _embedder, _read_texts, _snippet
+from flagstone.cli._common import (
+    EPILOG,
+    _add_model_options,
+    _cache,
+    _embedder,
+    _read_texts,
+    _snippet,
+    existing_folder,
+    existing_path,
+    output_folder,
+    positive_int,
+)
 from flagstone.errors import DataError, FlagstoneError
 
 
@@ -18,36 +29,40 @@ def add_parsers(sub) -> None:
                         description="Encode a corpus (BEIR folder, .jsonl or .txt) and save an index folder: the "
                                     "dense index, the BM25 term model (HI² query terms) and the documents.",
                         epilog=EPILOG)
-    b.add_argument("corpus", help="a BEIR folder, a corpus .jsonl (_id/id, title, text) or a .txt file")
-    b.add_argument("-o", "--output", required=True, help="index folder to write (written beside, then renamed)")
+    b.add_argument("corpus", type=existing_path,
+                   help="a BEIR folder, a corpus .jsonl (_id/id, title, text) or a .txt file")
+    b.add_argument("-o", "--output", type=output_folder, required=True,
+                   help="index folder to write (written beside, then renamed)")
     b.add_argument("--overwrite", action="store_true", help="replace an index folder that already exists there")
     b.add_argument("--index", choices=("flat", "ivf", "hi2"), default="hi2", help="index type (default: hi2)")
     b.add_argument("--codec", choices=("flat", "fp16", "pq"), default="flat",
                    help="vector storage: float32, float16 or product quantisation (default: flat)")
-    b.add_argument("--n-lists", type=int, default=None, help="k-means clusters (default: about 4 sqrt(N))")
-    b.add_argument("--n-probe", type=int, default=None, help="clusters probed per query (default: sqrt(n_lists))")
-    b.add_argument("--terms-per-doc", type=int, default=15, help="HI²: salient terms per document (default: 15)")
+    b.add_argument("--n-lists", type=positive_int, default=None, help="k-means clusters (default: about 4 sqrt(N))")
+    b.add_argument("--n-probe", type=positive_int, default=None,
+                   help="clusters probed per query (default: sqrt(n_lists))")
+    b.add_argument("--terms-per-doc", type=positive_int, default=15,
+                   help="HI²: salient terms per document (default: 15)")
     _add_model_options(b)
     s_ = isub.add_parser("search", help="search a saved index folder",
                          description="Search a folder written by `flagstone index build`.", epilog=EPILOG)
-    s_.add_argument("folder", help="index folder")
+    s_.add_argument("folder", type=existing_folder, help="index folder")
     s_.add_argument("-q", "--query", action="append", required=True, help="a query (repeatable)")
-    s_.add_argument("-k", type=int, default=10, help="results per query (default: 10)")
-    s_.add_argument("--n-probe", type=int, default=None, help="override the clusters probed per query")
+    s_.add_argument("-k", type=positive_int, default=10, help="results per query (default: 10)")
+    s_.add_argument("--n-probe", type=positive_int, default=None, help="override the clusters probed per query")
     s_.add_argument("--mmap", action="store_true",
                     help="memory-map the vectors instead of reading them (still checksummed unless --no-verify)")
     _add_no_verify(s_)
     s_.add_argument("--quiet", action="store_true", help="no progress bars")
     d = isub.add_parser("describe", help="print an index folder's settings and size",
                         description="Print an index folder's settings, size and memory per document.")
-    d.add_argument("folder", help="index folder")
+    d.add_argument("folder", type=existing_folder, help="index folder")
     _add_no_verify(d)
     v = isub.add_parser("verify", help="check a saved folder's checksums and files",
                         description="Check a folder written by `flagstone index build` (or any saved retriever "
                                     "or index folder): the SHA-256 of every index array, the .npy headers, the "
                                     "manifests and the JSON files. Prints one line per file checked; exits with "
                                     "status 2 and names the first bad file otherwise.")
-    v.add_argument("folder", help="index folder, or a single index (a folder with a CURRENT file)")
+    v.add_argument("folder", type=existing_folder, help="index folder, or a single index (a folder with a CURRENT file)")
 
 
 def _add_no_verify(p: argparse.ArgumentParser) -> None:

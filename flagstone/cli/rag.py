@@ -9,7 +9,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from flagstone.cli._common import EPILOG, _add_cache_options, _cache, _read_texts
+from flagstone.cli._common import (
+    EPILOG,
+    MODES,
+    _add_cache_options,
+    _cache,
+    _read_texts,
+    causal_lm_name,
+    check_argument,
+    check_with,
+    existing_path,
+    http_url,
+    model_name,
+    non_negative_int,
+    output_folder,
+    positive_int,
+)
 from flagstone.errors import FlagstoneError
 
 PIPELINE_HELP = {
@@ -33,22 +48,25 @@ def add_parsers(sub, epilog: str = EPILOG) -> None:
         epilog=epilog + " Example: flagstone ask 'Who wrote it?' --context essay.txt --pipeline memorag --trace",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("question")
-    p.add_argument("--context", action="append", default=None, metavar="PATH",
+    p.add_argument("--context", action="append", type=existing_path, default=None, metavar="PATH",
                    help="a .txt/.md file (one document), a .jsonl file (one document per line, field 'text'), or "
                         "a BEIR folder; repeatable")
     p.add_argument("--pipeline", choices=tuple(PIPELINE_HELP), default="rag", help="(default: rag)")
     p.add_argument("--generator", default="smollm2-135m-instruct",
                    help="local model (name, folder, .gguf) or, with --base-url, the served model's name")
-    p.add_argument("--base-url", default=None, help="OpenAI-compatible API root, e.g. http://localhost:8080/v1")
-    p.add_argument("--model", default=None, help="embedding model for retrieval (default: all-MiniLM-L6-v2)")
-    p.add_argument("--mode", default="hybrid", help="retrieval mode: dense, bm25, hybrid, ... (default: hybrid)")
+    p.add_argument("--base-url", type=http_url, default=None,
+                   help="OpenAI-compatible API root, e.g. http://localhost:8080/v1 (probed before anything loads)")
+    p.add_argument("--model", type=model_name, default=None,
+                   help="embedding model for retrieval (default: all-MiniLM-L6-v2)")
+    p.add_argument("--mode", choices=MODES, default="hybrid", help="retrieval mode (default: hybrid)")
     _add_cache_options(p)
-    p.add_argument("-k", type=int, default=3, help="chunks read per retrieval (default: 3)")
-    p.add_argument("--chunk-tokens", type=int, default=200, help="tokens per chunk (default: 200)")
-    p.add_argument("--overlap", type=int, default=32, help="tokens shared by neighbouring chunks (default: 32)")
-    p.add_argument("--memory", default=None, metavar="DIR",
+    p.add_argument("-k", type=positive_int, default=3, help="chunks read per retrieval (default: 3)")
+    p.add_argument("--chunk-tokens", type=positive_int, default=200, help="tokens per chunk (default: 200)")
+    p.add_argument("--overlap", type=non_negative_int, default=32,
+                   help="tokens shared by neighbouring chunks (default: 32)")
+    p.add_argument("--memory", type=output_folder, default=None, metavar="DIR",
                    help="MemoRAG: load the memory and context from DIR if saved there, else build and save them")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens in the answer (default: 64)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=64, help="tokens in the answer (default: 64)")
     p.add_argument("--trace", action="store_true", help="print every step: outputs, queries, chunks, tokens, time")
     p.add_argument("--json", action="store_true", help="print the answer and its full trace as JSON")
     p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
@@ -56,6 +74,30 @@ def add_parsers(sub, epilog: str = EPILOG) -> None:
                         "stdout is a terminal and neither --json nor --base-url is given")
     p.add_argument("--quiet", action="store_true",
                    help="no progress on stderr (loading, indexing bars, each retrieval and generation)")
+    check_with(p, _check_ask)
+
+
+def _check_ask(args: argparse.Namespace) -> None:
+    if args.chunk_tokens < 2 or args.overlap >= args.chunk_tokens:
+        raise FlagstoneError(f"--chunk-tokens {args.chunk_tokens} --overlap {args.overlap}: chunks need at least 2 "
+                             "tokens and --overlap must be below --chunk-tokens")
+    if args.base_url is None:
+        check_argument("--generator", args.generator, causal_lm_name)
+    else:
+        _probe(args.base_url)  # last: the slowest check
+
+
+def _probe(base_url: str, timeout: float = 3.0) -> None:
+    """Any HTTP answer (even 404) means a server is there; a refused or silent one fails here, not after the
+    context has been embedded and the generator's retries have run out."""
+    import httpx
+
+    try:
+        httpx.get(base_url, timeout=timeout)
+    except httpx.TimeoutException:
+        raise FlagstoneError(f"cannot reach --base-url {base_url}: no answer within {timeout:g} s") from None
+    except httpx.TransportError as exc:
+        raise FlagstoneError(f"cannot reach --base-url {base_url}: {type(exc).__name__}: {exc}") from None
 
 
 def _documents(paths: list[str]) -> list[tuple[str, str]]:

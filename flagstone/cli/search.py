@@ -6,28 +6,34 @@ import json
 
 from flagstone.cli._common import (
     EPILOG,
+    MODES,
     _add_hybrid_options,
     _add_model_options,
     _read_texts,
     _retriever,
     _snippet,
+    existing_path,
+    positive_int,
+    probability,
+    reranker_spec,
 )
 
 
 def add_parsers(sub) -> None:
     p = sub.add_parser("search", help="search a corpus (BEIR folder, JSONL or text file) with any mode",
                        description="Index a corpus and print the top results for each query.", epilog=EPILOG)
-    p.add_argument("corpus", help="a BEIR folder, a corpus .jsonl (_id/id, title, text) or a .txt file")
+    p.add_argument("corpus", type=existing_path,
+                   help="a BEIR folder, a corpus .jsonl (_id/id, title, text) or a .txt file")
     p.add_argument("-q", "--query", action="append", required=True, help="a query (repeatable)")
-    p.add_argument("--mode", default="hybrid", help="dense, sparse, colbert, bm25 or hybrid (default: hybrid)")
-    p.add_argument("-k", type=int, default=10, help="results per query (default: 10)")
+    p.add_argument("--mode", choices=MODES, default="hybrid", help="retrieval mode (default: hybrid)")
+    p.add_argument("-k", type=positive_int, default=10, help="results per query (default: 10)")
     p.add_argument("--json", action="store_true", help="print results as JSON lines")
     g = p.add_argument_group("reranking")
-    g.add_argument("--rerank", default=None, metavar="MODEL",
+    g.add_argument("--rerank", type=reranker_spec, default=None, metavar="MODEL",
                    help="rerank the first stage: a cross-encoder (folder or hub name, bge-reranker format), "
                         "'llm' for the bundled SmolLM2 yes/no reranker, or 'llm:MODEL' for another causal LM")
-    g.add_argument("--rerank-depth", type=int, default=100, help="first-stage hits to rerank (default: 100)")
-    g.add_argument("--first-stage-weight", type=float, default=0.0,
+    g.add_argument("--rerank-depth", type=positive_int, default=100, help="first-stage hits to rerank (default: 100)")
+    g.add_argument("--first-stage-weight", type=probability, default=0.0,
                    help="interpolate: (1-w) reranker + w first stage, min-max normalised (default: 0)")
     _add_model_options(p)
     _add_hybrid_options(p)

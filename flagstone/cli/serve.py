@@ -3,7 +3,20 @@ from __future__ import annotations
 
 import argparse
 
-from flagstone.cli._common import EPILOG
+from flagstone.cli._common import (
+    EPILOG,
+    causal_lm_name,
+    check_argument,
+    check_with,
+    existing_file,
+    http_url,
+    model_name,
+    non_negative_float,
+    output_folder,
+    port,
+    positive_float,
+    positive_int,
+)
 from flagstone.errors import MissingDependencyError
 
 
@@ -14,24 +27,35 @@ def add_parsers(sub, epilog: str = EPILOG) -> None:
                     "a search page at /, Prometheus metrics at /metrics. Collections and their write-ahead logs "
                     "live under --data-dir; an acknowledged write survives a crash.", epilog=epilog)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="(default: 8000)")
-    p.add_argument("--data-dir", default="flagstone-data", help="collections and caches (default: ./flagstone-data)")
-    p.add_argument("--model", default=None, help="embedding model (default: the bundled all-MiniLM-L6-v2)")
-    p.add_argument("--reranker", default=None, help="cross-encoder for /rerank and reranked search (default: none)")
+    p.add_argument("--port", type=port, default=8000, help="(default: 8000)")
+    p.add_argument("--data-dir", type=output_folder, default="flagstone-data",
+                   help="collections and caches (default: ./flagstone-data)")
+    p.add_argument("--model", type=model_name, default=None,
+                   help="embedding model (default: the bundled all-MiniLM-L6-v2)")
+    p.add_argument("--reranker", type=model_name, default=None,
+                   help="cross-encoder for /rerank and reranked search (default: none)")
     p.add_argument("--generator", default="smollm2-135m-instruct",
                    help="generator for /ask, loaded on first use (default: the bundled SmolLM2-135M-Instruct)")
-    p.add_argument("--generator-base-url", default=None, help="OpenAI-compatible server for /ask instead")
-    p.add_argument("--api-keys-file", default=None,
+    p.add_argument("--generator-base-url", type=http_url, default=None,
+                   help="OpenAI-compatible server for /ask instead")
+    p.add_argument("--api-keys-file", type=existing_file, default=None,
                    help="require a bearer token from this file (one per line); $FLAGSTONE_API_KEYS adds more")
-    p.add_argument("--max-texts", type=int, default=256, help="texts per request (default: 256)")
-    p.add_argument("--max-chars", type=int, default=20000, help="characters per text (default: 20000)")
-    p.add_argument("--max-body-mb", type=float, default=8.0, help="request body limit in MB (default: 8)")
-    p.add_argument("--max-batch", type=int, default=256,
+    p.add_argument("--max-texts", type=positive_int, default=256, help="texts per request (default: 256)")
+    p.add_argument("--max-chars", type=positive_int, default=20000, help="characters per text (default: 20000)")
+    p.add_argument("--max-body-mb", type=positive_float, default=8.0, help="request body limit in MB (default: 8)")
+    p.add_argument("--max-batch", type=positive_int, default=256,
                    help="texts per encoder batch; the encoder sorts a batch by length, so bigger batches pad "
                         "less (default: 256)")
-    p.add_argument("--max-wait-ms", type=float, default=5.0,
+    p.add_argument("--max-wait-ms", type=non_negative_float, default=5.0,
                    help="how long a request may wait for others to share its batch (default: 5)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
+    check_with(p, _check_serve)
+
+
+def _check_serve(args: argparse.Namespace) -> None:
+    # the generator loads on the first /ask; a misspelt name should stop the service now, not then
+    if args.generator_base_url is None:
+        check_argument("--generator", args.generator, causal_lm_name)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -8,7 +8,25 @@ import sys
 from pathlib import Path
 
 from flagstone._io import MODEL_LAYOUT, check_output_folder
-from flagstone.cli._common import EPILOG, _add_cache_options, _cache, _check_output_file, _read_texts
+from flagstone.cli._common import (
+    EPILOG,
+    _add_cache_options,
+    _cache,
+    _check_output_file,
+    _read_texts,
+    causal_lm_name,
+    check_argument,
+    check_with,
+    existing_file,
+    existing_folder,
+    existing_path,
+    model_name,
+    non_negative_int,
+    output_file,
+    output_folder,
+    positive_float,
+    positive_int,
+)
 from flagstone.errors import FlagstoneError
 from flagstone.training.settings import (
     M3_EPOCHS,
@@ -30,20 +48,23 @@ def add_parsers(sub, epilog: str = EPILOG) -> None:
                                    "for each query from a corpus, and replace its negatives with documents sampled "
                                    "from a rank range (positives excluded). Optionally add pos_scores/neg_scores "
                                    "from a teacher reranker for distillation.", epilog=epilog)
-    p.add_argument("data", help="training data .jsonl (query and pos are required)")
-    p.add_argument("-o", "--output", required=True, help="output .jsonl")
+    p.add_argument("data", type=existing_file, help="training data .jsonl (query and pos are required)")
+    p.add_argument("-o", "--output", type=output_file, required=True, help="output .jsonl")
     p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
-    p.add_argument("--corpus", default=None,
+    p.add_argument("--corpus", type=existing_path, default=None,
                    help="texts to mine from: a BEIR folder, .jsonl or .txt (default: every pos/neg text in the data)")
-    p.add_argument("--model", default=None, help="retrieval model (default: the bundled all-MiniLM-L6-v2)")
-    p.add_argument("--mode", default="dense", choices=("dense", "bm25", "hybrid"), help="retrieval mode (default: dense)")
-    p.add_argument("--range", nargs=2, type=int, default=[10, 100], metavar=("START", "END"),
+    p.add_argument("--model", type=model_name, default=None,
+                   help="retrieval model (default: the bundled all-MiniLM-L6-v2)")
+    p.add_argument("--mode", default="dense", choices=("dense", "bm25", "hybrid"),
+                   help="retrieval mode (default: dense)")
+    p.add_argument("--range", nargs=2, type=non_negative_int, default=[10, 100], metavar=("START", "END"),
                    help="0-based rank range to sample negatives from (default: 10 100)")
-    p.add_argument("--negatives", type=int, default=15, help="negatives per query (default: 15)")
-    p.add_argument("--teacher", default=None, help="a cross-encoder to score pos/neg for distillation")
+    p.add_argument("--negatives", type=positive_int, default=15, help="negatives per query (default: 15)")
+    p.add_argument("--teacher", type=model_name, default=None, help="a cross-encoder to score pos/neg for distillation")
     p.add_argument("--seed", type=int, default=0)
     _add_cache_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    check_with(p, _check_mine)
 
     p = sub.add_parser("train", help="fine-tune an embedder (dense or BGE-M3 dense+sparse+ColBERT) or a reranker",
                        description="Contrastive fine-tuning on FlagEmbedding-format data with hard negatives "
@@ -53,51 +74,52 @@ def add_parsers(sub, epilog: str = EPILOG) -> None:
                                          "trains BGE-M3's three heads with self-distillation"),
                             ("reranker", "a cross-encoder with groupwise softmax (one logit per pair)")):
         t = tsub.add_parser(kind, help=help_text, description=help_text, epilog=epilog)
-        t.add_argument("data", help="training data .jsonl with negatives")
-        t.add_argument("-o", "--output", required=True, help="folder to save the trained model in")
+        t.add_argument("data", type=existing_file, help="training data .jsonl with negatives")
+        t.add_argument("-o", "--output", type=output_folder, required=True, help="folder to save the trained model in")
         t.add_argument("--overwrite", action="store_true",
                        help="replace the output folder if Flagstone wrote it (a folder holding anything else is "
                             "never replaced)")
-        t.add_argument("--model", default="all-MiniLM-L6-v2", help="base model (default: all-MiniLM-L6-v2)")
+        t.add_argument("--model", type=model_name, default="all-MiniLM-L6-v2", help="base model (default: all-MiniLM-L6-v2)")
         is_embedder = kind == "embedder"
         epochs_help = (f"(default: {_CONFIG.epochs}; {M3_EPOCHS} when training a sparse or ColBERT head)"
                        if is_embedder else f"(default: {_CONFIG.epochs})")
-        t.add_argument("--epochs", type=int, default=None, help=epochs_help)
-        t.add_argument("--learning-rate", type=float, default=_CONFIG.learning_rate,
+        t.add_argument("--epochs", type=positive_int, default=None, help=epochs_help)
+        t.add_argument("--learning-rate", type=positive_float, default=_CONFIG.learning_rate,
                        help=f"(default: {_CONFIG.learning_rate:g})")
         batch_size = _EMBEDDER.batch_size if is_embedder else RERANKER_BATCH_SIZE
-        t.add_argument("--batch-size", type=int, default=batch_size, help=f"queries per step (default: {batch_size})")
+        t.add_argument("--batch-size", type=positive_int, default=batch_size, help=f"queries per step (default: {batch_size})")
         group_size = _EMBEDDER.group_size if is_embedder else RERANKER_GROUP_SIZE
-        t.add_argument("--group-size", type=int, default=group_size,
+        t.add_argument("--group-size", type=positive_int, default=group_size,
                        help=f"1 positive + N-1 negatives (default: {group_size})")
-        t.add_argument("--gradient-accumulation", type=int, default=_CONFIG.gradient_accumulation)
-        t.add_argument("--max-steps", type=int, default=None)
+        t.add_argument("--gradient-accumulation", type=positive_int, default=_CONFIG.gradient_accumulation)
+        t.add_argument("--max-steps", type=positive_int, default=None)
         max_length = _EMBEDDER.passage_max_length if is_embedder else RERANKER_MAX_LENGTH
-        t.add_argument("--max-length", type=int, default=max_length,
+        t.add_argument("--max-length", type=positive_int, default=max_length,
                        help=f"{'passage' if is_embedder else 'pair'} tokens (default: {max_length})")
         t.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=_CONFIG.precision == "bfloat16",
                        help="bfloat16 autocast, about 2x faster on AVX-512 BF16 CPUs; --no-bf16 trains in float32 "
                             f"(default: {'on' if _CONFIG.precision == 'bfloat16' else 'off'})")
-        t.add_argument("--checkpoint-dir", default=None, help="save resumable state here; rerun to resume")
-        t.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints (default: 50)")
+        t.add_argument("--checkpoint-dir", type=output_folder, default=None, help="save resumable state here; rerun to resume")
+        t.add_argument("--checkpoint-every", type=positive_int, default=50, help="steps between checkpoints (default: 50)")
         t.add_argument("--seed", type=int, default=_CONFIG.seed)
         t.add_argument("--quiet", action="store_true", help="no progress bars")
         if kind == "embedder":
             t.add_argument("--heads", nargs="+", default=list(_EMBEDDER.heads), choices=("dense", "sparse", "colbert"),
                            help=f"heads to train (default: {' '.join(_EMBEDDER.heads)})")
-            t.add_argument("--temperature", type=float, default=_EMBEDDER.temperature,
+            t.add_argument("--temperature", type=positive_float, default=_EMBEDDER.temperature,
                            help=f"InfoNCE temperature (default: {_EMBEDDER.temperature:g})")
             t.add_argument("--no-in-batch", action="store_true", help="only the query's own group as negatives")
             t.add_argument("--freeze-encoder", action="store_true", help="train only the sparse/ColBERT heads")
-            t.add_argument("--lora-rank", type=int, default=None, help="train LoRA adapters of this rank (needs peft)")
+            t.add_argument("--lora-rank", type=positive_int, default=None,
+                           help="train LoRA adapters of this rank (needs peft)")
             t.add_argument("--gradient-checkpointing", action="store_true")
             t.add_argument("--sparse-init", choices=("idf", "uniform"), default=_EMBEDDER.sparse_init,
                            help="how a new sparse head starts: IDF-weighted (default) or uniform term overlap")
-            t.add_argument("--validate", metavar="BEIR_FOLDER", default=None,
+            t.add_argument("--validate", type=existing_folder, metavar="BEIR_FOLDER", default=None,
                            help="score this BEIR data set (nDCG@10, recall@100) during training; never pass "
                                 "the split you report on")
             t.add_argument("--validate-split", default="dev", help="qrels split to validate on (default: dev)")
-            t.add_argument("--validate-every", type=int, default=None,
+            t.add_argument("--validate-every", type=positive_int, default=None,
                            help="optimiser steps between validations (default: once per epoch)")
 
     p = sub.add_parser("merge", help="LM-Cocktail: merge same-architecture models by weighted averaging",
@@ -105,15 +127,38 @@ def add_parsers(sub, epilog: str = EPILOG) -> None:
                                    "weights, or with weights computed from a few target-task examples: "
                                    "softmax(-loss / temperature).", epilog=epilog)
     p.add_argument("models", nargs="+", help="model folders (same architecture)")
-    p.add_argument("-o", "--output", required=True, help="folder for the merged model")
+    p.add_argument("-o", "--output", type=output_folder, required=True, help="folder for the merged model")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the output folder if Flagstone wrote it (a folder holding anything else is never "
                         "replaced)")
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--weights", nargs="+", type=float, help="one weight per model")
-    g.add_argument("--examples", help="a .jsonl of examples (training-data rows; causal LMs: input/output)")
+    g.add_argument("--weights", nargs="+", type=float, help="one weight per model (not negative, not all zero)")
+    g.add_argument("--examples", type=existing_file,
+                   help="a .jsonl of examples (training-data rows; causal LMs: input/output)")
     p.add_argument("--kind", choices=("embedder", "reranker", "causal_lm"), default="embedder")
-    p.add_argument("--temperature", type=float, default=5.0, help="softmax temperature for example weights")
+    p.add_argument("--temperature", type=positive_float, default=5.0, help="softmax temperature for example weights")
+    check_with(p, _check_merge)
+
+
+def _check_mine(args: argparse.Namespace) -> None:
+    _check_output_file(args.output, overwrite=args.overwrite, example="mined.jsonl")
+    start, end = args.range
+    if start >= end:
+        raise FlagstoneError(f"--range {start} {end}: START must be below END")
+
+
+def _check_merge(args: argparse.Namespace) -> None:
+    if len(args.models) < 2:
+        raise FlagstoneError("merging needs at least two models")
+    check = causal_lm_name if args.kind == "causal_lm" else model_name
+    for model in args.models:
+        check_argument("models", model, check)
+    if args.weights is not None:
+        if len(args.weights) != len(args.models):
+            raise FlagstoneError(f"--weights: {len(args.weights)} given for {len(args.models)} models; give one "
+                                 "weight per model")
+        if any(not math.isfinite(w) or w < 0 for w in args.weights) or not any(w > 0 for w in args.weights):
+            raise FlagstoneError("--weights must be finite and not negative, and not all zero")
 
 
 def _training_config(args: argparse.Namespace) -> TrainingConfig:
@@ -131,7 +176,6 @@ def cmd_mine(args: argparse.Namespace) -> int:
     from flagstone.training.data import load_examples, save_examples
     from flagstone.training.mining import add_teacher_scores, mine_hard_negatives, mining_retriever
 
-    _check_output_file(args.output, overwrite=args.overwrite, example="mined.jsonl")
     examples = load_examples(args.data)
     if args.corpus:
         ids, texts = _read_texts(args.corpus)

@@ -101,17 +101,27 @@ def load_qrels(path: str | Path) -> dict[str, dict[str, int]]:
     return qrels
 
 
-def load_beir(folder: str | Path, split: str = "test") -> BeirDataset:
-    """Load a BEIR folder; every query and document that the qrels name must exist."""
+def check_beir_folder(folder: str | Path, split: str = "test") -> Path:
+    """Without reading them: the folder has corpus.jsonl, queries.jsonl and qrels/<split>.tsv. Returns the
+    qrels file. A quick check to run before a model loads; :func:`load_beir` checks the contents."""
     root = Path(folder)
     if not root.is_dir():
         raise DataError(f"data set folder not found: {root}")
-    doc_ids, doc_texts = load_corpus(root / "corpus.jsonl")
-    queries = load_queries(root / "queries.jsonl")
+    require_file(root / "corpus.jsonl", "JSONL file")
+    require_file(root / "queries.jsonl", "JSONL file")
     qrels_file = root / "qrels" / f"{split}.tsv"
     if not qrels_file.is_file():
         splits = sorted(p.stem for p in (root / "qrels").glob("*.tsv")) if (root / "qrels").is_dir() else []
         raise DataError(f"no qrels for split {split!r} in {root / 'qrels'} (found: {', '.join(splits) or 'none'})")
+    return qrels_file
+
+
+def load_beir(folder: str | Path, split: str = "test") -> BeirDataset:
+    """Load a BEIR folder; every query and document that the qrels name must exist."""
+    root = Path(folder)
+    qrels_file = check_beir_folder(root, split)
+    doc_ids, doc_texts = load_corpus(root / "corpus.jsonl")
+    queries = load_queries(root / "queries.jsonl")
     qrels = load_qrels(qrels_file)
     unknown_q = [q for q in qrels if q not in queries]
     if unknown_q:

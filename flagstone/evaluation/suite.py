@@ -221,13 +221,12 @@ def run_task(
     if task.type in ("sts", "pair_classification"):
         scores, n = _run_pairs(task, encode, data_root)
     elif task.type == "classification":
-        train = read_columns(task.path("train", data_root), task.columns, header=task.header)
-        test = read_columns(task.path("test", data_root), task.columns, header=task.header)
+        train, test = _read_table(task, "train", data_root), _read_table(task, "test", data_root)
         scores = scoring.classification_scores(encode(train["text"]), train["label"], encode(test["text"]),
                                                test["label"])
         n = len(test["text"])
     elif task.type == "clustering":
-        test = read_columns(task.path("test", data_root), task.columns, header=task.header)
+        test = _read_table(task, "test", data_root)
         scores = scoring.clustering_scores(encode(test["text"]), test["label"])
         n = len(test["text"])
     elif task.type == "reranking":
@@ -237,27 +236,58 @@ def run_task(
     return TaskResult(task, scores, time.perf_counter() - start, n)
 
 
-def _run_pairs(task: TaskSpec, encode: _Encoder, data_root) -> tuple[dict[str, object], int]:
+def _read_table(task: TaskSpec, split: str, data_root) -> dict[str, list[str]]:
+    path = task.path(split, data_root)
+    return read_columns(path, task.columns, header=task.has_header(path))
+
+
+def _read_pairs(task: TaskSpec, data_root) -> tuple[dict[str, list[str]], list[float]]:
+    """The sentence pairs and their gold scores or labels, checked (numbers, range, 0/1) before any encoding."""
     path = task.path("test", data_root)
-    cols = read_columns(path, task.columns, header=task.header)
+    header = task.has_header(path)
+    cols = read_columns(path, task.columns, header=header)
     if "test_sentence2" in task.files:  # cross-lingual: sentence2 from a line-aligned file in another language
         other_path = task.path("test_sentence2", data_root)
-        other = read_columns(other_path, {"sentence2": task.columns["sentence2"]}, header=task.header)
+        other = read_columns(other_path, {"sentence2": task.columns["sentence2"]}, header=header)
         if len(other["sentence2"]) != len(cols["sentence1"]):
             raise DataError(f"{other_path} has {len(other['sentence2'])} rows, {path} has "
                             f"{len(cols['sentence1'])}: cross-lingual files must be line-aligned")
         cols["sentence2"] = other["sentence2"]
-    e1, e2 = encode(cols["sentence1"]), encode(cols["sentence2"])
     if task.type == "sts":
         gold = parse_floats(cols["score"], path, "score")
         lo, hi = task.score_range
-        if any(g < lo or g > hi for g in gold):
-            raise DataError(f"{path}: gold scores outside the declared range {lo}..{hi}")
-        return scoring.sts_scores(e1, e2, gold), len(gold)
+        outside = [i for i, g in enumerate(gold) if g < lo or g > hi]
+        if outside:
+            raise DataError(f"{path}: gold scores outside the declared range {lo}..{hi} (data row {outside[0] + 1}: "
+                            f"{gold[outside[0]]:g})")
+        return cols, gold
     labels = parse_floats(cols["label"], path, "label")
     if set(labels) - {0.0, 1.0}:
         raise DataError(f"{path}: pair labels must be 0 or 1")
-    return scoring.pair_classification_scores(e1, e2, [int(v) for v in labels]), len(labels)
+    return cols, labels
+
+
+def _run_pairs(task: TaskSpec, encode: _Encoder, data_root) -> tuple[dict[str, object], int]:
+    cols, values = _read_pairs(task, data_root)
+    e1, e2 = encode(cols["sentence1"]), encode(cols["sentence2"])
+    if task.type == "sts":
+        return scoring.sts_scores(e1, e2, values), len(values)
+    return scoring.pair_classification_scores(e1, e2, [int(v) for v in values]), len(values)
+
+
+def check_task_data(task: TaskSpec, data_root: str | os.PathLike[str] | None = None) -> None:
+    """Check ``task``'s data without a model, so a mistake shows before minutes of encoding: tables are read
+    (columns, empty cells, STS gold scores as numbers in range, pair labels 0/1); a BEIR folder must hold its
+    files (their contents are checked when it is loaded). Raises DataError naming the file and row."""
+    if task.type in ("sts", "pair_classification"):
+        _read_pairs(task, data_root)
+    elif task.type in ("classification", "clustering"):
+        for split in ("train", "test") if task.type == "classification" else ("test",):
+            _read_table(task, split, data_root)
+    else:
+        from flagstone.evaluation.beir import check_beir_folder
+
+        check_beir_folder(task.path("beir", data_root), task.split)
 
 
 def _run_reranking(task: TaskSpec, encode: _Encoder, data_root) -> tuple[dict[str, object], int]:

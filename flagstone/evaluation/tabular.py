@@ -34,10 +34,7 @@ def read_columns(
     out: dict[str, list[str]] = {role: [] for role in columns}
     try:
         with p.open(encoding="utf-8-sig", newline="") as handle:
-            if suffix == ".csv":
-                reader = csv.reader(handle)
-            else:
-                reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+            reader = _reader(handle, suffix)
             positions = _positions(p, columns, next(reader, None) if header else None, header)
             first_line = 2 if header else 1
             for line_no, row in enumerate(reader, start=first_line):
@@ -57,6 +54,34 @@ def read_columns(
     if not next(iter(out.values()), []):
         raise DataError(f"{p}: no rows")
     return out
+
+
+def first_row(path: str | os.PathLike[str]) -> list[str] | None:
+    """The first row of a CSV/TSV file as cells (None for an empty file): the row :func:`read_columns` takes
+    as the header with ``header=True``."""
+    p = require_file(path, "data file")
+    suffix = p.suffix.lower()
+    try:
+        with p.open(encoding="utf-8-sig", newline="") as handle:
+            return next(_reader(handle, suffix), None)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{p}: not valid UTF-8 (byte {exc.start})") from None
+    except csv.Error as exc:
+        raise DataError(f"{p}: malformed {suffix[1:].upper()} ({exc})") from None
+
+
+def _reader(handle, suffix: str):
+    if suffix == ".csv":
+        return csv.reader(handle)
+    return csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)  # TSV without quoting, as MSRP ships
+
+
+def is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _positions(p: Path, columns: Mapping[str, Column], head: list[str] | None, header: bool) -> dict[str, int]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from flagstone._io import read_text
 from flagstone.errors import DataError
-from flagstone.evaluation.tabular import Column
+from flagstone.evaluation.tabular import Column, first_row, is_number
 
 TASK_TYPES = ("retrieval", "reranking", "sts", "pair_classification", "classification", "clustering")
 MAIN_SCORES = {
@@ -32,6 +32,8 @@ _ROLES = {
     "classification": ("text", "label"),
     "clustering": ("text", "label"),
 }
+# the numeric column that tells a header row from data when a table's columns are numbered
+_NUMERIC_ROLE = {"sts": "score", "pair_classification": "label"}
 _SPLITS = {
     "retrieval": ("beir",),
     "reranking": ("beir",),
@@ -50,14 +52,17 @@ class TaskSpec:
     tables, ``beir`` for a BEIR folder (retrieval, reranking), and for cross-lingual STS an optional
     ``test_sentence2``, a line-aligned file in another language whose ``sentence2`` column replaces the
     first file's. ``columns`` maps roles (``sentence1``, ``sentence2``, ``score``, ``label``, ``text``) to
-    header names or 0-based positions; ``header`` says whether tables have a header row.
+    header names or 0-based positions. ``header`` says whether tables have a header row; None (the
+    default) decides: named columns need a header; with numbered columns the first row is a header only
+    when its score (STS) or label (pair classification) cell is not a number. Classification and
+    clustering tables with numbered columns must say ``header`` (true or false): no column tells.
     """
 
     name: str
     type: str
     files: Mapping[str, str]
     columns: Mapping[str, Column] = field(default_factory=dict)
-    header: bool = True
+    header: bool | None = None
     languages: tuple[str, ...] = ("en",)
     score_range: tuple[float, float] = (0.0, 5.0)  # STS gold scores
     split: str = "test"  # BEIR qrels split for retrieval / reranking
@@ -74,6 +79,23 @@ class TaskSpec:
         absent = [r for r in roles if r not in self.columns]
         if absent:
             raise DataError(f"task {self.name!r}: columns needs {', '.join(absent)}")
+        if self.header is not None and not isinstance(self.header, bool):
+            raise DataError(f"task {self.name!r}: header must be true or false, got {self.header!r}")
+        numbered = bool(roles) and all(isinstance(self.columns[r], int) for r in roles)
+        if self.header is None and numbered and self.type not in _NUMERIC_ROLE:
+            raise DataError(f"task {self.name!r}: columns are numbered, so say whether the files have a header "
+                            "row: \"header\": true or false")
+
+    def has_header(self, path: str | os.PathLike[str]) -> bool:
+        """Whether the table at ``path`` starts with a header row (see ``header``)."""
+        if self.header is not None:
+            return self.header
+        if any(isinstance(c, str) for c in self.columns.values()):
+            return True
+        row = first_row(path)
+        position = int(self.columns[_NUMERIC_ROLE[self.type]])  # every column is numbered here
+        # a short or empty first row is data; read_columns then reports it with its line number
+        return row is not None and position < len(row) and not is_number(row[position])
 
     @property
     def main_score(self) -> str:

@@ -1,11 +1,29 @@
 """Combining several signals' scores for the same candidates: weighted sum and reciprocal-rank fusion."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from flagstone.models.scoring import normalize_scores
+
+SIGNALS = ("dense", "sparse", "colbert", "bm25")
+
+
+def check_weights(weights: Mapping[str, float], known: Sequence[str] = SIGNALS) -> None:
+    """Raise ValueError unless ``weights`` name known signals with finite, non-negative weights, not all zero.
+
+    A negative weight would rank a signal's worst documents first, and all-zero weights fuse nothing.
+    """
+    unknown = sorted(set(weights) - set(known))
+    if unknown:
+        raise ValueError(f"unknown signals in weights: {', '.join(unknown)} (known: {', '.join(known)})")
+    bad = [f"{name}={w}" for name, w in weights.items() if not math.isfinite(w) or w < 0]
+    if bad:
+        raise ValueError(f"weights must be finite and not negative, got {', '.join(bad)}")
+    if not any(w > 0 for w in weights.values()):
+        raise ValueError("weights are all zero: give at least one signal a weight above 0")
 
 
 def weighted_sum(signal_scores: Mapping[str, np.ndarray], weights: Mapping[str, float],

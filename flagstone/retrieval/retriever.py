@@ -38,9 +38,8 @@ from flagstone.models.embedder import Embedder, validate_texts
 from flagstone.models.embeddings import Embeddings
 from flagstone.models.scoring import NORMALIZATIONS
 from flagstone.retrieval.bm25 import BM25
-from flagstone.retrieval.fusion import reciprocal_rank_fusion, weighted_sum
+from flagstone.retrieval.fusion import SIGNALS, check_weights, reciprocal_rank_fusion, weighted_sum
 
-SIGNALS = ("dense", "sparse", "colbert", "bm25")
 DENSE_INDEXES = {"flat": FlatIndex, "ivf": IVFIndex, "hi2": HI2Index}
 MODES = SIGNALS + ("hybrid",)
 _MODEL_SIGNALS = ("dense", "sparse", "colbert")
@@ -68,9 +67,7 @@ class HybridConfig:
         if self.normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {self.normalize!r}")
         if self.weights is not None:
-            unknown = set(self.weights) - set(SIGNALS)
-            if unknown:
-                raise ValueError(f"unknown signals in weights: {sorted(unknown)}; known: {SIGNALS}")
+            check_weights(self.weights, SIGNALS)
         if self.candidates < 1:
             raise ValueError("candidates must be at least 1")
 

@@ -78,6 +78,10 @@ def add_parsers(sub, epilog: str = EPILOG) -> None:
 
 
 def _check_ask(args: argparse.Namespace) -> None:
+    if args.stream and args.json:
+        raise FlagstoneError("--stream prints the reply as text, --json prints one JSON object: choose one")
+    if args.stream and args.base_url is not None:
+        raise FlagstoneError("--stream needs a local generator (one served through --base-url is not streamed)")
     if args.chunk_tokens < 2 or args.overlap >= args.chunk_tokens:
         raise FlagstoneError(f"--chunk-tokens {args.chunk_tokens} --overlap {args.overlap}: chunks need at least 2 "
                              "tokens and --overlap must be below --chunk-tokens")

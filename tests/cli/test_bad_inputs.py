@@ -80,6 +80,12 @@ BAD = [
     ("index-search-file-not-folder", ["index", "search", "{tmp}/ok.txt", "-q", "x"], "not a folder"),
     ("index-search-k-zero", ["index", "search", "{tmp}/beir", "-q", "x", "-k", "0"], "must be at least 1"),
     ("index-describe-missing-folder", ["index", "describe", "{tmp}/missing"], "not found"),
+    ("index-verify-missing-folder", ["index", "verify", "{tmp}/missing"], "not found"),
+    ("index-verify-not-an-index", ["index", "verify", "{tmp}/beir"], "not a retriever folder"),
+    ("train-output-is-users-folder", ["train", "embedder", "{tmp}/ok.txt", "-o", "{tmp}/beir", "--overwrite"],
+     "not written by Flagstone"),
+    ("merge-model-not-a-model", ["merge", "{tmp}/beir", "{tmp}/beir", "--weights", "1", "1", "-o", "{tmp}/m"],
+     "not a model folder"),
     ("mine-missing-data", ["mine", "{tmp}/missing.jsonl", "-o", "{tmp}/o.jsonl"], "not found"),
     ("mine-negatives-zero", ["mine", "{tmp}/train.jsonl", "-o", "{tmp}/o.jsonl", "--negatives", "0"],
      "must be at least 1"),
@@ -185,5 +191,5 @@ def test_the_table_covers_every_command():
 
     covered = {args[0] for _, args, _ in BAD}
     assert set(COMMANDS) <= covered, set(COMMANDS) - covered
-    assert {args[1] for _, args, _ in BAD if args[0] == "index"} == {"build", "search", "describe"}
+    assert {args[1] for _, args, _ in BAD if args[0] == "index"} == {"build", "search", "describe", "verify"}
     assert {args[1] for _, args, _ in BAD if args[0] == "train"} == {"embedder", "reranker"}

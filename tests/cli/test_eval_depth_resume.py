@@ -9,8 +9,8 @@ from tests.evaluation.test_beir import make_beir
 
 
 def test_depth_defaults_to_the_documented_constant_and_is_recorded(tmp_path, capsys):
-    assert build_parser().parse_args(["eval", "x"]).depth == DEFAULT_EVAL_DEPTH
     mini = make_beir(tmp_path / "mini")
+    assert build_parser().parse_args(["eval", str(mini)]).depth == DEFAULT_EVAL_DEPTH
     out = tmp_path / "m.json"
     assert main(["eval", str(mini), "--modes", "bm25", "--k", "10", "--depth", "20", "--output", str(out),
                  "--quiet"]) == 0
@@ -32,19 +32,30 @@ def _task_file(path, name, gold):
     return str(path)
 
 
-def test_suite_keeps_finished_tasks_when_one_fails_and_resumes(tmp_path, capsys):
+def test_suite_keeps_finished_tasks_when_one_fails_and_resumes(tmp_path, capsys, monkeypatch):
+    from flagstone.evaluation import suite
+    from flagstone.errors import DataError
+
     good = _task_file(tmp_path / "good.json", "Good", [4.8, 0.1, 4.1, 0.3])
-    bad = _task_file(tmp_path / "bad.json", "Bad", [4.8, 0.1, 4.1, 7.0])  # outside 0..5
+    bad = _task_file(tmp_path / "bad.json", "Bad", [4.8, 0.1, 4.1, 0.3])
     out = tmp_path / "out"
     args = ["eval", "--task-file", good, "--task-file", bad, "--output-dir", str(out), "--cache-dir",
             str(tmp_path / "cache"), "--quiet"]
+    real_run_task = suite.run_task
+
+    def fails_on_bad(task, *a, **kw):  # a failure during the run (bad files are refused before any task starts)
+        if task.name == "Bad":
+            raise DataError("Bad.csv: the disk went away")
+        return real_run_task(task, *a, **kw)
+
+    monkeypatch.setattr(suite, "run_task", fails_on_bad)
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "outside the declared range" in err
+    assert "the disk went away" in err
     assert f"task Bad failed; the 1 finished task(s) are saved in {out}; rerun the same command" in err
     assert (out / "Good.json").is_file() and json.loads((out / "summary.json").read_text())["failed"]["task"] == "Bad"
 
-    _task_file(tmp_path / "bad.json", "Bad", [4.8, 0.1, 4.1, 0.3])
+    monkeypatch.setattr(suite, "run_task", real_run_task)
     assert main(args) == 0
     err = capsys.readouterr().err
     assert "Good" in err and "(saved earlier)" in err

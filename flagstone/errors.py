@@ -38,6 +38,14 @@ class VectorError(FlagstoneError):
     """Vectors have the wrong shape or contain NaN / infinity."""
 
 
+class FlagstoneWarning(UserWarning):
+    """Something in the data the user should know about that does not stop the work (the CLI prints one line)."""
+
+
+class EmptyDocumentsWarning(FlagstoneWarning):
+    """A corpus holds documents without text; they are indexed as the empty text."""
+
+
 class NotFittedError(FlagstoneError):
     """A model or index was asked to work before it was fitted or given any documents."""
 

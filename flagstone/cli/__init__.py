@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 
 from flagstone.cli import demo, encode, evaluate, index, models, rag, search, serve, train
 from flagstone.cli._common import EPILOG, ArgumentParser
-from flagstone.errors import FlagstoneError
+from flagstone.errors import FlagstoneError, FlagstoneWarning
 
 # in the order the commands are listed by --help
 GROUPS = (demo, models, encode, search, evaluate, index, train, rag, serve)
@@ -48,7 +49,24 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {name: func for group in GROUPS for name, func in group.COMMANDS.items()}
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Flagstone's own warnings as one line; any other warning as Python shows it."""
+    if issubclass(category, FlagstoneWarning):
+        print(f"flagstone: warning: {message}", file=sys.stderr)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
+_python_showwarning = warnings.showwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

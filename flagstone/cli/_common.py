@@ -314,7 +314,7 @@ def _retriever(args: argparse.Namespace, modes: Sequence[str] | None = None, den
 def _read_texts(path: str) -> tuple[list[str], list[str]]:
     """(ids, texts) from a BEIR folder, a JSONL file or a plain text file."""
     from flagstone._io import iter_jsonl, read_text, require_file
-    from flagstone.evaluation.beir import load_corpus
+    from flagstone.evaluation.beir import load_corpus, warn_empty_documents
 
     p = Path(path)
     if p.is_dir():
@@ -324,13 +324,14 @@ def _read_texts(path: str) -> tuple[list[str], list[str]]:
         ids, texts = [], []
         for line_no, row in iter_jsonl(p):
             text = row.get("text")
-            if not isinstance(text, str) or not text.strip():
-                raise DataError(f"{p}:{line_no}: needs a non-empty string field 'text'")
             title = row.get("title") or ""
+            if not isinstance(text, str) or not isinstance(title, str):
+                raise DataError(f"{p}:{line_no}: needs a string field 'text' (and 'title', if any, a string)")
             ids.append(str(row.get("_id", row.get("id", line_no))))
             texts.append(f"{title} {text}".strip())
         if len(set(ids)) != len(ids):
             raise DataError(f"{p}: document ids are not unique")
+        warn_empty_documents([i for i, t in zip(ids, texts) if not t], p)
     else:
         lines = read_text(p, "input file").splitlines()
         ids = [str(i) for i, line in enumerate(lines, 1) if line.strip()]

@@ -65,6 +65,9 @@ def add_parsers(sub) -> None:
                    help=f"hits retrieved per query, for the data set and the suite's retrieval tasks; hybrid "
                         f"scores depend on it, and it is recorded in the results (default: {DEFAULT_EVAL_DEPTH})")
     p.add_argument("--max-queries", type=positive_int, default=None, help="evaluate only the first N judged queries")
+    p.add_argument("--relevance-level", type=positive_int, default=1,
+                   help="binary metrics (MRR, recall, MAP, precision) count a document as relevant when its "
+                        "judgement is at least this; nDCG always uses the graded judgements as gains (default: 1)")
     p.add_argument("--output", type=output_file, default=None, help="write the metrics as JSON here")
     p.add_argument("--run-dir", type=output_folder, default=None,
                    help="write one TREC run file per mode into this folder")
@@ -122,15 +125,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
             if not modes:
                 break
         part = evaluate_retrieval(retriever, dataset, modes=modes, k_values=args.k, hybrid=_hybrid(args),
-                                  depth=args.depth)
+                                  depth=args.depth, relevance_level=args.relevance_level)
         if len(kinds) > 1:
             part.results = {(f"{m}[{kind}]" if m in ("dense", "hybrid") else m): r for m, r in part.results.items()}
         if report is None:
             report = part
         else:
             report.results.update(part.results)
-    print(f"{dataset.name} ({args.split}, {len(dataset.qrels)} queries, {len(dataset.doc_ids)} documents), "
-          f"model {report.model}, depth {args.depth}")
+    print(f"{dataset.name} ({args.split}): {dataset.describe()}; model {report.model}, depth {args.depth}"
+          + (f", relevant from judgement {args.relevance_level}" if args.relevance_level > 1 else ""))
     cutoffs = sorted(set(args.k) & {10, 100}) or [max(args.k)]
     shown = [f"{m}@{k}" for k in cutoffs for m in ("ndcg", "mrr", "recall", "map")]
     print(report.table(metrics=shown))

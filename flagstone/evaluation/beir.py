@@ -2,22 +2,42 @@
 from __future__ import annotations
 
 import csv
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from flagstone._io import iter_jsonl, require_file
-from flagstone.errors import DataError
+from flagstone.errors import DataError, EmptyDocumentsWarning
 
 
 @dataclass
 class BeirDataset:
-    """A retrieval data set; ``qrels`` maps query id -> {doc id: relevance}."""
+    """A retrieval data set; ``qrels`` maps query id -> {doc id: relevance} (graded or binary).
+
+    Only judged queries are evaluated; ``queries`` may hold more (``unjudged_queries`` counts them).
+    Documents without text are kept as the empty text (``empty_documents`` counts them).
+    """
 
     name: str
     doc_ids: list[str]
     doc_texts: list[str]  # "title text" as BEIR and MTEB join them
     queries: dict[str, str]
     qrels: dict[str, dict[str, int]]
+
+    @property
+    def empty_documents(self) -> int:
+        return sum(1 for text in self.doc_texts if not text)
+
+    @property
+    def unjudged_queries(self) -> int:
+        """Queries in queries.jsonl with no judgement in this split: skipped by every metric."""
+        return sum(1 for q in self.queries if q not in self.qrels)
+
+    def describe(self) -> str:
+        """One line: documents (empty ones), judged queries and queries skipped for lack of judgements."""
+        empty = f" ({self.empty_documents} empty)" if self.empty_documents else ""
+        skipped = f", {self.unjudged_queries} without judgements skipped" if self.unjudged_queries else ""
+        return f"{len(self.doc_ids):,} documents{empty}, {len(self.qrels):,} judged queries{skipped}"
 
     @property
     def query_ids(self) -> list[str]:
@@ -35,10 +55,15 @@ class BeirDataset:
 
 
 def load_corpus(path: str | Path) -> tuple[list[str], list[str]]:
-    """Read a BEIR corpus.jsonl (``_id``, ``title``, ``text``) into ids and joined texts."""
+    """Read a BEIR corpus.jsonl (``_id``, ``title``, ``text``) into ids and joined texts.
+
+    A document without title and text is kept as the empty text, as BEIR and Lucene-based toolkits index it
+    (real collections have them: Cranfield's 471 and 995); one :class:`EmptyDocumentsWarning` counts them.
+    """
     ids: list[str] = []
     texts: list[str] = []
     seen: set[str] = set()
+    empty: list[str] = []
     for line_no, row in iter_jsonl(path):
         doc_id = row.get("_id", row.get("id"))
         if doc_id is None:
@@ -52,13 +77,23 @@ def load_corpus(path: str | Path) -> tuple[list[str], list[str]]:
             raise DataError(f"{path}:{line_no}: 'text' and 'title' must be strings")
         joined = f"{title} {text}".strip()
         if not joined:
-            raise DataError(f"{path}:{line_no}: document {doc_id!r} has no text")
+            empty.append(doc_id)
         seen.add(doc_id)
         ids.append(doc_id)
         texts.append(joined)
     if not ids:
         raise DataError(f"{path}: the corpus is empty")
+    warn_empty_documents(empty, path)
     return ids, texts
+
+
+def warn_empty_documents(empty_ids: list[str], source: str | Path) -> None:
+    """One warning line for a corpus's documents without text (indexed as the empty text)."""
+    if empty_ids:
+        shown = ", ".join(repr(d) for d in empty_ids[:3]) + (", ..." if len(empty_ids) > 3 else "")
+        warnings.warn(EmptyDocumentsWarning(
+            f"{source}: {len(empty_ids)} document(s) without text ({shown}), indexed as the empty text"),
+            stacklevel=3)
 
 
 def load_queries(path: str | Path) -> dict[str, str]:

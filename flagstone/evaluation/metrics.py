@@ -1,7 +1,8 @@
 """Ranking metrics with trec_eval's conventions, so numbers match pytrec_eval exactly.
 
 Conventions: a run is ranked by score descending, ties broken by document id descending (as trec_eval
-does); a document is relevant when its judgement is >= 1; nDCG gains are the judgement values with a
+does); a document is relevant when its judgement is >= ``relevance_level`` (default 1, pytrec_eval's
+``relevance_level``) for the binary metrics; nDCG gains are the (graded) judgement values with a
 log2(rank + 1) discount and the ideal ranking taken over all judged documents; MAP@k and Recall@k divide
 by the number of relevant documents; MRR@k is 1 / rank of the first relevant document within k.
 """
@@ -23,9 +24,9 @@ def rank_documents(doc_scores: Mapping[str, float]) -> list[str]:
 
 
 def query_metrics(ranked: list[str], judged: Mapping[str, int], k_values: Iterable[int],
-                  metrics: Iterable[str] = METRICS) -> dict[str, float]:
+                  metrics: Iterable[str] = METRICS, *, relevance_level: int = 1) -> dict[str, float]:
     """Metrics of one query's ranking, keyed like ``ndcg@10``."""
-    relevant = {d for d, rel in judged.items() if rel >= 1}
+    relevant = {d for d, rel in judged.items() if rel >= relevance_level}
     n_rel = len(relevant)
     ideal = sorted((rel for rel in judged.values() if rel > 0), reverse=True)
     metrics = tuple(metrics)
@@ -63,14 +64,18 @@ class MetricReport:
 
 
 def evaluate_run(run: Run, qrels: Qrels, k_values: Iterable[int] = (1, 3, 5, 10, 100),
-                 metrics: Iterable[str] = METRICS) -> MetricReport:
+                 metrics: Iterable[str] = METRICS, *, relevance_level: int = 1) -> MetricReport:
+    """Mean metrics over the queries in ``qrels`` (queries of ``run`` without judgements are skipped)."""
+    if relevance_level < 1:
+        raise ValueError(f"relevance_level must be at least 1, got {relevance_level}")
     k_values = sorted(set(int(k) for k in k_values))
     if not k_values or k_values[0] < 1:
         raise ValueError("k values must be positive integers")
     unknown = set(metrics) - set(METRICS)
     if unknown:
         raise ValueError(f"unknown metrics {sorted(unknown)}; known: {METRICS}")
-    per_query = {q: query_metrics(rank_documents(run.get(q, {})), judged, k_values, metrics)
+    per_query = {q: query_metrics(rank_documents(run.get(q, {})), judged, k_values, metrics,
+                                  relevance_level=relevance_level)
                  for q, judged in qrels.items()}
     names = next(iter(per_query.values())).keys() if per_query else []
     mean = {m: sum(v[m] for v in per_query.values()) / len(per_query) for m in names}

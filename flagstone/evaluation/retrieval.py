@@ -86,11 +86,14 @@ def evaluate_retrieval(
     hybrid: HybridConfig | None = None,
     fit: bool = True,
     depth: int = DEFAULT_EVAL_DEPTH,
+    relevance_level: int = 1,
 ) -> RetrievalReport:
     """Index the corpus (unless ``fit=False``) and score each mode's top ``depth`` hits for the judged queries.
 
     ``depth`` is fixed rather than taken from the cut-offs because hybrid scores depend on it (see
-    :data:`~flagstone.evaluation.DEFAULT_EVAL_DEPTH`); it is recorded in the report's settings.
+    :data:`~flagstone.evaluation.DEFAULT_EVAL_DEPTH`); it is recorded in the report's settings. Queries
+    without judgements are skipped (their count is in the settings); graded judgements are nDCG's gains and
+    binary metrics count a document as relevant from ``relevance_level`` up.
     """
     k_values = tuple(sorted(set(int(k) for k in k_values)))
     if depth < 1:
@@ -109,7 +112,9 @@ def evaluate_retrieval(
         dataset.name,
         retriever.embedder.name if retriever.embedder is not None else "none",
         k_values,
-        settings={"depth": depth,
+        settings={"depth": depth, "relevance_level": relevance_level,
+                  "judged_queries": len(dataset.qrels), "unjudged_queries": dataset.unjudged_queries,
+                  "documents": len(dataset.doc_ids), "empty_documents": dataset.empty_documents,
                   "embedder": repr(retriever.embedder) if retriever.embedder else None,
                   "bm25": retriever.bm25.config() if retriever.bm25 else None,
                   "hybrid": _hybrid_settings(retriever, hybrid)},
@@ -119,7 +124,8 @@ def evaluate_retrieval(
         hits = retriever.search(query_texts, mode=mode, k=depth, hybrid=hybrid)
         run = hits.to_run(query_ids)
         seconds = time.perf_counter() - start
-        report.results[mode] = ModeResult(mode, evaluate_run(run, dataset.qrels, k_values, metrics), run, seconds)
+        report.results[mode] = ModeResult(mode, evaluate_run(run, dataset.qrels, k_values, metrics,
+                                                                 relevance_level=relevance_level), run, seconds)
     return report
 
 

@@ -261,7 +261,7 @@ class CachedEmbedder:
         show_progress: bool | None = None,
     ) -> Embeddings:
         """:meth:`Embedder.encode`, with documents (``is_query=False``) read from and written to the cache."""
-        texts = self.embedder.check_request(texts, dense=dense, sparse=sparse, colbert=colbert)
+        texts = self.embedder.check_request(texts, dense=dense, sparse=sparse, colbert=colbert, is_query=is_query)
         if not truncate:
             # raise for a text over max_length even when its (truncated) vectors are cached; what is left to
             # encode then fits, so truncation does not matter below

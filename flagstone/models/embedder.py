@@ -308,12 +308,14 @@ class Embedder:
     ) -> Embeddings:
         """Encode ``texts`` into the outputs asked for; always returns :class:`Embeddings` in input order.
 
-        Texts longer than ``max_length`` tokens are truncated, or rejected when ``truncate=False``.
+        Texts longer than ``max_length`` tokens are truncated, or rejected when ``truncate=False``. An empty
+        document is encoded as sentence-transformers encodes it (the special tokens alone); an empty query is
+        an :class:`~flagstone.errors.InvalidTextError`.
         """
         import torch
         from tqdm.auto import tqdm
 
-        texts = self.check_request(texts, dense=dense, sparse=sparse, colbert=colbert)
+        texts = self.check_request(texts, dense=dense, sparse=sparse, colbert=colbert, is_query=is_query)
         token_ids = self.tokenize(texts, is_query=is_query, truncate=truncate)
         order = np.argsort([-len(ids) for ids in token_ids], kind="stable")
         progress = self.show_progress if show_progress is None else show_progress
@@ -408,16 +410,17 @@ class Embedder:
             raise MissingHeadError(
                 f"model {self.name!r} has no ColBERT head ({COLBERT_HEAD_FILE} not in {self.path})")
 
-    def check_request(self, texts: Sequence[str], *, dense: bool, sparse: bool, colbert: bool) -> list[str]:
-        """The checks every encode call makes before any work: a list of valid texts, at least one output,
-        and the heads for the outputs asked; returns the texts as a list."""
+    def check_request(self, texts: Sequence[str], *, dense: bool, sparse: bool, colbert: bool,
+                      is_query: bool = False) -> list[str]:
+        """The checks every encode call makes before any work: a list of strings (queries not empty), at least
+        one output, and the heads for the outputs asked; returns the texts as a list."""
         if isinstance(texts, str):
             raise InvalidTextError("encode expects a list of texts, got a single string; wrap it in a list")
         if not (dense or sparse or colbert):
             raise ValueError("ask for at least one of dense, sparse, colbert")
         self.check_heads(sparse=sparse, colbert=colbert)
         texts = list(texts)
-        validate_texts(texts)
+        validate_texts(texts, allow_empty=not is_query)
         return texts
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, dense: bool = True,
@@ -437,14 +440,15 @@ class Embedder:
         return int(sum(n > self.settings.max_length for n in lengths))
 
 
-def validate_texts(texts: Sequence[object]) -> None:
-    """Reject non-strings and empty texts with the position of the first bad one."""
+def validate_texts(texts: Sequence[object], *, allow_empty: bool = False) -> None:
+    """Reject non-strings and (unless ``allow_empty``: documents may be empty) empty texts, with the position
+    of the first bad one."""
     if len(texts) == 0:
         raise InvalidTextError("no texts to encode")
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise InvalidTextError(f"text #{i} is {type(t).__name__}, not a string")
-        if not t.strip():
+        if not allow_empty and not t.strip():
             raise InvalidTextError(f"text #{i} is empty")
 
 

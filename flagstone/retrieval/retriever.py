@@ -221,7 +221,7 @@ class Retriever:
         present = [i for i in ids if i in self._texts]
         if present:
             raise IdError(f"{len(present)} ids already indexed, e.g. {present[:3]}; remove them first")
-        validate_texts(texts)
+        validate_texts(texts, allow_empty=True)  # an empty document matches nothing lexically, as in BEIR
         model_signals = [s for s in self.signals if s in _MODEL_SIGNALS]
         emb = (self._encode(texts, model_signals, is_query=False, show_progress=show_progress)
                if model_signals else Embeddings())

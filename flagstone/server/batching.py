@@ -119,5 +119,5 @@ class BatchedEmbedder:
                is_query: bool = False, show_progress: bool | None = None) -> Embeddings:
         from flagstone.models.embedder import validate_texts
 
-        validate_texts(texts)
+        validate_texts(texts, allow_empty=not is_query)
         return self._batcher.encode(texts, is_query=is_query, dense=dense, sparse=sparse, colbert=colbert)

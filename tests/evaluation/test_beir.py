@@ -46,7 +46,6 @@ def test_trec_qrels(tmp_path):
     (lambda r: (r / "corpus.jsonl").write_text('{"text": "no id"}\n'), r"corpus.jsonl:1: document has no '_id'"),
     (lambda r: (r / "corpus.jsonl").write_text('{"_id": "a", "text": "x"}\n{"_id": "a", "text": "y"}\n'),
      "duplicate document id 'a'"),
-    (lambda r: (r / "corpus.jsonl").write_text('{"_id": "a", "title": "", "text": "  "}\n'), "has no text"),
     (lambda r: (r / "corpus.jsonl").unlink(), "JSONL file not found"),
     (lambda r: (r / "queries.jsonl").write_text('[1, 2]\n'), r"queries.jsonl:1: expected a JSON object"),
     (lambda r: (r / "qrels" / "test.tsv").write_text("q1\td9\t1\n"), "1 document ids are not in corpus.jsonl"),

@@ -25,17 +25,20 @@ def _random_case(seed: int):
     return qrels, run
 
 
-def _pytrec(qrels, run, measures):
+def _pytrec(qrels, run, measures, relevance_level=1):
     pytrec_eval = pytest.importorskip("pytrec_eval")
-    return pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(run)
+    return pytrec_eval.RelevanceEvaluator(qrels, measures, relevance_level=relevance_level).evaluate(run)
 
 
+@pytest.mark.parametrize("relevance_level", [1, 2])
 @pytest.mark.parametrize("seed", range(5))
-def test_metrics_equal_pytrec_eval(seed):
+def test_metrics_equal_pytrec_eval(seed, relevance_level):
+    """Graded judgements 0-3: nDCG's gains are the grades, binary metrics count grades >= relevance_level."""
     qrels, run = _random_case(seed)
     ks = ",".join(map(str, K_VALUES))
-    reference = _pytrec(qrels, run, {f"ndcg_cut.{ks}", f"recall.{ks}", f"map_cut.{ks}", f"P.{ks}"})
-    ours = evaluate_run(run, qrels, K_VALUES).per_query
+    reference = _pytrec(qrels, run, {f"ndcg_cut.{ks}", f"recall.{ks}", f"map_cut.{ks}", f"P.{ks}"},
+                        relevance_level)
+    ours = evaluate_run(run, qrels, K_VALUES, relevance_level=relevance_level).per_query
     for qid, ref in reference.items():
         for k in K_VALUES:
             assert ours[qid][f"ndcg@{k}"] == pytest.approx(ref[f"ndcg_cut_{k}"], abs=1e-6)
@@ -45,7 +48,7 @@ def test_metrics_equal_pytrec_eval(seed):
     # MRR@k is trec_eval's recip_rank on the run cut at k
     for k in K_VALUES:
         cut = {q: {d: docs[d] for d in rank_documents(docs)[:k]} for q, docs in run.items()}
-        for qid, ref in _pytrec(qrels, cut, {"recip_rank"}).items():
+        for qid, ref in _pytrec(qrels, cut, {"recip_rank"}, relevance_level).items():
             assert ours[qid][f"mrr@{k}"] == pytest.approx(ref["recip_rank"], abs=1e-6)
 
 

@@ -220,7 +220,7 @@ def test_cached_embedder_looks_like_its_embedder(tiny_m3, tmp_path):
     with pytest.raises(InvalidTextError):
         cached.encode("one text")
     with pytest.raises(InvalidTextError):
-        cached.encode(["fine", "  "])
+        cached.encode(["fine", "  "], is_query=True)  # an empty document is encoded
     with pytest.raises(ValueError, match="at least one"):
         cached.encode(TEXTS, dense=False)
     cached.encode([" ".join(["word"] * 300)])  # cached, truncated

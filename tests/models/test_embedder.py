@@ -71,8 +71,8 @@ def test_folder_settings_come_from_sentence_transformers_files(minilm):
 
 
 def test_bad_inputs_raise_clear_errors(minilm, tiny_m3):
-    with pytest.raises(InvalidTextError, match="#1 is empty"):
-        minilm.encode(["fine", "   "])
+    with pytest.raises(InvalidTextError, match="#1 is empty"):  # queries; an empty document is encoded
+        minilm.encode(["fine", "   "], is_query=True)
     with pytest.raises(InvalidTextError, match="not a string"):
         minilm.encode(["fine", None])
     with pytest.raises(InvalidTextError, match="single string"):

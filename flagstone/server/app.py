@@ -8,7 +8,6 @@ Every request body is validated against the OpenAPI schema; user mistakes get a 
 """
 from __future__ import annotations
 
-import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -16,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 
 from flagstone.errors import FlagstoneError
 from flagstone.server.collections import CollectionExists, CollectionNotFound
+from flagstone.server.guard import RequestGuard
 from flagstone.server.routes import ROUTERS
 from flagstone.server.service import HTTPProblem, Service, problem
 from flagstone.server.settings import ServerSettings, read_api_keys
@@ -39,7 +39,7 @@ def create_app(settings: ServerSettings | None = None, *, embedder=None):
     app.state.service = service
     app.state.settings, app.state.collections, app.state.batcher = settings, service.collections, service.batcher
     _install_error_handlers(app)
-    _install_limits_and_metrics(app, service)
+    _install_guard(app, service)
     for router in ROUTERS:
         app.include_router(router)
     return app
@@ -67,27 +67,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         app.add_exception_handler(error, plain_error(status, kind))
 
 
-def _install_limits_and_metrics(app: FastAPI, service: Service) -> None:
-    """Middleware: refuse oversized bodies, count and time every request."""
-    settings, metrics = service.settings, service.metrics
-
-    @app.middleware("http")
-    async def _limits_and_metrics(request: Request, call_next):
-        start = time.perf_counter()
-        length = request.headers.get("content-length")
-        if length is not None:
-            try:
-                too_big = int(length) > settings.max_body_bytes
-            except ValueError:
-                return problem(400, "invalid_request", "bad Content-Length header")
-            if too_big:
-                return problem(413, "too_large", f"request body over {settings.max_body_bytes} bytes")
-        elif request.method in ("POST", "PUT", "PATCH"):
-            body = await request.body()  # chunked upload: read it once, bounded
-            if len(body) > settings.max_body_bytes:
-                return problem(413, "too_large", f"request body over {settings.max_body_bytes} bytes")
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.observe(request.method, path, response.status_code, time.perf_counter() - start)
-        return response
+def _install_guard(app: FastAPI, service: Service) -> None:
+    """The outermost middleware: API key, body size and time limits, request metrics (see ``guard``)."""
+    app.add_middleware(RequestGuard, settings=service.settings, metrics=service.metrics,
+                       key_is_valid=service.key_is_valid)

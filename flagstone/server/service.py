@@ -72,12 +72,13 @@ class Service:
         self.collections.close()
 
     # -- checks -------------------------------------------------------------------------------------
+    def key_is_valid(self, authorization: str) -> bool:
+        """Whether an ``Authorization`` header value is ``Bearer <one of the configured keys>``."""
+        scheme, _, token = authorization.partition(" ")
+        return scheme.lower() == "bearer" and token.strip() in self.settings.api_keys
+
     def authorise(self, request: Request) -> None:
-        if not self.settings.api_keys:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or token.strip() not in self.settings.api_keys:
+        if self.settings.api_keys and not self.key_is_valid(request.headers.get("authorization", "")):
             raise HTTPProblem(401, "unauthorized", "missing or wrong API key (Authorization: Bearer <key>)")
 
     def check_texts(self, texts: list[str], what: str = "texts") -> None:

@@ -1,0 +1,128 @@
+"""The request guard: keys checked before any body is read, body limits enforced while the body arrives.
+
+These talk to the app in-process through ``httpx.ASGITransport``, which pulls a streamed request body one chunk
+per ``receive`` call, so the tests can count exactly how much of a body the server read.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+
+CHUNK = 4096
+
+
+@pytest.fixture
+def make_app(minilm, tmp_path):
+    """Build apps with given settings (no server, no lifespan); their services close at the end."""
+    from flagstone.server.app import ServerSettings, create_app
+
+    apps = []
+
+    def build(**overrides):
+        app = create_app(ServerSettings(data_dir=str(tmp_path / f"data{len(apps)}"), **overrides), embedder=minilm)
+        apps.append(app)
+        return app
+
+    yield build
+    for app in apps:
+        app.state.service.close()
+
+
+class CountingBody:
+    """A chunked request body (no Content-Length) that records how many chunks the server pulled."""
+
+    def __init__(self, chunks: int, chunk: bytes = b"x" * CHUNK, pause: float = 0.0) -> None:
+        self.chunks, self.chunk, self.pause = chunks, chunk, pause
+        self.yielded = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for _ in range(self.chunks):
+            if self.pause:
+                await asyncio.sleep(self.pause)
+            self.yielded += 1
+            yield self.chunk
+
+
+def call(app, method: str, path: str, **kwargs):
+    import httpx
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://guard") as client:
+            return await client.request(method, path, **kwargs)
+
+    return asyncio.run(go())
+
+
+def error_type(response) -> str:
+    return response.json()["error"]["type"]
+
+
+def test_a_chunked_body_over_the_limit_is_cut_off_while_it_arrives(make_app):
+    app = make_app(max_body_bytes=10_000)
+    body = CountingBody(chunks=1000)  # 4 MB, sent without Content-Length
+    response = call(app, "POST", "/v1/embeddings", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 413 and error_type(response) == "too_large"
+    assert body.yielded <= 10_000 // CHUNK + 1  # the limit plus the one chunk that crossed it, nothing more
+
+
+def test_a_chunked_body_within_the_limit_is_served(make_app):
+    app = make_app(max_body_bytes=10_000)
+    payload = json.dumps({"input": ["hello world"]}).encode()
+
+    async def two_chunks():
+        yield payload[:5]
+        yield payload[5:]
+
+    response = call(app, "POST", "/v1/embeddings", content=two_chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 200, response.text
+    assert len(response.json()["data"][0]["embedding"]) == 384
+
+
+def test_a_wrong_key_is_refused_before_any_body_is_read(make_app):
+    app = make_app(api_keys=frozenset({"s3cret"}))
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        body = CountingBody(chunks=100)
+        response = call(app, "POST", "/v1/embeddings", content=body,
+                        headers={"content-type": "application/json", **headers})
+        assert response.status_code == 401 and error_type(response) == "unauthorized"
+        assert body.yielded == 0
+
+
+def test_a_body_that_arrives_too_slowly_is_refused(make_app):
+    app = make_app(body_timeout_s=0.3)
+    body = CountingBody(chunks=40, chunk=b" ", pause=0.1)  # 4 s for 40 bytes: a trickle
+    response = call(app, "POST", "/v1/embeddings", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 408 and error_type(response) == "timeout"
+    assert body.yielded < 10
+
+
+@pytest.mark.parametrize("length, status", [("20000", 413), ("12abc", 400), ("-1", 400)])
+def test_a_declared_length_is_checked_before_reading(make_app, length: str, status: int):
+    app = make_app(max_body_bytes=10_000)
+    response = call(app, "POST", "/v1/embeddings", content=b"{}",
+                    headers={"content-type": "application/json", "content-length": length})
+    assert response.status_code == status
+
+
+def test_through_uvicorn_a_refused_upload_stops_early(serve):
+    """Over a real connection the refusal closes it, so the client stops sending (else uvicorn would read and
+    discard all 200 MB before answering the next request)."""
+    import httpx
+
+    server = serve(max_body_bytes=100_000)
+    sent = 0
+
+    def body():
+        nonlocal sent
+        for _ in range(3000):  # 3000 x 64 KiB = 196 MiB
+            sent += 1
+            yield b"x" * 65536
+
+    response = httpx.post(server.url + "/v1/embeddings", content=body(), timeout=60,
+                          headers={"content-type": "application/json"})
+    assert response.status_code == 413 and error_type(response) == "too_large"
+    assert sent < 500  # what the socket buffers took before the close, far from all of it
+    assert httpx.get(server.url + "/health").status_code == 200

@@ -25,8 +25,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[MutableMapping[str, Any], Receive, Send], Awaitable[None]]
 
-# open without a key even when keys are configured
-PUBLIC_PATHS = frozenset({"/health", "/metrics", "/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+# open without a key even when keys are configured: a liveness check that says nothing else without a key, and
+# the search page, a static shell with no data that asks for the key itself (a browser cannot send one to load it)
+PUBLIC_PATHS = frozenset({"/health", "/"})
 
 
 class BodyRefused(Exception):
@@ -99,7 +100,9 @@ class RequestGuard:
             self.metrics.observe(scope["method"], path, status, time.perf_counter() - start)
 
     def _needs_key(self, path: str) -> bool:
-        return bool(self.settings.api_keys) and path not in PUBLIC_PATHS
+        if not self.settings.api_keys or path in PUBLIC_PATHS:
+            return False
+        return not (path == "/metrics" and self.settings.public_metrics)
 
     async def _guarded(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}

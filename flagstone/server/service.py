@@ -2,6 +2,8 @@
 ``Depends(get_service)``, plus the error type and body that all endpoints answer with."""
 from __future__ import annotations
 
+import hashlib
+import hmac
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -75,7 +77,13 @@ class Service:
     def key_is_valid(self, authorization: str) -> bool:
         """Whether an ``Authorization`` header value is ``Bearer <one of the configured keys>``."""
         scheme, _, token = authorization.partition(" ")
-        return scheme.lower() == "bearer" and token.strip() in self.settings.api_keys
+        # constant time: compare digests (equal length) with every key, without stopping at a match, so the
+        # answer's timing tells nothing about how much of a key was right or which key matched
+        given = hashlib.sha256(_header_bytes(token.strip())).digest()
+        found = False
+        for key in self.settings.api_keys:
+            found |= hmac.compare_digest(given, hashlib.sha256(key.encode("utf-8")).digest())
+        return scheme.lower() == "bearer" and found
 
     def authorise(self, request: Request) -> None:
         if self.settings.api_keys and not self.key_is_valid(request.headers.get("authorization", "")):
@@ -118,6 +126,15 @@ class Service:
 
                 self.heavy["generator"] = load(self.settings.generator, base_url=self.settings.generator_base_url)
             return self.heavy["generator"]
+
+
+def _header_bytes(value: str) -> bytes:
+    """The bytes a client sent for a header value: ASGI servers hand headers over as bytes and Starlette decodes
+    them as latin-1, so encoding back gives a non-ASCII key sent as UTF-8 its UTF-8 bytes again."""
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:  # not from a header (a caller passing text): its UTF-8 bytes are what it means
+        return value.encode("utf-8")
 
 
 def get_service(request: Request) -> Service:

@@ -12,7 +12,8 @@ class ServerSettings:
     reranker: str | None = None  # cross-encoder for /rerank and search reranking
     generator: str = "smollm2-135m-instruct"  # loaded on the first /ask
     generator_base_url: str | None = None
-    api_keys: frozenset[str] = field(default_factory=frozenset)
+    api_keys: frozenset[str] = field(default_factory=frozenset)  # if any, all but /health and / need one
+    public_metrics: bool = False  # /metrics without a key (for scrapers that cannot send one; names collections)
     max_texts: int = 256  # per request
     max_chars: int = 20_000  # per text
     max_body_bytes: int = 8 * 1024 * 1024  # enforced while the body arrives, chunked or not

@@ -126,3 +126,36 @@ def test_through_uvicorn_a_refused_upload_stops_early(serve):
     assert response.status_code == 413 and error_type(response) == "too_large"
     assert sent < 500  # what the socket buffers took before the close, far from all of it
     assert httpx.get(server.url + "/health").status_code == 200
+
+
+def test_with_keys_only_a_minimal_health_and_the_page_are_open(make_app):
+    app = make_app(api_keys=frozenset({"s3cret", "ключ"}))
+    app.state.collections.create("private-name")
+    for path in ("/metrics", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect", "/collections",
+                 "/collections/private-name", "/no-such-path"):
+        response = call(app, "GET", path)
+        assert response.status_code == 401, path
+        assert "private-name" not in response.text
+    assert call(app, "GET", "/health").json() == {"status": "ok"}
+    assert call(app, "GET", "/").status_code == 200  # the page: a static shell that asks for the key
+    key = {"Authorization": "Bearer s3cret"}
+    assert call(app, "GET", "/health", headers=key).json()["collections"] == 1
+    assert "private-name" in call(app, "GET", "/metrics", headers=key).text
+    assert call(app, "GET", "/openapi.json", headers=key).status_code == 200
+    utf8_key = [(b"authorization", "Bearer ключ".encode())]  # a non-ASCII key, sent as UTF-8 bytes
+    assert call(app, "GET", "/collections", headers=utf8_key).status_code == 200
+
+
+def test_public_metrics_opens_only_metrics(make_app):
+    app = make_app(api_keys=frozenset({"s3cret"}), public_metrics=True)
+    assert call(app, "GET", "/metrics").status_code == 200
+    assert call(app, "GET", "/openapi.json").status_code == 401
+
+
+@pytest.mark.parametrize("header, valid", [
+    ("Bearer s3cret", True), ("bearer  s3cret ", True), ("Bearer other-key-2", True), ("Bearer s3cre", False),
+    ("Bearer s3cretX", False), ("s3cret", False), ("Basic s3cret", False), ("", False), ("Bearer ", False),
+])
+def test_key_is_valid(make_app, header: str, valid: bool):
+    service = make_app(api_keys=frozenset({"s3cret", "other-key-2"})).state.service
+    assert service.key_is_valid(header) is valid

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from flagstone.server.metrics import UNMATCHED, Metrics
 from flagstone.server.service import problem
 
 if TYPE_CHECKING:
-    from flagstone.server.metrics import Metrics
     from flagstone.server.settings import ServerSettings
 
 Message = MutableMapping[str, Any]
@@ -96,7 +96,8 @@ class RequestGuard:
         try:
             await self._guarded(scope, receive, observed_send)
         finally:
-            path = getattr(scope.get("route"), "path", "unmatched")  # the route template, set by the router
+            # the route's template (set by the router), never the raw path: one series per route
+            path = getattr(scope.get("route"), "path", UNMATCHED)
             self.metrics.observe(scope["method"], path, status, time.perf_counter() - start)
 
     def _needs_key(self, path: str) -> bool:

@@ -159,3 +159,27 @@ def test_public_metrics_opens_only_metrics(make_app):
 def test_key_is_valid(make_app, header: str, valid: bool):
     service = make_app(api_keys=frozenset({"s3cret", "other-key-2"})).state.service
     assert service.key_is_valid(header) is valid
+
+
+def test_metric_labels_come_from_fixed_sets(make_app):
+    """Made-up methods and paths must not each create a series: routes are labelled by template, unknown paths
+    as one "unmatched", unknown methods as "other"."""
+    import re
+
+    from flagstone.server.metrics import METHODS
+
+    app = make_app()
+    app.state.collections.create("docs")
+    for n in range(20):
+        call(app, "GET", f"/made-up/{n}")
+        call(app, f"FOO{n}", "/health")
+        call(app, f"BAR{n}", f"/nowhere/{n}")
+        call(app, "GET", f"/collections/docs-{n}")
+    call(app, "get", "/health")  # methods are case-sensitive: not GET
+    text = call(app, "GET", "/metrics").text
+    series = re.findall(r'^flagstone_requests_total\{method="([^"]*)",path="([^"]*)"', text, re.MULTILINE)
+    methods, paths = {m for m, _ in series}, {p for _, p in series}
+    assert methods <= METHODS | {"other"} and "other" in methods
+    assert paths <= set(app.openapi()["paths"]) | {"unmatched"}
+    assert "unmatched" in paths and "/collections/{name}" in paths
+    assert len(set(series)) <= 6

@@ -21,7 +21,7 @@ from flagstone._io import atomic_write
 from flagstone.errors import DataError, FlagstoneError, IdError, InvalidTextError
 from flagstone.server.store import SETTINGS, Document, DocumentStore
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # use with fullmatch: "$" would let "abc\n" through
 INDEX_KINDS = ("flat", "ivf", "hi2")
 _WORD = re.compile(r"\w+", re.UNICODE)
 RETRIEVER = "retriever"  # sub-folder holding the retriever saved at shutdown
@@ -311,7 +311,7 @@ class CollectionManager:
         return collection
 
     def create(self, name: str, *, index: str = "flat", description: str = "") -> Collection:
-        if not NAME.match(name or ""):
+        if not NAME.fullmatch(name or ""):
             raise InvalidTextError("a collection name is 1-64 letters, digits, '_', '.' or '-', starting with a "
                                    "letter or digit")
         if index not in INDEX_KINDS:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import re
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -17,6 +19,8 @@ if TYPE_CHECKING:
     from flagstone.server.collections import CollectionManager
     from flagstone.server.metrics import Metrics
 
+_log = logging.getLogger(__name__)
+
 
 class HTTPProblem(Exception):
     def __init__(self, status: int, kind: str, message: str) -> None:
@@ -24,8 +28,27 @@ class HTTPProblem(Exception):
         self.status, self.kind, self.message = status, kind, message
 
 
+# an absolute (or home-relative) POSIX or Windows path of two or more parts, not inside a word or a URL
+_PATH = re.compile(r"""(?<![\w.~:/\\-])(?:~|[A-Za-z]:)?(?:[/\\][^\s'"`/\\:,;()\[\]{}<>|]+){2,}[/\\]?""")
+
+
+def scrub_paths(message: str) -> str:
+    """``message`` with every server path cut to its last part (``.../model``): clients learn which file, not
+    where the server keeps its files."""
+    def last_part(match: re.Match) -> str:
+        parts = [p for p in re.split(r"[/\\]", match.group()) if p]
+        return f".../{parts[-1]}"
+
+    return _PATH.sub(last_part, message)
+
+
 def problem(status: int, kind: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status)
+    """The error body every endpoint answers with. Server paths are scrubbed from what the client sees; the
+    full message goes to the log, where the operator needs it."""
+    shown = scrub_paths(message)
+    if shown != message:
+        _log.warning("answered %d %s: %s", status, kind, message)
+    return JSONResponse({"error": {"type": kind, "message": shown}}, status_code=status)
 
 
 @dataclass

@@ -183,3 +183,33 @@ def test_metric_labels_come_from_fixed_sets(make_app):
     assert paths <= set(app.openapi()["paths"]) | {"unmatched"}
     assert "unmatched" in paths and "/collections/{name}" in paths
     assert len(set(series)) <= 6
+
+
+@pytest.mark.parametrize("name", ["abc\n", "abc\r\n", "abc\x00", "\nabc", "a" * 65])
+def test_a_collection_name_must_match_whole(make_app, name: str):
+    app = make_app()
+    response = call(app, "POST", "/collections", json={"name": name})
+    assert response.status_code in (400, 422)
+    assert app.state.collections.names() == []
+
+
+def test_error_bodies_do_not_reveal_server_paths(make_app, tmp_path, caplog):
+    missing = tmp_path / "models" / "secret-layout" / "reranker"
+    app = make_app(reranker=str(missing))
+    with caplog.at_level("WARNING", logger="flagstone.server.service"):
+        response = call(app, "POST", "/rerank", json={"query": "q", "documents": ["a"]})
+    assert 400 <= response.status_code < 500
+    message = response.json()["error"]["message"]
+    assert str(tmp_path) not in message and "secret-layout" not in message
+    assert ".../reranker" in message  # which file, not where
+    assert str(missing) in caplog.text  # the operator still sees the whole path
+
+
+def test_scrub_paths():
+    from flagstone.server.service import scrub_paths
+
+    assert scrub_paths("/srv/data/docs/wal.jsonl:3: damaged log line") == ".../wal.jsonl:3: damaged log line"
+    assert scrub_paths(r"cannot read C:\Users\me\model.bin") == "cannot read .../model.bin"
+    assert scrub_paths("in ~/cache/x/y.npy") == "in .../y.npy"
+    for kept in ("no document 'a/b' in collection 'c'", "see https://example.com/a/b", "k=3/4", "/health"):
+        assert scrub_paths(kept) == kept

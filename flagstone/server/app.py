@@ -33,7 +33,9 @@ def create_app(settings: ServerSettings | None = None, *, embedder=None):
     """The FastAPI app. ``embedder`` may be passed in (tests share one); otherwise it is loaded here."""
     settings = settings or ServerSettings()
     service = Service.build(settings, embedder)
-    app = FastAPI(title="Flagstone", version="0.1.0", lifespan=_lifespan,
+    # docs_url/redoc_url off: FastAPI's pages load their assets from a CDN and are blank offline; routes.health
+    # serves /docs (and /redoc) as one self-contained page rendered from the spec instead
+    app = FastAPI(title="Flagstone", version="0.1.0", lifespan=_lifespan, docs_url=None, redoc_url=None,
                   description="Embeddings, collections with dense / sparse / ColBERT / BM25 / hybrid search, "
                               "reranking and retrieval-augmented answers.")
     app.state.service = service

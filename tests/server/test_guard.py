@@ -213,3 +213,31 @@ def test_scrub_paths():
     assert scrub_paths("in ~/cache/x/y.npy") == "in .../y.npy"
     for kept in ("no document 'a/b' in collection 'c'", "see https://example.com/a/b", "k=3/4", "/health"):
         assert scrub_paths(kept) == kept
+
+
+def test_docs_is_one_self_contained_page(make_app):
+    """/docs used to load Swagger UI from a CDN (blank offline); now the page needs nothing from elsewhere."""
+    import re
+
+    app = make_app()
+    for path in ("/docs", "/redoc"):
+        response = call(app, "GET", path)
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+        page = response.text
+        assert not re.search(r"(src|href)\s*=\s*['\"]?(https?:)?//", page, re.IGNORECASE)  # nothing external
+        assert "<script" not in page.lower()
+        for operation in app.openapi()["paths"]:
+            assert f"<span class='path'>{operation}</span>" in page
+        assert "SearchRequest" in page and "rerank_depth" in page
+
+
+def test_docs_escapes_what_it_renders():
+    from flagstone.server.docs import render_docs
+
+    spec = {"info": {"title": "<b>t</b>", "version": "1"},
+            "paths": {"/x/{id}": {"get": {"summary": "<script>alert(1)</script>", "responses": {}}}},
+            "components": {"schemas": {"S": {"properties": {"<i>": {"type": "string", "maxLength": 3}},
+                                             "required": ["<i>"]}}}}
+    page = render_docs(spec)
+    assert "<script" not in page and "<b>t</b>" not in page and "<i>" not in page
+    assert "/x/{id}" in page and "max length 3" in page

@@ -1,4 +1,5 @@
-"""Service endpoints: ``/health``, Prometheus ``/metrics`` and the search page at ``/``."""
+"""Service endpoints: ``/health``, Prometheus ``/metrics``, the search page at ``/`` and the API reference at
+``/docs``."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,3 +31,11 @@ def prometheus_metrics(service: Service = Depends(get_service)) -> PlainTextResp
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
 def page() -> HTMLResponse:
     return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
+
+
+@router.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+@router.get("/redoc", response_class=HTMLResponse, include_in_schema=False)  # the old ReDoc address
+def api_reference(request: Request) -> HTMLResponse:
+    from flagstone.server.docs import render_docs
+
+    return HTMLResponse(render_docs(request.app.openapi()))

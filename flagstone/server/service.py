@@ -45,6 +45,9 @@ def scrub_paths(message: str) -> str:
 def problem(status: int, kind: str, message: str) -> JSONResponse:
     """The error body every endpoint answers with. Server paths are scrubbed from what the client sees; the
     full message goes to the log, where the operator needs it."""
+    # a message may quote what a client sent, lone surrogates included: escape those, or rendering the error
+    # itself would fail with a 500
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     shown = scrub_paths(message)
     if shown != message:
         _log.warning("answered %d %s: %s", status, kind, message)

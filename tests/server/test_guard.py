@@ -241,3 +241,88 @@ def test_docs_escapes_what_it_renders():
     page = render_docs(spec)
     assert "<script" not in page and "<b>t</b>" not in page and "<i>" not in page
     assert "/x/{id}" in page and "max length 3" in page
+
+
+def test_a_lone_surrogate_fails_only_its_own_request(serve):
+    """Sent together with good requests into one shared batch, a text with a lone surrogate used to fail all of
+    them with a 500; now it is refused before it joins a batch and the others are served."""
+    import concurrent.futures
+
+    import httpx
+
+    server = serve(max_wait_ms=200)  # a long batching window: the requests below share batches
+    bad = b'{"input": ["fine text", "broken \\ud800 text"]}'  # the JSON escape, as a client would send it
+
+    def send(n: int) -> int:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            if n == 5:
+                return client.post("/v1/embeddings", content=bad,
+                                   headers={"content-type": "application/json"}).status_code
+            return client.post("/v1/embeddings", json={"input": [f"good request {n}"]}).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        statuses = list(pool.map(send, range(16)))
+    assert statuses[5] == 422
+    assert statuses[:5] + statuses[6:] == [200] * 15
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/embed", {"texts": ["ok", "\ud800"]}),
+    ("/collections", {"name": "x\udfff"}),
+    ("/collections/docs/documents", {"documents": [{"id": "a\ud800", "text": "fine"}]}),
+    ("/collections/docs/documents", {"documents": [{"id": "a", "text": "bad \ud800"}]}),
+    ("/collections/docs/search", {"query": "\ud800"}),
+    ("/collections/docs/documents/delete", {"ids": ["\ud800"]}),
+    ("/rerank", {"query": "q", "documents": ["\ud800"]}),
+    ("/ask", {"question": "\ud800", "collection": "docs"}),
+])
+def test_lone_surrogates_are_refused_everywhere(make_app, path: str, body: dict):
+    app = make_app()
+    app.state.collections.create("docs")
+    raw = json.dumps(body).encode()  # json escapes the surrogate as \\udXXX, as a client's encoder would
+    response = call(app, "POST", path, content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert any(word in response.json()["error"]["message"] for word in ("surrogate", "unicode"))
+    assert len(app.state.collections.get("docs").store) == 0
+
+
+def test_a_failed_batch_is_retried_request_by_request():
+    """Whatever still fails a shared batch, only the request that causes it gets the error."""
+    import threading
+
+    from flagstone.server.batching import BatchingEncoder
+
+    class Picky:
+        def __init__(self) -> None:
+            self.calls: list[int] = []
+
+        def encode(self, texts, **_):
+            from flagstone.models.embeddings import Embeddings
+
+            self.calls.append(len(texts))
+            if any("poison" in t for t in texts):
+                raise ValueError("cannot encode poison")
+            return Embeddings(dense=np.array([[float(len(t))] for t in texts], dtype=np.float32))
+
+    import numpy as np
+
+    embedder = Picky()
+    batcher = BatchingEncoder(embedder, max_batch=64, max_wait_ms=300)
+    texts = [["a"], ["bb", "ccc"], ["poison", "x"], ["dddd"]]
+    results: dict[int, object] = {}
+
+    def one(n: int) -> None:
+        try:
+            results[n] = batcher.encode(texts[n]).dense[:, 0].tolist()
+        except ValueError as exc:
+            results[n] = exc
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(len(texts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    batcher.close()
+    assert embedder.calls[0] == 6  # they did share one batch first
+    assert results[0] == [1.0] and results[1] == [2.0, 3.0] and results[3] == [4.0]
+    assert isinstance(results[2], ValueError)

@@ -7,13 +7,14 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
 from flagstone.server.service import HTTPProblem, Service, authorised, get_service
+from flagstone.server.validation import StrictText
 
 router = APIRouter(dependencies=[Depends(authorised)])
 
 
 class AskRequest(BaseModel):
-    question: str
-    collection: str
+    question: StrictText
+    collection: StrictText
     pipeline: Literal["rag", "memorag", "search_o1", "lc_boost", "full_context", "no_retrieval"] = "rag"
     k: int = Field(default=3, ge=1, le=20)
     max_new_tokens: int = Field(default=64, ge=1, le=512)

@@ -8,20 +8,21 @@ from pydantic import BaseModel, Field
 
 from flagstone.errors import IdError
 from flagstone.server.service import HTTPProblem, Service, authorised, get_service
+from flagstone.server.validation import StrictText
 from flagstone.server.store import Document
 
 router = APIRouter(dependencies=[Depends(authorised)])
 
 
 class CreateCollection(BaseModel):
-    name: str = Field(min_length=1, max_length=64)
+    name: StrictText = Field(min_length=1, max_length=64)
     index: Literal["flat", "ivf", "hi2"] = "flat"
-    description: str = Field(default="", max_length=1000)
+    description: StrictText = Field(default="", max_length=1000)
 
 
 class DocumentIn(BaseModel):
-    id: str = Field(min_length=1, max_length=512)
-    text: str
+    id: StrictText = Field(min_length=1, max_length=512)
+    text: StrictText
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -31,13 +32,13 @@ class AddDocuments(BaseModel):
 
 
 class DeleteDocuments(BaseModel):
-    ids: list[str] = Field(min_length=1)
+    ids: list[StrictText] = Field(min_length=1)
     missing_ok: bool = False
 
 
 class SearchRequest(BaseModel):
-    query: str
-    mode: str = "hybrid"
+    query: StrictText
+    mode: StrictText = "hybrid"
     k: int = Field(default=10, ge=1)
     filter: dict[str, Any] | None = None
     rerank: bool = False

@@ -10,20 +10,21 @@ from pydantic import BaseModel, Field
 
 from flagstone.errors import MissingHeadError
 from flagstone.server.service import HTTPProblem, Service, authorised, get_service
+from flagstone.server.validation import StrictText
 
 router = APIRouter(dependencies=[Depends(authorised)])
 
 
 class OpenAIEmbeddingRequest(BaseModel):
-    input: str | list[str]
-    model: str | None = None
+    input: StrictText | list[StrictText]
+    model: StrictText | None = None
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1)
-    user: str | None = None
+    user: StrictText | None = None
 
 
 class EmbedRequest(BaseModel):
-    texts: list[str]
+    texts: list[StrictText]
     dense: bool = True
     sparse: bool = False
     colbert: bool = False

@@ -5,13 +5,14 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
 from flagstone.server.service import Service, authorised, get_service
+from flagstone.server.validation import StrictText
 
 router = APIRouter(dependencies=[Depends(authorised)])
 
 
 class RerankRequest(BaseModel):
-    query: str
-    documents: list[str]
+    query: StrictText
+    documents: list[StrictText]
     top_n: int | None = Field(default=None, ge=1)
 
 

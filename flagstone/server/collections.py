@@ -277,9 +277,16 @@ class Collection:
         """Close the store; with ``save``, keep the retriever on disk so the next start loads it instead of
         adding every document again (it is used only if it still matches the store)."""
         with self._lock.write():
-            if save and self._retriever is not None:
-                self._retriever.save(self.folder / RETRIEVER, overwrite=True)
-            self.store.close()
+            try:
+                if save and self._retriever is not None:
+                    self._retriever.save(self.folder / RETRIEVER, overwrite=True)
+            except (OSError, ValueError, FlagstoneError) as exc:
+                # the saved retriever only saves time at the next start (the store is the truth); failing to
+                # write it (documents stored before metadata was checked, say) must not leave the store open
+                _log.warning("collection %r: retriever not saved (%s: %s); the next start builds it from the "
+                             "documents", self.name, type(exc).__name__, exc)
+            finally:
+                self.store.close()
 
 
 class CollectionManager:

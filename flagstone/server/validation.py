@@ -3,11 +3,14 @@ encoder batch or the document store.
 
 JSON can carry a lone UTF-16 surrogate (``"\\ud800"``), which Python decodes into a ``str`` that cannot be encoded
 as UTF-8: the tokenizer fails on it, and so does every response that would echo it back. ``StrictText`` refuses
-such strings with a 422 at the door.
+such strings with a 422 at the door. ``Metadata`` does the same for document metadata, and bounds its nesting
+and size; ``readable_metadata`` lets documents stored before these checks still be served.
 """
 from __future__ import annotations
 
-from typing import Annotated
+import json
+import math
+from typing import Annotated, Any
 
 from pydantic import AfterValidator
 
@@ -22,3 +25,71 @@ def strict_utf8(value: str) -> str:
 
 
 StrictText = Annotated[str, AfterValidator(strict_utf8)]
+
+
+# far below the nesting at which serialising a response gives up (FastAPI's encoder stops near 255 levels)
+MAX_METADATA_DEPTH = 32
+MAX_METADATA_BYTES = 64 * 1024  # per document, as UTF-8 JSON
+
+
+def metadata_problem(metadata: Any, *, max_depth: int = MAX_METADATA_DEPTH,
+                     max_bytes: int = MAX_METADATA_BYTES) -> str | None:
+    """Why ``metadata`` cannot be stored and sent back as JSON, or None when it can: every string (keys too)
+    valid UTF-8, every number finite, at most ``max_depth`` levels of objects and arrays, at most ``max_bytes``.
+    Walks with a stack, not recursion, so any depth gets an answer."""
+    stack: list[tuple[Any, str, int]] = [(metadata, "metadata", 0)]
+    while stack:
+        value, where, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth >= max_depth:
+                return f"{where}: nested more than {max_depth} levels deep"
+            if isinstance(value, dict):
+                for key, child in value.items():
+                    if not isinstance(key, str):
+                        return f"{where}: key {key!r} is not a string"
+                    if _utf8_problem(key):
+                        return f"{where}: a key is {_utf8_problem(key)}"
+                    stack.append((child, f"{where}.{key}", depth + 1))
+            else:
+                stack.extend((child, f"{where}[{i}]", depth + 1) for i, child in enumerate(value))
+        elif isinstance(value, str):
+            if _utf8_problem(value):
+                return f"{where}: {_utf8_problem(value)}"
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                return f"{where}: {value} is not a finite number"
+        elif not (value is None or isinstance(value, (bool, int))):
+            return f"{where}: a {type(value).__name__} is not a JSON value"
+    size = len(json.dumps(metadata, ensure_ascii=False, allow_nan=False).encode("utf-8"))
+    if size > max_bytes:
+        return f"metadata is {size} bytes as JSON; at most {max_bytes}"
+    return None
+
+
+def _utf8_problem(text: str) -> str | None:
+    try:
+        strict_utf8(text)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def checked_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    """Pydantic validator for metadata on write."""
+    problem = metadata_problem(metadata)
+    if problem is not None:
+        raise ValueError(problem)
+    return metadata
+
+
+Metadata = Annotated[dict[str, Any], AfterValidator(checked_metadata)]
+
+
+def readable_metadata(metadata: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+    """Stored metadata for a response: ``(metadata, None)``, or ``(None, why)`` for metadata stored before it was
+    checked on write that cannot be sent as JSON -- the document is still served, with the reason, instead of
+    the whole response failing."""
+    problem = metadata_problem(metadata)
+    if problem is None:
+        return metadata, None
+    return None, problem.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -87,13 +87,29 @@ def check_filter(where: Mapping | None) -> dict:
     return dict(where)
 
 
+def json_equal(a: object, b: object) -> bool:
+    """Equality of JSON values: Python's ``==`` says ``1 == True`` and ``[0] == [False]``, JSON does not (a number
+    and a boolean never match; ``1`` and ``1.0`` are the same number)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a is b
+    if isinstance(a, (int, float)) or isinstance(b, (int, float)):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and a == b
+    if isinstance(a, Mapping) or isinstance(b, Mapping):
+        return (isinstance(a, Mapping) and isinstance(b, Mapping) and a.keys() == b.keys()
+                and all(json_equal(a[k], b[k]) for k in a))
+    if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+        return (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b)
+                and all(json_equal(x, y) for x, y in zip(a, b)))
+    return a == b  # strings and null
+
+
 def matches(metadata: Mapping, where: Mapping) -> bool:
     for key, cond in where.items():
         value = metadata.get(key)
         if isinstance(cond, Mapping):
-            if value not in cond["$in"]:
+            if not any(json_equal(value, option) for option in cond["$in"]):
                 return False
-        elif value != cond:
+        elif not json_equal(value, cond):
             return False
     return True
 

@@ -32,12 +32,12 @@ MAX_METADATA_DEPTH = 32
 MAX_METADATA_BYTES = 64 * 1024  # per document, as UTF-8 JSON
 
 
-def metadata_problem(metadata: Any, *, max_depth: int = MAX_METADATA_DEPTH,
+def metadata_problem(metadata: Any, *, what: str = "metadata", max_depth: int = MAX_METADATA_DEPTH,
                      max_bytes: int = MAX_METADATA_BYTES) -> str | None:
     """Why ``metadata`` cannot be stored and sent back as JSON, or None when it can: every string (keys too)
     valid UTF-8, every number finite, at most ``max_depth`` levels of objects and arrays, at most ``max_bytes``.
     Walks with a stack, not recursion, so any depth gets an answer."""
-    stack: list[tuple[Any, str, int]] = [(metadata, "metadata", 0)]
+    stack: list[tuple[Any, str, int]] = [(metadata, what, 0)]
     while stack:
         value, where, depth = stack.pop()
         if isinstance(value, (dict, list)):
@@ -62,7 +62,7 @@ def metadata_problem(metadata: Any, *, max_depth: int = MAX_METADATA_DEPTH,
             return f"{where}: a {type(value).__name__} is not a JSON value"
     size = len(json.dumps(metadata, ensure_ascii=False, allow_nan=False).encode("utf-8"))
     if size > max_bytes:
-        return f"metadata is {size} bytes as JSON; at most {max_bytes}"
+        return f"{what} is {size} bytes as JSON; at most {max_bytes}"
     return None
 
 
@@ -83,6 +83,17 @@ def checked_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
 
 
 Metadata = Annotated[dict[str, Any], AfterValidator(checked_metadata)]
+
+
+def checked_filter(where: dict[str, Any]) -> dict[str, Any]:
+    """Pydantic validator for a search filter: the values it compares with obey the rules of metadata."""
+    problem = metadata_problem(where, what="filter")
+    if problem is not None:
+        raise ValueError(problem)
+    return where
+
+
+Filter = Annotated[dict[str, Any], AfterValidator(checked_filter)]
 
 
 def readable_metadata(metadata: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:

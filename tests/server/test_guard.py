@@ -394,3 +394,32 @@ def test_a_collection_holding_bad_metadata_from_before_still_answers(make_app):
     again = make_app(data_dir=app.state.settings.data_dir)  # and after a restart it still answers
     response = call(again, "POST", "/collections/docs/search", json={"query": "hello world", "k": 10})
     assert response.status_code == 200 and len(response.json()["results"]) == 4
+
+
+def test_filters_compare_json_values_without_coercion(make_app):
+    """1 is not true, 0 is not false, [1] is not [true]; 1 and 1.0 are the same number."""
+    app = make_app()
+    app.state.collections.create("docs")
+    documents = [{"id": "flag-true", "text": "a note about rivers", "metadata": {"v": True, "l": [True]}},
+                 {"id": "one", "text": "a note about engines", "metadata": {"v": 1, "l": [1]}},
+                 {"id": "zero", "text": "a note about violins", "metadata": {"v": 0}},
+                 {"id": "flag-false", "text": "a note about bees", "metadata": {"v": False}},
+                 {"id": "one-float", "text": "a note about stars", "metadata": {"v": 1.0}}]
+    assert call(app, "POST", "/collections/docs/documents", json={"documents": documents}).status_code == 200
+
+    def ids(where: dict) -> set[str]:
+        response = call(app, "POST", "/collections/docs/search", json={"query": "a note", "k": 10, "filter": where})
+        assert response.status_code == 200, response.text
+        return {h["id"] for h in response.json()["results"]}
+
+    assert ids({"v": True}) == {"flag-true"}
+    assert ids({"v": 1}) == {"one", "one-float"}
+    assert ids({"v": False}) == {"flag-false"}
+    assert ids({"v": 0}) == {"zero"}
+    assert ids({"v": {"$in": [True, 0]}}) == {"flag-true", "zero"}
+    assert ids({"l": [1]}) == {"one"}
+    for bad in ('{"v": NaN}', '{"v": "\\ud800"}', '{"v": {"$in": [Infinity]}}'):
+        body = '{"query": "a note", "filter": %s}' % bad
+        response = call(app, "POST", "/collections/docs/search", content=body.encode(),
+                        headers={"content-type": "application/json"})
+        assert response.status_code == 422, bad

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from flagstone.errors import IdError
 from flagstone.server.service import HTTPProblem, Service, authorised, get_service
-from flagstone.server.validation import Metadata, StrictText, readable_metadata
+from flagstone.server.validation import Filter, Metadata, StrictText, readable_metadata
 from flagstone.server.store import Document
 
 router = APIRouter(dependencies=[Depends(authorised)])
@@ -42,7 +42,7 @@ class SearchRequest(BaseModel):
     query: StrictText
     mode: StrictText = "hybrid"
     k: int = Field(default=10, ge=1)
-    filter: dict[str, Any] | None = None
+    filter: Filter | None = None
     rerank: bool = False
     rerank_depth: int = Field(default=50, ge=1)
 

@@ -96,8 +96,10 @@ class RequestGuard:
         try:
             await self._guarded(scope, receive, observed_send)
         finally:
-            # the route's template (set by the router), never the raw path: one series per route
-            path = getattr(scope.get("route"), "path", UNMATCHED)
+            # the route's template (set by the router), never the raw path: one series per route; path_format
+            # leaves out converters ("{doc_id:path}" -> "{doc_id}"), as the OpenAPI spec does
+            route = scope.get("route")
+            path = getattr(route, "path_format", None) or getattr(route, "path", UNMATCHED)
             self.metrics.observe(scope["method"], path, status, time.perf_counter() - start)
 
     def _needs_key(self, path: str) -> bool:

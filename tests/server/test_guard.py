@@ -423,3 +423,19 @@ def test_filters_compare_json_values_without_coercion(make_app):
         response = call(app, "POST", "/collections/docs/search", content=body.encode(),
                         headers={"content-type": "application/json"})
         assert response.status_code == 422, bad
+
+
+@pytest.mark.parametrize("doc_id", ["a/b", "dir/sub/file.txt", "/leading", "trailing/", "q?x=1#frag", "100%", "é/ü"])
+def test_any_id_can_be_fetched(make_app, doc_id: str):
+    from urllib.parse import quote
+
+    app = make_app()
+    app.state.collections.create("docs")
+    documents = [{"id": doc_id, "text": "a document with an awkward id"}, {"id": "other", "text": "another one"}]
+    assert call(app, "POST", "/collections/docs/documents", json={"documents": documents}).status_code == 200
+    response = call(app, "GET", f"/collections/docs/documents/{quote(doc_id, safe='')}")
+    assert response.status_code == 200, response.text
+    assert response.json()["id"] == doc_id
+    assert "/collections/{name}/documents/{doc_id}" in app.openapi()["paths"]  # the spec is unchanged
+    metrics = call(app, "GET", "/metrics").text
+    assert 'path="/collections/{name}/documents/{doc_id}",status="200"' in metrics

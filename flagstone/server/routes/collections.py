@@ -94,7 +94,7 @@ def delete_documents(name: str, body: DeleteDocuments, service: Service = Depend
     return {"collection": name, "deleted": count, "documents": len(collection.store)}
 
 
-@router.get("/collections/{name}/documents/{doc_id}")
+@router.get("/collections/{name}/documents/{doc_id:path}")  # ":path": an id may contain "/" (sent as %2F)
 def get_document(name: str, doc_id: str, service: Service = Depends(get_service)) -> dict:
     try:
         doc = service.collections.get(name).get(doc_id)

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from flagstone.errors import FlagstoneError
 from flagstone.server.collections import CollectionExists, CollectionNotFound
@@ -21,6 +22,9 @@ from flagstone.server.service import HTTPProblem, Service, problem
 from flagstone.server.settings import ServerSettings, read_api_keys
 
 __all__ = ["ServerSettings", "create_app", "read_api_keys"]
+
+_HTTP_KINDS = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 408: "timeout", 409: "conflict",
+               413: "too_large"}
 
 
 @asynccontextmanager
@@ -57,6 +61,15 @@ def _install_error_handlers(app: FastAPI) -> None:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         return problem(422, "invalid_request", f"{where or 'body'}: {first.get('msg', 'invalid request')}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        # what FastAPI and Starlette raise themselves (no route, wrong method, a body that cannot be parsed)
+        # answers in the service's error format too, not as {"detail": ...}
+        kind = _HTTP_KINDS.get(exc.status_code, "invalid_request" if exc.status_code < 500 else "server_error")
+        response = problem(exc.status_code, kind, str(exc.detail))
+        response.headers.update(exc.headers or {})  # e.g. Allow on a 405
+        return response
 
     def plain_error(status: int, kind: str):
         async def handler(request: Request, exc: Exception):

@@ -439,3 +439,15 @@ def test_any_id_can_be_fetched(make_app, doc_id: str):
     assert "/collections/{name}/documents/{doc_id}" in app.openapi()["paths"]  # the spec is unchanged
     metrics = call(app, "GET", "/metrics").text
     assert 'path="/collections/{name}/documents/{doc_id}",status="200"' in metrics
+
+
+@pytest.mark.parametrize("method, path, body, status", [
+    ("GET", "/no-such-path", None, 404),
+    ("DELETE", "/health", None, 405),
+    ("POST", "/v1/embed", b'{"texts": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400),  # too deep to parse
+])
+def test_framework_errors_use_the_service_error_format(make_app, method: str, path: str, body, status: int):
+    app = make_app()
+    response = call(app, method, path, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == status
+    assert set(response.json()) == {"error"} and set(response.json()["error"]) == {"type", "message"}

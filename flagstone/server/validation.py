@@ -4,15 +4,20 @@ encoder batch or the document store.
 JSON can carry a lone UTF-16 surrogate (``"\\ud800"``), which Python decodes into a ``str`` that cannot be encoded
 as UTF-8: the tokenizer fails on it, and so does every response that would echo it back. ``StrictText`` refuses
 such strings with a 422 at the door. ``Metadata`` does the same for document metadata, and bounds its nesting
-and size; ``readable_metadata`` lets documents stored before these checks still be served.
+and size; ``readable_metadata`` lets documents stored before these checks still be served. ``StrictJSONRoute``
+refuses the ``NaN`` and ``Infinity`` that Python's JSON parser lets through.
 """
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
 from pydantic import AfterValidator
+from starlette.exceptions import HTTPException
 
 
 def strict_utf8(value: str) -> str:
@@ -104,3 +109,30 @@ def readable_metadata(metadata: dict[str, Any]) -> tuple[dict[str, Any] | None, 
     if problem is None:
         return metadata, None
     return None, problem.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _refuse_constant(name: str) -> float:
+    # json.loads accepts NaN, Infinity and -Infinity, which are not JSON (RFC 8259) and are no number a request
+    # needs; let in, they would compare, sort and serialise (as null) wrongly wherever they went
+    raise HTTPException(422, f"{name} is not valid JSON: numbers must be finite")
+
+
+class StrictJSONRequest(Request):
+    """A request whose JSON body may not hold ``NaN`` or ``Infinity``."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = json.loads(await self.body(), parse_constant=_refuse_constant)
+        return self._json
+
+
+class StrictJSONRoute(APIRoute):
+    """Route class for the service's routers: endpoints parse bodies with :class:`StrictJSONRequest`."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def strict_handler(request: Request) -> Response:
+            return await handler(StrictJSONRequest(request.scope, request.receive))
+
+        return strict_handler

@@ -451,3 +451,18 @@ def test_framework_errors_use_the_service_error_format(make_app, method: str, pa
     response = call(app, method, path, content=body, headers={"content-type": "application/json"})
     assert response.status_code == status
     assert set(response.json()) == {"error"} and set(response.json()["error"]) == {"type", "message"}
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/embeddings", '{"input": "x", "dimensions": NaN}'),
+    ("/collections/docs/search", '{"query": "x", "k": Infinity}'),
+    ("/collections/docs/search", '{"query": "x", "filter": {"v": -Infinity}}'),
+    ("/collections/docs/documents", '{"documents": [{"id": "a", "text": "t", "metadata": {"v": [NaN]}}]}'),
+])
+def test_nan_and_infinity_are_not_json(make_app, path: str, body: str):
+    """Python's JSON parser accepts NaN and Infinity; the service refuses them wherever they appear."""
+    app = make_app()
+    app.state.collections.create("docs")
+    response = call(app, "POST", path, content=body.encode(), headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert "is not valid JSON: numbers must be finite" in response.json()["error"]["message"]

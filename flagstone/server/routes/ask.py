@@ -7,9 +7,9 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
 from flagstone.server.service import HTTPProblem, Service, authorised, get_service
-from flagstone.server.validation import StrictText
+from flagstone.server.validation import StrictJSONRoute, StrictText
 
-router = APIRouter(dependencies=[Depends(authorised)])
+router = APIRouter(dependencies=[Depends(authorised)], route_class=StrictJSONRoute)
 
 
 class AskRequest(BaseModel):

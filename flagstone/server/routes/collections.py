@@ -9,10 +9,10 @@ from pydantic import BaseModel, Field
 
 from flagstone.errors import IdError
 from flagstone.server.service import HTTPProblem, Service, authorised, get_service
-from flagstone.server.validation import Filter, Metadata, StrictText, readable_metadata
+from flagstone.server.validation import Filter, Metadata, StrictJSONRoute, StrictText, readable_metadata
 from flagstone.server.store import Document
 
-router = APIRouter(dependencies=[Depends(authorised)])
+router = APIRouter(dependencies=[Depends(authorised)], route_class=StrictJSONRoute)
 _log = logging.getLogger(__name__)
 
 

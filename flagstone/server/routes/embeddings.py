@@ -10,9 +10,9 @@ from pydantic import BaseModel, Field
 
 from flagstone.errors import MissingHeadError
 from flagstone.server.service import HTTPProblem, Service, authorised, get_service
-from flagstone.server.validation import StrictText
+from flagstone.server.validation import StrictJSONRoute, StrictText
 
-router = APIRouter(dependencies=[Depends(authorised)])
+router = APIRouter(dependencies=[Depends(authorised)], route_class=StrictJSONRoute)
 
 
 class OpenAIEmbeddingRequest(BaseModel):

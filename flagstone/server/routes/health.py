@@ -8,10 +8,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse
 
 from flagstone.server.service import Service, get_service
+from flagstone.server.validation import StrictJSONRoute
 
 STATIC = Path(__file__).parent.parent / "static"
 
-router = APIRouter()
+router = APIRouter(route_class=StrictJSONRoute)
 
 
 @router.get("/health")

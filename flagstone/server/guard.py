@@ -111,17 +111,18 @@ class RequestGuard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         if self._needs_key(scope["path"]) and not self.key_is_valid(headers.get("authorization", "")):
             # before any of the body is read: an unauthorised client cannot make the server buffer anything
-            await _answer(scope, receive, send, 401, "unauthorized",
+            await _answer(scope, receive, send, _big_unread(headers), 401, "unauthorized",
                           "missing or wrong API key (Authorization: Bearer <key>)")
             return
         limit = self.settings.max_body_bytes
         length = headers.get("content-length")
         if length is not None:
             if not length.strip().isdigit():
-                await _answer(scope, receive, send, 400, "invalid_request", "bad Content-Length header")
+                await _answer(scope, receive, send, True, 400, "invalid_request", "bad Content-Length header")
                 return
             if int(length) > limit:
-                await _answer(scope, receive, send, 413, "too_large", f"request body over {limit} bytes")
+                await _answer(scope, receive, send, _big_unread(headers), 413, "too_large",
+                              f"request body over {limit} bytes")
                 return
         body = _GuardedBody(receive, limit, self.settings.body_timeout_s)
         started = False
@@ -140,13 +141,28 @@ class RequestGuard:
                 raise
             # else the app failed on the cut-off body (BodyRefused, or whatever it wrapped it in): refuse below
         if body.refusal is not None and not started:
-            await _answer(scope, receive, send, *body.refusal)
+            await _answer(scope, receive, send, _big_unread(headers, body.received), *body.refusal)
 
 
-async def _answer(scope: MutableMapping[str, Any], receive: Receive, send: Send, status: int, kind: str,
-                  message: str) -> None:
+# a refused request's unread body up to this size is left for the server to read and throw away (keeping the
+# connection); beyond it, or of unknown size, the connection is closed instead
+DISCARD_BYTES = 1024 * 1024
+
+
+def _big_unread(headers: dict[str, str], received: int = 0) -> bool:
+    """Whether what is left of the body is unknown (chunked) or more than :data:`DISCARD_BYTES`."""
+    length = headers.get("content-length", "").strip()
+    if length.isdigit():
+        return int(length) - received > DISCARD_BYTES
+    return "transfer-encoding" in headers
+
+
+async def _answer(scope: MutableMapping[str, Any], receive: Receive, send: Send, close: bool, status: int,
+                  kind: str, message: str) -> None:
     response = problem(status, kind, message)
-    # the rest of the body is still on its way: closing the connection stops the upload, where keeping it
-    # open would have the server read (and discard) all of it before the next request
-    response.headers["connection"] = "close"
+    if close:
+        # the server would otherwise read (and discard) the whole rest of the upload before the next request on
+        # this connection; closing stops it. Not for small remainders: closing a socket with unread data resets
+        # it, and the reset can reach the client before it has read this answer
+        response.headers["connection"] = "close"
     await response(scope, receive, send)

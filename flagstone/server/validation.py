@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BaseModel, ConfigDict
 from starlette.exceptions import HTTPException
 
 
@@ -30,6 +30,13 @@ def strict_utf8(value: str) -> str:
 
 
 StrictText = Annotated[str, AfterValidator(strict_utf8)]
+
+
+class StrictModel(BaseModel):
+    """Base of the request bodies: no type coercion ("10" is not the integer 10, 1 is not true, "yes" is not a
+    boolean), so a client's mistake is a 422 rather than a guess."""
+
+    model_config = ConfigDict(strict=True)
 
 
 # far below the nesting at which serialising a response gives up (FastAPI's encoder stops near 255 levels)

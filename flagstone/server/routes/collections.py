@@ -5,40 +5,40 @@ import logging
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from flagstone.errors import IdError
 from flagstone.server.service import HTTPProblem, Service, authorised, get_service
-from flagstone.server.validation import Filter, Metadata, StrictJSONRoute, StrictText, readable_metadata
+from flagstone.server.validation import Filter, Metadata, StrictJSONRoute, StrictModel, StrictText, readable_metadata
 from flagstone.server.store import Document
 
 router = APIRouter(dependencies=[Depends(authorised)], route_class=StrictJSONRoute)
 _log = logging.getLogger(__name__)
 
 
-class CreateCollection(BaseModel):
+class CreateCollection(StrictModel):
     name: StrictText = Field(min_length=1, max_length=64)
     index: Literal["flat", "ivf", "hi2"] = "flat"
     description: StrictText = Field(default="", max_length=1000)
 
 
-class DocumentIn(BaseModel):
+class DocumentIn(StrictModel):
     id: StrictText = Field(min_length=1, max_length=512)
     text: StrictText
     metadata: Metadata = Field(default_factory=dict)
 
 
-class AddDocuments(BaseModel):
+class AddDocuments(StrictModel):
     documents: list[DocumentIn]
     upsert: bool = True  # False: an id that exists already is an error
 
 
-class DeleteDocuments(BaseModel):
+class DeleteDocuments(StrictModel):
     ids: list[StrictText] = Field(min_length=1)
     missing_ok: bool = False
 
 
-class SearchRequest(BaseModel):
+class SearchRequest(StrictModel):
     query: StrictText
     mode: StrictText = "hybrid"
     k: int = Field(default=10, ge=1)

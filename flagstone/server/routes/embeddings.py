@@ -6,16 +6,16 @@ from typing import Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from flagstone.errors import MissingHeadError
 from flagstone.server.service import HTTPProblem, Service, authorised, get_service
-from flagstone.server.validation import StrictJSONRoute, StrictText
+from flagstone.server.validation import StrictJSONRoute, StrictModel, StrictText
 
 router = APIRouter(dependencies=[Depends(authorised)], route_class=StrictJSONRoute)
 
 
-class OpenAIEmbeddingRequest(BaseModel):
+class OpenAIEmbeddingRequest(StrictModel):
     input: StrictText | list[StrictText]
     model: StrictText | None = None
     encoding_format: Literal["float", "base64"] = "float"
@@ -23,7 +23,7 @@ class OpenAIEmbeddingRequest(BaseModel):
     user: StrictText | None = None
 
 
-class EmbedRequest(BaseModel):
+class EmbedRequest(StrictModel):
     texts: list[StrictText]
     dense: bool = True
     sparse: bool = False

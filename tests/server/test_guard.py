@@ -308,7 +308,7 @@ def test_a_failed_batch_is_retried_request_by_request():
     import numpy as np
 
     embedder = Picky()
-    batcher = BatchingEncoder(embedder, max_batch=64, max_wait_ms=300)
+    batcher = BatchingEncoder(embedder, max_batch=6, max_wait_ms=5000)  # the batch closes when all 6 texts are in
     texts = [["a"], ["bb", "ccc"], ["poison", "x"], ["dddd"]]
     results: dict[int, object] = {}
 

@@ -8,19 +8,23 @@ Every request body is validated against the OpenAPI schema; user mistakes get a 
 """
 from __future__ import annotations
 
-import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from flagstone.errors import FlagstoneError
 from flagstone.server.collections import CollectionExists, CollectionNotFound
+from flagstone.server.guard import RequestGuard
 from flagstone.server.routes import ROUTERS
 from flagstone.server.service import HTTPProblem, Service, problem
 from flagstone.server.settings import ServerSettings, read_api_keys
 
 __all__ = ["ServerSettings", "create_app", "read_api_keys"]
+
+_HTTP_KINDS = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 408: "timeout", 409: "conflict",
+               413: "too_large"}
 
 
 @asynccontextmanager
@@ -33,13 +37,15 @@ def create_app(settings: ServerSettings | None = None, *, embedder=None):
     """The FastAPI app. ``embedder`` may be passed in (tests share one); otherwise it is loaded here."""
     settings = settings or ServerSettings()
     service = Service.build(settings, embedder)
-    app = FastAPI(title="Flagstone", version="0.1.0", lifespan=_lifespan,
+    # docs_url/redoc_url off: FastAPI's pages load their assets from a CDN and are blank offline; routes.health
+    # serves /docs (and /redoc) as one self-contained page rendered from the spec instead
+    app = FastAPI(title="Flagstone", version="0.1.0", lifespan=_lifespan, docs_url=None, redoc_url=None,
                   description="Embeddings, collections with dense / sparse / ColBERT / BM25 / hybrid search, "
                               "reranking and retrieval-augmented answers.")
     app.state.service = service
     app.state.settings, app.state.collections, app.state.batcher = settings, service.collections, service.batcher
     _install_error_handlers(app)
-    _install_limits_and_metrics(app, service)
+    _install_guard(app, service)
     for router in ROUTERS:
         app.include_router(router)
     return app
@@ -56,6 +62,15 @@ def _install_error_handlers(app: FastAPI) -> None:
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         return problem(422, "invalid_request", f"{where or 'body'}: {first.get('msg', 'invalid request')}")
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        # what FastAPI and Starlette raise themselves (no route, wrong method, a body that cannot be parsed)
+        # answers in the service's error format too, not as {"detail": ...}
+        kind = _HTTP_KINDS.get(exc.status_code, "invalid_request" if exc.status_code < 500 else "server_error")
+        response = problem(exc.status_code, kind, str(exc.detail))
+        response.headers.update(exc.headers or {})  # e.g. Allow on a 405
+        return response
+
     def plain_error(status: int, kind: str):
         async def handler(request: Request, exc: Exception):
             return problem(status, kind, str(exc))
@@ -67,27 +82,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         app.add_exception_handler(error, plain_error(status, kind))
 
 
-def _install_limits_and_metrics(app: FastAPI, service: Service) -> None:
-    """Middleware: refuse oversized bodies, count and time every request."""
-    settings, metrics = service.settings, service.metrics
-
-    @app.middleware("http")
-    async def _limits_and_metrics(request: Request, call_next):
-        start = time.perf_counter()
-        length = request.headers.get("content-length")
-        if length is not None:
-            try:
-                too_big = int(length) > settings.max_body_bytes
-            except ValueError:
-                return problem(400, "invalid_request", "bad Content-Length header")
-            if too_big:
-                return problem(413, "too_large", f"request body over {settings.max_body_bytes} bytes")
-        elif request.method in ("POST", "PUT", "PATCH"):
-            body = await request.body()  # chunked upload: read it once, bounded
-            if len(body) > settings.max_body_bytes:
-                return problem(413, "too_large", f"request body over {settings.max_body_bytes} bytes")
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.observe(request.method, path, response.status_code, time.perf_counter() - start)
-        return response
+def _install_guard(app: FastAPI, service: Service) -> None:
+    """The outermost middleware: API key, body size and time limits, request metrics (see ``guard``)."""
+    app.add_middleware(RequestGuard, settings=service.settings, metrics=service.metrics,
+                       key_is_valid=service.key_is_valid)

@@ -7,6 +7,7 @@ and hands each caller its rows. Under load the model sees full batches; alone, a
 """
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from flagstone.models.embeddings import Embeddings
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -92,7 +95,18 @@ class BatchingEncoder:
         try:
             emb = self.embedder.encode(texts, is_query=is_query, dense=dense, sparse=sparse, colbert=colbert,
                                        show_progress=False)
-        except BaseException as exc:  # noqa: BLE001 -- every waiting caller gets the error
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0].future.set_exception(exc)
+                return
+            # one request's texts may have failed the whole batch: encode each request alone, so only the
+            # request at fault gets the error and the others their embeddings
+            _log.warning("an encoder batch of %d requests failed (%s: %s); encoding them one by one", len(batch),
+                         type(exc).__name__, exc)
+            for r in batch:
+                self._encode([r])
+            return
+        except BaseException as exc:  # noqa: BLE001 -- not a bad input: no retrying, every caller gets the error
             for r in batch:
                 r.future.set_exception(exc)
             return

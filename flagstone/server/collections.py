@@ -21,7 +21,7 @@ from flagstone._io import atomic_write
 from flagstone.errors import DataError, FlagstoneError, IdError, InvalidTextError
 from flagstone.server.store import SETTINGS, Document, DocumentStore
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # use with fullmatch: "$" would let "abc\n" through
 INDEX_KINDS = ("flat", "ivf", "hi2")
 _WORD = re.compile(r"\w+", re.UNICODE)
 RETRIEVER = "retriever"  # sub-folder holding the retriever saved at shutdown
@@ -87,13 +87,29 @@ def check_filter(where: Mapping | None) -> dict:
     return dict(where)
 
 
+def json_equal(a: object, b: object) -> bool:
+    """Equality of JSON values: Python's ``==`` says ``1 == True`` and ``[0] == [False]``, JSON does not (a number
+    and a boolean never match; ``1`` and ``1.0`` are the same number)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a is b
+    if isinstance(a, (int, float)) or isinstance(b, (int, float)):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and a == b
+    if isinstance(a, Mapping) or isinstance(b, Mapping):
+        return (isinstance(a, Mapping) and isinstance(b, Mapping) and a.keys() == b.keys()
+                and all(json_equal(a[k], b[k]) for k in a))
+    if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+        return (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b)
+                and all(json_equal(x, y) for x, y in zip(a, b)))
+    return a == b  # strings and null
+
+
 def matches(metadata: Mapping, where: Mapping) -> bool:
     for key, cond in where.items():
         value = metadata.get(key)
         if isinstance(cond, Mapping):
-            if value not in cond["$in"]:
+            if not any(json_equal(value, option) for option in cond["$in"]):
                 return False
-        elif value != cond:
+        elif not json_equal(value, cond):
             return False
     return True
 
@@ -277,9 +293,16 @@ class Collection:
         """Close the store; with ``save``, keep the retriever on disk so the next start loads it instead of
         adding every document again (it is used only if it still matches the store)."""
         with self._lock.write():
-            if save and self._retriever is not None:
-                self._retriever.save(self.folder / RETRIEVER, overwrite=True)
-            self.store.close()
+            try:
+                if save and self._retriever is not None:
+                    self._retriever.save(self.folder / RETRIEVER, overwrite=True)
+            except (OSError, ValueError, FlagstoneError) as exc:
+                # the saved retriever only saves time at the next start (the store is the truth); failing to
+                # write it (documents stored before metadata was checked, say) must not leave the store open
+                _log.warning("collection %r: retriever not saved (%s: %s); the next start builds it from the "
+                             "documents", self.name, type(exc).__name__, exc)
+            finally:
+                self.store.close()
 
 
 class CollectionManager:
@@ -311,7 +334,7 @@ class CollectionManager:
         return collection
 
     def create(self, name: str, *, index: str = "flat", description: str = "") -> Collection:
-        if not NAME.match(name or ""):
+        if not NAME.fullmatch(name or ""):
             raise InvalidTextError("a collection name is 1-64 letters, digits, '_', '.' or '-', starting with a "
                                    "letter or digit")
         if index not in INDEX_KINDS:

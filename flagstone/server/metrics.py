@@ -3,6 +3,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+# labels come only from fixed sets, so made-up methods and paths cannot create unbounded series
+METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+UNMATCHED = "unmatched"  # the path label of a request no route matched (or refused before routing)
+
 
 class Metrics:
     def __init__(self, queue_depth: Callable[[], int], documents: Callable[[], dict[str, int]]) -> None:
@@ -29,6 +33,9 @@ class Metrics:
         self.registry.register(DocumentCount())
 
     def observe(self, method: str, path: str, status: int, seconds: float) -> None:
+        """``path`` must be a route template or :data:`UNMATCHED`; a method outside :data:`METHODS` counts as
+        ``other``."""
+        method = method if method in METHODS else "other"
         self.requests.labels(method, path, str(status)).inc()
         self.latency.labels(path).observe(seconds)
 

@@ -2,6 +2,10 @@
 ``Depends(get_service)``, plus the error type and body that all endpoints answer with."""
 from __future__ import annotations
 
+import hashlib
+import hmac
+import logging
+import re
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -15,6 +19,8 @@ if TYPE_CHECKING:
     from flagstone.server.collections import CollectionManager
     from flagstone.server.metrics import Metrics
 
+_log = logging.getLogger(__name__)
+
 
 class HTTPProblem(Exception):
     def __init__(self, status: int, kind: str, message: str) -> None:
@@ -22,8 +28,30 @@ class HTTPProblem(Exception):
         self.status, self.kind, self.message = status, kind, message
 
 
+# an absolute (or home-relative) POSIX or Windows path of two or more parts, not inside a word or a URL
+_PATH = re.compile(r"""(?<![\w.~:/\\-])(?:~|[A-Za-z]:)?(?:[/\\][^\s'"`/\\:,;()\[\]{}<>|]+){2,}[/\\]?""")
+
+
+def scrub_paths(message: str) -> str:
+    """``message`` with every server path cut to its last part (``.../model``): clients learn which file, not
+    where the server keeps its files."""
+    def last_part(match: re.Match) -> str:
+        parts = [p for p in re.split(r"[/\\]", match.group()) if p]
+        return f".../{parts[-1]}"
+
+    return _PATH.sub(last_part, message)
+
+
 def problem(status: int, kind: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status)
+    """The error body every endpoint answers with. Server paths are scrubbed from what the client sees; the
+    full message goes to the log, where the operator needs it."""
+    # a message may quote what a client sent, lone surrogates included: escape those, or rendering the error
+    # itself would fail with a 500
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    shown = scrub_paths(message)
+    if shown != message:
+        _log.warning("answered %d %s: %s", status, kind, message)
+    return JSONResponse({"error": {"type": kind, "message": shown}}, status_code=status)
 
 
 @dataclass
@@ -72,12 +100,19 @@ class Service:
         self.collections.close()
 
     # -- checks -------------------------------------------------------------------------------------
+    def key_is_valid(self, authorization: str) -> bool:
+        """Whether an ``Authorization`` header value is ``Bearer <one of the configured keys>``."""
+        scheme, _, token = authorization.partition(" ")
+        # constant time: compare digests (equal length) with every key, without stopping at a match, so the
+        # answer's timing tells nothing about how much of a key was right or which key matched
+        given = hashlib.sha256(_header_bytes(token.strip())).digest()
+        found = False
+        for key in self.settings.api_keys:
+            found |= hmac.compare_digest(given, hashlib.sha256(key.encode("utf-8")).digest())
+        return scheme.lower() == "bearer" and found
+
     def authorise(self, request: Request) -> None:
-        if not self.settings.api_keys:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or token.strip() not in self.settings.api_keys:
+        if self.settings.api_keys and not self.key_is_valid(request.headers.get("authorization", "")):
             raise HTTPProblem(401, "unauthorized", "missing or wrong API key (Authorization: Bearer <key>)")
 
     def check_texts(self, texts: list[str], what: str = "texts") -> None:
@@ -117,6 +152,15 @@ class Service:
 
                 self.heavy["generator"] = load(self.settings.generator, base_url=self.settings.generator_base_url)
             return self.heavy["generator"]
+
+
+def _header_bytes(value: str) -> bytes:
+    """The bytes a client sent for a header value: ASGI servers hand headers over as bytes and Starlette decodes
+    them as latin-1, so encoding back gives a non-ASCII key sent as UTF-8 its UTF-8 bytes again."""
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:  # not from a header (a caller passing text): its UTF-8 bytes are what it means
+        return value.encode("utf-8")
 
 
 def get_service(request: Request) -> Service:

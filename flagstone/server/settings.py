@@ -12,10 +12,12 @@ class ServerSettings:
     reranker: str | None = None  # cross-encoder for /rerank and search reranking
     generator: str = "smollm2-135m-instruct"  # loaded on the first /ask
     generator_base_url: str | None = None
-    api_keys: frozenset[str] = field(default_factory=frozenset)
+    api_keys: frozenset[str] = field(default_factory=frozenset)  # if any, all but /health and / need one
+    public_metrics: bool = False  # /metrics without a key (for scrapers that cannot send one; names collections)
     max_texts: int = 256  # per request
     max_chars: int = 20_000  # per text
-    max_body_bytes: int = 8 * 1024 * 1024
+    max_body_bytes: int = 8 * 1024 * 1024  # enforced while the body arrives, chunked or not
+    body_timeout_s: float = 60.0  # the whole body must arrive within this long of the app starting to read it
     max_k: int = 1000
     max_batch: int = 256  # larger batches sort by length over more texts: less padding (see serve_load)
     max_wait_ms: float = 5.0

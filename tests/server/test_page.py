@@ -65,3 +65,17 @@ def test_search_page_reports_errors_and_api_keys(serve, browser_page):
     page.fill("#api-key", "k1")
     page.dispatch_event("#api-key", "change")
     page.wait_for_function("document.querySelector('#status').textContent.includes('No collections')")
+
+
+def test_docs_page_renders_without_the_internet(serve, browser_page):
+    """Every request the /docs page makes stays on the server (Swagger UI's CDN assets left it blank offline)."""
+    server = serve()
+    page = browser_page
+    elsewhere = []
+    page.route("**/*", lambda route: (route.continue_() if route.request.url.startswith(server.url)
+                                      else (elsewhere.append(route.request.url), route.abort())))
+    page.goto(server.url + "/docs")
+    assert elsewhere == []
+    assert page.locator("section.op").count() > 15
+    assert "/collections/{name}/search" in page.locator("span.path").all_inner_texts()
+    assert page.locator("#schema-SearchRequest").is_visible()

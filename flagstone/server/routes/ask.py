@@ -4,16 +4,17 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from flagstone.server.service import HTTPProblem, Service, authorised, get_service
+from flagstone.server.validation import StrictJSONRoute, StrictModel, StrictText
 
-router = APIRouter(dependencies=[Depends(authorised)])
+router = APIRouter(dependencies=[Depends(authorised)], route_class=StrictJSONRoute)
 
 
-class AskRequest(BaseModel):
-    question: str
-    collection: str
+class AskRequest(StrictModel):
+    question: StrictText
+    collection: StrictText
     pipeline: Literal["rag", "memorag", "search_o1", "lc_boost", "full_context", "no_retrieval"] = "rag"
     k: int = Field(default=3, ge=1, le=20)
     max_new_tokens: int = Field(default=64, ge=1, le=512)

@@ -1,45 +1,48 @@
 """Collections: create, list, describe, delete; add (upsert), delete and get documents; search."""
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from flagstone.errors import IdError
 from flagstone.server.service import HTTPProblem, Service, authorised, get_service
+from flagstone.server.validation import Filter, Metadata, StrictJSONRoute, StrictModel, StrictText, readable_metadata
 from flagstone.server.store import Document
 
-router = APIRouter(dependencies=[Depends(authorised)])
+router = APIRouter(dependencies=[Depends(authorised)], route_class=StrictJSONRoute)
+_log = logging.getLogger(__name__)
 
 
-class CreateCollection(BaseModel):
-    name: str = Field(min_length=1, max_length=64)
+class CreateCollection(StrictModel):
+    name: StrictText = Field(min_length=1, max_length=64)
     index: Literal["flat", "ivf", "hi2"] = "flat"
-    description: str = Field(default="", max_length=1000)
+    description: StrictText = Field(default="", max_length=1000)
 
 
-class DocumentIn(BaseModel):
-    id: str = Field(min_length=1, max_length=512)
-    text: str
-    metadata: dict[str, Any] = Field(default_factory=dict)
+class DocumentIn(StrictModel):
+    id: StrictText = Field(min_length=1, max_length=512)
+    text: StrictText
+    metadata: Metadata = Field(default_factory=dict)
 
 
-class AddDocuments(BaseModel):
+class AddDocuments(StrictModel):
     documents: list[DocumentIn]
     upsert: bool = True  # False: an id that exists already is an error
 
 
-class DeleteDocuments(BaseModel):
-    ids: list[str] = Field(min_length=1)
+class DeleteDocuments(StrictModel):
+    ids: list[StrictText] = Field(min_length=1)
     missing_ok: bool = False
 
 
-class SearchRequest(BaseModel):
-    query: str
-    mode: str = "hybrid"
+class SearchRequest(StrictModel):
+    query: StrictText
+    mode: StrictText = "hybrid"
     k: int = Field(default=10, ge=1)
-    filter: dict[str, Any] | None = None
+    filter: Filter | None = None
     rerank: bool = False
     rerank_depth: int = Field(default=50, ge=1)
 
@@ -91,12 +94,13 @@ def delete_documents(name: str, body: DeleteDocuments, service: Service = Depend
     return {"collection": name, "deleted": count, "documents": len(collection.store)}
 
 
-@router.get("/collections/{name}/documents/{doc_id}")
+@router.get("/collections/{name}/documents/{doc_id:path}")  # ":path": an id may contain "/" (sent as %2F)
 def get_document(name: str, doc_id: str, service: Service = Depends(get_service)) -> dict:
     try:
-        return service.collections.get(name).get(doc_id).to_dict()
+        doc = service.collections.get(name).get(doc_id)
     except IdError as exc:
         raise HTTPProblem(404, "not_found", str(exc)) from None
+    return _with_metadata({"id": doc.id, "text": doc.text}, doc.metadata)
 
 
 @router.post("/collections/{name}/search")
@@ -109,5 +113,18 @@ def search(name: str, body: SearchRequest, service: Service = Depends(get_servic
     hits = collection.search(body.query, mode=body.mode, k=body.k, where=body.filter, reranker=reranker,
                              rerank_depth=body.rerank_depth)
     return {"collection": name, "mode": body.mode, "results": [
-        {"id": h.id, "score": h.score, "text": h.text, "metadata": h.metadata, "signals": h.signals,
-         "highlights": [list(s) for s in h.highlights]} for h in hits]}
+        _with_metadata({"id": h.id, "score": h.score, "text": h.text}, h.metadata,
+                       signals=h.signals, highlights=[list(s) for s in h.highlights]) for h in hits]}
+
+
+def _with_metadata(entry: dict[str, Any], metadata: dict[str, Any], **rest: Any) -> dict[str, Any]:
+    """``entry`` with the document's metadata; metadata stored before it was checked on write that cannot be
+    sent is ``null`` with a ``metadata_error`` saying why, so one such document does not fail the response."""
+    shown, error = readable_metadata(metadata)
+    if error is not None:
+        _log.warning("document %r: stored metadata cannot be sent (%s)", entry["id"], error)
+        entry.update(metadata=None, metadata_error=error)
+    else:
+        entry["metadata"] = shown
+    entry.update(rest)
+    return entry

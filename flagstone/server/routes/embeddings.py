@@ -6,24 +6,25 @@ from typing import Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from flagstone.errors import MissingHeadError
 from flagstone.server.service import HTTPProblem, Service, authorised, get_service
+from flagstone.server.validation import StrictJSONRoute, StrictModel, StrictText
 
-router = APIRouter(dependencies=[Depends(authorised)])
+router = APIRouter(dependencies=[Depends(authorised)], route_class=StrictJSONRoute)
 
 
-class OpenAIEmbeddingRequest(BaseModel):
-    input: str | list[str]
-    model: str | None = None
+class OpenAIEmbeddingRequest(StrictModel):
+    input: StrictText | list[StrictText]
+    model: StrictText | None = None
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1)
-    user: str | None = None
+    user: StrictText | None = None
 
 
-class EmbedRequest(BaseModel):
-    texts: list[str]
+class EmbedRequest(StrictModel):
+    texts: list[StrictText]
     dense: bool = True
     sparse: bool = False
     colbert: bool = False

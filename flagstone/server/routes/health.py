@@ -1,20 +1,24 @@
-"""Service endpoints: ``/health``, Prometheus ``/metrics`` and the search page at ``/``."""
+"""Service endpoints: ``/health``, Prometheus ``/metrics``, the search page at ``/`` and the API reference at
+``/docs``."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse
 
 from flagstone.server.service import Service, get_service
+from flagstone.server.validation import StrictJSONRoute
 
 STATIC = Path(__file__).parent.parent / "static"
 
-router = APIRouter()
+router = APIRouter(route_class=StrictJSONRoute)
 
 
 @router.get("/health")
-def health(service: Service = Depends(get_service)) -> dict:
+def health(request: Request, service: Service = Depends(get_service)) -> dict:
+    if service.settings.api_keys and not service.key_is_valid(request.headers.get("authorization", "")):
+        return {"status": "ok"}  # without a key, only that the service is up: no model or collection count
     return {"status": "ok", "model": service.embedder.name, "outputs": list(service.embedder.available_outputs),
             "collections": len(service.collections.names())}
 
@@ -28,3 +32,11 @@ def prometheus_metrics(service: Service = Depends(get_service)) -> PlainTextResp
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
 def page() -> HTMLResponse:
     return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
+
+
+@router.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+@router.get("/redoc", response_class=HTMLResponse, include_in_schema=False)  # the old ReDoc address
+def api_reference(request: Request) -> HTMLResponse:
+    from flagstone.server.docs import render_docs
+
+    return HTMLResponse(render_docs(request.app.openapi()))

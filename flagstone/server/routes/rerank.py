@@ -2,16 +2,17 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from flagstone.server.service import Service, authorised, get_service
+from flagstone.server.validation import StrictJSONRoute, StrictModel, StrictText
 
-router = APIRouter(dependencies=[Depends(authorised)])
+router = APIRouter(dependencies=[Depends(authorised)], route_class=StrictJSONRoute)
 
 
-class RerankRequest(BaseModel):
-    query: str
-    documents: list[str]
+class RerankRequest(StrictModel):
+    query: StrictText
+    documents: list[StrictText]
     top_n: int | None = Field(default=None, ge=1)
 
 

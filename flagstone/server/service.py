@@ -115,14 +115,16 @@ class Service:
         if self.settings.api_keys and not self.key_is_valid(request.headers.get("authorization", "")):
             raise HTTPProblem(401, "unauthorized", "missing or wrong API key (Authorization: Bearer <key>)")
 
-    def check_texts(self, texts: list[str], what: str = "texts") -> None:
+    def check_texts(self, texts: list[str], what: str = "texts", *, allow_empty: bool = False) -> None:
+        """Count and length limits; ``allow_empty`` for documents (an empty one is stored and indexed as the
+        empty text, as in BEIR collections), never for queries."""
         settings = self.settings
         if not texts:
             raise HTTPProblem(400, "invalid_request", f"{what} is empty")
         if len(texts) > settings.max_texts:
             raise HTTPProblem(413, "too_large", f"{len(texts)} {what}; at most {settings.max_texts} per request")
         for i, text in enumerate(texts):
-            if not text.strip():
+            if not allow_empty and not text.strip():
                 raise HTTPProblem(400, "invalid_request", f"{what}[{i}] is empty")
             if len(text) > settings.max_chars:
                 raise HTTPProblem(413, "too_large", f"{what}[{i}] has {len(text)} characters; at most "

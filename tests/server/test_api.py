@@ -280,3 +280,17 @@ def test_filtered_search_finds_every_matching_document(client, kind):
         body["filter"] = {"group": "half"}
         found = [h["id"] for h in client.post(f"/collections/{name}/search", json=body).json()["results"]]
         assert len(found) == 10 and all(int(i.rsplit("-", 1)[1]) % 2 for i in found), mode
+
+
+def test_an_empty_document_is_stored_and_searchable_but_an_empty_query_is_refused(client):
+    """A real corpus may hold empty documents (Cranfield's 471 and 995): upload them as they are."""
+    assert client.post("/collections", json={"name": "raw"}).status_code == 201
+    documents = [{"id": "471", "text": ""}, {"id": "1", "text": "Flow over a flat plate at high speed."}]
+    response = client.post("/collections/raw/documents", json={"documents": documents})
+    assert response.status_code == 200 and response.json()["documents"] == 2
+    assert client.get("/collections/raw/documents/471").json()["text"] == ""
+    for mode in ("dense", "bm25", "hybrid"):
+        hits = client.post("/collections/raw/search", json={"query": "flat plate", "mode": mode, "k": 2}).json()
+        assert hits["results"][0]["id"] == "1", mode
+    refused = client.post("/collections/raw/search", json={"query": "  ", "mode": "dense"})
+    assert refused.status_code == 400 and "query[0] is empty" in error_of(refused)

@@ -72,7 +72,7 @@ def delete_collection(name: str, service: Service = Depends(get_service)) -> dic
 @router.post("/collections/{name}/documents")
 def add_documents(name: str, body: AddDocuments, service: Service = Depends(get_service)) -> dict:
     collection = service.collections.get(name)
-    service.check_texts([d.text for d in body.documents], "documents")
+    service.check_texts([d.text for d in body.documents], "documents", allow_empty=True)
     ids = [d.id for d in body.documents]
     if len(set(ids)) != len(ids):
         raise HTTPProblem(400, "invalid_request", "the same id appears twice in one request")

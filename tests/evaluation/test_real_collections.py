@@ -103,3 +103,18 @@ def test_eval_command_on_cranfield_prints_one_warning_and_the_table(capsys):
     assert err.strip() == (f"flagstone: warning: {DATA / 'cranfield' / 'corpus.jsonl'}: 2 document(s) without "
                            f"text ('471', '995'), indexed as the empty text")
     assert "1,400 documents (2 empty), 225 judged queries" in out and "| bm25 |" in out
+
+
+def test_search_and_index_build_read_a_jsonl_corpus_with_an_empty_document(tmp_path, capsys):
+    from flagstone.cli import main
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"_id": "a", "text": "Zinc lozenges shorten colds."}\n{"_id": "b", "title": "", "text": ""}\n'
+                      '{"_id": "c", "text": "Neutron stars are dense."}\n')
+    assert main(["search", str(corpus), "-q", "zinc", "--mode", "bm25", "-k", "3", "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert err.strip() == f"flagstone: warning: {corpus}: 1 document(s) without text ('b'), indexed as the empty text"
+    assert "a" in out
+    assert main(["index", "build", str(corpus), "-o", str(tmp_path / "idx"), "--cache-dir", str(tmp_path / "c"),
+                 "--quiet"]) == 0
+    assert "1 document(s) without text" in capsys.readouterr().err

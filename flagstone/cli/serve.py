@@ -40,9 +40,15 @@ def add_parsers(sub, epilog: str = EPILOG) -> None:
                    help="OpenAI-compatible server for /ask instead")
     p.add_argument("--api-keys-file", type=existing_file, default=None,
                    help="require a bearer token from this file (one per line); $FLAGSTONE_API_KEYS adds more")
+    p.add_argument("--public-metrics", action="store_true",
+                   help="serve /metrics without a key, for scrapers that cannot send one (metric labels name "
+                        "collections); every other endpoint but /health still needs a key")
     p.add_argument("--max-texts", type=positive_int, default=256, help="texts per request (default: 256)")
     p.add_argument("--max-chars", type=positive_int, default=20000, help="characters per text (default: 20000)")
-    p.add_argument("--max-body-mb", type=positive_float, default=8.0, help="request body limit in MB (default: 8)")
+    p.add_argument("--max-body-mb", type=positive_float, default=8.0,
+                   help="request body limit in MB, enforced while the body is read, chunked or not (default: 8)")
+    p.add_argument("--body-timeout", type=positive_float, default=60.0,
+                   help="seconds a request body may take to arrive; slower ones get 408 (default: 60)")
     p.add_argument("--max-batch", type=positive_int, default=256,
                    help="texts per encoder batch; the encoder sorts a batch by length, so bigger batches pad "
                         "less (default: 256)")
@@ -68,6 +74,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = ServerSettings(
         data_dir=args.data_dir, model=args.model, reranker=args.reranker, generator=args.generator,
         generator_base_url=args.generator_base_url, api_keys=read_api_keys(args.api_keys_file),
+        public_metrics=args.public_metrics, body_timeout_s=args.body_timeout,
         max_texts=args.max_texts, max_chars=args.max_chars, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, threads=args.threads)
     app = create_app(settings)

@@ -89,3 +89,22 @@ def test_version():
 
     declared = re.search(r'^version = "(.+)"$', (REPO / "pyproject.toml").read_text(), re.MULTILINE)
     assert version() == __version__ == declared.group(1)
+
+
+def test_serve_options_reach_the_service_settings(monkeypatch, tmp_path, capsys):
+    import uvicorn
+
+    from flagstone.cli import main
+    from flagstone.server import app as server_app
+
+    seen = {}
+    monkeypatch.setattr(server_app, "create_app", lambda settings: seen.setdefault("settings", settings))
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.setdefault("run", kw))
+    keys = tmp_path / "keys"
+    keys.write_text("secret\n")
+    assert main(["serve", "--data-dir", str(tmp_path / "d"), "--api-keys-file", str(keys), "--public-metrics",
+                 "--body-timeout", "5", "--max-body-mb", "1", "--port", "8123"]) == 0
+    settings = seen["settings"]
+    assert settings.public_metrics and settings.body_timeout_s == 5.0 and settings.max_body_bytes == 1024 * 1024
+    assert "secret" in settings.api_keys and seen["run"]["port"] == 8123
+    assert "API keys required" in capsys.readouterr().out

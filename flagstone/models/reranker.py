@@ -40,7 +40,8 @@ class Reranker(Protocol):
 
 
 def validate_pairs(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Reject a bare string, malformed pairs and empty texts with the position of the first bad one."""
+    """Reject a bare string, malformed pairs and empty queries with the position of the first bad one (an empty
+    passage is scored: a corpus's empty document can be a first-stage hit)."""
     if isinstance(pairs, str) or (isinstance(pairs, tuple) and len(pairs) == 2 and isinstance(pairs[0], str)):
         raise InvalidTextError("expected a list of (query, passage) pairs, got a single pair or string")
     checked = []
@@ -51,8 +52,8 @@ def validate_pairs(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
         for role, text in (("query", query), ("passage", passage)):
             if not isinstance(text, str):
                 raise InvalidTextError(f"pair #{i}: the {role} is {type(text).__name__}, not a string")
-            if not text.strip():
-                raise InvalidTextError(f"pair #{i}: the {role} is empty")
+            if role == "query" and not text.strip():
+                raise InvalidTextError(f"pair #{i}: the query is empty")
         checked.append((query, passage))
     return checked
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from flagstone._io import atomic_write, iter_jsonl
-from flagstone.errors import DataError
+from flagstone.errors import DataError, EmptyDocumentsWarning
 
 
 @dataclass
@@ -45,8 +46,6 @@ def _text_list(row: dict, key: str, where: str, required: bool) -> list[str]:
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise DataError(f"{where}: {key!r} must be a list of strings")
-    if any(not v.strip() for v in value):
-        raise DataError(f"{where}: {key!r} holds an empty text")
     if required and not value:
         raise DataError(f"{where}: {key!r} is empty")
     return value
@@ -78,10 +77,18 @@ def parse_example(row: dict, where: str) -> TrainingExample:
 
 
 def load_examples(path: str | os.PathLike[str]) -> list[TrainingExample]:
-    """Read a FlagEmbedding-format JSONL file; malformed rows raise :class:`DataError` with file:line."""
+    """Read a FlagEmbedding-format JSONL file; malformed rows raise :class:`DataError` with file:line.
+
+    A passage may be empty (a corpus's empty document mined as a negative, or judged relevant as Cranfield's
+    995 is); one :class:`EmptyDocumentsWarning` counts them. An empty query is an error.
+    """
     examples = [parse_example(row, f"{path}:{line_no}") for line_no, row in iter_jsonl(path)]
     if not examples:
         raise DataError(f"{path}: no training examples")
+    empty = sum(1 for ex in examples for t in (*ex.pos, *ex.neg) if not t.strip())
+    if empty:
+        warnings.warn(EmptyDocumentsWarning(f"{path}: {empty} passage(s) without text, trained on as the empty "
+                                            f"text"), stacklevel=2)
     return examples
 
 

@@ -164,3 +164,9 @@ def test_bundled_smollm2_prefers_the_relevant_passage():
                                    ("What is the capital of France?", "Bananas are rich in potassium and fibre.")])
     assert np.all((scores > 0) & (scores < 1))
     assert scores[0] > scores[1]
+
+
+def test_an_empty_passage_is_scored(cross_encoder):
+    """A corpus's empty document (Cranfield 471) can be a first-stage hit: rerank it like any other."""
+    scores = cross_encoder.score_pairs([("zinc and colds", ""), ("zinc and colds", "Zinc shortens colds.")])
+    assert len(scores) == 2 and all(np.isfinite(scores))

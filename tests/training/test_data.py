@@ -32,7 +32,6 @@ def test_reads_flagembedding_rows_with_a_single_string_positive(tmp_path):
     ({"query": "q"}, "missing 'pos'"),
     ({"query": "q", "pos": []}, "'pos' is empty"),
     ({"query": "q", "pos": ["p"], "neg": [3]}, "'neg' must be a list of strings"),
-    ({"query": "q", "pos": ["p"], "neg": ["a", " "]}, "'neg' holds an empty text"),
     ({"query": "q", "pos": ["p"], "pos_scores": [1, 2]}, "'pos_scores' has 2 scores for 1 texts"),
     ({"query": "q", "pos": ["p"], "pos_scores": ["x"]}, "'pos_scores' must be a list of numbers"),
     ({"query": "q", "pos": ["p"], "prompt": 5}, "'prompt' must be a string"),
@@ -58,3 +57,14 @@ def test_examples_from_qrels_uses_relevant_documents_only():
     ex = examples_from_qrels({"q1": "query one", "q2": "query two"}, {"q1": {"d1": 1, "d2": 0}, "q2": {"dx": 1}},
                              {"d1": "doc one", "d2": "doc two"})
     assert ex == [TrainingExample("query one", ["doc one"])]
+
+
+def test_empty_passages_load_with_one_warning(tmp_path):
+    from flagstone.errors import EmptyDocumentsWarning
+
+    path = tmp_path / "mined.jsonl"
+    path.write_text(json.dumps({"query": "q", "pos": [""], "neg": ["a", " "]}) + "\n"
+                    + json.dumps({"query": "r", "pos": ["p"], "neg": ["b"]}) + "\n")
+    with pytest.warns(EmptyDocumentsWarning, match=r"2 passage\(s\) without text") as caught:
+        examples = load_examples(path)
+    assert len(caught) == 1 and examples[0].pos == [""] and examples[0].neg == ["a", " "]

@@ -57,7 +57,7 @@ def resolve_model_path(model: str) -> tuple[Path, ModelPreset | None]:
     """Map a folder, preset name or hub name to a local folder (downloading a hub model if allowed)."""
     path = Path(model).expanduser()
     if path.is_dir():
-        _transformer_folder(path)  # fail early on a folder that holds no model
+        transformer_folder(path)  # fail early on a folder that holds no model
         return path, None
     preset = find_preset(model)
     if preset is not None:
@@ -93,7 +93,7 @@ def _download(hub_id: str) -> str:
                              ignore_patterns=["onnx/*", "openvino/*", "*.onnx*"])
 
 
-def _transformer_folder(path: Path) -> Path:
+def transformer_folder(path: Path) -> Path:
     """The folder holding config.json: the model folder itself, or the sentence-transformers module
     folder that modules.json names for its Transformer (some models keep it in ``0_Transformer/``)."""
     if (path / "config.json").is_file():
@@ -128,7 +128,7 @@ def _sentence_transformers_settings(folder: Path) -> dict[str, object]:
                         found["pooling"] = "mean"
     sbert_cfg = folder / "sentence_bert_config.json"
     if not sbert_cfg.is_file():
-        sbert_cfg = _transformer_folder(folder) / "sentence_bert_config.json"
+        sbert_cfg = transformer_folder(folder) / "sentence_bert_config.json"
     if sbert_cfg.is_file():
         max_len = json.loads(sbert_cfg.read_text()).get("max_seq_length")
         if max_len:
@@ -173,7 +173,7 @@ class Embedder:
         from transformers import AutoModel, AutoTokenizer
 
         root, preset = resolve_model_path(model)
-        self.path = _transformer_folder(root)  # config, weights and M3 heads live here
+        self.path = transformer_folder(root)  # config, weights and M3 heads live here
         self.name = preset.name if preset is not None else str(model)
         declared = _sentence_transformers_settings(root)
         pooling = pooling or (preset.pooling if preset else None) or declared.get("pooling") or "cls"

@@ -37,12 +37,12 @@ def load_tokenizer(tokenizer: object | str | os.PathLike | None = None):
 
     from flagstone.models.embedder import (
         DEFAULT_MODEL,
-        _transformer_folder,
+        transformer_folder,
         resolve_model_path,
     )
 
     folder, _ = resolve_model_path(str(tokenizer) if tokenizer is not None else DEFAULT_MODEL)
-    return AutoTokenizer.from_pretrained(_transformer_folder(folder))
+    return AutoTokenizer.from_pretrained(transformer_folder(folder))
 
 
 def chunk_text(text: str, tokenizer, *, chunk_tokens: int = 200, overlap: int = 32, doc_id: str = "doc",

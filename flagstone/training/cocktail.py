@@ -55,9 +55,9 @@ def _load_state(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def _config(folder: Path) -> dict:
-    from flagstone.models.embedder import _transformer_folder
+    from flagstone.models.embedder import transformer_folder
 
-    return json.loads((_transformer_folder(folder) / "config.json").read_text())
+    return json.loads((transformer_folder(folder) / "config.json").read_text())
 
 
 def check_compatible(folders: Sequence[Path]) -> None:
@@ -118,7 +118,7 @@ def merge_models(
     """
     import torch
 
-    from flagstone.models.embedder import _transformer_folder, resolve_model_path
+    from flagstone.models.embedder import transformer_folder, resolve_model_path
 
     check_output_folder(output_dir, overwrite=overwrite, legacy=MODEL_LAYOUT)
     if len(models) < 2:
@@ -130,7 +130,7 @@ def merge_models(
         raise ValueError("weights must be non-negative and not all zero")
     w = w / w.sum()
     roots = [resolve_model_path(str(m))[0] for m in models]
-    folders = [_transformer_folder(r) for r in roots]
+    folders = [transformer_folder(r) for r in roots]
     check_compatible(folders)
     merged = merge_state_dicts([_load_state(f) for f in folders], w, [str(f) for f in folders])
 
@@ -238,6 +238,6 @@ def mix_models(
 
 
 def _config_folder(model: str | os.PathLike[str]) -> Path:
-    from flagstone.models.embedder import _transformer_folder, resolve_model_path
+    from flagstone.models.embedder import transformer_folder, resolve_model_path
 
-    return _transformer_folder(resolve_model_path(str(model))[0])
+    return transformer_folder(resolve_model_path(str(model))[0])

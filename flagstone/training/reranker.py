@@ -74,13 +74,13 @@ def train_cross_encoder(
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from flagstone.models.embedder import _transformer_folder, resolve_model_path
+    from flagstone.models.embedder import transformer_folder, resolve_model_path
 
     check_output_folder(output_dir, overwrite=overwrite, legacy=MODEL_LAYOUT)
     config = config or TrainingConfig()
     seed_everything(config.seed)  # the new head's initial weights come from the seeded generator
     root, _ = resolve_model_path(str(base))
-    folder = _transformer_folder(root)
+    folder = transformer_folder(root)
     with quiet_transformers():  # a new classification head on an encoder is expected
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(folder))

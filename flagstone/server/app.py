@@ -55,7 +55,9 @@ def create_app(settings: ServerSettings | None = None, *, embedder=None):
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPProblem)
     async def _problem(request: Request, exc: HTTPProblem):
-        return problem(exc.status, exc.kind, exc.message)
+        response = problem(exc.status, exc.kind, exc.message)
+        response.headers.update(exc.headers)  # e.g. Retry-After on a 503 from a full model pool
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):

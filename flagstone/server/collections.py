@@ -322,6 +322,11 @@ class CollectionManager:
                 raise DataError(f"{folder / SETTINGS}: damaged collection settings") from None
             self._collections[folder.name] = Collection(folder.name, folder, embedder, cache, settings)
 
+    def count(self) -> int:
+        """How many collections, without the lock (len of a dict is atomic): /health must not wait for a
+        create or delete holding it."""
+        return len(self._collections)
+
     def names(self) -> list[str]:
         with self._lock:
             return sorted(self._collections)

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Depends
 from pydantic import Field
+from starlette.concurrency import run_in_threadpool
 
 from flagstone.errors import IdError
 from flagstone.server.service import HTTPProblem, Service, authorised, get_service
@@ -104,14 +105,19 @@ def get_document(name: str, doc_id: str, service: Service = Depends(get_service)
 
 
 @router.post("/collections/{name}/search")
-def search(name: str, body: SearchRequest, service: Service = Depends(get_service)) -> dict:
-    collection = service.collections.get(name)
-    service.check_texts([body.query], "query")
-    service.check_k(body.k)
-    service.check_k(body.rerank_depth)
-    reranker = service.load_reranker() if body.rerank else None
-    hits = collection.search(body.query, mode=body.mode, k=body.k, where=body.filter, reranker=reranker,
-                             rerank_depth=body.rerank_depth)
+async def search(name: str, body: SearchRequest, service: Service = Depends(get_service)) -> dict:
+    def run() -> list:
+        collection = service.collections.get(name)  # on a thread: the manager's lock may be held by a delete
+        service.check_texts([body.query], "query")
+        service.check_k(body.k)
+        service.check_k(body.rerank_depth)
+        reranker = service.load_reranker() if body.rerank else None
+        return collection.search(body.query, mode=body.mode, k=body.k, where=body.filter, reranker=reranker,
+                                 rerank_depth=body.rerank_depth)
+
+    # reranking is slow model work: the bounded model pool (503 at once when full); plain search stays on the
+    # ordinary worker threads
+    hits = await (service.model_pool.run(run) if body.rerank else run_in_threadpool(run))
     return {"collection": name, "mode": body.mode, "results": [
         _with_metadata({"id": h.id, "score": h.score, "text": h.text}, h.metadata,
                        signals=h.signals, highlights=[list(s) for s in h.highlights]) for h in hits]}

@@ -159,7 +159,7 @@ class DocumentStore:
             missing = [i for i in ids if i not in self.documents]
             if missing and not missing_ok:
                 raise IdError(f"{len(missing)} unknown ids, e.g. {missing[:3]}")
-            present = [i for i in ids if i in self.documents]
+            present = [i for i in dict.fromkeys(ids) if i in self.documents]  # a repeated id counts once
             if present:
                 record = {"op": "delete", "ids": present}
                 self._log(record)

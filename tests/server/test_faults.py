@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 
 import pytest
@@ -110,3 +111,61 @@ def test_slow_model_work_is_bounded_and_health_stays_fast(serve):
     refusals = [(t, retry) for s, t, retry in answers if s == 503]
     assert all(retry == "7" for _, retry in refusals)
     assert max(t for t, _ in refusals) < 1.0  # at once, not after waiting for a model thread
+
+
+def test_highlights_are_python_code_point_offsets_and_the_schema_says_so(client):
+    text = "🙂🙂 A 🧊 common cold, 𝒞old again."  # characters outside the BMP: 2 UTF-16 units each
+    client.post("/collections", json={"name": "e"})
+    client.post("/collections/e/documents", json={"documents": [{"id": "x", "text": text}]})
+    hit = client.post("/collections/e/search", json={"query": "common cold", "mode": "bm25"}).json()["results"][0]
+    assert [text[s:e] for s, e in hit["highlights"]] == ["common", "cold"]
+    schema = client.get("/openapi.json").json()["paths"]["/collections/{name}/search"]["post"]["responses"]["200"]
+    assert "code point" in json.dumps(schema)
+
+
+def test_deleting_a_repeated_id_counts_it_once(client):
+    client.post("/collections", json={"name": "c"})
+    client.post("/collections/c/documents", json={"documents": [{"id": "a", "text": "alpha"},
+                                                                {"id": "b", "text": "beta"}]})
+    gone = client.post("/collections/c/documents/delete", json={"ids": ["a", "a"]})
+    assert gone.json() == {"collection": "c", "deleted": 1, "documents": 1}
+    gone = client.post("/collections/c/documents/delete", json={"ids": ["b", "b", "nope"], "missing_ok": True})
+    assert gone.json() == {"collection": "c", "deleted": 1, "documents": 0}
+
+
+def test_hybrid_search_with_a_single_candidate_scores_above_zero(client):
+    client.post("/collections", json={"name": "one"})
+    client.post("/collections/one/documents", json={"documents": [{"id": "a", "text": "zinc shortens colds"}]})
+    hit = client.post("/collections/one/search", json={"query": "zinc colds", "mode": "hybrid"}).json()["results"]
+    assert len(hit) == 1 and hit[0]["score"] > 0
+
+
+def test_a_write_into_a_collection_deleted_meanwhile_gets_404(serve):
+    import threading
+
+    import httpx
+
+    server = serve()
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        client.post("/collections", json={"name": "c"})
+        collection = server.app.state.service.collections.get("c")
+        embedding, release = threading.Event(), threading.Event()
+        real_embed = collection._embed
+
+        def slow_embed(texts):  # the write is past its checks, embedding, when the delete comes
+            embedding.set()
+            assert release.wait(30)
+            real_embed(texts)
+
+        collection._embed = slow_embed
+        answer: list[httpx.Response] = []
+        writer = threading.Thread(target=lambda: answer.append(
+            client.post("/collections/c/documents", json={"documents": [{"id": "a", "text": "alpha"}]})))
+        writer.start()
+        assert embedding.wait(30)
+        assert client.delete("/collections/c").status_code == 200
+        release.set()
+        writer.join(60)
+        assert answer[0].status_code == 404, answer[0].text
+        assert answer[0].json()["error"]["type"] == "not_found"
+        assert client.get("/collections/c").status_code == 404

@@ -104,7 +104,24 @@ def get_document(name: str, doc_id: str, service: Service = Depends(get_service)
     return _with_metadata({"id": doc.id, "text": doc.text}, doc.metadata)
 
 
-@router.post("/collections/{name}/search")
+# not a response_model (that would drop fields such as metadata_error): a schema that documents the answer
+_HIT_SCHEMA = {"type": "object", "properties": {
+    "id": {"type": "string"}, "score": {"type": "number"}, "text": {"type": "string"},
+    "metadata": {"type": ["object", "null"]},
+    "metadata_error": {"type": "string", "description": "why stored metadata could not be sent (then null)"},
+    "signals": {"type": "object", "additionalProperties": {"type": "number"}},
+    "highlights": {"type": "array", "items": {"type": "array", "items": {"type": "integer"}, "minItems": 2,
+                                              "maxItems": 2},
+                   "description": "[start, end) spans of words matching a query term, as offsets in Unicode code "
+                                  "points of text (Python's text[start:end]), not UTF-16 units: in JavaScript "
+                                  "slice Array.from(text), since a character outside the BMP (an emoji) is one "
+                                  "code point but two UTF-16 units"}}}
+_SEARCH_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"content": {"application/json": {"schema": {
+    "type": "object", "properties": {"collection": {"type": "string"}, "mode": {"type": "string"},
+                                     "results": {"type": "array", "items": _HIT_SCHEMA}}}}}}}
+
+
+@router.post("/collections/{name}/search", responses=_SEARCH_RESPONSES)
 async def search(name: str, body: SearchRequest, service: Service = Depends(get_service)) -> dict:
     def run() -> list:
         collection = service.collections.get(name)  # on a thread: the manager's lock may be held by a delete

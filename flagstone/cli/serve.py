@@ -12,6 +12,7 @@ from flagstone.cli._common import (
     http_url,
     model_name,
     non_negative_float,
+    non_negative_int,
     output_folder,
     port,
     positive_float,
@@ -55,6 +56,11 @@ def add_parsers(sub, epilog: str = EPILOG) -> None:
     p.add_argument("--max-wait-ms", type=non_negative_float, default=5.0,
                    help="how long a request may wait for others to share its batch (default: 5)")
     p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--model-workers", type=positive_int, default=2,
+                   help="rerank / ask calls run at once, on their own threads (default: 2)")
+    p.add_argument("--model-queue", type=non_negative_int, default=16,
+                   help="rerank / ask calls that may wait for those threads; more get 503 with Retry-After "
+                        "at once (default: 16)")
     check_with(p, _check_serve)
 
 
@@ -76,7 +82,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         generator_base_url=args.generator_base_url, api_keys=read_api_keys(args.api_keys_file),
         public_metrics=args.public_metrics, body_timeout_s=args.body_timeout,
         max_texts=args.max_texts, max_chars=args.max_chars, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
-        max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, threads=args.threads)
+        max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, threads=args.threads,
+        model_workers=args.model_workers, model_queue=args.model_queue)
     app = create_app(settings)
     print(f"Flagstone serving on http://{args.host}:{args.port} (data in {args.data_dir}"
           f"{', API keys required' if settings.api_keys else ''})", flush=True)

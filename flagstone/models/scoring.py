@@ -13,13 +13,20 @@ NORMALIZATIONS = ("none", "minmax", "zscore")
 
 
 def normalize_scores(scores: np.ndarray, method: str) -> np.ndarray:
-    """Rescale one query's candidate scores so signals with different ranges can be added."""
+    """Rescale one query's candidate scores so signals with different ranges can be added.
+
+    ``minmax`` maps the range to [0, 1]. A tie (one candidate, or all equal) has no range to scale: a positive
+    score counts as found at the top (1), zero or less as not found (0, e.g. bm25's 0 for no matching term), so
+    a lone candidate keeps its signal's weight instead of scoring 0.
+    """
     scores = np.asarray(scores, dtype=np.float64)
     if method == "none" or len(scores) == 0:
         return scores
     if method == "minmax":
         lo, hi = scores.min(), scores.max()
-        return (scores - lo) / (hi - lo) if hi > lo else np.zeros_like(scores)
+        if hi > lo:
+            return (scores - lo) / (hi - lo)
+        return np.full_like(scores, 1.0 if hi > 0 else 0.0)
     if method == "zscore":
         sd = scores.std()
         return (scores - scores.mean()) / sd if sd > 0 else np.zeros_like(scores)

@@ -20,6 +20,7 @@ from flagstone.server.guard import RequestGuard
 from flagstone.server.routes import ROUTERS
 from flagstone.server.service import HTTPProblem, Service, problem
 from flagstone.server.settings import ServerSettings, read_api_keys
+from flagstone.server.store import StoreWriteError
 
 __all__ = ["ServerSettings", "create_app", "read_api_keys"]
 
@@ -54,7 +55,9 @@ def create_app(settings: ServerSettings | None = None, *, embedder=None):
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPProblem)
     async def _problem(request: Request, exc: HTTPProblem):
-        return problem(exc.status, exc.kind, exc.message)
+        response = problem(exc.status, exc.kind, exc.message)
+        response.headers.update(exc.headers)  # e.g. Retry-After on a 503 from a full model pool
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
@@ -69,6 +72,16 @@ def _install_error_handlers(app: FastAPI) -> None:
         kind = _HTTP_KINDS.get(exc.status_code, "invalid_request" if exc.status_code < 500 else "server_error")
         response = problem(exc.status_code, kind, str(exc.detail))
         response.headers.update(exc.headers or {})  # e.g. Allow on a 405
+        return response
+
+    @app.exception_handler(StoreWriteError)
+    async def _not_stored(request: Request, exc: StoreWriteError):
+        # nothing was written: 507 when the disk is full (the operator must free space), else 503
+        if exc.no_space:
+            return problem(507, "insufficient_storage", str(exc))
+        response = problem(503, "unavailable", str(exc))
+        if not exc.broken:
+            response.headers["Retry-After"] = "5"
         return response
 
     def plain_error(status: int, kind: str):

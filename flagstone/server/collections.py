@@ -134,6 +134,7 @@ class Collection:
         self.store = DocumentStore(folder, checkpoint_every=settings.get("checkpoint_every", 1000))
         self._lock = ReadWriteLock()
         self._retriever = None
+        self._closed = False  # set under the write lock: a write that gets the lock after it is refused
 
     @property
     def index_kind(self) -> str:
@@ -152,6 +153,7 @@ class Collection:
         if documents:
             self._embed([d.text for d in documents])
         with self._lock.write():
+            self._check_open()
             written = self.store.upsert(documents, overwrite=overwrite)
             if self._retriever is not None:
                 latest = {d.id: d for d in documents}  # the last of repeated ids wins, as in the store
@@ -162,6 +164,13 @@ class Collection:
                     self._retriever.add(list(latest), [d.text for d in latest.values()],
                                         [d.metadata for d in latest.values()], show_progress=False)
             return written
+
+    def _check_open(self) -> None:
+        """A write that started before the collection was deleted (or the service stopped) finds it closed:
+        404 (its name is gone), not the store's error about a closed file."""
+        if self._closed:
+            raise CollectionNotFound(f"collection {self.name!r} was deleted (or the service stopped) while the "
+                                     f"request was running")
 
     @contextmanager
     def _resync_on_error(self) -> Iterator[None]:
@@ -179,6 +188,7 @@ class Collection:
 
     def delete(self, ids: Sequence[str], *, missing_ok: bool = False) -> int:
         with self._lock.write():
+            self._check_open()
             deleted = self.store.delete(ids, missing_ok=missing_ok)
             if self._retriever is not None:
                 present = [i for i in dict.fromkeys(ids) if i in self._retriever]
@@ -302,6 +312,7 @@ class Collection:
                 _log.warning("collection %r: retriever not saved (%s: %s); the next start builds it from the "
                              "documents", self.name, type(exc).__name__, exc)
             finally:
+                self._closed = True
                 self.store.close()
 
 
@@ -321,6 +332,11 @@ class CollectionManager:
             except ValueError:
                 raise DataError(f"{folder / SETTINGS}: damaged collection settings") from None
             self._collections[folder.name] = Collection(folder.name, folder, embedder, cache, settings)
+
+    def count(self) -> int:
+        """How many collections, without the lock (len of a dict is atomic): /health must not wait for a
+        create or delete holding it."""
+        return len(self._collections)
 
     def names(self) -> list[str]:
         with self._lock:

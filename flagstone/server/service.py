@@ -18,14 +18,16 @@ if TYPE_CHECKING:
     from flagstone.server.batching import BatchingEncoder
     from flagstone.server.collections import CollectionManager
     from flagstone.server.metrics import Metrics
+    from flagstone.server.pool import ModelPool
 
 _log = logging.getLogger(__name__)
 
 
 class HTTPProblem(Exception):
-    def __init__(self, status: int, kind: str, message: str) -> None:
+    def __init__(self, status: int, kind: str, message: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.kind, self.message = status, kind, message
+        self.headers = headers or {}
 
 
 # an absolute (or home-relative) POSIX or Windows path of two or more parts, not inside a word or a URL
@@ -64,8 +66,11 @@ class Service:
     batcher: BatchingEncoder
     collections: CollectionManager
     metrics: Metrics
+    model_pool: ModelPool  # where rerank and ask run (see ``pool``)
     heavy: dict[str, Any] = field(default_factory=dict)
-    heavy_lock: threading.Lock = field(default_factory=threading.Lock)  # loading, and one generation at a time
+    heavy_lock: threading.Lock = field(default_factory=threading.Lock)  # loading the reranker or generator
+    # one generation at a time (the model is shared); apart from heavy_lock so reranks need not wait for it
+    generate_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def build(cls, settings: ServerSettings, embedder=None) -> Service:
@@ -76,6 +81,7 @@ class Service:
         from flagstone.server.batching import BatchedEmbedder, BatchingEncoder
         from flagstone.server.collections import CollectionManager
         from flagstone.server.metrics import Metrics
+        from flagstone.server.pool import ModelPool
 
         if settings.threads:
             import torch
@@ -93,9 +99,11 @@ class Service:
         collections = CollectionManager(data_dir / "collections", batched, cache)
         metrics = Metrics(lambda: batcher.queue_depth, lambda: {n: len(collections.get(n).store)
                                                                  for n in collections.names()})
-        return cls(settings, embedder, batcher, collections, metrics)
+        pool = ModelPool(settings.model_workers, settings.model_queue, settings.retry_after_s)
+        return cls(settings, embedder, batcher, collections, metrics, pool)
 
     def close(self) -> None:
+        self.model_pool.close()
         self.batcher.close()
         self.collections.close()
 

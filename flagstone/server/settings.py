@@ -22,6 +22,9 @@ class ServerSettings:
     max_batch: int = 256  # larger batches sort by length over more texts: less padding (see serve_load)
     max_wait_ms: float = 5.0
     threads: int | None = None
+    model_workers: int = 2  # rerank / ask calls running at once, on their own threads (see server.pool)
+    model_queue: int = 16  # more that may wait; beyond that a 503 with Retry-After at once
+    retry_after_s: int = 5
 
 
 def read_api_keys(path: str | None = None, env: str = "FLAGSTONE_API_KEYS") -> frozenset[str]:

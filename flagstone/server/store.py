@@ -7,7 +7,9 @@ snapshot written atomically, then starts an empty log.
 """
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -18,6 +20,16 @@ from flagstone._io import atomic_write
 from flagstone.errors import DataError, IdError
 
 SNAPSHOT, WAL, SETTINGS = "snapshot.jsonl", "wal.jsonl", "collection.json"
+_log = logging.getLogger(__name__)
+
+
+class StoreWriteError(Exception):
+    """A write could not be made durable (full disk, I/O error); it was not applied and is not in the log.
+    ``broken``: the log could not be put back as it was, so the store refuses writes until restarted."""
+
+    def __init__(self, message: str, *, no_space: bool, broken: bool = False) -> None:
+        super().__init__(message)
+        self.no_space, self.broken = no_space, broken
 
 
 @dataclass
@@ -42,8 +54,13 @@ class DocumentStore:
         self._lock = threading.Lock()
         self._logged = 0
         self.dropped_tail = False
+        self._broken: str | None = None  # why writes are refused (a failed write the log could not undo)
         self._load()
-        self._wal = open(self.folder / WAL, "a", encoding="utf-8")  # noqa: SIM115 -- held for the store's life
+        self._wal = self._open_wal()
+
+    def _open_wal(self):
+        # unbuffered: a write that fails must not stay in a buffer and reach the file with the next write
+        return open(self.folder / WAL, "ab", buffering=0)  # noqa: SIM115 -- held for the store's life
 
     def __len__(self) -> int:
         return len(self.documents)
@@ -93,9 +110,33 @@ class DocumentStore:
 
     # -- writing ---------------------------------------------------------------------------------
     def _log(self, record: dict) -> None:
-        self._wal.write(json.dumps(record) + "\n")
-        self._wal.flush()
-        os.fsync(self._wal.fileno())
+        """Append one line and fsync it; on failure cut the log back to where it was and raise
+        ``StoreWriteError``, so a write answered with an error is never replayed later."""
+        if self._broken is not None:
+            raise StoreWriteError(self._broken, no_space=False, broken=True)
+        data = (json.dumps(record) + "\n").encode("utf-8")
+        fd = self._wal.fileno()
+        start = os.fstat(fd).st_size  # append mode: the line goes at the end
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[self._wal.write(view):]
+            os.fsync(fd)
+        except OSError as exc:
+            no_space = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            try:
+                os.ftruncate(fd, start)
+                os.fsync(fd)
+            except OSError as undo:
+                # the log may now hold part (or all) of a write the client is told failed: refuse every
+                # further write rather than append after it; a restart drops a torn tail
+                self._broken = (f"the write-ahead log of {self.folder.name!r} could not be restored after a "
+                                f"failed write ({undo.strerror}); restart the service")
+                _log.error("%s", self._broken)
+                raise StoreWriteError(self._broken, no_space=no_space, broken=True) from exc
+            what = "no space left on the device" if no_space else f"I/O error: {exc.strerror or exc}"
+            raise StoreWriteError(f"the write was not stored ({what}); nothing was changed", no_space=no_space) \
+                from exc
         self._logged += 1
 
     def upsert(self, documents: Iterable[Document], *, overwrite: bool = True) -> int:
@@ -118,7 +159,7 @@ class DocumentStore:
             missing = [i for i in ids if i not in self.documents]
             if missing and not missing_ok:
                 raise IdError(f"{len(missing)} unknown ids, e.g. {missing[:3]}")
-            present = [i for i in ids if i in self.documents]
+            present = [i for i in dict.fromkeys(ids) if i in self.documents]  # a repeated id counts once
             if present:
                 record = {"op": "delete", "ids": present}
                 self._log(record)
@@ -128,8 +169,14 @@ class DocumentStore:
         return len(present)
 
     def _maybe_checkpoint(self) -> None:
+        """After a logged write: the write is durable already, so a checkpoint that fails (full disk) must not
+        turn its success into an error; the log keeps growing and the next write tries again."""
         if self._logged >= self.checkpoint_every:
-            self._checkpoint_locked()
+            try:
+                self._checkpoint_locked()
+            except OSError as exc:
+                _log.warning("collection folder %r: checkpoint failed (%s); the log keeps every write",
+                             self.folder.name, exc)
 
     def checkpoint(self) -> None:
         with self._lock:
@@ -141,10 +188,12 @@ class DocumentStore:
         with atomic_write(self.folder / SNAPSHOT, "w") as f:
             for doc in self.documents.values():
                 f.write(json.dumps(doc.to_dict()) + "\n")
-        self._wal.close()
+        # the old log stays open (and correct: replaying it onto the new snapshot gives the same documents)
+        # until the empty one has replaced it, so a failure here leaves a working store
         with atomic_write(self.folder / WAL, "w"):
             pass
-        self._wal = open(self.folder / WAL, "a", encoding="utf-8")  # noqa: SIM115
+        old, self._wal = self._wal, self._open_wal()
+        old.close()
         self._logged = 0
 
     def snapshot(self) -> tuple[int, list[Document]]:

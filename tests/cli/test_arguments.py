@@ -103,8 +103,10 @@ def test_serve_options_reach_the_service_settings(monkeypatch, tmp_path, capsys)
     keys = tmp_path / "keys"
     keys.write_text("secret\n")
     assert main(["serve", "--data-dir", str(tmp_path / "d"), "--api-keys-file", str(keys), "--public-metrics",
-                 "--body-timeout", "5", "--max-body-mb", "1", "--port", "8123"]) == 0
+                 "--body-timeout", "5", "--max-body-mb", "1", "--port", "8123", "--model-workers", "3",
+                 "--model-queue", "0"]) == 0
     settings = seen["settings"]
+    assert settings.model_workers == 3 and settings.model_queue == 0
     assert settings.public_metrics and settings.body_timeout_s == 5.0 and settings.max_body_bytes == 1024 * 1024
     assert "secret" in settings.api_keys and seen["run"]["port"] == 8123
     assert "API keys required" in capsys.readouterr().out

@@ -66,7 +66,11 @@ def test_hybrid_reports_each_signal_and_matches_manual_fusion(minilm_retriever):
 
 def test_fusion_functions():
     assert np.allclose(normalize_scores(np.array([1.0, 3.0, 2.0]), "minmax"), [0, 1, 0.5])
-    assert np.allclose(normalize_scores(np.array([2.0, 2.0]), "minmax"), [0, 0])
+    # a tie (or a single candidate) has no range: a positive score is the top (1), zero or less nothing (0)
+    assert np.allclose(normalize_scores(np.array([2.0, 2.0]), "minmax"), [1, 1])
+    assert np.allclose(normalize_scores(np.array([0.7]), "minmax"), [1])
+    assert np.allclose(normalize_scores(np.array([0.0, 0.0]), "minmax"), [0, 0])
+    assert np.allclose(normalize_scores(np.array([-0.2]), "minmax"), [0])
     assert np.allclose(normalize_scores(np.array([1.0, 3.0]), "zscore"), [-1, 1])
     rrf = reciprocal_rank_fusion({"a": np.array([3.0, 1.0]), "b": np.array([1.0, 2.0])}, {"a": 1, "b": 1}, k=60)
     assert np.allclose(rrf, [1 / 61 + 1 / 62, 1 / 62 + 1 / 61])

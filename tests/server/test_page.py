@@ -79,3 +79,21 @@ def test_docs_page_renders_without_the_internet(serve, browser_page):
     assert page.locator("section.op").count() > 15
     assert "/collections/{name}/search" in page.locator("span.path").all_inner_texts()
     assert page.locator("#schema-SearchRequest").is_visible()
+
+
+def test_search_page_highlights_the_right_words_after_emoji(serve, browser_page):
+    """The API's highlight spans are code point offsets; the page must not slice them as UTF-16 units."""
+    import httpx
+
+    server = serve()
+    httpx.post(f"{server.url}/collections", json={"name": "e"})
+    httpx.post(f"{server.url}/collections/e/documents", timeout=60,
+               json={"documents": [{"id": "x", "text": "🙂🙂 A 🧊 common cold, 𝒞old again."}]})
+    page = browser_page
+    page.goto(server.url + "/")
+    page.wait_for_selector("#collection option[value=e]", state="attached")
+    page.select_option("#mode", "bm25")
+    page.fill("#query", "common cold")
+    page.click("button[type=submit]")
+    page.wait_for_selector(".hit mark")
+    assert page.locator(".hit mark").all_inner_texts() == ["common", "cold"]

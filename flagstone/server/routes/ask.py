@@ -21,12 +21,17 @@ class AskRequest(StrictModel):
 
 
 @router.post("/ask")
-def ask(body: AskRequest, service: Service = Depends(get_service)) -> dict:
+async def ask(body: AskRequest, service: Service = Depends(get_service)) -> dict:
+    service.check_texts([body.question], "question")
+    # retrieval and generation run in the bounded model pool (see server.pool): a full pool answers 503 at once
+    return await service.model_pool.run(_ask, service, body)
+
+
+def _ask(service: Service, body: AskRequest) -> dict:
     from flagstone.rag import PIPELINES
     from flagstone.rag.base import ContextIndex
     from flagstone.rag.chunking import Chunk
 
-    service.check_texts([body.question], "question")
     collection = service.collections.get(body.collection)
     retriever, docs = collection.retriever()
     if retriever is None:
@@ -37,6 +42,6 @@ def ask(body: AskRequest, service: Service = Depends(get_service)) -> dict:
     options: dict[str, Any] = {"max_new_tokens": body.max_new_tokens}
     if body.pipeline in ("rag", "memorag", "search_o1"):
         options["k"] = body.k
-    with service.heavy_lock:  # one generation at a time: the model is shared
+    with service.generate_lock:  # one generation at a time: the model is shared
         answer = PIPELINES[body.pipeline](generator, **options).ask(body.question, context)
     return answer.to_dict()

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Depends
 from pydantic import Field
+from starlette.concurrency import run_in_threadpool
 
 from flagstone.errors import IdError
 from flagstone.server.service import HTTPProblem, Service, authorised, get_service
@@ -103,15 +104,37 @@ def get_document(name: str, doc_id: str, service: Service = Depends(get_service)
     return _with_metadata({"id": doc.id, "text": doc.text}, doc.metadata)
 
 
-@router.post("/collections/{name}/search")
-def search(name: str, body: SearchRequest, service: Service = Depends(get_service)) -> dict:
-    collection = service.collections.get(name)
-    service.check_texts([body.query], "query")
-    service.check_k(body.k)
-    service.check_k(body.rerank_depth)
-    reranker = service.load_reranker() if body.rerank else None
-    hits = collection.search(body.query, mode=body.mode, k=body.k, where=body.filter, reranker=reranker,
-                             rerank_depth=body.rerank_depth)
+# not a response_model (that would drop fields such as metadata_error): a schema that documents the answer
+_HIT_SCHEMA = {"type": "object", "properties": {
+    "id": {"type": "string"}, "score": {"type": "number"}, "text": {"type": "string"},
+    "metadata": {"type": ["object", "null"]},
+    "metadata_error": {"type": "string", "description": "why stored metadata could not be sent (then null)"},
+    "signals": {"type": "object", "additionalProperties": {"type": "number"}},
+    "highlights": {"type": "array", "items": {"type": "array", "items": {"type": "integer"}, "minItems": 2,
+                                              "maxItems": 2},
+                   "description": "[start, end) spans of words matching a query term, as offsets in Unicode code "
+                                  "points of text (Python's text[start:end]), not UTF-16 units: in JavaScript "
+                                  "slice Array.from(text), since a character outside the BMP (an emoji) is one "
+                                  "code point but two UTF-16 units"}}}
+_SEARCH_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"content": {"application/json": {"schema": {
+    "type": "object", "properties": {"collection": {"type": "string"}, "mode": {"type": "string"},
+                                     "results": {"type": "array", "items": _HIT_SCHEMA}}}}}}}
+
+
+@router.post("/collections/{name}/search", responses=_SEARCH_RESPONSES)
+async def search(name: str, body: SearchRequest, service: Service = Depends(get_service)) -> dict:
+    def run() -> list:
+        collection = service.collections.get(name)  # on a thread: the manager's lock may be held by a delete
+        service.check_texts([body.query], "query")
+        service.check_k(body.k)
+        service.check_k(body.rerank_depth)
+        reranker = service.load_reranker() if body.rerank else None
+        return collection.search(body.query, mode=body.mode, k=body.k, where=body.filter, reranker=reranker,
+                                 rerank_depth=body.rerank_depth)
+
+    # reranking is slow model work: the bounded model pool (503 at once when full); plain search stays on the
+    # ordinary worker threads
+    hits = await (service.model_pool.run(run) if body.rerank else run_in_threadpool(run))
     return {"collection": name, "mode": body.mode, "results": [
         _with_metadata({"id": h.id, "score": h.score, "text": h.text}, h.metadata,
                        signals=h.signals, highlights=[list(s) for s in h.highlights]) for h in hits]}

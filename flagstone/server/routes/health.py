@@ -16,11 +16,14 @@ router = APIRouter(route_class=StrictJSONRoute)
 
 
 @router.get("/health")
-def health(request: Request, service: Service = Depends(get_service)) -> dict:
+async def health(request: Request) -> dict:
+    # on the event loop, with no dependency run on a worker thread and no lock: it must answer at once however
+    # busy those threads are (issue 18: /health took 22 s while rerank and ask held them all)
+    service = get_service(request)
     if service.settings.api_keys and not service.key_is_valid(request.headers.get("authorization", "")):
         return {"status": "ok"}  # without a key, only that the service is up: no model or collection count
     return {"status": "ok", "model": service.embedder.name, "outputs": list(service.embedder.available_outputs),
-            "collections": len(service.collections.names())}
+            "collections": service.collections.count()}
 
 
 @router.get("/metrics", response_class=PlainTextResponse)

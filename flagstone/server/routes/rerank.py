@@ -17,11 +17,17 @@ class RerankRequest(StrictModel):
 
 
 @router.post("/rerank")
-def rerank_documents(body: RerankRequest, service: Service = Depends(get_service)) -> dict:
+async def rerank_documents(body: RerankRequest, service: Service = Depends(get_service)) -> dict:
     service.check_texts([body.query], "query")
     service.check_texts(body.documents, "documents")
-    from flagstone.models.reranker import rerank
-
-    ranked = rerank(service.load_reranker(), body.query, body.documents, body.top_n)
+    # the model runs in the bounded model pool: a full pool answers 503 at once, and the event loop and the
+    # threads of the other endpoints stay free
+    ranked = await service.model_pool.run(_rerank, service, body)
     return {"results": [{"index": int(i), "score": float(s), "document": body.documents[int(i)]}
                         for i, s in zip(ranked.order, ranked.scores)]}
+
+
+def _rerank(service: Service, body: RerankRequest):
+    from flagstone.models.reranker import rerank
+
+    return rerank(service.load_reranker(), body.query, body.documents, body.top_n)

@@ -1,6 +1,7 @@
 """Errors a user can cause. Each carries a one-line message the CLI prints without a traceback."""
 from __future__ import annotations
 
+import importlib.util
 
 class FlagstoneError(Exception):
     """Base class for mistakes in input, files or settings that the user can fix."""
@@ -28,6 +29,17 @@ class CacheError(FlagstoneError):
 
 class MissingDependencyError(FlagstoneError):
     """An optional extra needed for this feature is not installed."""
+
+
+def require_extra(extra: str, modules: tuple[str, ...], feature: str) -> None:
+    """Raise MissingDependencyError naming the pip extra (in pyproject.toml) when a module it brings is absent.
+
+    ``modules`` are import names (``faiss``, not ``faiss-cpu``); ``feature`` starts the message, e.g.
+    "IVF and HI² indexes need".
+    """
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MissingDependencyError(f"{feature} {', '.join(missing)}: pip install 'flagstone[{extra}]'")
 
 
 class IdError(FlagstoneError):

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Create .venv and install Flagstone into it: torch==2.13.0 (CPU) first, then the package with the given
-# extras (e.g. "test"). Idempotent: a stamp keyed by pyproject.toml makes a second run a no-op.
+# extras: "all" (the default: every runtime extra, all the README's commands need), "test" or "bench" (each
+# is "all" plus its tools), a comma-separated list, or "none" for the core alone. Idempotent: a stamp keyed
+# by pyproject.toml and the extras makes a second run a no-op.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="${1:-}"
+extras="${1:-all}"
+[ "$extras" = none ] && extras=""
 python="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 stamp=".venv/.setup-$(sha256sum pyproject.toml | cut -c1-16)-${extras:-base}"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install everything with the test extras, then run the test suite. Extra arguments go to pytest.
+# Install everything with the test extras (the "all" extras plus the test tools), then run the test suite.
+# Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test

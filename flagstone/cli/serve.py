@@ -18,7 +18,7 @@ from flagstone.cli._common import (
     positive_float,
     positive_int,
 )
-from flagstone.errors import MissingDependencyError
+from flagstone.errors import require_extra
 
 
 def add_parsers(sub, epilog: str = EPILOG) -> None:
@@ -71,10 +71,9 @@ def _check_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    try:
-        import uvicorn
-    except ImportError:
-        raise MissingDependencyError("the service needs the server extra: pip install 'flagstone[server]'") from None
+    require_extra("server", ("fastapi", "uvicorn", "prometheus_client"), "the service needs")
+    import uvicorn
+
     from flagstone.server.app import ServerSettings, create_app, read_api_keys
 
     settings = ServerSettings(

@@ -6,8 +6,12 @@ lists is scored once, and ``evaluated`` counts distinct documents.
 """
 from __future__ import annotations
 
-import numba
 import numpy as np
+
+from flagstone.errors import require_extra
+
+require_extra("index", ("numba",), "IVF and HI² search need")
+import numba  # noqa: E402  (after the check, so a missing numba names its extra)
 
 
 @numba.njit(cache=True, inline="always", fastmath=True)

@@ -3,16 +3,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from flagstone.errors import MissingDependencyError
+from flagstone.errors import require_extra
 
 CODECS = ("flat", "fp16", "pq")
 
 
 def require_faiss():
-    try:
-        import faiss
-    except ImportError:
-        raise MissingDependencyError("this index needs faiss: pip install 'flagstone[index]'") from None
+    require_extra("index", ("faiss",), "this index needs")
+    import faiss
+
     return faiss
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from flagstone.errors import VectorError
+from flagstone.errors import MissingDependencyError, VectorError
 from flagstone.index.base import (
     Index,
     SearchResult,
@@ -25,10 +25,11 @@ _QUERY_BLOCK = 256  # queries per matmul in exhaustive search: bounds the (queri
 
 
 def _fast_top_k(scores: np.ndarray, k: int) -> SearchResult:
-    """top_k through the compiled heap when numba is installed (several times faster for small k)."""
+    """top_k through the compiled heap when numba is installed (several times faster for small k); the
+    same results from NumPy without it, so exact search does not need the index extra."""
     try:
         from flagstone.index._kernels import top_k_rows
-    except ImportError:
+    except MissingDependencyError:
         return top_k(scores, k)
     if k >= scores.shape[1]:
         return top_k(scores, k)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flagstone._io import MODEL_LAYOUT, atomic_folder
-from flagstone.errors import MissingDependencyError, ModelNotFoundError
+from flagstone.errors import ModelNotFoundError, require_extra
 from flagstone.models._hf import quiet_transformers, torch_dtype
 
 if TYPE_CHECKING:
@@ -86,8 +86,8 @@ def _converted_gguf(gguf: Path, cache_dir: str | os.PathLike | None) -> Path:
     target = root / f"{gguf.stem}-{key}"
     if (target / "config.json").is_file():
         return target
-    if importlib.util.find_spec("gguf") is None:
-        raise MissingDependencyError("loading a .gguf file needs the 'gguf' package: pip install 'flagstone[llm]'")
+    # transformers reads GGUF files with the gguf package and refuses to without accelerate
+    require_extra("llm", ("gguf", "accelerate"), "loading a .gguf file (the bundled SmolLM2 is one) needs")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     root.mkdir(parents=True, exist_ok=True)

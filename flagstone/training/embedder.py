@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from flagstone._io import MODEL_LAYOUT, atomic_folder, check_output_folder
-from flagstone.errors import DataError, MissingDependencyError
+from flagstone.errors import DataError, require_extra
 from flagstone.models.embedder import (
     COLBERT_HEAD_FILE,
     SPARSE_HEAD_FILE,
@@ -56,10 +56,9 @@ class _Trainable:
         if settings.gradient_checkpointing:
             encoder.gradient_checkpointing_enable()
         if settings.lora_rank:
-            try:
-                from peft import LoraConfig, get_peft_model
-            except ImportError:
-                raise MissingDependencyError("LoRA training needs peft: pip install 'flagstone[train]'") from None
+            require_extra("train", ("peft",), "LoRA training needs")
+            from peft import LoraConfig, get_peft_model
+
             targets = [t for t in settings.lora_targets if any(n.endswith(t) for n, _ in encoder.named_modules())]
             encoder = get_peft_model(encoder, LoraConfig(r=settings.lora_rank, lora_alpha=settings.lora_alpha,
                                                          target_modules=targets, lora_dropout=0.0))

@@ -2,11 +2,12 @@
 collection, then (1) measure offline encode throughput in this process, (2) embedding throughput through the
 service with concurrent clients, (3) a fixed-duration mix of search and embed calls.
 
-    python benchmarks/serve_load.py [--clients 16] [--duration 60] [--docs 1000]
+    python benchmarks/serve_load.py [--clients 16] [--duration 60] [--docs 1000] [--api-key]
 
 Clients are asyncio tasks in this process (loopback only, bounded in count and time); the server runs in
 its own process with the same number of torch threads the offline encode uses. The corpus is Python's own
-docstrings (present on every machine). Writes benchmarks/results/serve_load.{json,md}.
+docstrings (present on every machine). Writes benchmarks/results/serve_load.{json,md}; with --api-key the
+server requires a bearer key that every client sends, and the results go to serve_load_keys.{json,md}.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import random
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 from _common import save_results
@@ -25,7 +27,8 @@ QUERIES = ["how do I read a file", "parse command line arguments", "sort a list 
            "decode json", "temporary directory", "thread pool", "hash a password", "copy a tree of files"]
 
 
-async def embed_throughput(url: str, texts: list[str], clients: int, per_request: int) -> float:
+async def embed_throughput(url: str, texts: list[str], clients: int, per_request: int,
+                           headers: dict[str, str]) -> float:
     """Texts per second when ``clients`` tasks embed ``texts`` in requests of ``per_request`` texts."""
     import httpx
 
@@ -40,14 +43,15 @@ async def embed_throughput(url: str, texts: list[str], clients: int, per_request
             response = await client.post("/v1/embeddings", json={"input": batch})
             response.raise_for_status()
 
-    async with httpx.AsyncClient(base_url=url, timeout=120,
+    async with httpx.AsyncClient(base_url=url, timeout=120, headers=headers,
                                  limits=httpx.Limits(max_connections=clients)) as client:
         start = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(clients)))
         return len(texts) / (time.perf_counter() - start)
 
 
-async def mixed_load(url: str, texts: list[str], clients: int, duration: float, search_share: float) -> dict:
+async def mixed_load(url: str, texts: list[str], clients: int, duration: float, search_share: float,
+                     headers: dict[str, str]) -> dict:
     import httpx
 
     latencies: list[float] = []
@@ -76,7 +80,7 @@ async def mixed_load(url: str, texts: list[str], clients: int, duration: float, 
             latencies.append(time.perf_counter() - start)
             kinds[kind] += 1
 
-    async with httpx.AsyncClient(base_url=url, timeout=120,
+    async with httpx.AsyncClient(base_url=url, timeout=120, headers=headers,
                                  limits=httpx.Limits(max_connections=clients)) as client:
         start = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(clients)))
@@ -99,6 +103,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads, offline and in the server")
     parser.add_argument("--max-batch", type=int, default=256, help="the server's encoder batch limit")
     parser.add_argument("--search-share", type=float, default=0.7, help="share of search calls in the mix")
+    parser.add_argument("--api-key", action="store_true",
+                        help="run the server with an API key and send it with every request")
     args = parser.parse_args()
     args.clients = max(1, min(args.clients, 64))
     args.duration = max(1.0, min(args.duration, 600.0))
@@ -116,15 +122,23 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as data_dir:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        server = start_server_process(port, data_dir, ["--threads", str(args.threads), "--max-texts", "256",
-                                                         "--max-batch", str(args.max_batch)])
+        key_args, headers = [], {}
+        if args.api_key:
+            key_file = Path(data_dir) / "keys.txt"
+            key_file.write_text("benchmark-key\n")
+            key_args, headers = ["--api-keys-file", str(key_file)], {"Authorization": "Bearer benchmark-key"}
+        server = start_server_process(port, str(Path(data_dir) / "server"),
+                                      ["--threads", str(args.threads), "--max-texts", "256",
+                                       "--max-batch", str(args.max_batch), *key_args])
         try:
-            httpx.post(f"{url}/collections", json={"name": "docs"}).raise_for_status()
+            httpx.post(f"{url}/collections", json={"name": "docs"}, headers=headers).raise_for_status()
             for start in range(0, args.docs, 200):
                 body = {"documents": [{"id": i, "text": t} for i, t in zip(ids[start:start + 200],
                                                                               docs[start:start + 200])]}
-                httpx.post(f"{url}/collections/docs/documents", json=body, timeout=600).raise_for_status()
-            httpx.post(f"{url}/collections/docs/search", json={"query": "warm up"}, timeout=600).raise_for_status()
+                httpx.post(f"{url}/collections/docs/documents", json=body, timeout=600,
+                           headers=headers).raise_for_status()
+            httpx.post(f"{url}/collections/docs/search", json={"query": "warm up"}, timeout=600,
+                       headers=headers).raise_for_status()
 
             # offline and through the service, interleaved twice (the machine is noisy), best of each
             embedder = Embedder(show_progress=False)
@@ -140,9 +154,9 @@ def main() -> int:
                 for i in range(0, len(shuffled), args.max_batch):
                     embedder.encode(shuffled[i:i + args.max_batch])
                 offline_shuffled.append(len(texts) / (time.perf_counter() - start))
-                service.append(asyncio.run(embed_throughput(url, texts, args.clients, args.per_request)))
+                service.append(asyncio.run(embed_throughput(url, texts, args.clients, args.per_request, headers)))
             del embedder
-            mixed = asyncio.run(mixed_load(url, texts, args.clients, args.duration, args.search_share))
+            mixed = asyncio.run(mixed_load(url, texts, args.clients, args.duration, args.search_share, headers))
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -155,6 +169,7 @@ def main() -> int:
                            "offline_random_batches_texts_per_s": offline_shuffled, "max_batch": args.max_batch,
                            "texts_per_request": args.per_request, "mix": mixed["by_kind"],
                            "search_share": args.search_share, "documents": args.docs, "threads": args.threads,
+                           "api_key": args.api_key,
                            "corpus": "Python standard library docstrings", "model": "all-MiniLM-L6-v2",
                            "machine": "2 CPU cores; server and clients on the same machine"}}
     lines = [
@@ -169,7 +184,8 @@ def main() -> int:
         f"Mixed load: {args.search_share:.0%} searches (dense/BM25/hybrid over {args.docs} docs), the rest "
         f"4-text embeddings.",
     ]
-    save_results("serve_load", "\n".join(lines), serve_load=results)
+    name = "serve_load_keys" if args.api_key else "serve_load"
+    save_results(name, "\n".join(lines), **{name: results})
     return 0
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from flagstone.server.service import HTTPProblem
+from flagstone.server.problems import HTTPProblem
 
 T = TypeVar("T")
 

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
+from flagstone.server.problems import HTTPProblem  # noqa: F401 (the routes import it from here)
+
 if TYPE_CHECKING:
     from flagstone.server.settings import ServerSettings
     from flagstone.server.batching import BatchingEncoder
@@ -21,13 +23,6 @@ if TYPE_CHECKING:
     from flagstone.server.pool import ModelPool
 
 _log = logging.getLogger(__name__)
-
-
-class HTTPProblem(Exception):
-    def __init__(self, status: int, kind: str, message: str, *, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.kind, self.message = status, kind, message
-        self.headers = headers or {}
 
 
 # an absolute (or home-relative) POSIX or Windows path of two or more parts, not inside a word or a URL

@@ -78,6 +78,14 @@ MODEL_LAYOUT = LegacyLayout("config.json", frozenset({
 }))
 
 
+def file_in_the_way(path: Path) -> Path | None:
+    """The nearest existing ancestor of ``path`` when it is a file (``path`` could then never be created)."""
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
 def check_output_folder(path: str | os.PathLike[str], *, overwrite: bool,
                         legacy: LegacyLayout | None = None) -> Path:
     """Before any work: may a whole-folder output be written at ``path``? Returns it as a Path.
@@ -87,11 +95,9 @@ def check_output_folder(path: str | os.PathLike[str], *, overwrite: bool,
     with nothing added since is replaced; anything else is a :class:`DataError`.
     """
     target = Path(path)
-    for parent in target.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise DataError(f"output {target}: {parent} is a file, not a folder")
-            break
+    blocker = file_in_the_way(target)
+    if blocker is not None:
+        raise DataError(f"output {target}: {blocker} is a file, not a folder")
     if not target.exists():
         return target
     if not target.is_dir():

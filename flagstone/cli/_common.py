@@ -113,11 +113,11 @@ def existing_path(text: str) -> str:
 
 def _check_parents(path: Path, text: str) -> None:
     """The nearest existing ancestor must be a folder, or the output could never be created."""
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise argparse.ArgumentTypeError(f"cannot write {text}: {parent} is a file, not a folder")
-            return
+    from flagstone._io import file_in_the_way
+
+    blocker = file_in_the_way(path)
+    if blocker is not None:
+        raise argparse.ArgumentTypeError(f"cannot write {text}: {blocker} is a file, not a folder")
 
 
 def output_file(text: str) -> str:

@@ -50,6 +50,13 @@ class VectorError(FlagstoneError):
     """Vectors have the wrong shape or contain NaN / infinity."""
 
 
+class NonFiniteError(FlagstoneError):
+    """A model produced, or a caller passed, NaN or infinity where finite numbers are needed (scores, outputs).
+
+    Kept apart from :class:`VectorError` (wrong input vectors) because the usual cause is numerical: a model
+    run in float16 / bfloat16 that overflows, or broken weights."""
+
+
 class FlagstoneWarning(UserWarning):
     """Something in the data the user should know about that does not stop the work (the CLI prints one line)."""
 

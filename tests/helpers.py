@@ -126,3 +126,17 @@ def build_tiny_causal_lm(folder: Path, *, chat_template: bool = False, seed: int
                          eos_token_id=fast.eos_token_id, tie_word_embeddings=True)
     LlamaForCausalLM(config).eval().save_pretrained(folder)
     return folder
+
+
+def poison_token(embedder, text: str, others: list[str]) -> None:
+    """Set the input embedding of a token that ``text`` has and ``others`` lack to NaN (broken weights), so
+    encoding ``text`` yields NaN and encoding ``others`` does not."""
+    import torch
+
+    skip = set(embedder.special_token_ids.tolist())
+    for other in others:
+        skip |= set(embedder.tokenize([other])[0])
+    unique = sorted(set(embedder.tokenize([text])[0]) - skip)
+    assert unique, f"no token of {text!r} is missing from the other texts"
+    with torch.no_grad():
+        embedder.model.get_input_embeddings().weight[unique[0]] = float("nan")

@@ -12,6 +12,8 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from flagstone.errors import NonFiniteError
+
 METRICS = ("ndcg", "mrr", "recall", "map", "precision")
 
 Run = Mapping[str, Mapping[str, float]]
@@ -19,7 +21,11 @@ Qrels = Mapping[str, Mapping[str, int]]
 
 
 def rank_documents(doc_scores: Mapping[str, float]) -> list[str]:
-    """Document ids best first, trec_eval order (score desc, then id desc)."""
+    """Document ids best first, trec_eval order (score desc, then id desc); NonFiniteError for a NaN or
+    infinite score, which has no place in that order."""
+    bad = next((d for d, s in doc_scores.items() if not math.isfinite(s)), None)
+    if bad is not None:
+        raise NonFiniteError(f"the run scores document {bad!r} {doc_scores[bad]}: scores must be finite numbers")
     return [d for d, _ in sorted(doc_scores.items(), key=lambda item: (item[1], item[0]), reverse=True)]
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from flagstone.errors import VectorError
 from flagstone.index.base import SearchResult, register
 from flagstone.index.dense import check_vectors
 from flagstone.index.ivf import IVFIndex
@@ -79,6 +80,8 @@ class HI2Index(IVFIndex):
             raise TypeError("HI2Index.search takes Embeddings(dense=query vectors, sparse=query term weights)")
         if len(queries.sparse) != len(queries.dense):
             raise ValueError(f"{len(queries.dense)} queries for {len(queries.sparse)} rows of query terms")
+        if len(queries.sparse.weights) and not np.isfinite(queries.sparse.weights).all():
+            raise VectorError("query term weights contain NaN or infinity")
         return check_vectors(queries.dense, self.dim, "queries"), queries.sparse
 
     def _append(self, rows: np.ndarray, items: tuple[np.ndarray, SparseWeights]) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 from flagstone.errors import InvalidTextError, MissingHeadError, ModelNotFoundError
 from flagstone.models._hf import quiet_transformers
 from flagstone.models.embeddings import Embeddings, MultiVectors, SparseWeights
+from flagstone.models.finite import require_finite
 from flagstone.models.heads import POOLINGS, EncoderOutput, encoder_forward
 from flagstone.models.presets import DEFAULT_MODEL, PRESETS, ModelPreset, find_preset
 
@@ -330,6 +331,7 @@ class Embedder:
                 batch = [token_ids[i] for i in order[start:stop]]
                 input_ids, mask = self.pad(batch)
                 out = self.forward(input_ids, mask, dense=dense, sparse=sparse, colbert=colbert)
+                self._require_finite(out, order[start:stop])
                 if dense:
                     dense_parts.append(out.dense.float().cpu().numpy())
                 if sparse:
@@ -351,6 +353,14 @@ class Embedder:
         if colbert:
             out_colbert = MultiVectors.from_list([colbert_rows[i] for i in inverse], self.colbert_head.out_features)
         return Embeddings(dense=out_dense, sparse=out_sparse, colbert=out_colbert)
+
+    def _require_finite(self, out: EncoderOutput, text_positions: np.ndarray) -> None:
+        """NonFiniteError naming the first text whose outputs hold NaN or infinity (say, float16 overflow)."""
+        for name in ("dense", "sparse", "colbert"):
+            tensor = getattr(out, name)
+            if tensor is not None and not bool(tensor.isfinite().all()):
+                require_finite(tensor.float().cpu().numpy(), f"{self.name} ({self.settings.dtype}) {name} output",
+                               name_row=lambda row: f"text {int(text_positions[row])}")
 
     def tokenize(
         self,

@@ -15,6 +15,7 @@ import numpy as np
 
 from flagstone.errors import InvalidTextError, ModelNotFoundError
 from flagstone.models._hf import quiet_transformers, torch_dtype
+from flagstone.models.finite import require_finite
 
 if TYPE_CHECKING:
     import torch
@@ -58,11 +59,20 @@ def validate_pairs(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
     return checked
 
 
+def checked_scores(reranker: Reranker, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+    """``reranker.score_pairs(pairs)`` as float32, checked: one finite score per pair, or an error naming the
+    pair (a NaN would otherwise sort to an arbitrary place). Every caller of a reranker goes through here."""
+    scores = np.asarray(reranker.score_pairs(pairs), dtype=np.float32)
+    if scores.shape != (len(pairs),):
+        raise ValueError(f"{type(reranker).__name__}.score_pairs returned shape {scores.shape} for {len(pairs)} pairs")
+    return require_finite(scores, f"{type(reranker).__name__} scores", name_row=lambda row: f"pair {row}")
+
+
 def rerank(reranker: Reranker, query: str, passages: Sequence[str], top_k: int | None = None) -> Reranked:
     """Score every passage against ``query`` and return the best ``top_k`` (all by default), best first."""
     if len(passages) == 0:
         return Reranked(np.zeros(0, np.int64), np.zeros(0, np.float32))
-    scores = reranker.score_pairs([(query, p) for p in passages])
+    scores = checked_scores(reranker, [(query, p) for p in passages])
     order = np.argsort(-scores, kind="stable")[: top_k if top_k is not None else len(passages)]
     return Reranked(order.astype(np.int64), scores[order])
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from flagstone.models.embeddings import Embeddings, MultiVectors, SparseWeights
+from flagstone.models.finite import require_finite
 
 NORMALIZATIONS = ("none", "minmax", "zscore")
 
@@ -19,7 +20,7 @@ def normalize_scores(scores: np.ndarray, method: str) -> np.ndarray:
     score counts as found at the top (1), zero or less as not found (0, e.g. bm25's 0 for no matching term), so
     a lone candidate keeps its signal's weight instead of scoring 0.
     """
-    scores = np.asarray(scores, dtype=np.float64)
+    scores = require_finite(np.asarray(scores, dtype=np.float64), "scores to normalise")
     if method == "none" or len(scores) == 0:
         return scores
     if method == "minmax":

@@ -5,7 +5,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from flagstone.models.reranker import Reranker
+from flagstone.models.reranker import Reranker, checked_scores
 from flagstone.models.scoring import normalize_scores
 from flagstone.retrieval.retriever import Hits
 
@@ -39,7 +39,7 @@ def rerank_hits(
         missing = [d for d in ids if d not in texts]
         if missing:
             raise KeyError(f"no text for document id {missing[0]!r}")
-        scores = reranker.score_pairs([(queries[qi], texts[d]) for d in ids]) if ids else np.zeros(0, np.float32)
+        scores = checked_scores(reranker, [(queries[qi], texts[d]) for d in ids]) if ids else np.zeros(0, np.float32)
         rows.append((list(ids), scores, np.asarray(hits.scores[qi][: len(ids)], dtype=np.float32)))
     width = max((len(r[0]) for r in rows), default=0)
     rerank_signal = np.full((len(queries), width), -np.inf, dtype=np.float32)

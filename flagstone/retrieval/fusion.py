@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from flagstone.models.finite import require_finite
 from flagstone.models.scoring import normalize_scores
 
 SIGNALS = ("dense", "sparse", "colbert", "bm25")
@@ -43,7 +44,7 @@ def reciprocal_rank_fusion(signal_scores: Mapping[str, np.ndarray], weights: Map
     """Sum of weight / (k + rank) over signals, ranks computed within the candidate set (1 = best)."""
     total = None
     for name, w in weights.items():
-        s = np.asarray(signal_scores[name], dtype=np.float64)
+        s = require_finite(np.asarray(signal_scores[name], dtype=np.float64), f"{name} scores to fuse")
         ranks = np.empty(len(s), dtype=np.float64)
         ranks[np.argsort(-s, kind="stable")] = np.arange(1, len(s) + 1)
         part = w / (k + ranks)

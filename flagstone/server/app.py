@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from flagstone.errors import FlagstoneError
+from flagstone.errors import FlagstoneError, NonFiniteError
 from flagstone.server.collections import CollectionExists, CollectionNotFound
 from flagstone.server.guard import RequestGuard
 from flagstone.server.routes import ROUTERS
@@ -90,8 +90,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         return handler
 
     # the most specific class wins (Starlette looks handlers up along the exception's MRO)
+    # NonFiniteError: the model turned this input into NaN or infinity; the request is well formed but cannot
+    # be answered, and no NaN may reach a JSON body (it is not JSON)
     for error, status, kind in ((CollectionNotFound, 404, "not_found"), (CollectionExists, 409, "conflict"),
-                                (FlagstoneError, 400, "invalid_request"), (ValueError, 400, "invalid_request")):
+                                (NonFiniteError, 422, "non_finite"), (FlagstoneError, 400, "invalid_request"), (ValueError, 400, "invalid_request")):
         app.add_exception_handler(error, plain_error(status, kind))
 
 

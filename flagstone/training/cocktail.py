@@ -183,11 +183,11 @@ def example_loss(model: str | os.PathLike[str], examples: Sequence, kind: str) -
             losses.append(float(torch.nn.functional.cross_entropy(torch.from_numpy(q @ d.T) / 0.02,
                                                                   torch.zeros(1, dtype=torch.long))))
     elif kind == "reranker":
-        from flagstone.models.reranker import CrossEncoderReranker
+        from flagstone.models.reranker import CrossEncoderReranker, checked_scores
 
         reranker = CrossEncoderReranker(model)
         for ex in examples:
-            scores = reranker.score_pairs([(ex.query, t) for t in ex.pos[:1] + ex.neg])
+            scores = checked_scores(reranker, [(ex.query, t) for t in ex.pos[:1] + ex.neg])
             losses.append(float(torch.nn.functional.cross_entropy(torch.from_numpy(scores)[None],
                                                                   torch.zeros(1, dtype=torch.long))))
     else:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm.auto import tqdm
 
-from flagstone.models.reranker import Reranker
+from flagstone.models.reranker import Reranker, checked_scores
 from flagstone.retrieval.retriever import Retriever
 from flagstone.training.data import TrainingExample
 
@@ -86,7 +86,7 @@ def add_teacher_scores(
     out = []
     for ex in tqdm(examples, desc="Teacher scoring", unit="query", disable=not show_progress):
         texts = ex.pos + ex.neg
-        scores = teacher.score_pairs([(ex.query, t) for t in texts]).tolist()
+        scores = checked_scores(teacher, [(ex.query, t) for t in texts]).tolist()
         out.append(replace(ex, pos_scores=scores[: len(ex.pos)], neg_scores=scores[len(ex.pos):]))
     return out
 

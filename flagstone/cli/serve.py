@@ -71,7 +71,7 @@ def _check_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    require_extra("server", ("fastapi", "uvicorn", "prometheus_client"), "the service needs")
+    require_extra("server", ("fastapi", "uvicorn", "prometheus_client", "orjson"), "the service needs")
     import uvicorn
 
     from flagstone.server.app import ServerSettings, create_app, read_api_keys

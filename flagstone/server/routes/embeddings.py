@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends
 from pydantic import Field
 
 from flagstone.errors import MissingHeadError
+from flagstone.server.responses import VectorJSONResponse
 from flagstone.server.service import HTTPProblem, Service, authorised, get_service
 from flagstone.server.validation import StrictJSONRoute, StrictModel, StrictText
 
@@ -31,8 +32,26 @@ class EmbedRequest(StrictModel):
     is_query: bool = False
 
 
-@router.post("/v1/embeddings")
-def openai_embeddings(body: OpenAIEmbeddingRequest, service: Service = Depends(get_service)) -> dict:
+_EMBEDDINGS_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"content": {"application/json": {"schema": {
+    "type": "object", "properties": {
+        "object": {"const": "list"}, "model": {"type": "string"},
+        "data": {"type": "array", "items": {"type": "object", "properties": {
+            "object": {"const": "embedding"}, "index": {"type": "integer"},
+            "embedding": {"oneOf": [{"type": "array", "items": {"type": "number"}},
+                                    {"type": "string", "description": "base64 of little-endian float32"}]}}}},
+        "usage": {"type": "object", "properties": {"prompt_tokens": {"type": "integer"},
+                                                   "total_tokens": {"type": "integer"}}}}}}}}}
+_EMBED_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"content": {"application/json": {"schema": {
+    "type": "object", "properties": {
+        "model": {"type": "string"},
+        "dense": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
+        "sparse": {"type": "array", "items": {"type": "object", "additionalProperties": {"type": "number"}}},
+        "colbert": {"type": "array", "items": {"type": "array", "items": {"type": "array",
+                                                                          "items": {"type": "number"}}}}}}}}}}
+
+
+@router.post("/v1/embeddings", response_class=VectorJSONResponse, responses=_EMBEDDINGS_RESPONSES)
+def openai_embeddings(body: OpenAIEmbeddingRequest, service: Service = Depends(get_service)) -> VectorJSONResponse:
     embedder = service.embedder
     texts = [body.input] if isinstance(body.input, str) else body.input
     service.check_texts(texts, "input")
@@ -44,16 +63,16 @@ def openai_embeddings(body: OpenAIEmbeddingRequest, service: Service = Depends(g
         dense = dense[:, : body.dimensions]
         dense = dense / np.maximum(np.linalg.norm(dense, axis=1, keepdims=True), 1e-12)
     data = []
-    for i, row in enumerate(dense.astype(np.float32)):
-        value = base64.b64encode(row.tobytes()).decode() if body.encoding_format == "base64" else row.tolist()
+    for i, row in enumerate(np.ascontiguousarray(dense, dtype=np.float32)):
+        value = base64.b64encode(row.tobytes()).decode() if body.encoding_format == "base64" else row
         data.append({"object": "embedding", "index": i, "embedding": value})
     tokens = sum(len(ids) for ids in embedder.tokenize(texts))
-    return {"object": "list", "data": data, "model": embedder.name,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    return VectorJSONResponse({"object": "list", "data": data, "model": embedder.name,
+                               "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
 
-@router.post("/v1/embed")
-def embed(body: EmbedRequest, service: Service = Depends(get_service)) -> dict:
+@router.post("/v1/embed", response_class=VectorJSONResponse, responses=_EMBED_RESPONSES)
+def embed(body: EmbedRequest, service: Service = Depends(get_service)) -> VectorJSONResponse:
     embedder = service.embedder
     service.check_texts(body.texts)
     if not (body.dense or body.sparse or body.colbert):
@@ -65,9 +84,9 @@ def embed(body: EmbedRequest, service: Service = Depends(get_service)) -> dict:
         raise HTTPProblem(400, "invalid_request", str(exc)) from None
     out: dict[str, Any] = {"model": embedder.name}
     if emb.dense is not None:
-        out["dense"] = emb.dense.tolist()
+        out["dense"] = np.ascontiguousarray(emb.dense, dtype=np.float32)
     if emb.sparse is not None:
         out["sparse"] = [embedder.lexical_tokens(emb.sparse.row(i)) for i in range(len(emb.sparse))]
     if emb.colbert is not None:
-        out["colbert"] = [emb.colbert[i].tolist() for i in range(len(emb.colbert))]
-    return out
+        out["colbert"] = [np.ascontiguousarray(emb.colbert[i], dtype=np.float32) for i in range(len(emb.colbert))]
+    return VectorJSONResponse(out)

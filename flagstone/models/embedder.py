@@ -19,14 +19,14 @@ from flagstone.models._hf import quiet_transformers
 from flagstone.models.embeddings import Embeddings, MultiVectors, SparseWeights
 from flagstone.models.heads import POOLINGS, EncoderOutput, encoder_forward
 from flagstone.models.presets import DEFAULT_MODEL, PRESETS, ModelPreset, find_preset
-from flagstone.models.quantization import PRECISIONS, Precision, quantize_embeddings
+from flagstone.models.quantization import Precision
+from flagstone.models.shaping import check_dense_options, finish_dense
 
 if TYPE_CHECKING:
     import torch
 
     from flagstone.models.pool import EmbedderPool
 
-OUTPUTS = ("numpy", "torch")
 SIMILARITY_FUNCTIONS = ("cosine", "dot", "euclidean", "manhattan")
 
 SPARSE_HEAD_FILE = "sparse_linear.pt"
@@ -692,38 +692,6 @@ def _sparse_from_rows(rows: list[tuple[np.ndarray, np.ndarray]], vocab_size: int
     weights = np.concatenate([r[1] for r in rows]).astype(np.float32) if rows else np.zeros(0, np.float32)
     return SparseWeights(indptr, ids, weights, vocab_size)
 
-
-
-def check_dense_options(*, dense: bool, sparse: bool, colbert: bool, truncate_dim: int | None, dim: int,
-                        precision: str, output: str) -> None:
-    """The checks of the options that shape dense vectors (``truncate_dim``, ``precision``, ``output``)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if output not in OUTPUTS:
-        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
-    shaped = [name for name, used in (("truncate_dim", truncate_dim is not None),
-                                      ("precision", precision != "float32"), ("output", output != "numpy")) if used]
-    if shaped and (sparse or colbert or not dense):
-        raise ValueError(f"{', '.join(shaped)} shape dense vectors only: ask for dense alone (sparse and ColBERT "
-                         f"outputs in a separate call)")
-    if truncate_dim is not None and not (isinstance(truncate_dim, int) and 1 <= truncate_dim <= dim):
-        raise ValueError(f"truncate_dim must be an int between 1 and {dim}, got {truncate_dim!r}")
-
-
-def finish_dense(embeddings: Embeddings, *, precision: Precision, calibration_embeddings: np.ndarray | None,
-                 output: Literal["numpy", "torch"]) -> Embeddings:
-    """Quantise the float32 dense vectors of ``embeddings`` and hand them out as NumPy or torch (done once over
-    all the texts of a call, so int8 ranges are the same whether one process encoded them or a pool did)."""
-    if embeddings.dense is None or (precision == "float32" and output == "numpy"):
-        return embeddings
-    dense = embeddings.dense
-    if precision != "float32":
-        dense = quantize_embeddings(dense, precision, calibration_embeddings=calibration_embeddings)
-    if output == "torch":
-        import torch
-
-        dense = torch.from_numpy(np.ascontiguousarray(dense))
-    return Embeddings(dense=dense, sparse=embeddings.sparse, colbert=embeddings.colbert)
 
 
 def _as_matrix(x: Embeddings | np.ndarray | torch.Tensor) -> np.ndarray:

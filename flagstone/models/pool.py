@@ -9,27 +9,26 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from flagstone.models.embeddings import Embeddings
 from flagstone.models.quantization import Precision
+from flagstone.models.shaping import check_dense_options, finish_dense
 
-if TYPE_CHECKING:
-    from flagstone.models.embedder import Embedder
+# an Embedder is typed Any here: flagstone.models.embedder imports this module, so it cannot import that one
+Embedder = Any
 
-_worker_embedder: Embedder | None = None  # the embedder of this worker process
+_worker_embedder: Any = None  # the embedder of this worker process
 
 
-def _start_worker(init_kwargs: dict[str, Any], threads: int) -> None:
+def _start_worker(embedder_class: Any, init_kwargs: dict[str, Any], threads: int) -> None:
     import torch
-
-    from flagstone.models.embedder import Embedder
 
     global _worker_embedder
     torch.set_num_threads(threads)
-    _worker_embedder = Embedder(**{**init_kwargs, "show_progress": False})
+    _worker_embedder = embedder_class(**{**init_kwargs, "show_progress": False})
 
 
 def _encode_in_worker(texts: list[str], options: dict[str, Any]) -> Embeddings:
@@ -51,7 +50,7 @@ class EmbedderPool:
         init_kwargs = embedder._init_kwargs
         # spawn, not fork: a forked copy of a process that already ran torch can deadlock in its thread pools
         self._executor = ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_start_worker, initargs=(init_kwargs, threads_per_process))
+                                             initializer=_start_worker, initargs=(type(embedder), init_kwargs, threads_per_process))
 
     def __enter__(self) -> EmbedderPool:
         return self
@@ -85,8 +84,6 @@ class EmbedderPool:
     ) -> Embeddings:
         """:meth:`Embedder.encode` spread over the workers, in chunks of ``chunk_size`` texts (default: four
         chunks per process); the same result as encoding in one process."""
-        from flagstone.models.embedder import check_dense_options, finish_dense
-
         checker = self._checker
         texts = checker.check_request(texts, dense=dense, sparse=sparse, colbert=colbert, is_query=is_query)
         check_dense_options(dense=dense, sparse=sparse, colbert=colbert, truncate_dim=truncate_dim, dim=checker.dim,

@@ -723,7 +723,8 @@ def similarity_matrix(a: Embeddings | np.ndarray | torch.Tensor, b: Embeddings |
     if function == "dot":
         return (x @ y.T).astype(np.float32)
     if function == "euclidean":
-        squared = (x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2 * (x @ y.T)
+        x64, y64 = x.astype(np.float64), y.astype(np.float64)  # the expansion cancels badly in float32
+        squared = (x64 * x64).sum(1)[:, None] + (y64 * y64).sum(1)[None, :] - 2 * (x64 @ y64.T)
         return (-np.sqrt(np.maximum(squared, 0))).astype(np.float32)
     if function == "manhattan":
         return (-np.abs(x[:, None, :] - y[None, :, :]).sum(-1)).astype(np.float32)

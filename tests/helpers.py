@@ -126,3 +126,38 @@ def build_tiny_causal_lm(folder: Path, *, chat_template: bool = False, seed: int
                          eos_token_id=fast.eos_token_id, tie_word_embeddings=True)
     LlamaForCausalLM(config).eval().save_pretrained(folder)
     return folder
+
+
+def build_tiny_bert_m3(folder: Path, *, hidden: int = 32, seed: int = 0) -> Path:
+    """BGE-M3's layout (encoder + ``sparse_linear.pt`` + ``colbert_linear.pt``) on a BERT encoder, whose tokenizer
+    has a [SEP] and no EOS token (what training M3 heads on a BERT base gives)."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    from flagstone.corpora import python_docstrings
+
+    folder.mkdir(parents=True, exist_ok=True)
+    _, texts = python_docstrings(400)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=600, special_tokens=specials))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
+    fast = BertTokenizerFast(tokenizer_object=tok, cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]",
+                             unk_token="[UNK]", mask_token="[MASK]", model_max_length=128)
+    fast.save_pretrained(folder)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(fast), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=2 * hidden, max_position_embeddings=128, pad_token_id=fast.pad_token_id)
+    BertModel(config, add_pooling_layer=False).eval().save_pretrained(folder)
+    sparse = torch.nn.Linear(hidden, 1)
+    with torch.no_grad():
+        sparse.bias.fill_(1.0)  # most tokens weigh > 0, [SEP] included: what the parity tests need to see
+    torch.save(sparse.state_dict(), folder / "sparse_linear.pt")
+    torch.save(torch.nn.Linear(hidden, hidden).state_dict(), folder / "colbert_linear.pt")
+    return folder

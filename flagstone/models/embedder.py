@@ -240,10 +240,9 @@ class Embedder:
             end_token = preset.end_token
         self._end_id: int | None = None
         if end_token is not None:
-            end_id = self.tokenizer.convert_tokens_to_ids(end_token)
-            if end_id is None or end_id == self.tokenizer.unk_token_id:
+            if end_token not in self.tokenizer.get_vocab():
                 raise ModelNotFoundError(f"end_token {end_token!r} is not a token of the tokenizer in {self.path}")
-            self._end_id = int(end_id)
+            self._end_id = int(self.tokenizer.convert_tokens_to_ids(end_token))
         self.model_max_length = model_limit
         self.settings = EmbedderSettings(
             pooling=pooling,

@@ -489,6 +489,9 @@ class Embedder:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         normalize = self.settings.normalize if normalize is None else bool(normalize)
+        if max_length is not None and not 1 <= max_length <= self.model_max_length:
+            raise ValueError(f"max_length must be between 1 and the model's limit {self.model_max_length}, "
+                             f"got {max_length}")
         token_ids = self.tokenize(texts, is_query=is_query, prompt=prompt, prompt_name=prompt_name,
                                   max_length=max_length, truncate=truncate)
         order = np.argsort([-len(ids) for ids in token_ids], kind="stable")
@@ -566,7 +569,8 @@ class Embedder:
         prompt_name: str | None = None,
     ) -> list[list[int]]:
         """Token ids of each text, special tokens included, cut at ``max_length`` tokens (default: the
-        embedder's ``settings.max_length``); what :meth:`encode` feeds the model, unpadded (see :meth:`pad`).
+        embedder's ``settings.max_length``; at most the model's limit); what :meth:`encode` feeds the model,
+        unpadded (see :meth:`pad`).
 
         The instruction or prompt of :meth:`text_template` is applied as :meth:`encode` applies it, and the end
         token (decoder embedders) is appended when the tokenizer does not already end the text with it. With
@@ -576,10 +580,10 @@ class Embedder:
             raise InvalidTextError("tokenize expects a list of texts, got a single string; wrap it in a list")
         prefix, suffix = self.text_template(is_query=is_query, prompt=prompt, prompt_name=prompt_name)
         texts = [prefix + t + suffix for t in texts] if (prefix or suffix) else list(texts)
-        max_len = self.settings.max_length if max_length is None else int(max_length)
-        if not 1 <= max_len <= self.model_max_length:
-            raise ValueError(f"max_length must be between 1 and the model's limit {self.model_max_length}, "
-                             f"got {max_len}")
+        # capped at the model's limit as the constructor's max_length is (training asks for configured lengths)
+        max_len = self.settings.max_length if max_length is None else min(int(max_length), self.model_max_length)
+        if max_len < 1:
+            raise ValueError("max_length must be at least 1")
         if not texts:
             return []
         end = self._end_id

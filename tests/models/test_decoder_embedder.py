@@ -82,3 +82,10 @@ def test_query_instruction_format(decoder):
     # documents go in as they are
     assert np.abs(decoder.encode_corpus(queries).dense - decoder.encode(queries).dense).max() < 1e-6
     assert decoder.cache_key(["dense"], True) != decoder.cache_key(["dense"], False)
+
+
+def test_an_end_token_outside_the_vocabulary_is_refused(decoder):
+    from flagstone.errors import ModelNotFoundError
+
+    with pytest.raises(ModelNotFoundError, match="not a token"):
+        Embedder(str(decoder.path), pooling="last_token", end_token="</s>", show_progress=False)

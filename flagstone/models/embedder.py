@@ -171,6 +171,11 @@ class Embedder:
     ``model`` is a local folder, a hub name (``BAAI/bge-m3``) or a preset name (``bge-m3``,
     ``all-MiniLM-L6-v2``). Settings left as ``None`` come from the preset, then from the folder's
     sentence-transformers files, then fall back to CLS pooling, normalised, 512 tokens.
+
+    ``query_instruction`` (FlagEmbedding's ``query_instruction_for_retrieval``) is combined with each query by
+    ``query_instruction_format`` (``"{}{}"``: prepended; Qwen3-Embedding: ``"Instruct: {}\nQuery:{}"``);
+    ``passage_instruction`` is prepended to documents; ``end_token`` (decoder embedders) is appended to every text
+    that does not already end with it. Last-token pooling pads batches on the left.
     """
 
     def __init__(

@@ -501,8 +501,7 @@ class Embedder:
                                   max_length=max_length, truncate=truncate)
         order = np.argsort([-len(ids) for ids in token_ids], kind="stable")
         progress = self.show_progress if show_progress is None else show_progress
-        # sparse weights and ColBERT vectors are read from right-padded rows (position 0 is CLS)
-        side = "right" if (sparse or colbert) else self.padding_side
+        side = self.batch_padding_side(sparse=sparse, colbert=colbert)
 
         dense_parts: list[np.ndarray] = []
         sparse_rows: list[tuple[np.ndarray, np.ndarray]] = []
@@ -626,6 +625,11 @@ class Embedder:
             input_ids[row, cols] = ids
             mask[row, cols] = 1
         return torch.from_numpy(input_ids).to(self.device), torch.from_numpy(mask).to(self.device)
+
+    def batch_padding_side(self, *, sparse: bool, colbert: bool) -> Literal["left", "right"]:
+        """The padding of a batch that asks for these outputs: :attr:`padding_side`, except right whenever sparse
+        weights or ColBERT vectors are read (their positions count from CLS at 0). Training pads the same way."""
+        return "right" if (sparse or colbert) else self.padding_side  # type: ignore[return-value]
 
     def check_heads(self, *, sparse: bool, colbert: bool) -> None:
         """:class:`MissingHeadError` naming the file when an output is asked of a model without its head."""

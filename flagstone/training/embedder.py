@@ -91,8 +91,10 @@ class _Trainable:
         template (passage instruction or prompt) as :meth:`Embedder.encode` gives it; ``formatted`` texts (queries
         with their instruction already applied) are tokenised as they are."""
         heads = self.settings.heads
-        token_ids = self.base.tokenize(texts, max_length=max_length, prompt="" if formatted else None)
-        input_ids, mask = self.base.pad(token_ids)
+        raw = {"prompt": ""} if formatted else {}  # an empty prompt: no template on top of the formatted text
+        token_ids = self.base.tokenize(texts, max_length=max_length, **raw)
+        side = self.base.batch_padding_side(sparse="sparse" in heads, colbert="colbert" in heads)
+        input_ids, mask = self.base.pad(token_ids, side=side)
         out = encoder_forward(self.module["encoder"], input_ids, mask, pooling=self.base.settings.pooling,
                               normalize=self.base.settings.normalize, dense="dense" in heads,
                               sparse_head=self.module["sparse"] if "sparse" in heads else None,

@@ -140,3 +140,96 @@ def poison_token(embedder, text: str, others: list[str]) -> None:
     assert unique, f"no token of {text!r} is missing from the other texts"
     with torch.no_grad():
         embedder.model.get_input_embeddings().weight[unique[0]] = float("nan")
+
+
+def build_tiny_bert_m3(folder: Path, *, hidden: int = 32, seed: int = 0) -> Path:
+    """BGE-M3's layout (encoder + ``sparse_linear.pt`` + ``colbert_linear.pt``) on a BERT encoder, whose tokenizer
+    has a [SEP] and no EOS token (what training M3 heads on a BERT base gives)."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    from flagstone.corpora import python_docstrings
+
+    folder.mkdir(parents=True, exist_ok=True)
+    _, texts = python_docstrings(400)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=600, special_tokens=specials))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
+    fast = BertTokenizerFast(tokenizer_object=tok, cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]",
+                             unk_token="[UNK]", mask_token="[MASK]", model_max_length=128)
+    fast.save_pretrained(folder)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(fast), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=2 * hidden, max_position_embeddings=128, pad_token_id=fast.pad_token_id)
+    BertModel(config, add_pooling_layer=False).eval().save_pretrained(folder)
+    sparse = torch.nn.Linear(hidden, 1)
+    with torch.no_grad():
+        sparse.bias.fill_(1.0)  # most tokens weigh > 0, [SEP] included: what the parity tests need to see
+    torch.save(sparse.state_dict(), folder / "sparse_linear.pt")
+    torch.save(torch.nn.Linear(hidden, hidden).state_dict(), folder / "colbert_linear.pt")
+    return folder
+
+
+QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def tiny_qwen_tokenizer(extra_words: tuple[str, ...] = ()):
+    """A small byte-level BPE tokenizer with Qwen's special tokens (pad <|endoftext|>, eos <|im_end|>) and no
+    BOS, as Qwen tokenizers have; ``extra_words`` become single tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from flagstone.corpora import python_docstrings
+
+    _, texts = python_docstrings(300)
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts + list(extra_words) * 50, trainers.BpeTrainer(
+        vocab_size=800, special_tokens=QWEN_SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   model_max_length=512)
+
+
+def _tiny_qwen_config(arch: str, tokenizer):
+    from transformers import Qwen2Config, Qwen3Config
+
+    config_class = {"qwen2": Qwen2Config, "qwen3": Qwen3Config}[arch]
+    return config_class(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=512,
+                        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                        tie_word_embeddings=True)
+
+
+def build_tiny_decoder_embedder(folder: Path, *, arch: str = "qwen3", seed: int = 0) -> Path:
+    """A randomly initialised Qwen2 or Qwen3 decoder (the base of gte-Qwen2 / Qwen3-Embedding) with a tokenizer."""
+    import torch
+    from transformers import AutoModel
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = tiny_qwen_tokenizer()
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(seed)
+    AutoModel.from_config(_tiny_qwen_config(arch, tokenizer)).eval().save_pretrained(folder)
+    return folder
+
+
+def build_tiny_qwen_lm(folder: Path, *, arch: str = "qwen3", seed: int = 0) -> Path:
+    """A randomly initialised Qwen causal LM (Qwen3-Reranker's architecture) where "yes" and "no" are single
+    tokens."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = tiny_qwen_tokenizer(("yes", "no"))
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(_tiny_qwen_config(arch, tokenizer)).eval().save_pretrained(folder)
+    return folder

@@ -283,3 +283,5 @@ class CachedEmbedder:
         """Encode documents through the cache."""
         return self.encode(texts, dense=dense, sparse=sparse, colbert=colbert, is_query=False,
                            show_progress=show_progress)
+
+    encode_corpus = encode_documents  # FlagEmbedding's name, as on Embedder

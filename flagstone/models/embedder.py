@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -20,9 +20,15 @@ from flagstone.models.embeddings import Embeddings, MultiVectors, SparseWeights
 from flagstone.models.finite import require_finite
 from flagstone.models.heads import POOLINGS, EncoderOutput, encoder_forward
 from flagstone.models.presets import DEFAULT_MODEL, PRESETS, ModelPreset, find_preset
+from flagstone.models.quantization import Precision
+from flagstone.models.shaping import check_dense_options, finish_dense
 
 if TYPE_CHECKING:
     import torch
+
+    from flagstone.models.pool import EmbedderPool
+
+SIMILARITY_FUNCTIONS = ("cosine", "dot", "euclidean", "manhattan")
 
 SPARSE_HEAD_FILE = "sparse_linear.pt"
 COLBERT_HEAD_FILE = "colbert_linear.pt"
@@ -52,6 +58,9 @@ class EmbedderSettings:
     max_length: int
     query_instruction: str
     dtype: str
+    query_instruction_format: str = "{}{}"
+    passage_instruction: str = ""
+    end_token: str | None = None
 
 
 def resolve_model_path(model: str) -> tuple[Path, ModelPreset | None]:
@@ -137,6 +146,15 @@ def _sentence_transformers_settings(folder: Path) -> dict[str, object]:
     return found
 
 
+def _sentence_transformers_config(folder: Path) -> dict[str, Any]:
+    """``config_sentence_transformers.json`` of a folder (prompts, default prompt name, similarity function)."""
+    for candidate in (folder, transformer_folder(folder)):
+        file = candidate / "config_sentence_transformers.json"
+        if file.is_file():
+            return json.loads(file.read_text())
+    return {}
+
+
 def _model_fingerprint(folder: Path) -> str:
     """Identify weights cheaply: config text plus name, size and mtime of every weight file."""
     digest = hashlib.sha256()
@@ -154,6 +172,11 @@ class Embedder:
     ``model`` is a local folder, a hub name (``BAAI/bge-m3``) or a preset name (``bge-m3``,
     ``all-MiniLM-L6-v2``). Settings left as ``None`` come from the preset, then from the folder's
     sentence-transformers files, then fall back to CLS pooling, normalised, 512 tokens.
+
+    ``query_instruction`` (FlagEmbedding's ``query_instruction_for_retrieval``) is combined with each query by
+    ``query_instruction_format`` (``"{}{}"``: prepended; Qwen3-Embedding: ``"Instruct: {}\nQuery:{}"``);
+    ``passage_instruction`` is prepended to documents; ``end_token`` (decoder embedders) is appended to every text
+    that does not already end with it. Last-token pooling pads batches on the left.
     """
 
     def __init__(
@@ -164,12 +187,17 @@ class Embedder:
         normalize: bool | None = None,
         max_length: int | None = None,
         query_instruction: str | None = None,
+        query_instruction_format: str | None = None,
+        passage_instruction: str | None = None,
+        end_token: str | None = None,
         batch_size: int = 32,
         max_batch_tokens: int | None | Literal["auto"] = "auto",
         device: str = "cpu",
         dtype: str = "float32",
         show_progress: bool = True,
     ) -> None:
+        # what a worker process of :meth:`pool` needs to build the same embedder
+        self._init_kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         import torch
         from transformers import AutoModel, AutoTokenizer
 
@@ -208,13 +236,40 @@ class Embedder:
             max_length = (preset.max_length if preset else None) or int(declared.get("max_length", 0)) or 512
         if query_instruction is None:
             query_instruction = preset.query_instruction if preset else ""
+        if query_instruction_format is None:
+            query_instruction_format = preset.query_instruction_format if preset else "{}{}"
+        if query_instruction_format.count("{}") != 2:
+            raise ValueError("query_instruction_format needs two {} fields: the instruction, then the query")
+        if passage_instruction is None:
+            passage_instruction = preset.passage_instruction if preset else ""
+        if end_token is None and preset is not None:
+            end_token = preset.end_token
+        self._end_id: int | None = None
+        if end_token is not None:
+            if end_token not in self.tokenizer.get_vocab():
+                raise ModelNotFoundError(f"end_token {end_token!r} is not a token of the tokenizer in {self.path}")
+            self._end_id = int(self.tokenizer.convert_tokens_to_ids(end_token))
+        self.model_max_length = model_limit
         self.settings = EmbedderSettings(
             pooling=pooling,
             normalize=bool(normalize),
             max_length=min(int(max_length), model_limit),
             query_instruction=query_instruction,
             dtype=dtype,
+            query_instruction_format=query_instruction_format,
+            passage_instruction=passage_instruction,
+            end_token=end_token,
         )
+        # decoder embedders pool the last token and pad on the left, as their reference code does
+        self.padding_side = "left" if pooling == "last_token" else "right"
+        st_config = _sentence_transformers_config(root)
+        self.prompts: dict[str, str] = dict(st_config.get("prompts") or {})
+        self.default_prompt_name: str | None = st_config.get("default_prompt_name") or None
+        if self.default_prompt_name is not None and self.default_prompt_name not in self.prompts:
+            raise ModelNotFoundError(f"{root}: default_prompt_name {self.default_prompt_name!r} is not in its prompts")
+        self.similarity_fn_name: str = st_config.get("similarity_fn_name") or "cosine"
+        if self.similarity_fn_name not in SIMILARITY_FUNCTIONS:
+            raise ModelNotFoundError(f"{root}: unknown similarity_fn_name {self.similarity_fn_name!r}")
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
         self.device = device
@@ -222,9 +277,11 @@ class Embedder:
         self.sparse_head = self._load_head(SPARSE_HEAD_FILE)
         self.colbert_head = self._load_head(COLBERT_HEAD_FILE)
         self.fingerprint = _model_fingerprint(self.path)
-        specials = {self.tokenizer.cls_token_id, self.tokenizer.eos_token_id, self.tokenizer.sep_token_id,
-                    self.tokenizer.pad_token_id, self.tokenizer.unk_token_id}
-        # the tokens that get no sparse weight (training uses the same set)
+        # the tokens that get no sparse weight, as BGE-M3 defines them (FlagEmbedding's M3 inference and training):
+        # CLS, EOS, PAD and UNK. In XLM-R's vocabulary (BGE-M3) SEP is EOS; a tokenizer with a SEP of its own keeps
+        # its weight, as in FlagEmbedding. Training uses the same set.
+        specials = {self.tokenizer.cls_token_id, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id,
+                    self.tokenizer.unk_token_id}
         self.special_token_ids = np.array(sorted(i for i in specials if i is not None), dtype=np.int64)
         self._special_ids_tensor = torch.from_numpy(self.special_token_ids).to(device)
         self._pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -275,8 +332,12 @@ class Embedder:
     def cache_key(self, outputs: Sequence[str], is_query: bool) -> str:
         """A key for everything that determines the vectors of a text (not the text itself)."""
         s = self.settings
+        prefix, suffix = self.text_template(is_query=is_query)
         parts = [self.fingerprint, s.pooling, str(s.normalize), str(s.max_length), s.dtype,
-                 ",".join(sorted(outputs)), s.query_instruction if is_query else ""]
+                 ",".join(sorted(outputs)), prefix]
+        # parts added later join only when used, so the keys of existing caches stay the same
+        parts += [f"suffix={suffix}"] if suffix else []
+        parts += [f"end={s.end_token}"] if s.end_token else []
         return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:24]
 
     def __repr__(self) -> str:
@@ -284,56 +345,184 @@ class Embedder:
         return (f"Embedder({self.name!r}, pooling={s.pooling!r}, normalize={s.normalize}, "
                 f"max_length={s.max_length}, outputs={self.available_outputs})")
 
+    # -- instructions and prompts ----------------------------------------------------------------
+    def text_template(self, *, is_query: bool = False, prompt: str | None = None,
+                      prompt_name: str | None = None) -> tuple[str, str]:
+        """``(prefix, suffix)`` put around every text of an encode call; the first rule that applies wins:
+
+        1. ``prompt=`` (a prefix), or ``prompt_name=`` (a key of the folder's sentence-transformers prompts);
+        2. queries (``is_query``): the query instruction (FlagEmbedding's ``query_instruction_for_retrieval``)
+           set in ``query_instruction_format`` (``"{}{}"``: prepended; decoder presets use their own format),
+           else the folder's ``"query"`` prompt;
+           documents: the passage instruction, else the folder's ``"document"``, ``"passage"`` or ``"corpus"``
+           prompt;
+        3. the folder's ``default_prompt_name`` prompt; else nothing.
+        """
+        if prompt is not None and prompt_name is not None:
+            raise ValueError("give prompt or prompt_name, not both")
+        if prompt is not None:
+            return prompt, ""
+        if prompt_name is not None:
+            if prompt_name not in self.prompts:
+                known = ", ".join(sorted(self.prompts)) or "none"
+                raise ValueError(f"prompt_name {prompt_name!r} is not one of this model's prompts ({known})")
+            return self.prompts[prompt_name], ""
+        s = self.settings
+        if is_query and s.query_instruction:
+            marker = "\x00TEXT\x00"
+            prefix, _, suffix = s.query_instruction_format.format(s.query_instruction, marker).partition(marker)
+            return prefix, suffix
+        if not is_query and s.passage_instruction:
+            return s.passage_instruction, ""
+        for name in (("query",) if is_query else ("document", "passage", "corpus")):
+            if name in self.prompts:
+                return self.prompts[name], ""
+        if self.default_prompt_name is not None:
+            return self.prompts[self.default_prompt_name], ""
+        return "", ""
+
     # -- encoding ------------------------------------------------------------------------------
-    def encode_queries(self, texts: Sequence[str], *, dense: bool = True, sparse: bool = False,
-                       colbert: bool = False, show_progress: bool | None = None) -> Embeddings:
-        """Encode queries: the model's query instruction is prepended."""
-        return self.encode(texts, dense=dense, sparse=sparse, colbert=colbert, is_query=True,
+    def encode_queries(
+        self,
+        texts: str | Sequence[str],
+        *,
+        dense: bool = True,
+        sparse: bool = False,
+        colbert: bool = False,
+        prompt: str | None = None,
+        prompt_name: str | None = None,
+        batch_size: int | None = None,
+        max_length: int | None = None,
+        normalize: bool | None = None,
+        truncate_dim: int | None = None,
+        precision: Precision = "float32",
+        calibration_embeddings: np.ndarray | None = None,
+        output: Literal["numpy", "torch"] = "numpy",
+        truncate: bool = True,
+        show_progress: bool | None = None,
+    ) -> Embeddings:
+        """:meth:`encode` for queries: the query instruction (or the folder's "query" prompt) is applied."""
+        return self.encode(texts, dense=dense, sparse=sparse, colbert=colbert, is_query=True, prompt=prompt,
+                           prompt_name=prompt_name, batch_size=batch_size, max_length=max_length,
+                           normalize=normalize, truncate_dim=truncate_dim, precision=precision,
+                           calibration_embeddings=calibration_embeddings, output=output, truncate=truncate,
                            show_progress=show_progress)
 
-    def encode_documents(self, texts: Sequence[str], *, dense: bool = True, sparse: bool = False,
-                         colbert: bool = False, show_progress: bool | None = None) -> Embeddings:
-        return self.encode(texts, dense=dense, sparse=sparse, colbert=colbert, is_query=False,
+    def encode_corpus(
+        self,
+        texts: str | Sequence[str],
+        *,
+        dense: bool = True,
+        sparse: bool = False,
+        colbert: bool = False,
+        prompt: str | None = None,
+        prompt_name: str | None = None,
+        batch_size: int | None = None,
+        max_length: int | None = None,
+        normalize: bool | None = None,
+        truncate_dim: int | None = None,
+        precision: Precision = "float32",
+        calibration_embeddings: np.ndarray | None = None,
+        output: Literal["numpy", "torch"] = "numpy",
+        truncate: bool = True,
+        show_progress: bool | None = None,
+    ) -> Embeddings:
+        """:meth:`encode` for documents (FlagEmbedding's name): the passage instruction, if any, is applied."""
+        return self.encode(texts, dense=dense, sparse=sparse, colbert=colbert, is_query=False, prompt=prompt,
+                           prompt_name=prompt_name, batch_size=batch_size, max_length=max_length,
+                           normalize=normalize, truncate_dim=truncate_dim, precision=precision,
+                           calibration_embeddings=calibration_embeddings, output=output, truncate=truncate,
                            show_progress=show_progress)
+
+    encode_documents = encode_corpus  # the name the rest of Flagstone uses
 
     def encode(
         self,
-        texts: Sequence[str],
+        texts: str | Sequence[str],
         *,
         dense: bool = True,
         sparse: bool = False,
         colbert: bool = False,
         is_query: bool = False,
+        prompt: str | None = None,
+        prompt_name: str | None = None,
+        batch_size: int | None = None,
+        max_length: int | None = None,
+        normalize: bool | None = None,
+        truncate_dim: int | None = None,
+        precision: Precision = "float32",
+        calibration_embeddings: np.ndarray | None = None,
+        output: Literal["numpy", "torch"] = "numpy",
         truncate: bool = True,
         show_progress: bool | None = None,
     ) -> Embeddings:
         """Encode ``texts`` into the outputs asked for; always returns :class:`Embeddings` in input order.
 
+        ``texts`` is a list of strings or one string (then the result holds one row: ``dense`` is ``(1, dim)``).
+        Options given here beat the embedder's settings for this call only: ``batch_size``, ``max_length``
+        (up to the model's limit), ``normalize`` (dense and ColBERT vectors), ``prompt`` / ``prompt_name``
+        (see :meth:`text_template`). The dense vectors can then be shaped as sentence-transformers shapes them:
+        ``truncate_dim`` keeps the first dimensions (Matryoshka) and re-normalises when normalising, as
+        ``SentenceTransformer.encode(..., truncate_dim=d, normalize_embeddings=True)`` does; ``precision``
+        quantises them as ``quantize_embeddings`` does (int8/uint8 ranges come from ``calibration_embeddings``,
+        by default from the vectors of this call); ``output="torch"`` gives ``dense`` as a CPU ``torch.Tensor``
+        instead of a NumPy array. These three shape dense vectors only: asking them with sparse or ColBERT
+        outputs is an error.
+
         Texts longer than ``max_length`` tokens are truncated, or rejected when ``truncate=False``. An empty
         document is encoded as sentence-transformers encodes it (the special tokens alone); an empty query is
         an :class:`~flagstone.errors.InvalidTextError`.
         """
+        texts = self.check_request(texts, dense=dense, sparse=sparse, colbert=colbert, is_query=is_query)
+        check_dense_options(dense=dense, sparse=sparse, colbert=colbert, truncate_dim=truncate_dim, dim=self.dim,
+                            precision=precision, output=output)
+        floats = self._encode_floats(texts, dense=dense, sparse=sparse, colbert=colbert, is_query=is_query,
+                                     prompt=prompt, prompt_name=prompt_name, batch_size=batch_size,
+                                     max_length=max_length, normalize=normalize, truncate_dim=truncate_dim,
+                                     truncate=truncate, show_progress=show_progress)
+        return finish_dense(floats, precision=precision, calibration_embeddings=calibration_embeddings,
+                            output=output)
+
+    def _encode_floats(self, texts: list[str], *, dense: bool, sparse: bool, colbert: bool, is_query: bool,
+                       prompt: str | None, prompt_name: str | None, batch_size: int | None,
+                       max_length: int | None, normalize: bool | None, truncate_dim: int | None,
+                       truncate: bool, show_progress: bool | None) -> Embeddings:
+        """The float32 outputs of checked texts (what :meth:`encode` quantises; what pool workers return)."""
         import torch
         from tqdm.auto import tqdm
 
-        texts = self.check_request(texts, dense=dense, sparse=sparse, colbert=colbert, is_query=is_query)
-        token_ids = self.tokenize(texts, is_query=is_query, truncate=truncate)
+        batch_size = self.batch_size if batch_size is None else int(batch_size)
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        normalize = self.settings.normalize if normalize is None else bool(normalize)
+        if max_length is not None and not 1 <= max_length <= self.model_max_length:
+            raise ValueError(f"max_length must be between 1 and the model's limit {self.model_max_length}, "
+                             f"got {max_length}")
+        token_ids = self.tokenize(texts, is_query=is_query, prompt=prompt, prompt_name=prompt_name,
+                                  max_length=max_length, truncate=truncate)
         order = np.argsort([-len(ids) for ids in token_ids], kind="stable")
         progress = self.show_progress if show_progress is None else show_progress
+        side = self.batch_padding_side(sparse=sparse, colbert=colbert)
 
         dense_parts: list[np.ndarray] = []
         sparse_rows: list[tuple[np.ndarray, np.ndarray]] = []
         colbert_rows: list[np.ndarray] = []
         bar = tqdm(total=len(texts), desc="Encoding", unit="text", disable=not progress or len(texts) < 2)
         with torch.inference_mode():
-            for start, stop in length_batches([len(token_ids[i]) for i in order], self.batch_size,
+            for start, stop in length_batches([len(token_ids[i]) for i in order], batch_size,
                                               self.max_batch_tokens):
                 batch = [token_ids[i] for i in order[start:stop]]
-                input_ids, mask = self.pad(batch)
-                out = self.forward(input_ids, mask, dense=dense, sparse=sparse, colbert=colbert)
+                input_ids, mask = self.pad(batch, side=side)
+                out = self.forward(input_ids, mask, dense=dense, sparse=sparse, colbert=colbert,
+                                   normalize=normalize)
                 self._require_finite(out, order[start:stop])
                 if dense:
-                    dense_parts.append(out.dense.float().cpu().numpy())
+                    vectors = out.dense.float()
+                    if truncate_dim is not None:  # Matryoshka: keep the first dimensions, then re-normalise
+                        vectors = vectors[:, :truncate_dim]
+                        if normalize:
+                            vectors = torch.nn.functional.normalize(vectors, dim=-1)
+                    dense_parts.append(vectors.cpu().numpy())
                 if sparse:
                     sparse_rows.extend(_sparse_rows(out.sparse.float().cpu().numpy(), batch))
                 if colbert:
@@ -346,7 +535,8 @@ class Embedder:
         inverse[order] = np.arange(len(order))
         out_dense = out_sparse = out_colbert = None
         if dense:
-            out_dense = np.concatenate(dense_parts, axis=0)[inverse] if dense_parts else np.zeros((0, self.dim),
+            width = self.dim if truncate_dim is None else truncate_dim
+            out_dense = np.concatenate(dense_parts, axis=0)[inverse] if dense_parts else np.zeros((0, width),
                                                                                                  np.float32)
         if sparse:
             out_sparse = _sparse_from_rows([sparse_rows[i] for i in inverse], self.vocab_size)
@@ -362,6 +552,26 @@ class Embedder:
                 require_finite(tensor.float().cpu().numpy(), f"{self.name} ({self.settings.dtype}) {name} output",
                                name_row=lambda row: f"text {int(text_positions[row])}")
 
+    def similarity(self, a: Embeddings | np.ndarray | torch.Tensor,
+                   b: Embeddings | np.ndarray | torch.Tensor) -> np.ndarray:
+        """``(len(a), len(b))`` float32 scores of dense vectors with the model's similarity function (the
+        folder's ``similarity_fn_name``: cosine by default, or dot, or negative euclidean / manhattan distance),
+        as ``SentenceTransformer.similarity`` computes them. ``a`` and ``b`` are :class:`Embeddings` or arrays
+        or tensors of shape ``(n, dim)`` or ``(dim,)``."""
+        return similarity_matrix(a, b, self.similarity_fn_name)
+
+    def pool(self, processes: int = 2, *, threads_per_process: int = 1) -> EmbedderPool:
+        """A pool of ``processes`` worker processes, each with its own copy of this embedder, for encoding many
+        texts on many cores. Use it as a context manager; its ``encode`` takes :meth:`encode`'s options and
+        returns what :meth:`encode` returns::
+
+            with embedder.pool(processes=4) as pool:
+                vectors = pool.encode(texts).dense
+        """
+        from flagstone.models.pool import EmbedderPool
+
+        return EmbedderPool(self, processes=processes, threads_per_process=threads_per_process)
+
     def tokenize(
         self,
         texts: Sequence[str],
@@ -369,48 +579,67 @@ class Embedder:
         is_query: bool = False,
         max_length: int | None = None,
         truncate: bool = True,
+        prompt: str | None = None,
+        prompt_name: str | None = None,
     ) -> list[list[int]]:
         """Token ids of each text, special tokens included, cut at ``max_length`` tokens (default: the
-        embedder's ``settings.max_length``); what :meth:`encode` feeds the model, unpadded (see :meth:`pad`).
+        embedder's ``settings.max_length``; at most the model's limit); what :meth:`encode` feeds the model,
+        unpadded (see :meth:`pad`).
 
-        ``is_query`` prepends the query instruction as :meth:`encode` does. With ``truncate=False`` a text
-        longer than ``max_length`` raises :class:`~flagstone.errors.InvalidTextError` instead.
+        The instruction or prompt of :meth:`text_template` is applied as :meth:`encode` applies it, and the end
+        token (decoder embedders) is appended when the tokenizer does not already end the text with it. With
+        ``truncate=False`` a text longer than ``max_length`` raises :class:`~flagstone.errors.InvalidTextError`.
         """
         if isinstance(texts, str):
             raise InvalidTextError("tokenize expects a list of texts, got a single string; wrap it in a list")
-        texts = list(texts)
-        if is_query and self.settings.query_instruction:
-            texts = [self.settings.query_instruction + t for t in texts]
-        max_len = self.settings.max_length if max_length is None else int(max_length)
+        prefix, suffix = self.text_template(is_query=is_query, prompt=prompt, prompt_name=prompt_name)
+        texts = [prefix + t + suffix for t in texts] if (prefix or suffix) else list(texts)
+        # capped at the model's limit as the constructor's max_length is (training asks for configured lengths)
+        max_len = self.settings.max_length if max_length is None else min(int(max_length), self.model_max_length)
         if max_len < 1:
             raise ValueError("max_length must be at least 1")
         if not texts:
             return []
+        end = self._end_id
         ids = self.tokenizer(texts, truncation=True, max_length=max_len, add_special_tokens=True)["input_ids"]
+        if end is not None:
+            ids = [row if row and row[-1] == end else row[: max_len - 1] + [end] for row in ids]
         if not truncate:
             for i, row in enumerate(ids):
                 if len(row) == max_len:
-                    full = len(self.tokenizer(texts[i], add_special_tokens=True)["input_ids"])
+                    full_ids = self.tokenizer(texts[i], add_special_tokens=True)["input_ids"]
+                    full = len(full_ids) + int(end is not None and (not full_ids or full_ids[-1] != end))
                     if full > max_len:
                         raise InvalidTextError(
                             f"text #{i} has {full} tokens, more than max_length={max_len} (allow truncation or "
                             f"raise max_length)")
         return ids
 
-    def pad(self, token_ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def pad(self, token_ids: Sequence[Sequence[int]], *,
+            side: Literal["left", "right"] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """A batch of token id lists as ``(input_ids, attention_mask)`` int64 tensors on the embedder's device,
-        padded on the right (what pooling expects, whatever the tokenizer's own padding side)."""
+        padded on ``side`` (default :attr:`padding_side`: right, or left for last-token pooling as decoder
+        embedders do), whatever the tokenizer's own padding side."""
         import torch
 
+        side = self.padding_side if side is None else side
+        if side not in ("left", "right"):
+            raise ValueError(f"side must be 'left' or 'right', got {side!r}")
         if len(token_ids) == 0:
             raise ValueError("nothing to pad")
         width = max(len(ids) for ids in token_ids)
         input_ids = np.full((len(token_ids), width), self._pad_id, dtype=np.int64)
         mask = np.zeros((len(token_ids), width), dtype=np.int64)
         for row, ids in enumerate(token_ids):
-            input_ids[row, : len(ids)] = ids
-            mask[row, : len(ids)] = 1
+            cols = slice(0, len(ids)) if side == "right" else slice(width - len(ids), width)
+            input_ids[row, cols] = ids
+            mask[row, cols] = 1
         return torch.from_numpy(input_ids).to(self.device), torch.from_numpy(mask).to(self.device)
+
+    def batch_padding_side(self, *, sparse: bool, colbert: bool) -> Literal["left", "right"]:
+        """The padding of a batch that asks for these outputs: :attr:`padding_side`, except right whenever sparse
+        weights or ColBERT vectors are read (their positions count from CLS at 0). Training pads the same way."""
+        return "right" if (sparse or colbert) else self.padding_side  # type: ignore[return-value]
 
     def check_heads(self, *, sparse: bool, colbert: bool) -> None:
         """:class:`MissingHeadError` naming the file when an output is asked of a model without its head."""
@@ -420,12 +649,12 @@ class Embedder:
             raise MissingHeadError(
                 f"model {self.name!r} has no ColBERT head ({COLBERT_HEAD_FILE} not in {self.path})")
 
-    def check_request(self, texts: Sequence[str], *, dense: bool, sparse: bool, colbert: bool,
+    def check_request(self, texts: str | Sequence[str], *, dense: bool, sparse: bool, colbert: bool,
                       is_query: bool = False) -> list[str]:
-        """The checks every encode call makes before any work: a list of strings (queries not empty), at least
-        one output, and the heads for the outputs asked; returns the texts as a list."""
+        """The checks every encode call makes before any work: strings (queries not empty), at least one output,
+        and the heads for the outputs asked; returns the texts as a list (one string becomes a list of one)."""
         if isinstance(texts, str):
-            raise InvalidTextError("encode expects a list of texts, got a single string; wrap it in a list")
+            texts = [texts]
         if not (dense or sparse or colbert):
             raise ValueError("ask for at least one of dense, sparse, colbert")
         self.check_heads(sparse=sparse, colbert=colbert)
@@ -434,12 +663,13 @@ class Embedder:
         return texts
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, dense: bool = True,
-                sparse: bool = False, colbert: bool = False) -> EncoderOutput:
+                sparse: bool = False, colbert: bool = False, normalize: bool | None = None) -> EncoderOutput:
         """The model and the heads asked for on one padded batch, as tensors (differentiable outside
-        ``torch.inference_mode``); see :func:`flagstone.models.heads.encoder_forward`."""
+        ``torch.inference_mode``); see :func:`flagstone.models.heads.encoder_forward`. ``normalize`` defaults
+        to the embedder's setting."""
         self.check_heads(sparse=sparse, colbert=colbert)
         return encoder_forward(self.model, input_ids, attention_mask, pooling=self.settings.pooling,
-                               normalize=self.settings.normalize, dense=dense,
+                               normalize=self.settings.normalize if normalize is None else normalize, dense=dense,
                                sparse_head=self.sparse_head if sparse else None,
                                colbert_head=self.colbert_head if colbert else None,
                                special_ids=self._special_ids_tensor)
@@ -484,3 +714,40 @@ def _sparse_from_rows(rows: list[tuple[np.ndarray, np.ndarray]], vocab_size: int
     weights = np.concatenate([r[1] for r in rows]).astype(np.float32) if rows else np.zeros(0, np.float32)
     return SparseWeights(indptr, ids, weights, vocab_size)
 
+
+
+def _as_matrix(x: Embeddings | np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(x, Embeddings):
+        if x.dense is None:
+            raise ValueError("similarity needs dense vectors: these Embeddings hold none")
+        x = x.dense
+    if not isinstance(x, np.ndarray):  # a torch tensor
+        x = x.detach().cpu().numpy()
+    matrix = np.asarray(x, dtype=np.float32)
+    if matrix.ndim == 1:
+        matrix = matrix[None, :]
+    if matrix.ndim != 2:
+        raise ValueError(f"similarity needs (n, dim) or (dim,) vectors, got shape {matrix.shape}")
+    return matrix
+
+
+def similarity_matrix(a: Embeddings | np.ndarray | torch.Tensor, b: Embeddings | np.ndarray | torch.Tensor,
+                      function: str = "cosine") -> np.ndarray:
+    """``(len(a), len(b))`` float32 scores: cosine, dot, or the negative euclidean / manhattan distance
+    (larger is more similar for all four, as in sentence-transformers)."""
+    x, y = _as_matrix(a), _as_matrix(b)
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"vectors of different sizes: {x.shape[1]} and {y.shape[1]}")
+    if function == "cosine":
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        y = y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
+        return (x @ y.T).astype(np.float32)
+    if function == "dot":
+        return (x @ y.T).astype(np.float32)
+    if function == "euclidean":
+        x64, y64 = x.astype(np.float64), y.astype(np.float64)  # the expansion cancels badly in float32
+        squared = (x64 * x64).sum(1)[:, None] + (y64 * y64).sum(1)[None, :] - 2 * (x64 @ y64.T)
+        return (-np.sqrt(np.maximum(squared, 0))).astype(np.float32)
+    if function == "manhattan":
+        return (-np.abs(x[:, None, :] - y[None, :, :]).sum(-1)).astype(np.float32)
+    raise ValueError(f"similarity function must be one of {SIMILARITY_FUNCTIONS}, got {function!r}")

@@ -1,13 +1,20 @@
 """The one result type of every encode call: dense vectors, sparse lexical weights, multi-vectors.
 
-Fields that were not asked for are ``None``; the type never changes with the flags.
+Fields that were not asked for are ``None``; the type never changes with the flags. ``dense`` is a float32
+NumPy array by default; ``Embedder.encode(..., precision=...)`` makes it int8/uint8 (quantised), and
+``output="torch"`` makes it a CPU ``torch.Tensor`` of the same dtype and shape. Sparse weights and ColBERT vectors
+are always NumPy.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -115,7 +122,8 @@ class MultiVectors:
 class Embeddings:
     """Encoder outputs for a batch of texts, in input order."""
 
-    dense: np.ndarray | None = None  # (n, dim) float32
+    # (n, dim) float32 by default; int8/uint8 (n, dim) or (n, dim / 8) when quantised; a tensor for output="torch"
+    dense: np.ndarray | torch.Tensor | None = None
     sparse: SparseWeights | None = None
     colbert: MultiVectors | None = None
 

@@ -33,7 +33,8 @@ class EncoderOutput:
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str, normalize: bool) -> torch.Tensor:
-    """One vector per text from token states (right padding): CLS, mean over real tokens, or last token."""
+    """One vector per text from token states: CLS (the first position: right padding), mean over real tokens,
+    or the last real token (right or left padding: decoder embedders pad on the left)."""
     import torch
 
     if pooling == "cls":
@@ -41,8 +42,9 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str, normalize: bool
     elif pooling == "mean":
         m = mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
-    elif pooling == "last_token":  # the last real token of each row
-        last = mask.sum(dim=1) - 1
+    elif pooling == "last_token":  # the last real token of each row, wherever the padding is
+        positions = torch.arange(mask.shape[1], device=mask.device)
+        last = (mask.to(torch.long) * (positions + 1)).argmax(dim=1)
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
     else:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")

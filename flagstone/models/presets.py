@@ -9,6 +9,11 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
 _EN_INSTRUCTION = "Represent this sentence for searching relevant passages: "
 _ZH_INSTRUCTION = "为这个句子生成表示以用于检索相关文章："
+_WEB_SEARCH_TASK = "Given a web search query, retrieve relevant passages that answer the query"
+# decoder embedders wrap a query in their own instruction format; documents go in as they are
+_QWEN3_FORMAT = "Instruct: {}\nQuery:{}"  # Qwen3-Embedding: no space after "Query:"
+_E5_MISTRAL_FORMAT = "Instruct: {}\nQuery: {}"
+_BGE_ICL_FORMAT = "<instruct>{}\n<query>{}\n<response>"  # bge-en-icl without in-context examples
 
 
 @dataclass(frozen=True)
@@ -18,8 +23,12 @@ class ModelPreset:
     pooling: str  # "cls", "mean" or "last_token"
     normalize: bool
     max_length: int
-    query_instruction: str = ""
+    query_instruction: str = ""  # FlagEmbedding's query_instruction_for_retrieval
     bundled_package: str | None = None  # a pip package that carries the weights in ``model/``
+    # how a query and its instruction combine (FlagEmbedding's query_instruction_format): "{}{}" prepends it
+    query_instruction_format: str = "{}{}"
+    passage_instruction: str = ""  # prepended to documents (FlagEmbedding's passage_instruction_for_retrieval)
+    end_token: str | None = None  # appended to every text unless the tokenizer already ends it (decoders pool it)
 
     def local_path(self) -> Path | None:
         """The bundled folder when its package is installed (found without importing it)."""
@@ -44,6 +53,13 @@ PRESETS: dict[str, ModelPreset] = {
         ModelPreset("bge-base-zh-v1.5", "BAAI/bge-base-zh-v1.5", "cls", True, 512, _ZH_INSTRUCTION),
         ModelPreset("bge-large-zh-v1.5", "BAAI/bge-large-zh-v1.5", "cls", True, 512, _ZH_INSTRUCTION),
         ModelPreset("bge-m3", "BAAI/bge-m3", "cls", True, 8192),
+        *[ModelPreset(f"qwen3-embedding-{size.lower()}", f"Qwen/Qwen3-Embedding-{size}", "last_token", True, 8192,
+                      _WEB_SEARCH_TASK, query_instruction_format=_QWEN3_FORMAT, end_token="<|endoftext|>")
+          for size in ("0.6B", "4B", "8B")],
+        ModelPreset("e5-mistral-7b-instruct", "intfloat/e5-mistral-7b-instruct", "last_token", True, 4096,
+                    _WEB_SEARCH_TASK, query_instruction_format=_E5_MISTRAL_FORMAT, end_token="</s>"),
+        ModelPreset("bge-en-icl", "BAAI/bge-en-icl", "last_token", True, 512, _WEB_SEARCH_TASK + ".",
+                    query_instruction_format=_BGE_ICL_FORMAT, end_token="</s>"),
     ]
 }
 _BY_HUB_ID = {p.hub_id.lower(): p for p in PRESETS.values()}

@@ -26,6 +26,48 @@ DEFAULT_LLM_PROMPT = (
     "Given a query and a passage, answer 'Yes' if the passage is relevant to the query, otherwise 'No'.\n"
     "Query: {query}\nPassage: {passage}\nIs the passage relevant to the query? Answer Yes or No."
 )
+QWEN3_RERANKER_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+# Qwen3-Reranker's input format (the text it was trained on, so it must be exact): a system turn asking for
+# "yes" or "no", the instruction, query and document in the user turn, and an empty thinking block before the answer
+_QWEN3_RERANKER_PROMPT = (
+    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct "
+    'provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
+    "<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {passage}<|im_end|>\n"
+    "<|im_start|>assistant\n<think>\n\n</think>\n\n"
+)
+
+
+@dataclass(frozen=True)
+class LLMPromptStyle:
+    """How a causal LM is asked for relevance: the prompt (``{query}``, ``{passage}``, optionally
+    ``{instruction}``), the two answer words, whether the prompt goes through the tokenizer's chat template
+    (``None``: when it has one), and whether scores are probabilities by default."""
+
+    prompt: str
+    yes: str
+    no: str
+    chat_template: bool | None
+    normalize: bool
+
+
+LLM_PROMPT_STYLES: dict[str, LLMPromptStyle] = {
+    "yes-no": LLMPromptStyle(DEFAULT_LLM_PROMPT, "Yes", "No", None, False),
+    # score = softmax over the "yes" and "no" logits at the last position, the probability of "yes"
+    "qwen3": LLMPromptStyle(_QWEN3_RERANKER_PROMPT, "yes", "no", False, True),
+}
+# short name -> (hub name, prompt style)
+LLM_RERANKER_PRESETS: dict[str, tuple[str, str]] = {
+    f"qwen3-reranker-{size.lower()}": (f"Qwen/Qwen3-Reranker-{size}", "qwen3") for size in ("0.6B", "4B", "8B")
+}
+
+
+def find_llm_reranker_preset(name: str) -> tuple[str, str] | None:
+    """``(hub name, prompt style)`` of an LLM reranker preset, by short name or hub name (any case)."""
+    key = name.strip().lower()
+    for short, (hub_id, style) in LLM_RERANKER_PRESETS.items():
+        if key in (short, hub_id.lower()):
+            return hub_id, style
+    return None
 
 
 @dataclass(frozen=True)
@@ -165,40 +207,67 @@ class CrossEncoderReranker:
 
 
 class LLMReranker:
-    """Pointwise reranking with a causal LM (INTERS style): the score is the log-odds of "Yes" over "No"
-    as the next token after a relevance prompt; ``normalize=True`` gives P(Yes | Yes or No) in 0..1.
+    """Pointwise reranking with a causal LM (INTERS style): the score is the log-odds of the "yes" word over the
+    "no" word as the next token after a relevance prompt; ``normalize=True`` gives P(yes | yes or no) in 0..1,
+    the softmax over the two logits at the last position.
 
     ``model`` is anything :func:`flagstone.models.causal_lm.load_causal_lm` accepts (default: the bundled
-    SmolLM2-135M-Instruct). Chat models get the prompt through their chat template. Passages are cut by
-    tokens so the whole prompt fits ``max_length``.
+    SmolLM2-135M-Instruct) or an LLM reranker preset (``qwen3-reranker-0.6b``, ``Qwen/Qwen3-Reranker-4B``...).
+    ``prompt_style`` picks the prompt, answer words, chat-template use and default ``normalize`` from
+    :data:`LLM_PROMPT_STYLES`: ``"yes-no"`` (the default; chat models get the prompt through their chat
+    template) or ``"qwen3"`` (Qwen3-Reranker's format and probability scores; the default for its presets).
+    ``prompt``, ``yes``, ``no``, ``normalize`` and ``chat_template`` given here beat the style's; ``instruction``
+    fills a prompt's ``{instruction}`` (default: a web-search retrieval task). Passages are cut by tokens so the
+    whole prompt fits ``max_length``.
     """
 
     def __init__(
         self,
         model: str | os.PathLike = "smollm2-135m-instruct",
         *,
-        prompt: str = DEFAULT_LLM_PROMPT,
-        yes: str = "Yes",
-        no: str = "No",
+        prompt_style: str | None = None,
+        prompt: str | None = None,
+        instruction: str | None = None,
+        yes: str | None = None,
+        no: str | None = None,
+        chat_template: bool | None = None,
         max_length: int = 512,
         batch_size: int = 8,
-        normalize: bool = False,
+        normalize: bool | None = None,
         dtype: str = "float32",
         cache_dir: str | os.PathLike | None = None,
     ) -> None:
         from flagstone.models.causal_lm import load_causal_lm
 
+        preset = find_llm_reranker_preset(str(model))
+        if preset is not None:
+            model = preset[0]
+        style_name = prompt_style or (preset[1] if preset is not None else "yes-no")
+        if style_name not in LLM_PROMPT_STYLES:
+            raise ValueError(f"prompt_style must be one of {sorted(LLM_PROMPT_STYLES)}, got {style_name!r}")
+        style = LLM_PROMPT_STYLES[style_name]
+        prompt = style.prompt if prompt is None else prompt
         if "{query}" not in prompt or "{passage}" not in prompt:
             raise ValueError("prompt must contain {query} and {passage}")
+        if "{instruction}" in prompt:  # filled now; braces in it are escaped so format() leaves them as they are
+            task = QWEN3_RERANKER_INSTRUCTION if instruction is None else instruction
+            prompt = prompt.replace("{instruction}", task.replace("{", "{{").replace("}", "}}"))
+        elif instruction is not None:
+            raise ValueError("instruction given but the prompt has no {instruction} field")
         lm = load_causal_lm(model, dtype=dtype, cache_dir=cache_dir)
         self.model, self.tokenizer, self.path = lm.model, lm.tokenizer, lm.path
+        self.prompt_style = style_name
         self.prompt = prompt
         self.max_length = max_length
         self.batch_size = batch_size
-        self.normalize = normalize
-        self.yes_id = self._single_token(yes)
-        self.no_id = self._single_token(no)
-        self._chat = getattr(self.tokenizer, "chat_template", None) is not None
+        self.normalize = style.normalize if normalize is None else normalize
+        self.yes_id = self._single_token(style.yes if yes is None else yes)
+        self.no_id = self._single_token(style.no if no is None else no)
+        has_template = getattr(self.tokenizer, "chat_template", None) is not None
+        use_template = style.chat_template if chat_template is None else chat_template
+        if use_template and not has_template:
+            raise ValueError(f"chat_template=True but the tokenizer in {self.path} has no chat template")
+        self._chat = has_template if use_template is None else use_template
         self._pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
     def _single_token(self, word: str) -> int:

@@ -85,11 +85,16 @@ class _Trainable:
             encoder.requires_grad_(False)
         self.special_ids = torch.from_numpy(base.special_token_ids)  # the tokens inference gives no weight
 
-    def outputs(self, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
-        """The trained heads' outputs for ``texts`` (query instruction already prepended), through the same
-        tokenisation and forward as :meth:`Embedder.encode`; sparse weights spread over the vocabulary."""
+    def outputs(self, texts: list[str], max_length: int, *, formatted: bool = False) -> dict[str, torch.Tensor]:
+        """The trained heads' outputs for ``texts`` through the same tokenisation and forward as
+        :meth:`Embedder.encode`; sparse weights spread over the vocabulary. Documents get the embedder's document
+        template (passage instruction or prompt) as :meth:`Embedder.encode` gives it; ``formatted`` texts (queries
+        with their instruction already applied) are tokenised as they are."""
         heads = self.settings.heads
-        input_ids, mask = self.base.pad(self.base.tokenize(texts, max_length=max_length))
+        raw = {"prompt": ""} if formatted else {}  # an empty prompt: no template on top of the formatted text
+        token_ids = self.base.tokenize(texts, max_length=max_length, **raw)
+        side = self.base.batch_padding_side(sparse="sparse" in heads, colbert="colbert" in heads)
+        input_ids, mask = self.base.pad(token_ids, side=side)
         out = encoder_forward(self.module["encoder"], input_ids, mask, pooling=self.base.settings.pooling,
                               normalize=self.base.settings.normalize, dense="dense" in heads,
                               sparse_head=self.module["sparse"] if "sparse" in heads else None,
@@ -180,15 +185,16 @@ def train_embedder(
         embedder.sparse_head = idf_sparse_head(embedder, unique_passages(examples), scale=settings.sparse_init_scale,
                                                max_length=settings.passage_max_length, seed=config.seed)
     trainable = _Trainable(embedder, settings)
-    instruction = embedder.settings.query_instruction if settings.query_instruction is None \
-        else settings.query_instruction
+    # the base model's query instruction in its format (decoder embedders wrap the query), unless set here
+    prefix, suffix = embedder.text_template(is_query=True) if settings.query_instruction is None \
+        else (settings.query_instruction, "")
     heads = settings.heads
     weights = {h: settings.head_weights.get(h, 1.0) for h in heads}
 
     def loss_fn(batch) -> torch.Tensor:
-        queries = [instruction + q for q, _, _ in batch]
+        queries = [prefix + q + suffix for q, _, _ in batch]
         passages = [t for _, texts, _ in batch for t in texts]
-        q = trainable.outputs(queries, settings.query_max_length)
+        q = trainable.outputs(queries, settings.query_max_length, formatted=True)
         p = trainable.outputs(passages, settings.passage_max_length)
         n, g = len(batch), settings.group_size
         own = torch.arange(n)[:, None] * g + torch.arange(g)[None, :]  # each query's group columns

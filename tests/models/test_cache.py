@@ -217,8 +217,8 @@ def test_cached_embedder_looks_like_its_embedder(tiny_m3, tmp_path):
         assert getattr(cached, name) == getattr(tiny_m3, name)
     assert cached.tokenize(TEXTS[:2], is_query=True) == tiny_m3.tokenize(TEXTS[:2], is_query=True)
     assert cached.cache_key(["dense"], False) == tiny_m3.cache_key(["dense"], False)
-    with pytest.raises(InvalidTextError):
-        cached.encode("one text")
+    one = cached.encode("one text")  # one string is one text, as for the embedder
+    assert len(one) == 1 and np.allclose(one.dense, tiny_m3.encode(["one text"]).dense, atol=1e-6)
     with pytest.raises(InvalidTextError):
         cached.encode(["fine", "  "], is_query=True)  # an empty document is encoded
     with pytest.raises(ValueError, match="at least one"):

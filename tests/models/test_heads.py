@@ -41,3 +41,11 @@ def test_pooling_modes():
         pool(hidden, mask, "max", False)
     with pytest.raises(ValueError, match="special_ids"):
         apply_heads(hidden, mask, mask, pooling="cls", normalize=False, sparse_head=torch.nn.Linear(4, 1))
+
+
+def test_last_token_pooling_with_left_padding():
+    hidden = torch.randn(2, 4, 3)
+    left = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])  # decoder embedders pad on the left
+    assert torch.equal(pool(hidden, left, "last_token", False), hidden[:, -1])
+    right = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    assert torch.equal(pool(hidden, right, "last_token", False), torch.stack([hidden[0, 1], hidden[1, 3]]))

@@ -170,3 +170,47 @@ def test_an_empty_passage_is_scored(cross_encoder):
     """A corpus's empty document (Cranfield 471) can be a first-stage hit: rerank it like any other."""
     scores = cross_encoder.score_pairs([("zinc and colds", ""), ("zinc and colds", "Zinc shortens colds.")])
     assert len(scores) == 2 and all(np.isfinite(scores))
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen_lm_dir(tmp_path_factory):
+    from tests.helpers import build_tiny_qwen_lm
+
+    return build_tiny_qwen_lm(tmp_path_factory.mktemp("tiny-qwen-lm") / "lm")
+
+
+def test_qwen3_reranker_style_equals_the_yes_no_softmax(tiny_qwen_lm_dir):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from flagstone.models.reranker import find_llm_reranker_preset
+
+    assert find_llm_reranker_preset("Qwen/Qwen3-Reranker-0.6B") == ("Qwen/Qwen3-Reranker-0.6B", "qwen3")
+    assert find_llm_reranker_preset("qwen3-reranker-8b") == ("Qwen/Qwen3-Reranker-8B", "qwen3")
+    task = "Find the {function} that does it"  # braces in an instruction stay as they are
+    reranker = LLMReranker(tiny_qwen_lm_dir, prompt_style="qwen3", instruction=task, batch_size=2)
+    assert reranker.normalize and not reranker._chat
+    tok = AutoTokenizer.from_pretrained(tiny_qwen_lm_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen_lm_dir).eval()
+    yes, no = tok("yes", add_special_tokens=False)["input_ids"], tok("no", add_special_tokens=False)["input_ids"]
+    assert len(yes) == len(no) == 1
+    expected = []
+    with torch.inference_mode():
+        for passage in PASSAGES:
+            text = ("<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the "
+                    'Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
+                    f"<Instruct>: {task}\n<Query>: {QUERY}\n<Document>: {passage}<|im_end|>\n"
+                    "<|im_start|>assistant\n<think>\n\n</think>\n\n")
+            ids = tok(text, return_tensors="pt")
+            last = model(**ids).logits[0, -1]
+            expected.append(torch.softmax(torch.stack([last[no[0]], last[yes[0]]]), dim=0)[1].item())
+    scores = reranker.score_pairs([(QUERY, p) for p in PASSAGES])
+    np.testing.assert_allclose(scores, expected, atol=1e-5)
+    assert np.all((scores > 0) & (scores < 1))
+    raw = LLMReranker(tiny_qwen_lm_dir, prompt_style="qwen3", instruction=task, normalize=False)
+    np.testing.assert_allclose(raw.score_pairs([(QUERY, p) for p in PASSAGES]),
+                               np.log(np.asarray(expected) / (1 - np.asarray(expected))), atol=1e-4)
+    with pytest.raises(ValueError, match="prompt_style"):
+        LLMReranker(tiny_qwen_lm_dir, prompt_style="nope")
+    with pytest.raises(ValueError, match="no {instruction} field"):
+        LLMReranker(tiny_qwen_lm_dir, instruction="a task")  # the yes-no prompt takes none

@@ -310,8 +310,10 @@ class Recorder:
             out = self.generator.generate(messages, max_new_tokens=16, stop=["\n"])
             chosen, source, raw, scores = match_option(out.text, options), "free_text", out.text, {}
             prompt, completion, seconds = out.prompt_tokens, out.completion_tokens, out.seconds
-        action = Action(name, chosen, list(options), source, raw=raw, unparsed=chosen is None,
-                        scores={k: round(v, 3) for k, v in scores.items()})
+        # options may carry the spacing that makes them continue the prompt; the trace holds the bare words
+        chosen = chosen.strip() if chosen is not None else None
+        action = Action(name, chosen, [o.strip() for o in options], source, raw=raw, unparsed=chosen is None,
+                        scores={k.strip(): round(v, 3) for k, v in scores.items()})
         step = Step("choose", name, [dict(m) for m in messages], chosen if chosen is not None else raw,
                     prompt_tokens=prompt, completion_tokens=completion, seconds=seconds)
         self.trace.steps.append(step)

@@ -123,7 +123,7 @@ class SearchO1:
             return recorder.policy("decide", "search", options, "first decision searches (first_search='forced')"
                                    ).chosen
         action = recorder.choose("decide", self._messages(question, reasoning.rstrip() + NEXT_STEP), ACTIONS)
-        return "unparsed" if action.chosen is None else action.chosen.strip()
+        return "unparsed" if action.chosen is None else action.chosen
 
     def ask(self, question: str, context: ContextIndex) -> Answer:
         question = check_question(question)

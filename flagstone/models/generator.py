@@ -240,10 +240,12 @@ class LocalGenerator:
     def choose(self, messages: Sequence[Message], options: Sequence[str]) -> Choice:
         """The option the model finds most likely right after the prompt (sum of its tokens' log-probabilities).
 
-        The prompt is run once; each option's tokens are then run on the prompt's key-value cache, which is
-        cut back to the prompt after each option. Options are text that continues the prompt as is (for a
-        chat model, the start of the assistant reply, or the continuation of a trailing assistant message).
+        The prompt is run once; each option's tokens are then run on a copy of the prompt's key-value cache.
+        Options are text that continues the prompt as is (for a chat model, the start of the assistant reply,
+        or the continuation of a trailing assistant message).
         """
+        import copy
+
         import torch
 
         options = check_options(options)
@@ -253,18 +255,21 @@ class LocalGenerator:
         if len(ids) + longest > self.context_window:
             raise InvalidTextError(f"prompt of {len(ids)} tokens + an option of {longest} exceeds the "
                                    f"{self.context_window}-token context window of {self.name}")
+        # transformers renamed past_key_values to cache (5.x); take whichever this version's model accepts
+        cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
         start = time.perf_counter()
         scores: dict[str, float] = {}
         with self._lock, _torch_threads(self.threads), torch.inference_mode():
             out = self.model(input_ids=torch.tensor([ids]), use_cache=True)
-            cache, first = out.past_key_values, torch.log_softmax(out.logits[0, -1].float(), -1)
+            cache = getattr(out, "cache", None) or out.past_key_values
+            first = torch.log_softmax(out.logits[0, -1].float(), -1)
             for option, tokens in zip(options, option_ids):
                 total = float(first[tokens[0]])
-                if len(tokens) > 1:
-                    rest = self.model(input_ids=torch.tensor([tokens[:-1]]), past_key_values=cache, use_cache=True)
+                if len(tokens) > 1:  # the forward pass extends the cache it gets: give it a copy
+                    rest = self.model(input_ids=torch.tensor([tokens[:-1]]), use_cache=True,
+                                      **{cache_arg: copy.deepcopy(cache)})
                     logp = torch.log_softmax(rest.logits[0].float(), -1)
                     total += float(logp[torch.arange(len(tokens) - 1), torch.tensor(tokens[1:])].sum())
-                    cache.crop(len(ids))  # back to the prompt alone for the next option
                 scores[option] = total
         best = max(options, key=lambda o: scores[o])  # ties: the first option listed
         return Choice(best, "scored", "", scores, len(ids), sum(len(o) for o in option_ids),

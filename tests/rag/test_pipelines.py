@@ -312,16 +312,30 @@ def dense_context(minilm):
     lambda g: RAG(g, k=2, max_new_tokens=12),
     lambda g: MemoRAG(g, k=2, piece_tokens=64, gist_tokens=24, clue_tokens=32, max_new_tokens=12),
     lambda g: SearchO1(g, k=2, max_turns=2, turn_tokens=32, document_tokens=32, max_new_tokens=12),
+    lambda g: SearchO1(g, k=2, max_turns=2, turn_tokens=32, document_tokens=32, max_new_tokens=12,
+                       first_search="scored"),
     lambda g: LCBoost(g, window_tokens=64, step_tokens=16, max_steps=2, max_new_tokens=12),
-], ids=["no_retrieval", "full_context", "rag", "memorag", "search_o1", "lc_boost"])
+], ids=["no_retrieval", "full_context", "rag", "memorag", "search_o1", "search_o1_scored", "lc_boost"])
 def test_pipelines_run_end_to_end_on_smollm2(make, smollm2, dense_context):
     pipeline = make(smollm2)
+    forced = getattr(pipeline, "first_search", "") == "forced"
     answer = pipeline.ask("When did the Velmora bridge open?", dense_context)
     assert isinstance(answer.answer, str)
-    generated = [s for s in answer.trace.steps if s.kind == "generate"]
+    generated = [s for s in answer.trace.steps if s.kind != "retrieve"]  # generate and choose steps
     assert generated and all(s.prompt_tokens > 0 and s.completion_tokens > 0 for s in generated)
     assert answer.trace.tokens == sum(s.prompt_tokens + s.completion_tokens for s in generated)
+    # every choice the local model makes is scored among the options: it always parses
+    chosen = [a for a in answer.trace.actions if a.source == "scored"]
+    assert all(a.chosen in a.options and set(a.scores) == set(a.options) for a in chosen)
+    assert len(chosen) == sum(s.kind == "choose" for s in answer.trace.steps)
+    assert answer.trace.silent_defaults == 0
+    if pipeline.name == "lc_boost":
+        assert chosen and chosen[0].step == "access"
+    if pipeline.name == "search_o1" and not forced:
+        assert chosen[0].step == "decide" and chosen[0].source == "scored"  # the model chose the first step
+    if forced:
+        assert answer.trace.searches >= 1 and answer.trace.actions[0].argument  # the model wrote a query
     assert set(answer.trace.retrieved) <= set(dense_context.by_id)
-    if pipeline.name in ("rag", "memorag", "search_o1"):
+    if pipeline.name in ("rag", "memorag") or forced:
         assert "bridge#0" in answer.trace.retrieved
     assert answer.to_dict()["trace"]["prompt_tokens"] > 0

@@ -215,8 +215,32 @@ class LocalGenerator:
             kwargs["stopping_criteria"] = _new_text_stop(self.tokenizer, len(ids), stop)
         return kwargs
 
+    def write(self, messages: Sequence[Message], *, max_new_tokens: int = 64, stop: Sequence[str] = ()) -> Generation:
+        """Greedy free text that cannot be empty: a logits processor allows as the first token only tokens
+        that start with a word character (after at most one space), so no reply opens with a newline, a tag
+        or the end of the turn; the text then runs to a stop string, the end of the turn, or the limit.
+        Used for the text an agent's action needs (a search query, a note)."""
+        return self.generate(messages, max_new_tokens=max_new_tokens, stop=stop, _first_word=True)
+
+    def _word_start_mask(self):
+        """A vocabulary-sized mask of the tokens whose text starts with a word character (after one space)."""
+        import re
+
+        import torch
+
+        if getattr(self, "_word_start", None) is None:
+            size = self.model.get_output_embeddings().weight.shape[0]
+            texts = self.tokenizer.convert_ids_to_tokens(list(range(min(size, len(self.tokenizer)))))
+            mask = torch.zeros(size, dtype=torch.bool)
+            for i, token in enumerate(texts):
+                text = self.tokenizer.convert_tokens_to_string([token]) if token is not None else ""
+                mask[i] = re.match(r"^ ?\w", text) is not None
+            self._word_start = mask
+        return self._word_start
+
     def generate(self, messages: Sequence[Message], *, max_new_tokens: int = 256, stop: Sequence[str] = (),
-                 temperature: float = 0.0, on_text: Callable[[str], None] | None = None) -> Generation:
+                 temperature: float = 0.0, on_text: Callable[[str], None] | None = None,
+                 _first_word: bool = False) -> Generation:
         """Generate a reply; with ``on_text``, its text is passed to ``on_text`` piece by piece while it is
         generated (cut at the stop string like the returned text), in this thread."""
         import torch
@@ -224,6 +248,8 @@ class LocalGenerator:
         stops = _check_settings(max_new_tokens, temperature, stop)
         ids = self.prompt_ids(messages)
         kwargs = self._generate_kwargs(ids, max_new_tokens, stops, temperature)
+        if _first_word:
+            kwargs["logits_processor"] = _first_token_mask(len(ids), self._word_start_mask())
         if on_text is not None:
             kwargs["streamer"] = _callback_streamer(self.tokenizer, stops, on_text)
         start = time.perf_counter()
@@ -305,6 +331,19 @@ class LocalGenerator:
             raise errors[0]
 
 
+def _first_token_mask(prompt_length: int, allowed):
+    """Only ``allowed`` tokens at the first generated position; any token after it."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    class FirstTokenMask(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            if input_ids.shape[1] == prompt_length:
+                scores = scores.masked_fill(~allowed[: scores.shape[-1]].to(scores.device), float("-inf"))
+            return scores
+
+    return LogitsProcessorList([FirstTokenMask()])
+
+
 def check_options(options: Sequence[str]) -> list[str]:
     if isinstance(options, str) or len(options) < 2:
         raise ValueError("a choice needs a list of at least two options")
@@ -312,6 +351,11 @@ def check_options(options: Sequence[str]) -> list[str]:
     if any(not isinstance(o, str) or not o.strip() for o in options) or len(set(options)) != len(options):
         raise ValueError(f"options must be distinct non-empty strings, got {options!r}")
     return options
+
+
+# what OpenAIChatGenerator.write asks a guided server for: a word character first, then anything but a newline
+WRITE_REGEX = r"\w[^\n]*"
+WRITE_GBNF = "root ::= [0-9A-Za-z] [^\\n]*"
 
 
 def gbnf_choice(options: Sequence[str]) -> str:
@@ -564,6 +608,18 @@ class OpenAIChatGenerator:
         else:
             option, source = match_option(out.text, options), "free_text"
         return Choice(option, source, out.text, {}, out.prompt_tokens, out.completion_tokens, out.seconds)
+
+    def write(self, messages: Sequence[Message], *, max_new_tokens: int = 64, stop: Sequence[str] = ()) -> Generation:
+        """Greedy text that starts with a word character and holds no newline, constrained by the server when
+        ``guided`` is set (vLLM ``guided_regex``, llama.cpp ``grammar``); without it, plain free text (which
+        may come back empty: the caller records that as unparsed)."""
+        stops = _check_settings(max_new_tokens, 0.0, stop)
+        body = self._body(messages, max_new_tokens, stops, 0.0, False)
+        if self.guided == "vllm":
+            body["guided_regex"] = WRITE_REGEX
+        elif self.guided == "llama.cpp":
+            body["grammar"] = WRITE_GBNF
+        return self._completion(body, stops, time.perf_counter(), messages)
 
     def stream(self, messages: Sequence[Message], *, max_new_tokens: int = 256, stop: Sequence[str] = (),
                temperature: float = 0.0) -> Iterator[str]:

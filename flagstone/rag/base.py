@@ -73,6 +73,7 @@ class Action:
     unparsed: bool = False
     reason: str = ""
     scores: dict[str, float] = field(default_factory=dict)
+    argument_source: str = ""  # how the argument was written: "constrained" or "free_text"
 
     @property
     def silent_default(self) -> bool:
@@ -293,6 +294,25 @@ class Recorder:
         if listener is not None:
             listener.step_finished(step)
         return out
+
+    def write(self, name: str, messages: Sequence[Message], *, max_new_tokens: int, stop: Sequence[str] = ()
+              ) -> tuple[Generation, str]:
+        """The text an action needs (a query, a note), with the generator's ``write`` (constrained to start
+        with a word) when it has one, else plain greedy text; returns it and how it was made
+        ("constrained" or "free_text")."""
+        writer = getattr(self.generator, "write", None)
+        if writer is None:
+            return self.generate(name, messages, max_new_tokens=max_new_tokens, stop=stop), "free_text"
+        listener = _LISTENER.get()
+        if listener is not None:
+            listener.step_started("generate", name)
+        out = writer(messages, max_new_tokens=max_new_tokens, stop=stop)
+        step = Step("generate", name, [dict(m) for m in messages], out.text, prompt_tokens=out.prompt_tokens,
+                    completion_tokens=out.completion_tokens, seconds=out.seconds)
+        self.trace.steps.append(step)
+        if listener is not None:
+            listener.step_finished(step)
+        return out, "constrained"
 
     def choose(self, name: str, messages: Sequence[Message], options: Sequence[str]) -> Action:
         """Pick one of ``options`` with the generator's ``choose`` (scored or guided), or, for a generator

@@ -77,8 +77,9 @@ class LCBoost:
         action = recorder.choose(name, messages, options)
         if action.chosen in needs_text:
             prefix = f"{action.chosen}:"
-            out = recorder.generate(f"{name}_text", [*messages, {"role": "assistant", "content": prefix}],
-                                    max_new_tokens=max_new_tokens, stop=["\n"])
+            out, action.argument_source = recorder.write(
+                f"{name}_text", [*messages, {"role": "assistant", "content": prefix}], max_new_tokens=max_new_tokens,
+                stop=["\n"])
             action.argument, action.raw = " ".join(out.text.split()), prefix + out.text
             action.unparsed = not action.argument
         return action

@@ -138,8 +138,8 @@ class SearchO1:
                 continue
             action = recorder.trace.actions[-1]
             prefix = reasoning.rstrip() + ("\n\n" if reasoning.strip() else "") + BEGIN_SEARCH
-            out = recorder.generate("query", self._messages(question, prefix), max_new_tokens=self.query_tokens,
-                                    stop=[END_SEARCH, "\n"])
+            out, action.argument_source = recorder.write("query", self._messages(question, prefix),
+                                                         max_new_tokens=self.query_tokens, stop=[END_SEARCH, "\n"])
             query = " ".join(out.text.split())
             action.argument, action.raw = query, out.text
             if not query:

@@ -339,3 +339,13 @@ def test_pipelines_run_end_to_end_on_smollm2(make, smollm2, dense_context):
     if pipeline.name in ("rag", "memorag") or forced:
         assert "bridge#0" in answer.trace.retrieved
     assert answer.to_dict()["trace"]["prompt_tokens"] > 0
+
+
+def test_rag_at_a_token_budget_reads_chunks_in_rank_order_until_the_budget(context):
+    question = "When did the Velmora bridge open?"
+    ranked = RAG(ScriptedGenerator(["x"]), k=4).ask(question, context).trace.retrieved
+    small = RAG(ScriptedGenerator(["1932"]), token_budget=110).ask(question, context)
+    large = RAG(ScriptedGenerator(["1932"]), token_budget=10_000).ask(question, context)
+    assert small.trace.retrieved == ranked[: len(small.trace.retrieved)] and 1 <= len(small.trace.retrieved) < 4
+    assert large.trace.retrieved == ranked
+    assert small.trace.tokens <= 110 and small.trace.tokens < large.trace.tokens

@@ -103,3 +103,34 @@ def test_openai_guided_must_be_known():
         from flagstone.models.generator import OpenAIChatGenerator
 
         OpenAIChatGenerator("m", **client_kwargs)
+
+
+def test_write_masks_only_the_first_token_to_word_starts(gen):
+    import re
+
+    import torch
+
+    from flagstone.models.generator import _first_token_mask
+
+    mask = gen._word_start_mask()
+    newline = gen.tokenizer("\n", add_special_tokens=False)["input_ids"][0]
+    word = gen.tokenizer("value", add_special_tokens=False)["input_ids"][0]
+    assert not mask[newline] and mask[word] and not mask[gen.tokenizer.eos_token_id]
+    processor = _first_token_mask(3, mask)[0]
+    first = processor(torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, len(mask)))
+    assert torch.isinf(first[0, ~mask]).all() and (first[0, mask] == 0).all()
+    later = processor(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, len(mask)))
+    assert (later == 0).all()  # after the first token anything goes
+    out = gen.write([*QUESTION, {"role": "assistant", "content": "Query:\n\n"}], max_new_tokens=4)
+    assert re.match(r"^ ?\w", out.text)
+
+
+def test_openai_write_sends_the_guided_regex_or_grammar(api):  # noqa: F811
+    api.answer(Reply(body=completion("Velmora bridge")))
+    assert client(api, guided="vllm").write(QUESTION, max_new_tokens=8, stop=["END"]).text == "Velmora bridge"
+    assert client(api, guided="llama.cpp").write(QUESTION, max_new_tokens=8).text == "Velmora bridge"
+    client(api).write(QUESTION, max_new_tokens=8)
+    vllm, llama, plain = (r["body"] for r in api.requests)
+    assert vllm["guided_regex"] == r"\w[^\n]*" and vllm["stop"] == ["END"] and vllm["temperature"] == 0.0
+    assert llama["grammar"] == "root ::= [0-9A-Za-z] [^\\n]*"
+    assert "guided_regex" not in plain and "grammar" not in plain

@@ -14,7 +14,8 @@ Policy for the first decision (``first_search``): "forced" (default) searches at
 whenever the search budget allows, recorded as a "policy" action: a model that has read nothing yet has
 nothing to answer from, and small models score "answer" too high there; "scored" lets the model choose it
 too. Every later decision is the model's. A query the model leaves empty is recorded as unparsed and not
-searched.
+searched; a repeated query is not searched again (the model is reminded) but counts against
+``max_searches``, so a model stuck on one query cannot loop until the turn limit.
 """
 from __future__ import annotations
 
@@ -105,17 +106,17 @@ class SearchO1:
         return condensed
 
     def _search(self, query: str, reasoning: str, context: ContextIndex, recorder: Recorder,
-                searched: set[str]) -> str:
+                searched: list[str]) -> str:
         key = query.lower()
-        if key in searched:
+        searched.append(key)  # a repeated query uses up the budget too: a model stuck on one query stops
+        if key in searched[:-1]:
             recorder.trace.notes.append(f"duplicate query: {query}")
             return DUPLICATE_QUERY
-        searched.add(key)
         recorder.trace.queries.append(query)
         (chunks,) = recorder.retrieve("search", context, [query], self.k)
         return self._reason_in_documents(query, reasoning, chunks, recorder)
 
-    def _decide(self, question: str, reasoning: str, turn: int, searched: set[str], recorder: Recorder) -> str:
+    def _decide(self, question: str, reasoning: str, turn: int, searched: list[str], recorder: Recorder) -> str:
         options = [a.strip() for a in ACTIONS]
         if len(searched) >= self.max_searches:
             return recorder.policy("decide", "answer", options, "search limit reached").chosen
@@ -128,7 +129,7 @@ class SearchO1:
     def ask(self, question: str, context: ContextIndex) -> Answer:
         question = check_question(question)
         start, recorder = time.perf_counter(), Recorder(self.generator)
-        reasoning, searched = "", set()
+        reasoning, searched = "", []  # every query issued, repeated ones included
         for turn in range(self.max_turns):
             decision = self._decide(question, reasoning, turn, searched, recorder)
             if decision == "answer":

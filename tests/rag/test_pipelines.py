@@ -349,3 +349,11 @@ def test_rag_at_a_token_budget_reads_chunks_in_rank_order_until_the_budget(conte
     assert small.trace.retrieved == ranked[: len(small.trace.retrieved)] and 1 <= len(small.trace.retrieved) < 4
     assert large.trace.retrieved == ranked
     assert small.trace.tokens <= 110 and small.trace.tokens < large.trace.tokens
+
+
+def test_search_o1_repeated_query_counts_against_the_search_limit(context):
+    replies = ["Velmora bridge opened", "It opened in 1932.", "So 1932.", " search", "Velmora bridge opened",
+               "Still 1932.", "1932}"]
+    answer = SearchO1(ScriptedGenerator(replies), k=1, max_searches=2).ask("When did the bridge open?", context)
+    assert answer.trace.searches == 1 and answer.answer == "1932"
+    assert (answer.trace.actions[-1].chosen, answer.trace.actions[-1].reason) == ("answer", "search limit reached")

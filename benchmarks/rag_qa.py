@@ -9,9 +9,9 @@ with its 10 paragraphs) and a needle-in-a-haystack run over the essays, with the
         --out rag_qa_slice                          # a trial slice, kept apart from the full results
 
 Answers are appended per question to benchmarks/results/rag_qa/<pipeline>.jsonl, so an interrupted run goes
-on where it stopped (after changing a pipeline, move its old answers aside). Each question's paragraphs are chunked (200 MiniLM tokens, i.e. about one paragraph a
-chunk) and indexed with hybrid dense + BM25 retrieval; RAG, MemoRAG and Search-o1 read k=3 chunks per
-search. Supporting-fact recall counts the supporting sentences covered by the chunks a pipeline retrieved
+on where it stopped (after changing a pipeline, move its old answers aside). Each question's paragraphs are
+chunked (200 MiniLM tokens, i.e. about one paragraph a chunk) and indexed with hybrid dense + BM25
+retrieval; RAG, MemoRAG and Search-o1 read k=3 chunks per search. Supporting-fact recall counts the supporting sentences covered by the chunks a pipeline retrieved
 (for LC-Boost: the chunks it read; for full context: every chunk that fitted). rag_equal_tokens_X is plain
 RAG given, on each question, the tokens agent X used on it (so it runs after X). Searches, unparsed actions
 and silent defaults are recomputed from the stored traces.
@@ -212,7 +212,8 @@ def report(args, generator_name: str) -> None:
                      f"{p['searches_per_q']:.2f} | {p['share_with_search']:.2f} | {unparsed} | {silent} |")
     actions = {name: p["actions"] for name, p in pipelines.items() if p["actions"]}
     if actions:
-        lines += ["", "Chosen actions (step:action, summed over the questions; \"(policy)\" = the pipeline's rule):", ""]
+        lines += ["", "Chosen actions (step:action, summed over the questions; \"(policy)\" = the pipeline's "
+                  "rule):", ""]
         lines += [f"- {name}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) for name, counts in actions.items()]
     if niah:
         lengths = sorted({r["length"] for r in niah})

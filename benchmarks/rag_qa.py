@@ -5,12 +5,16 @@ with its 10 paragraphs) and a needle-in-a-haystack run over the essays, with the
     python benchmarks/rag_qa.py --pipelines rag,memorag --shard 0/2 --threads 1 &   # two workers share the
     python benchmarks/rag_qa.py --pipelines rag,memorag --shard 1/2 --threads 1 &   # questions between them
     python benchmarks/rag_qa.py --report            # only rebuild rag_qa.json / rag_qa.md from what is done
+    python benchmarks/rag_qa.py --limit 5 --pipelines search_o1,rag_equal_tokens_search_o1 --skip-niah \
+        --out rag_qa_slice                          # a trial slice, kept apart from the full results
 
 Answers are appended per question to benchmarks/results/rag_qa/<pipeline>.jsonl, so an interrupted run goes
-on where it stopped. Each question's paragraphs are chunked (200 MiniLM tokens, i.e. about one paragraph a
-chunk) and indexed with hybrid dense + BM25 retrieval; RAG, MemoRAG and Search-o1 read k=3 chunks per
-search. Supporting-fact recall counts the supporting sentences covered by the chunks a pipeline retrieved
-(for LC-Boost: the chunks it read; for full context: every chunk that fitted).
+on where it stopped (after changing a pipeline, move its old answers aside). Each question's paragraphs are
+chunked (200 MiniLM tokens, i.e. about one paragraph a chunk) and indexed with hybrid dense + BM25
+retrieval; RAG, MemoRAG and Search-o1 read k=3 chunks per search. Supporting-fact recall counts the supporting sentences covered by the chunks a pipeline retrieved
+(for LC-Boost: the chunks it read; for full context: every chunk that fitted). rag_equal_tokens_X is plain
+RAG given, on each question, the tokens agent X used on it (so it runs after X). Searches, unparsed actions
+and silent defaults are recomputed from the stored traces.
 """
 from __future__ import annotations
 
@@ -23,9 +27,11 @@ from pathlib import Path
 import numpy as np
 from _common import RESULTS, SHARED_DATA, save_results
 
-PIPELINE_NAMES = ("no_retrieval", "full_context", "rag", "memorag", "search_o1", "lc_boost")
+AGENTS = ("memorag", "search_o1", "lc_boost")
+EQUAL_TOKENS = "rag_equal_tokens_"
+# plain RAG at each agent's cost: per question, the tokens the agent used on that question (run after it)
+PIPELINE_NAMES = ("no_retrieval", "full_context", "rag", *AGENTS, *(EQUAL_TOKENS + a for a in AGENTS))
 NIAH_PIPELINES = ("full_context", "rag", "memorag", "lc_boost")
-OUT = RESULTS / "rag_qa"
 
 
 def done_ids(path: Path) -> set[str]:
@@ -44,6 +50,8 @@ def append(path: Path, record: dict) -> None:
 def build_pipeline(name: str, generator, k: int):
     from flagstone.rag import PIPELINES
 
+    if name.startswith(EQUAL_TOKENS):
+        return PIPELINES["rag"](generator, k=k)  # its budget comes per question, see run_hotpotqa
     cls = PIPELINES[name]
     if name in ("rag", "memorag", "search_o1"):
         return cls(generator, k=k)
@@ -51,12 +59,33 @@ def build_pipeline(name: str, generator, k: int):
 
 
 def compact_trace(answer) -> dict:
-    """The trace without the prompts (they follow from the code and the data): outputs, ids, counts."""
+    """The trace without the prompts (they follow from the code and the data): outputs, ids, counts, actions."""
+    from dataclasses import asdict
+
     trace = answer.trace
     return {"steps": [{"kind": s.kind, "name": s.name, "output": s.output, "chunk_ids": s.chunk_ids,
                        "tokens": s.prompt_tokens + s.completion_tokens, "seconds": round(s.seconds, 2)}
                       for s in trace.steps],
-            "clues": trace.clues, "queries": trace.queries, "retrieved": trace.retrieved, "notes": trace.notes}
+            "clues": trace.clues, "queries": trace.queries, "retrieved": trace.retrieved, "notes": trace.notes,
+            "actions": [asdict(a) for a in trace.actions]}
+
+
+def action_counts(trace: dict) -> dict | None:
+    """Searches, unparsed actions, silent defaults and the chosen actions, recomputed from a stored trace
+    (None for the action fields of answers recorded before actions were traced)."""
+    from flagstone.rag.base import Action, Step, Trace
+
+    searches = sum(s["kind"] == "retrieve" for s in trace["steps"])
+    if "actions" not in trace:
+        return {"searches": searches, "unparsed_actions": None, "silent_defaults": None, "chosen": None}
+    rebuilt = Trace(steps=[Step(s["kind"], s["name"], "") for s in trace["steps"]],
+                    actions=[Action(**a) for a in trace["actions"]])
+    chosen: dict[str, int] = {}
+    for a in rebuilt.actions:
+        key = f"{a.step}:{'unparsed' if a.unparsed else a.chosen}" + (f" ({a.source})" if a.source == "policy" else "")
+        chosen[key] = chosen.get(key, 0) + 1
+    return {"searches": searches, "unparsed_actions": rebuilt.unparsed_actions,
+            "silent_defaults": rebuilt.silent_defaults, "chosen": chosen}
 
 
 def run_hotpotqa(args, generator, embedder, cache) -> None:
@@ -72,23 +101,37 @@ def run_hotpotqa(args, generator, embedder, cache) -> None:
     shard, shards = args.shard
     mine = [e for i, e in enumerate(examples) if i % shards == shard]
     for name in args.pipelines:
-        path = OUT / f"{name}.jsonl"
+        path = args.out / f"{name}.jsonl"
         done = done_ids(path)  # read once, not once per question
         todo = [e for e in mine if e.id not in done]
+        budgets = {}
+        if name.startswith(EQUAL_TOKENS):  # the agent's tokens on each question it answered
+            agent = args.out / f"{name[len(EQUAL_TOKENS):]}.jsonl"
+            budgets = {r["id"]: r["tokens"] for r in map(json.loads, agent.read_text().splitlines())} \
+                if agent.is_file() else {}
+            missing = [e.id for e in todo if e.id not in budgets]
+            if missing:
+                print(f"{name}: {len(missing)} questions have no answer from {agent.stem} yet: skipped", flush=True)
+            todo = [e for e in todo if e.id in budgets]
         print(f"{name}: {len(todo)} of {len(mine)} questions to run", flush=True)
         pipeline = build_pipeline(name, generator, args.k)
         for n, example in enumerate(todo, 1):
             context = ContextIndex.build(example.documents, embedder=embedder, cache=cache)
-            answer = pipeline.ask(example.question, context)
+            if budgets:
+                answer = pipeline.ask(example.question, context, token_budget=budgets[example.id])
+            else:
+                answer = pipeline.ask(example.question, context)
             chunks = [context.by_id[c] for c in answer.trace.retrieved]
             record = {"id": example.id, "type": example.type, "answer": answer.answer, "gold": example.answers,
                       "em": exact_match(answer.answer, example.answers), "f1": token_f1(answer.answer, example.answers),
                       "support_recall": support_recall(example.supporting, chunks) if name != "no_retrieval" else None,
                       "chunks": len(chunks), "tokens": answer.trace.tokens, "seconds": round(answer.seconds, 2),
-                      "generator_calls": sum(s.kind == "generate" for s in answer.trace.steps),
+                      "generator_calls": sum(s.kind != "retrieve" for s in answer.trace.steps),
                       "trace": compact_trace(answer)}
             append(path, record)
+            counts = action_counts(record["trace"])
             print(f"  {name} {n}/{len(todo)} f1={record['f1']:.2f} recall={record['support_recall']} "
+                  f"searches={counts['searches']} unparsed={counts['unparsed_actions']} "
                   f"{answer.seconds:.1f}s {answer.answer[:60]!r}", flush=True)
 
 
@@ -97,7 +140,7 @@ def run_niah(args, generator, embedder, cache) -> None:
     from flagstone.rag import ContextIndex
 
     essays = load_essays(SHARED_DATA / "longctx" / "paulgraham_essays")
-    path = OUT / "niah.jsonl"
+    path = args.out / "niah.jsonl"
     done = {(r["method"], r["length"], r["depth"]) for r in map(json.loads, path.read_text().splitlines())} \
         if path.is_file() else set()
     shard, shards = args.shard
@@ -123,12 +166,18 @@ def run_niah(args, generator, embedder, cache) -> None:
 def report(args, generator_name: str) -> None:
     pipelines, lines = {}, []
     for name in PIPELINE_NAMES:
-        path = OUT / f"{name}.jsonl"
+        path = args.out / f"{name}.jsonl"
         if not path.is_file():
             continue
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         rows = list({r["id"]: r for r in rows}.values())[: args.n]
         recalls = [r["support_recall"] for r in rows if r["support_recall"] is not None]
+        counts = [action_counts(r["trace"]) for r in rows]
+        traced = all(c["unparsed_actions"] is not None for c in counts)  # None: recorded before actions were
+        chosen: dict[str, int] = {}
+        for c in counts if traced else []:
+            for key, n in c["chosen"].items():
+                chosen[key] = chosen.get(key, 0) + n
         pipelines[name] = {
             "em": float(np.mean([r["em"] for r in rows])), "f1": float(np.mean([r["f1"] for r in rows])),
             "support_recall": float(np.mean(recalls)) if recalls else None,
@@ -136,9 +185,14 @@ def report(args, generator_name: str) -> None:
             "tokens_per_q": float(np.mean([r["tokens"] for r in rows])),
             "s_per_q": float(np.mean([r["seconds"] for r in rows])),
             "generator_calls_per_q": float(np.mean([r["generator_calls"] for r in rows])),
+            "searches_per_q": float(np.mean([c["searches"] for c in counts])),
+            "share_with_search": float(np.mean([c["searches"] > 0 for c in counts])),
+            "unparsed_actions": sum(c["unparsed_actions"] for c in counts) if traced else None,
+            "silent_defaults": sum(c["silent_defaults"] for c in counts) if traced else None,
+            "actions": dict(sorted(chosen.items())) if traced else None,
             "n_questions": len(rows),
         }
-    niah_path = OUT / "niah.jsonl"
+    niah_path = args.out / "niah.jsonl"
     niah = [json.loads(line) for line in niah_path.read_text().splitlines()] if niah_path.is_file() else []
     niah = [{k: r[k] for k in ("method", "length", "depth", "correct", "tokens", "seconds")} for r in niah]
     results = {"generator": generator_name, "n_questions": args.n, "pipelines": pipelines, "niah": niah,
@@ -146,12 +200,21 @@ def report(args, generator_name: str) -> None:
                             "chunking": "200 all-MiniLM-L6-v2 tokens, overlap 32",
                             "retrieval": "hybrid dense (all-MiniLM-L6-v2) + BM25", "k": args.k,
                             "decoding": "greedy", "machine": "2 CPU cores, float32"}}
-    lines += ["| pipeline | questions | EM | F1 | supporting-fact recall | chunks / q | tokens / q | s / q |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += ["| pipeline | questions | EM | F1 | supporting-fact recall | chunks / q | tokens / q | s / q | "
+              "searches / q | share with search | unparsed actions | silent defaults |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, p in pipelines.items():
         recall = f"{p['support_recall']:.3f}" if p["support_recall"] is not None else "-"
+        unparsed, silent = (str(p[k]) if p[k] is not None else "not traced" for k in ("unparsed_actions",
+                                                                                      "silent_defaults"))
         lines.append(f"| {name} | {p['n_questions']} | {p['em']:.3f} | {p['f1']:.3f} | {recall} | "
-                     f"{p['chunks_per_q']:.1f} | {p['tokens_per_q']:.0f} | {p['s_per_q']:.1f} |")
+                     f"{p['chunks_per_q']:.1f} | {p['tokens_per_q']:.0f} | {p['s_per_q']:.1f} | "
+                     f"{p['searches_per_q']:.2f} | {p['share_with_search']:.2f} | {unparsed} | {silent} |")
+    actions = {name: p["actions"] for name, p in pipelines.items() if p["actions"]}
+    if actions:
+        lines += ["", "Chosen actions (step:action, summed over the questions; \"(policy)\" = the pipeline's "
+                  "rule):", ""]
+        lines += [f"- {name}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) for name, counts in actions.items()]
     if niah:
         lengths = sorted({r["length"] for r in niah})
         lines += ["", "Needle in a haystack (correct / runs over depths), by haystack length in SmolLM2 tokens:", "",
@@ -166,13 +229,16 @@ def report(args, generator_name: str) -> None:
             if runs:
                 lines.append(f"| {method} | " + " | ".join(cells) + f" | {np.mean(runs):.0f} |")
     lines += ["", f"Generator {generator_name}, greedy; retrieval hybrid MiniLM + BM25, k={args.k}; 2 CPU cores."]
-    save_results("rag_qa", "\n".join(lines), rag_qa=results)
+    save_results(args.out.name, "\n".join(lines), **{args.out.name: results})
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(SHARED_DATA / "qa" / "hotpotqa" / "hotpot_dev_distractor_sample100.jsonl"))
-    parser.add_argument("--n", type=int, default=100, help="questions (default: 100)")
+    parser.add_argument("--n", "--limit", dest="n", type=int, default=100, help="questions (default: 100)")
+    parser.add_argument("--out", default="rag_qa",
+                        help="results name: answers under benchmarks/results/NAME/, report NAME.json/.md (default: "
+                             "rag_qa; use another name for a trial slice so the full results stay untouched)")
     parser.add_argument("--pipelines", default=",".join(PIPELINE_NAMES),
                         help=f"comma-separated, from {', '.join(PIPELINE_NAMES)}")
     parser.add_argument("--k", type=int, default=3, help="chunks read per retrieval (default: 3)")
@@ -185,6 +251,9 @@ def main() -> int:
     parser.add_argument("--report", action="store_true", help="only write the report from finished answers")
     args = parser.parse_args()
     args.pipelines = [p.strip() for p in args.pipelines.split(",") if p.strip()]
+    if not args.out.replace("_", "").replace("-", "").isalnum():
+        parser.error("--out must be a plain name (letters, digits, _ and -)")
+    args.out = RESULTS / args.out
     unknown = set(args.pipelines) - set(PIPELINE_NAMES)
     if unknown:
         parser.error(f"unknown pipelines {sorted(unknown)}")

@@ -67,7 +67,13 @@ def add_parsers(sub, epilog: str = EPILOG) -> None:
     p.add_argument("--memory", type=output_folder, default=None, metavar="DIR",
                    help="MemoRAG: load the memory and context from DIR if saved there, else build and save them")
     p.add_argument("--max-new-tokens", type=positive_int, default=64, help="tokens in the answer (default: 64)")
-    p.add_argument("--trace", action="store_true", help="print every step: outputs, queries, chunks, tokens, time")
+    p.add_argument("--guided", choices=("vllm", "llama.cpp"), default=None,
+                   help="with --base-url: constrain the agents' choices with the server's guided decoding (vLLM "
+                        "guided_choice / guided_regex, llama.cpp grammar); without it a served model's choices "
+                        "are matched from free replies and the trace says free_text")
+    p.add_argument("--trace", action="store_true",
+                   help="print every step: outputs, search queries, retrieved chunks, chosen actions and how they "
+                        "were chosen, condensed notes, unparsed replies, tokens, time")
     p.add_argument("--json", action="store_true", help="print the answer and its full trace as JSON")
     p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
                    help="print the answer step's reply as it is generated (local generators); default: when "
@@ -85,6 +91,8 @@ def _check_ask(args: argparse.Namespace) -> None:
     if args.chunk_tokens < 2 or args.overlap >= args.chunk_tokens:
         raise FlagstoneError(f"--chunk-tokens {args.chunk_tokens} --overlap {args.overlap}: chunks need at least 2 "
                              "tokens and --overlap must be below --chunk-tokens")
+    if args.guided is not None and args.base_url is None:
+        raise FlagstoneError("--guided is a server option: it needs --base-url (local models score their choices)")
     if args.base_url is None:
         check_argument("--generator", args.generator, causal_lm_name)
     else:
@@ -144,7 +152,8 @@ class AskListener:
 
     def step_started(self, kind: str, name: str) -> None:
         n = self.counts[name] = self.counts.get(name, 0) + 1
-        self.note(f"{'generating' if kind == 'generate' else 'retrieving'}: {name}" + (f" #{n}" if n > 1 else ""))
+        verb = {"generate": "generating", "choose": "choosing"}.get(kind, "retrieving")
+        self.note(f"{verb}: {name}" + (f" #{n}" if n > 1 else ""))
         if self.text_sink(name) is not None:
             self.streamed.append("")
             self._writing = False
@@ -188,7 +197,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         settings["k"] = args.k
     listener = AskListener(progress=not args.quiet, stream=False)
     listener.note(f"loading generator {args.generator}" + (f" at {args.base_url}" if args.base_url else ""))
-    generator = load_generator(args.generator, base_url=args.base_url)
+    generator = load_generator(args.generator, base_url=args.base_url, guided=args.guided)
     if args.stream and not accepts_on_text(generator):
         raise FlagstoneError("--stream needs a local generator (one served through --base-url is not streamed)")
     listener.stream = args.stream if args.stream is not None else (
@@ -222,16 +231,47 @@ def cmd_ask(args: argparse.Namespace) -> int:
     if not listener.shown(answer.answer):  # not streamed, or the answer came from another step
         print(answer.answer)
     if args.trace:
-        trace = answer.trace
-        for step in trace.steps:
-            detail = step.output if step.kind == "generate" else ", ".join(step.chunk_ids)
-            tokens = f"{step.prompt_tokens}+{step.completion_tokens} tok, " if step.kind == "generate" else ""
-            print(f"  [{step.name}] ({tokens}{step.seconds:.1f} s) {' '.join(detail.split())[:300]}")
-        for label, values in (("clues", trace.clues), ("queries", trace.queries), ("chunks", trace.retrieved)):
-            if values:
-                print(f"  {label}: {' | '.join(values)}")
-        print(f"  total: {trace.tokens} tokens, {answer.seconds:.1f} s")
+        print_trace(answer)
     return 0
+
+
+def describe_action(action) -> str:
+    """One line for a chosen action: what, how it was chosen, its text; or the unparsed reply."""
+    how = f"policy: {action.reason}" if action.source == "policy" else action.source
+    if action.scores:
+        how += " " + ", ".join(f"{k}={v:.2f}" for k, v in action.scores.items())
+    if action.unparsed:
+        what = f"UNPARSED {action.chosen or ''} reply {' '.join(action.raw.split())[:200]!r}".replace("  ", " ")
+    else:
+        what = action.chosen + (f" {' '.join(action.argument.split())[:200]!r}" if action.argument else "")
+    return f"[{action.step}] {what} ({how})"
+
+
+def print_trace(answer, out: TextIO | None = None) -> None:
+    """The steps in order (a retrieval: the query and the chunk ids; a choice: the chosen action and how it was
+    chosen), then clues, queries, chunks read, condensed notes and the counts."""
+    out = out or sys.stdout
+    trace = answer.trace
+    actions = iter(a for a in trace.actions if a.source != "policy" and a.step != "clues")
+    for step in trace.steps:
+        if step.kind == "retrieve":
+            detail = f"query {' '.join(str(step.input).split())[:200]!r} -> {', '.join(step.chunk_ids)}"
+        elif step.kind == "choose":
+            action = next(actions, None)
+            detail = "chose " + describe_action(action) if action is not None else step.output
+        else:
+            detail = " ".join(step.output.split())[:300]
+        tokens = f"{step.prompt_tokens}+{step.completion_tokens} tok, " if step.kind != "retrieve" else ""
+        print(f"  [{step.name}] ({tokens}{step.seconds:.1f} s) {detail}", file=out)
+    for action in trace.actions:
+        print(f"  action {describe_action(action)}", file=out)
+    for label, values in (("clues", trace.clues), ("queries", trace.queries), ("chunks", trace.retrieved)):
+        if values:
+            print(f"  {label}: {' | '.join(values)}", file=out)
+    for note in trace.notes:
+        print(f"  note: {' '.join(note.split())[:300]}", file=out)
+    print(f"  total: {trace.tokens} tokens, {answer.seconds:.1f} s, {trace.searches} searches, "
+          f"{trace.unparsed_actions} unparsed actions", file=out)
 
 
 def _embedder_for(args: argparse.Namespace, listener: AskListener):

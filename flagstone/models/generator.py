@@ -57,6 +57,45 @@ class Generator(Protocol):
     def count_tokens(self, text: str) -> int: ...
 
 
+# how a choice among fixed options was made (see Choice.source)
+CHOICE_SOURCES = ("scored", "guided", "free_text")
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One of a fixed set of options, picked by a generator.
+
+    ``source`` says how: "scored" (each option's likelihood after the prompt, the highest wins: a local
+    model), "guided" (the server's constrained decoding could only emit an option), "free_text" (the
+    model replied freely and the reply was matched to an option). ``option`` is None when a free reply names
+    no option (or several): the caller records it as unparsed, it is never replaced by a default.
+    """
+
+    option: str | None
+    source: str
+    raw: str  # the reply (free text or guided), "" when scored
+    scores: dict[str, float]  # log-likelihood per option when scored, else empty
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+
+
+def match_option(reply: str, options: Sequence[str]) -> str | None:
+    """The option a free reply names: its first word (markdown and punctuation stripped, any case) is the
+    option's first word, for exactly one option; else None."""
+    words = reply.replace("*", " ").replace("#", " ").split()
+    if not words:
+        return None
+    first = words[0].strip(".:,;!-\"'`()[]").lower()
+    hits = [o for o in options if o.split() and o.split()[0].strip(".:,;!-\"'`()[]").lower() == first]
+    return hits[0] if len(hits) == 1 else None
+
+
+def choice_instruction(options: Sequence[str]) -> str:
+    """What a free-text chooser is told: reply with one option."""
+    return "Reply with exactly one of: " + ", ".join(o.strip() for o in options) + "."
+
+
 def accepts_on_text(generator: object) -> bool:
     """Whether ``generator.generate`` takes ``on_text``, a callback that receives the text as it is generated
     (:class:`LocalGenerator` does)."""
@@ -176,8 +215,32 @@ class LocalGenerator:
             kwargs["stopping_criteria"] = _new_text_stop(self.tokenizer, len(ids), stop)
         return kwargs
 
+    def write(self, messages: Sequence[Message], *, max_new_tokens: int = 64, stop: Sequence[str] = ()) -> Generation:
+        """Greedy free text that cannot be empty: a logits processor allows as the first token only tokens
+        that start with a word character (after at most one space), so no reply opens with a newline, a tag
+        or the end of the turn; the text then runs to a stop string, the end of the turn, or the limit.
+        Used for the text an agent's action needs (a search query, a note)."""
+        return self.generate(messages, max_new_tokens=max_new_tokens, stop=stop, _first_word=True)
+
+    def _word_start_mask(self):
+        """A vocabulary-sized mask of the tokens whose text starts with a word character (after one space)."""
+        import re
+
+        import torch
+
+        if getattr(self, "_word_start", None) is None:
+            size = self.model.get_output_embeddings().weight.shape[0]
+            texts = self.tokenizer.convert_ids_to_tokens(list(range(min(size, len(self.tokenizer)))))
+            mask = torch.zeros(size, dtype=torch.bool)
+            for i, token in enumerate(texts):
+                text = self.tokenizer.convert_tokens_to_string([token]) if token is not None else ""
+                mask[i] = re.match(r"^ ?\w", text) is not None
+            self._word_start = mask
+        return self._word_start
+
     def generate(self, messages: Sequence[Message], *, max_new_tokens: int = 256, stop: Sequence[str] = (),
-                 temperature: float = 0.0, on_text: Callable[[str], None] | None = None) -> Generation:
+                 temperature: float = 0.0, on_text: Callable[[str], None] | None = None,
+                 _first_word: bool = False) -> Generation:
         """Generate a reply; with ``on_text``, its text is passed to ``on_text`` piece by piece while it is
         generated (cut at the stop string like the returned text), in this thread."""
         import torch
@@ -185,6 +248,8 @@ class LocalGenerator:
         stops = _check_settings(max_new_tokens, temperature, stop)
         ids = self.prompt_ids(messages)
         kwargs = self._generate_kwargs(ids, max_new_tokens, stops, temperature)
+        if _first_word:
+            kwargs["logits_processor"] = _first_token_mask(len(ids), self._word_start_mask())
         if on_text is not None:
             kwargs["streamer"] = _callback_streamer(self.tokenizer, stops, on_text)
         start = time.perf_counter()
@@ -197,6 +262,44 @@ class LocalGenerator:
         ended_on_eos = bool(new) and new[-1] in _eos_ids(self.model, self.tokenizer)
         finish = "stop" if hit is not None or ended_on_eos or len(new) < max_new_tokens else "length"
         return Generation(text, hit, finish, len(ids), len(new), time.perf_counter() - start)
+
+    def choose(self, messages: Sequence[Message], options: Sequence[str]) -> Choice:
+        """The option the model finds most likely right after the prompt (sum of its tokens' log-probabilities).
+
+        The prompt is run once; each option's tokens are then run on a copy of the prompt's key-value cache.
+        Options are text that continues the prompt as is (for a chat model, the start of the assistant reply,
+        or the continuation of a trailing assistant message).
+        """
+        import copy
+
+        import torch
+
+        options = check_options(options)
+        ids = self.prompt_ids(messages)
+        option_ids = [self.tokenizer(o, add_special_tokens=False)["input_ids"] for o in options]
+        longest = max(len(o) for o in option_ids)
+        if len(ids) + longest > self.context_window:
+            raise InvalidTextError(f"prompt of {len(ids)} tokens + an option of {longest} exceeds the "
+                                   f"{self.context_window}-token context window of {self.name}")
+        # transformers renamed past_key_values to cache (5.x); take whichever this version's model accepts
+        cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        start = time.perf_counter()
+        scores: dict[str, float] = {}
+        with self._lock, _torch_threads(self.threads), torch.inference_mode():
+            out = self.model(input_ids=torch.tensor([ids]), use_cache=True)
+            cache = getattr(out, "cache", None) or out.past_key_values
+            first = torch.log_softmax(out.logits[0, -1].float(), -1)
+            for option, tokens in zip(options, option_ids):
+                total = float(first[tokens[0]])
+                if len(tokens) > 1:  # the forward pass extends the cache it gets: give it a copy
+                    rest = self.model(input_ids=torch.tensor([tokens[:-1]]), use_cache=True,
+                                      **{cache_arg: copy.deepcopy(cache)})
+                    logp = torch.log_softmax(rest.logits[0].float(), -1)
+                    total += float(logp[torch.arange(len(tokens) - 1), torch.tensor(tokens[1:])].sum())
+                scores[option] = total
+        best = max(options, key=lambda o: scores[o])  # ties: the first option listed
+        return Choice(best, "scored", "", scores, len(ids), sum(len(o) for o in option_ids),
+                      time.perf_counter() - start)
 
     def stream(self, messages: Sequence[Message], *, max_new_tokens: int = 256, stop: Sequence[str] = (),
                temperature: float = 0.0) -> Iterator[str]:
@@ -226,6 +329,38 @@ class LocalGenerator:
         worker.join()
         if errors:
             raise errors[0]
+
+
+def _first_token_mask(prompt_length: int, allowed):
+    """Only ``allowed`` tokens at the first generated position; any token after it."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    class FirstTokenMask(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            if input_ids.shape[1] == prompt_length:
+                scores = scores.masked_fill(~allowed[: scores.shape[-1]].to(scores.device), float("-inf"))
+            return scores
+
+    return LogitsProcessorList([FirstTokenMask()])
+
+
+def check_options(options: Sequence[str]) -> list[str]:
+    if isinstance(options, str) or len(options) < 2:
+        raise ValueError("a choice needs a list of at least two options")
+    options = list(options)
+    if any(not isinstance(o, str) or not o.strip() for o in options) or len(set(options)) != len(options):
+        raise ValueError(f"options must be distinct non-empty strings, got {options!r}")
+    return options
+
+
+# what OpenAIChatGenerator.write asks a guided server for: a word character first, then anything but a newline
+WRITE_REGEX = r"\w[^\n]*"
+WRITE_GBNF = "root ::= [0-9A-Za-z] [^\\n]*"
+
+
+def gbnf_choice(options: Sequence[str]) -> str:
+    """A llama.cpp GBNF grammar whose only sentences are the options."""
+    return "root ::= " + " | ".join(json.dumps(o) for o in options)
 
 
 def _new_text_stop(tokenizer, prompt_length: int, stops: Sequence[str]):
@@ -342,12 +477,22 @@ class OpenAIChatGenerator:
     exponential backoff and jitter; other 4xx answers fail at once with the server's message.
     A trailing assistant message is sent as is: llama.cpp, vLLM (``continue_final_message``) and Ollama
     continue it.
+
+    ``guided`` says how :meth:`choose` constrains a choice among fixed options: "vllm" sends
+    ``guided_choice``, "llama.cpp" sends a GBNF ``grammar``; None (the default, for servers that support
+    neither) lets the model reply freely and matches the reply to an option, and the choice says so
+    (``source="free_text"``).
     """
+
+    GUIDED = ("vllm", "llama.cpp")
 
     def __init__(self, model: str, *, base_url: str = "http://localhost:8080/v1", api_key: str | None = None,
                  api_key_env: str = "OPENAI_API_KEY", timeout: float = 60.0, retries: int = 3,
                  backoff: float = 1.0, context_window: int = 8192,
-                 extra_body: Mapping[str, object] | None = None) -> None:
+                 extra_body: Mapping[str, object] | None = None, guided: str | None = None) -> None:
+        if guided is not None and guided not in self.GUIDED:
+            raise ValueError(f"guided must be one of {', '.join(self.GUIDED)} or None, got {guided!r}")
+        self.guided = guided
         if not model:
             raise ValueError("model must name the served model")
         if not base_url.startswith(("http://", "https://")):
@@ -417,7 +562,11 @@ class OpenAIChatGenerator:
                  temperature: float = 0.0) -> Generation:
         stops = _check_settings(max_new_tokens, temperature, stop)
         start = time.perf_counter()
-        response = self._post(self._body(messages, max_new_tokens, stops, temperature, False), stream=False)
+        return self._completion(self._body(messages, max_new_tokens, stops, temperature, False), stops, start,
+                                messages)
+
+    def _completion(self, body: dict, stops: list[str], start: float, messages: Sequence[Message]) -> Generation:
+        response = self._post(body, stream=False)
         try:
             payload = response.json()
         except ValueError:
@@ -441,6 +590,36 @@ class OpenAIChatGenerator:
             self.count_tokens(raw)
         finish = "length" if choice.get("finish_reason") == "length" else "stop"
         return Generation(text, hit, finish, prompt_tokens, completion_tokens, time.perf_counter() - start)
+
+    def choose(self, messages: Sequence[Message], options: Sequence[str]) -> Choice:
+        """One of ``options``: constrained by the server when ``guided`` is set, else matched from a free reply
+        (None when the reply names no option: the caller records it as unparsed)."""
+        options = check_options(options)
+        max_tokens = max(self.count_tokens(o) for o in options) + 8
+        body = self._body(messages, max_tokens, [], 0.0, False)
+        if self.guided == "vllm":
+            body["guided_choice"] = [o.strip() for o in options]
+        elif self.guided == "llama.cpp":
+            body["grammar"] = gbnf_choice([o.strip() for o in options])
+        out = self._completion(body, [], time.perf_counter(), messages)
+        if self.guided is not None:  # the server could only write an option; anything else is unparsed
+            option = next((o for o in options if o.strip() == out.text.strip()), None)
+            source = "guided"
+        else:
+            option, source = match_option(out.text, options), "free_text"
+        return Choice(option, source, out.text, {}, out.prompt_tokens, out.completion_tokens, out.seconds)
+
+    def write(self, messages: Sequence[Message], *, max_new_tokens: int = 64, stop: Sequence[str] = ()) -> Generation:
+        """Greedy text that starts with a word character and holds no newline, constrained by the server when
+        ``guided`` is set (vLLM ``guided_regex``, llama.cpp ``grammar``); without it, plain free text (which
+        may come back empty: the caller records that as unparsed)."""
+        stops = _check_settings(max_new_tokens, 0.0, stop)
+        body = self._body(messages, max_new_tokens, stops, 0.0, False)
+        if self.guided == "vllm":
+            body["guided_regex"] = WRITE_REGEX
+        elif self.guided == "llama.cpp":
+            body["grammar"] = WRITE_GBNF
+        return self._completion(body, stops, time.perf_counter(), messages)
 
     def stream(self, messages: Sequence[Message], *, max_new_tokens: int = 256, stop: Sequence[str] = (),
                temperature: float = 0.0) -> Iterator[str]:
@@ -485,8 +664,11 @@ def _error_text(response) -> str:
 
 
 def load_generator(spec: str = "smollm2-135m-instruct", *, base_url: str | None = None,
-                   dtype: str = "float32") -> Generator:
-    """A generator from a CLI-style spec: a local model name/folder/.gguf, or a served model with ``base_url``."""
+                   dtype: str = "float32", guided: str | None = None) -> Generator:
+    """A generator from a CLI-style spec: a local model name/folder/.gguf, or a served model with ``base_url``
+    (``guided``: the server's constrained decoding for choices, see :class:`OpenAIChatGenerator`)."""
+    if guided is not None and not base_url:
+        raise ValueError("guided decoding is a server option: it needs base_url")
     if base_url:
-        return OpenAIChatGenerator(spec, base_url=base_url)
+        return OpenAIChatGenerator(spec, base_url=base_url, guided=guided)
     return LocalGenerator(spec, dtype=dtype)

@@ -14,7 +14,14 @@ from typing import Protocol
 
 from flagstone._io import atomic_write, require_file
 from flagstone.errors import DataError, FlagstoneError, InvalidTextError
-from flagstone.models.generator import Generation, Generator, Message, accepts_on_text
+from flagstone.models.generator import (
+    CHOICE_SOURCES,
+    Generation,
+    Generator,
+    Message,
+    accepts_on_text,
+    match_option,
+)
 from flagstone.models.presets import DEFAULT_MODEL
 from flagstone.rag.chunking import (
     Chunk,
@@ -34,7 +41,7 @@ NO_PASSAGES_SYSTEM = "Answer the question. Reply with the answer only: a short p
 class Step:
     """One generator call or one retrieval, in the order they happened."""
 
-    kind: str  # "generate" or "retrieve"
+    kind: str  # "generate", "choose" (a pick among fixed options) or "retrieve"
     name: str  # what the step was for: "answer", "gist", "clues", "reason_in_documents", "search", ...
     input: str | list[dict[str, str]]  # the messages sent, or the retrieval queries
     output: str = ""
@@ -44,6 +51,39 @@ class Step:
     seconds: float = 0.0
 
 
+# how an agent's action was decided: a generator's choice (CHOICE_SOURCES) or the pipeline's stated rule
+ACTION_SOURCES = (*CHOICE_SOURCES, "policy")
+
+
+@dataclass
+class Action:
+    """One decision of an agent: which option, how it was decided, and the text that goes with it.
+
+    ``unparsed`` is True when the model's reply named no option, or the option needs text (a query, a note)
+    and none came: the pipeline does not act on it, and the benchmark counts it. ``reason`` explains a
+    "policy" decision (the pipeline's rule, not the model's choice).
+    """
+
+    step: str  # "decide", "access", "step", "clues", ...
+    chosen: str | None
+    options: list[str]
+    source: str  # one of ACTION_SOURCES
+    argument: str = ""
+    raw: str = ""  # the model's reply when it chose by text (free text or guided), or wrote the argument
+    unparsed: bool = False
+    reason: str = ""
+    scores: dict[str, float] = field(default_factory=dict)
+    argument_source: str = ""  # how the argument was written: "constrained" or "free_text"
+
+    @property
+    def silent_default(self) -> bool:
+        """An action the pipeline took that no recorded choice, rule or unparsed mark accounts for."""
+        if self.unparsed:
+            return False
+        return self.chosen not in self.options or self.source not in ACTION_SOURCES or \
+            (self.source == "policy" and not self.reason)
+
+
 @dataclass
 class Trace:
     steps: list[Step] = field(default_factory=list)
@@ -51,6 +91,22 @@ class Trace:
     queries: list[str] = field(default_factory=list)
     retrieved: list[str] = field(default_factory=list)  # chunk ids the pipeline retrieved or read, first seen first
     notes: list[str] = field(default_factory=list)
+    actions: list[Action] = field(default_factory=list)
+
+    @property
+    def unparsed_actions(self) -> int:
+        return sum(a.unparsed for a in self.actions)
+
+    @property
+    def silent_defaults(self) -> int:
+        """Actions no choice accounts for, plus choose steps that left no action in the trace."""
+        chooses = sum(s.kind == "choose" for s in self.steps)
+        by_model = sum(a.source != "policy" for a in self.actions if a.step != "clues")
+        return sum(a.silent_default for a in self.actions) + max(0, chooses - by_model)
+
+    @property
+    def searches(self) -> int:
+        return sum(s.kind == "retrieve" for s in self.steps)
 
     @property
     def prompt_tokens(self) -> int:
@@ -75,7 +131,8 @@ class Trace:
     def to_dict(self) -> dict:
         data = asdict(self)
         data.update(prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
-                    seconds=round(self.seconds, 3))
+                    seconds=round(self.seconds, 3), unparsed_actions=self.unparsed_actions,
+                    silent_defaults=self.silent_defaults)
         return data
 
 
@@ -237,6 +294,59 @@ class Recorder:
         if listener is not None:
             listener.step_finished(step)
         return out
+
+    def write(self, name: str, messages: Sequence[Message], *, max_new_tokens: int, stop: Sequence[str] = ()
+              ) -> tuple[Generation, str]:
+        """The text an action needs (a query, a note), with the generator's ``write`` (constrained to start
+        with a word) when it has one, else plain greedy text; returns it and how it was made
+        ("constrained" or "free_text")."""
+        writer = getattr(self.generator, "write", None)
+        if writer is None:
+            return self.generate(name, messages, max_new_tokens=max_new_tokens, stop=stop), "free_text"
+        listener = _LISTENER.get()
+        if listener is not None:
+            listener.step_started("generate", name)
+        out = writer(messages, max_new_tokens=max_new_tokens, stop=stop)
+        step = Step("generate", name, [dict(m) for m in messages], out.text, prompt_tokens=out.prompt_tokens,
+                    completion_tokens=out.completion_tokens, seconds=out.seconds)
+        self.trace.steps.append(step)
+        if listener is not None:
+            listener.step_finished(step)
+        return out, "constrained"
+
+    def choose(self, name: str, messages: Sequence[Message], options: Sequence[str]) -> Action:
+        """Pick one of ``options`` with the generator's ``choose`` (scored or guided), or, for a generator
+        without one, from a short free reply matched to an option; recorded as a "choose" step and an Action
+        (unparsed when the free reply names no option)."""
+        listener = _LISTENER.get()
+        if listener is not None:
+            listener.step_started("choose", name)
+        choose = getattr(self.generator, "choose", None)
+        if choose is not None:
+            choice = choose(messages, options)
+            chosen, source, raw, scores = choice.option, choice.source, choice.raw, choice.scores
+            prompt, completion, seconds = choice.prompt_tokens, choice.completion_tokens, choice.seconds
+        else:
+            out = self.generator.generate(messages, max_new_tokens=16, stop=["\n"])
+            chosen, source, raw, scores = match_option(out.text, options), "free_text", out.text, {}
+            prompt, completion, seconds = out.prompt_tokens, out.completion_tokens, out.seconds
+        # options may carry the spacing that makes them continue the prompt; the trace holds the bare words
+        chosen = chosen.strip() if chosen is not None else None
+        action = Action(name, chosen, [o.strip() for o in options], source, raw=raw, unparsed=chosen is None,
+                        scores={k.strip(): round(v, 3) for k, v in scores.items()})
+        step = Step("choose", name, [dict(m) for m in messages], chosen if chosen is not None else raw,
+                    prompt_tokens=prompt, completion_tokens=completion, seconds=seconds)
+        self.trace.steps.append(step)
+        self.trace.actions.append(action)
+        if listener is not None:
+            listener.step_finished(step)
+        return action
+
+    def policy(self, name: str, chosen: str, options: Sequence[str], reason: str) -> Action:
+        """Record an action the pipeline's own rule decided (not the model), with the rule."""
+        action = Action(name, chosen, list(options), "policy", reason=reason)
+        self.trace.actions.append(action)
+        return action
 
     def retrieve(self, name: str, context: ContextIndex, queries: Sequence[str], k: int) -> list[list[Chunk]]:
         listener = _LISTENER.get()

@@ -1,20 +1,26 @@
 """LC-Boost: a short-context model works through a long input one window at a time.
 
-First the model decides how to access the context: read it all in order, or search it. Then it walks the
-windows (consecutive chunks up to ``window_tokens`` generator tokens) and at each one chooses an action:
-``NOTE: <facts>`` keeps information (notes that outgrow ``notes_tokens`` are merged into a shorter list),
-``SKIP`` reads on, ``SEARCH: <query>`` jumps to the chunks a retrieval finds, ``ANSWER: <answer>`` stops.
-A reply that names no action is kept as a note. Without an ANSWER the final answer comes from the notes.
+Every decision is chosen among fixed options, never guessed from free text (see ``Recorder.choose``: a local
+model scores the options' likelihoods, a server uses guided decoding or a free reply matched to an option,
+marked ``free_text``). First the model decides how to access the context: READ every part in order, or
+SEARCH for the parts about one fact (it then writes the query). Then it walks the windows (consecutive
+chunks up to ``window_tokens`` generator tokens) and at each one chooses how to use it:
+NOTE (extract the facts that help), SUMMARISE (keep a short summary of the part), SKIP, SEARCH (jump to the
+chunks a query finds) or ANSWER (stop). After NOTE, SUMMARISE, SEARCH and ANSWER the model writes the text
+that goes with the action; when it writes none, the action is recorded as unparsed and not taken. Notes
+that outgrow ``notes_tokens`` are merged into a shorter list. Without an ANSWER the final answer comes
+from the notes. Each chosen action is in ``trace.actions``.
 """
 from __future__ import annotations
 
-import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from flagstone.models.generator import Generator
 from flagstone.rag.base import (
     ANSWER_SYSTEM,
+    Action,
     Answer,
     ContextIndex,
     Recorder,
@@ -32,25 +38,17 @@ ACCESS_PROMPT = (
     "Reply with one line: READ to read every part in order (for summaries or questions about the whole "
     "document), or SEARCH: <query> to look up only the parts about a specific fact."
 )
+ACCESS_OPTIONS = ("READ", "SEARCH")
 STEP_SYSTEM = (
     "You read a long document part by part to answer a question, keeping short notes. Reply with exactly one "
-    "line, one of:\nNOTE: <facts from this part that help answer the question>\nSKIP\n"
+    "line, one of:\nNOTE: <facts from this part that help answer the question>\n"
+    "SUMMARISE: <a one-sentence summary of this part>\nSKIP\n"
     "SEARCH: <query for a fact you still need>\nANSWER: <the final answer, when the notes and this part suffice>"
 )
+STEP_OPTIONS = ("NOTE", "SUMMARISE", "SKIP", "SEARCH", "ANSWER")
 STEP_PROMPT = "Question: {question}\n\nNotes so far:\n{notes}\n\nPart {index} of {parts}:\n{text}\n\nYour action:"
 MERGE_SYSTEM = "You shorten notes without losing facts that matter for a question."
 MERGE_PROMPT = "Question: {question}\n\nNotes:\n{notes}\n\nRewrite the notes as a shorter list keeping every fact that helps answer the question."
-_ACTION = re.compile(r"^\s*\**\s*(NOTE|SKIP|SEARCH|ANSWER|READ)\b\**\s*[:\-]?\s*(.*)$", re.IGNORECASE)
-
-
-def parse_action(text: str) -> tuple[str, str]:
-    """(action, argument) from the first line that names an action; ("NONE", first line) otherwise."""
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    for line in lines:
-        match = _ACTION.match(line)
-        if match:
-            return match.group(1).upper(), match.group(2).strip()
-    return "NONE", lines[0].strip() if lines else ""
 
 
 @dataclass
@@ -72,13 +70,28 @@ class LCBoost:
             remaining = remaining[len(window):]
         return windows
 
+    def _act(self, name: str, messages: list[dict[str, str]], options: Sequence[str], needs_text: Sequence[str],
+             recorder: Recorder, max_new_tokens: int) -> Action:
+        """Choose an action; for one in ``needs_text`` the model then writes its text after ``ACTION:``. No
+        option, or no text, leaves the action unparsed (recorded, not taken)."""
+        action = recorder.choose(name, messages, options)
+        if action.chosen in needs_text:
+            prefix = f"{action.chosen}:"
+            out, action.argument_source = recorder.write(
+                f"{name}_text", [*messages, {"role": "assistant", "content": prefix}], max_new_tokens=max_new_tokens,
+                stop=["\n"])
+            action.argument, action.raw = " ".join(out.text.split()), prefix + out.text
+            action.unparsed = not action.argument
+        return action
+
     def _access(self, question: str, parts: int, recorder: Recorder) -> tuple[str, str]:
-        out = recorder.generate("access", [{"role": "system", "content": ACCESS_SYSTEM},
-                                           {"role": "user", "content": ACCESS_PROMPT.format(parts=parts,
-                                                                                            question=question)}],
-                                max_new_tokens=24)
-        action, argument = parse_action(out.text)
-        return ("SEARCH", argument or question) if action == "SEARCH" else ("READ", "")
+        messages = [{"role": "system", "content": ACCESS_SYSTEM},
+                    {"role": "user", "content": ACCESS_PROMPT.format(parts=parts, question=question)}]
+        action = self._act("access", messages, ACCESS_OPTIONS, ("SEARCH",), recorder, 24)
+        if action.unparsed:  # no usable access choice: reading every part is the only access left, and says so
+            recorder.policy("access", "READ", ACCESS_OPTIONS, "the access reply was unparsed: reading in order")
+            return "READ", ""
+        return action.chosen, action.argument
 
     def _searched_windows(self, query: str, context: ContextIndex, recorder: Recorder, read: set[str]):
         recorder.trace.queries.append(query)
@@ -106,16 +119,20 @@ class LCBoost:
             text = "\n".join(c.text.strip() for c in window)
             prompt = STEP_PROMPT.format(question=question, notes="\n".join(notes) or "(none)", index=steps,
                                         parts=steps + len(queue), text=text)
-            out = recorder.generate("step", [{"role": "system", "content": STEP_SYSTEM},
-                                             {"role": "user", "content": prompt}], max_new_tokens=self.step_tokens)
-            action, argument = parse_action(out.text)
-            trace.notes.append(f"step {steps}: {action} {argument}".strip())
-            if action == "ANSWER" and argument:
+            messages = [{"role": "system", "content": STEP_SYSTEM}, {"role": "user", "content": prompt}]
+            chosen = self._act("step", messages, STEP_OPTIONS, ("NOTE", "SUMMARISE", "SEARCH", "ANSWER"), recorder,
+                               self.step_tokens)
+            action, argument = chosen.chosen, chosen.argument
+            trace.notes.append(f"step {steps}: " + ("UNPARSED " + chosen.raw if chosen.unparsed else
+                                                     f"{action} {argument}".strip()))
+            if chosen.unparsed:
+                continue
+            if action == "ANSWER":
                 answer = clean_answer(argument)
-            elif action in ("NOTE", "NONE") and argument:
+            elif action in ("NOTE", "SUMMARISE"):
                 notes.append(argument)
                 notes = self._merge_if_long(question, notes, recorder)
-            elif action == "SEARCH" and argument:
+            elif action == "SEARCH":
                 queue = self._searched_windows(argument, context, recorder, read) + queue
         if answer is None:
             answer = self._answer_from_notes(question, notes, recorder)

@@ -5,10 +5,17 @@
 2. recall: from the memory the generator writes clues (phrases likely to sit near the answer, or simpler
    sub-questions), one per line, and a draft answer;
 3. retrieve: the question, each clue and the draft each retrieve; the lists are fused by reciprocal rank
-   and the best ``k`` chunks are kept, so MemoRAG reads as many chunks as plain RAG with the same ``k``
-   (``question_weight`` > 1 trusts the question's own list more; ``clean_clues`` cuts looping clues and
-   drops echoes of the question: knobs for weak clue writers, off by default as in MemoRAG);
-4. answer from those chunks in reading order.
+   and the best ``k`` are the clue-retrieved passages (``question_weight`` > 1 trusts the question's own
+   list more in that fusion; ``clean_clues`` cuts looping clues and drops echoes of the question: knobs for
+   weak clue writers, off by default as in MemoRAG);
+4. answer from the union of the clue-retrieved passages and the question's own top ``k`` (deduplicated,
+   in reading order), as the reference MemoRAG does: the clues add evidence, they never push out what the
+   question finds itself. So MemoRAG reads between ``k`` and ``2k`` chunks; compare it with plain RAG at
+   its token budget.
+
+A clue reply from which no clue and no draft can be parsed is recorded as an unparsed action (the question
+alone then retrieves). The memory is built once per context and reused: ``Memory.save``/``Memory.load``
+(``flagstone ask --memory DIR``) keep it beside the context, so later questions skip the gisting.
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ from flagstone._io import atomic_write, require_file
 from flagstone.errors import DataError
 from flagstone.models.generator import Generator
 from flagstone.rag.base import (
+    Action,
     Answer,
     ContextIndex,
     Recorder,
@@ -201,8 +209,11 @@ class MemoRAG:
             if len(clue.split()) >= self.min_clue_words and clue.lower() not in map(str.lower, queries):
                 queries.append(clue)
         recorder.trace.queries += queries
-        rankings = recorder.retrieve("search", context, queries, self.per_query_k)
-        chosen = fuse_rankings(rankings, self.k, weights=[self.question_weight] + [1.0] * (len(queries) - 1))
+        rankings = recorder.retrieve("search", context, queries, max(self.k, self.per_query_k))
+        fused = fuse_rankings([r[: self.per_query_k] for r in rankings], self.k,
+                              weights=[self.question_weight] + [1.0] * (len(queries) - 1))
+        own = rankings[0][: self.k]
+        chosen = list({c.id: c for c in [*own, *fused]}.values())  # the union, each chunk once
         recorder.trace.retrieved = [c.id for c in chosen]  # what the answer reads, not every candidate
         return chosen
 
@@ -219,6 +230,10 @@ class MemoRAG:
                 memory.save(save_to)
         clues, draft = self.recall(question, memory, recorder)
         recorder.trace.clues = clues + ([f"draft: {draft}"] if draft else [])
+        reply = next(s.output for s in reversed(recorder.trace.steps) if s.name == "clues")
+        recorder.trace.actions.append(Action("clues", "clues" if clues or draft else None, ["clues"], "free_text",
+                                             argument=" | ".join(recorder.trace.clues), raw=reply,
+                                             unparsed=not (clues or draft)))
         chunks = self.retrieve(question, clues, draft, context, recorder)
         answer = answer_from_passages(recorder, question, chunks, max_new_tokens=self.max_new_tokens)
         return Answer(question, answer, self.name, recorder.trace, time.perf_counter() - start)

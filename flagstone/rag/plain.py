@@ -54,17 +54,34 @@ class FullContext:
 
 @dataclass
 class RAG:
-    """Retrieve the top ``k`` chunks for the question and answer from them in reading order."""
+    """Retrieve the top ``k`` chunks for the question and answer from them in reading order.
+
+    With ``token_budget`` (or a per-call ``token_budget``) the number of chunks follows a cost instead:
+    chunks are taken in rank order while the whole call (instructions, question, passages and the answer's
+    ``max_new_tokens``) stays within the budget, so plain RAG can be compared with an agent at the agent's
+    cost. At least one chunk is read; the generator's window caps the budget.
+    """
 
     generator: Generator
     k: int = 3
     max_new_tokens: int = 32
+    token_budget: int | None = None
     name: str = "rag"
 
-    def ask(self, question: str, context: ContextIndex) -> Answer:
+    def ask(self, question: str, context: ContextIndex, token_budget: int | None = None) -> Answer:
         question = check_question(question)
+        budget = token_budget if token_budget is not None else self.token_budget
+        if budget is not None and budget < 1:
+            raise ValueError(f"token_budget must be at least 1, got {budget}")
         start, recorder = time.perf_counter(), Recorder(self.generator)
         recorder.trace.queries.append(question)
-        (chunks,) = recorder.retrieve("search", context, [question], self.k)
+        if budget is None:
+            (chunks,) = recorder.retrieve("search", context, [question], self.k)
+        else:
+            (ranked,) = recorder.retrieve("search", context, [question], len(context.chunks))
+            fixed = sum(self.generator.count_tokens(t) for t in (ANSWER_SYSTEM, question)) + self.max_new_tokens + 24
+            chunks = fit_passages(self.generator, ranked, max(1, budget - fixed)) or ranked[:1]
+            recorder.trace.notes.append(f"token budget {budget}: read {len(chunks)} of {len(ranked)} chunks")
+            recorder.trace.retrieved = [c.id for c in chunks]  # what the answer reads, not the whole ranking
         answer = answer_from_passages(recorder, question, chunks, max_new_tokens=self.max_new_tokens)
         return Answer(question, answer, self.name, recorder.trace, time.perf_counter() - start)

@@ -1,13 +1,21 @@
 """Search-o1: the model searches in the middle of its reasoning.
 
-The model writes a query between ``BEGIN_SEARCH`` and ``END_SEARCH``; generation stops at the end tag, the
-retriever answers, a Reason-in-Documents call condenses the documents against the reasoning so far, and
-the condensed text goes back between ``BEGIN_RESULT`` and ``END_RESULT`` before reasoning continues. The
+The reasoning runs as a sequence of decision points. At each one the next action, ``search`` or ``answer``,
+is chosen, never guessed from free text: the generator scores both options (a local model: their
+likelihood after the reasoning so far; a server: guided decoding, or a free reply matched to an option,
+marked ``free_text`` in the trace). On ``search`` the pipeline writes ``BEGIN_SEARCH`` itself and the model
+writes the query up to ``END_SEARCH`` (free text inside forced tags); the retriever answers, a
+Reason-in-Documents call condenses the documents against the reasoning so far, and the condensed text goes
+back between ``BEGIN_RESULT`` and ``END_RESULT``; the model then reasons on it and the next decision point
+comes. On ``answer`` (or when the search budget or the turns run out, recorded as a "policy" action) the
 final answer is written as ``\\boxed{...}``.
 
-Small models often never write a search tag; then the pipeline searches the question itself, inserts the
-condensed result and asks for the boxed answer (``fallback_search``). A reasoning that ends without a
-boxed answer is asked for one explicitly.
+Policy for the first decision (``first_search``): "forced" (default) searches at the first decision point
+whenever the search budget allows, recorded as a "policy" action: a model that has read nothing yet has
+nothing to answer from, and small models score "answer" too high there; "scored" lets the model choose it
+too. Every later decision is the model's. A query the model leaves empty is recorded as unparsed and not
+searched; a repeated query is not searched again (the model is reminded) but counts against
+``max_searches``, so a model stuck on one query cannot loop until the turn limit.
 """
 from __future__ import annotations
 
@@ -32,30 +40,21 @@ BEGIN_RESULT, END_RESULT = "<|begin_search_result|>", "<|end_search_result|>"
 
 REASONING_SYSTEM = (
     "You answer questions by reasoning step by step, and you can search a document collection.\n"
-    f"To search, write {BEGIN_SEARCH}your query{END_SEARCH} and stop. The findings will appear as "
-    f"{BEGIN_RESULT}...{END_RESULT}; then continue reasoning. Search for one fact at a time; you may search "
-    "up to {max_searches} times.\nWhen you know the answer, end with the answer itself, a few words at most, "
-    "inside \\boxed{{}}."
+    "At each 'Next step:' you choose search or answer. To search, you write your query as "
+    f"{BEGIN_SEARCH}your query{END_SEARCH}; the findings appear as {BEGIN_RESULT}...{END_RESULT} and you "
+    "continue reasoning. Search for one fact at a time; you may search up to {max_searches} times.\n"
+    "When you know the answer, end with the answer itself, a few words at most, inside \\boxed{{}}."
 )
+NEXT_STEP = "\n\nNext step:"
+ACTIONS = (" search", " answer")
 DOCUMENTS_SYSTEM = "You read search results and pull out what matters for an ongoing line of reasoning."
 DOCUMENTS_PROMPT = (
     "Reasoning so far:\n{history}\n\nSearch query: {query}\n\nSearch results:\n{documents}\n\n"
     "Write the facts from the search results that answer the search query or move the reasoning forward, "
     "in two or three sentences. If nothing helps, write: No helpful information found."
 )
-LIMIT_REACHED = "The search limit is reached. Answer with what you have found."
 DUPLICATE_QUERY = "You already searched for this; use the findings above or search for something else."
 FINAL_PREFIX = "\n\nTherefore, the final answer is \\boxed{"
-
-
-def last_query(text: str) -> str | None:
-    """The query after the last begin-search tag, or None when the text has no open search."""
-    at = text.rfind(BEGIN_SEARCH)
-    if at == -1:
-        return None
-    query = text[at + len(BEGIN_SEARCH):]
-    query = query.split(END_SEARCH)[0]
-    return " ".join(query.split()) or None
 
 
 def history_for_documents(reasoning: str) -> str:
@@ -66,17 +65,25 @@ def history_for_documents(reasoning: str) -> str:
     return "\n\n".join(steps[i] for i in sorted(keep)) or "(none yet)"
 
 
+FIRST_SEARCH = ("forced", "scored")
+
+
 @dataclass
 class SearchO1:
     generator: Generator
     k: int = 5
     max_searches: int = 5
     max_turns: int = 8
-    turn_tokens: int = 192
+    turn_tokens: int = 96
+    query_tokens: int = 32
     document_tokens: int = 128
     max_new_tokens: int = 32
-    fallback_search: bool = True
+    first_search: str = "forced"
     name: str = "search_o1"
+
+    def __post_init__(self) -> None:
+        if self.first_search not in FIRST_SEARCH:
+            raise ValueError(f"first_search must be one of {FIRST_SEARCH}, got {self.first_search!r}")
 
     def _messages(self, question: str, reasoning: str) -> list[dict[str, str]]:
         messages = [{"role": "system", "content": REASONING_SYSTEM.format(max_searches=self.max_searches)},
@@ -94,51 +101,66 @@ class SearchO1:
         out = recorder.generate("reason_in_documents", [{"role": "system", "content": DOCUMENTS_SYSTEM},
                                                         {"role": "user", "content": prompt}],
                                 max_new_tokens=self.document_tokens)
-        return " ".join(out.text.split()) or "No helpful information found."
+        condensed = " ".join(out.text.split()) or "No helpful information found."
+        recorder.trace.notes.append(f"condensed: {condensed}")
+        return condensed
 
     def _search(self, query: str, reasoning: str, context: ContextIndex, recorder: Recorder,
-                searched: set[str]) -> str:
+                searched: list[str]) -> str:
         key = query.lower()
-        if key in searched:
+        searched.append(key)  # a repeated query uses up the budget too: a model stuck on one query stops
+        if key in searched[:-1]:
             recorder.trace.notes.append(f"duplicate query: {query}")
             return DUPLICATE_QUERY
-        if len(searched) >= self.max_searches:
-            recorder.trace.notes.append(f"search limit reached, not searched: {query}")
-            return LIMIT_REACHED
-        searched.add(key)
         recorder.trace.queries.append(query)
         (chunks,) = recorder.retrieve("search", context, [query], self.k)
         return self._reason_in_documents(query, reasoning, chunks, recorder)
 
+    def _decide(self, question: str, reasoning: str, turn: int, searched: list[str], recorder: Recorder) -> str:
+        options = [a.strip() for a in ACTIONS]
+        if len(searched) >= self.max_searches:
+            return recorder.policy("decide", "answer", options, "search limit reached").chosen
+        if turn == 0 and self.first_search == "forced":
+            return recorder.policy("decide", "search", options, "first decision searches (first_search='forced')"
+                                   ).chosen
+        action = recorder.choose("decide", self._messages(question, reasoning.rstrip() + NEXT_STEP), ACTIONS)
+        return "unparsed" if action.chosen is None else action.chosen
+
     def ask(self, question: str, context: ContextIndex) -> Answer:
         question = check_question(question)
         start, recorder = time.perf_counter(), Recorder(self.generator)
-        reasoning, searched = "", set()
-        for _turn in range(self.max_turns):
-            out = recorder.generate("reason", self._messages(question, reasoning), max_new_tokens=self.turn_tokens,
-                                    stop=[END_SEARCH])
-            reasoning += out.text
-            query = last_query(out.text) if out.stop == END_SEARCH else None
-            if query is None:
-                if out.stop == END_SEARCH:  # an empty query: close the tag and go on
-                    reasoning += END_SEARCH
-                if "\\boxed{" in out.text or out.finish_reason == "stop":
-                    break
-                continue  # cut by the token limit: let it go on
-            reasoning += END_SEARCH
+        reasoning, searched = "", []  # every query issued, repeated ones included
+        for turn in range(self.max_turns):
+            decision = self._decide(question, reasoning, turn, searched, recorder)
+            if decision == "answer":
+                break
+            if decision == "unparsed":  # recorded in the trace; nothing to act on, so reason on
+                reasoning = self._reason(question, reasoning, recorder)
+                continue
+            action = recorder.trace.actions[-1]
+            prefix = reasoning.rstrip() + ("\n\n" if reasoning.strip() else "") + BEGIN_SEARCH
+            out, action.argument_source = recorder.write("query", self._messages(question, prefix),
+                                                         max_new_tokens=self.query_tokens, stop=[END_SEARCH, "\n"])
+            query = " ".join(out.text.split())
+            action.argument, action.raw = query, out.text
+            if not query:
+                action.unparsed = True  # an empty query: recorded and counted, never replaced
+                continue
+            reasoning = f"{prefix}{query}{END_SEARCH}"
             result = self._search(query, reasoning, context, recorder, searched)
             reasoning += f"\n\n{BEGIN_RESULT}{result}{END_RESULT}\n\n"
-        if not searched and self.fallback_search:
-            recorder.trace.notes.append("no search tag written: searched the question itself")
-            reasoning += f"\n\n{BEGIN_SEARCH}{question}{END_SEARCH}"
-            result = self._search(question, reasoning, context, recorder, searched)
-            reasoning += f"\n\n{BEGIN_RESULT}{result}{END_RESULT}\n\n"
-            answer = self._final_answer(question, reasoning, recorder)
+            reasoning = self._reason(question, reasoning, recorder)
         else:
-            boxed = clean_answer(reasoning) if "\\boxed{" in reasoning else ""
-            answer = boxed or self._final_answer(question, reasoning, recorder)  # an empty box is no answer
+            recorder.policy("decide", "answer", [a.strip() for a in ACTIONS], f"turn limit ({self.max_turns}) reached")
+        answer = self._final_answer(question, reasoning, recorder)
         recorder.trace.notes.append(f"reasoning: {reasoning}")
         return Answer(question, answer, self.name, recorder.trace, time.perf_counter() - start)
+
+    def _reason(self, question: str, reasoning: str, recorder: Recorder) -> str:
+        """The model's reasoning up to its next decision point (it stops where it would search or answer)."""
+        out = recorder.generate("reason", self._messages(question, reasoning), max_new_tokens=self.turn_tokens,
+                                stop=[BEGIN_SEARCH, "\\boxed{", "Next step:"])
+        return reasoning + out.text
 
     def _final_answer(self, question: str, reasoning: str, recorder: Recorder) -> str:
         """Ask for the boxed answer by continuing the reasoning with the start of one."""

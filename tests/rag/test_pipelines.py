@@ -15,14 +15,12 @@ from flagstone.rag import (
     NoRetrieval,
     SearchO1,
 )
-from flagstone.rag.lc_boost import parse_action
 from flagstone.rag.memorag import clean_clue, fuse_rankings, parse_clues
 from flagstone.rag.search_o1 import (
     BEGIN_RESULT,
     BEGIN_SEARCH,
     DUPLICATE_QUERY,
     END_SEARCH,
-    LIMIT_REACHED,
     history_for_documents,
 )
 
@@ -148,11 +146,23 @@ def test_memorag_clues_retrieve_what_the_question_alone_misses(context, tmp_path
     answer = pipeline.ask(question, context)
     names = [s.name for s in answer.trace.steps if s.kind == "generate"]
     assert names == ["gist", "gist", "clues", "answer"]
-    assert "mayor#0" in answer.trace.retrieved and len(answer.trace.retrieved) == 2
+    # the union of the question's own top-2 and the clue-fused top-2, each chunk once
+    own = RAG(ScriptedGenerator(["x"]), k=2).ask(question, context).trace.retrieved
+    assert "mayor#0" not in own
+    assert answer.trace.retrieved[:2] == own and "mayor#0" in answer.trace.retrieved
+    assert len(answer.trace.retrieved) == len(set(answer.trace.retrieved)) <= 4
+    assert [(a.step, a.chosen, a.unparsed) for a in answer.trace.actions] == [("clues", "clues", False)]
     assert answer.trace.clues == ["Mayor Ilse Brandt served", "draft: Ilse Brandt"]
     assert answer.trace.queries == [question, "Mayor Ilse Brandt served", "Ilse Brandt"]
     assert all(g in user_prompt(gen.calls[2]) for g in gists)  # the memory is in the clue prompt
     assert answer.answer == "Ilse Brandt"
+
+
+def test_memorag_unparsable_clues_are_counted(context):
+    gen = ScriptedGenerator(["gist", "gist", "?", "1932"])
+    answer = MemoRAG(gen, k=1, piece_tokens=40).ask("When did the bridge open?", context)
+    assert answer.trace.unparsed_actions == 1 and answer.trace.silent_defaults == 0
+    assert answer.trace.retrieved == ["bridge#0"]  # the question alone retrieved
 
 
 def test_memory_and_context_round_trip(context, tmp_path):
@@ -170,34 +180,54 @@ def test_memory_and_context_round_trip(context, tmp_path):
     assert [s.name for s in answer.trace.steps if s.kind == "generate"] == ["clues", "answer"]
 
 
-def test_search_o1_searches_dedupes_limits_and_boxes(context):
-    q1 = f"I need the opening year. {BEGIN_SEARCH}Velmora bridge opened{END_SEARCH} ignored"
-    q2 = f"Search again. {BEGIN_SEARCH}velmora bridge  opened{END_SEARCH}"
-    q3 = f"Who built it? {BEGIN_SEARCH}mayor ordered bridge{END_SEARCH}"
-    final = "So the bridge opened in 1932. \\boxed{1932}"
-    gen = ScriptedGenerator([q1, "The bridge opened in 1932.", q2, q3, final])
-    answer = SearchO1(gen, k=2, max_searches=1).ask("When did the bridge open?", context)
+def generated(answer) -> list[str]:
+    return [s.name for s in answer.trace.steps if s.kind != "retrieve"]
+
+
+def test_search_o1_first_search_is_policy_then_model_chooses_and_dedupes(context):
+    # forced first search -> query, retrieve, condense, reason; chosen search -> duplicate query; answer
+    replies = ["Velmora bridge opened", "The bridge opened in 1932.", "So it is 1932.",
+               " search", "velmora bridge  opened", "Still 1932.", " answer", "1932} and more"]
+    gen = ScriptedGenerator(replies)
+    answer = SearchO1(gen, k=2, max_searches=3).ask("When did the bridge open?", context)
     assert answer.answer == "1932"
-    assert answer.trace.queries == ["Velmora bridge opened"]  # the duplicate and the over-limit query never ran
-    assert sum(s.kind == "retrieve" for s in answer.trace.steps) == 1
-    assert [s.name for s in answer.trace.steps if s.kind == "generate"] == [
-        "reason", "reason_in_documents", "reason", "reason", "reason"]
-    assert all(call["stop"] == [END_SEARCH] for i, call in enumerate(gen.calls) if i != 1)
-    # the reasoning is continued as an assistant prefix holding the inserted results
+    assert answer.trace.queries == ["Velmora bridge opened"]  # the duplicate never ran
+    assert answer.trace.searches == 1 and any("duplicate query" in n for n in answer.trace.notes)
+    assert generated(answer) == ["query", "reason_in_documents", "reason", "decide", "query", "reason", "decide",
+                                 "final_answer"]
+    actions = [(a.chosen, a.source, a.argument) for a in answer.trace.actions]
+    assert actions == [("search", "policy", "Velmora bridge opened"), ("search", "free_text", "velmora bridge opened"),
+                       ("answer", "free_text", "")]
+    assert answer.trace.actions[0].reason.startswith("first decision searches")
+    # the query is written inside a forced begin tag, up to the end tag
+    query_call = gen.calls[0]
+    assert query_call["messages"][-1] == {"role": "assistant", "content": BEGIN_SEARCH}
+    assert END_SEARCH in query_call["stop"]
     last = gen.calls[-1]["messages"][-1]
     assert last["role"] == "assistant"
-    assert f"{BEGIN_RESULT}The bridge opened in 1932." in last["content"]
-    assert DUPLICATE_QUERY in last["content"] and LIMIT_REACHED in last["content"]
-    assert "ignored" not in last["content"]
+    assert f"{BEGIN_SEARCH}Velmora bridge opened{END_SEARCH}" in last["content"]
+    assert f"{BEGIN_RESULT}The bridge opened in 1932." in last["content"] and DUPLICATE_QUERY in last["content"]
+    assert answer.trace.unparsed_actions == 0 and answer.trace.silent_defaults == 0
 
 
-def test_search_o1_falls_back_when_no_tag_is_written(context):
-    gen = ScriptedGenerator(["I think it is old.", "The bridge opened in 1932.", "1932} and more"])
-    answer = SearchO1(gen, k=1).ask("When did the bridge open?", context)
+def test_search_o1_search_limit_is_a_recorded_policy(context):
+    gen = ScriptedGenerator(["Velmora bridge opened", "It opened in 1932.", "Fine.", "1932}"])
+    answer = SearchO1(gen, k=1, max_searches=1).ask("When did the bridge open?", context)
     assert answer.answer == "1932"
-    assert answer.trace.queries == ["When did the bridge open?"]
-    assert gen.calls[-1]["messages"][-1]["content"].endswith("\\boxed{")
-    assert any("no search tag" in n for n in answer.trace.notes)
+    assert [(a.chosen, a.source, a.reason) for a in answer.trace.actions][1] == (
+        "answer", "policy", "search limit reached")
+
+
+def test_search_o1_unparsed_decision_and_empty_query_are_counted_not_defaulted(context):
+    replies = ["", "maybe later", "Hmm.", " answer", "1932}"]  # an empty query, then a reply naming no action
+    gen = ScriptedGenerator(replies)
+    answer = SearchO1(gen, k=1).ask("When did the bridge open?", context)
+    trace = answer.trace
+    assert trace.searches == 0 and trace.queries == []  # nothing was searched for either unparsed reply
+    assert [(a.chosen, a.unparsed) for a in trace.actions] == [("search", True), (None, True), ("answer", False)]
+    assert trace.actions[1].raw == "maybe later"
+    assert trace.unparsed_actions == 2 and trace.silent_defaults == 0
+    assert trace.to_dict()["unparsed_actions"] == 2
 
 
 def test_reason_in_documents_history_keeps_first_last_four_and_searches():
@@ -207,32 +237,50 @@ def test_reason_in_documents_history_keeps_first_last_four_and_searches():
     assert kept == [steps[0], steps[2], "step 6", "step 7", "step 8", "step 9"]
 
 
-def test_parse_action():
-    assert parse_action("NOTE: the bridge opened in 1932") == ("NOTE", "the bridge opened in 1932")
-    assert parse_action("**Answer**: 1932") == ("ANSWER", "1932")
-    assert parse_action("Hmm.\nskip") == ("SKIP", "")
-    assert parse_action("search - mayor") == ("SEARCH", "mayor")
-    assert parse_action("The bridge is old.") == ("NONE", "The bridge is old.")
-
-
 def test_lc_boost_reads_in_order_keeps_notes_and_stops_on_answer(context):
-    gen = ScriptedGenerator(["READ", "SKIP", "NOTE: bridge opened 1932", "ANSWER: 1932."])
+    gen = ScriptedGenerator(["READ", "SKIP", "NOTE", "bridge opened 1932", "ANSWER", "1932."])
     answer = LCBoost(gen, window_tokens=20).ask("When did the bridge open?", context)
     assert answer.answer == "1932"
     assert answer.trace.retrieved == ["harbour#0", "bridge#0", "mayor#0"]  # the last part is never read
-    assert "bridge opened 1932" in user_prompt(gen.calls[-1])  # the note is carried forward
-    assert [s.name for s in answer.trace.steps] == ["access", "step", "step", "step"]
+    assert "bridge opened 1932" in user_prompt(gen.calls[-2])  # the note is carried forward
+    assert [s.name for s in answer.trace.steps] == ["access", "step", "step", "step_text", "step", "step_text"]
+    assert [(a.step, a.chosen, a.argument) for a in answer.trace.actions] == [
+        ("access", "READ", ""), ("step", "SKIP", ""), ("step", "NOTE", "bridge opened 1932"),
+        ("step", "ANSWER", "1932.")]
+    assert gen.calls[3]["messages"][-1] == {"role": "assistant", "content": "NOTE:"}  # the text follows the action
+
+
+def test_lc_boost_unparsed_reply_is_counted_and_never_taken_as_a_note(context):
+    # the old parser kept a reply naming no action as a note; now it is unparsed and recorded
+    gen = ScriptedGenerator(["READ", "The bridge is old.", "NOTE", "", "x"])
+    answer = LCBoost(gen, window_tokens=20, max_steps=2).ask("When did the bridge open?", context)
+    trace = answer.trace
+    assert [(a.chosen, a.unparsed, a.raw) for a in trace.actions[1:]] == [
+        (None, True, "The bridge is old."), ("NOTE", True, "NOTE:")]  # no action named; a note without text
+    assert trace.unparsed_actions == 2 and trace.silent_defaults == 0
+    assert "Notes:\n(no notes)" in user_prompt(gen.calls[-1])
+    assert any(n.startswith("step 1: UNPARSED") for n in trace.notes)
+
+
+def test_lc_boost_unparsed_access_reads_in_order_and_says_so(context):
+    gen = ScriptedGenerator(["Let me think", "SKIP", "x"])
+    answer = LCBoost(gen, window_tokens=20, max_steps=1).ask("When did the bridge open?", context)
+    first, second = answer.trace.actions[:2]
+    assert (first.chosen, first.unparsed) == (None, True)
+    assert (second.chosen, second.source, second.reason) == ("READ", "policy",
+                                                             "the access reply was unparsed: reading in order")
+    assert answer.trace.silent_defaults == 0
 
 
 def test_lc_boost_search_access_jump_merge_and_answer_from_notes(context):
-    replies = ["SEARCH: Velmora bridge opened", "SEARCH: mayor ordered the bridge",
-               "NOTE: Ilse Brandt ordered it " + "word " * 30, "merged: 1932, Brandt", "1932"]
+    replies = ["SEARCH", "Velmora bridge opened", "SEARCH", "mayor ordered the bridge",
+               "NOTE", "Ilse Brandt ordered it " + "word " * 30, "merged: 1932, Brandt", "1932"]
     gen = ScriptedGenerator(replies)
     answer = LCBoost(gen, window_tokens=20, search_k=1, notes_tokens=25).ask("When did the bridge open?", context)
     assert answer.trace.queries == ["Velmora bridge opened", "mayor ordered the bridge"]
     assert answer.trace.retrieved == ["bridge#0", "mayor#0"]
-    names = [s.name for s in answer.trace.steps if s.kind == "generate"]
-    assert names == ["access", "step", "step", "merge", "answer"]
+    names = [s.name for s in answer.trace.steps if s.kind != "retrieve"]
+    assert names == ["access", "access_text", "step", "step_text", "step", "step_text", "merge", "answer"]
     assert "merged: 1932, Brandt" in user_prompt(gen.calls[-1])
     assert answer.answer == "1932"
 
@@ -264,24 +312,48 @@ def dense_context(minilm):
     lambda g: RAG(g, k=2, max_new_tokens=12),
     lambda g: MemoRAG(g, k=2, piece_tokens=64, gist_tokens=24, clue_tokens=32, max_new_tokens=12),
     lambda g: SearchO1(g, k=2, max_turns=2, turn_tokens=32, document_tokens=32, max_new_tokens=12),
+    lambda g: SearchO1(g, k=2, max_turns=2, turn_tokens=32, document_tokens=32, max_new_tokens=12,
+                       first_search="scored"),
     lambda g: LCBoost(g, window_tokens=64, step_tokens=16, max_steps=2, max_new_tokens=12),
-], ids=["no_retrieval", "full_context", "rag", "memorag", "search_o1", "lc_boost"])
+], ids=["no_retrieval", "full_context", "rag", "memorag", "search_o1", "search_o1_scored", "lc_boost"])
 def test_pipelines_run_end_to_end_on_smollm2(make, smollm2, dense_context):
     pipeline = make(smollm2)
+    forced = getattr(pipeline, "first_search", "") == "forced"
     answer = pipeline.ask("When did the Velmora bridge open?", dense_context)
     assert isinstance(answer.answer, str)
-    generated = [s for s in answer.trace.steps if s.kind == "generate"]
+    generated = [s for s in answer.trace.steps if s.kind != "retrieve"]  # generate and choose steps
     assert generated and all(s.prompt_tokens > 0 and s.completion_tokens > 0 for s in generated)
     assert answer.trace.tokens == sum(s.prompt_tokens + s.completion_tokens for s in generated)
+    # every choice the local model makes is scored among the options: it always parses
+    chosen = [a for a in answer.trace.actions if a.source == "scored"]
+    assert all(a.chosen in a.options and set(a.scores) == set(a.options) for a in chosen)
+    assert len(chosen) == sum(s.kind == "choose" for s in answer.trace.steps)
+    assert answer.trace.silent_defaults == 0
+    if pipeline.name == "lc_boost":
+        assert chosen and chosen[0].step == "access"
+    if pipeline.name == "search_o1" and not forced:
+        assert chosen[0].step == "decide" and chosen[0].source == "scored"  # the model chose the first step
+    if forced:
+        assert answer.trace.searches >= 1 and answer.trace.actions[0].argument  # the model wrote a query
     assert set(answer.trace.retrieved) <= set(dense_context.by_id)
-    if pipeline.name in ("rag", "memorag", "search_o1"):
+    if pipeline.name in ("rag", "memorag") or forced:
         assert "bridge#0" in answer.trace.retrieved
     assert answer.to_dict()["trace"]["prompt_tokens"] > 0
 
 
-def test_search_o1_asks_again_when_the_box_is_empty(context):
-    first = f"Look it up. {BEGIN_SEARCH}Velmora bridge opened{END_SEARCH}"
-    gen = ScriptedGenerator([first, "It opened in 1932.", "The answer is \\boxed{}.", "1932}"])
-    answer = SearchO1(gen, k=1).ask("When did the bridge open?", context)
-    assert answer.answer == "1932"
-    assert [s.name for s in answer.trace.steps if s.kind == "generate"][-1] == "final_answer"
+def test_rag_at_a_token_budget_reads_chunks_in_rank_order_until_the_budget(context):
+    question = "When did the Velmora bridge open?"
+    ranked = RAG(ScriptedGenerator(["x"]), k=4).ask(question, context).trace.retrieved
+    small = RAG(ScriptedGenerator(["1932"]), token_budget=110).ask(question, context)
+    large = RAG(ScriptedGenerator(["1932"]), token_budget=10_000).ask(question, context)
+    assert small.trace.retrieved == ranked[: len(small.trace.retrieved)] and 1 <= len(small.trace.retrieved) < 4
+    assert large.trace.retrieved == ranked
+    assert small.trace.tokens <= 110 and small.trace.tokens < large.trace.tokens
+
+
+def test_search_o1_repeated_query_counts_against_the_search_limit(context):
+    replies = ["Velmora bridge opened", "It opened in 1932.", "So 1932.", " search", "Velmora bridge opened",
+               "Still 1932.", "1932}"]
+    answer = SearchO1(ScriptedGenerator(replies), k=1, max_searches=2).ask("When did the bridge open?", context)
+    assert answer.trace.searches == 1 and answer.answer == "1932"
+    assert (answer.trace.actions[-1].chosen, answer.trace.actions[-1].reason) == ("answer", "search limit reached")

@@ -196,11 +196,14 @@ def test_ask_answers_from_a_collection(serve, tiny_causal_lm_dir, tmp_path):
     with httpx.Client(base_url=server.url, timeout=120) as client:
         client.post("/collections", json={"name": "docs"})
         client.post("/collections/docs/documents", json={"documents": DOCS})
-        response = client.post("/ask", json={"question": "What shortens a cold?", "collection": "docs", "k": 1,
-                                             "max_new_tokens": 4})
+        request = {"question": "What shortens a cold?", "collection": "docs", "k": 1, "max_new_tokens": 4}
+        response = client.post("/ask", json=request)
         assert response.status_code == 200, response.text
         body = response.json()
-        assert body["pipeline"] == "rag" and body["trace"]["retrieved"] == ["cold"]
+        assert body["pipeline"] == "rag" and "trace" not in body  # the trace is opt-in
+        traced = client.post("/ask", json={**request, "trace": True}).json()
+        assert traced["answer"] == body["answer"] and traced["trace"]["retrieved"] == ["cold"]
+        assert traced["trace"]["unparsed_actions"] == 0 and traced["trace"]["silent_defaults"] == 0
         assert client.post("/ask", json={"question": "x", "collection": "nope"}).status_code == 404
 
 

@@ -18,6 +18,8 @@ class AskRequest(StrictModel):
     pipeline: Literal["rag", "memorag", "search_o1", "lc_boost", "full_context", "no_retrieval"] = "rag"
     k: int = Field(default=3, ge=1, le=20)
     max_new_tokens: int = Field(default=64, ge=1, le=512)
+    # the trace (every step, query, chosen action and how it was chosen) is large: sent only when asked for
+    trace: bool = False
 
 
 @router.post("/ask")
@@ -44,4 +46,7 @@ def _ask(service: Service, body: AskRequest) -> dict:
         options["k"] = body.k
     with service.generate_lock:  # one generation at a time: the model is shared
         answer = PIPELINES[body.pipeline](generator, **options).ask(body.question, context)
-    return answer.to_dict()
+    data = answer.to_dict()
+    if not body.trace:
+        del data["trace"]
+    return data

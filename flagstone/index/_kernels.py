@@ -157,3 +157,28 @@ def top_k_rows(scores, k):
             size = _offer(heap_scores, heap_rows, size, k, s, col)
         _write_sorted(heap_scores, heap_rows, size, out_scores[qi], out_rows[qi])
     return out_rows, out_scores
+
+
+@numba.njit(cache=True, parallel=True, fastmath=True)
+def rerank(queries, vectors, candidates, k):
+    """Exact inner products of each query with its candidate rows (-1 = none) in float32 ``vectors`` (which
+    may be memory-mapped: only these rows are read); returns the best ``k`` as (rows, scores), best first."""
+    n_queries, width = candidates.shape
+    dim = vectors.shape[1]
+    out_rows = np.full((n_queries, k), -1, dtype=np.int64)
+    out_scores = np.full((n_queries, k), -np.inf, dtype=np.float32)
+    for qi in numba.prange(n_queries):
+        heap_scores = np.empty(k, dtype=np.float32)
+        heap_rows = np.empty(k, dtype=np.int64)
+        size = 0
+        query = queries[qi]
+        for c in range(width):
+            row = candidates[qi, c]
+            if row < 0:
+                continue
+            s = np.float32(0.0)
+            for j in range(dim):
+                s += query[j] * vectors[row, j]
+            size = _offer(heap_scores, heap_rows, size, k, s, row)
+        _write_sorted(heap_scores, heap_rows, size, out_scores[qi], out_rows[qi])
+    return out_rows, out_scores

@@ -11,12 +11,10 @@ import numpy as np
 
 from flagstone.errors import TuningError
 from flagstone.index.base import Index, SearchResult, register
-from flagstone.index.codecs import FlatCodec, Float16Codec, PQCodec, require_faiss
+from flagstone.index.codecs import FlatCodec, PQCodec, require_faiss
 from flagstone.index.dense import DenseIndex, check_vectors
 
-_MIN_POINTS_PER_LIST = 39
-_NO_VECTORS = np.zeros((0, 1), dtype=np.float32)  # placeholders for the kernel argument a codec does not use
-_NO_CODES = np.zeros((0, 1), dtype=np.uint8)  # faiss's k-means warns below this many training points per centroid
+_MIN_POINTS_PER_LIST = 39  # faiss's k-means warns below this many training points per centroid
 
 
 def _check_recall(target: float) -> None:
@@ -210,16 +208,21 @@ class IVFIndex(DenseIndex):
         term_offsets, terms = query_terms
         post_offsets, post_rows = postings
         mask = np.ascontiguousarray(mask)
-        if isinstance(self.codec, (FlatCodec, PQCodec)) and type(self.codec) is not Float16Codec:
+        assign = np.ascontiguousarray(self.assign)
+        if isinstance(self.codec, PQCodec):
             from flagstone.index import _kernels
 
-            use_pq = isinstance(self.codec, PQCodec)
-            if use_pq:
-                vectors, codes, luts = _NO_VECTORS, self.codec.codes, self.codec.tables(queries)
-            else:
-                vectors, codes, luts = self.codec.codes, _NO_CODES, np.zeros((len(queries), 1, 1), np.float32)
-            rows, scores, evaluated = _kernels.search_lists(queries, vectors, codes, luts, use_pq, mask, probed,
-                                                            list_offsets, list_rows, term_offsets, terms,
+            rotated = np.ascontiguousarray(queries @ self.codec.rotation.T, dtype=np.float32)
+            rows, scores, evaluated = _kernels.search_lists_pq(rotated, self.codec.codebooks_by_column,
+                                                               np.asarray(self.codec.codes), assign, mask, probed,
+                                                               list_offsets, list_rows, term_offsets, terms,
+                                                               post_offsets, post_rows, k)
+            return SearchResult(rows, scores, evaluated)
+        if type(self.codec) is FlatCodec:
+            from flagstone.index import _kernels
+
+            rows, scores, evaluated = _kernels.search_lists(queries, np.asarray(self.codec.codes), assign, mask,
+                                                            probed, list_offsets, list_rows, term_offsets, terms,
                                                             post_offsets, post_rows, k)
             return SearchResult(rows, scores, evaluated)
         candidates = []

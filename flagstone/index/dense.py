@@ -138,6 +138,17 @@ class DenseIndex(Index):
         rows, scores = exact_rerank(vectors, self.refine_store.codes, result.positions, k)
         return SearchResult(rows, scores, result.docs_evaluated)
 
+    def exact_top(self, vectors: np.ndarray, k: int) -> np.ndarray:
+        """(queries, k) rows of the exact top ``k`` among live rows: float32 refinement vectors when kept,
+        else the codec's own scores (exact for flat, the compressed ranking for fp16 / PQ)."""
+        store = self.refine_store if self.refine_store is not None else self.codec
+        parts = []
+        for s in range(0, len(vectors), _QUERY_BLOCK):
+            scores = store.scores(vectors[s : s + _QUERY_BLOCK])
+            scores[:, ~self._alive] = -np.inf
+            parts.append(_fast_top_k(scores, k).positions)
+        return np.concatenate(parts) if parts else np.zeros((0, k), dtype=np.int64)
+
     def _search_rows(self, queries: np.ndarray, k: int, rows: np.ndarray) -> SearchResult:
         return self._exhaustive(queries, k, rows)
 

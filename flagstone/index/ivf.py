@@ -17,6 +17,10 @@ from flagstone.index.dense import DenseIndex, check_vectors
 _MIN_POINTS_PER_LIST = 39  # faiss's k-means warns below this many training points per centroid
 
 
+DEFAULT_TARGET_RECALL = 0.995
+SELF_TUNE_K = 100
+
+
 def _check_recall(target: float) -> None:
     if not 0.0 < target <= 1.0:
         raise ValueError(f"target_recall must be in (0, 1], got {target}")
@@ -41,13 +45,16 @@ def train_centroids(vectors: np.ndarray, n_lists: int, seed: int = 1234) -> np.n
 @register
 class IVFIndex(DenseIndex):
     """``n_lists`` clusters (default about 4 sqrt(N) at the first add), ``n_probe`` probed per query
-    (default sqrt(n_lists)). Each document lives in exactly one cluster.
+    (default: tuned at the first add on a sample of the documents, see ``_self_tune``; ``tune()`` sets it from
+    real queries and a recall target). Each document lives in exactly one cluster.
 
     Clusters are learnt at the first ``add`` and kept across later adds; ``describe()["drift"]`` tells how far
     the documents have moved from them, and ``retrain()`` learns them again from the stored vectors.
     """
 
     kind = "ivf"
+    # without an n_probe, the first add tunes one on a sample of the documents themselves (see _self_tune)
+    self_tunes = True
 
     def __init__(self, dim: int, *, n_lists: int | None = None, n_probe: int | None = None, codec: str = "flat",
                  pq_m: int | None = None, opq: bool = False, refine: int | None = None) -> None:
@@ -114,6 +121,25 @@ class IVFIndex(DenseIndex):
         self.assign = np.zeros(0, dtype=np.int32)
         self.assign_similarity = np.zeros(0, dtype=np.float32)
         self._added(np.arange(len(vectors)), vectors)
+        if self.tuning is not None and self.tuning.get("sample") == "documents":
+            self._self_tune(vectors)
+
+    def _append(self, rows: np.ndarray, vectors: np.ndarray) -> None:
+        first = not self.trained
+        super()._append(rows, vectors)
+        if first and self._n_probe is None and self.self_tunes:
+            self._self_tune(vectors)
+
+    def _self_tune(self, vectors: np.ndarray) -> None:
+        """The default n_probe: the fewest clusters reaching recall@100 >= 0.995 with up to 256 stored documents
+        as the queries. Documents as queries are easier than real questions (on 69k MiniLM vectors, recall@10
+        >= 0.99 took 227 of 1,048 lists for documents, 287 for questions), so the default asks for more. On
+        SciFact (132 lists) it picks 72 and nDCG@10 is 0.6457 against exact search's 0.6451; the
+        sqrt(n_lists) rule it replaces probed 12 and lost 0.06, recall@50 >= 0.99 probed 48 and lost 0.0027."""
+        sample = vectors[np.random.default_rng(0).choice(len(vectors), min(256, len(vectors)), replace=False)]
+        self._n_probe = None
+        self.tune(sample, target_recall=DEFAULT_TARGET_RECALL, k=min(SELF_TUNE_K, len(self)))
+        self.tuning["sample"] = "documents"
 
     def _added(self, rows: np.ndarray, vectors: np.ndarray) -> None:
         similarity = vectors @ self.centroids.T
@@ -278,8 +304,7 @@ class IVFIndex(DenseIndex):
         n_queries = len(queries[0] if isinstance(queries, tuple) else queries)
         if n_queries == 0:
             raise TuningError("tune() needs at least one sample query")
-        live = np.flatnonzero(self._alive)
-        truth = self._finish(queries, k, self._search_rows(queries, self._candidates_for(k), live)).positions
+        truth = self.exact_top(queries[0] if isinstance(queries, tuple) else queries, min(k, len(self)))
         measured: dict[int, float] = {}
 
         def recall_at(n_probe: int) -> float:
@@ -306,7 +331,8 @@ class IVFIndex(DenseIndex):
                 else:
                     low = middle
         self._n_probe = high
-        self.tuning = {"target_recall": target_recall, "k": k, "sample_queries": n_queries, "n_probe": high,
+        self.tuning = {"target_recall": target_recall, "k": k, "sample": "queries", "sample_queries": n_queries,
+                       "n_probe": high,
                        "recall": recall_at(high), "curve": sorted([p, r] for p, r in measured.items())}
         return dict(self.tuning)
 

@@ -9,10 +9,11 @@ from BM25 over the same texts. Also: SciFact nDCG@10 of exact search, HI² and I
 
 Memory, two ways. ``bytes/doc`` is the index's own accounting: Flagstone's ``describe()`` (arrays kept in RAM;
 refinement vectors, memory-mapped from disk, are listed apart), faiss's serialised size, hnswlib's saved file.
-``RSS`` is measured: each index is saved, dropped, then loaded and searched once, and the growth of the
-process's resident anonymous memory (RssAnon in /proc/self/status) and of its resident file-backed pages
-(RssFile: memory-mapped files, i.e. page cache) is divided by the number of documents. Python's id strings
-and dicts count in Flagstone's RSS, not in its bytes/doc.
+``RSS`` is measured (ann_rss.py): each index is saved, then a fresh process loads its libraries and warms
+up, loads the saved index and searches 100 queries; the growth of its resident anonymous memory (RssAnon
+in /proc/self/status) and of its resident file-backed pages (RssFile: memory-mapped files, i.e. page cache
+it touched) is divided by the number of documents. Python's id strings and dicts count in Flagstone's RSS,
+not in its bytes/doc.
 
     python benchmarks/ann.py [--quick] [--docs N]
 
@@ -23,9 +24,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import gc
 import os
-import re
+import pickle
 import sys
 import tempfile
 import time
@@ -63,29 +63,23 @@ def single_query_latency(search_one: Callable[[int], object], n: int) -> tuple[f
     return float(np.percentile(times, 50)), float(np.percentile(times, 99))
 
 
-def resident() -> tuple[int, int]:
-    """(anonymous, file-backed) resident bytes of this process, from /proc/self/status."""
-    status = Path("/proc/self/status").read_text()
-    kb = {key: int(re.search(rf"^{key}:\s+(\d+) kB", status, re.M).group(1)) for key in ("RssAnon", "RssFile")}
-    return kb["RssAnon"] * 1024, kb["RssFile"] * 1024
+def measure_rss(kind: str, path: str | Path, queries_file: Path, n_docs: int) -> dict:
+    """Resident bytes per document that loading a saved index and searching 100 queries add to a fresh
+    process (ann_rss.py: libraries loaded and warmed up before the first reading)."""
+    import json
+    import subprocess
 
-
-def measure_rss(load: Callable[[], object], search: Callable[[object], object], n_docs: int) -> dict:
-    """Resident bytes per document that loading a saved index and searching it once add to the process."""
-    gc.collect()
-    anon0, file0 = resident()
-    index = load()
-    search(index)
-    gc.collect()
-    anon1, file1 = resident()
-    del index
-    gc.collect()
-    return {"rss_anon_bytes_per_doc": (anon1 - anon0) / n_docs, "rss_file_bytes_per_doc": (file1 - file0) / n_docs}
+    out = subprocess.run([sys.executable, str(Path(__file__).with_name("ann_rss.py")), kind, str(path),
+                          str(queries_file)], capture_output=True, text=True, check=True)
+    measured = json.loads(out.stdout.strip().splitlines()[-1])
+    return {"rss_anon_bytes_per_doc": measured["rss_anon_bytes"] / n_docs,
+            "rss_file_bytes_per_doc": measured["rss_file_bytes"] / n_docs}
 
 
 class Bench:
-    def __init__(self, data, truth: np.ndarray, quick: bool) -> None:
+    def __init__(self, data, truth: np.ndarray, quick: bool, queries_file: Path) -> None:
         self.data = data
+        self.queries_file = queries_file  # the 100 queries each memory measurement searches
         self.truth = truth
         self.rows: list[dict] = []
         self.latency_n = 50 if quick else LATENCY_QUERIES
@@ -145,9 +139,7 @@ def flagstone_methods(bench: Bench, quick: bool, doc_terms, query_terms) -> dict
             # what a deployment holds: the saved index loaded back (refinement vectors memory-mapped)
             index.save(Path(tmp) / "index")
             del index
-            memory = measure_rss(lambda: load(Path(tmp) / "index"),
-                                 lambda idx: search(idx, d.query_vectors[:100], query_terms.take(np.arange(100))),
-                                 len(d.doc_ids))
+            memory = measure_rss("flagstone", Path(tmp) / "index", bench.queries_file, len(d.doc_ids))
             index = load(Path(tmp) / "index")
             search(index, d.query_vectors[:8], query_terms.take(np.arange(8)))  # warm-up: compiles the kernels
             variants = [(method, index)]
@@ -227,11 +219,13 @@ def faiss_methods(bench: Bench, quick: bool, n_lists: int) -> None:
         return index, time.perf_counter() - start
 
     def reload(index):
-        """The index serialised, dropped and read back, with the resident memory that reading it adds."""
-        blob = faiss.serialize_index(index)
-        del index
-        memory = measure_rss(lambda: faiss.deserialize_index(blob), lambda idx: idx.search(q[:100], K), n)
-        return faiss.deserialize_index(blob), len(blob) / n, memory
+        """The index written, dropped and read back, with the resident memory reading it adds."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = str(Path(tmp) / "index.faiss")
+            faiss.write_index(index, path)
+            del index
+            memory = measure_rss("faiss", path, bench.queries_file, n)
+            return faiss.read_index(path), Path(path).stat().st_size / n, memory
 
     def run(method, index, params, build_s, evaluated, size, memory):
         start = time.perf_counter()
@@ -293,13 +287,9 @@ def hnswlib_method(bench: Bench, quick: bool) -> None:
         del index
         size = Path(path).stat().st_size / len(x)
 
-        def load():
-            loaded = hnswlib.Index(space="ip", dim=x.shape[1])
-            loaded.load_index(path, max_elements=len(x))
-            return loaded
-
-        memory = measure_rss(load, lambda idx: idx.knn_query(q[:100], k=K, num_threads=2), len(x))
-        index = load()
+        memory = measure_rss("hnswlib", path, bench.queries_file, len(x))
+        index = hnswlib.Index(space="ip", dim=x.shape[1])
+        index.load_index(path, max_elements=len(x))
     for ef in ([100, 200, 400] if not quick else [100]):
         index.set_ef(ef)
         start = time.perf_counter()
@@ -389,15 +379,20 @@ def main() -> int:
     doc_terms = bm25.fit_transform(data.doc_texts)
     query_terms = bm25.transform_queries(data.query_texts)
 
-    bench = Bench(data, truth, args.quick)
-    tuning = flagstone_methods(bench, args.quick, doc_terms, query_terms)
-    faiss_methods(bench, args.quick, default_n_lists(n))
-    hnswlib_method(bench, args.quick)
+    with tempfile.TemporaryDirectory() as tmp:
+        queries_file = Path(tmp) / "queries.pkl"
+        with queries_file.open("wb") as handle:
+            pickle.dump((data.query_vectors[:100], query_terms.take(np.arange(100)), K), handle)
+        bench = Bench(data, truth, args.quick, queries_file)
+        tuning = flagstone_methods(bench, args.quick, doc_terms, query_terms)
+        faiss_methods(bench, args.quick, default_n_lists(n))
+        hnswlib_method(bench, args.quick)
     scifact = scifact_check() if not args.docs else {}
 
     out = {"n_docs": n, "dim": dim, "n_queries": len(data.query_texts), "k": K, "rows": bench.rows,
            "tuning": tuning, "scifact": scifact,
-           "memory_method": "RSS: RssAnon / RssFile growth from loading the saved index and searching 100 queries"}
+           "memory_method": "RSS: growth of RssAnon / RssFile in a fresh process (libraries loaded and warmed up "
+                             "first) from loading the saved index and searching 100 queries (ann_rss.py)"}
     lines = ["| method | params | R@10 | R@100 | q/s batch | p50 ms | p99 ms | docs evaluated | bytes/doc | "
              "RSS anon B/doc | RSS file B/doc | build s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in bench.rows:

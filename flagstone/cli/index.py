@@ -41,6 +41,9 @@ def add_parsers(sub) -> None:
     b.add_argument("--index", choices=("flat", "ivf", "hi2"), default="hi2", help="index type (default: hi2)")
     b.add_argument("--codec", choices=("flat", "fp16", "pq"), default="flat",
                    help="vector storage: float32, float16 or product quantisation (default: flat)")
+    b.add_argument("--refine", type=positive_int, default=None, metavar="F",
+                   help="with --codec pq or fp16: re-rank k x F candidates by exact float32 vectors, saved with the "
+                        "index and memory-mapped from disk (default: none)")
     b.add_argument("--n-lists", type=positive_int, default=None, help="k-means clusters (default: about 4 sqrt(N))")
     _add_probe_options(b, tunes="measured on the corpus's queries.jsonl (a BEIR folder) or else on "
                                 f"{TUNE_SAMPLE} of its documents used as queries, and saved with the index")
@@ -89,9 +92,11 @@ def _index_build(args: argparse.Namespace) -> int:
     check_output_folder(out, overwrite=args.overwrite)  # before any encoding
     if args.index == "flat" and (args.n_probe is not None or args.target_recall is not None):
         raise FlagstoneError("--n-probe and --target-recall apply to --index ivf or hi2 (flat search is exact)")
+    if args.refine is not None and args.codec == "flat":
+        raise FlagstoneError("--refine re-ranks compressed vectors: use it with --codec pq or fp16")
     ids, texts = _read_texts(args.corpus)
     embedder = _embedder(args)
-    knobs: dict[str, object] = {"codec": args.codec}
+    knobs: dict[str, object] = {"codec": args.codec, "refine": args.refine}
     if args.index != "flat":
         knobs |= {"n_lists": args.n_lists, "n_probe": args.n_probe}
     if args.index == "hi2":

@@ -2,15 +2,16 @@
 
     python benchmarks/ann_rss.py KIND INDEX_PATH QUERIES.pkl
 
-KIND is flagstone, faiss or hnswlib. The process first loads the libraries and runs one search (a
-memory-mapped Flagstone load, or a tiny faiss / hnswlib index), so that code and compiled kernels are in
-place; then it reads /proc/self/status, loads the index as a deployment would (Flagstone: ``load`` without
-mmap, refinement vectors memory-mapped; faiss: ``read_index``; hnswlib: ``load_index``), searches the queries
-and reads it again. Prints one JSON line: the growth of RssAnon (heap: the index in RAM) and of RssFile
-(memory-mapped file pages touched), in bytes.
+KIND is flagstone, faiss or hnswlib. The process first loads the index once and searches it (so libraries
+and compiled kernels for exactly these array types are in place), drops it and hands freed heap back to
+the system (glibc malloc_trim); then it reads /proc/self/status, loads the index again as a deployment
+would (Flagstone: ``load`` without mmap, refinement vectors memory-mapped; faiss: ``read_index``; hnswlib:
+``load_index``), searches the queries and reads it again. Prints one JSON line: the growth of RssAnon (heap:
+the index in RAM) and of RssFile (memory-mapped file pages touched), in bytes.
 """
 from __future__ import annotations
 
+import ctypes
 import gc
 import json
 import pickle
@@ -40,31 +41,17 @@ def main(kind: str, path: str, queries_file: str) -> None:
                 return index.search(Embeddings(dense=vectors[:n], sparse=terms.take(np.arange(n))), k)
             return index.search(vectors[:n], k)
 
-        warm = load(path, mmap=True)
-        search(warm, 2)
-        del warm
         opened = lambda: load(path)  # noqa: E731
     elif kind == "faiss":
         import faiss
 
         faiss.omp_set_num_threads(2)
-        tiny = faiss.IndexFlatIP(vectors.shape[1])
-        tiny.add(vectors[:4])
-        tiny.search(vectors[:2], 2)
-        del tiny
-
         def search(index, n):
             return index.search(vectors[:n], k)
 
         opened = lambda: faiss.read_index(path)  # noqa: E731
     else:
         import hnswlib
-
-        tiny = hnswlib.Index(space="ip", dim=vectors.shape[1])
-        tiny.init_index(max_elements=4)
-        tiny.add_items(vectors[:4])
-        tiny.knn_query(vectors[:2], k=2)
-        del tiny
 
         def search(index, n):
             return index.knn_query(vectors[:n], k=k, num_threads=2)
@@ -75,7 +62,11 @@ def main(kind: str, path: str, queries_file: str) -> None:
             index.set_ef(max(k, 100))
             return index
 
+    warm = opened()
+    search(warm, len(vectors))
+    del warm
     gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     anon0, file0 = resident()
     index = opened()
     search(index, len(vectors))

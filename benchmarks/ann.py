@@ -40,6 +40,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 K = 100
 LATENCY_QUERIES = 200
 PROBES = [1, 2, 4, 8, 16, 32, 64, 96, 128, 192, 256, 384, 512]
+PQ_PROBES = [16, 32, 48, 64, 80, 96, 128, 192, 256]  # finer where recall@10 crosses 0.99
+NO_REFINE_PROBES = [16, 64, 256]  # PQ ranked by the codec alone: enough points to show where it levels off
 
 
 def recall_at(found: np.ndarray, truth: np.ndarray, k: int) -> float:
@@ -112,12 +114,13 @@ def flagstone_methods(bench: Bench, quick: bool, doc_terms, query_terms) -> dict
     d = bench.data
     dim = d.doc_vectors.shape[1]
     probes = PROBES if not quick else [16, 64]
+    pq_probes = PQ_PROBES if not quick else [16, 64]
     # (name, constructor, sweep); PQ with refinement is also searched without it (the same codes)
     configs = [("flagstone-flat", lambda: FlatIndex(dim), [None]),
                ("flagstone-ivf", lambda: IVFIndex(dim), [None] + probes),
                ("flagstone-hi2", lambda: HI2Index(dim), probes),
-               ("flagstone-hi2-pq96-refine2", lambda: HI2Index(dim, codec="pq", refine=2), probes),
-               ("flagstone-hi2-pq48-refine2", lambda: HI2Index(dim, codec="pq", pq_m=48, refine=2), probes)]
+               ("flagstone-hi2-pq96-refine2", lambda: HI2Index(dim, codec="pq", refine=2), pq_probes),
+               ("flagstone-hi2-pq48-refine2", lambda: HI2Index(dim, codec="pq", pq_m=48, refine=2), pq_probes)]
     tuning = {}
     for method, make, sweep in configs:
         start = time.perf_counter()
@@ -148,7 +151,7 @@ def flagstone_methods(bench: Bench, quick: bool, doc_terms, query_terms) -> dict
                 plain.refine_store = None  # the same codes, ranked by the codec alone
                 variants.append((method.replace("-refine2", "-norefine"), plain))
             for name, variant in variants:
-                for n_probe in sweep:
+                for n_probe in sweep if name == method or quick else NO_REFINE_PROBES:
                     result, seconds, latency = timed(
                         lambda q, t: search(variant, q, t, n_probe), d.query_vectors, query_terms, bench.latency_n)
                     params = variant.params()

@@ -86,7 +86,9 @@ class DenseIndex(Index):
         self.dim = dim
         self.codec: Codec = make_codec(codec, dim, pq_m=pq_m, opq=opq)
         # refinement (as faiss's IndexRefine): the codec picks k x refine candidates, their exact float32
-        # vectors re-rank them. Those vectors are saved with the index and memory-mapped by every load.
+        # vectors re-rank them. Those vectors are saved with the index and memory-mapped by every load (an
+        # add or compact copies them into memory until the next save). ``docs_evaluated`` counts the
+        # documents the codec scored; the k x refine re-ranked ones are among them.
         self.refine = refine
         self.refine_store: FlatCodec | None = FlatCodec(dim) if refine else None
 

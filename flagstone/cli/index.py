@@ -107,8 +107,10 @@ def _index_build(args: argparse.Namespace) -> int:
     tuning = _apply_probe_options(index, args, lambda: _tuning_queries(args.corpus, texts),
                                   lambda queries, target: retriever.tune_dense(queries, target_recall=target))
     if tuning is not None:
-        print(f"tuned: n_probe {tuning['n_probe']} reaches recall@10 {tuning['recall']:.4f} >= "
-              f"{tuning['target_recall']} on {tuning['sample_queries']} sample queries")
+        verdict = ">=" if tuning["reached"] else "< (target not reached even probing every cluster;"
+        print(f"tuned: n_probe {tuning['n_probe']} gives recall@10 {tuning['recall']:.4f} {verdict} "
+              f"{tuning['target_recall']}{'' if tuning['reached'] else ' try a larger --refine)'} on "
+              f"{tuning['sample_queries']} sample queries")
     retriever.save(out, overwrite=args.overwrite)
     print(f"indexed {len(retriever)} documents -> {out}")
     print(json.dumps(index.describe()))

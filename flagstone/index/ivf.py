@@ -294,7 +294,8 @@ class IVFIndex(DenseIndex):
         search, so the recall counts what probing loses, not what compression loses. Recall is monotone in
         n_probe (the probed clusters of a smaller setting are among those of a larger one), so a doubling
         search followed by bisection finds the setting in about 2 log2(n_lists) measurements. The choice and
-        every measurement are kept in ``tuning`` and saved with the index."""
+        every measurement are kept in ``tuning`` and saved with the index. A target that even every cluster
+        misses (a refine factor too small for ``k``, a coarse codec) gives n_lists with ``reached`` false."""
         _check_recall(target_recall)
         if k < 1:
             raise ValueError("k must be at least 1")
@@ -332,7 +333,7 @@ class IVFIndex(DenseIndex):
                     low = middle
         self._n_probe = high
         self.tuning = {"target_recall": target_recall, "k": k, "sample": "queries", "sample_queries": n_queries,
-                       "n_probe": high,
+                       "n_probe": high, "reached": recall_at(high) >= target_recall,
                        "recall": recall_at(high), "curve": sorted([p, r] for p, r in measured.items())}
         return dict(self.tuning)
 

@@ -337,9 +337,12 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 6))
-    for method in dict.fromkeys(r["method"] for r in rows):
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    colors = plt.get_cmap("tab20")  # one colour per method (the default cycle repeats after ten)
+    for i, method in enumerate(methods):
         pts = sorted((r["recall@10"], r["qps_batch"], resident_per_doc(r)) for r in rows if r["method"] == method)
-        line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], linewidth=1, label=method)
+        line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], linewidth=1, label=method,
+                        color=colors(i % 20), linestyle="-" if method.startswith("flagstone") else "--")
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=[max(p[2], 1) / 8 for p in pts],
                    color=line.get_color(), alpha=0.6, edgecolors="none")
     ax.set_xlim(0.8, 1.002)  # the useful range; lower-recall points are in ann.md

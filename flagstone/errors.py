@@ -46,6 +46,10 @@ class IdError(FlagstoneError):
     """A document id is duplicated, empty, or not in the index."""
 
 
+class TuningError(FlagstoneError):
+    """A recall target an index cannot serve: it was never tuned, or has nothing to tune on."""
+
+
 class VectorError(FlagstoneError):
     """Vectors have the wrong shape or contain NaN / infinity."""
 

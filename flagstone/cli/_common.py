@@ -79,6 +79,13 @@ def probability(text: str) -> float:
     return value
 
 
+def recall_target(text: str) -> float:
+    value = _float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"a recall target must be in (0, 1], got {text}")
+    return value
+
+
 def port(text: str) -> int:
     value = _int(text)
     if not 1 <= value <= 65535:
@@ -243,6 +250,35 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    help="embedding cache folder (default: $FLAGSTONE_CACHE or ~/.cache/flagstone)")
     g.add_argument("--no-cache", action="store_true", help="always re-encode documents")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_probe_options(p: argparse.ArgumentParser, *, tunes: str) -> None:
+    """``--n-probe`` and ``--target-recall`` (one or the other) for IVF and HI² indexes; ``tunes`` says what
+    the target is measured on."""
+    g = p.add_argument_group("approximate search (ivf, hi2)").add_mutually_exclusive_group()
+    g.add_argument("--n-probe", type=positive_int, default=None,
+                   help="clusters probed per query (default: the index's own, tuned when it was built)")
+    g.add_argument("--target-recall", type=recall_target, default=None, metavar="R",
+                   help=f"probe the fewest clusters reaching recall@10 >= R against exact search, {tunes}")
+
+
+def _apply_probe_options(index, args: argparse.Namespace, tune_queries: Callable[[], Sequence[str]] | None,
+                         tune: Callable[[Sequence[str], float], dict] | None = None) -> dict | None:
+    """Set ``index``'s n_probe from ``--n-probe``, or from ``--target-recall``: tuned on ``tune_queries()``
+    through ``tune`` when given, else read from the index's saved tuning. Returns the tuning used, if any."""
+    from flagstone.index.ivf import IVFIndex
+
+    if args.n_probe is None and args.target_recall is None:
+        return None
+    if not isinstance(index, IVFIndex):
+        raise FlagstoneError("--n-probe and --target-recall apply to ivf and hi2 indexes (flat search is exact)")
+    if args.n_probe is not None:
+        index.n_probe = args.n_probe
+        return None
+    if tune is not None and tune_queries is not None:
+        return tune(tune_queries(), args.target_recall)
+    index.n_probe = index.n_probe_for(args.target_recall)
+    return {"target_recall": args.target_recall, "n_probe": index.n_probe}
 
 
 def _add_hybrid_options(p: argparse.ArgumentParser) -> None:

@@ -10,6 +10,8 @@ from flagstone.cli._common import (
     MODES,
     _add_hybrid_options,
     _add_model_options,
+    _add_probe_options,
+    _apply_probe_options,
     _cache,
     _embedder,
     _hybrid,
@@ -74,6 +76,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--index", nargs="+", choices=("flat", "ivf", "hi2"), default=["flat"],
                    help="dense index: exact flat, IVF or HI²; several compare them in one table, e.g. "
                         "--index flat hi2 (default: flat)")
+    _add_probe_options(p, tunes="tuned on the data set's query texts (no judgements are read) after indexing")
     _add_model_options(p)
     _add_hybrid_options(p)
     check_with(p, _check_eval)
@@ -116,6 +119,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.max_queries:
         dataset = dataset.head(args.max_queries)
     kinds = list(dict.fromkeys(args.index))
+    probing = args.n_probe is not None or args.target_recall is not None
+    if probing and kinds == ["flat"]:
+        raise FlagstoneError("--n-probe and --target-recall apply to --index ivf or hi2 (flat search is exact)")
     report = None
     for kind in kinds:
         retriever = _retriever(args, args.modes, dense_index=kind)
@@ -124,8 +130,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
             modes = [m for m in modes if m in ("dense", "hybrid")]
             if not modes:
                 break
+        fitted = probing and kind != "flat" and "dense" in retriever.signals
+        if fitted:  # index first, then set the probes: a recall target is tuned on the indexed documents
+            retriever.fit(dataset.doc_ids, dataset.doc_texts)
+            _apply_probe_options(retriever.indexes["dense"], args,
+                                 lambda: [dataset.queries[q] for q in dataset.qrels if q in dataset.queries],
+                                 lambda queries, target: retriever.tune_dense(queries, target_recall=target))
         part = evaluate_retrieval(retriever, dataset, modes=modes, k_values=args.k, hybrid=_hybrid(args),
-                                  depth=args.depth, relevance_level=args.relevance_level)
+                                  depth=args.depth, relevance_level=args.relevance_level, fit=not fitted)
         if len(kinds) > 1:
             part.results = {(f"{m}[{kind}]" if m in ("dense", "hybrid") else m): r for m, r in part.results.items()}
         if report is None:

@@ -9,6 +9,8 @@ from pathlib import Path
 from flagstone.cli._common import (
     EPILOG,
     _add_model_options,
+    _add_probe_options,
+    _apply_probe_options,
     _cache,
     _embedder,
     _read_texts,
@@ -19,6 +21,8 @@ from flagstone.cli._common import (
     positive_int,
 )
 from flagstone.errors import DataError, FlagstoneError
+
+TUNE_SAMPLE = 500  # queries (or documents standing in for them) that --target-recall measures
 
 
 def add_parsers(sub) -> None:
@@ -37,9 +41,12 @@ def add_parsers(sub) -> None:
     b.add_argument("--index", choices=("flat", "ivf", "hi2"), default="hi2", help="index type (default: hi2)")
     b.add_argument("--codec", choices=("flat", "fp16", "pq"), default="flat",
                    help="vector storage: float32, float16 or product quantisation (default: flat)")
+    b.add_argument("--refine", type=positive_int, default=None, metavar="F",
+                   help="with --codec pq or fp16: re-rank k x F candidates by exact float32 vectors, saved with the "
+                        "index and memory-mapped from disk (default: none)")
     b.add_argument("--n-lists", type=positive_int, default=None, help="k-means clusters (default: about 4 sqrt(N))")
-    b.add_argument("--n-probe", type=positive_int, default=None,
-                   help="clusters probed per query (default: sqrt(n_lists))")
+    _add_probe_options(b, tunes="measured on the corpus's queries.jsonl (a BEIR folder) or else on "
+                                f"{TUNE_SAMPLE} of its documents used as queries, and saved with the index")
     b.add_argument("--terms-per-doc", type=positive_int, default=15,
                    help="HI²: salient terms per document (default: 15)")
     _add_model_options(b)
@@ -48,7 +55,7 @@ def add_parsers(sub) -> None:
     s_.add_argument("folder", type=existing_folder, help="index folder")
     s_.add_argument("-q", "--query", action="append", required=True, help="a query (repeatable)")
     s_.add_argument("-k", type=positive_int, default=10, help="results per query (default: 10)")
-    s_.add_argument("--n-probe", type=positive_int, default=None, help="override the clusters probed per query")
+    _add_probe_options(s_, tunes="from the measurements saved by `index build --target-recall`")
     s_.add_argument("--mmap", action="store_true",
                     help="memory-map the vectors instead of reading them (still checksummed unless --no-verify)")
     _add_no_verify(s_)
@@ -83,9 +90,13 @@ def _index_build(args: argparse.Namespace) -> int:
 
     out = Path(args.output)
     check_output_folder(out, overwrite=args.overwrite)  # before any encoding
+    if args.index == "flat" and (args.n_probe is not None or args.target_recall is not None):
+        raise FlagstoneError("--n-probe and --target-recall apply to --index ivf or hi2 (flat search is exact)")
+    if args.refine is not None and args.codec == "flat":
+        raise FlagstoneError("--refine re-ranks compressed vectors: use it with --codec pq or fp16")
     ids, texts = _read_texts(args.corpus)
     embedder = _embedder(args)
-    knobs: dict[str, object] = {"codec": args.codec}
+    knobs: dict[str, object] = {"codec": args.codec, "refine": args.refine}
     if args.index != "flat":
         knobs |= {"n_lists": args.n_lists, "n_probe": args.n_probe}
     if args.index == "hi2":
@@ -93,10 +104,31 @@ def _index_build(args: argparse.Namespace) -> int:
     index = DENSE_INDEXES[args.index](embedder.dim, **knobs)
     retriever = Retriever(embedder, signals=["dense"], cache=_cache(args), dense_index=index)
     retriever.add(ids, texts)
+    tuning = _apply_probe_options(index, args, lambda: _tuning_queries(args.corpus, texts),
+                                  lambda queries, target: retriever.tune_dense(queries, target_recall=target))
+    if tuning is not None:
+        verdict = ">=" if tuning["reached"] else "< (target not reached even probing every cluster;"
+        print(f"tuned: n_probe {tuning['n_probe']} gives recall@10 {tuning['recall']:.4f} {verdict} "
+              f"{tuning['target_recall']}{'' if tuning['reached'] else ' try a larger --refine)'} on "
+              f"{tuning['sample_queries']} sample queries")
     retriever.save(out, overwrite=args.overwrite)
     print(f"indexed {len(retriever)} documents -> {out}")
     print(json.dumps(index.describe()))
     return 0
+
+
+def _tuning_queries(corpus: str, texts: list[str]) -> list[str]:
+    """The queries --target-recall measures: a BEIR folder's queries.jsonl, else a sample of the documents."""
+    import numpy as np
+
+    from flagstone._io import iter_jsonl
+
+    queries_file = Path(corpus) / "queries.jsonl"
+    if queries_file.is_file():
+        queries = [str(row.get("text", "")) for _, row in iter_jsonl(queries_file)]
+        return [q for q in queries if q.strip()][:TUNE_SAMPLE]
+    pick = np.random.default_rng(0).choice(len(texts), min(TUNE_SAMPLE, len(texts)), replace=False)
+    return [texts[i] for i in sorted(pick)]
 
 
 def _index_describe(args: argparse.Namespace) -> int:
@@ -120,8 +152,7 @@ def _index_search(args: argparse.Namespace) -> int:
         embedder = Embedder(model["path"], max_length=model["max_length"], show_progress=not args.quiet)
     retriever = Retriever.load(args.folder, embedder=embedder, mmap=args.mmap, verify=not args.no_verify)
     index = retriever.indexes["dense"]
-    if args.n_probe is not None:
-        index.n_probe = args.n_probe
+    _apply_probe_options(index, args, None)
     hits = retriever.search(args.query, mode="dense", k=args.k)
     for qi, query in enumerate(args.query):
         print(f"\n{query}  [{index.kind}, {int(hits.evaluated[qi])} documents scored]")

@@ -169,6 +169,8 @@ class IdMap:
 
 
 
+ON_DISK_ARRAYS = ("refine_vectors",)  # arrays every load memory-maps (see DenseIndex's ``refine``)
+
 # Kinds register themselves here when their module is imported. ``load`` finds a kind it has not seen yet
 # through this table of module names, so no index module imports the modules that subclass it.
 INDEX_KINDS: dict[str, type[Index]] = {}
@@ -269,18 +271,27 @@ class Index:
             raise ValueError("k must be at least 1")
         queries = self._queries(queries)
         n_queries = _count(queries)
+        width = self._candidates_for(k)
         if allow is None:
             if len(self) == 0:
                 return empty_result(n_queries, k)
-            return self._search(queries, k, self._alive, 1.0)
+            return self._finish(queries, k, self._search(queries, width, self._alive, 1.0))
         rows = self.id_map.known_rows(allow)
         if len(rows) == 0:
             return empty_result(n_queries, k)
-        if len(rows) <= self.expected_candidates():
-            return self._search_rows(queries, k, rows)  # a narrow list: scoring all of it is cheaper
+        if len(rows) <= self.expected_candidates():  # a narrow list: scoring all of it is cheaper
+            return self._finish(queries, k, self._search_rows(queries, width, rows))
         mask = np.zeros_like(self._alive)
         mask[rows] = True
-        return self._search(queries, k, mask, len(rows) / max(len(self), 1))
+        return self._finish(queries, k, self._search(queries, width, mask, len(rows) / max(len(self), 1)))
+
+    def _candidates_for(self, k: int) -> int:
+        """Hook: how many candidates the first pass keeps for a top-``k`` answer (more when re-ranked)."""
+        return k
+
+    def _finish(self, queries: Any, k: int, result: SearchResult) -> SearchResult:
+        """Hook: turn the first pass's candidates into the top ``k`` (re-ranking indexes score them again)."""
+        return result
 
     def expected_candidates(self) -> float:
         """Rows a query scores on average; an allow-list at most this long is scored exhaustively."""
@@ -335,7 +346,8 @@ class Index:
         arrays on disk, for indexes larger than memory."""
         from flagstone.index.storage import CorruptIndexError, IndexFormatError, load_index
 
-        kind, params, arrays = load_index(folder, mmap=mmap, verify=verify)
+        # refinement vectors stay on disk whatever ``mmap`` says: only the few re-ranked rows are ever read
+        kind, params, arrays = load_index(folder, mmap=mmap, verify=verify, always_mmap=ON_DISK_ARRAYS)
         target = index_class(kind)
         if not issubclass(target, cls):
             raise IndexFormatError(f"{folder} holds a {kind!r} index, not {cls.kind!r}")

@@ -182,7 +182,17 @@ class PQCodec(Codec):
     def tables(self, queries: np.ndarray) -> np.ndarray:
         """(queries, m, 2^nbits) inner products of each query sub-vector with each sub-centroid."""
         q = (np.asarray(queries, dtype=np.float32) @ self.rotation.T).reshape(len(queries), self.m, -1)
-        return np.ascontiguousarray(np.einsum("qms,mcs->qmc", q, self.centroids), dtype=np.float32)
+        # one BLAS product per sub-space ((m, queries, s) @ (m, s, 256)); einsum was 1.6 ms per query
+        per_space = np.matmul(q.transpose(1, 0, 2), self.centroids.transpose(0, 2, 1))
+        return np.ascontiguousarray(per_space.transpose(1, 0, 2), dtype=np.float32)
+
+    @property
+    def codebooks_by_column(self) -> np.ndarray:
+        """(m, sub_dim, 256) contiguous: the layout the compiled scan builds its tables from."""
+        if getattr(self, "_by_column", None) is None or self._by_column_of is not self.centroids:
+            self._by_column = np.ascontiguousarray(self.centroids.transpose(0, 2, 1), dtype=np.float32)
+            self._by_column_of = self.centroids
+        return self._by_column
 
     def scores(self, queries: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
         tables = self.tables(queries)

@@ -11,6 +11,7 @@ import numpy as np
 
 from flagstone.errors import MissingDependencyError, VectorError
 from flagstone.index.base import (
+    ON_DISK_ARRAYS,
     Index,
     SearchResult,
     best_of,
@@ -19,7 +20,7 @@ from flagstone.index.base import (
     stack_results,
     top_k,
 )
-from flagstone.index.codecs import Codec, make_codec
+from flagstone.index.codecs import Codec, FlatCodec, make_codec
 
 _QUERY_BLOCK = 256  # queries per matmul in exhaustive search: bounds the (queries x rows) block
 
@@ -51,17 +52,45 @@ def check_vectors(vectors: np.ndarray, dim: int, what: str = "vectors") -> np.nd
     return array
 
 
+def exact_rerank(queries: np.ndarray, vectors: np.ndarray, candidates: np.ndarray,
+                 k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best ``k`` of each query's candidate rows (-1 = none) by exact inner product with float32 ``vectors``,
+    reading only those rows; (rows, scores) padded with -1 / -inf, ties to the lower row."""
+    candidates = np.ascontiguousarray(candidates, dtype=np.int64)
+    try:
+        from flagstone.index._kernels import rerank
+    except MissingDependencyError:  # NumPy, one query at a time (exact search does not need numba)
+        rows_out = []
+        for q, cands in zip(queries, candidates):
+            cands = cands[cands >= 0]
+            rows_out.append(best_of(cands, np.asarray(vectors[cands], np.float32) @ q, k))
+        result = pad_results(rows_out, k, [0] * len(rows_out))
+        return result.positions, result.scores
+    return rerank(np.ascontiguousarray(queries, dtype=np.float32), np.asarray(vectors), candidates, k)
+
+
 class DenseIndex(Index):
     """Base class; use :class:`FlatIndex`, :class:`IVFIndex` or :class:`HI2Index`."""
 
     kind = "dense"
 
-    def __init__(self, dim: int, *, codec: str = "flat", pq_m: int | None = None, opq: bool = False) -> None:
+    def __init__(self, dim: int, *, codec: str = "flat", pq_m: int | None = None, opq: bool = False,
+                 refine: int | None = None) -> None:
         if dim < 1:
             raise ValueError("dim must be positive")
+        if refine is not None and refine < 1:
+            raise ValueError("refine must be at least 1 (candidates re-ranked = k x refine)")
+        if refine is not None and codec == "flat":
+            raise ValueError("refine re-ranks compressed codes (fp16, pq); the flat codec is already exact")
         super().__init__()
         self.dim = dim
         self.codec: Codec = make_codec(codec, dim, pq_m=pq_m, opq=opq)
+        # refinement (as faiss's IndexRefine): the codec picks k x refine candidates, their exact float32
+        # vectors re-rank them. Those vectors are saved with the index and memory-mapped by every load (an
+        # add or compact copies them into memory until the next save). ``docs_evaluated`` counts the
+        # documents the codec scored; the k x refine re-ranked ones are among them.
+        self.refine = refine
+        self.refine_store: FlatCodec | None = FlatCodec(dim) if refine else None
 
     # -- writing -------------------------------------------------------------------------------
     def _items(self, items: Any) -> np.ndarray:
@@ -74,6 +103,8 @@ class DenseIndex(Index):
         if not self.trained:
             self.train(vectors)
         self.codec.append(vectors)
+        if self.refine_store is not None:
+            self.refine_store.append(vectors)
         self._added(rows, vectors)
 
     @property
@@ -87,6 +118,8 @@ class DenseIndex(Index):
     def _permute(self, rows: np.ndarray) -> None:
         super()._permute(rows)
         self.codec.keep(rows)
+        if self.refine_store is not None:
+            self.refine_store.keep(rows)
         self._kept(rows)
 
     def _added(self, rows: np.ndarray, vectors: np.ndarray) -> None:
@@ -96,6 +129,28 @@ class DenseIndex(Index):
         """Hook: storage now holds the old rows ``keep``, in that order."""
 
     # -- searching -----------------------------------------------------------------------------
+    def _candidates_for(self, k: int) -> int:
+        return k * self.refine if self.refine_store is not None else k
+
+    def _finish(self, queries: Any, k: int, result: SearchResult) -> SearchResult:
+        """With refinement, re-rank the codec's candidates by exact inner product and keep the best ``k``."""
+        if self.refine_store is None:
+            return result
+        vectors = queries[0] if isinstance(queries, tuple) else queries  # HI² passes (vectors, terms)
+        rows, scores = exact_rerank(vectors, self.refine_store.codes, result.positions, k)
+        return SearchResult(rows, scores, result.docs_evaluated)
+
+    def exact_top(self, vectors: np.ndarray, k: int) -> np.ndarray:
+        """(queries, k) rows of the exact top ``k`` among live rows: float32 refinement vectors when kept,
+        else the codec's own scores (exact for flat, the compressed ranking for fp16 / PQ)."""
+        store = self.refine_store if self.refine_store is not None else self.codec
+        parts = []
+        for s in range(0, len(vectors), _QUERY_BLOCK):
+            scores = store.scores(vectors[s : s + _QUERY_BLOCK])
+            scores[:, ~self._alive] = -np.inf
+            parts.append(_fast_top_k(scores, k).positions)
+        return np.concatenate(parts) if parts else np.zeros((0, k), dtype=np.int64)
+
     def _search_rows(self, queries: np.ndarray, k: int, rows: np.ndarray) -> SearchResult:
         return self._exhaustive(queries, k, rows)
 
@@ -133,32 +188,75 @@ class DenseIndex(Index):
         return out
 
     def rescore(self, queries: Any, positions: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Codec scores of given rows, one array per query (for hybrid fusion)."""
-        queries = self._queries(queries)
-        return [self.codec.scores(q[None, :], p)[0] for q, p in zip(queries, positions)]
+        """Scores of given rows, one array per query (for hybrid fusion): exact with refinement, else the
+        codec's."""
+        return self._row_scores(self._queries(queries), positions)
+
+    def _row_scores(self, vectors: np.ndarray, positions: Sequence[np.ndarray]) -> list[np.ndarray]:
+        if self.refine_store is not None:
+            return [self.refine_store.scores(q[None, :], np.asarray(p, dtype=np.int64))[0]
+                    for q, p in zip(vectors, positions)]
+        return [self.codec.scores(q[None, :], p)[0] for q, p in zip(vectors, positions)]
 
     # -- description and persistence -------------------------------------------------------------
     def params(self) -> dict[str, object]:
         return self._params()
 
     def _params(self) -> dict[str, Any]:
-        return {"dim": self.dim, **self.codec.params()}
+        return {"dim": self.dim, **self.codec.params(), "refine": self.refine}
+
+    def memory_parts(self) -> dict[str, np.ndarray]:
+        """The arrays a search reads, by role; ``describe()`` turns them into bytes per document, in RAM or
+        memory-mapped from disk."""
+        parts = {"codes": self.codec.codes}
+        tables = [np.asarray(a).ravel() for name, a in self.codec.state().items() if name != "codes"]
+        if tables:  # PQ codebooks and rotation: a fixed cost, shared by all documents
+            parts["codebooks"] = np.concatenate([t.view(np.uint8) for t in tables])
+        if self.refine_store is not None:
+            parts["refine_vectors"] = self.refine_store.codes
+        return parts
+
+    def memory(self) -> dict[str, Any]:
+        """Bytes per live document of every array, and the totals kept in RAM and on disk. Refinement vectors
+        count as on disk (every load memory-maps them; a search reads only the re-ranked rows), everything
+        else as in RAM, as after a load without ``mmap`` (with ``mmap=True`` all of it stays on disk)."""
+        n = max(len(self), 1)
+        ram, disk, parts = 0, 0, {}
+        for name, array in self.memory_parts().items():
+            size = int(np.asarray(array).nbytes)
+            on_disk = name in ON_DISK_ARRAYS
+            parts[name] = {"bytes_per_document": round(size / n, 2), "where": "disk" if on_disk else "ram"}
+            disk += size if on_disk else 0
+            ram += 0 if on_disk else size
+        return {"bytes_per_document": ram / n, "bytes_per_document_on_disk": disk / n, "parts": parts}
 
     def bytes_per_document(self) -> float:
-        return float(self.codec.bytes_per_vector)
+        """Bytes per document of the arrays kept in RAM (see ``memory()``)."""
+        return float(self.memory()["bytes_per_document"])
+
+    def describe(self) -> dict[str, Any]:
+        memory = self.memory()
+        return {**super().describe(), "bytes_per_document_on_disk": memory["bytes_per_document_on_disk"],
+                "memory": memory["parts"]}
 
     def _arrays(self) -> dict[str, np.ndarray]:
-        return {**self.codec.state(), **self._state()}
+        refine = {} if self.refine_store is None else {"refine_vectors": self.refine_store.codes}
+        return {**self.codec.state(), **refine, **self._state()}
 
     def _state(self) -> dict[str, np.ndarray]:
         return {}
 
     @classmethod
     def _from_params(cls, params: dict) -> DenseIndex:
-        return cls(params["dim"], codec=params["codec"], pq_m=params.get("pq_m"), opq=params.get("opq", False))
+        return cls(params["dim"], codec=params["codec"], pq_m=params.get("pq_m"), opq=params.get("opq", False),
+                   refine=params.get("refine"))
 
     def _restore(self, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         self.codec.load_state(arrays)
+        if self.refine_store is not None:
+            self.refine_store.load_state({"codes": arrays["refine_vectors"]})
+            if len(self.refine_store.codes) != len(self.codec.codes):
+                raise ValueError(f"{len(self.refine_store.codes)} refinement vectors for {len(self.codec.codes)} rows")
         self._load_state(params, arrays)
 
     def _load_state(self, params: dict, arrays: dict[str, np.ndarray]) -> None:

@@ -90,13 +90,14 @@ def save_index(folder: str | os.PathLike[str], kind: str, params: dict, arrays: 
     return gen
 
 
-def load_index(folder: str | os.PathLike[str], *, mmap: bool = False,
-               verify: bool = True) -> tuple[str, dict, dict[str, np.ndarray]]:
+def load_index(folder: str | os.PathLike[str], *, mmap: bool = False, verify: bool = True,
+               always_mmap: tuple[str, ...] = ()) -> tuple[str, dict, dict[str, np.ndarray]]:
     """Read the current generation: (kind, params, arrays). ``verify`` checks every array's SHA-256; the
-    manifest, sizes and .npy headers are checked either way (:class:`CorruptIndexError` names the file)."""
+    manifest, sizes and .npy headers are checked either way (:class:`CorruptIndexError` names the file).
+    Arrays named in ``always_mmap`` are memory-mapped even when ``mmap`` is false."""
     gen = _current_generation(Path(folder))
     manifest = _read_manifest(gen)
-    arrays = {name: _read_array(gen / entry["file"], entry, mmap=mmap, verify=verify)
+    arrays = {name: _read_array(gen / entry["file"], entry, mmap=mmap or name in always_mmap, verify=verify)
               for name, entry in manifest["arrays"].items()}
     return manifest["kind"], manifest["params"], arrays
 

@@ -322,6 +322,17 @@ class Retriever:
             return Hits(mode, index.ids_of(result.positions), scores, {mode: scores}, result.docs_evaluated)
         return self._search_hybrid(queries, k, hybrid or self.hybrid, allow)
 
+    def tune_dense(self, queries: Sequence[str], *, target_recall: float, k: int = 10) -> dict[str, Any]:
+        """Tune the dense index's n_probe on sample ``queries`` (texts) to reach ``target_recall`` of exact
+        search's top ``k`` (see :meth:`IVFIndex.tune`); the choice is saved with the retriever."""
+        index = self._indexes.get("dense")
+        if not isinstance(index, IVFIndex):
+            raise FlagstoneError("a recall target needs an IVF or HI² dense index (the flat index is exact)")
+        if isinstance(queries, str):
+            raise InvalidTextError("tune_dense expects a list of queries, got a single string; wrap it in a list")
+        validate_texts(queries)
+        return index.tune(self._encode_queries(queries, ["dense"])["dense"], target_recall=target_recall, k=k)
+
     def _encode_queries(self, queries: Sequence[str], signals: Sequence[str]) -> dict[str, object]:
         encoded: dict[str, object] = {}
         model_signals = [s for s in signals if s in _MODEL_SIGNALS]

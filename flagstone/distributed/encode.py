@@ -55,8 +55,9 @@ class EmbedderSpec:
 
     @classmethod
     def of(cls, embedder, *, threads: int = 1) -> EmbedderSpec:
-        """The spec that rebuilds ``embedder`` (same weights folder, length limit, batch size and dtype)."""
-        return cls(str(embedder.path), max_length=embedder.settings.max_length, batch_size=embedder.batch_size,
+        """The spec that rebuilds ``embedder`` (same model name or folder, so a preset keeps its pooling and
+        instruction; same length limit, batch size and dtype)."""
+        return cls(embedder.name, max_length=embedder.settings.max_length, batch_size=embedder.batch_size,
                    dtype=embedder.settings.dtype, threads=threads)
 
 
@@ -67,12 +68,10 @@ class EncodeReport:
     shards: int
     shards_encoded: int  # this run
     shards_skipped: int  # found finished on disk
+    documents_encoded: int  # this run
     seconds: float
-
-    @property
-    def docs_per_second(self) -> float:
-        encoded = min(self.documents, self.shards_encoded * (self.documents // max(self.shards, 1) + 1))
-        return encoded / self.seconds if self.seconds else 0.0
+    first_block_seconds: float  # until the first block came back: the pool's start-up (model loading) and one block
+    first_block_documents: int
 
 
 def read_corpus(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
@@ -176,9 +175,13 @@ def encode_corpus(ids: Sequence[str], texts: Sequence[str], folder: str | os.Pat
     n_shards = settings["shards"]
     pending = [s for s in range(n_shards) if not shard_path(root, s).is_file()]
     start = time.perf_counter()
+    first: tuple[float, int] = (0.0, 0)
     if pending:
-        _encode_pending(ray, ids, texts, root, spec, outputs, pending, shard_size, workers, block_size, show_progress)
-    return EncodeReport(root, len(ids), n_shards, len(pending), n_shards - len(pending), time.perf_counter() - start)
+        first = _encode_pending(ray, ids, texts, root, spec, outputs, pending, shard_size, workers, block_size,
+                                show_progress)
+    encoded = sum(min((s + 1) * shard_size, len(ids)) - s * shard_size for s in pending)
+    return EncodeReport(root, len(ids), n_shards, len(pending), n_shards - len(pending), encoded,
+                        time.perf_counter() - start, first[0] - start if pending else 0.0, first[1])
 
 
 def _same_settings(manifest: Path, settings: dict[str, Any]) -> bool:
@@ -189,7 +192,7 @@ def _same_settings(manifest: Path, settings: dict[str, Any]) -> bool:
 
 
 def _encode_pending(ray, ids, texts, root: Path, spec: EmbedderSpec, outputs: tuple[str, ...], pending: list[int],
-                    shard_size: int, workers: int, block_size: int, show_progress: bool) -> None:
+                    shard_size: int, workers: int, block_size: int, show_progress: bool) -> tuple[float, int]:
     import pyarrow as pa
     import ray.data
     from tqdm.auto import tqdm
@@ -198,8 +201,8 @@ def _encode_pending(ray, ids, texts, root: Path, spec: EmbedderSpec, outputs: tu
     context.enable_progress_bars = False  # one bar, ours, counting documents
     blocks = []
     for shard in pending:
-        first, stop = shard * shard_size, min((shard + 1) * shard_size, len(ids))
-        for s in range(first, stop, block_size):  # a block never straddles two shards
+        lo, stop = shard * shard_size, min((shard + 1) * shard_size, len(ids))
+        for s in range(lo, stop, block_size):  # a block never straddles two shards
             rows = np.arange(s, min(s + block_size, stop), dtype=np.int64)
             blocks.append(pa.table({"row": rows, "text": [texts[r] for r in rows]}))
     dataset = ray.data.from_arrow(blocks)
@@ -209,12 +212,14 @@ def _encode_pending(ray, ids, texts, root: Path, spec: EmbedderSpec, outputs: tu
     remaining = {s: min((s + 1) * shard_size, len(ids)) - s * shard_size for s in pending}
     bar = tqdm(total=sum(remaining.values()), unit="doc", desc="encoding", disable=not show_progress,
                file=sys.stderr)
+    first: tuple[float, int] | None = None
     for batch in encoded.iter_batches(batch_size=None, batch_format="numpy"):
         for payload in batch["payload"]:
             with np.load(io.BytesIO(payload)) as arrays:
                 rows = arrays["rows"]
                 emb = Embeddings.from_arrays({k: arrays[k] for k in arrays.files if k != "rows"})
             shard = int(rows[0]) // shard_size
+            first = first or (time.perf_counter(), len(rows))
             waiting[shard].append((rows, emb))
             remaining[shard] -= len(rows)
             bar.update(len(rows))
@@ -224,6 +229,7 @@ def _encode_pending(ray, ids, texts, root: Path, spec: EmbedderSpec, outputs: tu
     unfinished = [s for s, left in remaining.items() if left]
     if unfinished:
         raise FlagstoneError(f"encoding ended with shards {unfinished[:3]} incomplete; run again to resume")
+    return first
 
 
 def _write_shard(root: Path, shard: int, ids: Sequence[str], parts: list[tuple[np.ndarray, Embeddings]]) -> None:

@@ -547,6 +547,9 @@ def read_settings(root: Path) -> dict[str, Any]:
     """The settings of a saved retriever folder, or :class:`DataError` saying what the folder is not."""
     file = root / _SETTINGS
     if not file.is_file():
+        if (root / "sharded.json").is_file():
+            raise DataError(f"{root} is a sharded retriever: open it with "
+                            f"flagstone.distributed.shards.ShardedRetriever.load (the CLI's --ray)")
         if (root / "flagstone-index.json").is_file():
             raise DataError(f"{root} was written by an older Flagstone (flagstone-index.json); build it again "
                             f"with `flagstone index build`")

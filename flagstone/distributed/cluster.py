@@ -1,7 +1,6 @@
 """Connecting to a Ray cluster (or starting a local one) and the errors shard calls can end in."""
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from flagstone.errors import FlagstoneError, require_extra
@@ -29,14 +28,13 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> Any:
     ray = require_ray()
     if ray.is_initialized():
         return ray
-    # Ray's own INFO lines would interleave with the CLI's output; its warnings still show
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # workers' output stays in Ray's log files (a worker's exception still reaches the caller): actors that
+    # Ray stops at the end print abort traces that would bury the CLI's own output
     try:
         if address is None:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING",
-                     configure_logging=True)
+            ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
         else:
-            ray.init(address=address, logging_level="WARNING", configure_logging=True)
+            ray.init(address=address, logging_level="WARNING", log_to_driver=False)
     except ConnectionError as exc:
         raise ClusterError(f"cannot reach the Ray cluster at {address}: {str(exc).splitlines()[0]}") from None
     return ray

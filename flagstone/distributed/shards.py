@@ -37,14 +37,12 @@ from flagstone._io import atomic_folder, atomic_write, read_format_json
 from flagstone.distributed.cluster import ShardUnavailableError, actor_errors, require_ray
 from flagstone.distributed.encode import EmbedderSpec, load_encoded, shard_path
 from flagstone.errors import DataError, FlagstoneError, InvalidTextError, NotFittedError
-from flagstone.index.base import Index
 from flagstone.index.dense import DenseIndex
 from flagstone.index.ivf import IVFIndex
 from flagstone.index.sparse import CorpusStatistics
 from flagstone.models.embedder import validate_texts
 from flagstone.models.embeddings import Embeddings
 from flagstone.retrieval.bm25 import BM25
-from flagstone.retrieval.fusion import SIGNALS
 from flagstone.retrieval.lexical import LexicalTokenizer
 from flagstone.retrieval.retriever import (
     DENSE_INDEXES,
@@ -473,11 +471,7 @@ class ShardedRetriever:
         return self.signals + (("hybrid",) if len(self.signals) > 1 else ())
 
     def default_weights(self) -> dict[str, float]:
-        if all(s in self.signals for s in _MODEL_SIGNALS):
-            return {"dense": 0.4, "sparse": 0.2, "colbert": 0.4}
-        if "dense" in self.signals and "bm25" in self.signals:
-            return {"dense": 0.5, "bm25": 0.5}
-        return {s: 1.0 for s in self.signals}
+        return Retriever.default_weights(self)  # the single retriever's rule over the same signals
 
     def close(self) -> None:
         """Stop the shard actors."""
@@ -525,14 +519,7 @@ class ShardedRetriever:
             raise ValueError("k must be at least 1")
 
     def _weights(self, config: HybridConfig) -> dict[str, float]:
-        weights = dict(config.weights) if config.weights is not None else self.default_weights()
-        weights = {s: w for s, w in weights.items() if w != 0}
-        if not weights:
-            raise ValueError("hybrid weights are all zero: give at least one signal a non-zero weight")
-        missing = [s for s in weights if s not in self.signals]
-        if missing:
-            raise FlagstoneError(f"hybrid weights name signals this retriever lacks: {missing}")
-        return weights
+        return Retriever.hybrid_weights(self, config)  # the same checks and defaults as the single retriever
 
     def search_encoded(self, encoded: dict[str, Any], n_queries: int, *, mode: str = "dense", k: int = 10,
                        hybrid: HybridConfig | None = None, allow: Sequence[str] | None = None,

@@ -32,7 +32,9 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> Any:
     # Ray stops at the end print abort traces that would bury the CLI's own output
     try:
         if address is None:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+            # "local": a new cluster of our own, never one another process on this machine happens to run
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING",
+                     log_to_driver=False)
         else:
             ray.init(address=address, logging_level="WARNING", log_to_driver=False)
     except ConnectionError as exc:

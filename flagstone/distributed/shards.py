@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from flagstone._io import atomic_folder, atomic_write, read_format_json
-from flagstone.distributed.cluster import ShardUnavailableError, actor_errors, require_ray
+from flagstone.distributed.cluster import ClusterError, ShardUnavailableError, actor_errors, require_ray
 from flagstone.distributed.encode import EmbedderSpec, load_encoded, shard_path
 from flagstone.errors import DataError, FlagstoneError, InvalidTextError, NotFittedError
 from flagstone.index.dense import DenseIndex
@@ -391,6 +391,20 @@ class _Workers:
                         missing.append(shard)
         return results, sorted(missing), retries
 
+    def wait_ready(self, timeout_s: float) -> None:
+        """Block until every actor (each replica) has started, or stop them all and raise ClusterError."""
+        refs = [worker.ping.remote() for replicas in self.workers for worker in replicas]
+        ready, _ = self.ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        try:
+            self.ray.get(ready)
+        except self._errors as exc:
+            self.close()
+            raise ClusterError(f"a shard actor failed to start: {str(exc).splitlines()[0]}") from None
+        if len(ready) < len(refs):
+            self.close()
+            raise ClusterError(f"only {len(ready)} of {len(refs)} shard actors started within {timeout_s:.0f} s; "
+                               f"the cluster may lack the CPUs (each actor reserves num_cpus) or the memory")
+
     def close(self) -> None:
         if self.ray is not None:
             for replicas in self.workers:
@@ -424,11 +438,12 @@ class ShardedRetriever:
     @classmethod
     def load(cls, folder: str | os.PathLike[str], *, embedder: Any = None, use_ray: bool = True, replicas: int = 1,
              deadline_s: float = 30.0, mmap: bool = False, num_cpus: float = 1.0,
-             load_model: bool = True) -> ShardedRetriever:
+             load_model: bool = True, start_timeout_s: float = 600.0) -> ShardedRetriever:
         """Open a folder written by :func:`build_sharded`, starting one actor per shard and replica on the
         connected Ray cluster (``use_ray=False``: shards searched one after another in this process). The query
         model is loaded from the saved path unless given; ``load_model=False`` skips it, for searches with
-        encoded queries only (:meth:`search_encoded`)."""
+        encoded queries only (:meth:`search_encoded`). Each actor reserves ``num_cpus``; actors that are not all
+        up within ``start_timeout_s`` (the cluster lacks the CPUs or memory) raise :class:`ClusterError`."""
         root = Path(folder)
         manifest = read_format_json(root / MANIFEST, format_name=FORMAT, version=VERSION,
                                     what="a sharded retriever folder", kind="sharded retriever")
@@ -450,14 +465,9 @@ class ShardedRetriever:
             query_encoder = Retriever(embedder, signals=signals, bm25=bm25, dense_index=manifest["dense_index"])
         args = [(str(root / s["folder"]), int(s["offset"]), mmap) for s in manifest["shards"]]
         workers = _Workers(ShardSearcher, args, use_ray, replicas=replicas, deadline_s=deadline_s, num_cpus=num_cpus)
-        retriever = cls(root, manifest, query_encoder, workers)
-        if use_ray:  # wait until every shard has loaded, so the first search's deadline measures searching
-            workers.deadline_s = None
-            try:
-                workers.call_each("ping", [()] * len(workers))
-            finally:
-                workers.deadline_s = deadline_s
-        return retriever
+        if use_ray:  # every actor loaded before the first search, so its deadline measures searching
+            workers.wait_ready(start_timeout_s)
+        return cls(root, manifest, query_encoder, workers)
 
     def __len__(self) -> int:
         return int(self.manifest["documents"])

@@ -73,7 +73,7 @@ def test_sharded_on_ray_equals_one_retriever(encoded, corpus, tiny_m3, tmp_path)
     _, emb = load_encoded(folder)
     single = Retriever(tiny_m3, signals=["dense", "sparse", "bm25"])
     single.add(ids, texts, embeddings=emb)
-    sharded = ShardedRetriever.load(tmp_path / "s", embedder=tiny_m3, replicas=2)
+    sharded = ShardedRetriever.load(tmp_path / "s", embedder=tiny_m3, replicas=2, num_cpus=0.5)
     try:
         for mode in ("dense", "sparse", "bm25", "hybrid"):
             want, got = single.search(QUERIES, mode=mode, k=12), sharded.search_with_status(QUERIES, mode=mode, k=12)
@@ -93,8 +93,9 @@ def test_a_node_killed_mid_search_is_retried_or_flagged(cluster, encoded, corpus
     single = Retriever(tiny_m3, signals=["dense"])
     single.add(ids, texts, embeddings=load_encoded(folder)[1])
     want = single.search(QUERIES, mode="dense", k=10)
-    with_replicas = ShardedRetriever.load(tmp_path / "s", embedder=tiny_m3, replicas=2, deadline_s=20)
-    alone = ShardedRetriever.load(tmp_path / "s", embedder=tiny_m3, replicas=1, deadline_s=20)
+    with_replicas = ShardedRetriever.load(tmp_path / "s", embedder=tiny_m3, replicas=2, deadline_s=20,
+                                          num_cpus=0.5)
+    alone = ShardedRetriever.load(tmp_path / "s", embedder=tiny_m3, replicas=1, deadline_s=20, num_cpus=0.5)
     try:
         simulated.remove_node(worker)  # SPREAD put some of the 6 actors there
         result = with_replicas.search_with_status(QUERIES, mode="dense", k=10, allow_partial=True)

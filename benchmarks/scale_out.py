@@ -181,7 +181,7 @@ def main() -> int:
     parser.add_argument("--vectors", type=int, default=1_000_000, help="synthetic vectors (default: 1,000,000)")
     parser.add_argument("--dim", type=int, default=384, help="their dimension (default: 384, MiniLM's)")
     parser.add_argument("--shards", type=int, default=4, help="shard actors (default: 4)")
-    parser.add_argument("--queries", type=int, default=256, help="queries (default: 256)")
+    parser.add_argument("--queries", type=int, default=128, help="queries (default: 128)")
     parser.add_argument("--batch", type=int, default=32, help="queries per search call (default: 32)")
     parser.add_argument("--k", type=int, default=10, help="hits per query (default: 10)")
     parser.add_argument("--skip-encode", action="store_true", help="only the equality and scale parts")

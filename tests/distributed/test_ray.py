@@ -83,6 +83,30 @@ def test_sharded_on_ray_equals_one_retriever(encoded, corpus, tiny_m3, tmp_path)
         sharded.close()
 
 
+def test_eval_with_ray_reports_what_the_single_process_eval_reports(cluster, scifact_dir, tmp_path):
+    import json
+
+    from flagstone.cli import main
+
+    data = tmp_path / "slice"
+    (data / "qrels").mkdir(parents=True)
+    lines = (scifact_dir / "corpus.jsonl").read_text(encoding="utf-8").splitlines()[:40]
+    (data / "corpus.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    kept = {json.loads(line)["_id"] for line in lines}
+    qrels = (scifact_dir / "qrels" / "test.tsv").read_text(encoding="utf-8").splitlines()
+    (data / "qrels" / "test.tsv").write_text("\n".join([qrels[0]] + [q for q in qrels[1:] if q.split("\t")[1] in kept])
+                                             + "\n", encoding="utf-8")
+    (data / "queries.jsonl").write_text((scifact_dir / "queries.jsonl").read_text(encoding="utf-8"), encoding="utf-8")
+    common = [str(data), "--modes", "dense", "bm25", "hybrid", "--no-cache", "--quiet", "--k", "1", "10"]
+    for name, extra in (("one", []), ("ray", ["--ray", "--shards", "2"])):
+        assert main(["eval", *common, *extra, "--output", str(tmp_path / f"{name}.json"),
+                     "--run-dir", str(tmp_path / f"runs-{name}")]) == 0
+    one, ray = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "ray"))
+    assert {m: r["metrics"] for m, r in one["modes"].items()} == {m: r["metrics"] for m, r in ray["modes"].items()}
+    for run in sorted((tmp_path / "runs-one").iterdir()):  # every id, rank and score
+        assert run.read_text() == (tmp_path / "runs-ray" / run.name).read_text()
+
+
 def test_a_node_killed_mid_search_is_retried_or_flagged(cluster, encoded, corpus, tiny_m3, tmp_path):
     """Run last: it removes the worker node from the module's cluster."""
     simulated, worker = cluster

@@ -240,7 +240,8 @@ def _write_shard(root: Path, shard: int, ids: Sequence[str], parts: list[tuple[n
         np.savez(handle, ids=np.asarray([ids[r] for r in rows]), **emb.to_arrays())
 
 
-def load_encoded(folder: str | os.PathLike[str], *, rows: tuple[int, int] | None = None) -> tuple[list[str], Embeddings]:
+def load_encoded(folder: str | os.PathLike[str], *,
+                 rows: tuple[int, int] | None = None) -> tuple[list[str], Embeddings]:
     """(ids, embeddings) stored by :func:`encode_corpus`, all of them or the corpus rows ``[start, stop)``."""
     root = Path(folder)
     manifest = root / MANIFEST

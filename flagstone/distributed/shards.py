@@ -326,13 +326,25 @@ class _Workers:
         if self.ray is None:
             self.workers = [[cls(*a)] for a in args]
         else:
-            remote = self.ray.remote(cls).options(num_cpus=num_cpus, scheduling_strategy="SPREAD")
-            self.workers = [[remote.remote(*a) for _ in range(replicas)] for a in args]
+            remote = self.ray.remote(cls)
+            nodes = sorted(n["NodeID"] for n in self.ray.nodes() if n["Alive"]) if replicas > 1 else []
+            self.workers = [[remote.options(num_cpus=num_cpus, scheduling_strategy=self._placement(s, r, nodes))
+                             .remote(*a) for r in range(replicas)] for s, a in enumerate(args)]
             self._errors = actor_errors(self.ray)
         self.preferred = [0] * len(args)
 
     def __len__(self) -> int:
         return len(self.workers)
+
+    @staticmethod
+    def _placement(shard: int, replica: int, nodes: list[str]) -> Any:
+        """Replicas of a shard on different nodes (soft: elsewhere when that node is full), so one node's
+        loss leaves every shard a replica; single actors are spread by Ray."""
+        if not nodes:
+            return "SPREAD"
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        return NodeAffinitySchedulingStrategy(node_id=nodes[(shard + replica) % len(nodes)], soft=True)
 
     def call_one(self, shard: int, method: str, *args: Any) -> Any:
         results, missing, _ = self.scatter(method, {shard: args})

@@ -274,6 +274,9 @@ class ShardSearcher:
             if isinstance(index, IVFIndex):
                 keys = (index.assign[: len(ordinals)].astype(np.int64) << _ORDINAL_BITS) | ordinals
             self.row_keys[signal], self.row_ordinals[signal] = keys, ordinals
+            if isinstance(index, DenseIndex) and index.kind != "hi2" and len(index):
+                # compile (or load) the search kernels now, not inside the first search's deadline
+                index.search(np.zeros((1, index.dim), dtype=np.float32), 1)
 
     def ping(self) -> int:
         return self.documents

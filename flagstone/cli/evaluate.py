@@ -77,6 +77,14 @@ def add_parsers(sub) -> None:
                    help="dense index: exact flat, IVF or HI²; several compare them in one table, e.g. "
                         "--index flat hi2 (default: flat)")
     _add_probe_options(p, tunes="tuned on the data set's query texts (no judgements are read) after indexing")
+    g = p.add_argument_group("scale-out on Ray (BEIR folder)")
+    g.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="encode the corpus on a Ray actor pool, build a sharded retriever and search it by "
+                        "scatter-gather over shard actors; results equal the single-process run. ADDRESS joins a "
+                        "cluster (e.g. auto, ray://head:10001); without it a local cluster is started")
+    g.add_argument("--shards", type=positive_int, default=2, help="shards with --ray (default: 2)")
+    g.add_argument("--workers", type=positive_int, default=2,
+                   help="encoding actors with --ray, one torch thread each (default: 2)")
     _add_model_options(p)
     _add_hybrid_options(p)
     check_with(p, _check_eval)
@@ -104,6 +112,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.list_tasks:
         return _list_tasks()
     if args.suite or args.tasks or args.task_file:
+        if args.ray is not None:
+            raise FlagstoneError("--ray evaluates a BEIR folder, not a task suite")
         if args.data:
             raise FlagstoneError("give either a BEIR folder or --suite / --tasks / --task-file, not both")
         return _eval_suite(args)
@@ -123,27 +133,37 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if probing and kinds == ["flat"]:
         raise FlagstoneError("--n-probe and --target-recall apply to --index ivf or hi2 (flat search is exact)")
     report = None
-    for kind in kinds:
-        retriever = _retriever(args, args.modes, dense_index=kind)
-        modes = list(args.modes or retriever.modes)
-        if report is not None:  # later index kinds only change the modes that read the dense index
-            modes = [m for m in modes if m in ("dense", "hybrid")]
-            if not modes:
-                break
-        fitted = probing and kind != "flat" and "dense" in retriever.signals
-        if fitted:  # index first, then set the probes: a recall target is tuned on the indexed documents
-            retriever.fit(dataset.doc_ids, dataset.doc_texts)
-            _apply_probe_options(retriever.indexes["dense"], args,
-                                 lambda: [dataset.queries[q] for q in dataset.qrels if q in dataset.queries],
-                                 lambda queries, target: retriever.tune_dense(queries, target_recall=target))
-        part = evaluate_retrieval(retriever, dataset, modes=modes, k_values=args.k, hybrid=_hybrid(args),
-                                  depth=args.depth, relevance_level=args.relevance_level, fit=not fitted)
-        if len(kinds) > 1:
-            part.results = {(f"{m}[{kind}]" if m in ("dense", "hybrid") else m): r for m, r in part.results.items()}
-        if report is None:
-            report = part
-        else:
-            report.results.update(part.results)
+    if probing and args.ray is not None:
+        raise FlagstoneError("--n-probe and --target-recall are not supported with --ray yet")
+    distributed = _RayEvaluation(args, dataset) if args.ray is not None else None
+    try:
+        for kind in kinds:
+            retriever = (_retriever(args, args.modes, dense_index=kind) if distributed is None
+                         else distributed.open(kind))
+            modes = list(args.modes or retriever.modes)
+            if report is not None:  # later index kinds only change the modes that read the dense index
+                modes = [m for m in modes if m in ("dense", "hybrid")]
+                if not modes:
+                    break
+            fitted = probing and kind != "flat" and "dense" in retriever.signals
+            if fitted:  # index first, then set the probes: a recall target is tuned on the indexed documents
+                retriever.fit(dataset.doc_ids, dataset.doc_texts)
+                _apply_probe_options(retriever.indexes["dense"], args,
+                                     lambda: [dataset.queries[q] for q in dataset.qrels if q in dataset.queries],
+                                     lambda queries, target: retriever.tune_dense(queries, target_recall=target))
+            part = evaluate_retrieval(retriever, dataset, modes=modes, k_values=args.k, hybrid=_hybrid(args),
+                                      depth=args.depth, relevance_level=args.relevance_level,
+                                      fit=distributed is None and not fitted)
+            if len(kinds) > 1:
+                part.results = {(f"{m}[{kind}]" if m in ("dense", "hybrid") else m): r
+                                for m, r in part.results.items()}
+            if report is None:
+                report = part
+            else:
+                report.results.update(part.results)
+    finally:
+        if distributed is not None:
+            distributed.close()
     print(f"{dataset.name} ({args.split}): {dataset.describe()}; model {report.model}, depth {args.depth}"
           + (f", relevant from judgement {args.relevance_level}" if args.relevance_level > 1 else ""))
     cutoffs = sorted(set(args.k) & {10, 100}) or [max(args.k)]
@@ -156,6 +176,56 @@ def cmd_eval(args: argparse.Namespace) -> int:
         for path in report.write_trec_runs(args.run_dir):
             print(f"run -> {path}")
     return 0
+
+
+class _RayEvaluation:
+    """``eval --ray``: the corpus encoded once on a Ray actor pool, then per dense index kind a sharded retriever
+    built on shard actors and searched by scatter-gather (in a temporary folder removed at the end)."""
+
+    def __init__(self, args: argparse.Namespace, dataset) -> None:
+        import tempfile
+
+        from flagstone.distributed.cluster import connect
+        from flagstone.distributed.encode import EmbedderSpec, encode_corpus
+
+        self.args, self.dataset = args, dataset
+        connect(args.ray or None)
+        self.embedder = _embedder(args) if args.modes is None or any(m != "bm25" for m in args.modes) else None
+        probe = _retriever(args, args.modes) if self.embedder is None else None
+        signals = probe.signals if probe is not None else self._signals()
+        self.signals = signals
+        self.workdir = Path(tempfile.mkdtemp(prefix="flagstone-ray-eval-"))
+        self.spec = EmbedderSpec.of(self.embedder) if self.embedder is not None else None
+        self.encoded = None
+        outputs = [s for s in signals if s in ("dense", "sparse", "colbert")]
+        if outputs:
+            self.encoded = self.workdir / "encoded"
+            encode_corpus(dataset.doc_ids, dataset.doc_texts, self.encoded, self.spec, workers=args.workers,
+                          outputs=outputs, show_progress=not args.quiet)
+        self.opened = []
+
+    def _signals(self) -> list[str]:
+        modes = self.args.modes
+        if modes is None or ("hybrid" in modes and len({m for m in modes if m != "hybrid"}) < 2):
+            return list(self.embedder.available_outputs) + ["bm25"]
+        return sorted({m for m in modes if m != "hybrid"}, key=("dense", "sparse", "colbert", "bm25").index)
+
+    def open(self, kind: str):
+        from flagstone.distributed.shards import ShardedRetriever, build_sharded
+
+        folder = self.workdir / f"sharded-{kind}"
+        build_sharded(folder, self.dataset.doc_ids, self.dataset.doc_texts, spec=self.spec, shards=self.args.shards,
+                      signals=self.signals, dense_index=kind, encoded=self.encoded, hybrid=_hybrid(self.args))
+        retriever = ShardedRetriever.load(folder, embedder=self.embedder)
+        self.opened.append(retriever)
+        return retriever
+
+    def close(self) -> None:
+        import shutil
+
+        for retriever in self.opened:
+            retriever.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def _list_tasks() -> int:

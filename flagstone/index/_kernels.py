@@ -15,9 +15,16 @@ require_extra("index", ("numba",), "IVF and HI² search need")
 import numba  # noqa: E402  (after the check, so a missing numba names its extra)
 
 
+@numba.njit(cache=True, inline="always")
+def _worse(score_a, row_a, score_b, row_b):
+    # the heap's order: a lower score, or the same score at a higher row, ranks worse; so the root is the
+    # hit to evict even among ties (the higher row goes first: results keep the lower rows on ties)
+    return score_a < score_b or (score_a == score_b and row_a > row_b)
+
+
 @numba.njit(cache=True, inline="always", fastmath=True)
 def _sift_down(scores, rows, k):
-    # min-heap on scores[0:k]; restore the heap after replacing the root
+    # min-heap (by _worse) on scores[0:k]; restore the heap after replacing the root
     i = 0
     while True:
         left = 2 * i + 1
@@ -25,9 +32,9 @@ def _sift_down(scores, rows, k):
             break
         child = left
         right = left + 1
-        if right < k and scores[right] < scores[left]:
+        if right < k and _worse(scores[right], rows[right], scores[left], rows[left]):
             child = right
-        if scores[child] < scores[i]:
+        if _worse(scores[child], rows[child], scores[i], rows[i]):
             scores[i], scores[child] = scores[child], scores[i]
             rows[i], rows[child] = rows[child], rows[i]
             i = child
@@ -39,7 +46,7 @@ def _sift_down(scores, rows, k):
 def _sift_up(scores, rows, i):
     while i > 0:
         parent = (i - 1) // 2
-        if scores[i] < scores[parent]:
+        if _worse(scores[i], rows[i], scores[parent], rows[parent]):
             scores[i], scores[parent] = scores[parent], scores[i]
             rows[i], rows[parent] = rows[parent], rows[i]
             i = parent

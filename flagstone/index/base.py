@@ -50,6 +50,7 @@ def top_k(scores: np.ndarray, k: int) -> SearchResult:
         return SearchResult(empty.astype(np.int64), empty.astype(np.float32))
     if k < n:
         part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        _lowest_positions_on_ties(scores, part)
     else:
         part = np.broadcast_to(np.arange(n), scores.shape)
     part_scores = np.take_along_axis(scores, part, axis=1)
@@ -59,6 +60,18 @@ def top_k(scores: np.ndarray, k: int) -> SearchResult:
     best = np.take_along_axis(part_scores, order, axis=1).astype(np.float32)
     positions[np.isneginf(best)] = -1  # masked out (deleted or filtered): not a hit
     return SearchResult(positions, best)
+
+
+def _lowest_positions_on_ties(scores: np.ndarray, part: np.ndarray) -> None:
+    """argpartition keeps an arbitrary subset of the documents tied at the k-th score; keep the lowest
+    positions among them instead, in place, so results do not depend on how the rows were split (shards)."""
+    k = part.shape[1]
+    kth = np.take_along_axis(scores, part, axis=1).min(axis=1)
+    at_kth = scores == kth[:, None]
+    kept_at_kth = (np.take_along_axis(scores, part, axis=1) == kth[:, None]).sum(axis=1)
+    for row in np.flatnonzero((at_kth.sum(axis=1) > kept_at_kth) & np.isfinite(kth)):
+        above = np.flatnonzero(scores[row] > kth[row])
+        part[row] = np.concatenate([above, np.flatnonzero(at_kth[row])[: k - len(above)]])
 
 
 def stack_results(parts: Sequence[SearchResult]) -> SearchResult:

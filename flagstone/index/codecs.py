@@ -8,6 +8,27 @@ from flagstone.errors import require_extra
 CODECS = ("flat", "fp16", "pq")
 
 
+SCORE_BLOCK = 1024  # rows per matrix product in exact scoring
+
+
+def blocked_inner_products(queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(queries, rows) float32 inner products, computed SCORE_BLOCK rows at a time (the last block padded with
+    zeros). BLAS picks its kernel by the matrix shapes, and the kernels round differently; with one shape for
+    every block a document's score is the same bit for bit wherever its row sits and however many rows the
+    index holds, so a shard of a corpus scores exactly as one index over the whole corpus."""
+    queries = np.asarray(queries, dtype=np.float32)
+    n = len(rows)
+    out = np.empty((len(queries), n), dtype=np.float32)
+    full = n - n % SCORE_BLOCK
+    for start in range(0, full, SCORE_BLOCK):
+        out[:, start : start + SCORE_BLOCK] = queries @ np.asarray(rows[start : start + SCORE_BLOCK], np.float32).T
+    if full < n:
+        pad = np.zeros((SCORE_BLOCK, rows.shape[1]), dtype=np.float32)
+        pad[: n - full] = rows[full:]
+        out[:, full:] = (queries @ pad.T)[:, : n - full]
+    return out
+
+
 def require_faiss():
     require_extra("index", ("faiss",), "this index needs")
     import faiss
@@ -95,8 +116,7 @@ class FlatCodec(Codec):
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
     def scores(self, queries: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
-        block = self.codes if rows is None else self.codes[rows]
-        return queries @ block.T
+        return blocked_inner_products(queries, self.codes if rows is None else self.codes[rows])
 
     def vectors(self, rows: np.ndarray) -> np.ndarray:
         return np.asarray(self.codes[rows], dtype=np.float32)
@@ -117,8 +137,7 @@ class Float16Codec(FlatCodec):
         return np.ascontiguousarray(vectors, dtype=np.float16)
 
     def scores(self, queries: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
-        block = self.codes if rows is None else self.codes[rows]
-        return queries @ block.astype(np.float32).T
+        return blocked_inner_products(queries, self.codes if rows is None else self.codes[rows])
 
 
 class PQCodec(Codec):

@@ -3,6 +3,7 @@ BM25 computed at query time from stored term counts, so its statistics stay exac
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,29 @@ def bm25_term_weights(tf: np.ndarray, doc_len: np.ndarray, avgdl: float, k1: flo
     """The term-frequency part of BM25 for each (tf, length of its document): tf / (tf + k1 (1 - b + b dl/avgdl))."""
     tf = tf.astype(np.float64)
     return tf / (tf + k1 * (1.0 - b + b * doc_len / (avgdl or 1.0)))
+
+
+@dataclass(frozen=True)
+class CorpusStatistics:
+    """BM25's corpus-wide statistics: documents holding each term id, the document count and the summed
+    document length. Shards of one corpus share the merged statistics so each scores as one index would."""
+
+    doc_freq: np.ndarray  # (vocab,) int64
+    n_docs: int
+    total_length: float
+
+    def __post_init__(self) -> None:
+        if self.n_docs < 0 or self.total_length < 0 or (len(self.doc_freq) and self.doc_freq.min() < 0):
+            raise ValueError("corpus statistics cannot be negative")
+
+    @classmethod
+    def merge(cls, parts: Sequence[CorpusStatistics]) -> CorpusStatistics:
+        """The statistics of the union of disjoint document sets (term ids must already be shared)."""
+        width = max((len(p.doc_freq) for p in parts), default=0)
+        doc_freq = np.zeros(width, dtype=np.int64)
+        for p in parts:
+            doc_freq[: len(p.doc_freq)] += p.doc_freq
+        return cls(doc_freq, sum(p.n_docs for p in parts), float(sum(p.total_length for p in parts)))
 
 
 @register
@@ -59,6 +83,31 @@ class SparseIndex(Index):
         self.doc_len = np.zeros(0, dtype=np.float64)  # sum of each row's values (term counts under BM25)
         self._doc_freq = np.zeros(vocab_size, dtype=np.int64)  # live rows holding each term
         self._live_len = 0.0
+        self._shared: CorpusStatistics | None = None  # a whole corpus's statistics when this is one shard
+
+    # -- statistics ----------------------------------------------------------------------------
+    def statistics(self) -> CorpusStatistics:
+        """This index's own BM25 statistics (live documents only)."""
+        return CorpusStatistics(self._doc_freq.copy(), len(self), self._live_len)
+
+    def share_statistics(self, stats: CorpusStatistics | None) -> None:
+        """Score with a whole corpus's statistics instead of this index's own, so that a shard of the corpus
+        gives every document the score one index over the corpus would (None: back to its own). The shared
+        statistics are a snapshot: adds and removes here do not change them."""
+        if self.scoring != "bm25":
+            raise ValueError("only a BM25 index (scoring='bm25') uses corpus statistics")
+        if stats is not None and len(stats.doc_freq) < self.vocab_size:
+            raise ValueError(f"statistics cover {len(stats.doc_freq)} terms, the index {self.vocab_size}")
+        self._shared = stats
+
+    @property
+    def shares_statistics(self) -> bool:
+        return self._shared is not None
+
+    def _idf(self, terms: np.ndarray) -> np.ndarray:
+        if self._shared is not None:
+            return lucene_idf(self._shared.doc_freq[terms], self._shared.n_docs)
+        return lucene_idf(self._doc_freq[terms], len(self))
 
     # -- writing -------------------------------------------------------------------------------
     def _items(self, items: Any) -> SparseWeights:
@@ -135,7 +184,7 @@ class SparseIndex(Index):
         q = _widen(queries.to_scipy(), self.vocab_size, clip=True)
         if self.scoring == "bm25":
             q = q.copy()
-            q.data = (q.data * lucene_idf(self._doc_freq[q.indices], len(self))).astype(np.float32)
+            q.data = (q.data * self._idf(q.indices)).astype(np.float32)
         return q
 
     def _document_side(self, matrix, lengths: np.ndarray):
@@ -148,6 +197,8 @@ class SparseIndex(Index):
         return out
 
     def _avgdl(self) -> float:
+        if self._shared is not None:
+            return self._shared.total_length / max(self._shared.n_docs, 1)
         return self._live_len / max(len(self), 1)
 
     def _scores(self, q) -> np.ndarray:
@@ -205,7 +256,7 @@ class SparseIndex(Index):
         salient terms; searching folds the idf into the query side instead)."""
         weights = self._weighted_rows(self.id_map.positions(ids))
         if self.scoring == "bm25":
-            weights.data = (weights.data * lucene_idf(self._doc_freq[weights.indices], len(self))).astype(np.float32)
+            weights.data = (weights.data * self._idf(weights.indices)).astype(np.float32)
         return SparseWeights.from_csr(weights)
 
     # -- description and persistence -------------------------------------------------------------
@@ -213,6 +264,8 @@ class SparseIndex(Index):
         params: dict[str, Any] = {"vocab_size": self.vocab_size, "scoring": self.scoring}
         if self.scoring == "bm25":
             params |= {"k1": self.k1, "b": self.b}
+        if self._shared is not None:
+            params |= {"shared_n_docs": self._shared.n_docs, "shared_total_length": self._shared.total_length}
         return params
 
     def describe(self) -> dict[str, Any]:
@@ -226,7 +279,10 @@ class SparseIndex(Index):
     def _arrays(self) -> dict[str, np.ndarray]:
         self._merge_tail()
         m = self._main
-        return {"indptr": m.indptr, "indices": m.indices, "data": m.data, "doc_len": self.doc_len}
+        arrays = {"indptr": m.indptr, "indices": m.indices, "data": m.data, "doc_len": self.doc_len}
+        if self._shared is not None:
+            arrays["shared_doc_freq"] = self._shared.doc_freq
+        return arrays
 
     @classmethod
     def _from_params(cls, params: dict[str, Any]) -> SparseIndex:
@@ -242,6 +298,9 @@ class SparseIndex(Index):
                         else np.asarray(self._main.sum(axis=1), dtype=np.float64).ravel())
         self._doc_freq = np.bincount(self._main.indices, minlength=self.vocab_size).astype(np.int64)
         self._live_len = float(self.doc_len.sum())
+        if "shared_n_docs" in params:
+            self._shared = CorpusStatistics(np.asarray(arrays["shared_doc_freq"], dtype=np.int64),
+                                            int(params["shared_n_docs"]), float(params["shared_total_length"]))
 
 
 def _widen(matrix, vocab_size: int, *, clip: bool = False):

@@ -32,7 +32,7 @@ from flagstone.index.flat import FlatIndex
 from flagstone.index.hi2 import HI2Index
 from flagstone.index.ivf import IVFIndex
 from flagstone.index.multivector import MultiVectorIndex
-from flagstone.index.sparse import SparseIndex
+from flagstone.index.sparse import CorpusStatistics, SparseIndex
 from flagstone.models.cache import EmbeddingCache
 from flagstone.models.embedder import Embedder, validate_texts
 from flagstone.models.embeddings import Embeddings
@@ -93,6 +93,19 @@ class Hits:
         """``{query id: {doc id: score}}``, the run format of pytrec_eval and TREC tools."""
         return {q: {d: float(s) for d, s in zip(ids, scores)}  # zip stops at the last real hit
                 for q, ids, scores in zip(query_ids, self.ids, self.scores)}
+
+
+def fuse_candidates(per_signal: Mapping[str, np.ndarray], weights: Mapping[str, float], config: HybridConfig,
+                    top: int) -> tuple[np.ndarray, np.ndarray]:
+    """One query's hybrid ranking: (the best ``top`` candidates' indices, best first; every candidate's fused
+    score). ``per_signal`` holds each signal's scores of the same candidates, listed in the order the
+    documents were added, which breaks ties (the earlier-added document first)."""
+    if config.method == "rrf":
+        fused = reciprocal_rank_fusion(per_signal, weights, config.rrf_k)
+    else:
+        fused = weighted_sum(per_signal, weights, config.normalize)
+    n = len(next(iter(per_signal.values())))
+    return np.lexsort((np.arange(n), -fused))[:top], fused
 
 
 FORMAT = "flagstone-retriever"
@@ -156,6 +169,7 @@ class Retriever:
         self._next = 0
         self._indexes: dict[str, Index] = {}
         self._terms: SparseIndex | None = None  # BM25 statistics (the "bm25" signal's index, or HI²'s terms)
+        self._corpus_statistics: CorpusStatistics | None = None  # a whole corpus's, when this is one shard
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -205,10 +219,12 @@ class Retriever:
         return self
 
     def add(self, ids: Sequence[str], texts: Sequence[str], metadata: Sequence[Mapping] | None = None, *,
-            show_progress: bool | None = None) -> None:
+            show_progress: bool | None = None, embeddings: Embeddings | None = None) -> None:
         """Index more documents. Ids must be new (``remove`` first to replace one). Encoding happens before any
         index changes, and an index that refuses the rows makes the others drop them again, so a failed add
-        leaves no trace in search results."""
+        leaves no trace in search results. ``embeddings``: the documents' outputs computed elsewhere (e.g. by
+        distributed encoding with this retriever's model), used instead of encoding ``texts``; they must hold
+        every model signal of this retriever."""
         ids = [str(i) for i in ids]
         if len(ids) != len(texts):
             raise ValueError(f"{len(ids)} ids for {len(texts)} texts")
@@ -223,8 +239,16 @@ class Retriever:
             raise IdError(f"{len(present)} ids already indexed, e.g. {present[:3]}; remove them first")
         validate_texts(texts, allow_empty=True)  # an empty document matches nothing lexically, as in BEIR
         model_signals = [s for s in self.signals if s in _MODEL_SIGNALS]
-        emb = (self._encode(texts, model_signals, is_query=False, show_progress=show_progress)
-               if model_signals else Embeddings())
+        if embeddings is not None:
+            lacking = [s for s in model_signals if getattr(embeddings, s) is None]
+            if lacking:
+                raise ValueError(f"the embeddings passed lack {lacking}, which this retriever indexes")
+            emb = Embeddings(**{s: getattr(embeddings, s) for s in model_signals})
+            if any(len(getattr(emb, s)) != len(ids) for s in model_signals):
+                raise ValueError(f"{len(ids)} ids for embeddings of another length")
+        else:
+            emb = (self._encode(texts, model_signals, is_query=False, show_progress=show_progress)
+                   if model_signals else Embeddings())
         try:
             self._add_to_indexes(ids, texts, emb)
         except BaseException:  # an index refused the rows (e.g. NaN vectors): take them out of those that took them
@@ -246,6 +270,8 @@ class Retriever:
             if self._terms is None:
                 self._terms = SparseIndex(counts.vocab_size, scoring="bm25", k1=self.bm25.k1, b=self.bm25.b)
             self._terms.add(ids, counts)
+            if self._corpus_statistics is not None and not self._terms.shares_statistics:
+                self._terms.share_statistics(self._corpus_statistics)
             if "bm25" in self.signals:
                 self._indexes["bm25"] = self._terms
         if emb.dense is not None:
@@ -262,6 +288,28 @@ class Retriever:
             self._indexes.setdefault("sparse", SparseIndex(emb.sparse.vocab_size)).add(ids, emb.sparse)
         if emb.colbert is not None:
             self._indexes.setdefault("colbert", MultiVectorIndex(emb.colbert.dim)).add(ids, emb.colbert)
+
+    def share_corpus_statistics(self, stats: CorpusStatistics) -> None:
+        """Make this retriever one shard of a larger corpus: BM25 (and HI²'s term weights) use ``stats``, the
+        merged statistics of every shard, with term ids from a vocabulary shared by all shards (this
+        retriever's ``bm25`` must have been given it). Call before ``add``; the statistics are a snapshot."""
+        if self.bm25 is None:
+            raise FlagstoneError("this retriever has no BM25 statistics to share (no bm25 signal, no HI² index)")
+        if len(stats.doc_freq) < self.bm25.vocab_size:
+            raise ValueError(f"statistics cover {len(stats.doc_freq)} terms, the vocabulary {self.bm25.vocab_size}")
+        self._corpus_statistics = stats
+        if self._terms is not None:
+            self._terms.share_statistics(stats)
+
+    def term_statistics(self, texts: Sequence[str]) -> CorpusStatistics:
+        """BM25 statistics of ``texts`` over this retriever's vocabulary, which grows by their new terms (how
+        shards agree on one vocabulary and merge their statistics before indexing)."""
+        if self.bm25 is None:
+            raise FlagstoneError("this retriever has no BM25 statistics (no bm25 signal, no HI² index)")
+        counts = self.bm25.count(texts).to_scipy()
+        lengths = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
+        doc_freq = np.bincount(counts.indices, minlength=self.bm25.vocab_size).astype(np.int64)
+        return CorpusStatistics(doc_freq, len(texts), float(lengths.sum()))
 
     def _all_indexes(self) -> list[Index]:
         """Every index once (the BM25 statistics are the "bm25" signal's index when it is one)."""
@@ -315,7 +363,7 @@ class Retriever:
             raise InvalidTextError("search expects a list of queries, got a single string; wrap it in a list")
         validate_texts(queries)
         if mode != "hybrid":
-            encoded = self._encode_queries(queries, [mode])
+            encoded = self.encode_queries(queries, [mode])
             index = self._indexes[mode]
             result = index.search(encoded[mode], k, allow=allow)
             scores = result.scores
@@ -331,9 +379,11 @@ class Retriever:
         if isinstance(queries, str):
             raise InvalidTextError("tune_dense expects a list of queries, got a single string; wrap it in a list")
         validate_texts(queries)
-        return index.tune(self._encode_queries(queries, ["dense"])["dense"], target_recall=target_recall, k=k)
+        return index.tune(self.encode_queries(queries, ["dense"])["dense"], target_recall=target_recall, k=k)
 
-    def _encode_queries(self, queries: Sequence[str], signals: Sequence[str]) -> dict[str, object]:
+    def encode_queries(self, queries: Sequence[str], signals: Sequence[str]) -> dict[str, object]:
+        """Each signal's query form for ``queries``, as its index searches it (HI²'s dense part carries the
+        query terms too). Scatter-gather search encodes once here and sends the result to every shard."""
         encoded: dict[str, object] = {}
         model_signals = [s for s in signals if s in _MODEL_SIGNALS]
         hi2 = "dense" in model_signals and isinstance(self._indexes.get("dense"), HI2Index)
@@ -347,8 +397,8 @@ class Retriever:
             encoded["bm25"] = terms
         return encoded
 
-    def _search_hybrid(self, queries: Sequence[str], k: int, config: HybridConfig,
-                       allow: Sequence[str] | None) -> Hits:
+    def hybrid_weights(self, config: HybridConfig) -> dict[str, float]:
+        """The non-zero weights ``config`` gives (or the defaults), checked against this retriever's signals."""
         weights = dict(config.weights) if config.weights is not None else self.default_weights()
         weights = {s: w for s, w in weights.items() if w != 0}
         if not weights:
@@ -356,7 +406,12 @@ class Retriever:
         missing = [s for s in weights if s not in self.signals]
         if missing:
             raise FlagstoneError(f"hybrid weights name signals this retriever lacks: {missing}")
-        encoded = self._encode_queries(queries, list(weights))
+        return weights
+
+    def _search_hybrid(self, queries: Sequence[str], k: int, config: HybridConfig,
+                       allow: Sequence[str] | None) -> Hits:
+        weights = self.hybrid_weights(config)
+        encoded = self.encode_queries(queries, list(weights))
         per_signal_k = max(config.candidates, k)  # so the union always holds min(k, corpus) documents
         proposals = {s: self._indexes[s].search(encoded[s], per_signal_k, allow=allow) for s in weights}
         top = min(k, len(self))
@@ -372,11 +427,7 @@ class Retriever:
                     for s in weights}
         for qi, cands in enumerate(candidates):
             per_signal = {s: rescored[s][qi] for s in weights}
-            if config.method == "rrf":
-                fused = reciprocal_rank_fusion(per_signal, weights, config.rrf_k)
-            else:
-                fused = weighted_sum(per_signal, weights, config.normalize)
-            order = np.lexsort((np.arange(len(cands)), -fused))[:top]  # ties: earlier-added document first
+            order, fused = fuse_candidates(per_signal, weights, config, top)
             out_ids.append([cands[j] for j in order])
             out_scores[qi, : len(order)] = fused[order]
             for s in weights:
@@ -487,6 +538,14 @@ def _read_saved(root: Path, *, mmap: bool, verify: bool) -> _Saved:
     return _Saved(settings, bm25, indexes, terms, records, files)
 
 
+def load_indexes(folder: str | os.PathLike[str], *, mmap: bool = False,
+                 verify: bool = True) -> tuple[dict[str, Index], list[str]]:
+    """A saved retriever's index per signal and its document ids in the order they were added, without the
+    model or the texts' use (what a search-only shard of a sharded retriever needs)."""
+    saved = _read_saved(Path(folder), mmap=mmap, verify=verify)
+    return saved.indexes, [record["_id"] for record in saved.records]
+
+
 def verify_folder(folder: str | os.PathLike[str]) -> list[Path]:
     """Check a saved retriever folder as :meth:`Retriever.load` does, every index array's checksum included,
     without loading the model or the vectors into memory; returns the files checked. Raises a
@@ -499,6 +558,9 @@ def read_settings(root: Path) -> dict[str, Any]:
     """The settings of a saved retriever folder, or :class:`DataError` saying what the folder is not."""
     file = root / _SETTINGS
     if not file.is_file():
+        if (root / "sharded.json").is_file():
+            raise DataError(f"{root} is a sharded retriever: open it with "
+                            f"flagstone.distributed.shards.ShardedRetriever.load (the CLI's --ray)")
         if (root / "flagstone-index.json").is_file():
             raise DataError(f"{root} was written by an older Flagstone (flagstone-index.json); build it again "
                             f"with `flagstone index build`")

@@ -42,6 +42,10 @@ def require_extra(extra: str, modules: tuple[str, ...], feature: str) -> None:
         raise MissingDependencyError(f"{feature} {', '.join(missing)}: pip install 'flagstone[{extra}]'")
 
 
+class BackendError(FlagstoneError):
+    """An inference backend or precision that does not exist, or a combination a backend does not offer."""
+
+
 class IdError(FlagstoneError):
     """A document id is duplicated, empty, or not in the index."""
 

@@ -47,8 +47,6 @@ SUPPORTED: dict[str, tuple[str, ...]] = {
 }
 # bumped when the export itself changes (wrapper, opset, conversion options): old exports are then not reused
 EXPORT_FORMAT = 1
-_EXTRA = {"onnx": ("onnx", ("onnxruntime", "onnx", "onnxscript")), "openvino": ("openvino", ("openvino", "onnx",
-                                                                                           "onnxscript"))}
 
 
 def check_backend(backend: str, precision: str) -> None:
@@ -63,10 +61,12 @@ def check_backend(backend: str, precision: str) -> None:
 
 
 def require_backend(backend: str) -> None:
-    """The missing-extra error naming ``flagstone[onnx]`` / ``flagstone[openvino]`` when its packages are absent."""
-    if backend in _EXTRA:
-        extra, modules = _EXTRA[backend]
-        require_extra(extra, modules, f"the {backend} backend needs")
+    """The missing-extra error naming ``flagstone[onnx]`` / ``flagstone[openvino]`` when its packages are absent
+    (both export through torch's ONNX exporter, which needs onnx and onnxscript)."""
+    if backend == "onnx":
+        require_extra("onnx", ("onnxruntime", "onnx", "onnxscript"), "the onnx backend needs")
+    elif backend == "openvino":
+        require_extra("openvino", ("openvino", "onnx", "onnxscript"), "the openvino backend needs")
 
 
 def export_key(fingerprint: str, backend: str, precision: str, settings: Mapping[str, Any]) -> str:

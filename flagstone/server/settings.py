@@ -4,11 +4,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+SERVICE_BACKEND = "openvino"
+
 
 @dataclass
 class ServerSettings:
     data_dir: str = "flagstone-data"
     model: str | None = None  # embedding model (default: the bundled all-MiniLM-L6-v2)
+    # the embedder and cross-encoder run on the fastest backend whose float32 vectors equal torch's to 1e-5
+    # (benchmarks/encode.py, README "Inference backends"); any backend and precision can be chosen instead
+    backend: str = SERVICE_BACKEND
+    precision: str = "float32"
     reranker: str | None = None  # cross-encoder for /rerank and search reranking
     generator: str = "smollm2-135m-instruct"  # loaded on the first /ask
     generator_base_url: str | None = None

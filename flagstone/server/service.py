@@ -148,8 +148,8 @@ class Service:
             if "reranker" not in self.heavy:
                 from flagstone.models.reranker import CrossEncoderReranker
 
-                self.heavy["reranker"] = CrossEncoderReranker(self.settings.reranker, backend=self.settings.backend,
-                                                              precision=self.settings.precision)
+                # on torch: it loads inside the first /rerank request, which must not wait for an export
+                self.heavy["reranker"] = CrossEncoderReranker(self.settings.reranker)
             return self.heavy["reranker"]
 
     def load_generator(self):

@@ -11,7 +11,7 @@ SERVICE_BACKEND = "openvino"
 class ServerSettings:
     data_dir: str = "flagstone-data"
     model: str | None = None  # embedding model (default: the bundled all-MiniLM-L6-v2)
-    # the embedder and cross-encoder run on the fastest backend whose float32 vectors equal torch's to 1e-5
+    # the embedder runs on the fastest backend whose float32 vectors equal torch's to 1e-5
     # (benchmarks/encode.py, README "Inference backends"); any backend and precision can be chosen instead
     backend: str = SERVICE_BACKEND
     precision: str = "float32"

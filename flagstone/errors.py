@@ -58,6 +58,10 @@ class FlagstoneWarning(UserWarning):
     """Something in the data the user should know about that does not stop the work (the CLI prints one line)."""
 
 
+class LossyPrecisionWarning(FlagstoneWarning):
+    """A precision whose outputs differ from float32 by more than rounding (onnx int8)."""
+
+
 class EmptyDocumentsWarning(FlagstoneWarning):
     """A corpus holds documents without text; they are indexed as the empty text."""
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from flagstone._io import atomic_folder
-from flagstone.errors import BackendError, require_extra
+from flagstone.errors import BackendError, LossyPrecisionWarning, require_extra
 from flagstone.models._paths import default_cache_dir
 
 if TYPE_CHECKING:
@@ -58,6 +58,17 @@ def check_backend(backend: str, precision: str) -> None:
     if precision not in SUPPORTED[backend]:
         raise BackendError(f"backend {backend!r} offers precision {' or '.join(SUPPORTED[backend])}, "
                            f"not {precision!r}")
+
+
+def warn_if_lossy(precision: str) -> None:
+    """int8 is offered with a warning: its vectors differ from float32 far beyond rounding (max |diff| 0.085 on
+    MiniLM in benchmarks/encode.py), and no measurement yet shows its SciFact nDCG@10 within the 0.005 of float32
+    that the project asks before offering it plainly (README, "Inference backends")."""
+    if precision == "int8":
+        warnings.warn(LossyPrecisionWarning(
+            "precision int8 quantises the weights: vectors differ from float32 far beyond rounding and retrieval "
+            "quality may drop (see the README's backend table); prefer float32 or bfloat16 where quality matters"),
+            stacklevel=3)
 
 
 def require_backend(backend: str) -> None:

@@ -177,7 +177,7 @@ class Embedder:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
-        from flagstone.models.backends import check_backend, require_backend
+        from flagstone.models.backends import check_backend, require_backend, warn_if_lossy
 
         check_backend(backend, precision)
         # dtype is the torch weight type (kept from before backends existed); precision is how the backend
@@ -188,6 +188,7 @@ class Embedder:
         if backend != "torch" and device != "cpu":
             raise BackendError(f"the {backend} backend runs on the CPU; got device={device!r}")
         require_backend(backend)  # before loading anything: a missing extra fails fast
+        warn_if_lossy(precision)
 
         root, preset = resolve_model_path(model)
         self.path = transformer_folder(root)  # config, weights and M3 heads live here

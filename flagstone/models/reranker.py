@@ -111,7 +111,7 @@ class CrossEncoderReranker:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from flagstone.models.backends import check_backend, require_backend
+        from flagstone.models.backends import check_backend, require_backend, warn_if_lossy
         from flagstone.models.embedder import _model_fingerprint, resolve_model_path, transformer_folder
 
         check_backend(backend, precision)
@@ -121,6 +121,7 @@ class CrossEncoderReranker:
         if backend != "torch" and device != "cpu":
             raise BackendError(f"the {backend} backend runs on the CPU; got device={device!r}")
         require_backend(backend)
+        warn_if_lossy(precision)
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         folder, _ = resolve_model_path(str(model))

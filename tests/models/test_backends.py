@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import shutil
 import sys
+import warnings
 
 import numpy as np
 import pytest
 
-from flagstone.errors import BackendError, MissingDependencyError
+from flagstone.errors import BackendError, LossyPrecisionWarning, MissingDependencyError
 from flagstone.models.embedder import Embedder
 from flagstone.models.reranker import CrossEncoderReranker
 
@@ -68,8 +69,13 @@ def test_reduced_precisions_are_close_but_not_equal(tiny_m3, tiny_m3_dir):
     want = tiny_m3.encode(TEXTS, sparse=True, colbert=True)
     runs = [("onnx", "int8"), ("torch", "bfloat16")] + ([("openvino", "bfloat16")] if openvino_has_bf16() else [])
     for backend, precision in runs:
-        got = Embedder(str(tiny_m3_dir), backend=backend, precision=precision, show_progress=False).encode(
-            TEXTS, sparse=True, colbert=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            embedder = Embedder(str(tiny_m3_dir), backend=backend, precision=precision, show_progress=False)
+        # int8 says that its vectors are lossy; bfloat16 is an opt-in whose closeness the README gives
+        assert [w.category for w in caught if issubclass(w.category, LossyPrecisionWarning)] == \
+            ([LossyPrecisionWarning] if precision == "int8" else [])
+        got = embedder.encode(TEXTS, sparse=True, colbert=True)
         cosine = np.sum(got.dense * want.dense, axis=1)
         assert cosine.min() > 0.98, (backend, precision)
         assert np.abs(got.dense - want.dense).max() > 1e-6, f"{backend} {precision} computed float32"

@@ -4,11 +4,16 @@ The first N SciFact documents (title + text, max length 256), the bundled all-Mi
 the same torch thread count for everyone, in one process. The documents are cut into rounds and the
 encoders take turns round by round (the machine is noisy; interleaving spreads the noise evenly).
 
-    python benchmarks/encode.py [--docs 2000] [--threads 2] [--rounds 4]
+    python benchmarks/encode.py [--docs 2000] [--threads 2] [--rounds 4] [--scifact all|lossy|none]
 
-Also reports Flagstone with bfloat16 weights (an opt-in fast mode; its vectors are not identical) and how
-close each run is to the machine's limit: model FLOPs per token x tokens/s against measured fp32 sgemm.
-Writes benchmarks/results/encode.json and encode.md.
+Also times Flagstone on every inference backend x precision (torch float32 / bfloat16 autocast, onnx float32 /
+int8, openvino float32 / bfloat16; the exports are made once, before timing, and cached) in the same
+interleaved rounds, with each one's max |diff| to torch float32 on these documents and its SciFact nDCG@10
+(dense, the full test split: the 5,183 documents are encoded once per backend, minutes each, and kept in the
+embedding cache, so a rerun reads them), plus Flagstone with bfloat16 weights (dtype="bfloat16") and how close
+each run is to the machine's limit: model FLOPs per token x tokens/s against measured fp32 sgemm.
+Writes benchmarks/results/encode.json (its list ``backends`` has one object per backend x precision) and
+encode.md.
 """
 from __future__ import annotations
 
@@ -24,6 +29,12 @@ from _common import SHARED_DATA, save_results
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 MAX_LENGTH = 256
 BATCH = 32
+BACKEND_ROWS = (("torch", "float32"), ("torch", "bfloat16"), ("onnx", "float32"), ("onnx", "int8"),
+                ("openvino", "float32"), ("openvino", "bfloat16"))
+# sentence-transformers' own onnx / openvino backends need optimum; neither installs here without replacing what
+# Flagstone runs on (checked with pip install --dry-run), so the peers run on torch only
+PEER_BACKENDS_SKIPPED = ("optimum[onnxruntime] 2.1 would downgrade transformers 5.24 to 4.57; optimum-intel[openvino] "
+                         "2.2 would replace torch 2.13.0 with 2.14.1 (and add CUDA wheels)")
 
 
 def load_docs(n: int) -> list[str]:
@@ -56,12 +67,32 @@ def flops_per_token(config, mean_len: float) -> float:
     return 2 * layers * (4 * h * h + 2 * h * ff + 2 * mean_len * h)
 
 
+def scifact_ndcg(embedder) -> float:
+    """Dense nDCG@10 on SciFact's test split (documents from the embedding cache where they are there)."""
+    from flagstone.evaluation import DEFAULT_EVAL_DEPTH
+    from flagstone.evaluation.beir import load_beir
+    from flagstone.evaluation.metrics import evaluate_run
+    from flagstone.models.cache import EmbeddingCache
+    from flagstone.retrieval.retriever import Retriever
+
+    test = load_beir(SHARED_DATA / "beir" / "scifact", "test")
+    retriever = Retriever(embedder, signals=["dense"], cache=EmbeddingCache())
+    retriever.fit(test.doc_ids, test.doc_texts)
+    qids = list(test.qrels)
+    hits = retriever.search([test.queries[q] for q in qids], mode="dense", k=DEFAULT_EVAL_DEPTH)
+    return float(evaluate_run(hits.to_run(qids), test.qrels, (10,)).mean["ndcg@10"])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--skip-bf16", action="store_true")
+    parser.add_argument("--skip-bf16", action="store_true", help="no row for bfloat16 weights (dtype=bfloat16)")
+    parser.add_argument("--scifact", choices=("all", "lossy", "none"), default="all",
+                        help="SciFact nDCG@10 for every backend, only for those that are not float32 (the float32 "
+                             "ones' vectors equal torch's to ~1e-7; torch float32 is always measured), or none "
+                             "(encoding the corpus takes minutes per backend)")
     args = parser.parse_args()
 
     from sentence_transformers import SentenceTransformer
@@ -88,6 +119,16 @@ def main() -> int:
     if not args.skip_bf16:
         fast = Embedder(batch_size=BATCH, max_length=MAX_LENGTH, dtype="bfloat16", show_progress=False)
         encoders["flagstone_bf16"] = lambda texts: fast.encode(texts).dense
+    backends = {("torch", "float32"): ours}
+    export_seconds = {}
+    for backend, precision in BACKEND_ROWS[1:]:
+        start = time.perf_counter()  # an export (once per model, then cached) happens here, not in the timing
+        backends[backend, precision] = Embedder(batch_size=BATCH, max_length=MAX_LENGTH, backend=backend,
+                                                precision=precision, show_progress=False)
+        compiled = backends[backend, precision].compiled
+        export_seconds[f"{backend}_{precision}"] = {"load_s": time.perf_counter() - start,
+                                                    "exported_now": bool(compiled and compiled.exported_now)}
+        encoders[f"{backend}_{precision}"] = lambda texts, e=backends[backend, precision]: e.encode(texts).dense
 
     lengths = [len(ids) for ids in ours.tokenizer(docs, truncation=True, max_length=MAX_LENGTH)["input_ids"]]
     n_tokens = int(sum(lengths))
@@ -132,6 +173,23 @@ def main() -> int:
         "achieved_gflops": {n: per_token * n_tokens / s / 1e9 for n, s in seconds.items()},
         "cpu": platform.processor() or platform.machine(),
     }
+    out["peer_backends_skipped"] = PEER_BACKENDS_SKIPPED
+    out["backend_loads"] = export_seconds
+    out["backends"] = []
+    for (backend, precision), embedder in backends.items():
+        name = "flagstone" if (backend, precision) == ("torch", "float32") else f"{backend}_{precision}"
+        start = time.perf_counter()
+        measure = args.scifact == "all" or (args.scifact == "lossy" and
+                                            (precision != "float32" or backend == "torch"))
+        ndcg = scifact_ndcg(embedder) if measure else None
+        print(f"{backend} {precision}: SciFact nDCG@10 {ndcg} ({time.perf_counter() - start:.0f}s)", flush=True)
+        out["backends"].append({
+            "backend": backend, "precision": precision, "docs_per_s": docs_per_s[name],
+            "ratio_vs_best_peer": docs_per_s[name] / peers,
+            "max_abs_diff": float(np.abs(full[name] - full["flagstone"]).max()),
+            "min_cosine_to_torch_float32": float(np.sum(full[name] * full["flagstone"], axis=1).min()),
+            "scifact_ndcg@10": ndcg,
+        })
     if "flagstone_bf16" in full:
         out["flagstone_bf16_docs_per_s"] = docs_per_s["flagstone_bf16"]
         out["flagstone_bf16_ratio_vs_faster_peer"] = docs_per_s["flagstone_bf16"] / peers
@@ -150,6 +208,13 @@ def main() -> int:
                 f"{per_token / 1e6:.1f} MFLOP/token. Max |flagstone - peer| = {out['max_abs_diff']:.1e}"
                 + (f"; bf16 max |diff| vs fp32 = {out['flagstone_bf16_max_abs_diff']:.1e}, min cosine "
                    f"{out['flagstone_bf16_min_cosine_to_fp32']:.5f}" if "flagstone_bf16" in full else ""))
+    rows += ["", "| backend | precision | docs/s | vs faster peer | max abs diff to torch f32 | SciFact nDCG@10 |",
+             "|---|---|---|---|---|---|"]
+    for row in out["backends"]:
+        ndcg = "-" if row["scifact_ndcg@10"] is None else f"{row['scifact_ndcg@10']:.4f}"
+        rows.append(f"| {row['backend']} | {row['precision']} | {row['docs_per_s']:.1f} | "
+                    f"{row['ratio_vs_best_peer']:.2f}x | {row['max_abs_diff']:.1e} | {ndcg} |")
+    rows += ["", f"Peers on torch only: {PEER_BACKENDS_SKIPPED}."]
     save_results("encode", "\n".join(rows), encode=out)
     return 0
 

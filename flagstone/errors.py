@@ -42,6 +42,10 @@ def require_extra(extra: str, modules: tuple[str, ...], feature: str) -> None:
         raise MissingDependencyError(f"{feature} {', '.join(missing)}: pip install 'flagstone[{extra}]'")
 
 
+class BackendError(FlagstoneError):
+    """An inference backend or precision that does not exist, or a combination a backend does not offer."""
+
+
 class IdError(FlagstoneError):
     """A document id is duplicated, empty, or not in the index."""
 
@@ -63,6 +67,10 @@ class NonFiniteError(FlagstoneError):
 
 class FlagstoneWarning(UserWarning):
     """Something in the data the user should know about that does not stop the work (the CLI prints one line)."""
+
+
+class LossyPrecisionWarning(FlagstoneWarning):
+    """A precision whose outputs differ from float32 by more than rounding (onnx int8)."""
 
 
 class EmptyDocumentsWarning(FlagstoneWarning):

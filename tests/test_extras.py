@@ -18,7 +18,7 @@ try:
 except ImportError:  # Python 3.10
     tomllib = pytest.importorskip("tomli", reason="reading pyproject.toml needs tomllib (3.11+) or tomli")
 
-RUNTIME_EXTRAS = {"index", "server", "llm", "train", "ray"}
+RUNTIME_EXTRAS = {"index", "server", "llm", "train", "ray", "onnx", "openvino"}
 TOOL_EXTRAS = {"test", "bench"}  # "all" plus the test suite's or the benchmarks' own packages
 
 

@@ -13,6 +13,9 @@ from flagstone.errors import DataError, FlagstoneError
 EPILOG = "Models: a local folder, a hub name (BAAI/bge-m3) or a preset (see `flagstone models`)."
 # the Retriever's modes, spelled out so that building the parser imports no numpy (a test keeps them equal)
 MODES = ("dense", "sparse", "colbert", "bm25", "hybrid")
+# the inference backends and precisions (flagstone.models.backends), spelled out for the same reason
+BACKENDS = ("torch", "onnx", "openvino")
+PRECISIONS = ("float32", "bfloat16", "int8")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -244,8 +247,10 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-length", type=positive_int, default=None, help="max tokens per text (default: the model's)")
     g.add_argument("--batch-size", type=positive_int, default=32, help="texts per forward pass (default: 32)")
     g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
-                   help="compute type; bfloat16 is about 2x faster on CPUs with AVX-512 BF16, vectors differ "
-                        "slightly (default: float32)")
+                   help="torch weight type (torch backend only; --precision is the backend-independent knob): "
+                        "bfloat16 weights are faster on CPUs with AVX-512 BF16, vectors differ slightly "
+                        "(default: float32)")
+    add_backend_options(g)
     g.add_argument("--cache-dir", type=output_folder, default=None,
                    help="embedding cache folder (default: $FLAGSTONE_CACHE or ~/.cache/flagstone)")
     g.add_argument("--no-cache", action="store_true", help="always re-encode documents")
@@ -292,12 +297,23 @@ def _add_hybrid_options(p: argparse.ArgumentParser) -> None:
                    help="score normalisation before a weighted sum (default: minmax)")
 
 
+def add_backend_options(g: argparse._ActionsContainer, *, backend: str = "torch") -> None:
+    """--backend and --precision, for every command that builds an embedder (and its cross-encoder)."""
+    g.add_argument("--backend", choices=BACKENDS, default=backend,
+                   help="inference backend: torch, or a model exported once to ONNX Runtime or OpenVINO and "
+                        f"cached under the cache folder's exports/ (default: {backend})")
+    g.add_argument("--precision", choices=PRECISIONS, default="float32",
+                   help="float32 (every backend, vectors equal to torch's to 1e-5), bfloat16 (torch, openvino: "
+                        "faster, vectors differ slightly) or int8 (onnx: weights quantised, vectors differ more; "
+                        "see the README's backend table) (default: float32)")
+
+
 def _embedder(args: argparse.Namespace):
     from flagstone.models.embedder import Embedder
     from flagstone.models.presets import DEFAULT_MODEL
 
     return Embedder(args.model or DEFAULT_MODEL, max_length=args.max_length, batch_size=args.batch_size,
-                    dtype=args.dtype, show_progress=not args.quiet)
+                    dtype=args.dtype, backend=args.backend, precision=args.precision, show_progress=not args.quiet)
 
 
 def _add_cache_options(p: argparse.ArgumentParser) -> None:

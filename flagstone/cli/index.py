@@ -15,6 +15,7 @@ from flagstone.cli._common import (
     _embedder,
     _read_texts,
     _snippet,
+    add_backend_options,
     existing_folder,
     existing_path,
     output_folder,
@@ -59,6 +60,7 @@ def add_parsers(sub) -> None:
     s_.add_argument("--mmap", action="store_true",
                     help="memory-map the vectors instead of reading them (still checksummed unless --no-verify)")
     _add_no_verify(s_)
+    add_backend_options(s_)
     s_.add_argument("--quiet", action="store_true", help="no progress bars")
     d = isub.add_parser("describe", help="print an index folder's settings and size",
                         description="Print an index folder's settings, size and memory per document.")
@@ -149,7 +151,8 @@ def _index_search(args: argparse.Namespace) -> int:
     if model:
         from flagstone.models.embedder import Embedder
 
-        embedder = Embedder(model["path"], max_length=model["max_length"], show_progress=not args.quiet)
+        embedder = Embedder(model["path"], max_length=model["max_length"], backend=args.backend,
+                            precision=args.precision, show_progress=not args.quiet)
     retriever = Retriever.load(args.folder, embedder=embedder, mmap=args.mmap, verify=not args.no_verify)
     index = retriever.indexes["dense"]
     _apply_probe_options(index, args, None)

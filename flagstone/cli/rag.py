@@ -15,6 +15,7 @@ from flagstone.cli._common import (
     _add_cache_options,
     _cache,
     _read_texts,
+    add_backend_options,
     causal_lm_name,
     check_argument,
     check_with,
@@ -58,6 +59,7 @@ def add_parsers(sub, epilog: str = EPILOG) -> None:
                    help="OpenAI-compatible API root, e.g. http://localhost:8080/v1 (probed before anything loads)")
     p.add_argument("--model", type=model_name, default=None,
                    help="embedding model for retrieval (default: all-MiniLM-L6-v2)")
+    add_backend_options(p)
     p.add_argument("--mode", choices=MODES, default="hybrid", help="retrieval mode (default: hybrid)")
     _add_cache_options(p)
     p.add_argument("-k", type=positive_int, default=3, help="chunks read per retrieval (default: 3)")
@@ -281,7 +283,8 @@ def _embedder_for(args: argparse.Namespace, listener: AskListener):
     from flagstone.models.presets import DEFAULT_MODEL
 
     listener.note(f"loading embedding model {args.model or DEFAULT_MODEL}")
-    return Embedder(args.model or DEFAULT_MODEL, show_progress=not args.quiet)
+    return Embedder(args.model or DEFAULT_MODEL, backend=args.backend, precision=args.precision,
+                    show_progress=not args.quiet)
 
 
 COMMANDS = {"ask": cmd_ask}

@@ -47,7 +47,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.rerank:
         from flagstone.rerank import rerank_hits
 
-        reranker = _reranker(args.rerank)
+        reranker = _reranker(args.rerank, args.backend, args.precision)
         first = retriever.search(args.query, mode=args.mode, k=max(args.k, args.rerank_depth))
         from flagstone.retrieval.retriever import Hits
 
@@ -69,14 +69,16 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reranker(spec: str):
+def _reranker(spec: str, backend: str, precision: str):
+    """The reranker ``spec`` names; a cross-encoder runs on the embedder's backend and precision (the LLM
+    reranker on torch: it is a causal LM, which the backends do not export)."""
     from flagstone.models.reranker import CrossEncoderReranker, LLMReranker
 
     if spec == "llm":
         return LLMReranker()
     if spec.startswith("llm:"):
         return LLMReranker(spec[4:])
-    return CrossEncoderReranker(spec)
+    return CrossEncoderReranker(spec, backend=backend, precision=precision)
 
 
 COMMANDS = {"search": cmd_search}

@@ -5,6 +5,7 @@ import argparse
 
 from flagstone.cli._common import (
     EPILOG,
+    add_backend_options,
     causal_lm_name,
     check_argument,
     check_with,
@@ -19,6 +20,7 @@ from flagstone.cli._common import (
     positive_int,
 )
 from flagstone.errors import require_extra
+from flagstone.server.settings import SERVICE_BACKEND
 
 
 def add_parsers(sub, epilog: str = EPILOG) -> None:
@@ -35,6 +37,8 @@ def add_parsers(sub, epilog: str = EPILOG) -> None:
                    help="embedding model (default: the bundled all-MiniLM-L6-v2)")
     p.add_argument("--reranker", type=model_name, default=None,
                    help="cross-encoder for /rerank and reranked search (default: none)")
+    # the fastest exact backend (float32 vectors equal to torch's to 1e-5) measured by benchmarks/encode.py
+    add_backend_options(p, backend=SERVICE_BACKEND)
     p.add_argument("--generator", default="smollm2-135m-instruct",
                    help="generator for /ask, loaded on first use (default: the bundled SmolLM2-135M-Instruct)")
     p.add_argument("--generator-base-url", type=http_url, default=None,
@@ -77,7 +81,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from flagstone.server.app import ServerSettings, create_app, read_api_keys
 
     settings = ServerSettings(
-        data_dir=args.data_dir, model=args.model, reranker=args.reranker, generator=args.generator,
+        data_dir=args.data_dir, model=args.model, backend=args.backend, precision=args.precision,
+        reranker=args.reranker, generator=args.generator,
         generator_base_url=args.generator_base_url, api_keys=read_api_keys(args.api_keys_file),
         public_metrics=args.public_metrics, body_timeout_s=args.body_timeout,
         max_texts=args.max_texts, max_chars=args.max_chars, max_body_bytes=int(args.max_body_mb * 1024 * 1024),

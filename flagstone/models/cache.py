@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from flagstone._io import atomic_write
 from flagstone.errors import CacheError
+from flagstone.models._paths import default_cache_dir  # re-exported: callers import it from here
 from flagstone.models.embedder import Embedder, EmbedderSettings
 from flagstone.models.embeddings import Embeddings
 
@@ -31,14 +32,6 @@ if TYPE_CHECKING:
 
 _SHARD_TEXTS = 512  # texts encoded and written per shard: what an interruption can lose at most
 _STALE_SECONDS = 3600  # age after which a temporary file is known to belong to a dead writer
-
-
-def default_cache_dir() -> Path:
-    """``$FLAGSTONE_CACHE``, else ``$XDG_CACHE_HOME/flagstone``, else ``~/.cache/flagstone``."""
-    if os.environ.get("FLAGSTONE_CACHE"):
-        return Path(os.environ["FLAGSTONE_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
-    return Path(base).expanduser() / "flagstone"
 
 
 def text_key(text: str) -> bytes:

@@ -5,6 +5,7 @@ and ``colbert_linear.pt`` (Linear(hidden, dim)) beside the encoder's weights.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Sequence
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from flagstone.errors import InvalidTextError, MissingHeadError, ModelNotFoundError
+from flagstone.errors import BackendError, InvalidTextError, MissingHeadError, ModelNotFoundError
 from flagstone.models._hf import quiet_transformers
 from flagstone.models.embeddings import Embeddings, MultiVectors, SparseWeights
 from flagstone.models.finite import require_finite
@@ -61,6 +62,8 @@ class EmbedderSettings:
     query_instruction_format: str = "{}{}"
     passage_instruction: str = ""
     end_token: str | None = None
+    backend: str = "torch"
+    precision: str = "float32"
 
 
 def resolve_model_path(model: str) -> tuple[Path, ModelPreset | None]:
@@ -194,12 +197,27 @@ class Embedder:
         max_batch_tokens: int | None | Literal["auto"] = "auto",
         device: str = "cpu",
         dtype: str = "float32",
+        backend: str = "torch",
+        precision: str = "float32",
         show_progress: bool = True,
     ) -> None:
         # what a worker process of :meth:`pool` needs to build the same embedder
         self._init_kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         import torch
         from transformers import AutoModel, AutoTokenizer
+
+        from flagstone.models.backends import check_backend, require_backend, warn_if_lossy
+
+        check_backend(backend, precision)
+        # dtype is the torch weight type (kept from before backends existed); precision is how the backend
+        # computes. Asking for lower precision both ways, or torch weights for another backend, is ambiguous.
+        if dtype != "float32" and (backend != "torch" or precision != "float32"):
+            raise BackendError(f"dtype={dtype!r} sets torch's weight type; with backend={backend!r} and "
+                               f"precision={precision!r} leave dtype at float32 and use precision alone")
+        if backend != "torch" and device != "cpu":
+            raise BackendError(f"the {backend} backend runs on the CPU; got device={device!r}")
+        require_backend(backend)  # before loading anything: a missing extra fails fast
+        warn_if_lossy(precision)
 
         root, preset = resolve_model_path(model)
         self.path = transformer_folder(root)  # config, weights and M3 heads live here
@@ -259,6 +277,8 @@ class Embedder:
             query_instruction_format=query_instruction_format,
             passage_instruction=passage_instruction,
             end_token=end_token,
+            backend=backend,
+            precision=precision,
         )
         # decoder embedders pool the last token and pad on the left, as their reference code does
         self.padding_side = "left" if pooling == "last_token" else "right"
@@ -285,6 +305,8 @@ class Embedder:
         self.special_token_ids = np.array(sorted(i for i in specials if i is not None), dtype=np.int64)
         self._special_ids_tensor = torch.from_numpy(self.special_token_ids).to(device)
         self._pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        # the exported graph (onnx / openvino) that forward runs instead of the torch module; None for torch
+        self.compiled = self._compile() if backend != "torch" else None
 
     # -- loading -------------------------------------------------------------------------------
     def _load_head(self, filename: str) -> torch.nn.Linear | None:
@@ -298,6 +320,21 @@ class Embedder:
         head = torch.nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in state)
         head.load_state_dict(state)
         return head.to(device=self.device, dtype=getattr(torch, self.settings.dtype)).eval()
+
+    def _compile(self):
+        """Export (once; later loads reuse it) the encoder and every head it has as one graph, and load it."""
+        import torch
+
+        from flagstone.models.backends import compile_model
+
+        s = self.settings
+        outputs = self.available_outputs
+        example = self.pad(self.tokenize(["an example text to trace the graph with", "a shorter one"]))
+        graph_settings = {"kind": "embedder", "pooling": s.pooling, "normalize": s.normalize, "outputs": outputs,
+                          "special_ids": self.special_token_ids.tolist()}
+        return compile_model(lambda: _encoder_graph(self), {"input_ids": example[0], "attention_mask": example[1]},
+                             outputs, backend=s.backend, precision=s.precision, fingerprint=self.fingerprint,
+                             settings=graph_settings, threads=torch.get_num_threads())
 
     # -- properties ----------------------------------------------------------------------------
     @property
@@ -338,12 +375,15 @@ class Embedder:
         # parts added later join only when used, so the keys of existing caches stay the same
         parts += [f"suffix={suffix}"] if suffix else []
         parts += [f"end={s.end_token}"] if s.end_token else []
+        if (s.backend, s.precision) != ("torch", "float32"):  # torch float32 keeps the keys it always had
+            parts += [s.backend, s.precision]
         return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:24]
 
     def __repr__(self) -> str:
         s = self.settings
         return (f"Embedder({self.name!r}, pooling={s.pooling!r}, normalize={s.normalize}, "
-                f"max_length={s.max_length}, outputs={self.available_outputs})")
+                f"max_length={s.max_length}, outputs={self.available_outputs}, backend={s.backend!r}, "
+                f"precision={s.precision!r})")
 
     # -- instructions and prompts ----------------------------------------------------------------
     def text_template(self, *, is_query: bool = False, prompt: str | None = None,
@@ -666,18 +706,67 @@ class Embedder:
                 sparse: bool = False, colbert: bool = False, normalize: bool | None = None) -> EncoderOutput:
         """The model and the heads asked for on one padded batch, as tensors (differentiable outside
         ``torch.inference_mode``); see :func:`flagstone.models.heads.encoder_forward`. ``normalize`` defaults
-        to the embedder's setting."""
+        to the embedder's setting. With an onnx or openvino backend the exported graph computes them (same
+        formulas, not differentiable; its dense normalisation is the one it was exported with)."""
+        import torch
+
         self.check_heads(sparse=sparse, colbert=colbert)
-        return encoder_forward(self.model, input_ids, attention_mask, pooling=self.settings.pooling,
-                               normalize=self.settings.normalize if normalize is None else normalize, dense=dense,
-                               sparse_head=self.sparse_head if sparse else None,
-                               colbert_head=self.colbert_head if colbert else None,
-                               special_ids=self._special_ids_tensor)
+        normalize = self.settings.normalize if normalize is None else normalize
+        if self.compiled is not None:
+            if torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
+                raise BackendError(f"the {self.settings.backend} backend cannot back-propagate; train with "
+                                   f"backend='torch'")
+            if dense and self.settings.normalize and not normalize:
+                raise BackendError(f"the {self.settings.backend} graph normalises dense vectors; for raw vectors "
+                                   f"build the Embedder with normalize=False")
+            found = self.compiled.run({"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()})
+            vectors = torch.from_numpy(found["dense"]) if dense else None
+            if vectors is not None and normalize and not self.settings.normalize:
+                vectors = torch.nn.functional.normalize(vectors, dim=-1)
+            return EncoderOutput(
+                dense=vectors,
+                sparse=torch.from_numpy(found["sparse"]) if sparse else None,
+                colbert=torch.from_numpy(found["colbert"]) if colbert else None,
+                colbert_mask=attention_mask[:, 1:] if colbert else None)
+        # bfloat16 on torch: autocast runs the matrix products in bfloat16 and keeps norms and softmax in float32
+        autocast = torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16) \
+            if self.settings.precision == "bfloat16" else contextlib.nullcontext()
+        with autocast:
+            return encoder_forward(self.model, input_ids, attention_mask, pooling=self.settings.pooling,
+                                   normalize=normalize, dense=dense,
+                                   sparse_head=self.sparse_head if sparse else None,
+                                   colbert_head=self.colbert_head if colbert else None,
+                                   special_ids=self._special_ids_tensor)
 
     def count_truncated(self, texts: Sequence[str]) -> int:
         """How many of ``texts`` are longer than ``max_length`` tokens (and would be truncated)."""
         lengths = self.tokenizer(list(texts), add_special_tokens=True, return_length=True)["length"]
         return int(sum(n > self.settings.max_length for n in lengths))
+
+
+def _encoder_graph(embedder: Embedder) -> torch.nn.Module:
+    """What an onnx / openvino backend exports: the embedder's encoder and all its heads through
+    :func:`~flagstone.models.heads.encoder_forward` (the torch path's forward), returning a tuple in
+    ``available_outputs`` order. Defined here so torch.nn is imported only when exporting."""
+    import torch
+
+    settings = embedder.settings
+
+    class EncoderGraph(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = embedder.model
+            self.sparse_head = embedder.sparse_head
+            self.colbert_head = embedder.colbert_head
+            self.register_buffer("special_ids", embedder._special_ids_tensor.clone())
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            out = encoder_forward(self.encoder, input_ids, attention_mask, pooling=settings.pooling,
+                                  normalize=settings.normalize, dense=True, sparse_head=self.sparse_head,
+                                  colbert_head=self.colbert_head, special_ids=self.special_ids)
+            return tuple(x for x in (out.dense, out.sparse, out.colbert) if x is not None)
+
+    return EncoderGraph()
 
 
 def validate_texts(texts: Sequence[object], *, allow_empty: bool = False) -> None:

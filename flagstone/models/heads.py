@@ -60,7 +60,9 @@ def sparse_token_weights(hidden: torch.Tensor, mask: torch.Tensor, input_ids: to
 
     # the head may be kept in another dtype than the encoder (training keeps heads in float32)
     weights = torch.relu(head(hidden.to(head.weight.dtype))).squeeze(-1) * mask
-    return weights * ~torch.isin(input_ids, special_ids.to(input_ids.device))
+    # a comparison against each special id rather than torch.isin: the same result, and ONNX export has no isin
+    special = (input_ids.unsqueeze(-1) == special_ids.to(input_ids.device)).any(dim=-1)
+    return weights * ~special
 
 
 def sparse_vocab_weights(token_weights: torch.Tensor, input_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:

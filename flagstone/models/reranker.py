@@ -6,6 +6,7 @@ All rerankers share one small interface: ``score_pairs(pairs) -> (n,) float32`` 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from flagstone.errors import InvalidTextError, ModelNotFoundError
+from flagstone.errors import BackendError, InvalidTextError, ModelNotFoundError
 from flagstone.models._hf import quiet_transformers, torch_dtype
 from flagstone.models.finite import require_finite
 
@@ -156,11 +157,23 @@ class CrossEncoderReranker:
         normalize: bool = False,
         dtype: str = "float32",
         device: str = "cpu",
+        backend: str = "torch",
+        precision: str = "float32",
     ) -> None:
+        import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from flagstone.models.embedder import resolve_model_path
+        from flagstone.models.backends import check_backend, require_backend, warn_if_lossy
+        from flagstone.models.embedder import _model_fingerprint, resolve_model_path, transformer_folder
 
+        check_backend(backend, precision)
+        if dtype != "float32" and (backend != "torch" or precision != "float32"):  # as Embedder decides
+            raise BackendError(f"dtype={dtype!r} sets torch's weight type; with backend={backend!r} and "
+                               f"precision={precision!r} leave dtype at float32 and use precision alone")
+        if backend != "torch" and device != "cpu":
+            raise BackendError(f"the {backend} backend runs on the CPU; got device={device!r}")
+        require_backend(backend)
+        warn_if_lossy(precision)
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         folder, _ = resolve_model_path(str(model))
@@ -183,6 +196,33 @@ class CrossEncoderReranker:
         self.batch_size = batch_size
         self.normalize = normalize
         self.device = device
+        self.backend = backend
+        self.precision = precision
+        self.compiled = None  # the exported graph that replaces the torch module for onnx / openvino
+        if backend != "torch":
+            from flagstone.models.backends import compile_model
+
+            example = self._encode_batch([("an example query", "a passage to trace the graph with"),
+                                          ("another", "short")])
+            names = tuple(n for n in ("input_ids", "attention_mask", "token_type_ids") if n in example)
+            if set(example) - set(names):
+                raise BackendError(f"{folder}: the tokenizer gives inputs {sorted(example)}; the {backend} backend "
+                                   f"exports input_ids, attention_mask and token_type_ids only")
+            self.compiled = compile_model(
+                lambda: _logits_graph(self.model, names), {n: example[n] for n in names}, ("logits",), backend=backend, precision=precision,
+                fingerprint=_model_fingerprint(transformer_folder(folder)),
+                settings={"kind": "cross-encoder", "inputs": names}, threads=torch.get_num_threads())
+
+    def _logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(batch, labels) float32 logits from the torch module or the exported graph."""
+        import torch
+
+        if self.compiled is not None:
+            return torch.from_numpy(self.compiled.run({k: v.numpy() for k, v in batch.items()})["logits"])
+        autocast = torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16) \
+            if self.precision == "bfloat16" else contextlib.nullcontext()
+        with autocast:
+            return self.model(**batch).logits.float()
 
     def _encode_batch(self, pairs: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
         batch = encode_pairs(self.tokenizer, pairs, self.max_length, self.max_query_length)
@@ -198,12 +238,31 @@ class CrossEncoderReranker:
         with torch.inference_mode():
             for part in _batches(len(pairs), self.batch_size):
                 idx = order[part]
-                logits = self.model(**self._encode_batch([pairs[i] for i in idx])).logits.float()
+                logits = self._logits(self._encode_batch([pairs[i] for i in idx]))
                 scores = logits[:, 0] if logits.shape[1] == 1 else logits[:, 1] - logits[:, 0]
                 if self.normalize:
                     scores = torch.sigmoid(scores)
                 out[idx] = scores.cpu().numpy()
         return out
+
+
+def _logits_graph(model: torch.nn.Module, names: tuple[str, ...]) -> torch.nn.Module:
+    """The sequence-classification model called with the inputs its tokenizer gives (``names``, in this order:
+    input_ids, attention_mask and, for BERT-style models, token_type_ids), returning its logits: what an onnx /
+    openvino backend exports."""
+    import torch
+
+    class LogitsGraph(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+            given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+            return self.model(**{name: given[name] for name in names}).logits
+
+    return LogitsGraph()
 
 
 class LLMReranker:

@@ -86,7 +86,8 @@ class Service:
             from flagstone.models.embedder import Embedder
             from flagstone.models.presets import DEFAULT_MODEL
 
-            embedder = Embedder(settings.model or DEFAULT_MODEL, show_progress=False)
+            embedder = Embedder(settings.model or DEFAULT_MODEL, backend=settings.backend,
+                                precision=settings.precision, show_progress=False)
         batcher = BatchingEncoder(embedder, max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms)
         batched = BatchedEmbedder(embedder, batcher)
         data_dir = Path(settings.data_dir)
@@ -147,6 +148,7 @@ class Service:
             if "reranker" not in self.heavy:
                 from flagstone.models.reranker import CrossEncoderReranker
 
+                # on torch: it loads inside the first /rerank request, which must not wait for an export
                 self.heavy["reranker"] = CrossEncoderReranker(self.settings.reranker)
             return self.heavy["reranker"]
 

@@ -4,11 +4,21 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+# The service's default embedding backend: the fastest exact (float32) one measured here. Neither exported
+# backend has been shown faster than torch float32 on this machine's CPU (benchmarks/encode.py: openvino f32
+# 1.24x vs torch 1.15x of the faster peer in a one-thread development run, slower than torch in a contended
+# full run), so torch stays the default until a quiet run says otherwise; --backend openvino opts in.
+SERVICE_BACKEND = "torch"
+
 
 @dataclass
 class ServerSettings:
     data_dir: str = "flagstone-data"
     model: str | None = None  # embedding model (default: the bundled all-MiniLM-L6-v2)
+    # the embedder runs on the fastest backend whose float32 vectors equal torch's to 1e-5
+    # (benchmarks/encode.py, README "Inference backends"); any backend and precision can be chosen instead
+    backend: str = SERVICE_BACKEND
+    precision: str = "float32"
     reranker: str | None = None  # cross-encoder for /rerank and search reranking
     generator: str = "smollm2-135m-instruct"  # loaded on the first /ask
     generator_base_url: str | None = None

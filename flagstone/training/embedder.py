@@ -181,6 +181,9 @@ def train_embedder(
     embedder = base if isinstance(base, Embedder) else Embedder(str(base), show_progress=False)
     if embedder.settings.dtype != "float32":
         raise ValueError("train from a float32 embedder (use TrainingConfig(precision='bfloat16') for speed)")
+    if (embedder.settings.backend, embedder.settings.precision) != ("torch", "float32"):
+        raise ValueError("train from an embedder on the torch backend in float32 (exported graphs do not "
+                         "back-propagate)")
     if "sparse" in settings.heads and embedder.sparse_head is None and settings.sparse_init == "idf":
         embedder.sparse_head = idf_sparse_head(embedder, unique_passages(examples), scale=settings.sparse_init_scale,
                                                max_length=settings.passage_max_length, seed=config.seed)

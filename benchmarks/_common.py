@@ -22,6 +22,35 @@ def save_results(name: str, table: str, **json_files: dict) -> None:
     print(table)
 
 
+def append_run(name: str, run: dict, table: str) -> int:
+    """Add one run to ``<name>.json`` (``{"runs": [...]}``) and rewrite ``<name>.md`` with every run's table,
+    newest last, so a tuning run never replaces the ones before it. Returns the run's number (1-based)."""
+    import datetime
+    import subprocess
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    runs: list[dict] = []
+    if path.exists():
+        saved = json.loads(path.read_text())
+        runs = saved["runs"] if "runs" in saved else [saved]  # a file from before runs were kept: its one run
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    runs.append({**run, "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                 "commit": commit.stdout.strip() or None, "table": table})
+    sections = []
+    for number, saved_run in enumerate(runs, 1):
+        when = saved_run.get("finished", "date not recorded")
+        sections.append(f"## Run {number} ({when}, commit {saved_run.get('commit') or 'not recorded'})\n\n"
+                        f"arguments: `{json.dumps(saved_run.get('arguments', {}))}`\n\n"
+                        + saved_run.get("table", "(table not kept for this run; see the json)"))
+    atomic = path.with_suffix(".json.tmp")
+    atomic.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
+    atomic.replace(path)
+    (RESULTS / f"{name}.md").write_text("\n\n".join(sections) + "\n")
+    print(table)
+    return len(runs)
+
+
 def load_scifact_with_train(data: str | Path):
     """SciFact's test split (corpus, queries, test qrels), its train qrels and ``{doc id: text}``, or None
     with a message when the folder is missing. Both training benchmarks start here."""

@@ -9,7 +9,8 @@ queries, train on the other 709 and score the held-out queries (whole corpus, nD
 
 ``dense`` and ``m3`` train one model per (learning rate, temperature) and keep the last one of each in
 benchmarks/models/tune-*; ``cocktail`` merges such a model with the base at LM-Cocktail weights from 8
-training examples for each temperature. Writes benchmarks/results/tune_training_<stage>.{json,md}.
+training examples for each temperature. Each run is appended to benchmarks/results/tune_training_<stage>.json
+("runs", earlier runs kept) and the .md shows every run's table.
 """
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ from _common import (
     RESULTS,
     SHARED_DATA,
     load_scifact_with_train,
+    append_run,
     mine_scifact_examples,
-    save_results,
 )
 
 from flagstone.evaluation.beir import BeirDataset
@@ -160,7 +161,8 @@ def main() -> int:
            "train_queries": len(fit_ids), "held_out_queries": len(held_out_ids), "base_ndcg@10": base_score,
            "bm25_ndcg@10": bm25_score,
            "summary": summary, "rows": rows}
-    save_results(f"tune_training_{args.stage}", "\n".join(lines), **{f"tune_training_{args.stage}": out})
+    number = append_run(f"tune_training_{args.stage}", out, "\n".join(lines))
+    print(f"run {number} appended to benchmarks/results/tune_training_{args.stage}.json (earlier runs kept)")
     return 0
 
 

@@ -285,7 +285,8 @@ class IVFIndex(DenseIndex):
         reached = [probe for probe, recall in self.tuning["curve"] if recall >= target_recall]
         return min(reached) if reached else int(self.n_lists or 1)
 
-    def tune(self, sample_queries: Any, *, target_recall: float = 0.99, k: int = 10) -> dict[str, Any]:
+    def tune(self, sample_queries: Any, *, target_recall: float = 0.99, k: int = 10,
+             max_refine: int = 64) -> dict[str, Any]:
         """Pick the fewest probed clusters whose recall@k against exact search on ``sample_queries`` reaches
         ``target_recall`` (as faiss's auto-tuning does for its knobs) and make it this index's ``n_probe``.
 
@@ -293,12 +294,19 @@ class IVFIndex(DenseIndex):
         when it is flat); a PQ or fp16 index without refinement is measured against its own exhaustive
         search, so the recall counts what probing loses, not what compression loses. Recall is monotone in
         n_probe (the probed clusters of a smaller setting are among those of a larger one), so a doubling
-        search followed by bisection finds the setting in about 2 log2(n_lists) measurements. The choice and
-        every measurement are kept in ``tuning`` and saved with the index. A target that even every cluster
-        misses (a refine factor too small for ``k``, a coarse codec) gives n_lists with ``reached`` false."""
+        search followed by bisection finds the setting in about 2 log2(n_lists) measurements.
+
+        With refinement, a refine factor too small for the target misses it even probing every cluster (the
+        codec's k x refine candidates do not hold the true top k). Then the factor is doubled, up to
+        ``max_refine``, until probing every cluster reaches the target, and the smallest such factor becomes
+        this index's ``refine``. The choice and every measurement are kept in ``tuning`` and saved with the
+        index. A target that no tried setting reaches gives n_lists (and the largest factor tried) with
+        ``reached`` false."""
         _check_recall(target_recall)
         if k < 1:
             raise ValueError("k must be at least 1")
+        if max_refine < 1:
+            raise ValueError("max_refine must be at least 1")
         if len(self) == 0:
             raise TuningError("tune() needs documents in the index")
         queries = self._queries(sample_queries)
@@ -306,35 +314,48 @@ class IVFIndex(DenseIndex):
         if n_queries == 0:
             raise TuningError("tune() needs at least one sample query")
         truth = self.exact_top(queries[0] if isinstance(queries, tuple) else queries, min(k, len(self)))
-        measured: dict[int, float] = {}
+        measured: dict[tuple[int | None, int], float] = {}
 
-        def recall_at(n_probe: int) -> float:
-            if n_probe not in measured:
+        def recall_at(refine: int | None, n_probe: int) -> float:
+            if (refine, n_probe) not in measured:
                 view = copy.copy(self)
                 view._n_probe = n_probe
+                view.refine = refine
                 found = view._finish(queries, k, view._search(queries, view._candidates_for(k), self._alive,
                                                               1.0)).positions
                 hits = [len(np.intersect1d(f[f >= 0], t[t >= 0])) / max((t >= 0).sum(), 1)
                         for f, t in zip(found, truth)]
-                measured[n_probe] = float(np.mean(hits))
-            return measured[n_probe]
+                measured[(refine, n_probe)] = float(np.mean(hits))
+            return measured[(refine, n_probe)]
 
         n_lists = int(self.n_lists or 1)
+        refine = self.refine
+        if self.refine_store is not None:
+            # grow the factor while even every cluster falls short; candidates beyond the corpus add nothing
+            while (recall_at(refine, n_lists) < target_recall and refine * 2 <= max_refine
+                   and k * refine < len(self)):
+                refine *= 2
         high = 1
-        while high < n_lists and recall_at(high) < target_recall:
+        while high < n_lists and recall_at(refine, high) < target_recall:
             high = min(high * 2, n_lists)
         low = high // 2  # the last doubling step that fell short (0: none did)
-        if recall_at(high) >= target_recall:
+        if recall_at(refine, high) >= target_recall:
             while high - low > 1:
                 middle = (low + high) // 2
-                if recall_at(middle) >= target_recall:
+                if recall_at(refine, middle) >= target_recall:
                     high = middle
                 else:
                     low = middle
         self._n_probe = high
+        tried_refine = sorted({r for r, _ in measured} - {None})
+        if self.refine_store is not None:
+            self.refine = refine
         self.tuning = {"target_recall": target_recall, "k": k, "sample": "queries", "sample_queries": n_queries,
-                       "n_probe": high, "reached": recall_at(high) >= target_recall,
-                       "recall": recall_at(high), "curve": sorted([p, r] for p, r in measured.items())}
+                       "n_probe": high, "refine": self.refine, "reached": recall_at(refine, high) >= target_recall,
+                       "recall": recall_at(refine, high),
+                       "curve": sorted([p, r] for (f, p), r in measured.items() if f == refine),
+                       "refine_tried": [{"refine": f, "recall_probing_all": measured.get((f, n_lists))}
+                                        for f in tried_refine]}
         return dict(self.tuning)
 
     def _params(self) -> dict[str, object]:

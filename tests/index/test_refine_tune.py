@@ -107,6 +107,34 @@ def test_tune_meets_the_target_with_the_fewest_probes_and_survives_save(kind, da
     assert loaded.ids_of(again.positions) == index.ids_of(index.search(sample, 10).positions)
 
 
+@pytest.mark.parametrize("kind", ["ivf", "hi2"])
+def test_tune_grows_a_refine_factor_too_small_for_the_target(kind, data, tmp_path):
+    _, docs, queries, _, q_terms = data
+    # 4 PQ bytes per 32-dim vector: re-ranking only k x 1 candidates cannot reach 0.95 even probing everything
+    index = build(kind, data, codec="pq", pq_m=4, refine=1, n_probe=1)
+    sample = queries if kind == "ivf" else Embeddings(dense=queries, sparse=q_terms)
+    truth = truth_ids(exact(docs, queries, 10)[0])
+    everything = recall(found_ids(index, index.search(sample, 10, n_probe=index.n_lists)), truth)
+    assert everything < 0.95
+    chosen = index.tune(sample, target_recall=0.95, k=10)
+    assert chosen["reached"] and chosen["refine"] > 1 and index.refine == chosen["refine"]
+    tried = [t["refine"] for t in chosen["refine_tried"]]
+    assert tried == [2 ** i for i in range(len(tried))] and tried[-1] == chosen["refine"]
+    # the smallest factor that reaches it: half of it misses the target even with every cluster
+    assert all(t["recall_probing_all"] < 0.95 for t in chosen["refine_tried"][:-1])
+    assert recall(found_ids(index, index.search(sample, 10)), truth) >= 0.95
+    index.save(tmp_path / "idx")
+    loaded = DenseIndex.load(tmp_path / "idx")
+    assert loaded.refine == chosen["refine"] and loaded.n_probe == chosen["n_probe"]
+    assert loaded.ids_of(loaded.search(sample, 10).positions) == index.ids_of(index.search(sample, 10).positions)
+    # a cap below what the target needs: the largest factor allowed, reported as not reached
+    capped = build(kind, data, codec="pq", pq_m=4, refine=1, n_probe=1)
+    result = capped.tune(sample, target_recall=0.95, k=10, max_refine=1)
+    assert not result["reached"] and result["refine"] == 1 and result["n_probe"] == capped.n_lists
+    with pytest.raises(ValueError, match="max_refine"):
+        capped.tune(sample, target_recall=0.95, max_refine=0)
+
+
 def test_recall_targets_need_tuning_and_valid_values(data):
     _, _, queries, _, _ = data
     index = build("ivf", data, n_probe=4)  # an explicit n_probe: nothing tuned

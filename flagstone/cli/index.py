@@ -109,10 +109,11 @@ def _index_build(args: argparse.Namespace) -> int:
     tuning = _apply_probe_options(index, args, lambda: _tuning_queries(args.corpus, texts),
                                   lambda queries, target: retriever.tune_dense(queries, target_recall=target))
     if tuning is not None:
-        verdict = ">=" if tuning["reached"] else "< (target not reached even probing every cluster;"
-        print(f"tuned: n_probe {tuning['n_probe']} gives recall@10 {tuning['recall']:.4f} {verdict} "
-              f"{tuning['target_recall']}{'' if tuning['reached'] else ' try a larger --refine)'} on "
-              f"{tuning['sample_queries']} sample queries")
+        verdict = ">=" if tuning["reached"] else "< (not reached even probing every cluster, refine up to 64;"
+        refine = f", refine {tuning['refine']}" if tuning.get("refine") else ""
+        print(f"tuned: n_probe {tuning['n_probe']}{refine} gives recall@10 {tuning['recall']:.4f} {verdict} "
+              f"{tuning['target_recall']}{'' if tuning['reached'] else ' try a finer --codec: fp16 or flat)'} "
+              f"on {tuning['sample_queries']} sample queries")
     retriever.save(out, overwrite=args.overwrite)
     print(f"indexed {len(retriever)} documents -> {out}")
     print(json.dumps(index.describe()))

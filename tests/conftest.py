@@ -13,6 +13,12 @@ from tests.helpers import (
 )
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Ray Data's usage collector starts a daemon thread that queries a Prometheus server every 10 s for the rest
+# of the process and logs each failure with its traceback. Under pytest's log capture, Python 3.11 formats
+# those tracebacks with ast.parse in that thread, and CPython 3.11 keeps the AST recursion counter per
+# interpreter, so a main-thread ast.parse at the same moment fails with "SystemError: AST constructor
+# recursion depth mismatch" (what failed the training tests after the Ray tests in one process).
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
 @pytest.fixture(scope="session")

@@ -46,10 +46,10 @@ from flagstone.retrieval.bm25 import BM25
 from flagstone.retrieval.lexical import LexicalTokenizer
 from flagstone.retrieval.retriever import (
     DENSE_INDEXES,
-    MODES,
     Hits,
     HybridConfig,
     Retriever,
+    check_search_mode,
     fuse_candidates,
     load_indexes,
 )
@@ -523,7 +523,7 @@ class ShardedRetriever:
         if isinstance(queries, str):
             raise InvalidTextError("search expects a list of queries, got a single string; wrap it in a list")
         validate_texts(queries)
-        self._check_mode(mode, k)
+        check_search_mode(mode, k, self.signals, self.modes)
         if self._query_encoder is None:
             raise NotFittedError("this sharded retriever was opened without its model (load_model=False): "
                                  "use search_encoded")
@@ -535,14 +535,6 @@ class ShardedRetriever:
         return self.search_encoded(encoded, len(queries), mode=mode, k=k, hybrid=config, allow=allow,
                                    allow_partial=allow_partial)
 
-    def _check_mode(self, mode: str, k: int) -> None:
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; modes: {MODES}")
-        if mode != "hybrid" and mode not in self.signals:
-            raise FlagstoneError(f"mode {mode!r} is not available; this retriever has {self.modes}")
-        if k < 1:
-            raise ValueError("k must be at least 1")
-
     def _weights(self, config: HybridConfig) -> dict[str, float]:
         return Retriever.hybrid_weights(self, config)  # the same checks and defaults as the single retriever
 
@@ -551,7 +543,7 @@ class ShardedRetriever:
                        allow_partial: bool = False) -> ShardedHits:
         """Search with queries already in each signal's query form (what ``Retriever.encode_queries`` gives:
         dense vectors, sparse weights, BM25 term counts over the corpus vocabulary, ColBERT vectors)."""
-        self._check_mode(mode, k)
+        check_search_mode(mode, k, self.signals, self.modes)
         if mode != "hybrid":
             merged, evaluated, answered, missing, retries = self._gather_top(mode, encoded[mode], n_queries, k, allow,
                                                                              allow_partial)

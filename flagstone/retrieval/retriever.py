@@ -115,6 +115,16 @@ _SETTINGS = "retriever.json"
 RETRIEVER_LAYOUT = LegacyLayout(_SETTINGS, frozenset({_SETTINGS, "bm25.json", "documents.jsonl", "indexes"}))
 
 
+
+def check_search_mode(mode: str, k: int, signals: Sequence[str], modes: Sequence[str]) -> None:
+    """Refuse a search ``mode`` this retriever (single or sharded) cannot answer, and ``k`` below 1."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; modes: {MODES}")
+    if mode != "hybrid" and mode not in signals:
+        raise FlagstoneError(f"mode {mode!r} is not available; this retriever has {modes}")
+    if k < 1:
+        raise ValueError("k must be at least 1")
+
 class Retriever:
     """Holds one index per signal over the same documents.
 
@@ -353,12 +363,7 @@ class Retriever:
         results to those ids, inside each index's search."""
         if not self._texts:
             raise NotFittedError("nothing is indexed yet: add(ids, texts) or fit(ids, texts) first")
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; modes: {MODES}")
-        if mode != "hybrid" and mode not in self.signals:
-            raise FlagstoneError(f"mode {mode!r} is not available; this retriever has {self.modes}")
-        if k < 1:
-            raise ValueError("k must be at least 1")
+        check_search_mode(mode, k, self.signals, self.modes)
         if isinstance(queries, str):
             raise InvalidTextError("search expects a list of queries, got a single string; wrap it in a list")
         validate_texts(queries)

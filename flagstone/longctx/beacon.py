@@ -107,19 +107,20 @@ class BeaconState:
     window_ids: list[list[int]] = field(default_factory=list)  # and its token ids (for retrieval by text)
     open_ids: list[int] = field(default_factory=list)  # token ids of the open window
     tokens_seen: int = 0
+    peak_entries: int = 0  # the most KV entries (memory + open window) any raw token attended to
 
     def kv_bytes(self) -> int:
         return self.memory.nbytes() + self.raw.nbytes()
 
 
-class BeaconLM(nn.Module):
-    """A causal LM that reads unlimited input through beacon compression (see the module docstring)."""
+class LayerwiseDecoder(nn.Module):
+    """A frozen Llama-family causal LM run layer by layer over explicit KV (keys kept before rotary embedding),
+    so callers decide which entries each token attends to and at which positions. Shared by the beacon
+    wrapper and the attention-sink + recent-window baseline (:mod:`flagstone.longctx.streaming`)."""
 
-    def __init__(self, model: nn.Module, config: BeaconConfig | None = None,
-                 beacon: BeaconParameters | None = None) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.config = config or BeaconConfig()
         decoder = getattr(model, "model", None)
         layers = getattr(decoder, "layers", None)
         if layers is None or not all(hasattr(layer.self_attn, "q_proj") for layer in layers):
@@ -131,11 +132,6 @@ class BeaconLM(nn.Module):
         self.heads = cfg.num_attention_heads
         self.kv_heads = cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        if beacon is None:
-            # start beacons from the mean token embedding: a neutral input every layer has seen the like of
-            embedding = decoder.embed_tokens.weight.detach().float().mean(dim=0)
-            beacon = BeaconParameters(layers, embedding)
-        self.beacon = beacon
         for p in self.model.parameters():
             p.requires_grad_(False)
 
@@ -151,9 +147,12 @@ class BeaconLM(nn.Module):
         return x * cos + rotated * sin
 
     def _project(self, layer: int, hidden: torch.Tensor, is_beacon: bool):
+        if is_beacon:
+            raise ValueError("this decoder has no beacon projections")
         attn = self.layers[layer].self_attn
-        q_proj, k_proj, v_proj = ((self.beacon.q[layer], self.beacon.k[layer], self.beacon.v[layer]) if is_beacon
-                                  else (attn.q_proj, attn.k_proj, attn.v_proj))
+        return self._split_heads(hidden, attn.q_proj, attn.k_proj, attn.v_proj)
+
+    def _split_heads(self, hidden: torch.Tensor, q_proj: nn.Module, k_proj: nn.Module, v_proj: nn.Module):
         n = hidden.shape[1]
         q = q_proj(hidden).view(1, n, self.heads, self.head_dim).transpose(1, 2)
         k = k_proj(hidden).view(1, n, self.kv_heads, self.head_dim).transpose(1, 2)
@@ -180,13 +179,12 @@ class BeaconLM(nn.Module):
         block = self.layers[layer]
         return hidden + block.mlp(block.post_attention_layernorm(hidden))
 
-    # -- reading raw tokens ----------------------------------------------------------------------------
-    def _raw_forward(self, ids: torch.Tensor, state: BeaconState, context: KV | None = None,
-                     capture: list | None = None) -> torch.Tensor:
-        """Hidden states of new raw tokens attending to ``context`` (default: memory) and the open window;
-        their KV is appended to the open window."""
-        context = state.memory if context is None else context
-        m, c, n = context.length, state.raw.length, ids.shape[1]
+    def _read(self, ids: torch.Tensor, context: KV, open_kv: KV, capture: list | None = None,
+              queries: list | None = None) -> tuple[torch.Tensor, KV]:
+        """Hidden states of new raw tokens attending to all of ``context`` then ``open_kv`` (positions from 0 in
+        that order) and causally to each other, with the new tokens' KV. ``queries`` collects each layer's
+        query projections (before rotary embedding) when given."""
+        m, c, n = context.length, open_kv.length, ids.shape[1]
         hidden = self.decoder.embed_tokens(ids)
         q_pos = torch.arange(m + c, m + c + n)
         k_pos = torch.arange(0, m + c + n)
@@ -196,20 +194,60 @@ class BeaconLM(nn.Module):
         for i, block in enumerate(self.layers):
             normed = block.input_layernorm(hidden)
             q, k, v = self._project(i, normed, is_beacon=False)
-            keys = torch.cat([t for t in (context.keys[i] if m else None, state.raw.keys[i] if c else None, k)
+            if queries is not None:
+                queries.append(q.detach())
+            keys = torch.cat([t for t in (context.keys[i] if m else None, open_kv.keys[i] if c else None, k)
                               if t is not None], dim=2)
-            values = torch.cat([t for t in (context.values[i] if m else None, state.raw.values[i] if c else None, v)
+            values = torch.cat([t for t in (context.values[i] if m else None, open_kv.values[i] if c else None, v)
                                 if t is not None], dim=2)
             hidden = hidden + self._attend(i, q, q_pos, keys, values, k_pos, allowed, capture)
             hidden = self._mlp(i, hidden)
             new_keys.append(k)
             new_values.append(v)
-        state.raw = state.raw.append(new_keys, new_values)
-        state.tokens_seen += n
-        return hidden
+        return hidden, KV(new_keys, new_values)
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.model.lm_head(self.decoder.norm(hidden))
+
+    def kv_bytes_per_entry(self) -> int:
+        """Bytes of one KV entry: one token's keys and values over all layers."""
+        element = self.decoder.embed_tokens.weight.element_size()
+        return 2 * len(self.layers) * self.kv_heads * self.head_dim * element
+
+    def kv_bytes_full(self, tokens: int) -> int:
+        """KV bytes the base model would hold for ``tokens`` tokens (for comparison with compressed states)."""
+        return tokens * self.kv_bytes_per_entry()
+
+
+class BeaconLM(LayerwiseDecoder):
+    """A causal LM that reads unlimited input through beacon compression (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, config: BeaconConfig | None = None,
+                 beacon: BeaconParameters | None = None) -> None:
+        super().__init__(model)
+        self.config = config or BeaconConfig()
+        if beacon is None:
+            # start beacons from the mean token embedding: a neutral input every layer has seen the like of
+            embedding = self.decoder.embed_tokens.weight.detach().float().mean(dim=0)
+            beacon = BeaconParameters(self.layers, embedding)
+        self.beacon = beacon
+
+    def _project(self, layer: int, hidden: torch.Tensor, is_beacon: bool):
+        if not is_beacon:
+            return super()._project(layer, hidden, False)
+        return self._split_heads(hidden, self.beacon.q[layer], self.beacon.k[layer], self.beacon.v[layer])
+
+    # -- reading raw tokens ----------------------------------------------------------------------------
+    def _raw_forward(self, ids: torch.Tensor, state: BeaconState, context: KV | None = None,
+                     capture: list | None = None, queries: list | None = None) -> torch.Tensor:
+        """Hidden states of new raw tokens attending to ``context`` (default: memory) and the open window;
+        their KV is appended to the open window."""
+        context = state.memory if context is None else context
+        state.peak_entries = max(state.peak_entries, context.length + state.raw.length + ids.shape[1])
+        hidden, new = self._read(ids, context, state.raw, capture, queries)
+        state.raw = state.raw.append(new.keys, new.values)
+        state.tokens_seen += ids.shape[1]
+        return hidden
 
     def _compress(self, state: BeaconState, ratio: int, keep_raw: bool) -> None:
         """Turn the full open window into beacon KV appended to the memory."""
@@ -397,8 +435,3 @@ class BeaconLM(nn.Module):
                             f"hidden size {settings['hidden_size']})")
         wrapped.beacon.load_state_dict(state)
         return wrapped
-
-    def kv_bytes_full(self, tokens: int) -> int:
-        """KV bytes the base model would hold for ``tokens`` tokens (for comparison with the beacon state)."""
-        element = self.decoder.embed_tokens.weight.element_size()
-        return 2 * len(self.layers) * self.kv_heads * self.head_dim * tokens * element

@@ -355,6 +355,45 @@ class BeaconLM(LayerwiseDecoder):
         mass = torch.stack([c[: state.memory.length] for c in capture]).sum(dim=0)
         return torch.stack([mass[a:b].sum() for a, b in state.segments]) if state.segments else torch.zeros(0)
 
+    @torch.no_grad()
+    def window_scores_by_raw_attention(self, state: BeaconState,
+                                       question: torch.Tensor | Sequence[int]) -> torch.Tensor:
+        """ACRE's query-guided selection over the detailed (raw) cache: the question is read over the compressed
+        memory, and its queries, layer by layer, attend jointly over the raw keys of every compressed window,
+        each window placed right before the question (the same positions for all, so rotary distance gives no
+        window an edge: the beacon-attention signal above always favoured the latest windows). A window's score
+        is the largest attention weight any of its raw tokens gets from any question token, head and layer, so
+        one strongly matching span decides (a needle is a few tokens). Needs ``feed(..., keep_raw=True)``."""
+        if len(state.window_raw) != len(state.segments):
+            raise FlagstoneError("raw-attention scores need the raw KV of every window: read with keep_raw=True")
+        if not state.segments:
+            return torch.zeros(0)
+        ids = torch.as_tensor(question, dtype=torch.long).reshape(1, -1)
+        probe = BeaconState(memory=state.memory, raw=state.raw)
+        queries: list[torch.Tensor] = []
+        self._raw_forward(ids, probe, queries=queries)
+        sink = state.segments[0][0]  # window 0's first tokens are the attention sink: never a candidate
+        spans = [(sink if w == 0 else 0, kv.length) for w, kv in enumerate(state.window_raw)]
+        longest = max(end - start for start, end in spans)
+        n = ids.shape[1]
+        q_pos = torch.arange(longest, longest + n)
+        groups = self.heads // self.kv_heads
+        best = torch.zeros(len(spans))
+        for layer, q in enumerate(queries):
+            q = self._rotate(q, *self._rope(q, q_pos))
+            keys, owner = [], []
+            for w, (start, end) in enumerate(spans):
+                k = state.window_raw[w].keys[layer][:, :, start:end]
+                keys.append(self._rotate(k, *self._rope(k, torch.arange(longest - (end - start), longest))))
+                owner += [w] * (end - start)
+            keys_all = torch.cat(keys, dim=2).repeat_interleave(groups, dim=1)
+            weights = torch.softmax(torch.matmul(q, keys_all.transpose(2, 3)).float() / math.sqrt(self.head_dim),
+                                    dim=-1)
+            per_key = weights.amax(dim=(0, 1, 2))  # the strongest pull on each raw key
+            best = torch.maximum(best, torch.zeros(len(spans)).scatter_reduce(
+                0, torch.tensor(owner), per_key, reduce="amax"))
+        return best
+
     def window_texts(self, state: BeaconState, tokenizer) -> list[str]:
         return [tokenizer.decode(ids) for ids in state.window_ids]
 

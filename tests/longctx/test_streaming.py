@@ -219,3 +219,23 @@ def test_a_ratio_per_step_means_one_ratio_for_every_window_of_a_segment(base, mo
     train_beacon(beacon, segments, config, sample_ratio="step")
     assert all(len(set(r)) == 1 and len(r) == 3 for r in used)  # 3 windows, one ratio each segment
     assert len({r[0] for r in used}) > 1  # and the ratio changes between steps
+
+
+@torch.no_grad()
+def test_raw_attention_scores_give_no_window_an_edge_for_its_place(base):
+    """Every window's raw keys sit at the same positions before the question: reversing the windows reverses
+    the scores (the beacon-attention signal, read through rotary distance, favours the latest windows)."""
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    beacon = BeaconLM(base, BeaconConfig(window=32, ratios=(4,), ratio=4, sink=0)).eval()
+    _, state = beacon.feed(random_ids(100, seed=2), keep_raw=True)
+    question = random_ids(6, seed=9)[0]
+    scores = beacon.window_scores_by_raw_attention(state, question)
+    assert scores.shape == (3,) and bool((scores > 0).all()) and bool((scores <= 1).all())
+    reversed_state = replace(state, window_raw=state.window_raw[::-1])
+    torch.testing.assert_close(beacon.window_scores_by_raw_attention(reversed_state, question), scores.flip(0))
+    assert state.memory.length == 24 and state.raw.length == 4  # the question was read on a copy
+    _, no_raw = beacon.feed(random_ids(64))
+    with pytest.raises(Exception, match="keep_raw"):
+        beacon.window_scores_by_raw_attention(no_raw, question)

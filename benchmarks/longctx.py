@@ -338,13 +338,18 @@ def fold_in_peers(results: dict) -> None:
     lora = RESULTS / "longctx_lora.json"
     if lora.is_file():
         data = json.loads(lora.read_text())
-        results["lora_extension"] = {k: data[k] for k in ("before", "after") if k in data} or data
+        results["lora_extension"] = data.get("lora_extension") or {k: data.get(k) for k in ("before", "after")}
         results["lora_extension_source"] = lora.name
     extensible = RESULTS / "longctx_extensible.json"
     if extensible.is_file():
+        # only the extender's own rows join the table: that benchmark's baselines are built its own way
+        # (its sink_recent is not this file's), so they stay beside it under their own key
         data = json.loads(extensible.read_text())
-        extra = data.get("rows", [])
-        results["rows"] += [{**row, "method": row.get("method", "extensible")} for row in extra]
+        rows = data.get("rows", [])
+        results["rows"] += [{**r, "source": extensible.name} for r in rows if str(r.get("method", "")).startswith(
+            "extensible")]
+        results["extensible_benchmark_rows"] = [r for r in rows if not str(r.get("method", "")).startswith(
+            "extensible")]
         results["extensible_source"] = extensible.name
 
 

@@ -5,9 +5,17 @@ Input is read in windows of ``window`` raw tokens. While a window is open its ra
 full it is compressed: ``window / ratio`` beacon tokens, each placed after a chunk of ``ratio`` raw tokens,
 attend to the memory, to the raw tokens up to the end of their chunk and to earlier beacons, through their
 own embedding and their own q/k/v projections (copied from the base at initialisation). Their KV joins the
-memory and the window's raw KV is dropped. Raw tokens never attend to the beacons of their own window, so the
-two passes equal the interleaved layout of the paper, and input that fits in one window gives exactly the base
-model's output.
+memory and the window's raw KV is dropped.
+
+Attention variant: raw tokens never attend to the beacons of their own window (they see the memory and the
+raw tokens before them); the paper's final design interleaves beacons with raw tokens and lets later raw tokens
+of a window attend to its earlier beacons. This one is kept because (1) a window is read raw first and
+compressed once it is full, so generation and step-by-step reading need no beacon pass per chunk, (2) input that
+fits in one window gives exactly the base model's output, (3) refilling a window's raw KV restores exactly what
+full attention computed over it (both tested). The beacons themselves see exactly what the paper's interleaved
+layout gives them (tests/longctx/test_streaming.py builds that layout by hand in one Hugging Face pass). The
+interleaved variant was not trained here: on two shared CPU cores one beacon training run took the time there
+was.
 
 Keys are kept before rotary embedding and rotated when used: memory entries take positions 0..m-1, the open
 window the positions after them, a beacon the position of the last raw token of its chunk. As in the paper,

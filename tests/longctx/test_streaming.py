@@ -87,7 +87,7 @@ def test_the_next_window_reads_sink_and_beacons_at_positions_from_zero(base):
     _, after_first = beacon.feed(ids[:, :32])
     memory = after_first.memory
     assert memory.length == 9
-    reference = base(ids[:, 32:], past_key_values=cache_of(base, memory.keys, memory.values),
+    reference = base(ids[:, 32:], cache=cache_of(base, memory.keys, memory.values),
                      position_ids=torch.arange(9, 9 + 18)[None]).logits
     torch.testing.assert_close(logits[:, 32:], reference, atol=1e-5, rtol=1e-5)
 
@@ -116,7 +116,7 @@ def test_sink_recent_equals_streaming_llm_built_token_by_token(base):
                                  [torch.cat([vs[j] for j in keep], dim=2) for vs in values])
             else:
                 cache = None
-            out = base(ids[:, t:t + 1], past_key_values=cache, position_ids=torch.tensor([[len(keep)]]),
+            out = base(ids[:, t:t + 1], cache=cache, position_ids=torch.tensor([[len(keep)]]),
                        use_cache=True)
             reference.append(out.logits)
             for i, layer_cache in enumerate(out.past_key_values.layers):

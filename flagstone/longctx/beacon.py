@@ -5,9 +5,17 @@ Input is read in windows of ``window`` raw tokens. While a window is open its ra
 full it is compressed: ``window / ratio`` beacon tokens, each placed after a chunk of ``ratio`` raw tokens,
 attend to the memory, to the raw tokens up to the end of their chunk and to earlier beacons, through their
 own embedding and their own q/k/v projections (copied from the base at initialisation). Their KV joins the
-memory and the window's raw KV is dropped. Raw tokens never attend to the beacons of their own window, so the
-two passes equal the interleaved layout of the paper, and input that fits in one window gives exactly the base
-model's output.
+memory and the window's raw KV is dropped.
+
+Attention variant: raw tokens never attend to the beacons of their own window (they see the memory and the
+raw tokens before them); the paper's final design interleaves beacons with raw tokens and lets later raw tokens
+of a window attend to its earlier beacons. This one is kept because (1) a window is read raw first and
+compressed once it is full, so generation and step-by-step reading need no beacon pass per chunk, (2) input that
+fits in one window gives exactly the base model's output, (3) refilling a window's raw KV restores exactly what
+full attention computed over it (both tested). The beacons themselves see exactly what the paper's interleaved
+layout gives them (tests/longctx/test_streaming.py builds that layout by hand in one Hugging Face pass). The
+interleaved variant was not trained here: on two shared CPU cores one beacon training run took the time there
+was.
 
 Keys are kept before rotary embedding and rotated when used: memory entries take positions 0..m-1, the open
 window the positions after them, a beacon the position of the last raw token of its chunk. As in the paper,
@@ -107,19 +115,20 @@ class BeaconState:
     window_ids: list[list[int]] = field(default_factory=list)  # and its token ids (for retrieval by text)
     open_ids: list[int] = field(default_factory=list)  # token ids of the open window
     tokens_seen: int = 0
+    peak_entries: int = 0  # the most KV entries (memory + open window) any raw token attended to
 
     def kv_bytes(self) -> int:
         return self.memory.nbytes() + self.raw.nbytes()
 
 
-class BeaconLM(nn.Module):
-    """A causal LM that reads unlimited input through beacon compression (see the module docstring)."""
+class LayerwiseDecoder(nn.Module):
+    """A frozen Llama-family causal LM run layer by layer over explicit KV (keys kept before rotary embedding),
+    so callers decide which entries each token attends to and at which positions. Shared by the beacon
+    wrapper and the attention-sink + recent-window baseline (:mod:`flagstone.longctx.streaming`)."""
 
-    def __init__(self, model: nn.Module, config: BeaconConfig | None = None,
-                 beacon: BeaconParameters | None = None) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.config = config or BeaconConfig()
         decoder = getattr(model, "model", None)
         layers = getattr(decoder, "layers", None)
         if layers is None or not all(hasattr(layer.self_attn, "q_proj") for layer in layers):
@@ -131,11 +140,6 @@ class BeaconLM(nn.Module):
         self.heads = cfg.num_attention_heads
         self.kv_heads = cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        if beacon is None:
-            # start beacons from the mean token embedding: a neutral input every layer has seen the like of
-            embedding = decoder.embed_tokens.weight.detach().float().mean(dim=0)
-            beacon = BeaconParameters(layers, embedding)
-        self.beacon = beacon
         for p in self.model.parameters():
             p.requires_grad_(False)
 
@@ -151,9 +155,12 @@ class BeaconLM(nn.Module):
         return x * cos + rotated * sin
 
     def _project(self, layer: int, hidden: torch.Tensor, is_beacon: bool):
+        if is_beacon:
+            raise ValueError("this decoder has no beacon projections")
         attn = self.layers[layer].self_attn
-        q_proj, k_proj, v_proj = ((self.beacon.q[layer], self.beacon.k[layer], self.beacon.v[layer]) if is_beacon
-                                  else (attn.q_proj, attn.k_proj, attn.v_proj))
+        return self._split_heads(hidden, attn.q_proj, attn.k_proj, attn.v_proj)
+
+    def _split_heads(self, hidden: torch.Tensor, q_proj: nn.Module, k_proj: nn.Module, v_proj: nn.Module):
         n = hidden.shape[1]
         q = q_proj(hidden).view(1, n, self.heads, self.head_dim).transpose(1, 2)
         k = k_proj(hidden).view(1, n, self.kv_heads, self.head_dim).transpose(1, 2)
@@ -180,13 +187,12 @@ class BeaconLM(nn.Module):
         block = self.layers[layer]
         return hidden + block.mlp(block.post_attention_layernorm(hidden))
 
-    # -- reading raw tokens ----------------------------------------------------------------------------
-    def _raw_forward(self, ids: torch.Tensor, state: BeaconState, context: KV | None = None,
-                     capture: list | None = None) -> torch.Tensor:
-        """Hidden states of new raw tokens attending to ``context`` (default: memory) and the open window;
-        their KV is appended to the open window."""
-        context = state.memory if context is None else context
-        m, c, n = context.length, state.raw.length, ids.shape[1]
+    def _read(self, ids: torch.Tensor, context: KV, open_kv: KV, capture: list | None = None,
+              queries: list | None = None) -> tuple[torch.Tensor, KV]:
+        """Hidden states of new raw tokens attending to all of ``context`` then ``open_kv`` (positions from 0 in
+        that order) and causally to each other, with the new tokens' KV. ``queries`` collects each layer's
+        query projections (before rotary embedding) when given."""
+        m, c, n = context.length, open_kv.length, ids.shape[1]
         hidden = self.decoder.embed_tokens(ids)
         q_pos = torch.arange(m + c, m + c + n)
         k_pos = torch.arange(0, m + c + n)
@@ -196,20 +202,60 @@ class BeaconLM(nn.Module):
         for i, block in enumerate(self.layers):
             normed = block.input_layernorm(hidden)
             q, k, v = self._project(i, normed, is_beacon=False)
-            keys = torch.cat([t for t in (context.keys[i] if m else None, state.raw.keys[i] if c else None, k)
+            if queries is not None:
+                queries.append(q.detach())
+            keys = torch.cat([t for t in (context.keys[i] if m else None, open_kv.keys[i] if c else None, k)
                               if t is not None], dim=2)
-            values = torch.cat([t for t in (context.values[i] if m else None, state.raw.values[i] if c else None, v)
+            values = torch.cat([t for t in (context.values[i] if m else None, open_kv.values[i] if c else None, v)
                                 if t is not None], dim=2)
             hidden = hidden + self._attend(i, q, q_pos, keys, values, k_pos, allowed, capture)
             hidden = self._mlp(i, hidden)
             new_keys.append(k)
             new_values.append(v)
-        state.raw = state.raw.append(new_keys, new_values)
-        state.tokens_seen += n
-        return hidden
+        return hidden, KV(new_keys, new_values)
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.model.lm_head(self.decoder.norm(hidden))
+
+    def kv_bytes_per_entry(self) -> int:
+        """Bytes of one KV entry: one token's keys and values over all layers."""
+        element = self.decoder.embed_tokens.weight.element_size()
+        return 2 * len(self.layers) * self.kv_heads * self.head_dim * element
+
+    def kv_bytes_full(self, tokens: int) -> int:
+        """KV bytes the base model would hold for ``tokens`` tokens (for comparison with compressed states)."""
+        return tokens * self.kv_bytes_per_entry()
+
+
+class BeaconLM(LayerwiseDecoder):
+    """A causal LM that reads unlimited input through beacon compression (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, config: BeaconConfig | None = None,
+                 beacon: BeaconParameters | None = None) -> None:
+        super().__init__(model)
+        self.config = config or BeaconConfig()
+        if beacon is None:
+            # start beacons from the mean token embedding: a neutral input every layer has seen the like of
+            embedding = self.decoder.embed_tokens.weight.detach().float().mean(dim=0)
+            beacon = BeaconParameters(self.layers, embedding)
+        self.beacon = beacon
+
+    def _project(self, layer: int, hidden: torch.Tensor, is_beacon: bool):
+        if not is_beacon:
+            return super()._project(layer, hidden, False)
+        return self._split_heads(hidden, self.beacon.q[layer], self.beacon.k[layer], self.beacon.v[layer])
+
+    # -- reading raw tokens ----------------------------------------------------------------------------
+    def _raw_forward(self, ids: torch.Tensor, state: BeaconState, context: KV | None = None,
+                     capture: list | None = None, queries: list | None = None) -> torch.Tensor:
+        """Hidden states of new raw tokens attending to ``context`` (default: memory) and the open window;
+        their KV is appended to the open window."""
+        context = state.memory if context is None else context
+        state.peak_entries = max(state.peak_entries, context.length + state.raw.length + ids.shape[1])
+        hidden, new = self._read(ids, context, state.raw, capture, queries)
+        state.raw = state.raw.append(new.keys, new.values)
+        state.tokens_seen += ids.shape[1]
+        return hidden
 
     def _compress(self, state: BeaconState, ratio: int, keep_raw: bool) -> None:
         """Turn the full open window into beacon KV appended to the memory."""
@@ -317,6 +363,45 @@ class BeaconLM(nn.Module):
         mass = torch.stack([c[: state.memory.length] for c in capture]).sum(dim=0)
         return torch.stack([mass[a:b].sum() for a, b in state.segments]) if state.segments else torch.zeros(0)
 
+    @torch.no_grad()
+    def window_scores_by_raw_attention(self, state: BeaconState,
+                                       question: torch.Tensor | Sequence[int]) -> torch.Tensor:
+        """ACRE's query-guided selection over the detailed (raw) cache: the question is read over the compressed
+        memory, and its queries, layer by layer, attend jointly over the raw keys of every compressed window,
+        each window placed right before the question (the same positions for all, so rotary distance gives no
+        window an edge: the beacon-attention signal above always favoured the latest windows). A window's score
+        is the largest attention weight any of its raw tokens gets from any question token, head and layer, so
+        one strongly matching span decides (a needle is a few tokens). Needs ``feed(..., keep_raw=True)``."""
+        if len(state.window_raw) != len(state.segments):
+            raise FlagstoneError("raw-attention scores need the raw KV of every window: read with keep_raw=True")
+        if not state.segments:
+            return torch.zeros(0)
+        ids = torch.as_tensor(question, dtype=torch.long).reshape(1, -1)
+        probe = BeaconState(memory=state.memory, raw=state.raw)
+        queries: list[torch.Tensor] = []
+        self._raw_forward(ids, probe, queries=queries)
+        sink = state.segments[0][0]  # window 0's first tokens are the attention sink: never a candidate
+        spans = [(sink if w == 0 else 0, kv.length) for w, kv in enumerate(state.window_raw)]
+        longest = max(end - start for start, end in spans)
+        n = ids.shape[1]
+        q_pos = torch.arange(longest, longest + n)
+        groups = self.heads // self.kv_heads
+        best = torch.zeros(len(spans))
+        for layer, q in enumerate(queries):
+            q = self._rotate(q, *self._rope(q, q_pos))
+            keys, owner = [], []
+            for w, (start, end) in enumerate(spans):
+                k = state.window_raw[w].keys[layer][:, :, start:end]
+                keys.append(self._rotate(k, *self._rope(k, torch.arange(longest - (end - start), longest))))
+                owner += [w] * (end - start)
+            keys_all = torch.cat(keys, dim=2).repeat_interleave(groups, dim=1)
+            weights = torch.softmax(torch.matmul(q, keys_all.transpose(2, 3)).float() / math.sqrt(self.head_dim),
+                                    dim=-1)
+            per_key = weights.amax(dim=(0, 1, 2))  # the strongest pull on each raw key
+            best = torch.maximum(best, torch.zeros(len(spans)).scatter_reduce(
+                0, torch.tensor(owner), per_key, reduce="amax"))
+        return best
+
     def window_texts(self, state: BeaconState, tokenizer) -> list[str]:
         return [tokenizer.decode(ids) for ids in state.window_ids]
 
@@ -397,8 +482,3 @@ class BeaconLM(nn.Module):
                             f"hidden size {settings['hidden_size']})")
         wrapped.beacon.load_state_dict(state)
         return wrapped
-
-    def kv_bytes_full(self, tokens: int) -> int:
-        """KV bytes the base model would hold for ``tokens`` tokens (for comparison with the beacon state)."""
-        element = self.decoder.embed_tokens.weight.element_size()
-        return 2 * len(self.layers) * self.kv_heads * self.head_dim * tokens * element

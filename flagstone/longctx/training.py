@@ -21,12 +21,19 @@ def token_segments(texts: Sequence[str], tokenizer, length: int, *, stride: int 
     return segments
 
 
+RATIO_SAMPLING = ("step", "window")
+
+
 def train_beacon(beacon: BeaconLM, segments: Sequence[Sequence[int]], config: TrainingConfig, *,
                  checkpoint_dir: str | os.PathLike | None = None, ratio: int | None = None,
-                 on_step=None) -> TrainingResult:
+                 sample_ratio: str = "step", on_step=None) -> TrainingResult:
     """Train only the beacon parameters on token ``segments`` (one segment per micro-batch; each spans several
-    windows so gradients flow through the memory). In training mode each window draws its ratio from
-    ``beacon.config.ratios`` unless ``ratio`` fixes it. Resumable with ``checkpoint_dir``."""
+    windows so gradients flow through the memory). Unless ``ratio`` fixes it, the compression ratio is drawn
+    from ``beacon.config.ratios`` once per segment (``sample_ratio="step"``, as in the paper: every window of
+    a segment uses it) or for every window (``"window"``). Draws use torch's generator, which the training
+    loop seeds and restores on resume. Resumable with ``checkpoint_dir``."""
+    if sample_ratio not in RATIO_SAMPLING:
+        raise ValueError(f"sample_ratio must be one of {RATIO_SAMPLING}, got {sample_ratio!r}")
     if not segments:
         raise ValueError("no training segments")
     window = beacon.config.window
@@ -40,6 +47,12 @@ def train_beacon(beacon: BeaconLM, segments: Sequence[Sequence[int]], config: Tr
         return shuffled
 
     def loss_fn(segment) -> object:
-        return beacon.loss(segment, ratio=ratio)
+        import torch
+
+        chosen = ratio
+        if chosen is None and sample_ratio == "step":
+            ratios = beacon.config.ratios
+            chosen = ratios[int(torch.randint(len(ratios), (1,)))]
+        return beacon.loss(segment, ratio=chosen)  # None: BeaconLM draws a ratio per window in training mode
 
     return train(beacon, batches_for_epoch, loss_fn, config, checkpoint_dir=checkpoint_dir, on_step=on_step)

@@ -11,8 +11,10 @@ The extender (only its parameters train, the LM stays frozen: plug-and-play):
 - plus the mean of the chunk's own input embeddings, so an untrained extender already emits a sensible
   "average token" and training learns a correction.
 
-:class:`ExtensibleLM` lays out the LM input as ``[sink tokens][one embedding per chunk][raw tokens]`` with
-consecutive positions, the raw tokens being the most recent part of the text.
+:class:`ExtensibleLM` lays out the LM input as ``[sink tokens][one embedding per chunk][recent tokens][raw
+tokens]`` with consecutive positions: the raw tokens are the ones being read, and ``recent`` context tokens
+just before them may stay uncompressed (under a budget of positions, this trades the oldest context for
+exact recent tokens).
 """
 from __future__ import annotations
 
@@ -169,21 +171,23 @@ def load_extender(lm, folder: str | os.PathLike):
 
 @dataclass
 class Layout:
-    """How a text was laid out for the LM: ``positions`` = sink + compressed slots + raw tokens."""
+    """How a text was laid out for the LM: ``positions`` = sink + compressed slots + recent raw + raw tokens."""
 
     sink: int
+    dropped: int  # the oldest context tokens left out (fewer than k, or past ``max_slots``)
     compressed_tokens: int  # context tokens that went into the slots
     slots: int
-    dropped: int  # context tokens left out (fewer than k, at the old end)
+    recent: int  # context tokens kept raw just before the raw ones
     raw: int
     positions: int = field(init=False)
 
     def __post_init__(self) -> None:
-        self.positions = self.sink + self.slots + self.raw
+        self.positions = self.sink + self.slots + self.recent + self.raw
 
 
 class ExtensibleLM:
-    """A frozen causal LM reading ``[sink][extender(context, k)][raw]`` through ``inputs_embeds``."""
+    """A frozen causal LM reading ``[sink][extender(older context, k)][recent context][raw]`` through
+    ``inputs_embeds``."""
 
     def __init__(self, lm, extender) -> None:
         self.lm = lm
@@ -195,50 +199,63 @@ class ExtensibleLM:
     def sink(self) -> int:
         return self.extender.config.sink
 
-    def layout(self, n_context: int, n_raw: int, k: int) -> Layout:
-        """Where the ``n_context`` tokens before ``n_raw`` raw ones go: the first ``sink`` stay raw, the most
-        recent multiple of ``k`` of the rest become slots, the remaining (< k) oldest are dropped."""
+    def layout(self, n_context: int, n_raw: int, k: int, *, recent: int = 0, max_slots: int | None = None) -> Layout:
+        """Where the ``n_context`` tokens before ``n_raw`` raw ones go: the first ``sink`` and the last ``recent``
+        stay raw; the tokens between become one slot per ``k`` (the most recent ones, at most ``max_slots``
+        slots); what is left at the old end (fewer than k tokens, or past ``max_slots``) is dropped."""
         _check_ratio(k)
+        if recent < 0 or (max_slots is not None and max_slots < 0):
+            raise FlagstoneError("recent and max_slots must not be negative")
         sink = min(self.sink, n_context)
-        rest = n_context - sink
-        slots = rest // k
-        return Layout(sink, slots * k, slots, rest - slots * k, n_raw)
+        recent = min(recent, n_context - sink)
+        middle = n_context - sink - recent
+        slots = middle // k if max_slots is None else min(middle // k, max_slots)
+        return Layout(sink, middle - slots * k, slots * k, slots, recent, n_raw)
 
-    def embeddings(self, context_ids: Sequence[int], raw_ids: Sequence[int], k: int) -> tuple[torch.Tensor, Layout]:
-        """(inputs_embeds (1, positions, h), layout) for ``context_ids`` compressed at ``k`` then ``raw_ids``."""
+    def embeddings(self, context_ids: Sequence[int], raw_ids: Sequence[int], k: int, *, recent: int = 0,
+                   max_slots: int | None = None) -> tuple[torch.Tensor, Layout]:
+        """(inputs_embeds (1, positions, h), layout) for ``context_ids`` laid out as :meth:`layout` says, then
+        ``raw_ids``."""
         import torch
 
-        plan = self.layout(len(context_ids), len(raw_ids), k)
+        plan = self.layout(len(context_ids), len(raw_ids), k, recent=recent, max_slots=max_slots)
         embed = self.lm.get_input_embeddings()
-        sink = torch.tensor([list(context_ids[: plan.sink])], dtype=torch.long)
-        compressed = torch.tensor([list(context_ids[plan.sink + plan.dropped:])], dtype=torch.long)
-        raw = torch.tensor([list(raw_ids)], dtype=torch.long)
-        slots = self.extender(compressed, k) if plan.slots else embed(raw)[:, :0]
-        parts = [embed(sink), slots, embed(raw)]
+        start = plan.sink + plan.dropped
+
+        def tensor(ids) -> torch.Tensor:
+            return torch.tensor([list(ids)], dtype=torch.long)
+
+        compressed = tensor(context_ids[start:start + plan.compressed_tokens])
+        slots = self.extender(compressed, k) if plan.slots else embed(compressed)[:, :0]
+        kept_recent = context_ids[len(context_ids) - plan.recent:] if plan.recent else []
+        parts = [embed(tensor(context_ids[: plan.sink])), slots, embed(tensor(kept_recent)), embed(tensor(raw_ids))]
         return torch.cat(parts, dim=1), plan
 
-    def logits(self, context_ids: Sequence[int], raw_ids: Sequence[int], k: int) -> torch.Tensor:
-        """Logits (1, len(raw_ids), vocab) at the raw tokens, read after the compressed context."""
-        embeds, plan = self.embeddings(context_ids, raw_ids, k)
+    def logits(self, context_ids: Sequence[int], raw_ids: Sequence[int], k: int, *, recent: int = 0,
+               max_slots: int | None = None) -> torch.Tensor:
+        """Logits (1, len(raw_ids), vocab) at the raw tokens, read after the laid-out context."""
+        embeds, plan = self.embeddings(context_ids, raw_ids, k, recent=recent, max_slots=max_slots)
         out = self.lm(inputs_embeds=embeds, use_cache=False).logits
         return out[:, plan.positions - plan.raw:]
 
-    def loss(self, segment: Sequence[int], k: int, raw: int) -> torch.Tensor:
-        """Next-token loss on the last ``raw`` tokens of ``segment``, the rest of it compressed at ``k``."""
+    def loss(self, segment: Sequence[int], k: int, raw: int, *, recent: int = 0) -> torch.Tensor:
+        """Next-token loss on the last ``raw`` tokens of ``segment``, the rest of it laid out at ``k`` with
+        ``recent`` tokens kept raw."""
         import torch
 
         if len(segment) <= raw:
             raise DataError(f"a segment of {len(segment)} tokens leaves no context before {raw} raw tokens")
         context, target = segment[:-raw], segment[-raw:]
-        logits = self.logits(context, target, k)[0, :-1].float()
+        logits = self.logits(context, target, k, recent=recent)[0, :-1].float()
         return torch.nn.functional.cross_entropy(logits, torch.tensor(list(target[1:])))
 
 
 def train_extender(model: ExtensibleLM, segments: Sequence[Sequence[int]], config, *, raw: int,
-                   ratio: int | None = None, on_step=None):
+                   ratio: int | None = None, recents: Sequence[int] = (0,), on_step=None):
     """Train only the extender: each segment's last ``raw`` tokens are predicted from the segment's earlier
-    tokens compressed at a ratio drawn per micro-batch from the extender's ``ratios`` (or fixed ``ratio``).
-    ``config`` is a :class:`~flagstone.training.loop.TrainingConfig`."""
+    tokens compressed at a ratio drawn per micro-batch from the extender's ``ratios`` (or fixed ``ratio``), with
+    a number of recent tokens kept raw drawn from ``recents``. ``config`` is a
+    :class:`~flagstone.training.loop.TrainingConfig`."""
     from flagstone.training.loop import train
 
     if not segments:
@@ -253,6 +270,6 @@ def train_extender(model: ExtensibleLM, segments: Sequence[Sequence[int]], confi
         return shuffled
 
     def loss_fn(segment):
-        return model.loss(segment, ratio or rng.choice(ratios), raw)
+        return model.loss(segment, ratio or rng.choice(ratios), raw, recent=rng.choice(list(recents)))
 
     return train(model.extender, batches_for_epoch, loss_fn, config, on_step=on_step)

@@ -206,6 +206,36 @@ def main() -> int:
             most = max(most, len(inputs))
         return torch.cat(pieces), most
 
+    def write(partial: bool) -> None:
+        results = {"model": "SmolLM2-135M-Instruct (bundled GGUF, dequantised to float32), frozen",
+                   "window": WINDOW, "rows": rows, "training": training,
+                   "eval": {"tokens_per_sequence": args.eval_tokens, "sequences_per_kind": args.eval_sequences,
+                            "essays": f"the last {args.held_out_essays} essays by name",
+                            "heldout_kind": "Cranfield abstracts (joined to >= 24,000 characters), never trained on",
+                            "slice_note": ("a slice: the full run is --eval-sequences 8" if args.eval_sequences < 8
+                                           else "full")},
+                   "peak_mb_note": "peak memory not measured for these rows",
+                   "kv_note": "kv_entries = the most positions any token attends to; kv_mb = entries x layers x 2 x "
+                              "kv heads x head dim x 4 bytes",
+                   "wall_s": round(time.perf_counter() - wall, 1), "quick": args.quick,
+                   "partial": partial}
+        lines = [f"Equal LM input positions, windows of {WINDOW}, {args.eval_sequences} sequence(s) of "
+                 f"{args.eval_tokens} tokens per kind (held-out essays; Cranfield abstracts, a kind never trained on).", "",
+                 "| method | ratio | ppl essays | ppl held-out kind | positions | KV MB | ms / token |",
+                 "|---|---|---|---|---|---|---|"]
+        for r in rows:
+            lines.append(f"| {r['method']} | {r['ratio'] or '-'} | {r['ppl_essays']:.2f} | {r['ppl_heldout_kind']:.2f} | "
+                         f"{r['kv_entries']} | {r['kv_mb']:.1f} | {r['ms_per_token']:.1f} |")
+        lines += ["", f"Extender: {training['steps']} steps in {training['seconds']:.0f} s, "
+                      f"{training.get('trainable_parameters', 0):,} trainable parameters, loss "
+                      f"{training['loss_first10']:.3f} -> {training['loss_last10']:.3f} (first / last 10 steps)."]
+        if partial:
+            lines += ["", f"PARTIAL: {len(rows)} of {len(methods)} methods evaluated so far."]
+        if args.quick:
+            print("\n".join(lines))
+            return
+        save_results("longctx_extensible", "\n".join(lines), longctx_extensible=results)
+
     methods = [("full", None), ("truncation", None)]
     for k in RATIOS:
         methods += [("sink_recent", k)] + ([("recent", k)] if args.with_recent else [])
@@ -234,31 +264,8 @@ def main() -> int:
         rows.append(row)
         print(f"{method:22s} k={k} ppl essays {row['ppl_essays']:.2f} held-out kind {row['ppl_heldout_kind']:.2f} "
               f"positions {row['kv_entries']} ({row['kv_mb']:.1f} MB) {row['ms_per_token']:.1f} ms/token", flush=True)
+        write(partial=len(rows) < len(methods))
 
-    results = {"model": "SmolLM2-135M-Instruct (bundled GGUF, dequantised to float32), frozen",
-               "window": WINDOW, "rows": rows, "training": training,
-               "eval": {"tokens_per_sequence": args.eval_tokens, "sequences_per_kind": args.eval_sequences,
-                        "essays": f"the last {args.held_out_essays} essays by name",
-                        "heldout_kind": "Cranfield abstracts (joined to >= 24,000 characters), never trained on",
-                        "slice_note": "a slice: the full run is --eval-sequences 8"},
-               "peak_mb_note": "peak memory not measured for these rows",
-               "kv_note": "kv_entries = the most positions any token attends to; kv_mb = entries x layers x 2 x "
-                          "kv heads x head dim x 4 bytes",
-               "wall_s": round(time.perf_counter() - wall, 1), "quick": args.quick}
-    lines = [f"Equal LM input positions, windows of {WINDOW}, {args.eval_sequences} sequence(s) of "
-             f"{args.eval_tokens} tokens per kind (held-out essays; Cranfield abstracts, a kind never trained on).", "",
-             "| method | ratio | ppl essays | ppl held-out kind | positions | KV MB | ms / token |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['method']} | {r['ratio'] or '-'} | {r['ppl_essays']:.2f} | {r['ppl_heldout_kind']:.2f} | "
-                     f"{r['kv_entries']} | {r['kv_mb']:.1f} | {r['ms_per_token']:.1f} |")
-    lines += ["", f"Extender: {training['steps']} steps in {training['seconds']:.0f} s, "
-                  f"{training.get('trainable_parameters', 0):,} trainable parameters, loss "
-                  f"{training['loss_first10']:.3f} -> {training['loss_last10']:.3f} (first / last 10 steps)."]
-    if args.quick:
-        print("\n".join(lines))
-        return 0
-    save_results("longctx_extensible", "\n".join(lines), longctx_extensible=results)
     return 0
 
 

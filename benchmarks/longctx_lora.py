@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import REPO, RESULTS, SHARED_DATA, save_results
+from _common import REPO, SHARED_DATA, save_results
 
 NATIVE_LENGTH = 8192
 
@@ -146,45 +146,53 @@ def main() -> int:
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         subprocess.run(command, check=True, env=env)
 
+    training = json.loads((adapter / "long_context.json").read_text())
+
+    def write(partial: bool) -> None:
+        summary = {"model": "SmolLM2-135M-Instruct (bundled GGUF, dequantised to float32)",
+                   "setup": {"native_length": NATIVE_LENGTH, "native_rope_theta": theta, "trained_length": L,
+                             "standin_rope_theta": short_theta, "raised_rope_theta": raised_theta,
+                             "lengths": lengths, "needle_depths": depths,
+                             "ppl_text": "held-out essays (last 9 by name), whole sequences scored",
+                             "quick": args.quick},
+                   "lora_extension": {"before": results.get("before"), "after": results.get("after"),
+                                      "rope_only": results.get("rope_only"), "native_reference": results.get("native")},
+                   "partial": partial,
+                   "training": training, "wall_s": round(time.perf_counter() - wall, 1)}
+        lines = [f"Stand-in trained length L = {L} (RoPE base {short_theta:,.0f}; native model 8,192 at "
+                 f"{theta:,.0f}); raised base {raised_theta:,.0f}.", "",
+                 "| model | " + " | ".join(f"ppl {n}" for n in lengths) + " | " +
+                 " | ".join(f"needle {n}" for n in lengths) + " |", "|---|" + "---|" * (2 * len(lengths))]
+        for name in [n for n in ("native", "before", "rope_only", "after") if n in results]:
+            row = results[name]
+            ppl = " | ".join(f"{row[str(n)]['ppl']:.2f}" for n in lengths)
+            needles = " | ".join(f"{row[str(n)]['needle_correct']}/{row[str(n)]['needle_total']}"
+                                 if "needle_correct" in row[str(n)] else "-" for n in lengths)
+            lines.append(f"| {name} | {ppl} | {needles} |")
+        lines += ["", f"Training: {training['steps']} LoRA steps (rank {training['settings']['lora_rank']}) in "
+                      f"{training['seconds']:.0f} s on {training['samples']} synthetic samples {training['kinds']} of "
+                      f"{training['sample_lengths']} tokens; loss {training['loss_first'][:1]} -> {training['loss_last'][-1:]}."]
+        if partial:
+            lines += ["", "PARTIAL: " + ", ".join(results) + " evaluated so far."]
+        if args.quick:
+            print("\n".join(lines))
+            return
+        save_results("longctx_lora", "\n".join(lines), longctx_lora=summary)
+
     results: dict = {}
     results["native"] = evaluate("native", native.model, needles=False)
+    write(partial=True)
     del native
     before = load_causal_lm(standin)
     results["before"] = evaluate("before", before.model)
+    write(partial=True)
     raised = apply_rope(before, raised_theta, 4 * L)
     results["rope_only"] = evaluate("rope_only", raised.model)
+    write(partial=True)
     del raised, before
-
-    training = json.loads((adapter / "long_context.json").read_text())
     after = load_causal_lm(adapter)
     results["after"] = evaluate("after", after.model)
-
-    summary = {"model": "SmolLM2-135M-Instruct (bundled GGUF, dequantised to float32)",
-               "setup": {"native_length": NATIVE_LENGTH, "native_rope_theta": theta, "trained_length": L,
-                         "standin_rope_theta": short_theta, "raised_rope_theta": raised_theta,
-                         "lengths": lengths, "needle_depths": depths,
-                         "ppl_text": "held-out essays (last 9 by name), whole sequences scored",
-                         "quick": args.quick},
-               "lora_extension": {"before": results["before"], "after": results["after"],
-                                  "rope_only": results["rope_only"], "native_reference": results["native"]},
-               "training": training, "wall_s": round(time.perf_counter() - wall, 1)}
-    lines = [f"Stand-in trained length L = {L} (RoPE base {short_theta:,.0f}; native model 8,192 at "
-             f"{theta:,.0f}); raised base {raised_theta:,.0f}.", "",
-             "| model | " + " | ".join(f"ppl {n}" for n in lengths) + " | " +
-             " | ".join(f"needle {n}" for n in lengths) + " |", "|---|" + "---|" * (2 * len(lengths))]
-    for name in ("native", "before", "rope_only", "after"):
-        row = results[name]
-        ppl = " | ".join(f"{row[str(n)]['ppl']:.2f}" for n in lengths)
-        needles = " | ".join(f"{row[str(n)]['needle_correct']}/{row[str(n)]['needle_total']}"
-                             if "needle_correct" in row[str(n)] else "-" for n in lengths)
-        lines.append(f"| {name} | {ppl} | {needles} |")
-    lines += ["", f"Training: {training['steps']} LoRA steps (rank {training['settings']['lora_rank']}) in "
-                  f"{training['seconds']:.0f} s on {training['samples']} synthetic samples {training['kinds']} of "
-                  f"{training['sample_lengths']} tokens; loss {training['loss_first'][:1]} -> {training['loss_last'][-1:]}."]
-    if args.quick:
-        print("\n".join(lines))
-        return 0
-    save_results("longctx_lora", "\n".join(lines), longctx_lora=summary)
+    write(partial=False)
     return 0
 
 

@@ -295,18 +295,21 @@ class LongContextSettings:
 
 
 def apply_rope(lm: CausalLM, theta: float, max_positions: int) -> CausalLM:
-    """Reload ``lm``'s weights under a config whose RoPE base is ``theta``: every layer's rotary table is
-    rebuilt from the config, which is how the raised base reaches the model."""
-    from transformers import AutoModelForCausalLM
-
-    from flagstone.models._hf import quiet_transformers
-
-    config = lm.model.config.__class__.from_dict(lm.model.config.to_dict())
+    """Set ``lm``'s RoPE base to ``theta`` in place: the config is changed and every rotary-embedding module is
+    rebuilt from it (its frequency table is computed once, at construction). Returns ``lm``."""
+    config = lm.model.config
     for key, value in rope_overrides(config, theta, max_positions).items():
         setattr(config, key, value)
-    with quiet_transformers():
-        model = AutoModelForCausalLM.from_pretrained(lm.path, config=config, dtype=lm.model.dtype)
-    return CausalLM(model.eval(), lm.tokenizer, lm.path)
+    rebuilt = 0
+    for parent in list(lm.model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child).__name__.endswith("RotaryEmbedding"):
+                fresh = type(child)(config=config)
+                setattr(parent, name, fresh.to(next(iter(child.buffers()), fresh.inv_freq).device))
+                rebuilt += 1
+    if not rebuilt:
+        raise FlagstoneError(f"{type(lm.model).__name__} has no rotary-embedding module to rebuild")
+    return lm
 
 
 def add_lora(model, settings: LongContextSettings):
@@ -327,7 +330,7 @@ def train_long_context(lm: CausalLM, base_spec: str, examples: Sequence[LongCont
                        checkpoint_dir: str | os.PathLike | None = None,
                        on_step: Callable[[int, float], None] | None = None,
                        stop: type[Exception] | None = None) -> TrainingResult:
-    """Raise ``lm``'s RoPE base, train LoRA adapters on ``examples`` (one sample per micro-batch) and save to
+    """Raise ``lm``'s RoPE base (in place), train LoRA adapters on ``examples`` (one sample per micro-batch) and save to
     ``output``: the adapter with ``base_model.json`` (naming ``base_spec``), or with ``merge`` the merged model.
     ``record`` is extra provenance written to ``long_context.json``. ``on_step`` may raise ``stop`` to end
     training early (a time budget); what was learnt until then is saved."""

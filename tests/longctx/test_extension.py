@@ -147,6 +147,26 @@ def test_adapter_round_trip_merged_and_unmerged_agree(trained, tmp_path):
         torch.testing.assert_close(reloaded.model(ids).logits, a, atol=1e-4, rtol=1e-4)
 
 
+def test_raising_the_base_reaches_the_model_as_a_saved_config_does(tiny_causal_lm_dir, tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from flagstone.longctx.extension import apply_rope, rope_overrides
+
+    ids = torch.randint(5, 300, (1, 200), generator=torch.Generator().manual_seed(1))
+    lm = load_causal_lm(tiny_causal_lm_dir)
+    with torch.no_grad():
+        before = lm.model(ids).logits
+        theta = rope_theta_of(lm.model.config)
+        apply_rope(lm, theta * 100, 1024)
+        raised = lm.model(ids).logits
+        config = AutoConfig.from_pretrained(tiny_causal_lm_dir)
+        for key, value in rope_overrides(config, theta * 100, 1024).items():
+            setattr(config, key, value)
+        reference = AutoModelForCausalLM.from_pretrained(tiny_causal_lm_dir, config=config).eval()(ids).logits
+    assert (raised - before).abs().max() > 1e-3
+    torch.testing.assert_close(raised, reference, atol=1e-5, rtol=1e-5)
+
+
 def test_existing_output_needs_overwrite(trained):
     lm, out, examples, theta, _ = trained
     from flagstone.errors import DataError

@@ -179,14 +179,15 @@ def model_name(text: str) -> str:
 
 
 def causal_lm_name(text: str) -> str:
-    """A generator / causal LM: the bundled default, a model folder, a .gguf file or a plausible hub name."""
-    from flagstone.models.causal_lm import DEFAULT_LLM
+    """A generator / causal LM: the bundled default, a model folder (or a LoRA adapter folder that
+    ``flagstone train long-context`` wrote), a .gguf file or a plausible hub name."""
+    from flagstone.models.causal_lm import DEFAULT_LLM, is_adapter_folder
 
     path = Path(text).expanduser()
     if text.lower() == DEFAULT_LLM or (path.is_file() and path.suffix == ".gguf"):
         return text
     if path.is_dir():
-        if not (path / "config.json").is_file():
+        if not (path / "config.json").is_file() and not is_adapter_folder(path):
             raise argparse.ArgumentTypeError(f"{text} is a folder but has no config.json: not a model folder")
         return text
     if _HUB_ID.fullmatch(text):

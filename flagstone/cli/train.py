@@ -1,4 +1,4 @@
-"""The training commands of the ``flagstone`` CLI: mine, train embedder|reranker, merge."""
+"""The training commands of the ``flagstone`` CLI: mine, train embedder|reranker|long-context, merge."""
 from __future__ import annotations
 
 import argparse
@@ -28,6 +28,7 @@ from flagstone.cli._common import (
     positive_int,
 )
 from flagstone.errors import FlagstoneError
+from flagstone.models.causal_lm import DEFAULT_LLM
 from flagstone.training.settings import (
     M3_EPOCHS,
     RERANKER_BATCH_SIZE,
@@ -122,6 +123,8 @@ def add_parsers(sub, epilog: str = EPILOG) -> None:
             t.add_argument("--validate-every", type=positive_int, default=None,
                            help="optimiser steps between validations (default: once per epoch)")
 
+    _add_long_context_parser(tsub, epilog)
+
     p = sub.add_parser("merge", help="LM-Cocktail: merge same-architecture models by weighted averaging",
                        description="Average two or more checkpoints (embedders, rerankers or causal LMs) with given "
                                    "weights, or with weights computed from a few target-task examples: "
@@ -138,6 +141,56 @@ def add_parsers(sub, epilog: str = EPILOG) -> None:
     p.add_argument("--kind", choices=("embedder", "reranker", "causal_lm"), default="embedder")
     p.add_argument("--temperature", type=positive_float, default=5.0, help="softmax temperature for example weights")
     check_with(p, _check_merge)
+
+
+def _add_long_context_parser(tsub, epilog: str) -> None:
+    help_text = "extend a causal LM's context: raise its RoPE base and train LoRA adapters on long samples"
+    t = tsub.add_parser(
+        "long-context", help=help_text, epilog=epilog,
+        description="Context extension after the Llama-3-8B-Instruct-80K recipe. The RoPE base is raised (by "
+                    "default with the recipe's own scaling: it moved 500K to 200M for 8K to 80K, i.e. theta x "
+                    "factor^2.6) and LoRA adapters are trained on synthetic long-context samples built from a data "
+                    "folder: HotpotQA questions with the answering paragraph hidden in a long haystack, passkey "
+                    "needles in essays, and concatenated SciFact abstracts whose reference summary is their "
+                    "titles. The output is an adapter folder (or, with --merge, a full model) that every command "
+                    "taking a causal LM loads.")
+    t.add_argument("-o", "--output", type=output_folder, required=True, help="folder for the adapter (or merged model)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace the output folder if Flagstone wrote it (a folder holding anything else is never "
+                        "replaced)")
+    t.add_argument("--model", type=causal_lm_name, default=DEFAULT_LLM,
+                   help=f"the causal LM to extend: {DEFAULT_LLM} (bundled), a model folder, a .gguf file or org/name "
+                        f"(default: {DEFAULT_LLM})")
+    t.add_argument("--data", type=existing_folder, required=True,
+                   help="data folder holding longctx/paulgraham_essays/*.txt, qa/hotpotqa/"
+                        "hotpot_dev_distractor_sample100.jsonl and beir/scifact/corpus.jsonl (the project's "
+                        "../shared/data)")
+    t.add_argument("--held-out-essays", type=non_negative_int, default=9,
+                   help="the last N essays (name order) never enter training, for evaluation (default: 9)")
+    t.add_argument("--trained-length", type=positive_int, default=None,
+                   help="the context the model was trained for (default: its config's max_position_embeddings)")
+    t.add_argument("--target-length", type=positive_int, default=None,
+                   help="the context to extend to (default: 4x --trained-length)")
+    t.add_argument("--rope-theta", type=positive_float, default=None,
+                   help="the new RoPE base (default: the recipe's scaling, theta x (target/trained)^2.6)")
+    t.add_argument("--samples", type=positive_int, default=60, help="synthetic samples to build (default: 60)")
+    t.add_argument("--sample-lengths", type=positive_int, nargs="+", default=None, metavar="TOKENS",
+                   help="haystack lengths to draw from (default: half the target length and the target length)")
+    t.add_argument("--lora-rank", type=positive_int, default=16, help="(default: 16)")
+    t.add_argument("--lora-alpha", type=positive_int, default=32, help="(default: 32)")
+    t.add_argument("--epochs", type=positive_int, default=1, help="(default: 1)")
+    t.add_argument("--learning-rate", type=positive_float, default=2e-4, help="(default: 2e-4)")
+    t.add_argument("--gradient-accumulation", type=positive_int, default=1)
+    t.add_argument("--max-steps", type=positive_int, default=None)
+    t.add_argument("--time-budget", type=positive_float, default=None, metavar="MINUTES",
+                   help="stop after this many minutes of training and save what was learnt")
+    t.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=_CONFIG.precision == "bfloat16",
+                   help="bfloat16 autocast (default: on)" if _CONFIG.precision == "bfloat16" else "(default: off)")
+    t.add_argument("--merge", action="store_true", help="save the model with the adapter merged in, not the adapter")
+    t.add_argument("--checkpoint-dir", type=output_folder, default=None, help="save resumable state here; rerun to resume")
+    t.add_argument("--checkpoint-every", type=positive_int, default=10, help="steps between checkpoints (default: 10)")
+    t.add_argument("--seed", type=int, default=_CONFIG.seed)
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _check_mine(args: argparse.Namespace) -> None:
@@ -200,7 +253,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from flagstone.training.data import load_examples
 
     if args.train_command is None:
-        raise FlagstoneError("choose what to train: flagstone train embedder|reranker (see --help)")
+        raise FlagstoneError("choose what to train: flagstone train embedder|reranker|long-context (see --help)")
+    if args.train_command == "long-context":
+        return _train_long_context(args)
     check_output_folder(args.output, overwrite=args.overwrite, legacy=MODEL_LAYOUT)  # before any work
     examples = load_examples(args.data)
     config = _training_config(args)
@@ -239,6 +294,95 @@ def cmd_train(args: argparse.Namespace) -> int:
     last = sum(result.losses[-10:]) / max(1, len(result.losses[-10:]))
     print(f"{result.steps} steps in {result.seconds:.0f} s (loss {first:.4f} -> {last:.4f}) -> {args.output}")
     return 0
+
+
+def _train_long_context(args: argparse.Namespace) -> int:
+    import time
+
+    from flagstone.evaluation.niah import load_essays
+    from flagstone.longctx.extension import (
+        ADAPTER_LAYOUT,
+        LongContextSettings,
+        SyntheticLongContext,
+        load_hotpot_records,
+        recipe_rope_theta,
+        rope_theta_of,
+        train_long_context,
+    )
+    from flagstone.models.causal_lm import load_causal_lm
+
+    check_output_folder(args.output, overwrite=args.overwrite, legacy=MODEL_LAYOUT if args.merge else ADAPTER_LAYOUT)
+    data = Path(args.data)
+    essays_dir, hotpot = data / "longctx" / "paulgraham_essays", data / "qa" / "hotpotqa" / "hotpot_dev_distractor_sample100.jsonl"
+    scifact = data / "beir" / "scifact" / "corpus.jsonl"
+    missing = [str(p) for p in (essays_dir, hotpot, scifact) if not p.exists()]
+    if missing:
+        raise FlagstoneError(f"--data {args.data}: missing {', '.join(missing)}")
+    lm = load_causal_lm(args.model)
+    theta = rope_theta_of(lm.model.config)
+    if theta is None:
+        raise FlagstoneError(f"{args.model} has no RoPE base to raise")
+    trained = args.trained_length or int(lm.model.config.max_position_embeddings)
+    target = args.target_length or 4 * trained
+    if target <= trained:
+        raise FlagstoneError(f"--target-length {target} must exceed the trained length {trained}")
+    new_theta = args.rope_theta or recipe_rope_theta(theta, target / trained)
+    lengths = args.sample_lengths or [target // 2, target]
+    if max(lengths) > target:
+        raise FlagstoneError(f"--sample-lengths {max(lengths)} exceeds --target-length {target}")
+    essays = load_essays(essays_dir)
+    train_essays = essays[: len(essays) - args.held_out_essays]
+    if not train_essays:
+        raise FlagstoneError(f"--held-out-essays {args.held_out_essays} leaves no essay to train on")
+    titles, abstracts = _scifact_documents(scifact)
+
+    def count(text: str) -> int:
+        return len(lm.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    builder = SyntheticLongContext(train_essays + abstracts[:2000], count, qa_records=load_hotpot_records(hotpot),
+                                   documents=list(zip(titles, abstracts)), seed=args.seed)
+    # the chat turn around the haystack adds tokens: keep every sample inside the target length
+    examples = builder.mixture(args.samples, [max(64, n - 96) for n in lengths])
+    config = TrainingConfig(epochs=args.epochs, learning_rate=args.learning_rate,
+                            gradient_accumulation=args.gradient_accumulation, max_steps=args.max_steps,
+                            checkpoint_every=args.checkpoint_every if args.checkpoint_dir else None, seed=args.seed,
+                            precision="bfloat16" if args.bf16 else "float32", show_progress=not args.quiet,
+                            warmup_ratio=0.05)
+    settings = LongContextSettings(rope_theta=new_theta, max_positions=max(target, trained),
+                                   lora_rank=args.lora_rank, lora_alpha=args.lora_alpha)
+    deadline = None if args.time_budget is None else time.perf_counter() + 60 * args.time_budget
+
+    def stop_at_budget(step: int, loss: float) -> None:
+        if deadline is not None and time.perf_counter() > deadline:
+            raise _BudgetSpent
+
+    record = {"rope_theta_before": theta, "trained_length": trained, "target_length": target,
+              "sample_lengths": lengths, "kinds": {k: sum(e.kind == k for e in examples)
+                                                   for k in ("qa", "needle", "summary")},
+              "held_out_essays": args.held_out_essays, "time_budget_minutes": args.time_budget}
+    result = train_long_context(lm, args.model, examples, args.output, settings, config, merge=args.merge,
+                                overwrite=args.overwrite, record=record, checkpoint_dir=args.checkpoint_dir,
+                                on_step=stop_at_budget, stop=_BudgetSpent)
+    first = sum(result.losses[:5]) / max(1, len(result.losses[:5]))
+    last = sum(result.losses[-5:]) / max(1, len(result.losses[-5:]))
+    print(f"RoPE base {theta:g} -> {new_theta:g}; {result.steps} steps in {result.seconds:.0f} s "
+          f"(loss {first:.3f} -> {last:.3f}) -> {args.output}")
+    return 0
+
+
+class _BudgetSpent(Exception):
+    """Raised from the step hook when --time-budget is spent; training stops and the adapter is saved."""
+
+
+def _scifact_documents(corpus: Path) -> tuple[list[str], list[str]]:
+    """(titles, abstracts) kept apart: a title is the reference summary of its abstract."""
+    from flagstone._io import iter_jsonl
+
+    titles, texts = [], []
+    for _, row in iter_jsonl(corpus):
+        titles.append(str(row.get("title") or ""))
+        texts.append(str(row.get("text") or ""))
+    return titles, texts
 
 
 def cmd_merge(args: argparse.Namespace) -> int:

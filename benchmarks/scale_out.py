@@ -124,6 +124,9 @@ def scale_part(args, workdir: Path) -> dict:
     spec = EmbedderSpec("all-MiniLM-L6-v2")
     build_sharded(folder, ids, [""] * len(ids), spec=spec, shards=args.shards, signals=["dense"],
                   embeddings=Embeddings(dense=vectors), use_ray=False)
+    # a one-shard folder of 16 documents: its actor's memory is what a shard actor costs before its documents
+    build_sharded(workdir / "sharded-16", ids[:16], [""] * 16, spec=spec, shards=1, signals=["dense"],
+                  embeddings=Embeddings(dense=vectors[:16]), use_ray=False)
     build_s = time.perf_counter() - start
     local = FlatIndex(args.dim)
     local.add(ids, vectors)
@@ -131,7 +134,17 @@ def scale_part(args, workdir: Path) -> dict:
     one_shard.add(ids[: args.vectors // args.shards], vectors[: args.vectors // args.shards])
     del vectors
     batches = [queries[s : s + args.batch] for s in range(0, len(queries), args.batch)]
+    tiny = ShardedRetriever.load(workdir / "sharded-16", load_model=False)
+    tiny.search_encoded({"dense": queries[:1]}, 1, k=args.k)
+    baseline_rss = shard_actor_rss_bytes()
+    tiny.close()
+    for _ in range(100):  # ray.kill returns before the process is gone
+        if not shard_actor_rss_bytes():
+            break
+        time.sleep(0.1)
     sharded = ShardedRetriever.load(folder, load_model=False, deadline_s=120.0)
+    sharded.search_encoded({"dense": queries[:1]}, 1, k=args.k)
+    actors_rss = shard_actor_rss_bytes()
     try:
         with threadpool_limits(1):
             local_s = timed(lambda: [local.search(b, args.k) for b in batches], 2)
@@ -153,7 +166,27 @@ def scale_part(args, workdir: Path) -> dict:
             "qps_single_shard_local": n / shard_s, "latency_ms_single_query_scatter_gather": 1000 * sg_1q,
             "latency_ms_single_query_local": 1000 * local_1q,
             "overhead_ms_per_query": 1000 * (1 / qps_sg - 1 / qps_local),
+            "shard_actors_rss_bytes": actors_rss,
+            "shard_actor_baseline_rss_bytes": baseline_rss,
+            "shard_actor_bytes_per_document": (actors_rss - args.shards * baseline_rss) / args.vectors
+            if actors_rss else None,
             "scatter_gather_equal_to_local": bool(equal)}
+
+
+def shard_actor_rss_bytes() -> int:
+    """Resident memory of every ShardSearcher actor process on this machine (index, ids and tie keys: what a
+    shard costs a node per document, Python's per-id overhead included)."""
+    import psutil
+
+    total = 0
+    # only this run's actors (other sessions' tests may run Ray too): the local cluster's raylet is our child
+    for proc in psutil.Process(os.getpid()).children(recursive=True):
+        try:
+            if " ".join(proc.cmdline()).startswith("ray::ShardSearcher"):
+                total += proc.memory_info().rss
+        except psutil.Error:
+            continue
+    return total
 
 
 def load_now() -> dict:
@@ -237,7 +270,10 @@ def main() -> int:
               f"| overhead ms per query (1/QPS difference) | {results['overhead_ms_per_query']:.2f} |",
               f"| single-query latency ms, scatter-gather / local | "
               f"{results['latency_ms_single_query_scatter_gather']:.1f} / {results['latency_ms_single_query_local']:.1f} |",
-              f"| every equality check passed | {results['equal_to_single_process']} |"]
+              f"| every equality check passed | {results['equal_to_single_process']} |",
+              f"| shard actors' resident memory above their baseline, bytes per document | "
+              f"{results['shard_actor_bytes_per_document'] or float('nan'):.0f} |"]
+    lines += [f"| shard actor baseline (a 16-document shard, after one search), MB | {results['shard_actor_baseline_rss_bytes'] / 1e6:.0f} |"]
     lines += [f"| bytes/document, {name} (dim {results['dim']}) | {entry['bytes_per_document']:.1f} |"
               for name, entry in results["bytes_per_document"].items()]
     load = results["load"]

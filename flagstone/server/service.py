@@ -94,7 +94,12 @@ class Service:
         cache = EmbeddingCache(data_dir / "embeddings")
         collections = CollectionManager(data_dir / "collections", batched, cache)
         if settings.ray is not None:
-            _serve_sharded(settings, collections, batched, embedder, cache, data_dir)
+            try:
+                _serve_sharded(settings, collections, batched, embedder, cache, data_dir)
+            except BaseException:  # the service never starts: stop the batcher thread and any shard actors
+                collections.close()
+                batcher.close()
+                raise
         metrics = Metrics(lambda: batcher.queue_depth, lambda: {n: collections.get(n).count()
                                                                  for n in collections.names()})
         pool = ModelPool(settings.model_workers, settings.model_queue, settings.retry_after_s)

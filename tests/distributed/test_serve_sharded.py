@@ -126,3 +126,15 @@ def test_stored_collections_are_sharded_on_load_and_answer_as_before(local_ray, 
         # an empty collection has nothing to shard: it stays an ordinary, writable one
         assert "sharded" not in http.get("/collections/empty").json()
         assert http.post("/collections/empty/documents", json={"documents": docs[:2]}).status_code == 200
+
+
+def test_a_folder_that_is_not_sharded_stops_the_service_before_it_starts(local_ray, minilm, tmp_path):
+    from flagstone.errors import DataError
+    from flagstone.server.app import ServerSettings, create_app
+
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(DataError, match="not a sharded retriever folder"):
+        create_app(ServerSettings(data_dir=str(tmp_path / "data"), ray="", sharded={"x": str(tmp_path / "plain")}),
+                   embedder=minilm)
+    with pytest.raises(ValueError, match="need Ray"):
+        ServerSettings(sharded={"x": str(tmp_path / "plain")})

@@ -124,6 +124,9 @@ def scale_part(args, workdir: Path) -> dict:
     spec = EmbedderSpec("all-MiniLM-L6-v2")
     build_sharded(folder, ids, [""] * len(ids), spec=spec, shards=args.shards, signals=["dense"],
                   embeddings=Embeddings(dense=vectors), use_ray=False)
+    # a one-shard folder of 16 documents: its actor's memory is what a shard actor costs before its documents
+    build_sharded(workdir / "sharded-16", ids[:16], [""] * 16, spec=spec, shards=1, signals=["dense"],
+                  embeddings=Embeddings(dense=vectors[:16]), use_ray=False)
     build_s = time.perf_counter() - start
     local = FlatIndex(args.dim)
     local.add(ids, vectors)
@@ -131,7 +134,17 @@ def scale_part(args, workdir: Path) -> dict:
     one_shard.add(ids[: args.vectors // args.shards], vectors[: args.vectors // args.shards])
     del vectors
     batches = [queries[s : s + args.batch] for s in range(0, len(queries), args.batch)]
+    tiny = ShardedRetriever.load(workdir / "sharded-16", load_model=False)
+    tiny.search_encoded({"dense": queries[:1]}, 1, k=args.k)
+    baseline_rss = shard_actor_rss_bytes()
+    tiny.close()
+    for _ in range(100):  # ray.kill returns before the process is gone
+        if not shard_actor_rss_bytes():
+            break
+        time.sleep(0.1)
     sharded = ShardedRetriever.load(folder, load_model=False, deadline_s=120.0)
+    sharded.search_encoded({"dense": queries[:1]}, 1, k=args.k)
+    actors_rss = shard_actor_rss_bytes()
     try:
         with threadpool_limits(1):
             local_s = timed(lambda: [local.search(b, args.k) for b in batches], 2)
@@ -153,7 +166,37 @@ def scale_part(args, workdir: Path) -> dict:
             "qps_single_shard_local": n / shard_s, "latency_ms_single_query_scatter_gather": 1000 * sg_1q,
             "latency_ms_single_query_local": 1000 * local_1q,
             "overhead_ms_per_query": 1000 * (1 / qps_sg - 1 / qps_local),
+            "shard_actors_rss_bytes": actors_rss,
+            "shard_actor_baseline_rss_bytes": baseline_rss,
+            "shard_actor_bytes_per_document": (actors_rss - args.shards * baseline_rss) / args.vectors
+            if actors_rss else None,
             "scatter_gather_equal_to_local": bool(equal)}
+
+
+def shard_actor_rss_bytes() -> int:
+    """Resident memory of every ShardSearcher actor process on this machine (index, ids and tie keys: what a
+    shard costs a node per document, Python's per-id overhead included)."""
+    import psutil
+
+    total = 0
+    # only this run's actors (other sessions' tests may run Ray too): the local cluster's raylet is our child
+    for proc in psutil.Process(os.getpid()).children(recursive=True):
+        try:
+            if " ".join(proc.cmdline()).startswith("ray::ShardSearcher"):
+                total += proc.memory_info().rss
+        except psutil.Error:
+            continue
+    return total
+
+
+def load_now() -> dict:
+    """The machine's load when a part starts: the 2 cores are shared with other helpers' tests (outside the
+    benchmark lock), so every speed figure is read against this."""
+    import resource
+
+    one, five, fifteen = os.getloadavg()
+    return {"loadavg_1_5_15": [round(one, 2), round(five, 2), round(fifteen, 2)],
+            "driver_max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
 def codec_bytes(dim: int) -> dict:
@@ -170,7 +213,7 @@ def codec_bytes(dim: int) -> dict:
                         ("pq", FlatIndex(dim, codec="pq", pq_m=dim // 8)), ("ivf_flat", IVFIndex(dim)),
                         ("ivf_pq", IVFIndex(dim, codec="pq", pq_m=dim // 8))):
         index.add(ids, x)
-        out[name] = index.bytes_per_document()
+        out[name] = {"bytes_per_document": index.bytes_per_document(), "memory": index.describe()["memory"]}
     return out
 
 
@@ -192,7 +235,8 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="scale_out-"))
     try:
         ray = connect(num_cpus=max(os.cpu_count() or 2, args.shards))
-        results: dict = {"cpu": platform.machine(), "cores": os.cpu_count(), "ray": ray.__version__}
+        results: dict = {"cpu": platform.machine(), "cores": os.cpu_count(), "ray": ray.__version__,
+                         "arguments": vars(args), "load": {"start": load_now()}}
         checks = {}
         if not args.skip_encode:
             encoding, corpus = encode_part(args, workdir, ray)
@@ -202,8 +246,10 @@ def main() -> int:
             searches = equality_part(corpus, workdir)
             results["search_equality"] = searches
             checks.update(searches)
+        results["load"]["before_scale"] = load_now()
         scale = scale_part(args, workdir)
         results.update(scale)
+        results["load"]["end"] = load_now()
         checks["scale_scatter_gather"] = scale["scatter_gather_equal_to_local"]
         results["bytes_per_document"] = codec_bytes(args.dim)
         results["checks"] = checks
@@ -224,7 +270,18 @@ def main() -> int:
               f"| overhead ms per query (1/QPS difference) | {results['overhead_ms_per_query']:.2f} |",
               f"| single-query latency ms, scatter-gather / local | "
               f"{results['latency_ms_single_query_scatter_gather']:.1f} / {results['latency_ms_single_query_local']:.1f} |",
-              f"| every equality check passed | {results['equal_to_single_process']} |"]
+              f"| every equality check passed | {results['equal_to_single_process']} |",
+              f"| shard actors' resident memory above their baseline, bytes per document | "
+              f"{results['shard_actor_bytes_per_document'] or float('nan'):.0f} |"]
+    lines += [f"| shard actor baseline (a 16-document shard, after one search), MB | {results['shard_actor_baseline_rss_bytes'] / 1e6:.0f} |"]
+    lines += [f"| bytes/document, {name} (dim {results['dim']}) | {entry['bytes_per_document']:.1f} |"
+              for name, entry in results["bytes_per_document"].items()]
+    load = results["load"]
+    lines += ["", f"Codec of the scale part: flat float32 ({results['vectors']:,} x {results['dim']} x 4 bytes = "
+              f"{results['vectors'] * results['dim'] * 4 / 1e9:.2f} GB held once by the local index and once across "
+              f"the shard actors). Load average (1/5/15 min) at start {load['start']['loadavg_1_5_15']}, before "
+              f"the scale part {load['before_scale']['loadavg_1_5_15']}, at the end {load['end']['loadavg_1_5_15']} "
+              f"on {results['cores']} cores shared with other work; driver peak RSS {load['end']['driver_max_rss_mb']} MB."]
     save_results("scale_out", "\n".join(lines), scale_out=results)
     return 0
 

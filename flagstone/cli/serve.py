@@ -10,6 +10,7 @@ from flagstone.cli._common import (
     check_argument,
     check_with,
     existing_file,
+    existing_folder,
     http_url,
     model_name,
     non_negative_float,
@@ -19,7 +20,7 @@ from flagstone.cli._common import (
     positive_float,
     positive_int,
 )
-from flagstone.errors import require_extra
+from flagstone.errors import FlagstoneError, require_extra
 from flagstone.server.settings import SERVICE_BACKEND
 
 
@@ -65,13 +66,42 @@ def add_parsers(sub, epilog: str = EPILOG) -> None:
     p.add_argument("--model-queue", type=non_negative_int, default=16,
                    help="rerank / ask calls that may wait for those threads; more get 503 with Retry-After "
                         "at once (default: 16)")
+    g = p.add_argument_group("collections on Ray shard actors")
+    g.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="back collections by shard actors on a Ray cluster, searched by scatter-gather; ADDRESS "
+                        "joins a cluster (e.g. auto, ray://head:10001); without it a local cluster is started. "
+                        "Sharded collections are read-only (writes get 409 read_only) and every search response "
+                        "says which shards answered")
+    g.add_argument("--sharded", type=sharded_collection, action="append", default=[], metavar="NAME=FOLDER",
+                   help="with --ray: serve a sharded retriever folder as collection NAME (repeatable)")
+    g.add_argument("--shards", type=positive_int, default=None,
+                   help="with --ray: at start-up, build every stored collection with documents into this many "
+                        "shards (under --data-dir/sharded) and serve it from shard actors")
+    g.add_argument("--replicas", type=positive_int, default=1,
+                   help="with --ray: actors per shard; a call one does not answer moves to the next (default: 1)")
+    g.add_argument("--shard-deadline", type=positive_float, default=30.0,
+                   help="with --ray: seconds a shard has to answer before its next replica is asked, or the "
+                        "search fails with 503 naming it (default: 30)")
     check_with(p, _check_serve)
+
+
+def sharded_collection(text: str) -> tuple[str, str]:
+    """NAME=FOLDER, the folder an existing one."""
+    name, sep, folder = text.partition("=")
+    if not sep or not name or not folder:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=FOLDER")
+    return name, existing_folder(folder)
 
 
 def _check_serve(args: argparse.Namespace) -> None:
     # the generator loads on the first /ask; a misspelt name should stop the service now, not then
     if args.generator_base_url is None:
         check_argument("--generator", args.generator, causal_lm_name)
+    if args.ray is None and (args.sharded or args.shards or args.replicas != 1):
+        raise FlagstoneError("--sharded, --shards and --replicas serve collections on Ray shard actors: add --ray")
+    names = [name for name, _ in args.sharded]
+    if len(set(names)) != len(names):
+        raise FlagstoneError("--sharded: the same collection name is given twice")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -87,10 +117,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         public_metrics=args.public_metrics, body_timeout_s=args.body_timeout,
         max_texts=args.max_texts, max_chars=args.max_chars, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, threads=args.threads,
-        model_workers=args.model_workers, model_queue=args.model_queue)
+        model_workers=args.model_workers, model_queue=args.model_queue, ray=args.ray, sharded=dict(args.sharded),
+        shards=args.shards, replicas=args.replicas, shard_deadline_s=args.shard_deadline)
     app = create_app(settings)
+    sharded = list(settings.sharded) + ([f"every stored collection in {args.shards} shards"] if args.shards else [])
     print(f"Flagstone serving on http://{args.host}:{args.port} (data in {args.data_dir}"
-          f"{', API keys required' if settings.api_keys else ''})", flush=True)
+          f"{', API keys required' if settings.api_keys else ''}"
+          f"{', read-only on Ray shard actors: ' + '; '.join(sharded) if sharded else ''})", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 

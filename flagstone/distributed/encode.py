@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from flagstone._io import OUTPUT_MARKER, atomic_write, check_output_folder
+from flagstone._io import _STAGING, OUTPUT_MARKER, _entries_written, atomic_write, check_output_folder
 from flagstone.errors import DataError, FlagstoneError
 from flagstone.models.embeddings import Embeddings
 
@@ -157,6 +157,8 @@ def encode_corpus(ids: Sequence[str], texts: Sequence[str], folder: str | os.Pat
     settings = _settings(spec, outputs, ids, shard_size)
     manifest = root / MANIFEST
     resume = manifest.is_file() and _same_settings(manifest, settings)
+    if resume:
+        _check_resumable(root)
     if not resume:
         if manifest.is_file() and not overwrite:
             raise DataError(f"{root} holds an encoding with other settings (corpus, model or shard size); pass "
@@ -182,6 +184,21 @@ def encode_corpus(ids: Sequence[str], texts: Sequence[str], folder: str | os.Pat
     encoded = sum(min((s + 1) * shard_size, len(ids)) - s * shard_size for s in pending)
     return EncodeReport(root, len(ids), n_shards, len(pending), n_shards - len(pending), encoded,
                         time.perf_counter() - start, first[0] - start if pending else 0.0, first[1])
+
+
+def _check_resumable(root: Path) -> None:
+    """Resuming writes shard files into ``root``: only into a folder Flagstone wrote, holding nothing else (an
+    encoding.json copied without the output marker could sit beside the user's own files)."""
+    written = _entries_written(root)
+    if written is None:
+        raise DataError(f"{root} holds an encoding.json but was not written by Flagstone; refusing to write there, "
+                        f"even with overwrite (choose another folder)")
+    # the temporary file of a killed shard write (".shard-00001.npz.partial<pid>-...") is ours too
+    foreign = sorted(e.name for e in root.iterdir() if e.name not in written and e.name != OUTPUT_MARKER
+                     and not any(e.name.startswith(f".{w}{_STAGING}") for w in written))
+    if foreign:
+        raise DataError(f"{root} holds {len(foreign)} file(s) Flagstone did not write ({', '.join(foreign[:3])}); "
+                        f"refusing to resume there, even with overwrite (move them away or choose another folder)")
 
 
 def _same_settings(manifest: Path, settings: dict[str, Any]) -> bool:

@@ -123,7 +123,7 @@ class ShardBuilder:
 
     def build(self, folder: str, ids: Sequence[str], texts: Sequence[str], stats: CorpusStatistics | None,
               dense_index: str | DenseIndex, embeddings: Embeddings | None,
-              encoded: tuple[str, int, int] | None) -> int:
+              encoded: tuple[str, int, int] | None, metadata: Sequence[dict] | None = None) -> int:
         """Index the block and save it at ``folder``; returns its document count."""
         needs_terms = "bm25" in self.signals or ("dense" in self.signals and (
             dense_index == "hi2" or getattr(dense_index, "kind", None) == "hi2"))
@@ -137,7 +137,7 @@ class ShardBuilder:
             if encoded_ids != list(ids):
                 raise DataError(f"{encoded[0]}: the encoded ids of rows {encoded[1]}:{encoded[2]} are not the "
                                 f"corpus's; encode this corpus again")
-        retriever.add(ids, texts, embeddings=embeddings, show_progress=False)
+        retriever.add(ids, texts, metadata, embeddings=embeddings, show_progress=False)
         retriever.save(folder)
         return len(retriever)
 
@@ -159,14 +159,15 @@ def build_sharded(folder: str | os.PathLike[str], ids: Sequence[str], texts: Seq
                   embeddings: Embeddings | None = None, encoded: str | os.PathLike[str] | None = None,
                   train_sample: int = 100_000, seed: int = 0, bm25: BM25 | None = None,
                   hybrid: HybridConfig | None = None, use_ray: bool = True,
-                  overwrite: bool = False) -> Path:
+                  overwrite: bool = False, metadata: Sequence[dict] | None = None) -> Path:
     """Split the corpus into ``shards`` contiguous blocks and build each as a retriever folder, in parallel on
     Ray actors (``use_ray=False``: one after another here, the same result), into ``folder``.
 
     Document outputs come from ``embeddings`` (all documents, corpus order), from an ``encoded`` folder written by
     :func:`~flagstone.distributed.encode.encode_corpus` (each shard reads its own rows), or else each shard encodes
     its block. ``dense_index`` "ivf" / "hi2" (with ``dense_options``) is trained once on ``train_sample`` random
-    documents here; pass an already trained empty index to choose the sample yourself.
+    documents here; pass an already trained empty index to choose the sample yourself. ``metadata``: one dict
+    per document (corpus order), kept with each shard's documents.
     """
     if shards < 1:
         raise ValueError("shards must be at least 1")
@@ -178,6 +179,8 @@ def build_sharded(folder: str | os.PathLike[str], ids: Sequence[str], texts: Seq
         raise ValueError("give embeddings or an encoded folder, not both")
     if embeddings is not None and len(embeddings) != len(ids):
         raise ValueError(f"{len(embeddings)} embeddings for {len(ids)} documents")
+    if metadata is not None and len(metadata) != len(ids):
+        raise ValueError(f"{len(metadata)} metadata entries for {len(ids)} documents")
     validate_texts(texts, allow_empty=True)
     ids = [str(i) for i in ids]
     shards = min(shards, len(ids))
@@ -211,7 +214,8 @@ def build_sharded(folder: str | os.PathLike[str], ids: Sequence[str], texts: Seq
             for (a, b), shard_folder in zip(bounds, shard_folders):
                 part = embeddings.take(np.arange(a, b)) if embeddings is not None else None
                 args.append((str(shard_folder), ids[a:b], texts[a:b], stats, dense_index, part,
-                             (str(encoded), a, b) if encoded is not None else None))
+                             (str(encoded), a, b) if encoded is not None else None,
+                             list(metadata[a:b]) if metadata is not None else None))
             sizes = builders.call_each("build", args)
             if needs_terms:
                 _bm25(bm25_config, vocab).save(staging / "bm25.json")
@@ -261,8 +265,15 @@ class ShardAnswer:
 class ShardSearcher:
     """Answers one shard's searches; runs inside a Ray actor (one per shard and replica) or in this process."""
 
-    def __init__(self, folder: str, offset: int, mmap: bool = False) -> None:
+    def __init__(self, folder: str, offset: int, mmap: bool = False, keep_documents: bool = False) -> None:
         self.indexes, doc_ids = load_indexes(folder, mmap=mmap)
+        # texts and metadata stay on the shard (what a service shows with each hit), not in the driver
+        self.texts: dict[str, tuple[str, dict | None]] | None = None
+        if keep_documents:
+            from flagstone._io import iter_jsonl
+
+            self.texts = {r["_id"]: (r["text"], r.get("metadata"))
+                          for _, r in iter_jsonl(Path(folder) / "documents.jsonl")}
         self.ordinal = {doc_id: offset + n for n, doc_id in enumerate(doc_ids)}
         self.documents = len(doc_ids)
         # each row's place in the single index's tie order (see the module docstring)
@@ -280,6 +291,12 @@ class ShardSearcher:
 
     def ping(self) -> int:
         return self.documents
+
+    def documents_of(self, ids: Sequence[str]) -> dict[str, tuple[str, dict | None]]:
+        """(text, metadata) of those of ``ids`` this shard holds."""
+        if self.texts is None:
+            raise NotFittedError("this shard was started without its documents (keep_documents=False)")
+        return {i: self.texts[i] for i in ids if i in self.texts}
 
     def search(self, signal: str, queries: Any, k: int, allow: Sequence[str] | None) -> ShardAnswer:
         index = self.indexes[signal]
@@ -453,12 +470,14 @@ class ShardedRetriever:
     @classmethod
     def load(cls, folder: str | os.PathLike[str], *, embedder: Any = None, use_ray: bool = True, replicas: int = 1,
              deadline_s: float = 30.0, mmap: bool = False, num_cpus: float = 1.0,
-             load_model: bool = True, start_timeout_s: float = 600.0) -> ShardedRetriever:
+             load_model: bool = True, start_timeout_s: float = 600.0,
+             documents: bool = False) -> ShardedRetriever:
         """Open a folder written by :func:`build_sharded`, starting one actor per shard and replica on the
         connected Ray cluster (``use_ray=False``: shards searched one after another in this process). The query
         model is loaded from the saved path unless given; ``load_model=False`` skips it, for searches with
         encoded queries only (:meth:`search_encoded`). Each actor reserves ``num_cpus``; actors that are not all
-        up within ``start_timeout_s`` (the cluster lacks the CPUs or memory) raise :class:`ClusterError`."""
+        up within ``start_timeout_s`` (the cluster lacks the CPUs or memory) raise :class:`ClusterError`.
+        ``documents``: each shard actor also keeps its documents' texts and metadata (:meth:`documents_of`)."""
         root = Path(folder)
         manifest = read_format_json(root / MANIFEST, format_name=FORMAT, version=VERSION,
                                     what="a sharded retriever folder", kind="sharded retriever")
@@ -478,7 +497,7 @@ class ShardedRetriever:
             signals = manifest["signals"] if embedder is not None else [s for s in manifest["signals"]
                                                                        if s not in _MODEL_SIGNALS]
             query_encoder = Retriever(embedder, signals=signals, bm25=bm25, dense_index=manifest["dense_index"])
-        args = [(str(root / s["folder"]), int(s["offset"]), mmap) for s in manifest["shards"]]
+        args = [(str(root / s["folder"]), int(s["offset"]), mmap, documents) for s in manifest["shards"]]
         workers = _Workers(ShardSearcher, args, use_ray, replicas=replicas, deadline_s=deadline_s, num_cpus=num_cpus)
         if use_ray:  # every actor loaded before the first search, so its deadline measures searching
             workers.wait_ready(start_timeout_s)
@@ -501,6 +520,24 @@ class ShardedRetriever:
     def close(self) -> None:
         """Stop the shard actors."""
         self._workers.close()
+
+    def documents_of(self, ids: Sequence[str], *,
+                     shards: Sequence[int] | None = None) -> dict[str, tuple[str, dict | None]]:
+        """(text, metadata) of each of ``ids`` found on the given shards (default: all; needs ``documents=True``
+        at load). Raises :class:`ShardUnavailableError` when a shard answers on no replica: a missing text is
+        never silently left out."""
+        wanted = list(dict.fromkeys(ids))
+        if not wanted:
+            return {}
+        asked = range(len(self._workers)) if shards is None else shards
+        answers, missing, _ = self._workers.scatter("documents_of", {s: (wanted,) for s in asked})
+        if missing:
+            raise ShardUnavailableError(f"shard(s) {missing} of {len(self._workers)} answered on none of their "
+                                        f"replicas within {self._workers.deadline_s} s when asked for documents")
+        found: dict[str, tuple[str, dict | None]] = {}
+        for answer in answers.values():
+            found.update(answer)
+        return found
 
     def describe(self) -> dict[str, Any]:
         return {"documents": len(self), "signals": list(self.signals), "dense_index": self.dense_kind,

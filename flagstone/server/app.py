@@ -15,7 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from flagstone.errors import FlagstoneError, NonFiniteError
-from flagstone.server.collections import CollectionExists, CollectionNotFound
+from flagstone.distributed.cluster import ShardUnavailableError
+from flagstone.server.collections import CollectionExists, CollectionNotFound, CollectionReadOnly
 from flagstone.server.guard import RequestGuard
 from flagstone.server.routes import ROUTERS
 from flagstone.server.service import HTTPProblem, Service, problem
@@ -84,6 +85,14 @@ def _install_error_handlers(app: FastAPI) -> None:
             response.headers["Retry-After"] = "5"
         return response
 
+    @app.exception_handler(ShardUnavailableError)
+    async def _shard_down(request: Request, exc: ShardUnavailableError):
+        # a sharded collection's shard answered on none of its replicas: retry later, or ask for a partial result
+        response = problem(503, "shard_unavailable", f"{exc}; send allow_partial: true to get the other shards' "
+                                                     f"hits, flagged")
+        response.headers["Retry-After"] = str(app.state.settings.retry_after_s)
+        return response
+
     def plain_error(status: int, kind: str):
         async def handler(request: Request, exc: Exception):
             return problem(status, kind, str(exc))
@@ -93,6 +102,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     # NonFiniteError: the model turned this input into NaN or infinity; the request is well formed but cannot
     # be answered, and no NaN may reach a JSON body (it is not JSON)
     for error, status, kind in ((CollectionNotFound, 404, "not_found"), (CollectionExists, 409, "conflict"),
+                                (CollectionReadOnly, 409, "read_only"),
                                 (NonFiniteError, 422, "non_finite"), (FlagstoneError, 400, "invalid_request"), (ValueError, 400, "invalid_request")):
         app.add_exception_handler(error, plain_error(status, kind))
 

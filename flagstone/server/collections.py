@@ -124,6 +124,43 @@ class SearchHit:
     highlights: list[tuple[int, int]]  # character spans of document words matching a query term
 
 
+def search_hits(bm25, query: str, hits, found: Mapping[str, tuple[str, dict]], k: int,
+                reranker=None) -> list[SearchHit]:
+    """The first query's hits as :class:`SearchHit` (text, metadata, per-signal scores, highlights), reranked
+    first when a reranker is given; ``found`` holds each hit's (text, metadata)."""
+    ids = hits.ids[0]
+    scores = [float(s) for s in hits.scores[0][: len(ids)]]
+    signals = [{name: float(values[0][j]) for name, values in hits.signals.items()} for j in range(len(ids))]
+    if reranker is not None and ids:
+        from flagstone.models.reranker import rerank
+
+        ranked = rerank(reranker, query, [found[i][0] for i in ids])
+        order = ranked.order.tolist()
+        for pos, score in zip(order, ranked.scores.tolist()):
+            signals[pos]["rerank"] = float(score)
+        ids, scores, signals = ([ids[p] for p in order], [float(s) for s in ranked.scores],
+                                [signals[p] for p in order])
+    analyzer = bm25.tokenizer if bm25 is not None else None
+    terms = set(analyzer(query)) if analyzer is not None else set()
+    return [SearchHit(i, s, found[i][0], found[i][1], sig, _highlights(analyzer, found[i][0], terms))
+            for i, s, sig in list(zip(ids, scores, signals))[:k]]
+
+
+def _highlights(analyzer, text: str, terms: set[str]) -> list[tuple[int, int]]:
+    if not terms or analyzer is None:
+        return []
+    spans = []
+    for match in _WORD.finditer(text):
+        analysed = analyzer(match.group())
+        if analysed and analysed[0] in terms:
+            spans.append((match.start(), match.end()))
+    return spans
+
+
+class CollectionReadOnly(FlagstoneError):
+    """The collection cannot be written (a sharded collection served by Ray shard actors)."""
+
+
 class Collection:
     def __init__(self, name: str, folder: Path, embedder, cache, settings: dict) -> None:
         self.name = name
@@ -139,6 +176,9 @@ class Collection:
     @property
     def index_kind(self) -> str:
         return self.settings["index"]
+
+    def count(self) -> int:
+        return len(self.store)
 
     def describe(self) -> dict:
         return {"name": self.name, "documents": len(self.store), "index": self.index_kind,
@@ -265,39 +305,8 @@ class Collection:
                 if not allow:
                     return []
             hits = retriever.search([query], mode=mode, k=depth, allow=allow)
-            ids = hits.ids[0]
-            found = {i: (retriever.text(i), retriever.metadata(i)) for i in ids}
-        scores = [float(s) for s in hits.scores[0][: len(ids)]]
-        signals = [{name: float(values[0][j]) for name, values in hits.signals.items()} for j in range(len(ids))]
-        if reranker is not None and ids:
-            from flagstone.models.reranker import rerank
-
-            ranked = rerank(reranker, query, [found[i][0] for i in ids])
-            order = ranked.order.tolist()
-            for pos, score in zip(order, ranked.scores.tolist()):
-                signals[pos]["rerank"] = float(score)
-            ids, scores, signals = ([ids[p] for p in order], [float(s) for s in ranked.scores],
-                                    [signals[p] for p in order])
-        terms = self._query_terms(retriever, query)
-        return [SearchHit(i, s, found[i][0], found[i][1], sig, self._highlights(retriever, found[i][0], terms))
-                for i, s, sig in list(zip(ids, scores, signals))[:k]]
-
-    @staticmethod
-    def _query_terms(retriever, query: str) -> set[str]:
-        analyzer = retriever.bm25.tokenizer if retriever.bm25 is not None else None
-        return set(analyzer(query)) if analyzer is not None else set()
-
-    @staticmethod
-    def _highlights(retriever, text: str, terms: set[str]) -> list[tuple[int, int]]:
-        if not terms or retriever.bm25 is None:
-            return []
-        analyzer = retriever.bm25.tokenizer
-        spans = []
-        for match in _WORD.finditer(text):
-            analysed = analyzer(match.group())
-            if analysed and analysed[0] in terms:
-                spans.append((match.start(), match.end()))
-        return spans
+            found = {i: (retriever.text(i), retriever.metadata(i)) for i in hits.ids[0]}
+        return search_hits(retriever.bm25, query, hits, found, k, reranker)
 
     def close(self, *, save: bool = True) -> None:
         """Close the store; with ``save``, keep the retriever on disk so the next start loads it instead of
@@ -367,8 +376,24 @@ class CollectionManager:
             self._collections[name] = collection
             return collection
 
+    def replace(self, name: str, collection) -> None:
+        """Serve ``collection`` (a sharded one) under ``name``: an existing collection of that name is closed
+        first (its documents stay on disk); a new name is added."""
+        if not NAME.fullmatch(name or ""):
+            raise InvalidTextError(f"collection name {name!r}: 1-64 letters, digits, '_', '.' or '-', starting "
+                                   f"with a letter or digit")
+        with self._lock:
+            old = self._collections.get(name)
+            if old is not None:
+                old.close()
+            self._collections[name] = collection
+
     def delete(self, name: str) -> None:
         with self._lock:
+            current = self._collections.get(name)
+            if current is not None and not isinstance(current, Collection):
+                raise CollectionReadOnly(f"collection {name!r} is a sharded collection served from its folder; "
+                                         f"stop the service to remove it")
             collection = self._collections.pop(name, None)
             if collection is None:
                 raise CollectionNotFound(f"no collection named {name!r}")

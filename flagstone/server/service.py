@@ -93,7 +93,14 @@ class Service:
         data_dir = Path(settings.data_dir)
         cache = EmbeddingCache(data_dir / "embeddings")
         collections = CollectionManager(data_dir / "collections", batched, cache)
-        metrics = Metrics(lambda: batcher.queue_depth, lambda: {n: len(collections.get(n).store)
+        if settings.ray is not None:
+            try:
+                _serve_sharded(settings, collections, batched, embedder, cache, data_dir)
+            except BaseException:  # the service never starts: stop the batcher thread and any shard actors
+                collections.close()
+                batcher.close()
+                raise
+        metrics = Metrics(lambda: batcher.queue_depth, lambda: {n: collections.get(n).count()
                                                                  for n in collections.names()})
         pool = ModelPool(settings.model_workers, settings.model_queue, settings.retry_after_s)
         return cls(settings, embedder, batcher, collections, metrics, pool)
@@ -159,6 +166,30 @@ class Service:
 
                 self.heavy["generator"] = load(self.settings.generator, base_url=self.settings.generator_base_url)
             return self.heavy["generator"]
+
+
+def _serve_sharded(settings: ServerSettings, collections, batched, embedder, cache, data_dir) -> None:
+    """``serve --ray``: join (or start) the Ray cluster, mount each sharded folder named in ``settings.sharded``,
+    and with ``settings.shards`` rebuild every non-empty stored collection as that many shards and serve it
+    from shard actors (read-only from then on; its documents stay in the store)."""
+    from flagstone.distributed.cluster import connect
+    from flagstone.errors import FlagstoneError
+    from flagstone.server.sharded import open_sharded, shard_collection
+
+    connect(settings.ray or None)
+    options = {"replicas": settings.replicas, "deadline_s": settings.shard_deadline_s}
+    for name, folder in settings.sharded.items():
+        if name in collections.names():
+            raise FlagstoneError(f"--sharded {name}: a stored collection of that name exists; pick another name")
+        collections.replace(name, open_sharded(name, folder, batched, **options))
+    if settings.shards:
+        for name in collections.names():
+            if name in settings.sharded:
+                continue
+            sharded = shard_collection(collections.get(name), data_dir / "sharded" / name, batched, embedder, cache,
+                                       shards=settings.shards, **options)
+            if sharded is not None:
+                collections.replace(name, sharded)
 
 
 def _header_bytes(value: str) -> bytes:

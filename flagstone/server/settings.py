@@ -35,6 +35,18 @@ class ServerSettings:
     model_workers: int = 2  # rerank / ask calls running at once, on their own threads (see server.pool)
     model_queue: int = 16  # more that may wait; beyond that a 503 with Retry-After at once
     retry_after_s: int = 5
+    # serve --ray: None = no Ray; "" = a local cluster; else the address to join
+    ray: str | None = None
+    sharded: dict[str, str] = field(default_factory=dict)  # collection name -> sharded retriever folder
+    shards: int | None = None  # with ray: stored collections sharded into this many shards at start-up
+    replicas: int = 1  # shard actors per shard
+    shard_deadline_s: float = 30.0  # a shard call not answered by then moves to the next replica
+
+    def __post_init__(self) -> None:
+        if self.ray is None and (self.sharded or self.shards):
+            raise ValueError("sharded collections need Ray: set ray (\"\" starts a local cluster)")
+        if self.replicas < 1 or self.shard_deadline_s <= 0 or (self.shards is not None and self.shards < 1):
+            raise ValueError("replicas and shards must be at least 1 and shard_deadline_s positive")
 
 
 def read_api_keys(path: str | None = None, env: str = "FLAGSTONE_API_KEYS") -> frozenset[str]:

@@ -110,3 +110,41 @@ def test_serve_options_reach_the_service_settings(monkeypatch, tmp_path, capsys)
     assert settings.public_metrics and settings.body_timeout_s == 5.0 and settings.max_body_bytes == 1024 * 1024
     assert "secret" in settings.api_keys and seen["run"]["port"] == 8123
     assert "API keys required" in capsys.readouterr().out
+
+
+def test_serve_ray_options_reach_the_service_settings(monkeypatch, tmp_path, capsys):
+    import uvicorn
+
+    from flagstone.cli import main
+    from flagstone.server import app as server_app
+
+    seen = {}
+    monkeypatch.setattr(server_app, "create_app", lambda settings: seen.setdefault("settings", settings))
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
+    folder = tmp_path / "sharded"
+    folder.mkdir()
+    assert main(["serve", "--data-dir", str(tmp_path / "d"), "--ray", "--sharded", f"docs={folder}", "--shards", "3",
+                 "--replicas", "2", "--shard-deadline", "4"]) == 0
+    settings = seen["settings"]
+    assert settings.ray == "" and settings.sharded == {"docs": str(folder)}  # "": a local cluster
+    assert (settings.shards, settings.replicas, settings.shard_deadline_s) == (3, 2, 4.0)
+    assert "read-only on Ray shard actors: docs; every stored collection in 3 shards" in capsys.readouterr().out
+    assert build_parser().parse_args(["serve", "--ray", "auto"]).ray == "auto"
+    assert build_parser().parse_args(["serve"]).ray is None
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--shards", "2"], "add --ray"),
+    (["--replicas", "2"], "add --ray"),
+    (["--ray", "--sharded", "a=.", "--sharded", "a=."], "given twice"),
+    (["--ray", "--sharded", "nofolder"], "is not NAME=FOLDER"),
+])
+def test_serve_ray_mistakes_stop_before_starting(argv, message, capsys, tmp_path):
+    from flagstone.cli import main
+
+    try:
+        code = main(["serve", "--data-dir", str(tmp_path / "d"), *argv])
+    except SystemExit as exc:  # a bad value is a parser error
+        code = exc.code
+    assert code == 2
+    assert message in capsys.readouterr().err

@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from flagstone.errors import IdError
 from flagstone.server.service import HTTPProblem, Service, authorised, get_service
 from flagstone.server.validation import Filter, Metadata, StrictJSONRoute, StrictModel, StrictText, readable_metadata
+from flagstone.server.sharded import ShardedCollection, ShardedSearch
 from flagstone.server.store import Document
 
 router = APIRouter(dependencies=[Depends(authorised)], route_class=StrictJSONRoute)
@@ -46,6 +47,9 @@ class SearchRequest(StrictModel):
     filter: Filter | None = None
     rerank: bool = False
     rerank_depth: int = Field(default=50, ge=1)
+    # sharded collections (serve --ray): return the answering shards' hits, flagged, when a shard is down,
+    # instead of 503; unsharded collections always answer whole
+    allow_partial: bool = False
 
 
 @router.get("/collections")
@@ -82,7 +86,7 @@ def add_documents(name: str, body: AddDocuments, service: Service = Depends(get_
         count = collection.add(docs, overwrite=body.upsert)
     except IdError as exc:
         raise HTTPProblem(409, "conflict", str(exc)) from None
-    return {"collection": name, "written": count, "documents": len(collection.store)}
+    return {"collection": name, "written": count, "documents": collection.count()}
 
 
 @router.post("/collections/{name}/documents/delete")
@@ -92,7 +96,7 @@ def delete_documents(name: str, body: DeleteDocuments, service: Service = Depend
         count = collection.delete(body.ids, missing_ok=body.missing_ok)
     except IdError as exc:
         raise HTTPProblem(404, "not_found", str(exc)) from None
-    return {"collection": name, "deleted": count, "documents": len(collection.store)}
+    return {"collection": name, "deleted": count, "documents": collection.count()}
 
 
 @router.get("/collections/{name}/documents/{doc_id:path}")  # ":path": an id may contain "/" (sent as %2F)
@@ -118,7 +122,17 @@ _HIT_SCHEMA = {"type": "object", "properties": {
                                   "code point but two UTF-16 units"}}}
 _SEARCH_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"content": {"application/json": {"schema": {
     "type": "object", "properties": {"collection": {"type": "string"}, "mode": {"type": "string"},
-                                     "results": {"type": "array", "items": _HIT_SCHEMA}}}}}}}
+                                     "results": {"type": "array", "items": _HIT_SCHEMA},
+                                     "shards": {"type": "object", "description": "sharded collections only: "
+                                                "shards in all, which answered, which did not (then complete "
+                                                "is false and their documents are absent), retries on replicas",
+                                                "properties": {"total": {"type": "integer"},
+                                                               "answered": {"type": "array",
+                                                                            "items": {"type": "integer"}},
+                                                               "missing": {"type": "array",
+                                                                           "items": {"type": "integer"}},
+                                                               "complete": {"type": "boolean"},
+                                                               "retries": {"type": "integer"}}}}}}}}}
 
 
 @router.post("/collections/{name}/search", responses=_SEARCH_RESPONSES)
@@ -129,15 +143,22 @@ async def search(name: str, body: SearchRequest, service: Service = Depends(get_
         service.check_k(body.k)
         service.check_k(body.rerank_depth)
         reranker = service.load_reranker() if body.rerank else None
+        if isinstance(collection, ShardedCollection):
+            return collection.search(body.query, mode=body.mode, k=body.k, where=body.filter, reranker=reranker,
+                                     rerank_depth=body.rerank_depth, allow_partial=body.allow_partial)
         return collection.search(body.query, mode=body.mode, k=body.k, where=body.filter, reranker=reranker,
                                  rerank_depth=body.rerank_depth)
 
     # reranking is slow model work: the bounded model pool (503 at once when full); plain search stays on the
     # ordinary worker threads
-    hits = await (service.model_pool.run(run) if body.rerank else run_in_threadpool(run))
-    return {"collection": name, "mode": body.mode, "results": [
+    found = await (service.model_pool.run(run) if body.rerank else run_in_threadpool(run))
+    hits = found.hits if isinstance(found, ShardedSearch) else found
+    response = {"collection": name, "mode": body.mode, "results": [
         _with_metadata({"id": h.id, "score": h.score, "text": h.text}, h.metadata,
                        signals=h.signals, highlights=[list(s) for s in h.highlights]) for h in hits]}
+    if isinstance(found, ShardedSearch):  # which shards answered: a partial result is never silent
+        response["shards"] = found.status()
+    return response
 
 
 def _with_metadata(entry: dict[str, Any], metadata: dict[str, Any], **rest: Any) -> dict[str, Any]:

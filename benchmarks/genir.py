@@ -34,8 +34,8 @@ from flagstone.evaluation.beir import BeirDataset, load_beir, load_qrels
 from flagstone.evaluation.retrieval import evaluate_retrieval
 from flagstone.genir.docids import atomic_docids, semantic_docids
 from flagstone.genir.evaluation import evaluate_generative
-from flagstone.genir.model import GenIRModelConfig
-from flagstone.genir.training import GenIRTrainingSettings, train_generative_retriever
+from flagstone.genir.settings import GenIRModelConfig, GenIRTrainingSettings
+from flagstone.genir.training import train_generative_retriever
 from flagstone.models.cache import EmbeddingCache
 from flagstone.models.embedder import Embedder
 from flagstone.retrieval.retriever import Retriever

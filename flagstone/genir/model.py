@@ -19,6 +19,7 @@ import numpy as np
 from flagstone._io import atomic_folder, read_format_json
 from flagstone.errors import DataError, FlagstoneError
 from flagstone.genir.docids import Docids
+from flagstone.genir.settings import GenIRModelConfig
 from flagstone.genir.trie import DocidTrie
 from flagstone.retrieval.retriever import Hits
 
@@ -29,25 +30,6 @@ FORMAT = "flagstone-genir"
 VERSION = 1
 _SETTINGS = "genir.json"
 DEFAULT_TOKENIZER = "all-MiniLM-L6-v2"  # the bundled MiniLM's WordPiece vocabulary (its weights are not used)
-
-
-@dataclass(frozen=True)
-class GenIRModelConfig:
-    """The shape of the randomly initialised Llama-architecture decoder (tied input/output embeddings)."""
-
-    # small enough to train on SciFact on 2 CPU cores in minutes (about 4.5M parameters, most in the embeddings)
-    hidden_size: int = 128
-    layers: int = 2
-    heads: int = 4
-    intermediate_size: int = 384
-    max_text_tokens: int = 48  # a text (document, pseudo-query or query) is cut to this many tokens
-
-    def __post_init__(self) -> None:
-        for name in ("hidden_size", "layers", "heads", "intermediate_size", "max_text_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
-        if self.hidden_size % self.heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by heads {self.heads}")
 
 
 class GenIRFormatError(DataError):

@@ -17,33 +17,10 @@ from dataclasses import asdict, dataclass, field
 
 from flagstone.errors import DataError
 from flagstone.genir.docids import Docids
-from flagstone.genir.model import DEFAULT_TOKENIZER, GenerativeRetriever, GenIRModelConfig
+from flagstone.genir.model import DEFAULT_TOKENIZER, GenerativeRetriever
+from flagstone.genir.settings import GenIRModelConfig, GenIRTrainingSettings
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-
-
-@dataclass(frozen=True)
-class GenIRTrainingSettings:
-    epochs: int = 15
-    batch_size: int = 64
-    learning_rate: float = 2e-3
-    warmup_fraction: float = 0.05
-    pseudo_queries: int = 3  # per document and epoch: the first sentence, then random spans
-    span_words: tuple[int, int] = (8, 20)
-    document_tokens: int = 48  # the indexing example: the document's opening tokens
-    seed: int = 0
-    show_progress: bool = True
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.document_tokens < 1:
-            raise ValueError("epochs, batch_size and document_tokens must be at least 1")
-        if self.learning_rate <= 0 or not 0 <= self.warmup_fraction < 1:
-            raise ValueError("learning_rate must be positive and warmup_fraction in [0, 1)")
-        if self.pseudo_queries < 0:
-            raise ValueError("pseudo_queries must not be negative")
-        low, high = self.span_words
-        if not 1 <= low <= high:
-            raise ValueError(f"span_words must be (low, high) with 1 <= low <= high, got {self.span_words}")
 
 
 @dataclass

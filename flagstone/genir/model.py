@@ -217,7 +217,9 @@ class GenerativeRetriever:
     def save(self, folder: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
         """Write the model, tokenizer and docids to ``folder`` as a whole (atomic); an existing folder needs
         ``overwrite`` and must be one Flagstone wrote."""
-        with atomic_folder(folder, overwrite=overwrite) as staging:
+        from flagstone.models._hf import quiet_transformers
+
+        with atomic_folder(folder, overwrite=overwrite) as staging, quiet_transformers():
             self.model.save_pretrained(staging / "model")
             self.tokenizer.save_pretrained(staging / "model")
             settings = {"format": FORMAT, "version": VERSION, "config": asdict(self.config),
@@ -231,9 +233,14 @@ class GenerativeRetriever:
     def load(cls, folder: str | os.PathLike[str]) -> GenerativeRetriever:
         from transformers import AutoTokenizer, LlamaForCausalLM
 
+        from flagstone.models._hf import quiet_transformers
+
         root = Path(folder)
         if not root.is_dir():
             raise GenIRFormatError(f"{root} is not a folder (a saved generative retriever is one)")
+        if not (root / _SETTINGS).is_file():
+            raise GenIRFormatError(f"{root} is not a generative retriever (no {_SETTINGS}; `flagstone train genir` "
+                                   f"writes one)")
         settings = read_format_json(root / _SETTINGS, format_name=FORMAT, version=VERSION,
                                     what="a generative retriever", kind="genir", error=GenIRFormatError)
         try:
@@ -244,8 +251,9 @@ class GenerativeRetriever:
         except (KeyError, TypeError, ValueError) as exc:
             raise GenIRFormatError(f"{root}/{_SETTINGS} is damaged ({exc.__class__.__name__}: {exc})") from None
         try:
-            model = LlamaForCausalLM.from_pretrained(str(root / "model"))
-            tokenizer = AutoTokenizer.from_pretrained(str(root / "model"))
+            with quiet_transformers():
+                model = LlamaForCausalLM.from_pretrained(str(root / "model"))
+                tokenizer = AutoTokenizer.from_pretrained(str(root / "model"))
         except OSError as exc:
             raise GenIRFormatError(f"{root}/model: cannot load the model ({exc})") from None
         if model.get_output_embeddings().weight.shape[0] != first + len(docids.tokens()):

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flagstone.corpora import python_docstrings
+from tests.genir.corpus import corpus
 from flagstone.errors import DataError
 from flagstone.genir.docids import atomic_docids, semantic_docids
 from flagstone.genir.model import GenerativeRetriever, GenIRFormatError
@@ -26,7 +26,7 @@ def test_constrained_decoding_of_an_untrained_model_only_yields_docids():
     docids = sparse_semantic_ids()
     retriever = GenerativeRetriever.initialise(docids, config=TINY, seed=3)
     valid = {docids.token_sequence(i) for i in range(len(docids))}
-    _, queries = python_docstrings(12)
+    _, queries = corpus(12)
     decoded = retriever.decode(queries, 10)
     for result in decoded:
         assert len(result.sequences) == 10
@@ -45,7 +45,7 @@ def test_constrained_decoding_of_an_untrained_model_only_yields_docids():
 
 @pytest.mark.parametrize("kind", ["atomic", "semantic"])
 def test_indexing_a_tiny_corpus_reaches_recall_one_on_its_own_texts(kind):
-    ids, texts = python_docstrings(12)
+    ids, texts = corpus(12)
     if kind == "atomic":
         docids = atomic_docids(ids)
     else:
@@ -95,7 +95,7 @@ def test_pseudo_queries_are_the_first_sentence_then_word_spans():
 
 
 def test_training_refuses_queries_about_unknown_documents():
-    ids, texts = python_docstrings(3)
+    ids, texts = corpus(3)
     with pytest.raises(DataError, match="outside the corpus"):
         train_generative_retriever(texts, atomic_docids(ids), queries=[("q", "nope")], config=TINY,
                                    settings=GenIRTrainingSettings(epochs=1, show_progress=False))

@@ -1,4 +1,4 @@
-"""The training commands of the ``flagstone`` CLI: mine, train embedder|reranker, merge."""
+"""The training commands of the ``flagstone`` CLI: mine, train embedder|reranker|genir, merge."""
 from __future__ import annotations
 
 import argparse
@@ -66,9 +66,11 @@ def add_parsers(sub, epilog: str = EPILOG) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     check_with(p, _check_mine)
 
-    p = sub.add_parser("train", help="fine-tune an embedder (dense or BGE-M3 dense+sparse+ColBERT) or a reranker",
-                       description="Contrastive fine-tuning on FlagEmbedding-format data with hard negatives "
-                                   "(run `flagstone mine` first). Resumable with --checkpoint-dir.", epilog=epilog)
+    p = sub.add_parser("train", help="fine-tune an embedder (dense or BGE-M3 dense+sparse+ColBERT) or a reranker, "
+                                     "or train a generative retriever",
+                       description="embedder / reranker: contrastive fine-tuning on FlagEmbedding-format data with "
+                                   "hard negatives (run `flagstone mine` first), resumable with --checkpoint-dir. "
+                                   "genir: a generative retriever trained on a BEIR folder.", epilog=epilog)
     tsub = p.add_subparsers(dest="train_command", metavar="KIND")
     for kind, help_text in (("embedder", "InfoNCE with in-batch and hard negatives; --heads dense sparse colbert "
                                          "trains BGE-M3's three heads with self-distillation"),

@@ -128,7 +128,11 @@ def main() -> int:
     parser.add_argument("--docids", nargs="+", choices=("atomic", "semantic"), default=["semantic", "atomic"])
     parser.add_argument("--epochs", type=int, default=15, help="training epochs on subset_1000 (default: 15)")
     parser.add_argument("--full-epochs", type=int, default=5, help="training epochs on the full corpus (default: 5)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
     if not Path(args.data).is_dir():
         print(f"SciFact not found at {args.data}", file=sys.stderr)
         return 2
@@ -147,6 +151,8 @@ def main() -> int:
         "docids that name no document (constrained beam search); unconstrained_invalid_docids in the JSON: the same "
         "model decoded without the trie.")
     results["model"] = {**config.__dict__}
+    results["command"] = "python benchmarks/genir.py " + " ".join(sys.argv[1:])
+    results["threads"] = args.threads
     for slice_name in args.slices:
         dataset = subset_1000(test) if slice_name == "subset_1000" else test
         in_slice = set(dataset.doc_ids)
@@ -155,7 +161,8 @@ def main() -> int:
         epochs = args.epochs if slice_name == "subset_1000" else args.full_epochs
         settings = GenIRTrainingSettings(epochs=epochs)
         part = {"documents": len(dataset.doc_ids), "test_queries": len(dataset.qrels), "train_pairs": len(pairs),
-                "training": {**settings.__dict__, "span_words": list(settings.span_words)}, "rows": []}
+                "training": {**settings.__dict__, "span_words": list(settings.span_words)}, "rows": [],
+                "command": results["command"], "threads": args.threads}
         results[slice_name] = part
         part["rows"] += baseline_rows(dataset, embedder, cache)
         write(results)

@@ -100,9 +100,8 @@ def train_generative_retriever(
                 texts.append(q)
                 owners.append(doc)
         examples += list(zip(retriever.prompt_ids(texts), owners)) + list(zip(query_prompts, query_docs))
-        rng.shuffle(examples)
-        for start in range(0, len(examples), settings.batch_size):
-            loss = _batch_loss(retriever, examples[start: start + settings.batch_size])
+        for batch in _length_batches(examples, settings.batch_size, rng):
+            loss = _batch_loss(retriever, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -122,6 +121,19 @@ def train_generative_retriever(
                           "steps": len(losses), "seconds": round(seconds, 1),
                           "final_loss": round(sum(losses[-20:]) / max(1, len(losses[-20:])), 4)}
     return GenIRTrainingResult(retriever, len(losses), seconds, per_epoch, losses)
+
+
+def _length_batches(examples: list, batch_size: int, rng: random.Random) -> list[list]:
+    """Shuffled batches of similar-length examples: a pool of 16 batches is sorted by length and cut, then the
+    batches are shuffled, so short pseudo-queries are not padded to a document's length."""
+    rng.shuffle(examples)
+    pool = batch_size * 16
+    batches = []
+    for start in range(0, len(examples), pool):
+        chunk = sorted(examples[start: start + pool], key=lambda e: len(e[0]))
+        batches += [chunk[i: i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
 
 
 def _first_tokens_text(text: str) -> str:

@@ -14,7 +14,7 @@ SciFact *train* queries whose relevant documents are in the slice. Nothing is tu
 the run, and the test split is only scored. BM25 and dense (all-MiniLM-L6-v2, exact search) index the same
 documents and answer the same queries.
 
-    flock /work/bench.lock python benchmarks/genir.py [--slices subset_1000 scifact] [--epochs 15] [--docids atomic semantic]
+    python benchmarks/genir.py [--slices subset_1000 scifact] [--epochs 8] [--docids semantic atomic] [--max-minutes M]
 
 Writes benchmarks/results/genir.json and genir.md after every system, so a run cut short keeps what finished.
 """
@@ -96,7 +96,7 @@ def genir_row(dataset: BeirDataset, kind: str, train_pairs: list[tuple[str, str]
             "unconstrained_invalid_docids": unconstrained_invalid, "hits_returned": DEPTH * len(dataset.qrels),
             "ms_per_query": report.settings["ms_per_query"], "parameters": retriever.parameters,
             "folder_bytes": size, "docid_tokens": retriever.n_docid_tokens, "docid_depth": docids.depth,
-            "train_seconds": round(result.seconds, 1), "train_steps": result.steps,
+            "train_seconds": round(result.seconds, 1), "train_steps": result.steps, "epochs_run": result.epochs_run,
             "examples_per_epoch": result.examples_per_epoch, "final_loss": retriever.training["final_loss"]}
 
 
@@ -110,13 +110,13 @@ def write(results: dict) -> None:
             continue
         lines += [f"## {slice_name}: {part['documents']:,} documents, {part['test_queries']} test queries, "
                   f"{part['train_pairs']} train query-document pairs", "",
-                  "| system | nDCG@10 | Recall@10 | invalid docids | ms/query | parameters | train s |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| system | nDCG@10 | Recall@10 | invalid docids | ms/query | parameters | epochs run | train s |",
+                  "|---|---|---|---|---|---|---|---|"]
         for row in part["rows"]:
             params = f"{row['parameters'] / 1e6:.1f}M" if row.get("parameters") else "-"
             lines.append(f"| {row['system']} | {row['ndcg@10']:.4f} | {row['recall@10']:.4f} | "
                          f"{row['invalid_docids']} | {row['ms_per_query']:.1f} | {params} | "
-                         f"{row.get('train_seconds', '-')} |")
+                         f"{row.get('epochs_run', '-')} | {row.get('train_seconds', '-')} |")
         lines.append("")
     save_results("genir", "\n".join(lines), genir=results)
 
@@ -126,9 +126,12 @@ def main() -> int:
     parser.add_argument("--data", default=str(SHARED_DATA / "beir" / "scifact"))
     parser.add_argument("--slices", nargs="+", choices=("subset_1000", "scifact"), default=["subset_1000", "scifact"])
     parser.add_argument("--docids", nargs="+", choices=("atomic", "semantic"), default=["semantic", "atomic"])
-    parser.add_argument("--epochs", type=int, default=15, help="training epochs on subset_1000 (default: 15)")
+    parser.add_argument("--epochs", type=int, default=8, help="training epochs on subset_1000 (default: 8)")
     parser.add_argument("--full-epochs", type=int, default=5, help="training epochs on the full corpus (default: 5)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="wall-clock budget per generative model's training; it stops after the epoch in which "
+                             "the budget runs out (the epochs run are recorded)")
     args = parser.parse_args()
     import torch
 
@@ -159,7 +162,7 @@ def main() -> int:
         pairs = [(test.queries[q], d) for q, judged in train_qrels.items() for d in judged
                  if d in in_slice and q in test.queries]
         epochs = args.epochs if slice_name == "subset_1000" else args.full_epochs
-        settings = GenIRTrainingSettings(epochs=epochs)
+        settings = GenIRTrainingSettings(epochs=epochs, max_seconds=60 * args.max_minutes if args.max_minutes else None)
         part = {"documents": len(dataset.doc_ids), "test_queries": len(dataset.qrels), "train_pairs": len(pairs),
                 "training": {**settings.__dict__, "span_words": list(settings.span_words)}, "rows": [],
                 "command": results["command"], "threads": args.threads}

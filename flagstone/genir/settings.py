@@ -34,8 +34,13 @@ class GenIRTrainingSettings:
     document_tokens: int = 48  # the indexing example: the document's opening tokens
     seed: int = 0
     show_progress: bool = True
+    # a wall-clock budget: training stops after the epoch during which it runs out (None: all epochs). The
+    # learning rate still follows the schedule of ``epochs``, so a cut run ends before its rate has decayed.
+    max_seconds: float | None = None
 
     def __post_init__(self) -> None:
+        if self.max_seconds is not None and self.max_seconds <= 0:
+            raise ValueError("max_seconds must be positive")
         if self.epochs < 1 or self.batch_size < 1 or self.document_tokens < 1:
             raise ValueError("epochs, batch_size and document_tokens must be at least 1")
         if self.learning_rate <= 0 or not 0 <= self.warmup_fraction < 1:

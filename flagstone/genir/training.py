@@ -29,6 +29,7 @@ class GenIRTrainingResult:
     steps: int
     seconds: float
     examples_per_epoch: int
+    epochs_run: int  # fewer than asked when ``max_seconds`` ran out
     losses: list[float] = field(default_factory=list)  # one per optimiser step
 
 
@@ -89,6 +90,7 @@ def train_generative_retriever(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))))
     losses: list[float] = []
+    epochs_run = 0
     started = time.perf_counter()
     bar = tqdm(total=total, desc="Training genir", unit="step", disable=not settings.show_progress)
     for epoch in range(settings.epochs):
@@ -110,17 +112,21 @@ def train_generative_retriever(
             losses.append(float(loss.detach()))
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.3f}")
+        epochs_run = epoch + 1
         if on_epoch is not None:
             model.eval()
             on_epoch(epoch + 1, retriever)
+        if settings.max_seconds is not None and time.perf_counter() - started > settings.max_seconds:
+            break
     bar.close()
     model.eval()
     seconds = time.perf_counter() - started
     retriever.training = {"settings": {**asdict(settings), "span_words": list(settings.span_words)},
                           "training_queries": len(queries), "examples_per_epoch": per_epoch,
+                          "epochs_run": epochs_run,
                           "steps": len(losses), "seconds": round(seconds, 1),
                           "final_loss": round(sum(losses[-20:]) / max(1, len(losses[-20:])), 4)}
-    return GenIRTrainingResult(retriever, len(losses), seconds, per_epoch, losses)
+    return GenIRTrainingResult(retriever, len(losses), seconds, per_epoch, epochs_run, losses)
 
 
 def _length_batches(examples: list, batch_size: int, rng: random.Random) -> list[list]:

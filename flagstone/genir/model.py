@@ -118,7 +118,8 @@ class GenerativeRetriever:
         """``[CLS] text [SEP]`` token ids of each text, the text cut to ``max_text_tokens``."""
         if not texts:
             return []
-        encoded = self.tokenizer(list(texts), add_special_tokens=False, truncation=True,
+        # split_special_tokens: a text that spells a docid token ("<d12>") is read as words, never as the docid
+        encoded = self.tokenizer(list(texts), add_special_tokens=False, truncation=True, split_special_tokens=True,
                                  max_length=self.config.max_text_tokens)["input_ids"]
         return [[self.tokenizer.cls_token_id, *ids, self.tokenizer.sep_token_id] for ids in encoded]
 

@@ -99,3 +99,9 @@ def test_training_refuses_queries_about_unknown_documents():
     with pytest.raises(DataError, match="outside the corpus"):
         train_generative_retriever(texts, atomic_docids(ids), queries=[("q", "nope")], config=TINY,
                                    settings=GenIRTrainingSettings(epochs=1, show_progress=False))
+
+
+def test_a_text_that_spells_a_docid_token_is_read_as_words():
+    retriever = GenerativeRetriever.initialise(atomic_docids(["a", "b"]), config=TINY)
+    (ids,) = retriever.prompt_ids(["zinc <d1> colds"])
+    assert all(i < retriever.first_docid_token for i in ids)

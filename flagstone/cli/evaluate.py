@@ -59,8 +59,12 @@ def add_parsers(sub) -> None:
                    help="recompute every task and replace the files in --output-dir (needed when they were saved "
                         "with other settings)")
     p.add_argument("--split", default="test", help="qrels split (default: test)")
-    p.add_argument("--modes", nargs="+", choices=MODES, default=None,
-                   help="modes to evaluate (default: every mode the model supports, plus bm25 and hybrid)")
+    p.add_argument("--modes", nargs="+", choices=MODES + ("genir",), default=None,
+                   help="modes to evaluate (default: every mode the model supports, plus bm25 and hybrid); genir "
+                        "scores the generative retriever of --genir-model")
+    p.add_argument("--genir-model", type=existing_folder, default=None, metavar="FOLDER",
+                   help="a generative retriever saved by `flagstone train genir` on this data set's corpus, for "
+                        "--modes genir (constrained beam search with --depth beams)")
     p.add_argument("--k", nargs="+", type=positive_int, default=[1, 3, 5, 10, 100],
                    help="cut-offs (default: 1 3 5 10 100)")
     p.add_argument("--depth", type=positive_int, default=DEFAULT_EVAL_DEPTH,
@@ -93,6 +97,14 @@ def add_parsers(sub) -> None:
 def _check_eval(args: argparse.Namespace) -> None:
     """The suite's task files and tables are read and checked (STS gold scores included) before the model
     loads; cmd_eval reports a missing data root and the other mistakes that need no reading."""
+    generative = "genir" in (args.modes or ())
+    if generative != (args.genir_model is not None):
+        raise FlagstoneError("--modes genir needs --genir-model FOLDER" if generative
+                             else "--genir-model is read only with --modes genir")
+    if generative and (args.suite or args.tasks or args.task_file or args.ray is not None):
+        raise FlagstoneError("--modes genir evaluates a BEIR folder (not a task suite, not with --ray)")
+    if generative and args.index != ["flat"]:
+        raise FlagstoneError("--index compares dense indexes; a generative retriever has none")
     if args.list_tasks or not (args.suite or args.tasks or args.task_file):
         return
     from flagstone.evaluation.suite import check_task_data
@@ -128,6 +140,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     dataset = load_beir(args.data, args.split)
     if args.max_queries:
         dataset = dataset.head(args.max_queries)
+    if args.modes and "genir" in args.modes:
+        return _eval_genir(args, dataset)
     kinds = list(dict.fromkeys(args.index))
     probing = args.n_probe is not None or args.target_recall is not None
     if probing and kinds == ["flat"]:
@@ -169,6 +183,37 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cutoffs = sorted(set(args.k) & {10, 100}) or [max(args.k)]
     shown = [f"{m}@{k}" for k in cutoffs for m in ("ndcg", "mrr", "recall", "map")]
     print(report.table(metrics=shown))
+    if args.output:
+        report.save_json(args.output)
+        print(f"metrics -> {args.output}")
+    if args.run_dir:
+        for path in report.write_trec_runs(args.run_dir):
+            print(f"run -> {path}")
+    return 0
+
+
+def _eval_genir(args: argparse.Namespace, dataset) -> int:
+    """``--modes genir``, alone or beside other modes: the other modes run as usual, the generative retriever
+    is scored on the same judged queries, one table."""
+    from flagstone.evaluation.retrieval import evaluate_retrieval
+    from flagstone.genir.evaluation import evaluate_generative
+    from flagstone.genir.model import GenerativeRetriever
+
+    model = GenerativeRetriever.load(args.genir_model)
+    report = evaluate_generative(model, dataset, k_values=args.k, depth=args.depth,
+                                 relevance_level=args.relevance_level)
+    generative = report.settings
+    others = [m for m in args.modes if m != "genir"]
+    if others:
+        classic = evaluate_retrieval(_retriever(args, others), dataset, modes=others, k_values=args.k,
+                                     hybrid=_hybrid(args), depth=args.depth, relevance_level=args.relevance_level)
+        classic.results.update(report.results)
+        classic.settings["genir_mode"] = generative
+        report = classic
+    print(f"{dataset.name} ({args.split}): {dataset.describe()}; depth {args.depth}; genir: "
+          f"{generative['invalid_docids']} invalid docids, {generative['ms_per_query']} ms/query")
+    cutoffs = sorted(set(args.k) & {10, 100}) or [max(args.k)]
+    print(report.table(metrics=[f"{m}@{k}" for k in cutoffs for m in ("ndcg", "mrr", "recall", "map")]))
     if args.output:
         report.save_json(args.output)
         print(f"metrics -> {args.output}")

@@ -1,4 +1,4 @@
-"""The training commands of the ``flagstone`` CLI: mine, train embedder|reranker|long-context, merge."""
+"""The training commands of the ``flagstone`` CLI: mine, train embedder|reranker|long-context|genir, merge."""
 from __future__ import annotations
 
 import argparse
@@ -67,9 +67,11 @@ def add_parsers(sub, epilog: str = EPILOG) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     check_with(p, _check_mine)
 
-    p = sub.add_parser("train", help="fine-tune an embedder (dense or BGE-M3 dense+sparse+ColBERT) or a reranker",
-                       description="Contrastive fine-tuning on FlagEmbedding-format data with hard negatives "
-                                   "(run `flagstone mine` first). Resumable with --checkpoint-dir.", epilog=epilog)
+    p = sub.add_parser("train", help="fine-tune an embedder (dense or BGE-M3 dense+sparse+ColBERT) or a reranker, "
+                                     "or train a generative retriever",
+                       description="embedder / reranker: contrastive fine-tuning on FlagEmbedding-format data with "
+                                   "hard negatives (run `flagstone mine` first), resumable with --checkpoint-dir. "
+                                   "genir: a generative retriever trained on a BEIR folder.", epilog=epilog)
     tsub = p.add_subparsers(dest="train_command", metavar="KIND")
     for kind, help_text in (("embedder", "InfoNCE with in-batch and hard negatives; --heads dense sparse colbert "
                                          "trains BGE-M3's three heads with self-distillation"),
@@ -124,6 +126,7 @@ def add_parsers(sub, epilog: str = EPILOG) -> None:
                            help="optimiser steps between validations (default: once per epoch)")
 
     _add_long_context_parser(tsub, epilog)
+    _add_genir_parser(tsub, epilog)
 
     p = sub.add_parser("merge", help="LM-Cocktail: merge same-architecture models by weighted averaging",
                        description="Average two or more checkpoints (embedders, rerankers or causal LMs) with given "
@@ -192,6 +195,66 @@ def _add_long_context_parser(tsub, epilog: str) -> None:
     t.add_argument("--seed", type=int, default=_CONFIG.seed)
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
+def _add_genir_parser(tsub, epilog: str) -> None:
+    from flagstone.genir.settings import GenIRModelConfig, GenIRTrainingSettings
+
+    model, settings = GenIRModelConfig(), GenIRTrainingSettings()
+    t = tsub.add_parser("genir", help="a generative retriever (DSI / NCI style) that maps queries to docids",
+                        description="Train a small, randomly initialised decoder (Llama-shaped, the bundled MiniLM's "
+                                    "WordPiece vocabulary plus one token per docid symbol) to generate document ids. "
+                                    "Each epoch shows it every document's opening tokens (indexing), "
+                                    f"{settings.pseudo_queries} cheap pseudo-queries per document (its first sentence "
+                                    "and random word spans) and the judged queries of --queries-split (retrieval). "
+                                    "Docids are atomic (one token per document) or semantic (hierarchical k-means "
+                                    "over the documents' embeddings). Search with `flagstone eval DATA --modes genir "
+                                    "--genir-model FOLDER`; decoding is constrained to valid docids.", epilog=epilog)
+    t.add_argument("data", type=existing_folder, help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv")
+    t.add_argument("-o", "--output", type=output_folder, required=True, help="folder to save the trained model in")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace the output folder if Flagstone wrote it (a folder holding anything else is never "
+                        "replaced)")
+    t.add_argument("--docids", choices=("semantic", "atomic"), default="semantic",
+                   help="semantic: hierarchical k-means codes of the documents' embeddings; atomic: one token per "
+                        "document (default: semantic)")
+    t.add_argument("--branching", type=positive_int, default=10, help="clusters per split, semantic ids (default: 10)")
+    t.add_argument("--leaf-size", type=positive_int, default=100,
+                   help="largest cluster left unsplit, semantic ids (default: 100)")
+    t.add_argument("--embedding-model", type=model_name, default="all-MiniLM-L6-v2",
+                   help="embedder whose document vectors are clustered, semantic ids (default: all-MiniLM-L6-v2)")
+    _add_cache_options(t)
+    g = t.add_mutually_exclusive_group()
+    g.add_argument("--queries-split", default="train",
+                   help="qrels split whose queries train retrieval (default: train); never the split you report on")
+    g.add_argument("--no-queries", action="store_true", help="train on the documents and pseudo-queries only")
+    t.add_argument("--epochs", type=positive_int, default=settings.epochs, help=f"(default: {settings.epochs})")
+    t.add_argument("--batch-size", type=positive_int, default=settings.batch_size,
+                   help=f"examples per step (default: {settings.batch_size})")
+    t.add_argument("--learning-rate", type=positive_float, default=settings.learning_rate,
+                   help=f"AdamW peak rate, linear warm-up and decay (default: {settings.learning_rate:g})")
+    t.add_argument("--pseudo-queries", type=non_negative_int, default=settings.pseudo_queries,
+                   help=f"per document and epoch (default: {settings.pseudo_queries})")
+    t.add_argument("--hidden-size", type=positive_int, default=model.hidden_size, help=f"(default: {model.hidden_size})")
+    t.add_argument("--layers", type=positive_int, default=model.layers, help=f"(default: {model.layers})")
+    t.add_argument("--heads", type=positive_int, default=model.heads,
+                   help=f"attention heads; must divide --hidden-size (default: {model.heads})")
+    t.add_argument("--max-text-tokens", type=positive_int, default=model.max_text_tokens,
+                   help=f"a document, pseudo-query or query is cut to this many tokens (default: {model.max_text_tokens})")
+    t.add_argument("--seed", type=int, default=settings.seed)
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    check_with(t, _check_genir)
+
+
+def _check_genir(args: argparse.Namespace) -> None:
+    from flagstone.evaluation.beir import check_beir_folder
+
+    check_output_folder(args.output, overwrite=args.overwrite)
+    if args.hidden_size % args.heads:
+        raise FlagstoneError(f"--hidden-size {args.hidden_size} is not divisible by --heads {args.heads}")
+    if args.docids == "semantic" and args.branching < 2:
+        raise FlagstoneError("--branching must be at least 2")
+    if not args.no_queries:
+        check_beir_folder(args.data, args.queries_split)
+
 
 def _check_mine(args: argparse.Namespace) -> None:
     _check_output_file(args.output, overwrite=args.overwrite, example="mined.jsonl")
@@ -253,9 +316,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from flagstone.training.data import load_examples
 
     if args.train_command is None:
-        raise FlagstoneError("choose what to train: flagstone train embedder|reranker|long-context (see --help)")
+        raise FlagstoneError("choose what to train: flagstone train embedder|reranker|long-context|genir "
+                             "(see --help)")
     if args.train_command == "long-context":
         return _train_long_context(args)
+    if args.train_command == "genir":
+        return _train_genir(args)
     check_output_folder(args.output, overwrite=args.overwrite, legacy=MODEL_LAYOUT)  # before any work
     examples = load_examples(args.data)
     config = _training_config(args)
@@ -383,6 +449,36 @@ def _scifact_documents(corpus: Path) -> tuple[list[str], list[str]]:
         titles.append(str(row.get("title") or ""))
         texts.append(str(row.get("text") or ""))
     return titles, texts
+
+
+def _train_genir(args: argparse.Namespace) -> int:
+    from flagstone.genir.data import load_training_corpus
+    from flagstone.genir.docids import atomic_docids, semantic_docids
+    from flagstone.genir.settings import GenIRModelConfig, GenIRTrainingSettings
+    from flagstone.genir.training import train_generative_retriever
+
+    doc_ids, doc_texts, pairs = load_training_corpus(args.data, None if args.no_queries else args.queries_split)
+    if args.docids == "atomic":
+        docids = atomic_docids(doc_ids)
+    else:
+        from flagstone.models.embedder import Embedder
+
+        embedder = Embedder(args.embedding_model, show_progress=not args.quiet)
+        cache = _cache(args)
+        vectors = (cache.encode(embedder, doc_texts) if cache else embedder.encode_documents(doc_texts)).dense
+        docids = semantic_docids(doc_ids, vectors, branching=args.branching, leaf_size=args.leaf_size, seed=args.seed)
+    config = GenIRModelConfig(hidden_size=args.hidden_size, layers=args.layers, heads=args.heads,
+                              intermediate_size=3 * args.hidden_size, max_text_tokens=args.max_text_tokens)
+    settings = GenIRTrainingSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                                     pseudo_queries=args.pseudo_queries, seed=args.seed, show_progress=not args.quiet)
+    result = train_generative_retriever(doc_texts, docids, queries=pairs, config=config, settings=settings)
+    result.retriever.save(args.output, overwrite=args.overwrite)
+    first = sum(result.losses[:10]) / max(1, len(result.losses[:10]))
+    last = sum(result.losses[-10:]) / max(1, len(result.losses[-10:]))
+    print(f"{len(doc_ids):,} documents ({args.docids} ids, {docids.depth} tokens deep), {len(pairs):,} training "
+          f"query-document pairs; {result.steps} steps in {result.seconds:.0f} s (loss {first:.4f} -> {last:.4f}) "
+          f"-> {args.output}")
+    return 0
 
 
 def cmd_merge(args: argparse.Namespace) -> int:

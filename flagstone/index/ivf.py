@@ -31,13 +31,16 @@ def default_n_lists(n: int) -> int:
     return max(1, min(int(4 * math.sqrt(n)), n // _MIN_POINTS_PER_LIST))
 
 
-def train_centroids(vectors: np.ndarray, n_lists: int, seed: int = 1234) -> np.ndarray:
-    """Spherical k-means centroids (unit length, for inner-product assignment)."""
+def train_centroids(vectors: np.ndarray, n_lists: int, seed: int = 1234, *,
+                    min_points_per_centroid: int | None = None) -> np.ndarray:
+    """Spherical k-means centroids (unit length, for inner-product assignment). ``min_points_per_centroid``
+    lowers faiss's sampling floor (and its warning below it) for callers that split small sets on purpose."""
     if n_lists == 1:
         c = vectors.mean(axis=0, keepdims=True)
         return (c / max(np.linalg.norm(c), 1e-12)).astype(np.float32)
     faiss = require_faiss()
-    kmeans = faiss.Kmeans(vectors.shape[1], n_lists, niter=20, seed=seed, spherical=True, verbose=False)
+    floor = {} if min_points_per_centroid is None else {"min_points_per_centroid": min_points_per_centroid}
+    kmeans = faiss.Kmeans(vectors.shape[1], n_lists, niter=20, seed=seed, spherical=True, verbose=False, **floor)
     kmeans.train(np.ascontiguousarray(vectors, dtype=np.float32))
     return kmeans.centroids.astype(np.float32)
 

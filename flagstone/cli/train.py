@@ -154,9 +154,9 @@ def _add_newsrec_parser(tsub, epilog: str) -> None:
                     "https://msnews.github.io, or synthetic data from flagstone.newsrec.synthetic). A small "
                     "transformer encodes titles (its vocabulary: the training titles' words), additive attention over "
                     "the clicked history makes the user vector, and every click is trained as a softmax against "
-                    "--negatives unclicked items of its impression. --kind gateformer keeps only the --gate-k "
-                    "tokens a cheap gate scores highest in each clicked title before the transformer runs; --kind "
-                    "sfi selects, per candidate, the --select-k history items a cheap selector finds most similar "
+                    "--negatives unclicked items of its impression. GateFormer (--kind gateformer) keeps only the "
+                    "--gate-k tokens a cheap gate scores highest in each clicked title before the transformer runs; "
+                    "SFI (--kind sfi) selects, per candidate, the --select-k history items a cheap selector finds most similar "
                     "and encodes and matches (token by token) only those. Score the result with "
                     "`flagstone eval newsrec`.")
     t.add_argument("data", type=existing_folder, help="MIND training folder holding news.tsv and behaviors.tsv")
@@ -188,6 +188,9 @@ def _add_newsrec_parser(tsub, epilog: str) -> None:
                    help=f"clicks per step (default: {_NEWSREC_TRAINING.batch_size})")
     t.add_argument("--learning-rate", type=positive_float, default=_NEWSREC_TRAINING.learning_rate,
                    help=f"(default: {_NEWSREC_TRAINING.learning_rate:g})")
+    t.add_argument("--word-vectors", type=model_name, default=None, metavar="MODEL",
+                   help="start the word embeddings from this embedding model's vector of every vocabulary word "
+                        "(principal components), e.g. all-MiniLM-L6-v2 (bundled); default: random")
     t.add_argument("--max-impressions", type=positive_int, default=None,
                    help="train on the first N impressions only")
     t.add_argument("--seed", type=int, default=_NEWSREC_TRAINING.seed)
@@ -215,7 +218,12 @@ def _train_newsrec(args: argparse.Namespace) -> int:
                                learning_rate=args.learning_rate, max_steps=args.max_steps, seed=args.seed,
                                show_progress=not args.quiet)
     print(f"{args.data}: {train.describe()}", file=sys.stderr)
-    recommender = NewsRecommender.create(train, config, seed=args.seed)
+    word_embedder = None
+    if args.word_vectors:
+        from flagstone.models.embedder import Embedder
+
+        word_embedder = Embedder(args.word_vectors, show_progress=False)
+    recommender = NewsRecommender.create(train, config, seed=args.seed, word_embedder=word_embedder)
     result = recommender.fit(train, settings)
     recommender.save(args.output, overwrite=args.overwrite)
     first = sum(result.losses[:10]) / max(1, len(result.losses[:10]))

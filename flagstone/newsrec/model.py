@@ -191,8 +191,10 @@ class NewsRecModel(nn.Module):
         top, chosen = select_history(sel_c.detach(), sel_h.detach(), history_mask, candidate_mask,
                                      self.config.select_k)
         k = top.shape[-1]
-        needed = torch.zeros_like(history_mask)  # the union of every candidate's selection: all that is encoded
-        needed.scatter_(1, top.reshape(b, c * k), chosen.reshape(b, c * k))
+        # the union of every candidate's selection: all that is encoded (a sum, since scatter with repeated
+        # indices keeps an arbitrary one of the written values)
+        needed = torch.zeros(history_mask.shape, dtype=torch.int64).scatter_add_(
+            1, top.reshape(b, c * k), chosen.reshape(b, c * k).long()) > 0
         rows = needed.reshape(-1)
         vec, states, tmask, hist_tokens = self._encode_rows(history.reshape(b * h, l), rows, False)
         lh = states.shape[1]

@@ -22,6 +22,7 @@ from flagstone.newsrec.settings import NewsRecConfig, NewsRecTraining
 from flagstone.newsrec.text import TokenTable, Vocabulary
 
 if TYPE_CHECKING:
+    from flagstone.models.embedder import Embedder
     from flagstone.newsrec.model import NewsRecModel
     from flagstone.training.loop import TrainingResult
 
@@ -68,15 +69,44 @@ class NewsRecommender:
 
     # -- building and training ---------------------------------------------------------------------------------
     @classmethod
-    def create(cls, train: MindSplit, config: NewsRecConfig = NewsRecConfig(), *, seed: int = 0) -> NewsRecommender:
-        """An untrained model whose vocabulary is the words of the training split's titles."""
+    def create(cls, train: MindSplit, config: NewsRecConfig = NewsRecConfig(), *, seed: int = 0,
+               word_embedder: Embedder | None = None) -> NewsRecommender:
+        """An untrained model whose vocabulary is the words of the training split's titles.
+
+        With ``word_embedder`` (e.g. the bundled all-MiniLM-L6-v2) every word of the vocabulary is encoded by it
+        and the word embeddings (news encoder, gate, selector) start from those vectors' principal components,
+        as NRMS starts from GloVe; otherwise they start random."""
         import torch
 
         from flagstone.newsrec.model import NewsRecModel
 
         vocab = Vocabulary.build(item.title for item in train.news.values())
         torch.manual_seed(seed)
-        return cls(NewsRecModel(len(vocab), config), vocab)
+        model = NewsRecModel(len(vocab), config)
+        recommender = cls(model, vocab)
+        if word_embedder is not None:
+            recommender._init_words(word_embedder)
+        return recommender
+
+    def _init_words(self, embedder: Embedder) -> None:
+        import torch
+
+        vectors = embedder.encode(self.vocab.words[2:], show_progress=False).dense.astype(np.float64)
+        centred = vectors - vectors.mean(axis=0)
+        _, _, components = np.linalg.svd(centred, full_matrices=False)
+        tables = [self.model.news_encoder.embed]
+        tables += [getattr(self.model, name).embed if name == "gate" else getattr(self.model, name)
+                   for name in ("gate", "selector") if hasattr(self.model, name)]
+        for table in tables:
+            width = table.weight.shape[1]
+            if width > components.shape[0]:
+                raise DataError(f"word vectors from {embedder.name} have {components.shape[0]} principal components; "
+                                f"the model needs {width}")
+            projected = centred @ components[:width].T
+            projected /= projected.std(axis=0, keepdims=True) + 1e-8  # unit variance, as nn.Embedding starts
+            with torch.no_grad():
+                table.weight[2:] = torch.from_numpy(projected.astype(np.float32))
+        self.training["word_init"] = embedder.name
 
     def fit(self, train: MindSplit, settings: NewsRecTraining = NewsRecTraining()) -> NewsRecTrainingResult:
         """Train on every click of ``train`` (softmax over the click and ``settings.negatives`` unclicked items of
@@ -121,7 +151,7 @@ class NewsRecommender:
                                 seed=settings.seed, precision="float32", show_progress=settings.show_progress,
                                 warmup_ratio=0.05)
         result: TrainingResult = train_loop(self.model, batches_for_epoch, loss_fn, config)
-        self.training = {**asdict(settings), "steps": result.steps, "samples_per_epoch": len(samples)}
+        self.training = {**self.training, **asdict(settings), "steps": result.steps, "samples_per_epoch": len(samples)}
         return NewsRecTrainingResult(result.steps, result.losses, result.seconds, len(samples))
 
     # -- scoring -----------------------------------------------------------------------------------------------
@@ -176,6 +206,8 @@ class NewsRecommender:
         from flagstone.newsrec.model import NewsRecModel
 
         root = Path(folder)
+        if not (root / CONFIG_FILE).is_file():
+            raise DataError(f"{root} is not a news recommender (no {CONFIG_FILE}; make one with flagstone train newsrec)")
         meta = read_format_json(root / CONFIG_FILE, format_name=FORMAT, version=VERSION, what="a news recommender",
                                 kind="model")
         try:

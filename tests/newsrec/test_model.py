@@ -86,16 +86,22 @@ def test_sfi_encodes_only_the_selected_items(data):
     vocab = Vocabulary.build(n.title for n in data.train.news.values())
     table = TokenTable(data.dev.news, vocab, 20)
     torch.manual_seed(0)
-    imps = [imp for imp in data.dev.impressions if len(imp.history) >= 8][:4]
-    rows = [(history_rows(imp, table, 12), table.rows(imp.candidates[:2])) for imp in imps]
+    imps = [imp for imp in data.dev.impressions if len(imp.history) >= 8][:6]
+    # 1 to 3 candidates each: the padding candidates select nothing
+    rows = [(history_rows(imp, table, 12), table.rows(imp.candidates[:1 + i % 3])) for i, imp in enumerate(imps)]
     inputs = collate(rows, table.tokens, 12)
     candidates = int(inputs[3].sum())
-    for k, most in ((1, 2), (3, 6)):
+    for k in (1, 3):
         model = NewsRecModel(len(vocab), NewsRecConfig(kind="sfi", select_k=k, **TINY)).eval()
         with torch.no_grad():
             out = model(*inputs)
-        history_items = out.items_encoded - candidates
-        assert len(imps) * 1 <= history_items <= len(imps) * most  # the union of 2 candidates' k items
+            cheap = [torch.nn.functional.normalize(
+                (model.selector(t) * (t != 0).unsqueeze(-1)).sum(-2) / (t != 0).sum(-1, keepdim=True).clamp(min=1),
+                dim=-1) for t in (inputs[2], inputs[0])]
+            top, valid = select_history(cheap[0], cheap[1], inputs[1], inputs[3], k)
+        union = sum(len({int(i) for i, v in zip(top[b].flatten(), valid[b].flatten()) if v}) for b in range(len(imps)))
+        assert union >= len(imps) * k  # every real candidate selected k of its >= 8 items
+        assert out.items_encoded - candidates == union
     model = NewsRecModel(len(vocab), NewsRecConfig(kind="sfi", select_k=50, **TINY)).eval()
     with torch.no_grad():
         assert model(*inputs).items_encoded == int(inputs[1].sum()) + candidates  # k >= history: everything

@@ -132,3 +132,15 @@ def test_save_and_load_score_the_same(data, tmp_path):
     (tmp_path / "other" / "config.json").write_text("{}")
     with pytest.raises(DataError, match="is not a news recommender"):
         NewsRecommender.load(tmp_path / "other")
+
+
+def test_word_vectors_from_an_embedding_model(data, minilm):
+    recommender = NewsRecommender.create(data.train, NewsRecConfig(kind="gateformer", **TINY), word_embedder=minilm)
+    assert recommender.training["word_init"] == minilm.name
+    index = {w: i for i, w in enumerate(recommender.vocab.words)}
+    words = [w for w in ("quarterback", "touchdown", "vineyard", "espresso") if w in index]
+    assert len(words) == 4, "the synthetic titles use these words"
+    for table in (recommender.model.news_encoder.embed.weight, recommender.model.gate.embed.weight):
+        v = torch.nn.functional.normalize(table[[index[w] for w in words]].detach(), dim=-1)
+        # MiniLM places football words together and drinks words together; random vectors would not
+        assert float(v[0] @ v[1]) > float(v[0] @ v[2]) and float(v[2] @ v[3]) > float(v[1] @ v[3])

@@ -80,3 +80,10 @@ def test_a_beir_folder_named_like_nothing_special_still_evaluates(tmp_path):
     """`eval DATA` keeps working beside `eval newsrec` (the nested parser only takes the literal word)."""
     result = run_cli("eval", str(tmp_path / "missing"))
     assert result.returncode == 2 and "folder not found" in result.stderr
+
+
+def test_the_cli_spells_the_baselines_as_the_library_does():
+    from flagstone.cli.evaluate import NEWSREC_BASELINES
+    from flagstone.newsrec.baselines import BASELINES
+
+    assert NEWSREC_BASELINES == BASELINES

@@ -85,6 +85,43 @@ def main(argv: list[str] | None = None) -> int:
     training = NewsRecTraining(batch_size=args.batch_size, max_steps=args.steps, epochs=1000, seed=args.seed,
                                show_progress=False,
                                **({"learning_rate": args.learning_rate} if args.learning_rate else {}))
+    command = " ".join(["python", "benchmarks/newsrec.py", *(argv or sys.argv[1:])])
+
+    def write(final: bool) -> None:
+        """The results so far: after each model (partial, ms from the dev evaluation pass) and at the end."""
+        base = next((r for r in rows if r["model"] == "base"), None)
+        lines = [f"# News recommendation on synthetic MIND data (seed {args.seed})", "",
+                 f"Train: {train.describe()}. Dev: {dev.describe()}. Every model: {args.steps} steps of "
+                 f"{args.batch_size} clicks x (1 + {training.negatives} negatives), learning rate "
+                 f"{training.learning_rate:g}, seed {args.seed}, word embeddings "
+                 f"{'from ' + args.word_vectors if args.word_vectors else 'random'}, {args.threads} torch "
+                 "thread(s), CPU.", ""]
+        if not final:
+            done = [r["model"] for r in rows if r["model"] in args.models]
+            lines += [f"PARTIAL: models finished so far: {', '.join(done) or 'none'} of {', '.join(args.models)}; "
+                      "ms / impression from the single dev evaluation pass, not the interleaved timing.", ""]
+        lines += ["| model | AUC | MRR | nDCG@5 | nDCG@10 | tokens encoded / impression | titles encoded / impression | "
+                  "ms / impression |", "|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            ms = f"{r['ms_per_impression']:.2f}" if r["ms_per_impression"] is not None else "-"
+            tokens = f"{r['tokens_encoded']:.0f}" if r["tokens_encoded"] else "-"
+            items = f"{r['items_encoded']:.1f}" if r["items_encoded"] else "-"
+            if base is not None and r["tokens_encoded"] and r is not base:
+                tokens += f" ({r['tokens_encoded'] / base['tokens_encoded']:.0%} of base)"
+            lines.append(f"| {r['model']} | {r['auc']:.4f} | {r['mrr']:.4f} | {r['ndcg@5']:.4f} | "
+                         f"{r['ndcg@10']:.4f} | {tokens} | {items} | {ms} |")
+        timing_note = (f"ms: median of {args.timing_repeats} interleaved runs on the first {args.timing_impressions} "
+                       "dev impressions, batches of 16." if final else "")
+        lines += ["", "topic reads the planted subcategory labels: a reference for how much signal there is, not a "
+                  "text model. Tokens and titles: through the transformer while scoring, no caching between "
+                  "impressions. " + timing_note, "", f"Command: `{command}`"]
+        save_results(args.name, "\n".join(lines), **{args.name: {
+            "partial": not final, "rows": rows,
+            "data": {"generator": "flagstone.newsrec.synthetic", **asdict(data_config), "train": train.describe(),
+                     "dev": dev.describe()},
+            "training": {**asdict(training), "steps": args.steps, "word_vectors": args.word_vectors},
+            "torch_threads": args.threads, "command": command}})
+
     word_embedder = None
     if args.word_vectors:
         from flagstone.models.embedder import Embedder
@@ -101,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         first = statistics.fmean(result.losses[:20])
         last = statistics.fmean(result.losses[-20:])
         rows.append({"model": name, **evaluation.metrics.as_dict(), "tokens_encoded": evaluation.cost.tokens_encoded,
-                     "items_encoded": evaluation.cost.items_encoded, "ms_per_impression": None,
+                     "items_encoded": evaluation.cost.items_encoded,
+                     "ms_per_impression": round(evaluation.cost.ms_per_impression, 3),
                      "train_steps": result.steps, "train_seconds": round(result.seconds, 1),
                      "loss_first_20": round(first, 4), "loss_last_20": round(last, 4),
                      "gate_k": config.gate_k if kind == "gateformer" else None,
@@ -110,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: {result.steps} steps in {result.seconds:.0f} s, loss {first:.3f} -> {last:.3f}, "
               f"AUC {evaluation.metrics.auc:.4f}, {evaluation.cost.tokens_encoded:.0f} tokens/impression",
               file=sys.stderr)
+        write(final=False)
 
     # speed: interleaved repeats over the same impressions, median
     timing = dev.head(args.timing_impressions)
@@ -121,37 +160,11 @@ def main(argv: list[str] | None = None) -> int:
             times[name].append(1000.0 * (time.perf_counter() - start) / len(timing.impressions))
     for row in rows:
         if row["model"] in times:
+            row["ms_per_impression_eval_pass"] = row["ms_per_impression"]
             row["ms_per_impression"] = round(statistics.median(times[row["model"]]), 3)
             row["ms_per_impression_runs"] = [round(t, 3) for t in times[row["model"]]]
 
-    base = next((r for r in rows if r["model"] == "base"), None)
-    lines = [f"# News recommendation on synthetic MIND data (seed {args.seed})", "",
-             f"Train: {train.describe()}. Dev: {dev.describe()}. Every model: {args.steps} steps of "
-             f"{args.batch_size} clicks x (1 + {training.negatives} negatives), learning rate "
-             f"{training.learning_rate:g}, seed {args.seed}, word embeddings "
-             f"{'from ' + args.word_vectors if args.word_vectors else 'random'}, {args.threads} torch thread(s), "
-             "CPU.", "",
-             "| model | AUC | MRR | nDCG@5 | nDCG@10 | tokens encoded / impression | titles encoded / impression | "
-             "ms / impression |", "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        ms = f"{r['ms_per_impression']:.2f}" if r["ms_per_impression"] is not None else "-"
-        tokens = f"{r['tokens_encoded']:.0f}" if r["tokens_encoded"] else "-"
-        items = f"{r['items_encoded']:.1f}" if r["items_encoded"] else "-"
-        if base is not None and r["tokens_encoded"] and r is not base:
-            tokens += f" ({r['tokens_encoded'] / base['tokens_encoded']:.0%} of base)"
-        lines.append(f"| {r['model']} | {r['auc']:.4f} | {r['mrr']:.4f} | {r['ndcg@5']:.4f} | {r['ndcg@10']:.4f} | "
-                     f"{tokens} | {items} | {ms} |")
-    lines += ["", "topic reads the planted subcategory labels: a reference for how much signal there is, not a "
-              "text model. Tokens and titles: through the transformer while scoring, no caching between "
-              "impressions. ms: median of interleaved runs on the first "
-              f"{len(timing.impressions)} dev impressions, batches of 16.",
-              "", "Command: `" + " ".join(["python", "benchmarks/newsrec.py", *(argv or sys.argv[1:])]) + "`"]
-    save_results(args.name, "\n".join(lines), **{args.name: {
-        "rows": rows, "data": {"generator": "flagstone.newsrec.synthetic", **asdict(data_config),
-                               "train": train.describe(), "dev": dev.describe()},
-        "training": {**asdict(training), "steps": args.steps, "word_vectors": args.word_vectors},
-        "torch_threads": args.threads,
-        "command": " ".join(["python", "benchmarks/newsrec.py", *(argv or sys.argv[1:])])}})
+    write(final=True)
     return 0
 
 

@@ -105,17 +105,17 @@ def format_time(time: datetime) -> str:
 def _lines(path: Path, what: str) -> Iterator[tuple[int, list[str]]]:
     """(line number, tab-separated fields) of every non-empty line; a line ending (\\r\\n too) is not a field."""
     try:
-        handle = open(path, encoding="utf-8", newline="")
+        handle = open(path, "rb")
     except OSError as exc:
         raise DataError(f"{path}: cannot read the {what} ({exc.strerror})") from None
     with handle:
-        try:
-            for number, line in enumerate(handle, 1):
-                line = line.rstrip("\r\n")
-                if line.strip():
-                    yield number, line.split("\t")
-        except UnicodeDecodeError:
-            raise DataError(f"{path}:{number + 1}: not UTF-8 text") from None
+        for number, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError:
+                raise DataError(f"{path}:{number}: not UTF-8 text") from None
+            if line.strip():
+                yield number, line.split("\t")
 
 
 def _check_entities(text: str, where: str, field: str) -> str:

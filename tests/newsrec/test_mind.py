@@ -110,6 +110,13 @@ def test_bad_behavior_lines_name_file_and_line(tmp_path, line, message):
     assert "\n" not in str(info.value)
 
 
+def test_bytes_that_are_not_utf8_name_the_line(tmp_path):
+    path = tmp_path / "news.tsv"
+    path.write_bytes(b"N1\tsports\tsoccer\tT\t\t\t[]\t[]\nN2\tsports\tsoccer\t\xff\t\t\t[]\t[]\n")
+    with pytest.raises(DataError, match="news.tsv:2: not UTF-8"):
+        read_news(path)
+
+
 def test_unlabelled_test_impressions_and_missing_files(tmp_path):
     path = tmp_path / "behaviors.tsv"
     path.write_text("1\tU1\t11/16/2019 9:05:58 AM\tN1\tN1 N2\n")

@@ -71,6 +71,8 @@ SUBSTITUTIONS = [
                  "passages cut to 64 tokens (train.jsonl has 4 queries: one step per epoch)"),
     Substitution("bash", "flagstone train reranker", "flagstone train reranker --max-length 64",
                  "passages cut to 64 tokens (train.jsonl has 4 queries: one step per epoch)"),
+    Substitution("bash", "--max-steps 200", "--max-steps 3",
+                 "news recommender training: 3 steps, not 200 (minutes on a shared CPU)"),
     Substitution("python", '"BAAI/bge-reranker-base"', '"{tiny_reranker}"',
                  "bge-reranker-base is a hub download (offline here): a tiny random checkpoint in its layout"),
     Substitution("python", "MemoRAG(generator, k=3)", "MemoRAG(generator, k=3, gist_tokens=32, clue_tokens=32)",

@@ -28,6 +28,24 @@ class ArgumentParser(argparse.ArgumentParser):
         flat = " ".join(message.split())
         self.exit(2, f"flagstone: error: {flat} (see {self.prog} --help)\n")
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._nested: dict[str, argparse.ArgumentParser] = {}
+
+    def add_nested_command(self, name: str, **kwargs) -> ArgumentParser:
+        """A sub-command beside this parser's own positional arguments (``eval newsrec DATA`` beside ``eval DATA``,
+        which argparse's subparsers cannot express): when the first argument is ``name``, the rest is parsed by
+        the returned parser alone. ``kwargs`` are ArgumentParser's."""
+        kwargs.setdefault("prog", f"{self.prog} {name}")
+        parser = type(self)(**kwargs)
+        self._nested[name] = parser
+        return parser
+
+    def parse_known_args(self, args=None, namespace=None):
+        if args and args[0] in self._nested:
+            return self._nested[args[0]].parse_known_args(list(args[1:]), namespace)
+        return super().parse_known_args(args, namespace)
+
 
 # -- argparse types: a bad value is a parser error (exit 2, one line) before any work starts ------------------
 def _int(text: str) -> int:

@@ -1,4 +1,4 @@
-"""The training commands of the ``flagstone`` CLI: mine, train embedder|reranker|long-context|genir, merge."""
+"""The training commands of the ``flagstone`` CLI: mine, train embedder|reranker|long-context|genir|newsrec, merge."""
 from __future__ import annotations
 
 import argparse
@@ -29,6 +29,8 @@ from flagstone.cli._common import (
 )
 from flagstone.errors import FlagstoneError
 from flagstone.models.causal_lm import DEFAULT_LLM
+from flagstone.newsrec.settings import KINDS as NEWSREC_KINDS
+from flagstone.newsrec.settings import NewsRecConfig, NewsRecTraining
 from flagstone.training.settings import (
     M3_EPOCHS,
     RERANKER_BATCH_SIZE,
@@ -41,6 +43,7 @@ from flagstone.training.settings import (
 
 # the library's defaults (the tuned settings the README reports) are the options' defaults
 _CONFIG, _EMBEDDER = TrainingConfig(), EmbedderTrainingSettings()
+_NEWSREC, _NEWSREC_TRAINING = NewsRecConfig(), NewsRecTraining()
 
 
 def add_parsers(sub, epilog: str = EPILOG) -> None:
@@ -68,10 +71,12 @@ def add_parsers(sub, epilog: str = EPILOG) -> None:
     check_with(p, _check_mine)
 
     p = sub.add_parser("train", help="fine-tune an embedder (dense or BGE-M3 dense+sparse+ColBERT) or a reranker, "
-                                     "or train a generative retriever",
+                                     "extend a causal LM's context, train a generative retriever or a news recommender",
                        description="embedder / reranker: contrastive fine-tuning on FlagEmbedding-format data with "
                                    "hard negatives (run `flagstone mine` first), resumable with --checkpoint-dir. "
-                                   "genir: a generative retriever trained on a BEIR folder.", epilog=epilog)
+                                   "long-context: RoPE base + LoRA context extension. genir: a generative retriever "
+                                   "trained on a BEIR folder. newsrec: a news recommender on MIND-format data.",
+                       epilog=epilog)
     tsub = p.add_subparsers(dest="train_command", metavar="KIND")
     for kind, help_text in (("embedder", "InfoNCE with in-batch and hard negatives; --heads dense sparse colbert "
                                          "trains BGE-M3's three heads with self-distillation"),
@@ -127,6 +132,7 @@ def add_parsers(sub, epilog: str = EPILOG) -> None:
 
     _add_long_context_parser(tsub, epilog)
     _add_genir_parser(tsub, epilog)
+    _add_newsrec_parser(tsub, epilog)
 
     p = sub.add_parser("merge", help="LM-Cocktail: merge same-architecture models by weighted averaging",
                        description="Average two or more checkpoints (embedders, rerankers or causal LMs) with given "
@@ -209,6 +215,21 @@ def _add_genir_parser(tsub, epilog: str) -> None:
                                     "over the documents' embeddings). Search with `flagstone eval DATA --modes genir "
                                     "--genir-model FOLDER`; decoding is constrained to valid docids.", epilog=epilog)
     t.add_argument("data", type=existing_folder, help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv")
+
+def _add_newsrec_parser(tsub, epilog: str) -> None:
+    help_text = "a news recommender (base, GateFormer or SFI) on MIND-format data"
+    t = tsub.add_parser(
+        "newsrec", help=help_text, epilog=epilog,
+        description="Train a news recommender on a MIND folder (news.tsv + behaviors.tsv: MIND-small/large from "
+                    "https://msnews.github.io, or synthetic data from flagstone.newsrec.synthetic). A small "
+                    "transformer encodes titles (its vocabulary: the training titles' words), additive attention over "
+                    "the clicked history makes the user vector, and every click is trained as a softmax against "
+                    "--negatives unclicked items of its impression. GateFormer (--kind gateformer) keeps only the "
+                    "--gate-k tokens a cheap gate scores highest in each clicked title before the transformer runs; "
+                    "SFI (--kind sfi) selects, per candidate, the --select-k history items a cheap selector finds most similar "
+                    "and encodes and matches (token by token) only those. Score the result with "
+                    "`flagstone eval newsrec`.")
+    t.add_argument("data", type=existing_folder, help="MIND training folder holding news.tsv and behaviors.tsv")
     t.add_argument("-o", "--output", type=output_folder, required=True, help="folder to save the trained model in")
     t.add_argument("--overwrite", action="store_true",
                    help="replace the output folder if Flagstone wrote it (a folder holding anything else is never "
@@ -254,6 +275,74 @@ def _check_genir(args: argparse.Namespace) -> None:
         raise FlagstoneError("--branching must be at least 2")
     if not args.no_queries:
         check_beir_folder(args.data, args.queries_split)
+
+    t.add_argument("--kind", choices=NEWSREC_KINDS, default=_NEWSREC.kind,
+                   help=f"base (no gate, no selection), gateformer or sfi (default: {_NEWSREC.kind})")
+    t.add_argument("--gate-k", type=positive_int, default=_NEWSREC.gate_k,
+                   help=f"gateformer: tokens kept per clicked title (default: {_NEWSREC.gate_k})")
+    t.add_argument("--select-k", type=positive_int, default=_NEWSREC.select_k,
+                   help=f"sfi: history items selected per candidate (default: {_NEWSREC.select_k})")
+    t.add_argument("--dim", type=positive_int, default=_NEWSREC.dim, help=f"model width (default: {_NEWSREC.dim})")
+    t.add_argument("--layers", type=positive_int, default=_NEWSREC.layers,
+                   help=f"transformer layers of the news encoder (default: {_NEWSREC.layers})")
+    t.add_argument("--heads", type=positive_int, default=_NEWSREC.heads,
+                   help=f"attention heads, dividing --dim (default: {_NEWSREC.heads})")
+    t.add_argument("--title-length", type=positive_int, default=_NEWSREC.title_length,
+                   help=f"title tokens read (default: {_NEWSREC.title_length})")
+    t.add_argument("--max-history", type=positive_int, default=_NEWSREC.max_history,
+                   help=f"most recent clicks read per user (default: {_NEWSREC.max_history})")
+    t.add_argument("--negatives", type=positive_int, default=_NEWSREC_TRAINING.negatives,
+                   help=f"unclicked items per click in the softmax (default: {_NEWSREC_TRAINING.negatives})")
+    t.add_argument("--epochs", type=positive_int, default=_NEWSREC_TRAINING.epochs,
+                   help=f"(default: {_NEWSREC_TRAINING.epochs})")
+    t.add_argument("--max-steps", type=positive_int, default=None, help="stop after this many optimiser steps")
+    t.add_argument("--batch-size", type=positive_int, default=_NEWSREC_TRAINING.batch_size,
+                   help=f"clicks per step (default: {_NEWSREC_TRAINING.batch_size})")
+    t.add_argument("--learning-rate", type=positive_float, default=_NEWSREC_TRAINING.learning_rate,
+                   help=f"(default: {_NEWSREC_TRAINING.learning_rate:g})")
+    t.add_argument("--word-vectors", type=model_name, default=None, metavar="MODEL",
+                   help="start the word embeddings from this embedding model's vector of every vocabulary word "
+                        "(principal components), e.g. all-MiniLM-L6-v2 (bundled); default: random")
+    t.add_argument("--max-impressions", type=positive_int, default=None,
+                   help="train on the first N impressions only")
+    t.add_argument("--seed", type=int, default=_NEWSREC_TRAINING.seed)
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    check_with(t, _check_newsrec)
+
+
+def _check_newsrec(args: argparse.Namespace) -> None:
+    if args.dim % args.heads:
+        raise FlagstoneError(f"--dim {args.dim} must be a multiple of --heads {args.heads}")
+    check_output_folder(args.output, overwrite=args.overwrite)
+
+
+def _train_newsrec(args: argparse.Namespace) -> int:
+    from flagstone.newsrec.mind import load_mind
+    from flagstone.newsrec.recommender import NewsRecommender
+
+    train = load_mind(args.data)
+    if args.max_impressions:
+        train = train.head(args.max_impressions)
+    config = NewsRecConfig(kind=args.kind, dim=args.dim, heads=args.heads, layers=args.layers,
+                           title_length=args.title_length, max_history=args.max_history, gate_k=args.gate_k,
+                           select_k=args.select_k)
+    settings = NewsRecTraining(negatives=args.negatives, batch_size=args.batch_size, epochs=args.epochs,
+                               learning_rate=args.learning_rate, max_steps=args.max_steps, seed=args.seed,
+                               show_progress=not args.quiet)
+    print(f"{args.data}: {train.describe()}", file=sys.stderr)
+    word_embedder = None
+    if args.word_vectors:
+        from flagstone.models.embedder import Embedder
+
+        word_embedder = Embedder(args.word_vectors, show_progress=False)
+    recommender = NewsRecommender.create(train, config, seed=args.seed, word_embedder=word_embedder)
+    result = recommender.fit(train, settings)
+    recommender.save(args.output, overwrite=args.overwrite)
+    first = sum(result.losses[:10]) / max(1, len(result.losses[:10]))
+    last = sum(result.losses[-10:]) / max(1, len(result.losses[-10:]))
+    print(f"{args.kind}: {result.steps} steps over {result.samples} clicks in {result.seconds:.0f} s "
+          f"(loss {first:.4f} -> {last:.4f}) -> {args.output}")
+    return 0
 
 
 def _check_mine(args: argparse.Namespace) -> None:
@@ -316,12 +405,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from flagstone.training.data import load_examples
 
     if args.train_command is None:
-        raise FlagstoneError("choose what to train: flagstone train embedder|reranker|long-context|genir "
+        raise FlagstoneError("choose what to train: flagstone train embedder|reranker|long-context|genir|newsrec "
                              "(see --help)")
     if args.train_command == "long-context":
         return _train_long_context(args)
     if args.train_command == "genir":
         return _train_genir(args)
+    if args.train_command == "newsrec":
+        return _train_newsrec(args)
     check_output_folder(args.output, overwrite=args.overwrite, legacy=MODEL_LAYOUT)  # before any work
     examples = load_examples(args.data)
     config = _training_config(args)

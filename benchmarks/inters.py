@@ -35,31 +35,28 @@ from flagstone.rerank import rerank_hits
 from flagstone.retrieval.retriever import Retriever
 from flagstone.training.settings import TrainingConfig
 
-MODES = ("pointwise", "pairwise", "listwise")
+MODES = ("pointwise", "listwise", "pairwise")  # cheapest first
 
 
 def ndcg10(hits, qids, qrels) -> float:
     return evaluate_run(hits.to_run(qids), {q: qrels[q] for q in qids}, (10,)).mean["ndcg@10"]
 
 
-def rerank_all(model: str, test, qids, first, texts, args, out: dict, saved) -> None:
-    """nDCG@10 and ms/query of the LLM reranker in each mode over the slice, into ``out``; ``saved()`` after
-    each mode."""
+def rerank_mode(mode: str, model: str, test, qids, first, texts, args, out: dict) -> None:
+    """nDCG@10 and ms/query of the LLM reranker in ``mode`` over the slice, into ``out[mode]``."""
     queries = [test.queries[q] for q in qids]
-    for mode in args.modes:
-        reranker = LLMReranker(model, mode=mode, max_length=args.max_length[mode], batch_size=8, dtype="bfloat16",
-                               both_orders=True, window=args.window, step=args.step, on_unparsed="keep")
-        start = time.perf_counter()
-        hits = rerank_hits(reranker, queries, first, texts, depth=args.depth, show_progress=True)
-        row = {"ndcg@10": ndcg10(hits, qids, test.qrels),
-               "ms_per_query": (time.perf_counter() - start) * 1000 / len(qids)}
-        if mode == "listwise":
-            row["windows"] = len(reranker.listwise_log)
-            row["unparsed"] = reranker.listwise_unparsed
-            row["unparsed_examples"] = [r.reply[:120] for r in reranker.listwise_log if not r.parsed][:5]
-        out[mode] = row
-        print(mode, json.dumps(row)[:300], flush=True)
-        saved()
+    reranker = LLMReranker(model, mode=mode, max_length=args.max_length[mode], batch_size=8, dtype="bfloat16",
+                           both_orders=True, window=args.window, step=args.step, on_unparsed="keep")
+    start = time.perf_counter()
+    hits = rerank_hits(reranker, queries, first, texts, depth=args.depth, show_progress=True)
+    row = {"ndcg@10": ndcg10(hits, qids, test.qrels),
+           "ms_per_query": (time.perf_counter() - start) * 1000 / len(qids)}
+    if mode == "listwise":
+        row["windows"] = len(reranker.listwise_log)
+        row["unparsed"] = reranker.listwise_unparsed
+        row["unparsed_examples"] = [r.reply[:120] for r in reranker.listwise_log if not r.parsed][:5]
+    out[mode] = row
+    print(mode, model, json.dumps(row)[:300], flush=True)
 
 
 def main() -> int:
@@ -77,16 +74,15 @@ def main() -> int:
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--window", type=int, default=5, help="listwise window (default: 5)")
     parser.add_argument("--step", type=int, default=2, help="listwise window step (default: 2)")
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES,
+                        help="LLM reranking modes, measured in this order (default: pointwise listwise pairwise)")
     parser.add_argument("--output-model", default=str(RESULTS.parent / "models" / "inters-smollm2"))
     parser.add_argument("--output-data", default=str(RESULTS.parent / "models" / "inters-data"))
-    parser.add_argument("--reuse-before", action="store_true",
-                        help="take the 'before' figures from the last results file (same slice) instead of rerunning")
     parser.add_argument("--quick", action="store_true", help="a tiny run to check the script (numbers meaningless)")
     args = parser.parse_args()
     args.max_length = {"pointwise": 320, "pairwise": 256, "listwise": 512}
     if args.quick:
-        args.queries, args.depth, args.held_out_per_task, args.max_train_per_task = 2, 5, 4, 6
+        args.queries, args.depth, args.held_out_per_task, args.max_train_per_task = 2, 4, 2, 3
     wall = time.perf_counter()
 
     data = build_inters_data(args.data, seed=0, held_out_per_task=args.held_out_per_task,
@@ -117,19 +113,14 @@ def main() -> int:
         results["settings"]["wall_seconds"] = time.perf_counter() - wall
         save_results("inters", table(results, args), inters=results)
 
-    previous = json.loads((RESULTS / "inters.json").read_text()) if args.reuse_before else None
-    if previous is not None and previous["slice"] == {"queries": len(qids), "depth": args.depth}:
-        results.update(rerank_before=previous["rerank_before"], tasks_before=previous["tasks_before"])
-    else:
-        t0 = time.perf_counter()
-        base = load_causal_lm("smollm2-135m-instruct", dtype="bfloat16")
-        results["tasks_before"] = {t: s.as_dict() for t, s in score_rows(base, data.held_out, max_new_tokens=24).items()}
-        print("tasks before", json.dumps(results["tasks_before"]), f"{time.perf_counter() - t0:.0f}s", flush=True)
-        del base
-        results["rerank_before"] = {}
-        rerank_all("smollm2-135m-instruct", test, qids, first, texts, args, results["rerank_before"],
-                   lambda: write("measuring before"))
-    write("before measured; tuning")
+    # order of work: tasks before, tuning, tasks after, then each mode before and after, cheapest mode first,
+    # so a run cut short still leaves complete before/after pairs
+    t0 = time.perf_counter()
+    base = load_causal_lm("smollm2-135m-instruct", dtype="bfloat16")
+    results["tasks_before"] = {t: s.as_dict() for t, s in score_rows(base, data.held_out, max_new_tokens=24).items()}
+    print("tasks before", json.dumps(results["tasks_before"]), f"{time.perf_counter() - t0:.0f}s", flush=True)
+    del base
+    write("tasks before measured; tuning")
 
     lora = LoraSettings(rank=args.rank, alpha=2 * args.rank, max_length=640, batch_size=8)
     config = TrainingConfig(epochs=args.epochs, learning_rate=args.learning_rate, warmup_ratio=0.05,
@@ -138,20 +129,23 @@ def main() -> int:
     losses = tuned.training.losses
     print(f"tuned: {tuned.training.steps} steps, {tuned.training.seconds:.0f}s, loss {losses[0]:.3f} -> "
           f"{sum(losses[-10:]) / len(losses[-10:]):.3f}", flush=True)
-
     results["training"] = {"rows": tuned.rows_used, "rows_too_long": tuned.rows_too_long,
                            "steps": tuned.training.steps, "seconds": tuned.training.seconds, "loss_first": losses[0],
                            "loss_last10": sum(losses[-10:]) / len(losses[-10:])}
     results["settings"]["lora"] = {"rank": args.rank, "alpha": 2 * args.rank, "epochs": args.epochs,
                                    "learning_rate": args.learning_rate, "batch_size": 8, "max_length": 640}
-    write("tuned; measuring after")
+    write("tuned; measuring tasks after")
     adapted = load_causal_lm(args.output_model, dtype="bfloat16")
     results["tasks_after"] = {t: s.as_dict() for t, s in score_rows(adapted, data.held_out, max_new_tokens=24).items()}
     print("tasks after", json.dumps(results["tasks_after"]), flush=True)
-    write("tasks after measured; reranking after")
-    results["rerank_after"] = {}
-    rerank_all(args.output_model, test, qids, first, texts, args, results["rerank_after"],
-               lambda: write("measuring after"))
+    del adapted
+    results["rerank_before"], results["rerank_after"] = {}, {}
+    write("tasks after measured; reranking")
+    for mode in args.modes:
+        rerank_mode(mode, "smollm2-135m-instruct", test, qids, first, texts, args, results["rerank_before"])
+        write(f"reranking ({mode} before done)")
+        rerank_mode(mode, args.output_model, test, qids, first, texts, args, results["rerank_after"])
+        write(f"reranking ({mode} after done)")
     write("complete")
     return 0
 

@@ -2,7 +2,7 @@
 instructions built from the shared data, and measure it before and after, per held-out task and as an LLM
 reranker on SciFact (pointwise, pairwise and listwise prompting).
 
-    flock /work/bench.lock python benchmarks/inters.py [--queries 20] [--depth 10] [--max-train-per-task 90]
+    flock /work/bench.lock python benchmarks/inters.py [--queries 20] [--depth 10] [--max-train-per-task 60]
 
 Protocol (SciFact test queries are never tuned on: reranking data comes from SciFact *train* queries):
 - data: ``build_inters_data`` over ../shared/data, seed 0; per task ``--held-out-per-task`` rows held out,
@@ -64,8 +64,8 @@ def main() -> int:
     parser.add_argument("--data", default=str(SHARED_DATA), help="the shared data folder")
     parser.add_argument("--queries", type=int, default=20, help="first N SciFact test queries reranked (default: 20)")
     parser.add_argument("--depth", type=int, default=10, help="BM25 candidates reranked per query (default: 10)")
-    parser.add_argument("--held-out-per-task", type=int, default=20)
-    parser.add_argument("--max-train-per-task", type=int, default=90)
+    parser.add_argument("--held-out-per-task", type=int, default=15)
+    parser.add_argument("--max-train-per-task", type=int, default=60)
     parser.add_argument("--held-out-tasks", nargs="*", default=["fact_verification"],
                         help="tasks kept out of tuning entirely, to see transfer to an unseen task "
                              "(default: fact_verification)")

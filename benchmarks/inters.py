@@ -45,8 +45,10 @@ def ndcg10(hits, qids, qrels) -> float:
 def rerank_mode(mode: str, model: str, test, qids, first, texts, args, out: dict) -> None:
     """nDCG@10 and ms/query of the LLM reranker in ``mode`` over the slice, into ``out[mode]``."""
     queries = [test.queries[q] for q in qids]
-    reranker = LLMReranker(model, mode=mode, max_length=args.max_length[mode], batch_size=8, dtype="bfloat16",
-                           both_orders=True, window=args.window, step=args.step, on_unparsed="keep")
+    # every mode asks with its registry template (pointwise: "relevant"), the wording the tuning data uses
+    reranker = LLMReranker(model, mode=mode, template="relevant" if mode == "pointwise" else None,
+                           max_length=args.max_length[mode], batch_size=8, dtype="bfloat16", both_orders=True,
+                           window=args.window, step=args.step, on_unparsed="keep")
     start = time.perf_counter()
     hits = rerank_hits(reranker, queries, first, texts, depth=args.depth, show_progress=True)
     row = {"ndcg@10": ndcg10(hits, qids, test.qrels),

@@ -8,7 +8,6 @@ import pytest
 
 from flagstone.cli import main
 
-pytest.importorskip("peft")
 
 
 def _one_line_error(capsys, code: int, match: str) -> None:

@@ -11,7 +11,6 @@ from flagstone.inters.settings import LoraSettings
 from flagstone.inters.tuning import TRAINING_FILE, encode_row, tune_lora
 from flagstone.training.settings import TrainingConfig
 
-pytest.importorskip("peft")
 
 ROWS = [{"task": "query_matching", "prompt": f"Do these mean the same? {a} / {b}", "completion": ans}
         for a, b, ans in [("open a file", "open the file", "Yes"), ("read bytes", "close socket", "No"),

@@ -2,7 +2,7 @@
 instructions built from the shared data, and measure it before and after, per held-out task and as an LLM
 reranker on SciFact (pointwise, pairwise and listwise prompting).
 
-    flock /work/bench.lock python benchmarks/inters.py [--queries 20] [--depth 10] [--max-train-per-task 60]
+    flock /work/bench.lock python benchmarks/inters.py [--queries 12] [--depth 10] [--max-train-per-task 30]
 
 Protocol (SciFact test queries are never tuned on: reranking data comes from SciFact *train* queries):
 - data: ``build_inters_data`` over ../shared/data, seed 0; per task ``--held-out-per-task`` rows held out,
@@ -30,12 +30,14 @@ from flagstone.inters.scoring import score_rows
 from flagstone.inters.settings import LoraSettings
 from flagstone.inters.tuning import tune_lora
 from flagstone.models.causal_lm import load_causal_lm
+from flagstone.models.prompts import TASKS
 from flagstone.models.reranker import LLMReranker
 from flagstone.rerank import rerank_hits
 from flagstone.retrieval.retriever import Retriever
 from flagstone.training.settings import TrainingConfig
 
 MODES = ("pointwise", "listwise", "pairwise")  # cheapest first
+TASK_ORDER = tuple(TASKS)
 
 
 def ndcg10(hits, qids, qrels) -> float:
@@ -64,10 +66,10 @@ def rerank_mode(mode: str, model: str, test, qids, first, texts, args, out: dict
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(SHARED_DATA), help="the shared data folder")
-    parser.add_argument("--queries", type=int, default=20, help="first N SciFact test queries reranked (default: 20)")
+    parser.add_argument("--queries", type=int, default=12, help="first N SciFact test queries reranked (default: 12)")
     parser.add_argument("--depth", type=int, default=10, help="BM25 candidates reranked per query (default: 10)")
-    parser.add_argument("--held-out-per-task", type=int, default=15)
-    parser.add_argument("--max-train-per-task", type=int, default=60)
+    parser.add_argument("--held-out-per-task", type=int, default=10)
+    parser.add_argument("--max-train-per-task", type=int, default=30)
     parser.add_argument("--held-out-tasks", nargs="*", default=["fact_verification"],
                         help="tasks kept out of tuning entirely, to see transfer to an unseen task "
                              "(default: fact_verification)")
@@ -115,15 +117,8 @@ def main() -> int:
         results["settings"]["wall_seconds"] = time.perf_counter() - wall
         save_results("inters", table(results, args), inters=results)
 
-    # order of work: tasks before, tuning, tasks after, then each mode before and after, cheapest mode first,
-    # so a run cut short still leaves complete before/after pairs
-    t0 = time.perf_counter()
-    base = load_causal_lm("smollm2-135m-instruct", dtype="bfloat16")
-    results["tasks_before"] = {t: s.as_dict() for t, s in score_rows(base, data.held_out, max_new_tokens=24).items()}
-    print("tasks before", json.dumps(results["tasks_before"]), f"{time.perf_counter() - t0:.0f}s", flush=True)
-    del base
-    write("tasks before measured; tuning")
-
+    # order of work (the machine is shared; a run cut short keeps complete before/after pairs): tuning, then
+    # pointwise and listwise reranking before and after, the per-task scores, and pairwise (the dearest) last
     lora = LoraSettings(rank=args.rank, alpha=2 * args.rank, max_length=640, batch_size=8)
     config = TrainingConfig(epochs=args.epochs, learning_rate=args.learning_rate, warmup_ratio=0.05,
                             precision="bfloat16", seed=0)
@@ -136,18 +131,25 @@ def main() -> int:
                            "loss_last10": sum(losses[-10:]) / len(losses[-10:])}
     results["settings"]["lora"] = {"rank": args.rank, "alpha": 2 * args.rank, "epochs": args.epochs,
                                    "learning_rate": args.learning_rate, "batch_size": 8, "max_length": 640}
-    write("tuned; measuring tasks after")
-    adapted = load_causal_lm(args.output_model, dtype="bfloat16")
-    results["tasks_after"] = {t: s.as_dict() for t, s in score_rows(adapted, data.held_out, max_new_tokens=24).items()}
-    print("tasks after", json.dumps(results["tasks_after"]), flush=True)
-    del adapted
     results["rerank_before"], results["rerank_after"] = {}, {}
-    write("tasks after measured; reranking")
-    for mode in args.modes:
+    write("tuned; reranking")
+
+    def both(mode: str) -> None:
         rerank_mode(mode, "smollm2-135m-instruct", test, qids, first, texts, args, results["rerank_before"])
         write(f"reranking ({mode} before done)")
         rerank_mode(mode, args.output_model, test, qids, first, texts, args, results["rerank_after"])
         write(f"reranking ({mode} after done)")
+
+    for mode in [m for m in args.modes if m != "pairwise"]:
+        both(mode)
+    for key, model in (("tasks_before", "smollm2-135m-instruct"), ("tasks_after", args.output_model)):
+        lm = load_causal_lm(model, dtype="bfloat16")
+        results[key] = {t: s.as_dict() for t, s in score_rows(lm, data.held_out, max_new_tokens=16).items()}
+        print(key, json.dumps(results[key]), flush=True)
+        del lm
+        write(f"{key} measured")
+    if "pairwise" in args.modes:
+        both("pairwise")
     write("complete")
     return 0
 
@@ -175,10 +177,12 @@ def table(results: dict, args) -> str:
     lines += ["", f"Held-out rows per task ({args.held_out_per_task} each; other rows of the same task were trained "
               f"on, except for the tasks marked unseen, held out whole: {', '.join(args.held_out_tasks) or 'none'}):",
               "", "| task | metric | before | after |", "|---|---|---|---|"]
-    for task, b in tasks_before.items():
-        a = tasks_after.get(task)
+    for task in TASK_ORDER:
+        b, a = tasks_before.get(task), tasks_after.get(task)
+        if b is None and a is None:
+            continue
         name = f"{task} (unseen)" if task in args.held_out_tasks else task
-        lines.append(f"| {name} | {b['metric']} | {b['score']:.3f} | {cell(a, 'score', '.3f')} |")
+        lines.append(f"| {name} | {(b or a)['metric']} | {cell(b, 'score', '.3f')} | {cell(a, 'score', '.3f')} |")
     if "training" in results:
         tr, lo = results["training"], results["settings"]["lora"]
         lines += ["", f"LoRA rank {lo['rank']}, {tr['steps']} steps over {tr['rows']} rows ({tr['rows_too_long']} "

@@ -82,8 +82,14 @@ def main() -> int:
                         help="LLM reranking modes, measured in this order (default: pointwise listwise pairwise)")
     parser.add_argument("--output-model", default=str(RESULTS.parent / "models" / "inters-smollm2"))
     parser.add_argument("--output-data", default=str(RESULTS.parent / "models" / "inters-data"))
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default: 1; the 2 cores are shared, and 2 threads under load wait on "
+                             "each other)")
     parser.add_argument("--quick", action="store_true", help="a tiny run to check the script (numbers meaningless)")
     args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
     args.max_length = {"pointwise": 320, "pairwise": 256, "listwise": 512}
     if args.quick:
         args.queries, args.depth, args.held_out_per_task, args.max_train_per_task = 2, 4, 2, 3
@@ -109,7 +115,7 @@ def main() -> int:
         "reranker_max_length": args.max_length,
         "listwise": {"window": args.window, "step": args.step, "unparsed": "counted; the window keeps its order"},
         "pairwise": "every pair of the candidates in both orders; score = wins",
-        "data": data.settings, "counts": data.counts(), "quick": args.quick}}
+        "data": data.settings, "counts": data.counts(), "quick": args.quick, "torch_threads": args.threads}}
 
     def write(status: str) -> None:
         """Save what is measured so far (a run cut short still leaves its figures)."""

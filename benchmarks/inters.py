@@ -2,7 +2,7 @@
 instructions built from the shared data, and measure it before and after, per held-out task and as an LLM
 reranker on SciFact (pointwise, pairwise and listwise prompting).
 
-    flock /work/bench.lock python benchmarks/inters.py [--queries 12] [--depth 10] [--max-train-per-task 30]
+    flock /work/bench.lock python benchmarks/inters.py [--queries 12] [--depth 10] [--max-train-per-task 12]
 
 Protocol (SciFact test queries are never tuned on: reranking data comes from SciFact *train* queries):
 - data: ``build_inters_data`` over ../shared/data, seed 0; per task ``--held-out-per-task`` rows held out,
@@ -68,13 +68,16 @@ def main() -> int:
     parser.add_argument("--data", default=str(SHARED_DATA), help="the shared data folder")
     parser.add_argument("--queries", type=int, default=12, help="first N SciFact test queries reranked (default: 12)")
     parser.add_argument("--depth", type=int, default=10, help="BM25 candidates reranked per query (default: 10)")
-    parser.add_argument("--held-out-per-task", type=int, default=10)
-    parser.add_argument("--max-train-per-task", type=int, default=30)
+    parser.add_argument("--held-out-per-task", type=int, default=5)
+    parser.add_argument("--max-train-per-task", type=int, default=12)
     parser.add_argument("--held-out-tasks", nargs="*", default=["fact_verification"],
                         help="tasks kept out of tuning entirely, to see transfer to an unseen task "
                              "(default: fact_verification)")
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--learning-rate", type=float, default=3e-4)
+    parser.add_argument("--learning-rate", type=float, default=5e-4)
+    parser.add_argument("--batch-size", type=int, default=4, help="training rows per step (default: 4)")
+    parser.add_argument("--train-max-length", type=int, default=384,
+                        help="tokens per training row; longer rows are left out and counted (default: 384)")
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--window", type=int, default=5, help="listwise window (default: 5)")
     parser.add_argument("--step", type=int, default=2, help="listwise window step (default: 2)")
@@ -123,9 +126,16 @@ def main() -> int:
         results["settings"]["wall_seconds"] = time.perf_counter() - wall
         save_results("inters", table(results, args), inters=results)
 
-    # order of work (the machine is shared; a run cut short keeps complete before/after pairs): tuning, then
-    # pointwise and listwise reranking before and after, the per-task scores, and pairwise (the dearest) last
-    lora = LoraSettings(rank=args.rank, alpha=2 * args.rank, max_length=640, batch_size=8)
+    # order of work (the machine is shared; a run cut short keeps what it finished): pointwise and listwise
+    # reranking before tuning, the tuning, the same after; then the per-task scores; pairwise (the dearest) last
+    results["rerank_before"], results["rerank_after"] = {}, {}
+    cheap = [m for m in args.modes if m != "pairwise"]
+    for mode in cheap:
+        rerank_mode(mode, "smollm2-135m-instruct", test, qids, first, texts, args, results["rerank_before"])
+        write(f"reranking ({mode} before done)")
+
+    lora = LoraSettings(rank=args.rank, alpha=2 * args.rank, max_length=args.train_max_length,
+                        batch_size=args.batch_size)
     config = TrainingConfig(epochs=args.epochs, learning_rate=args.learning_rate, warmup_ratio=0.05,
                             precision="bfloat16", seed=0)
     tuned = tune_lora("smollm2-135m-instruct", data.train, args.output_model, lora=lora, config=config, overwrite=True)
@@ -134,20 +144,14 @@ def main() -> int:
           f"{sum(losses[-10:]) / len(losses[-10:]):.3f}", flush=True)
     results["training"] = {"rows": tuned.rows_used, "rows_too_long": tuned.rows_too_long,
                            "steps": tuned.training.steps, "seconds": tuned.training.seconds, "loss_first": losses[0],
-                           "loss_last10": sum(losses[-10:]) / len(losses[-10:])}
+                           "loss_last10": sum(losses[-10:]) / len(losses[-10:]), "losses": losses}
     results["settings"]["lora"] = {"rank": args.rank, "alpha": 2 * args.rank, "epochs": args.epochs,
-                                   "learning_rate": args.learning_rate, "batch_size": 8, "max_length": 640}
-    results["rerank_before"], results["rerank_after"] = {}, {}
-    write("tuned; reranking")
-
-    def both(mode: str) -> None:
-        rerank_mode(mode, "smollm2-135m-instruct", test, qids, first, texts, args, results["rerank_before"])
-        write(f"reranking ({mode} before done)")
+                                   "learning_rate": args.learning_rate, "batch_size": args.batch_size,
+                                   "max_length": args.train_max_length}
+    write("tuned")
+    for mode in cheap:
         rerank_mode(mode, args.output_model, test, qids, first, texts, args, results["rerank_after"])
         write(f"reranking ({mode} after done)")
-
-    for mode in [m for m in args.modes if m != "pairwise"]:
-        both(mode)
     for key, model in (("tasks_before", "smollm2-135m-instruct"), ("tasks_after", args.output_model)):
         lm = load_causal_lm(model, dtype="bfloat16")
         results[key] = {t: s.as_dict() for t, s in score_rows(lm, data.held_out, max_new_tokens=16).items()}
@@ -155,7 +159,9 @@ def main() -> int:
         del lm
         write(f"{key} measured")
     if "pairwise" in args.modes:
-        both("pairwise")
+        for key, model in (("rerank_before", "smollm2-135m-instruct"), ("rerank_after", args.output_model)):
+            rerank_mode("pairwise", model, test, qids, first, texts, args, results[key])
+            write(f"reranking (pairwise {key.split('_')[1]} done)")
     write("complete")
     return 0
 

@@ -7,12 +7,17 @@ reranker on SciFact (pointwise, pairwise and listwise prompting).
 Protocol (SciFact test queries are never tuned on: reranking data comes from SciFact *train* queries):
 - data: ``build_inters_data`` over ../shared/data, seed 0; per task ``--held-out-per-task`` rows held out,
   up to ``--max-train-per-task`` rows for training; saved with the seed in its manifest;
-- tuning: LoRA (rank ``--rank``) on every projection of SmolLM2, ``--epochs`` epochs, bf16 autocast;
+- tuning: LoRA (rank ``--rank``) on every projection of SmolLM2, ``--epochs`` epochs, bf16 autocast, rows
+  longer than ``--train-max-length`` tokens left out (counted); ``--held-out-tasks`` are not trained on;
 - per-task scores on the held-out rows before and after (accuracy / token F1 / listwise top-1);
 - reranking: BM25 (flagstone's, k1 1.2, b 0.75) top ``--depth`` for the first ``--queries`` SciFact test
   queries (qrels order), reranked by the LLM in each mode; nDCG@10 over the same slice, BM25 alone beside it.
   Listwise replies that do not parse are counted and leave their window in the order it came in.
-Writes benchmarks/results/inters.{json,md}; the adapter goes to benchmarks/models/inters-smollm2.
+Order of work: pointwise and listwise before, tuning, the same after, per-task scores, pairwise last; the
+results file is rewritten after each step with a ``status``, so a run cut short keeps what it finished.
+The defaults are the small run that fit a shared 2-core machine; a fuller run, e.g.
+``--queries 100 --depth 20 --max-train-per-task 300 --held-out-per-task 40 --window 10 --step 5``, takes hours
+there. Writes benchmarks/results/inters.{json,md}; the adapter goes to benchmarks/models/inters-smollm2.
 """
 from __future__ import annotations
 

@@ -24,6 +24,7 @@ LAYERS: dict[str, int] = {
     "flagstone.training": 5,
     "flagstone.genir": 5,
     "flagstone.newsrec": 5,
+    "flagstone.inters": 5,
     "flagstone.rag": 6,
     "flagstone.longctx": 6,
     "flagstone.distributed": 7,

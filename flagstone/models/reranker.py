@@ -56,6 +56,7 @@ LLM_PROMPT_STYLES: dict[str, LLMPromptStyle] = {
     # score = softmax over the "yes" and "no" logits at the last position, the probability of "yes"
     "qwen3": LLMPromptStyle(_QWEN3_RERANKER_PROMPT, "yes", "no", False, True),
 }
+LLM_RERANK_MODES = ("pointwise", "pairwise", "listwise")
 # short name -> (hub name, prompt style)
 LLM_RERANKER_PRESETS: dict[str, tuple[str, str]] = {
     f"qwen3-reranker-{size.lower()}": (f"Qwen/Qwen3-Reranker-{size}", "qwen3") for size in ("0.6B", "4B", "8B")
@@ -278,6 +279,16 @@ class LLMReranker:
     ``prompt``, ``yes``, ``no``, ``normalize`` and ``chat_template`` given here beat the style's; ``instruction``
     fills a prompt's ``{instruction}`` (default: a web-search retrieval task). Passages are cut by tokens so the
     whole prompt fits ``max_length``.
+
+    ``mode`` picks how the model is asked (the prompts come from :mod:`flagstone.models.prompts`; ``template``
+    names one of the mode's zero-shot templates): ``"pointwise"`` (the default, above; ``template`` replaces the
+    style's prompt), ``"pairwise"`` (which of two passages is more relevant, A or B, read from the next-token
+    logits; shown in both orders unless ``both_orders=False``; a passage's score is its number of wins) or
+    ``"listwise"`` (the model writes a ranking ``[2] > [1] > ...`` of ``window`` passages at a time, sliding up
+    by ``step``; a reply that does not parse raises, or with ``on_unparsed="keep"`` leaves its window as it
+    was; either way it is recorded in ``listwise_log``). Pairwise and listwise scores compare the passages of
+    one query within a ``score_pairs`` call, so pass a query's candidates together (``rerank`` and
+    ``rerank_hits`` do).
     """
 
     def __init__(
@@ -295,8 +306,30 @@ class LLMReranker:
         normalize: bool | None = None,
         dtype: str = "float32",
         cache_dir: str | os.PathLike | None = None,
+        mode: str = "pointwise",
+        template: str | None = None,
+        both_orders: bool = True,
+        window: int = 10,
+        step: int = 5,
+        on_unparsed: str = "raise",
     ) -> None:
         from flagstone.models.causal_lm import load_causal_lm
+        from flagstone.models.prompts import get_template
+
+        if mode not in LLM_RERANK_MODES:
+            raise ValueError(f"mode must be one of {LLM_RERANK_MODES}, got {mode!r}")
+        if on_unparsed not in ("raise", "keep"):
+            raise ValueError(f"on_unparsed must be 'raise' or 'keep', got {on_unparsed!r}")
+        if window < 2 or not 1 <= step < window:
+            raise ValueError(f"need window >= 2 and 1 <= step < window, got window={window}, step={step}")
+        if template is not None and prompt is not None:
+            raise ValueError("give prompt or template, not both")
+        # the registry's template for this mode (pairwise and listwise always use one; pointwise when asked)
+        self.template = get_template(f"{mode}_reranking", template) if mode != "pointwise" or template else None
+        if self.template is not None and self.template.shots:
+            raise ValueError(f"template {self.template.name!r} is few-shot; the reranker asks zero-shot")
+        if self.template is not None and mode == "pointwise":
+            prompt = self.template.render({"query": "{query}", "passage": "{passage}"})
 
         preset = find_llm_reranker_preset(str(model))
         if preset is not None:
@@ -328,6 +361,13 @@ class LLMReranker:
             raise ValueError(f"chat_template=True but the tokenizer in {self.path} has no chat template")
         self._chat = has_template if use_template is None else use_template
         self._pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.mode = mode
+        self.both_orders = both_orders
+        self.window, self.step = window, step
+        self.on_unparsed = on_unparsed
+        if mode == "pairwise":
+            self.a_id, self.b_id = self._single_token("A"), self._single_token("B")
+        self.listwise_log: list[ListwiseReply] = []  # every listwise window's reply, parsed or not
 
     def _single_token(self, word: str) -> int:
         ids = self.tokenizer(word, add_special_tokens=False)["input_ids"]
@@ -335,14 +375,16 @@ class LLMReranker:
             raise ValueError(f"{word!r} is {len(ids)} tokens for this tokenizer; the answer words must be one token")
         return int(ids[0])
 
+    def _encode_prompt(self, text: str) -> list[int]:
+        if self._chat:
+            return list(self.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=True,
+                                                           add_generation_prompt=True, return_dict=False))
+        return self.tokenizer(text, add_special_tokens=True)["input_ids"]
+
     def _prompt_ids(self, query: str, passage: str) -> list[int]:
-        """Token ids of the full prompt, the passage cut so everything fits in max_length."""
+        """Token ids of the full pointwise prompt, the passage cut so everything fits in max_length."""
         def render(passage_text: str) -> list[int]:
-            text = self.prompt.format(query=query, passage=passage_text)
-            if self._chat:
-                return list(self.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=True,
-                                                               add_generation_prompt=True, return_dict=False))
-            return self.tokenizer(text, add_special_tokens=True)["input_ids"]
+            return self._encode_prompt(self.prompt.format(query=query, passage=passage_text))
 
         ids = render(passage)
         if len(ids) <= self.max_length:
@@ -354,15 +396,36 @@ class LLMReranker:
         ids = render(self.tokenizer.decode(passage_ids[:budget]))
         return ids[: self.max_length]  # decoding and re-encoding can shift a token or two
 
-    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+    def _multi_passage_ids(self, query: str, fields: dict[str, str], passages: Sequence[str]) -> list[int]:
+        """A pairwise or listwise prompt: every passage cut to an equal share of the tokens the prompt leaves."""
+        def render(texts: Sequence[str]) -> list[int]:
+            example = dict(fields, query=query)
+            if self.mode == "pairwise":
+                example.update(passage_a=texts[0], passage_b=texts[1])
+            else:
+                from flagstone.models.prompts import number_passages
+
+                example["passages"] = number_passages(texts)
+            return self._encode_prompt(self.template.render(example))
+
+        ids = render(passages)
+        if len(ids) <= self.max_length:
+            return ids
+        overhead = len(render([""] * len(passages)))
+        share = (self.max_length - overhead) // len(passages)
+        if share < 1:
+            raise InvalidTextError(f"the prompt and query alone take more than max_length={self.max_length} tokens")
+        cut = [self.tokenizer.decode(self.tokenizer(p, add_special_tokens=False)["input_ids"][:share]) for p in passages]
+        return render(cut)[: self.max_length]
+
+    def _next_token_logodds(self, prompts: Sequence[list[int]], first: int, second: int) -> np.ndarray:
+        """log P(first) - log P(second) as the next token after each prompt, batched longest first."""
         import torch
 
-        pairs = validate_pairs(pairs)
-        prompts = [self._prompt_ids(q, p) for q, p in pairs]
         order = np.argsort([-len(p) for p in prompts], kind="stable")
-        out = np.zeros(len(pairs), dtype=np.float32)
+        out = np.zeros(len(prompts), dtype=np.float32)
         with torch.inference_mode():
-            for part in _batches(len(pairs), self.batch_size):
+            for part in _batches(len(prompts), self.batch_size):
                 idx = order[part]
                 rows = [prompts[i] for i in idx]
                 width = -(-max(len(r) for r in rows) // 32) * 32  # few distinct shapes: see encode_pairs
@@ -374,11 +437,115 @@ class LLMReranker:
                 logits = self.model(input_ids=input_ids, attention_mask=mask).logits
                 last = logits[torch.arange(len(rows)), mask.sum(dim=1) - 1].float()
                 log_probs = torch.log_softmax(last, dim=-1)
-                scores = log_probs[:, self.yes_id] - log_probs[:, self.no_id]
-                if self.normalize:
-                    scores = torch.sigmoid(scores)
-                out[idx] = scores.numpy()
+                out[idx] = (log_probs[:, first] - log_probs[:, second]).numpy()
         return out
+
+    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        """One score per (query, passage) pair. Pointwise: the yes/no log-odds (or probability). Pairwise and
+        listwise compare the passages that share a query within this call: pairwise scores are wins against
+        them (:func:`aggregate_pairwise`), listwise scores are ``n - rank`` in the order the model gives."""
+        pairs = validate_pairs(pairs)
+        if self.mode == "pointwise":
+            scores = self._next_token_logodds([self._prompt_ids(q, p) for q, p in pairs], self.yes_id, self.no_id)
+            if self.normalize:
+                import torch
+
+                scores = torch.sigmoid(torch.from_numpy(scores)).numpy()
+            return scores
+        out = np.zeros(len(pairs), dtype=np.float32)
+        groups: dict[str, list[int]] = {}
+        for i, (query, _) in enumerate(pairs):
+            groups.setdefault(query, []).append(i)
+        for query, rows in groups.items():
+            passages = [pairs[i][1] for i in rows]
+            scores = self.pairwise_wins(query, passages) if self.mode == "pairwise" else \
+                self.listwise_scores(query, passages)
+            out[rows] = scores
+        return out
+
+    def pairwise_wins(self, query: str, passages: Sequence[str]) -> np.ndarray:
+        """Each passage's wins over the others (0.5 for a tie): every pair is shown once, or in both orders
+        with ``both_orders`` (the preference is then the mean of the two, which cancels a bias for A or B)."""
+        n = len(passages)
+        pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+        shown = pairs + ([(j, i) for i, j in pairs] if self.both_orders else [])
+        prompts = [self._multi_passage_ids(query, {}, [passages[i], passages[j]]) for i, j in shown]
+        logodds = self._next_token_logodds(prompts, self.a_id, self.b_id) if prompts else np.zeros(0, np.float32)
+        preference = logodds[: len(pairs)]
+        if self.both_orders:
+            preference = (preference - logodds[len(pairs):]) / 2
+        return aggregate_pairwise(n, pairs, preference)
+
+    def listwise_scores(self, query: str, passages: Sequence[str]) -> np.ndarray:
+        """``n - rank`` after a sliding window (``window`` passages, moving ``step`` up from the bottom, as
+        RankGPT does) asks the model to order each window. A reply that is not exactly a ranking of the
+        window's numbers is recorded in ``listwise_log`` and raises :class:`ListwiseParseError`, or, with
+        ``on_unparsed="keep"``, leaves that window in the order it came in."""
+        import torch
+
+        from flagstone.models.prompts import parse_permutation
+
+        order = list(range(len(passages)))
+        starts = list(range(max(0, len(order) - self.window), -1, -self.step))
+        if starts and starts[-1] != 0:
+            starts.append(0)
+        for start in starts:
+            window = order[start: start + self.window]
+            if len(window) < 2:
+                continue
+            ids = self._multi_passage_ids(query, {}, [passages[i] for i in window])
+            budget = 6 * len(window) + 8  # "[10] > " is at most ~6 tokens a number
+            with torch.inference_mode():
+                generated = self.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                                max_new_tokens=budget, do_sample=False, pad_token_id=self._pad_id)
+            reply = self.tokenizer.decode(generated[0, len(ids):], skip_special_tokens=True)
+            parsed = parse_permutation(reply, len(window))
+            self.listwise_log.append(ListwiseReply(query, len(window), reply, parsed is not None))
+            if parsed is None:
+                if self.on_unparsed == "raise":
+                    raise ListwiseParseError(f"the model's ranking of {len(window)} passages could not be parsed: "
+                                             f"{reply[:80]!r}")
+                continue
+            order[start: start + self.window] = [window[k] for k in parsed]
+        scores = np.zeros(len(passages), dtype=np.float32)
+        scores[order] = np.arange(len(passages), 0, -1, dtype=np.float32)
+        return scores
+
+    @property
+    def listwise_unparsed(self) -> int:
+        """How many listwise replies so far were not a ranking (see ``listwise_log``)."""
+        return sum(not r.parsed for r in self.listwise_log)
+
+
+@dataclass(frozen=True)
+class ListwiseReply:
+    """One listwise window: the query, how many passages it showed, the model's reply and whether it parsed."""
+
+    query: str
+    n_passages: int
+    reply: str
+    parsed: bool
+
+
+class ListwiseParseError(BackendError):
+    """The model's listwise reply was not a ranking of the passages it was shown."""
+
+
+def aggregate_pairwise(n: int, pairs: Sequence[tuple[int, int]], preference: np.ndarray) -> np.ndarray:
+    """Wins per passage from pairwise preferences: ``preference[k] > 0`` means ``pairs[k][0]`` beat
+    ``pairs[k][1]``, ``< 0`` the reverse, ``0`` a tie (half a win each)."""
+    if len(pairs) != len(preference):
+        raise ValueError(f"{len(pairs)} pairs for {len(preference)} preferences")
+    wins = np.zeros(n, dtype=np.float32)
+    for (i, j), p in zip(pairs, preference):
+        if p > 0:
+            wins[i] += 1.0
+        elif p < 0:
+            wins[j] += 1.0
+        else:
+            wins[i] += 0.5
+            wins[j] += 0.5
+    return wins
 
 
 class ColbertReranker:

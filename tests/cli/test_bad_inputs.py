@@ -127,6 +127,14 @@ BAD = [
     ("train-reranker-group-size-zero", ["train", "reranker", "{tmp}/train.jsonl", "-o", "{tmp}/out",
                                         "--group-size", "0"], "must be at least 1"),
     ("train-reranker-missing-data", ["train", "reranker", "{tmp}/missing.jsonl", "-o", "{tmp}/out"], "not found"),
+    ("train-inters-not-inters-rows", ["train", "inters", "{tmp}/train.jsonl", "-o", "{tmp}/out"], "missing field"),
+    ("train-inters-folder-without-rows", ["train", "inters", "{tmp}/beir", "-o", "{tmp}/out"], "no train.jsonl"),
+    ("train-inters-rank-zero", ["train", "inters", "{tmp}/train.jsonl", "-o", "{tmp}/out", "--rank", "0"],
+     "must be at least 1"),
+    ("inters-data-unknown-task", ["inters-data", "-o", "{tmp}/d", "--data-root", "{tmp}", "--tasks", "nosuch"],
+     "unknown task"),
+    ("inters-data-missing-root", ["inters-data", "-o", "{tmp}/d", "--data-root", "{tmp}/missing"], "not found"),
+    ("inters-data-output-exists", ["inters-data", "-o", "{tmp}/beir", "--data-root", "{tmp}"], "--overwrite"),
     ("merge-zero-weights", ["merge", "{tmp}/m1", "{tmp}/m2", "-o", "{tmp}/merged", "--weights", "0", "0"],
      "all zero"),
     ("merge-weight-count", ["merge", "{tmp}/m1", "{tmp}/m2", "-o", "{tmp}/merged", "--weights", "1"],
@@ -210,4 +218,4 @@ def test_the_table_covers_every_command():
     covered = {args[0] for _, args, _ in BAD}
     assert set(COMMANDS) <= covered, set(COMMANDS) - covered
     assert {args[1] for _, args, _ in BAD if args[0] == "index"} == {"build", "search", "describe", "verify"}
-    assert {args[1] for _, args, _ in BAD if args[0] == "train"} == {"embedder", "reranker"}
+    assert {args[1] for _, args, _ in BAD if args[0] == "train"} == {"embedder", "reranker", "inters"}

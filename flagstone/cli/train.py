@@ -270,21 +270,6 @@ def _add_genir_parser(tsub, epilog: str) -> None:
                                     "over the documents' embeddings). Search with `flagstone eval DATA --modes genir "
                                     "--genir-model FOLDER`; decoding is constrained to valid docids.", epilog=epilog)
     t.add_argument("data", type=existing_folder, help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv")
-
-def _add_newsrec_parser(tsub, epilog: str) -> None:
-    help_text = "a news recommender (base, GateFormer or SFI) on MIND-format data"
-    t = tsub.add_parser(
-        "newsrec", help=help_text, epilog=epilog,
-        description="Train a news recommender on a MIND folder (news.tsv + behaviors.tsv: MIND-small/large from "
-                    "https://msnews.github.io, or synthetic data from flagstone.newsrec.synthetic). A small "
-                    "transformer encodes titles (its vocabulary: the training titles' words), additive attention over "
-                    "the clicked history makes the user vector, and every click is trained as a softmax against "
-                    "--negatives unclicked items of its impression. GateFormer (--kind gateformer) keeps only the "
-                    "--gate-k tokens a cheap gate scores highest in each clicked title before the transformer runs; "
-                    "SFI (--kind sfi) selects, per candidate, the --select-k history items a cheap selector finds most similar "
-                    "and encodes and matches (token by token) only those. Score the result with "
-                    "`flagstone eval newsrec`.")
-    t.add_argument("data", type=existing_folder, help="MIND training folder holding news.tsv and behaviors.tsv")
     t.add_argument("-o", "--output", type=output_folder, required=True, help="folder to save the trained model in")
     t.add_argument("--overwrite", action="store_true",
                    help="replace the output folder if Flagstone wrote it (a folder holding anything else is never "
@@ -319,18 +304,24 @@ def _add_newsrec_parser(tsub, epilog: str) -> None:
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     check_with(t, _check_genir)
 
-
-def _check_genir(args: argparse.Namespace) -> None:
-    from flagstone.evaluation.beir import check_beir_folder
-
-    check_output_folder(args.output, overwrite=args.overwrite)
-    if args.hidden_size % args.heads:
-        raise FlagstoneError(f"--hidden-size {args.hidden_size} is not divisible by --heads {args.heads}")
-    if args.docids == "semantic" and args.branching < 2:
-        raise FlagstoneError("--branching must be at least 2")
-    if not args.no_queries:
-        check_beir_folder(args.data, args.queries_split)
-
+def _add_newsrec_parser(tsub, epilog: str) -> None:
+    help_text = "a news recommender (base, GateFormer or SFI) on MIND-format data"
+    t = tsub.add_parser(
+        "newsrec", help=help_text, epilog=epilog,
+        description="Train a news recommender on a MIND folder (news.tsv + behaviors.tsv: MIND-small/large from "
+                    "https://msnews.github.io, or synthetic data from flagstone.newsrec.synthetic). A small "
+                    "transformer encodes titles (its vocabulary: the training titles' words), additive attention over "
+                    "the clicked history makes the user vector, and every click is trained as a softmax against "
+                    "--negatives unclicked items of its impression. GateFormer (--kind gateformer) keeps only the "
+                    "--gate-k tokens a cheap gate scores highest in each clicked title before the transformer runs; "
+                    "SFI (--kind sfi) selects, per candidate, the --select-k history items a cheap selector finds most similar "
+                    "and encodes and matches (token by token) only those. Score the result with "
+                    "`flagstone eval newsrec`.")
+    t.add_argument("data", type=existing_folder, help="MIND training folder holding news.tsv and behaviors.tsv")
+    t.add_argument("-o", "--output", type=output_folder, required=True, help="folder to save the trained model in")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace the output folder if Flagstone wrote it (a folder holding anything else is never "
+                        "replaced)")
     t.add_argument("--kind", choices=NEWSREC_KINDS, default=_NEWSREC.kind,
                    help=f"base (no gate, no selection), gateformer or sfi (default: {_NEWSREC.kind})")
     t.add_argument("--gate-k", type=positive_int, default=_NEWSREC.gate_k,
@@ -363,6 +354,18 @@ def _check_genir(args: argparse.Namespace) -> None:
     t.add_argument("--seed", type=int, default=_NEWSREC_TRAINING.seed)
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     check_with(t, _check_newsrec)
+
+
+def _check_genir(args: argparse.Namespace) -> None:
+    from flagstone.evaluation.beir import check_beir_folder
+
+    check_output_folder(args.output, overwrite=args.overwrite)
+    if args.hidden_size % args.heads:
+        raise FlagstoneError(f"--hidden-size {args.hidden_size} is not divisible by --heads {args.heads}")
+    if args.docids == "semantic" and args.branching < 2:
+        raise FlagstoneError("--branching must be at least 2")
+    if not args.no_queries:
+        check_beir_folder(args.data, args.queries_split)
 
 
 def _check_newsrec(args: argparse.Namespace) -> None:

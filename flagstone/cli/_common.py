@@ -189,7 +189,7 @@ def model_name(text: str) -> str:
     if path.is_dir():
         if not ((path / "config.json").is_file() or (path / "modules.json").is_file()):
             raise argparse.ArgumentTypeError(f"{text} is a folder but has no config.json (nor adapter_config.json): "
-                                             "not a model or LoRA adapter folder")
+                                             "not a model folder or LoRA adapter folder")
         return text
     if find_preset(text) is not None or _HUB_ID.fullmatch(text):
         return text
@@ -208,7 +208,7 @@ def causal_lm_name(text: str) -> str:
     if path.is_dir():
         if not (path / "config.json").is_file() and not is_adapter_folder(path):
             raise argparse.ArgumentTypeError(f"{text} is a folder but has no config.json (nor adapter_config.json): "
-                                             "not a model or LoRA adapter folder")
+                                             "not a model folder or LoRA adapter folder")
         return text
     if _HUB_ID.fullmatch(text):
         return text

@@ -267,16 +267,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             distributed.close()
     print(f"{dataset.name} ({args.split}): {dataset.describe()}; model {report.model}, depth {args.depth}"
           + (f", relevant from judgement {args.relevance_level}" if args.relevance_level > 1 else ""))
-    cutoffs = sorted(set(args.k) & {10, 100}) or [max(args.k)]
-    shown = [f"{m}@{k}" for k in cutoffs for m in ("ndcg", "mrr", "recall", "map")]
-    print(report.table(metrics=shown))
-    if args.output:
-        report.save_json(args.output)
-        print(f"metrics -> {args.output}")
-    if args.run_dir:
-        for path in report.write_trec_runs(args.run_dir):
-            print(f"run -> {path}")
-    return 0
+    return _show_and_save(report, args)
 
 
 def _eval_genir(args: argparse.Namespace, dataset) -> int:
@@ -299,8 +290,15 @@ def _eval_genir(args: argparse.Namespace, dataset) -> int:
         report = classic
     print(f"{dataset.name} ({args.split}): {dataset.describe()}; depth {args.depth}; genir: "
           f"{generative['invalid_docids']} invalid docids, {generative['ms_per_query']} ms/query")
+    return _show_and_save(report, args)
+
+
+def _show_and_save(report, args: argparse.Namespace) -> int:
+    """The metrics table at the cutoffs asked for (10 and 100 when asked, else the largest), then the JSON
+    report (``--output``) and TREC runs (``--run-dir``) when asked."""
     cutoffs = sorted(set(args.k) & {10, 100}) or [max(args.k)]
-    print(report.table(metrics=[f"{m}@{k}" for k in cutoffs for m in ("ndcg", "mrr", "recall", "map")]))
+    shown = [f"{m}@{k}" for k in cutoffs for m in ("ndcg", "mrr", "recall", "map")]
+    print(report.table(metrics=shown))
     if args.output:
         report.save_json(args.output)
         print(f"metrics -> {args.output}")

@@ -19,6 +19,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # interpreter, so a main-thread ast.parse at the same moment fails with "SystemError: AST constructor
 # recursion depth mismatch" (what failed the training tests after the Ray tests in one process).
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
+    # one pytest-xdist worker per core (scripts/test.sh): each worker, and the CLI processes it starts,
+    # computes on one thread instead of every worker spreading over all cores
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 @pytest.fixture(scope="session")

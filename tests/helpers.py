@@ -96,9 +96,9 @@ def build_tiny_cross_encoder(folder: Path, *, num_labels: int = 1, seed: int = 0
     return folder
 
 
-def build_tiny_causal_lm(folder: Path, *, chat_template: bool = False, seed: int = 0) -> Path:
+def build_tiny_causal_lm(folder: Path, *, chat_template: bool = False, seed: int = 0, context: int = 256) -> Path:
     """A randomly initialised Llama-architecture causal LM (SmolLM2's family) with a small BPE tokenizer
-    in which "Yes" and "No" are single tokens."""
+    in which "Yes" and "No" are single tokens; ``context`` is its window in tokens."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -114,14 +114,14 @@ def build_tiny_causal_lm(folder: Path, *, chat_template: bool = False, seed: int
     tok.train_from_iterator(texts + ["Yes", "No"] * 50, trainers.BpeTrainer(
         vocab_size=800, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                   pad_token="<|endoftext|>", model_max_length=256)
+                                   pad_token="<|endoftext|>", model_max_length=context)
     if chat_template:
         fast.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
                               "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
     fast.save_pretrained(folder)
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=context,
                          pad_token_id=fast.pad_token_id, bos_token_id=fast.bos_token_id,
                          eos_token_id=fast.eos_token_id, tie_word_embeddings=True)
     LlamaForCausalLM(config).eval().save_pretrained(folder)

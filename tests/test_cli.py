@@ -10,7 +10,7 @@ import pytest
 
 from flagstone.cli import COMMANDS, main
 from tests.evaluation.test_beir import make_beir
-from tests.helpers import REPO
+from tests.helpers import REPO, build_tiny_causal_lm
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -307,10 +307,12 @@ def test_ask_rag_json_trace_with_a_local_model(tiny_causal_lm_dir, tmp_path):
 
 @pytest.mark.slow
 def test_ask_memorag_saves_and_reuses_its_memory(tmp_path):
+    # the memory's saving and reuse are under test, not the words: a tiny random Llama writes them in seconds
+    tiny_lm = build_tiny_causal_lm(tmp_path / "lm", chat_template=True, context=2048)
     (tmp_path / "ctx.txt").write_text(ASK_CONTEXT)
     memory = tmp_path / "memory"
     args = ["ask", "Who ordered the bridge?", "--pipeline", "memorag", "--mode", "bm25", "--memory", str(memory),
-            "--max-new-tokens", "8", "--json"]
+            "--max-new-tokens", "8", "--json", "--generator", str(tiny_lm)]
     first = run_cli(*args, "--context", str(tmp_path / "ctx.txt"))
     assert first.returncode == 0, first.stderr
     assert (memory / "memory.json").is_file() and (memory / "context.json").is_file()

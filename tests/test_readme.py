@@ -87,6 +87,14 @@ SUBSTITUTIONS = [
                  "shorter gists and clues from the 135M model (its words are not checked, the pipeline is)"),
     Substitution("python", "TrainingConfig(learning_rate=1e-3)", "TrainingConfig(learning_rate=1e-3, max_steps=1)",
                  "beacon training: one step, not an epoch"),
+    Substitution("python", "token_segments(texts, lm.tokenizer, 1024)", "token_segments(texts, lm.tokenizer, 512)",
+                 "beacon training on 512-token segments (two windows: the second reads the first's beacons); "
+                 "a 1,024-token step of SmolLM2 takes minutes on a shared 2-core CPU"),
+    Substitution("python", 'long_ids = lm.tokenizer(texts[0])["input_ids"]',
+                 'long_ids = lm.tokenizer(texts[0])["input_ids"][:600]',
+                 "the beacon reads 600 tokens of the essay (two compressed windows and an open one), not all of it"),
+    Substitution("python", "beacon.generate(question_ids, state=", "beacon.generate(question_ids, max_new_tokens=8, state=",
+                 "8 answer tokens, not 32 (each reads the whole memory layer by layer in Python)"),
 ]
 
 

@@ -115,20 +115,29 @@ def test_colbert_scores_are_the_same_in_small_blocks(monkeypatch):
     assert np.allclose(scoring.colbert_scores(queries, docs), expected, atol=1e-5)
 
 
+@pytest.fixture(scope="module")
+def docstring_cache(tmp_path_factory):
+    """One embedding cache for the module: the 400 docstrings are encoded once, not once per retriever."""
+    from flagstone.models.cache import EmbeddingCache
+
+    return EmbeddingCache(tmp_path_factory.mktemp("embeddings"))
+
+
 @pytest.mark.parametrize("dense_index", ["ivf", "hi2"])
-def test_approximate_dense_indexes_in_the_retriever(minilm, dense_index):
+def test_approximate_dense_indexes_in_the_retriever(minilm, docstring_cache, dense_index):
     pytest.importorskip("faiss")
     from flagstone.corpora import python_docstrings
 
     ids, texts = python_docstrings(400)
-    exact = Retriever(minilm, signals=["dense"]).fit(ids, texts)
-    approx = Retriever(minilm, signals=["dense"], dense_index=dense_index).fit(ids, texts)
+    exact = Retriever(minilm, signals=["dense"], cache=docstring_cache).fit(ids, texts)
+    approx = Retriever(minilm, signals=["dense"], dense_index=dense_index, cache=docstring_cache).fit(ids, texts)
     queries = ["compress a file", "parse a date string", "open a network socket", "read a CSV file"]
     truth = exact.search(queries, mode="dense", k=5)
     got = approx.search(queries, mode="dense", k=5)
     overlap = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(truth.ids, got.ids)])
     assert overlap >= 0.6
-    hybrid = Retriever(minilm, dense_index=dense_index).fit(ids, texts).search(queries, mode="hybrid", k=5)
+    hybrid = Retriever(minilm, dense_index=dense_index, cache=docstring_cache).fit(ids, texts)
+    hybrid = hybrid.search(queries, mode="hybrid", k=5)
     assert all(len(row) == 5 for row in hybrid.ids)
 
 

@@ -26,7 +26,7 @@ import copy
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ from flagstone.index.sparse import CorpusStatistics
 from flagstone.models.embedder import validate_texts
 from flagstone.models.embeddings import Embeddings
 from flagstone.retrieval.bm25 import BM25
+from flagstone.retrieval.filters import check_filter, matching_ids
 from flagstone.retrieval.lexical import LexicalTokenizer
 from flagstone.retrieval.retriever import (
     DENSE_INDEXES,
@@ -266,14 +267,18 @@ class ShardSearcher:
     """Answers one shard's searches; runs inside a Ray actor (one per shard and replica) or in this process."""
 
     def __init__(self, folder: str, offset: int, mmap: bool = False, keep_documents: bool = False) -> None:
-        self.indexes, doc_ids = load_indexes(folder, mmap=mmap)
-        # texts and metadata stay on the shard (what a service shows with each hit), not in the driver
-        self.texts: dict[str, tuple[str, dict | None]] | None = None
-        if keep_documents:
-            from flagstone._io import iter_jsonl
+        from flagstone._io import iter_jsonl
 
-            self.texts = {r["_id"]: (r["text"], r.get("metadata"))
-                          for _, r in iter_jsonl(Path(folder) / "documents.jsonl")}
+        self.indexes, doc_ids = load_indexes(folder, mmap=mmap)
+        # texts and metadata stay on the shard (what a service shows with each hit), not in the driver; the
+        # metadata is always kept: metadata filters are evaluated here, over this shard's documents
+        self.texts: dict[str, tuple[str, dict | None]] | None = {} if keep_documents else None
+        self.metadata: dict[str, dict] = {}
+        for _, record in iter_jsonl(Path(folder) / "documents.jsonl"):
+            if record.get("metadata"):
+                self.metadata[record["_id"]] = record["metadata"]
+            if self.texts is not None:
+                self.texts[record["_id"]] = (record["text"], record.get("metadata"))
         self.ordinal = {doc_id: offset + n for n, doc_id in enumerate(doc_ids)}
         self.documents = len(doc_ids)
         # each row's place in the single index's tie order (see the module docstring)
@@ -298,9 +303,19 @@ class ShardSearcher:
             raise NotFittedError("this shard was started without its documents (keep_documents=False)")
         return {i: self.texts[i] for i in ids if i in self.texts}
 
-    def search(self, signal: str, queries: Any, k: int, allow: Sequence[str] | None) -> ShardAnswer:
+    def allowed(self, allow: Sequence[str] | None, where: Mapping | None) -> list[str] | None:
+        """This shard's documents that ``allow`` lists (all when None) and whose metadata passes ``where``
+        (None: no restriction at all)."""
+        if not where:
+            return allow
+        candidates = self.ordinal if allow is None else (i for i in allow if i in self.ordinal)
+        return matching_ids(candidates, self.metadata, where)
+
+    def search(self, signal: str, queries: Any, k: int, allow: Sequence[str] | None,
+               where: Mapping | None = None) -> ShardAnswer:
+        """This shard's top ``k``; a metadata filter becomes an allow-list applied inside the index search."""
         index = self.indexes[signal]
-        result = index.search(queries, k, allow=allow)
+        result = index.search(queries, k, allow=self.allowed(allow, where))
         ids, scores, keys, ordinals = [], [], [], []
         for positions, row_scores in zip(result.positions, result.scores):
             hit = positions >= 0
@@ -546,15 +561,20 @@ class ShardedRetriever:
 
     # -- searching ---------------------------------------------------------------------------------------
     def search(self, queries: Sequence[str], *, mode: str = "dense", k: int = 10,
-               hybrid: HybridConfig | None = None, allow: Sequence[str] | None = None) -> Hits:
+               hybrid: HybridConfig | None = None, allow: Sequence[str] | None = None,
+               where: Mapping | None = None) -> Hits:
         """What :meth:`Retriever.search` returns over all the shards' documents; raises
-        :class:`ShardUnavailableError` naming the shards that did not answer on any replica."""
-        return self.search_with_status(queries, mode=mode, k=k, hybrid=hybrid, allow=allow,
+        :class:`ShardUnavailableError` naming the shards that did not answer on any replica.
+
+        ``where``: a metadata filter (:func:`~flagstone.retrieval.filters.check_filter`); each shard evaluates
+        it over its own documents and searches with the matching ones as its allow-list (with ``allow`` too:
+        both must hold), which is what one retriever searched with ``allow`` = every matching id returns."""
+        return self.search_with_status(queries, mode=mode, k=k, hybrid=hybrid, allow=allow, where=where,
                                        allow_partial=False).hits
 
     def search_with_status(self, queries: Sequence[str], *, mode: str = "dense", k: int = 10,
                            hybrid: HybridConfig | None = None, allow: Sequence[str] | None = None,
-                           allow_partial: bool = False) -> ShardedHits:
+                           where: Mapping | None = None, allow_partial: bool = False) -> ShardedHits:
         """Search and say which shards answered. With ``allow_partial`` a shard that answered on no replica
         leaves its documents out and the result says so (``complete`` False); without it that raises."""
         if isinstance(queries, str):
@@ -570,38 +590,44 @@ class ShardedRetriever:
         if self.dense_kind == "hi2" and "dense" in encoded:  # HI²'s query form carries the query terms
             encoded["dense"] = Embeddings(dense=encoded["dense"], sparse=self.bm25.transform_queries(queries))
         return self.search_encoded(encoded, len(queries), mode=mode, k=k, hybrid=config, allow=allow,
-                                   allow_partial=allow_partial)
+                                   where=where, allow_partial=allow_partial)
 
     def _weights(self, config: HybridConfig) -> dict[str, float]:
         return Retriever.hybrid_weights(self, config)  # the same checks and defaults as the single retriever
 
     def search_encoded(self, encoded: dict[str, Any], n_queries: int, *, mode: str = "dense", k: int = 10,
                        hybrid: HybridConfig | None = None, allow: Sequence[str] | None = None,
-                       allow_partial: bool = False) -> ShardedHits:
+                       where: Mapping | None = None, allow_partial: bool = False) -> ShardedHits:
         """Search with queries already in each signal's query form (what ``Retriever.encode_queries`` gives:
         dense vectors, sparse weights, BM25 term counts over the corpus vocabulary, ColBERT vectors)."""
         check_search_mode(mode, k, self.signals, self.modes)
+        restrict = (allow, check_filter(where) or None)  # checked here, once, not in every shard
         if mode != "hybrid":
-            merged, evaluated, answered, missing, retries = self._gather_top(mode, encoded[mode], n_queries, k, allow,
-                                                                             allow_partial)
+            merged, evaluated, answered, missing, retries = self._gather_top(mode, encoded[mode], n_queries, k,
+                                                                             restrict, allow_partial)
             scores = np.full((n_queries, k), -np.inf, dtype=np.float32)
             for qi, (_, row_scores, _, _) in enumerate(merged):
                 scores[qi, : len(row_scores)] = row_scores
             hits = Hits(mode, [m[0] for m in merged], scores, {mode: scores}, evaluated)
             return ShardedHits(hits, answered, missing, retries)
-        return self._search_hybrid(encoded, n_queries, k, hybrid or self.hybrid, allow, allow_partial)
+        return self._search_hybrid(encoded, n_queries, k, hybrid or self.hybrid, restrict, allow_partial)
 
     def _ref(self, value: Any) -> Any:
         """One copy of the queries in the object store for every shard to read (the value itself locally)."""
         return self._workers.ray.put(value) if self._workers.ray is not None else value
 
-    def _gather_top(self, signal: str, queries: Any, n_queries: int, k: int, allow: Sequence[str] | None,
-                    allow_partial: bool):
-        """Each query's global top ``k`` for ``signal``: [(ids, scores, ordinals, shard of each hit)] plus the
-        documents evaluated, the shards that answered and those that did not, and the retries."""
+    def _gather_top(self, signal: str, queries: Any, n_queries: int, k: int,
+                    restrict: tuple[Sequence[str] | None, dict | None], allow_partial: bool):
+        """Each query's global top ``k`` for ``signal`` among the documents ``restrict`` (allow-list, metadata
+        filter) lets through: [(ids, scores, ordinals, shard of each hit)] plus the documents evaluated, the
+        shards that answered and those that did not, and the retries."""
         shards = range(len(self._workers))
         ref = self._ref(queries)
-        answers, missing, retries = self._workers.scatter("search", {s: (signal, ref, k, allow) for s in shards})
+        allow, where = restrict
+        if allow is not None:
+            allow = self._ref(allow)  # one copy in the object store for every shard
+        answers, missing, retries = self._workers.scatter("search", {s: (signal, ref, k, allow, where)
+                                                                     for s in shards})
         self._check_missing(missing, allow_partial)
         merged = []
         for qi in range(n_queries):
@@ -630,7 +656,7 @@ class ShardedRetriever:
                                         f"are returned (allow_partial=True returns them flagged)")
 
     def _search_hybrid(self, encoded: dict[str, Any], n_queries: int, k: int, config: HybridConfig,
-                       allow: Sequence[str] | None, allow_partial: bool) -> ShardedHits:
+                       restrict: tuple[Sequence[str] | None, dict | None], allow_partial: bool) -> ShardedHits:
         """The single retriever's hybrid search, distributed: each signal's global top candidates (merged from
         the shards), every candidate rescored on its shard by every signal, fused over the global candidate
         set in corpus order with the single retriever's fusion."""
@@ -640,8 +666,8 @@ class ShardedRetriever:
         retries = 0
         candidates: list[dict[str, tuple[int, int]]] = [{} for _ in range(n_queries)]  # id -> (ordinal, shard)
         for signal in weights:
-            merged, _, _, gone, tries = self._gather_top(signal, encoded[signal], n_queries, per_signal_k, allow,
-                                                         allow_partial)
+            merged, _, _, gone, tries = self._gather_top(signal, encoded[signal], n_queries, per_signal_k,
+                                                         restrict, allow_partial)
             missing |= set(gone)
             retries += tries
             for qi, (ids, _, ordinals, owners) in enumerate(merged):

@@ -38,6 +38,7 @@ from flagstone.distributed.cluster import ClusterError, ShardUnavailableError, a
 from flagstone.distributed.encode import EmbedderSpec, load_encoded, shard_path
 from flagstone.errors import DataError, FlagstoneError, InvalidTextError, NotFittedError
 from flagstone.index.dense import DenseIndex
+from flagstone.index.hi2 import HI2Index, shard_posting_caps
 from flagstone.index.ivf import IVFIndex
 from flagstone.index.sparse import CorpusStatistics
 from flagstone.models.embedder import validate_texts
@@ -103,6 +104,7 @@ class ShardBuilder:
         self.bm25_config = bm25_config
         self.hybrid = hybrid
         self._vocab: list[str] | None = None
+        self._built: Retriever | None = None  # between build and save
 
     def describe(self) -> dict[str, Any]:
         return {"signals": list(self.signals), "dim": self.embedder.dim if self.embedder is not None else None}
@@ -125,7 +127,7 @@ class ShardBuilder:
     def build(self, folder: str, ids: Sequence[str], texts: Sequence[str], stats: CorpusStatistics | None,
               dense_index: str | DenseIndex, embeddings: Embeddings | None,
               encoded: tuple[str, int, int] | None, metadata: Sequence[dict] | None = None) -> int:
-        """Index the block and save it at ``folder``; returns its document count."""
+        """Index the block (kept here until :meth:`save`); returns its document count."""
         needs_terms = "bm25" in self.signals or ("dense" in self.signals and (
             dense_index == "hi2" or getattr(dense_index, "kind", None) == "hi2"))
         bm25 = _bm25(self.bm25_config, self._vocab or ()) if needs_terms else None
@@ -139,8 +141,26 @@ class ShardBuilder:
                 raise DataError(f"{encoded[0]}: the encoded ids of rows {encoded[1]}:{encoded[2]} are not the "
                                 f"corpus's; encode this corpus again")
         retriever.add(ids, texts, metadata, embeddings=embeddings, show_progress=False)
-        retriever.save(folder)
+        self._built = retriever
         return len(retriever)
+
+    def _hi2(self) -> HI2Index:
+        return self._built.indexes["dense"]
+
+    def posting_counts(self) -> np.ndarray:
+        """Documents posted under each term id in this shard's HI² index, before any cap."""
+        return self._hi2().posting_counts()
+
+    def posting_heads(self, terms: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._hi2().posting_heads(terms, limit)
+
+    def cap_postings(self, limit: int, caps: np.ndarray | None) -> None:
+        self._hi2().cap_postings(limit, caps)
+
+    def save(self, folder: str) -> None:
+        """Save the shard built by :meth:`build` at ``folder`` and let it go."""
+        self._built.save(folder)
+        self._built = None
 
 
 def _shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:
@@ -218,6 +238,9 @@ def build_sharded(folder: str | os.PathLike[str], ids: Sequence[str], texts: Seq
                              (str(encoded), a, b) if encoded is not None else None,
                              list(metadata[a:b]) if metadata is not None else None))
             sizes = builders.call_each("build", args)
+            if "dense" in signal_list and isinstance(dense_index, HI2Index):
+                _cap_hi2_postings(builders, dense_index.posting_limit(len(ids)))
+            builders.call_each("save", [(str(f),) for f in shard_folders])
             if needs_terms:
                 _bm25(bm25_config, vocab).save(staging / "bm25.json")
             manifest = {
@@ -234,6 +257,24 @@ def build_sharded(folder: str | os.PathLike[str], ids: Sequence[str], texts: Seq
     finally:
         builders.close()
     return Path(folder)
+
+
+def _cap_hi2_postings(builders: _Workers, limit: int) -> None:
+    """Cap HI²'s posting lists over the corpus, not per shard: one index keeps each term's ``limit`` heaviest
+    postings, so each shard keeps those of them it holds. Only terms posted more than ``limit`` times over the
+    corpus travel (their ``limit`` heaviest postings per shard, 12 bytes each)."""
+    counts = builders.call_each("posting_counts", [()] * len(builders))
+    width = max(len(c) for c in counts)
+    total = np.zeros(width, dtype=np.int64)
+    for c in counts:
+        total[: len(c)] += c
+    capped = np.flatnonzero(total > limit)
+    if len(capped) == 0:  # the cap binds nowhere over the corpus: no shard may apply a smaller one of its own
+        builders.call_each("cap_postings", [(limit, None)] * len(builders))
+        return
+    heads = builders.call_each("posting_heads", [(capped, limit)] * len(builders))
+    caps = shard_posting_caps(heads, limit, width)
+    builders.call_each("cap_postings", [(limit, cap) for cap in caps])
 
 
 def _encoded_sample(folder: Path, rows: np.ndarray) -> np.ndarray:

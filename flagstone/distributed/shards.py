@@ -13,12 +13,18 @@ Results equal one :class:`~flagstone.retrieval.retriever.Retriever` over all the
 - the merge sorts by score, then by the single index's tie order: the document added first (for IVF / HI²,
   whose rows are grouped by cluster, the lower cluster first, then the document added first);
 - hybrid search gathers each signal's global top candidates, rescoring them on their shards, and fuses them over
-  the same global candidate set with the single retriever's own fusion code.
+  the same global candidate set with the single retriever's own fusion code;
+- HI² caps each term's posting list at ``max_posting`` documents over the corpus, not per shard: at build the
+  shards report the terms whose lists are longer than that over the corpus and, for those, their heaviest
+  postings; each shard then keeps exactly its share of the corpus's top ``max_posting`` (equal weights in
+  corpus order) and never a smaller default of its own size (:func:`~flagstone.index.hi2.shard_posting_caps`).
 
-HI² caps each term's posting list at ``max_posting`` documents; per shard that keeps more documents than one
-index would, so HI² results equal the single index's only when the cap does not bind (set ``max_posting`` at
-least the longest posting list). An allow-list is exact for flat, sparse and BM25 search; IVF / HI² widen their
-probing under an allow-list by each shard's own share of allowed documents.
+Metadata filters (``where``) are evaluated by each shard over its own documents' metadata and applied as that
+shard's allow-list inside its index search, never after it: the result is what one retriever searched with
+``allow`` = every matching id returns. An allow-list (or filter) is exact for flat, sparse, ColBERT and BM25
+search; IVF / HI² widen their probing under it by each shard's own share of allowed documents, and a shard
+whose probed lists hold fewer than k allowed documents scores all of them (the index protocol's rule), so their
+filtered recall is at least their unfiltered recall, not equal to the single index's filtered results.
 """
 from __future__ import annotations
 

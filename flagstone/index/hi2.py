@@ -135,8 +135,9 @@ class HI2Index(IVFIndex):
         """(term ids, weights) of the ``limit`` heaviest postings of each of ``terms``, by term id, then in
         posting order (what a corpus-wide cap over shards is computed from)."""
         order, rank = self._by_term()
+        terms = np.asarray(terms, dtype=np.int64)
         wanted = np.zeros(self.vocab_size, dtype=bool)
-        wanted[np.asarray(terms, dtype=np.int64)] = True
+        wanted[terms[terms < self.vocab_size]] = True  # a term this index never saw has no postings here
         keep = order[(rank < limit) & wanted[self.term_ids[order]]]
         return self.term_ids[keep].astype(np.int64), self.term_weights[keep]
 

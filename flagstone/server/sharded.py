@@ -6,6 +6,10 @@ Every search response says which shards answered. A shard that answers on no rep
 the search fail (503, naming the shard) unless the request allows partial results; then the hits of the shards
 that answered come back with ``complete: false`` and the missing shards listed. Never a silent partial result.
 
+Metadata filters work as on an unsharded collection: each shard evaluates the filter over its own documents'
+metadata and searches with the matching ids as its allow-list (inside the index search), so a filtered search
+returns what the unsharded collection returns.
+
 Sharded collections are read-only: an add or delete would have to change the corpus-wide BM25 vocabulary and
 statistics that every shard shares (and the shard boundaries), which the shard actors cannot do in place; the
 service refuses writes with 409 ``read_only`` and says to rebuild the folder instead.

@@ -20,6 +20,13 @@ def assert_same(a, b) -> None:
     assert np.array_equal(a.scores, b.scores)
 
 
+def posting_pairs(index) -> set[tuple[int, str]]:
+    """(term id, document id) of every posting the index keeps."""
+    offsets, rows = index.postings
+    terms = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+    return {(int(t), index.ids[r]) for t, r in zip(terms, rows)}
+
+
 def test_shard_caps_keep_the_corpus_top_with_ties_in_corpus_order():
     # term 0: weights over shards 0 and 1; the corpus's top 3 are 0.9 (shard 1), then the two 0.5s in corpus
     # order (shard 0's before shard 1's); term 1 is capped in shard 1 only; term 2 is not capped at all
@@ -53,7 +60,8 @@ def test_sharded_hi2_equals_one_index_when_the_posting_cap_binds(tmp_path, corpu
     sharded = ShardedRetriever.load(tmp_path / "sharded", embedder=tiny_m3, use_ray=False)
     shard_indexes = [replicas[0].indexes["dense"] for replicas in sharded._workers.workers]
     kept = sum(len(s.postings[1]) for s in shard_indexes)
-    assert kept == len(index.postings[1])  # together the shards keep exactly the single index's postings
+    # together the shards keep exactly the single index's postings
+    assert set().union(*map(posting_pairs, shard_indexes)) == posting_pairs(index) and kept == len(index.postings[1])
     for k in (5, 30):
         assert_same(single.search(queries, mode="dense", k=k), sharded.search(queries, mode="dense", k=k))
 

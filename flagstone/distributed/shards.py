@@ -314,18 +314,15 @@ class ShardSearcher:
     """Answers one shard's searches; runs inside a Ray actor (one per shard and replica) or in this process."""
 
     def __init__(self, folder: str, offset: int, mmap: bool = False, keep_documents: bool = False) -> None:
-        from flagstone._io import iter_jsonl
-
-        self.indexes, doc_ids = load_indexes(folder, mmap=mmap)
+        self.indexes, records = load_indexes(folder, mmap=mmap)
+        doc_ids = [record["_id"] for record in records]
         # texts and metadata stay on the shard (what a service shows with each hit), not in the driver; the
         # metadata is always kept: metadata filters are evaluated here, over this shard's documents
-        self.texts: dict[str, tuple[str, dict | None]] | None = {} if keep_documents else None
-        self.metadata: dict[str, dict] = {}
-        for _, record in iter_jsonl(Path(folder) / "documents.jsonl"):
-            if record.get("metadata"):
-                self.metadata[record["_id"]] = record["metadata"]
-            if self.texts is not None:
-                self.texts[record["_id"]] = (record["text"], record.get("metadata"))
+        self.metadata: dict[str, dict] = {r["_id"]: r["metadata"] for r in records if r.get("metadata")}
+        self.texts: dict[str, tuple[str, dict | None]] | None = None
+        if keep_documents:
+            self.texts = {r["_id"]: (r["text"], r.get("metadata")) for r in records}
+        del records  # the texts go unless kept
         self.ordinal = {doc_id: offset + n for n, doc_id in enumerate(doc_ids)}
         self.documents = len(doc_ids)
         # each row's place in the single index's tie order (see the module docstring)

@@ -13,12 +13,18 @@ Results equal one :class:`~flagstone.retrieval.retriever.Retriever` over all the
 - the merge sorts by score, then by the single index's tie order: the document added first (for IVF / HI²,
   whose rows are grouped by cluster, the lower cluster first, then the document added first);
 - hybrid search gathers each signal's global top candidates, rescoring them on their shards, and fuses them over
-  the same global candidate set with the single retriever's own fusion code.
+  the same global candidate set with the single retriever's own fusion code;
+- HI² caps each term's posting list at ``max_posting`` documents over the corpus, not per shard: at build the
+  shards report the terms whose lists are longer than that over the corpus and, for those, their heaviest
+  postings; each shard then keeps exactly its share of the corpus's top ``max_posting`` (equal weights in
+  corpus order) and never a smaller default of its own size (:func:`~flagstone.index.hi2.shard_posting_caps`).
 
-HI² caps each term's posting list at ``max_posting`` documents; per shard that keeps more documents than one
-index would, so HI² results equal the single index's only when the cap does not bind (set ``max_posting`` at
-least the longest posting list). An allow-list is exact for flat, sparse and BM25 search; IVF / HI² widen their
-probing under an allow-list by each shard's own share of allowed documents.
+Metadata filters (``where``) are evaluated by each shard over its own documents' metadata and applied as that
+shard's allow-list inside its index search, never after it: the result is what one retriever searched with
+``allow`` = every matching id returns. An allow-list (or filter) is exact for flat, sparse, ColBERT and BM25
+search; IVF / HI² widen their probing under it by each shard's own share of allowed documents, and a shard
+whose probed lists hold fewer than k allowed documents scores all of them (the index protocol's rule), so their
+filtered recall is at least their unfiltered recall, not equal to the single index's filtered results.
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ import copy
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -38,11 +44,13 @@ from flagstone.distributed.cluster import ClusterError, ShardUnavailableError, a
 from flagstone.distributed.encode import EmbedderSpec, load_encoded, shard_path
 from flagstone.errors import DataError, FlagstoneError, InvalidTextError, NotFittedError
 from flagstone.index.dense import DenseIndex
+from flagstone.index.hi2 import HI2Index, shard_posting_caps
 from flagstone.index.ivf import IVFIndex
 from flagstone.index.sparse import CorpusStatistics
 from flagstone.models.embedder import validate_texts
 from flagstone.models.embeddings import Embeddings
 from flagstone.retrieval.bm25 import BM25
+from flagstone.retrieval.filters import check_filter, matching_ids
 from flagstone.retrieval.lexical import LexicalTokenizer
 from flagstone.retrieval.retriever import (
     DENSE_INDEXES,
@@ -102,6 +110,7 @@ class ShardBuilder:
         self.bm25_config = bm25_config
         self.hybrid = hybrid
         self._vocab: list[str] | None = None
+        self._built: Retriever | None = None  # between build and save
 
     def describe(self) -> dict[str, Any]:
         return {"signals": list(self.signals), "dim": self.embedder.dim if self.embedder is not None else None}
@@ -124,7 +133,7 @@ class ShardBuilder:
     def build(self, folder: str, ids: Sequence[str], texts: Sequence[str], stats: CorpusStatistics | None,
               dense_index: str | DenseIndex, embeddings: Embeddings | None,
               encoded: tuple[str, int, int] | None, metadata: Sequence[dict] | None = None) -> int:
-        """Index the block and save it at ``folder``; returns its document count."""
+        """Index the block (kept here until :meth:`save`); returns its document count."""
         needs_terms = "bm25" in self.signals or ("dense" in self.signals and (
             dense_index == "hi2" or getattr(dense_index, "kind", None) == "hi2"))
         bm25 = _bm25(self.bm25_config, self._vocab or ()) if needs_terms else None
@@ -138,8 +147,26 @@ class ShardBuilder:
                 raise DataError(f"{encoded[0]}: the encoded ids of rows {encoded[1]}:{encoded[2]} are not the "
                                 f"corpus's; encode this corpus again")
         retriever.add(ids, texts, metadata, embeddings=embeddings, show_progress=False)
-        retriever.save(folder)
+        self._built = retriever
         return len(retriever)
+
+    def _hi2(self) -> HI2Index:
+        return self._built.indexes["dense"]
+
+    def posting_counts(self) -> np.ndarray:
+        """Documents posted under each term id in this shard's HI² index, before any cap."""
+        return self._hi2().posting_counts()
+
+    def posting_heads(self, terms: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._hi2().posting_heads(terms, limit)
+
+    def cap_postings(self, limit: int, caps: np.ndarray | None) -> None:
+        self._hi2().cap_postings(limit, caps)
+
+    def save(self, folder: str) -> None:
+        """Save the shard built by :meth:`build` at ``folder`` and let it go."""
+        self._built.save(folder)
+        self._built = None
 
 
 def _shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:
@@ -217,6 +244,9 @@ def build_sharded(folder: str | os.PathLike[str], ids: Sequence[str], texts: Seq
                              (str(encoded), a, b) if encoded is not None else None,
                              list(metadata[a:b]) if metadata is not None else None))
             sizes = builders.call_each("build", args)
+            if "dense" in signal_list and isinstance(dense_index, HI2Index):
+                _cap_hi2_postings(builders, dense_index.posting_limit(len(ids)))
+            builders.call_each("save", [(str(f),) for f in shard_folders])
             if needs_terms:
                 _bm25(bm25_config, vocab).save(staging / "bm25.json")
             manifest = {
@@ -233,6 +263,24 @@ def build_sharded(folder: str | os.PathLike[str], ids: Sequence[str], texts: Seq
     finally:
         builders.close()
     return Path(folder)
+
+
+def _cap_hi2_postings(builders: _Workers, limit: int) -> None:
+    """Cap HI²'s posting lists over the corpus, not per shard: one index keeps each term's ``limit`` heaviest
+    postings, so each shard keeps those of them it holds. Only terms posted more than ``limit`` times over the
+    corpus travel (their ``limit`` heaviest postings per shard, 12 bytes each)."""
+    counts = builders.call_each("posting_counts", [()] * len(builders))
+    width = max(len(c) for c in counts)
+    total = np.zeros(width, dtype=np.int64)
+    for c in counts:
+        total[: len(c)] += c
+    capped = np.flatnonzero(total > limit)
+    if len(capped) == 0:  # the cap binds nowhere over the corpus: no shard may apply a smaller one of its own
+        builders.call_each("cap_postings", [(limit, None)] * len(builders))
+        return
+    heads = builders.call_each("posting_heads", [(capped, limit)] * len(builders))
+    caps = shard_posting_caps(heads, limit, width)
+    builders.call_each("cap_postings", [(limit, cap) for cap in caps])
 
 
 def _encoded_sample(folder: Path, rows: np.ndarray) -> np.ndarray:
@@ -266,14 +314,15 @@ class ShardSearcher:
     """Answers one shard's searches; runs inside a Ray actor (one per shard and replica) or in this process."""
 
     def __init__(self, folder: str, offset: int, mmap: bool = False, keep_documents: bool = False) -> None:
-        self.indexes, doc_ids = load_indexes(folder, mmap=mmap)
-        # texts and metadata stay on the shard (what a service shows with each hit), not in the driver
+        self.indexes, records = load_indexes(folder, mmap=mmap)
+        doc_ids = [record["_id"] for record in records]
+        # texts and metadata stay on the shard (what a service shows with each hit), not in the driver; the
+        # metadata is always kept: metadata filters are evaluated here, over this shard's documents
+        self.metadata: dict[str, dict] = {r["_id"]: r["metadata"] for r in records if r.get("metadata")}
         self.texts: dict[str, tuple[str, dict | None]] | None = None
         if keep_documents:
-            from flagstone._io import iter_jsonl
-
-            self.texts = {r["_id"]: (r["text"], r.get("metadata"))
-                          for _, r in iter_jsonl(Path(folder) / "documents.jsonl")}
+            self.texts = {r["_id"]: (r["text"], r.get("metadata")) for r in records}
+        del records  # the texts go unless kept
         self.ordinal = {doc_id: offset + n for n, doc_id in enumerate(doc_ids)}
         self.documents = len(doc_ids)
         # each row's place in the single index's tie order (see the module docstring)
@@ -298,9 +347,19 @@ class ShardSearcher:
             raise NotFittedError("this shard was started without its documents (keep_documents=False)")
         return {i: self.texts[i] for i in ids if i in self.texts}
 
-    def search(self, signal: str, queries: Any, k: int, allow: Sequence[str] | None) -> ShardAnswer:
+    def allowed(self, allow: Sequence[str] | None, where: Mapping | None) -> list[str] | None:
+        """This shard's documents that ``allow`` lists (all when None) and whose metadata passes ``where``
+        (None: no restriction at all)."""
+        if not where:
+            return allow
+        candidates = self.ordinal if allow is None else (i for i in allow if i in self.ordinal)
+        return matching_ids(candidates, self.metadata, where)
+
+    def search(self, signal: str, queries: Any, k: int, allow: Sequence[str] | None,
+               where: Mapping | None = None) -> ShardAnswer:
+        """This shard's top ``k``; a metadata filter becomes an allow-list applied inside the index search."""
         index = self.indexes[signal]
-        result = index.search(queries, k, allow=allow)
+        result = index.search(queries, k, allow=self.allowed(allow, where))
         ids, scores, keys, ordinals = [], [], [], []
         for positions, row_scores in zip(result.positions, result.scores):
             hit = positions >= 0
@@ -546,15 +605,20 @@ class ShardedRetriever:
 
     # -- searching ---------------------------------------------------------------------------------------
     def search(self, queries: Sequence[str], *, mode: str = "dense", k: int = 10,
-               hybrid: HybridConfig | None = None, allow: Sequence[str] | None = None) -> Hits:
+               hybrid: HybridConfig | None = None, allow: Sequence[str] | None = None,
+               where: Mapping | None = None) -> Hits:
         """What :meth:`Retriever.search` returns over all the shards' documents; raises
-        :class:`ShardUnavailableError` naming the shards that did not answer on any replica."""
-        return self.search_with_status(queries, mode=mode, k=k, hybrid=hybrid, allow=allow,
+        :class:`ShardUnavailableError` naming the shards that did not answer on any replica.
+
+        ``where``: a metadata filter (:func:`~flagstone.retrieval.filters.check_filter`); each shard evaluates
+        it over its own documents and searches with the matching ones as its allow-list (with ``allow`` too:
+        both must hold), which is what one retriever searched with ``allow`` = every matching id returns."""
+        return self.search_with_status(queries, mode=mode, k=k, hybrid=hybrid, allow=allow, where=where,
                                        allow_partial=False).hits
 
     def search_with_status(self, queries: Sequence[str], *, mode: str = "dense", k: int = 10,
                            hybrid: HybridConfig | None = None, allow: Sequence[str] | None = None,
-                           allow_partial: bool = False) -> ShardedHits:
+                           where: Mapping | None = None, allow_partial: bool = False) -> ShardedHits:
         """Search and say which shards answered. With ``allow_partial`` a shard that answered on no replica
         leaves its documents out and the result says so (``complete`` False); without it that raises."""
         if isinstance(queries, str):
@@ -570,38 +634,44 @@ class ShardedRetriever:
         if self.dense_kind == "hi2" and "dense" in encoded:  # HI²'s query form carries the query terms
             encoded["dense"] = Embeddings(dense=encoded["dense"], sparse=self.bm25.transform_queries(queries))
         return self.search_encoded(encoded, len(queries), mode=mode, k=k, hybrid=config, allow=allow,
-                                   allow_partial=allow_partial)
+                                   where=where, allow_partial=allow_partial)
 
     def _weights(self, config: HybridConfig) -> dict[str, float]:
         return Retriever.hybrid_weights(self, config)  # the same checks and defaults as the single retriever
 
     def search_encoded(self, encoded: dict[str, Any], n_queries: int, *, mode: str = "dense", k: int = 10,
                        hybrid: HybridConfig | None = None, allow: Sequence[str] | None = None,
-                       allow_partial: bool = False) -> ShardedHits:
+                       where: Mapping | None = None, allow_partial: bool = False) -> ShardedHits:
         """Search with queries already in each signal's query form (what ``Retriever.encode_queries`` gives:
         dense vectors, sparse weights, BM25 term counts over the corpus vocabulary, ColBERT vectors)."""
         check_search_mode(mode, k, self.signals, self.modes)
+        restrict = (allow, check_filter(where) or None)  # checked here, once, not in every shard
         if mode != "hybrid":
-            merged, evaluated, answered, missing, retries = self._gather_top(mode, encoded[mode], n_queries, k, allow,
-                                                                             allow_partial)
+            merged, evaluated, answered, missing, retries = self._gather_top(mode, encoded[mode], n_queries, k,
+                                                                             restrict, allow_partial)
             scores = np.full((n_queries, k), -np.inf, dtype=np.float32)
             for qi, (_, row_scores, _, _) in enumerate(merged):
                 scores[qi, : len(row_scores)] = row_scores
             hits = Hits(mode, [m[0] for m in merged], scores, {mode: scores}, evaluated)
             return ShardedHits(hits, answered, missing, retries)
-        return self._search_hybrid(encoded, n_queries, k, hybrid or self.hybrid, allow, allow_partial)
+        return self._search_hybrid(encoded, n_queries, k, hybrid or self.hybrid, restrict, allow_partial)
 
     def _ref(self, value: Any) -> Any:
         """One copy of the queries in the object store for every shard to read (the value itself locally)."""
         return self._workers.ray.put(value) if self._workers.ray is not None else value
 
-    def _gather_top(self, signal: str, queries: Any, n_queries: int, k: int, allow: Sequence[str] | None,
-                    allow_partial: bool):
-        """Each query's global top ``k`` for ``signal``: [(ids, scores, ordinals, shard of each hit)] plus the
-        documents evaluated, the shards that answered and those that did not, and the retries."""
+    def _gather_top(self, signal: str, queries: Any, n_queries: int, k: int,
+                    restrict: tuple[Sequence[str] | None, dict | None], allow_partial: bool):
+        """Each query's global top ``k`` for ``signal`` among the documents ``restrict`` (allow-list, metadata
+        filter) lets through: [(ids, scores, ordinals, shard of each hit)] plus the documents evaluated, the
+        shards that answered and those that did not, and the retries."""
         shards = range(len(self._workers))
         ref = self._ref(queries)
-        answers, missing, retries = self._workers.scatter("search", {s: (signal, ref, k, allow) for s in shards})
+        allow, where = restrict
+        if allow is not None:
+            allow = self._ref(allow)  # one copy in the object store for every shard
+        answers, missing, retries = self._workers.scatter("search", {s: (signal, ref, k, allow, where)
+                                                                     for s in shards})
         self._check_missing(missing, allow_partial)
         merged = []
         for qi in range(n_queries):
@@ -630,7 +700,7 @@ class ShardedRetriever:
                                         f"are returned (allow_partial=True returns them flagged)")
 
     def _search_hybrid(self, encoded: dict[str, Any], n_queries: int, k: int, config: HybridConfig,
-                       allow: Sequence[str] | None, allow_partial: bool) -> ShardedHits:
+                       restrict: tuple[Sequence[str] | None, dict | None], allow_partial: bool) -> ShardedHits:
         """The single retriever's hybrid search, distributed: each signal's global top candidates (merged from
         the shards), every candidate rescored on its shard by every signal, fused over the global candidate
         set in corpus order with the single retriever's fusion."""
@@ -640,8 +710,8 @@ class ShardedRetriever:
         retries = 0
         candidates: list[dict[str, tuple[int, int]]] = [{} for _ in range(n_queries)]  # id -> (ordinal, shard)
         for signal in weights:
-            merged, _, _, gone, tries = self._gather_top(signal, encoded[signal], n_queries, per_signal_k, allow,
-                                                         allow_partial)
+            merged, _, _, gone, tries = self._gather_top(signal, encoded[signal], n_queries, per_signal_k,
+                                                         restrict, allow_partial)
             missing |= set(gone)
             retries += tries
             for qi, (ids, _, ordinals, owners) in enumerate(merged):

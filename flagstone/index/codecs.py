@@ -4,29 +4,9 @@ from __future__ import annotations
 import numpy as np
 
 from flagstone.errors import require_extra
+from flagstone.models.scoring import SCORE_BLOCK, blocked_inner_products  # noqa: F401 (SCORE_BLOCK: re-exported)
 
 CODECS = ("flat", "fp16", "pq")
-
-
-SCORE_BLOCK = 1024  # rows per matrix product in exact scoring
-
-
-def blocked_inner_products(queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """(queries, rows) float32 inner products, computed SCORE_BLOCK rows at a time (the last block padded with
-    zeros). BLAS picks its kernel by the matrix shapes, and the kernels round differently; with one shape for
-    every block a document's score is the same bit for bit wherever its row sits and however many rows the
-    index holds, so a shard of a corpus scores exactly as one index over the whole corpus."""
-    queries = np.asarray(queries, dtype=np.float32)
-    n = len(rows)
-    out = np.empty((len(queries), n), dtype=np.float32)
-    full = n - n % SCORE_BLOCK
-    for start in range(0, full, SCORE_BLOCK):
-        out[:, start : start + SCORE_BLOCK] = queries @ np.asarray(rows[start : start + SCORE_BLOCK], np.float32).T
-    if full < n:
-        pad = np.zeros((SCORE_BLOCK, rows.shape[1]), dtype=np.float32)
-        pad[: n - full] = rows[full:]
-        out[:, full:] = (queries @ pad.T)[:, : n - full]
-    return out
 
 
 def require_faiss():

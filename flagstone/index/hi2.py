@@ -27,6 +27,33 @@ def default_max_posting(n: int) -> int:
     return max(64, int(math.sqrt(n)))
 
 
+def shard_posting_caps(heads: Sequence[tuple[np.ndarray, np.ndarray]], limit: int,
+                       vocab_size: int) -> list[np.ndarray]:
+    """Each shard's posting cap per term id so that the shards together keep exactly the postings one index over
+    the corpus keeps: each term's ``limit`` heaviest, equal weights in corpus order. ``heads`` holds, per shard in
+    corpus order (contiguous blocks), :meth:`HI2Index.posting_heads` of the terms whose lists are longer than
+    ``limit`` over the corpus; every other term keeps ``limit`` everywhere (it holds fewer anyway)."""
+    terms = np.concatenate([h[0] for h in heads]) if heads else np.zeros(0, dtype=np.int64)
+    weights = np.concatenate([h[1] for h in heads]) if heads else np.zeros(0, dtype=np.float32)
+    shard = np.concatenate([np.full(len(h[0]), s, dtype=np.int64) for s, h in enumerate(heads)]) \
+        if heads else np.zeros(0, dtype=np.int64)
+    # rank of each entry within its term on its shard (entries come by term, then in posting order)
+    local = np.concatenate([np.arange(len(h[0])) - np.searchsorted(h[0], h[0]) for h in heads]) \
+        if heads else np.zeros(0, dtype=np.int64)
+    order = np.lexsort((local, shard, -weights, terms))
+    by_term = terms[order]
+    rank = np.arange(len(order)) - np.searchsorted(by_term, by_term)
+    kept = order[rank < limit]
+    caps = []
+    for s in range(len(heads)):
+        cap = np.full(vocab_size, limit, dtype=np.int64)
+        cap[np.unique(terms)] = 0  # the capped terms: this shard keeps only its share of the corpus's top
+        mine = kept[shard[kept] == s]
+        cap += np.bincount(terms[mine], minlength=vocab_size)[:vocab_size]
+        caps.append(cap)
+    return caps
+
+
 def top_terms(weights: SparseWeights, per_row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(row, term, weight) of each row's ``per_row`` heaviest terms, vectorised over the CSR layout."""
     rows = np.repeat(np.arange(len(weights)), np.diff(weights.indptr))
@@ -55,6 +82,9 @@ class HI2Index(IVFIndex):
         self.terms_per_doc = terms_per_doc
         self.terms_per_query = terms_per_query
         self._max_posting = max_posting
+        # one shard of a corpus: how many postings of each term id this shard keeps, its share of the corpus's
+        # top max_posting (see shard_posting_caps); None: every term keeps max_posting
+        self.posting_caps: np.ndarray | None = None
         self.vocab_size = 0
         # int32 rows and term ids: 12 bytes per (document, term) pair, 15 pairs per document by default
         self.term_rows = np.zeros(0, dtype=np.int32)
@@ -70,6 +100,46 @@ class HI2Index(IVFIndex):
     def max_posting(self, value: int | None) -> None:
         self._max_posting = value
         self._postings = None
+
+    def posting_limit(self, n_docs: int) -> int:
+        """The cap on each posting list of an index of ``n_docs`` documents with this index's settings."""
+        return self._max_posting or default_max_posting(max(n_docs, 1))
+
+    def cap_postings(self, limit: int, caps: np.ndarray | None) -> None:
+        """Make this index one shard of a corpus whose posting lists are capped at ``limit`` over the whole
+        corpus: term id ``t`` keeps its heaviest ``caps[t]`` postings here (terms past the end, or every term
+        when ``caps`` is None, keep ``limit``: not this shard's own default, which depends on its size)."""
+        if limit < 1:
+            raise ValueError("the posting limit must be at least 1")
+        if caps is not None:
+            caps = np.asarray(caps, dtype=np.int64)
+            if len(caps) and (caps.min() < 0 or caps.max() > limit):
+                raise ValueError(f"posting caps must lie in [0, {limit}]")
+        self._max_posting = limit
+        self.posting_caps = caps
+        self._postings = None
+
+    def posting_counts(self) -> np.ndarray:
+        """(vocab_size,) documents posted under each term id before any cap."""
+        return np.bincount(self.term_ids, minlength=self.vocab_size).astype(np.int64)
+
+    def _by_term(self) -> tuple[np.ndarray, np.ndarray]:
+        """Posting entries by term id, heaviest first, equal weights in the order the documents were added;
+        and each entry's rank within its term."""
+        order = np.lexsort((-self.term_weights, self.term_ids))
+        terms = self.term_ids[order]
+        start = np.searchsorted(terms, np.arange(self.vocab_size))
+        return order, np.arange(len(order)) - start[terms]
+
+    def posting_heads(self, terms: Sequence[int] | np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+        """(term ids, weights) of the ``limit`` heaviest postings of each of ``terms``, by term id, then in
+        posting order (what a corpus-wide cap over shards is computed from)."""
+        order, rank = self._by_term()
+        terms = np.asarray(terms, dtype=np.int64)
+        wanted = np.zeros(self.vocab_size, dtype=bool)
+        wanted[terms[terms < self.vocab_size]] = True  # a term this index never saw has no postings here
+        keep = order[(rank < limit) & wanted[self.term_ids[order]]]
+        return self.term_ids[keep].astype(np.int64), self.term_weights[keep]
 
     def _items(self, items: Any) -> tuple[np.ndarray, SparseWeights]:
         if not isinstance(items, Embeddings) or items.dense is None or items.sparse is None:
@@ -118,11 +188,15 @@ class HI2Index(IVFIndex):
     def postings(self) -> tuple[np.ndarray, np.ndarray]:
         """(offsets, rows) by term id; each list holds at most ``max_posting`` rows, heaviest first."""
         if self._postings is None:
-            order = np.lexsort((-self.term_weights, self.term_ids))
-            terms = self.term_ids[order]
-            start = np.searchsorted(terms, np.arange(self.vocab_size))
-            rank = np.arange(len(order)) - start[terms]
-            keep = order[rank < self.max_posting]
+            order, rank = self._by_term()
+            limit = self.max_posting
+            if self.posting_caps is not None:  # a shard: each term's share of the corpus-wide cap
+                caps = np.full(self.vocab_size, limit, dtype=np.int64)
+                known = min(len(self.posting_caps), self.vocab_size)
+                caps[:known] = self.posting_caps[:known]
+                keep = order[rank < caps[self.term_ids[order]]]
+            else:
+                keep = order[rank < limit]
             counts = np.bincount(self.term_ids[keep], minlength=self.vocab_size)
             offsets = np.zeros(self.vocab_size + 1, dtype=np.int64)
             offsets[1:] = np.cumsum(counts)
@@ -169,8 +243,9 @@ class HI2Index(IVFIndex):
                 "term_rows": self.term_rows, "term_ids": self.term_ids, "term_weights": self.term_weights}
 
     def _state(self) -> dict[str, np.ndarray]:
+        caps = {} if self.posting_caps is None else {"posting_caps": self.posting_caps}
         return {**super()._state(), "term_rows": self.term_rows, "term_ids": self.term_ids,
-                "term_weights": self.term_weights}
+                "term_weights": self.term_weights, **caps}
 
     @classmethod
     def _from_params(cls, params: dict) -> HI2Index:
@@ -186,3 +261,5 @@ class HI2Index(IVFIndex):
         self.term_rows = np.asarray(arrays["term_rows"], dtype=np.int32)  # folders before int32 held int64
         self.term_ids = np.asarray(arrays["term_ids"], dtype=np.int32)
         self.term_weights = np.asarray(arrays["term_weights"])
+        if "posting_caps" in arrays:
+            self.posting_caps = np.asarray(arrays["posting_caps"], dtype=np.int64)

@@ -34,6 +34,27 @@ def normalize_scores(scores: np.ndarray, method: str) -> np.ndarray:
     raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {method!r}")
 
 
+SCORE_BLOCK = 1024  # rows per matrix product in exact scoring
+
+
+def blocked_inner_products(queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(queries, rows) float32 inner products, computed SCORE_BLOCK rows at a time (the last block padded with
+    zeros). BLAS picks its kernel by the matrix shapes, and the kernels round differently; with one shape for
+    every block a document's score is the same bit for bit wherever its row sits and however many rows the
+    index holds, so a shard of a corpus scores exactly as one index over the whole corpus."""
+    queries = np.asarray(queries, dtype=np.float32)
+    n = len(rows)
+    out = np.empty((len(queries), n), dtype=np.float32)
+    full = n - n % SCORE_BLOCK
+    for start in range(0, full, SCORE_BLOCK):
+        out[:, start : start + SCORE_BLOCK] = queries @ np.asarray(rows[start : start + SCORE_BLOCK], np.float32).T
+    if full < n:
+        pad = np.zeros((SCORE_BLOCK, rows.shape[1]), dtype=np.float32)
+        pad[: n - full] = rows[full:]
+        out[:, full:] = (queries @ pad.T)[:, : n - full]
+    return out
+
+
 def dense_scores(queries: np.ndarray, docs: np.ndarray) -> np.ndarray:
     """Inner products, (queries, docs); cosine when both sides are normalised."""
     return np.asarray(queries, dtype=np.float32) @ np.asarray(docs, dtype=np.float32).T
@@ -65,8 +86,13 @@ def colbert_scores(queries: MultiVectors, docs: MultiVectors) -> np.ndarray:
             q = queries[qi]
             if len(q) == 0:
                 continue
-            token_scores = q @ block.T  # (query tokens, block tokens)
-            out[qi, nonempty] = np.maximum.reduceat(token_scores, starts, axis=1).sum(axis=0) / len(q)
+            # (query tokens, block tokens), in fixed-shape products: a document's score is then the same bit
+            # for bit whichever other documents are scored with it (a filtered search, a shard, a rescore)
+            token_scores = blocked_inner_products(q, block)
+            best = np.maximum.reduceat(token_scores, starts, axis=1)  # (query tokens, documents)
+            # summed along contiguous rows, one per document: numpy sums a (tokens, 1) column pairwise but adds
+            # the rows of a wider array one after another, which rounds differently
+            out[qi, nonempty] = np.ascontiguousarray(best.T).sum(axis=1) / len(q)
     return out
 
 

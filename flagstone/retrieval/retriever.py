@@ -544,11 +544,12 @@ def _read_saved(root: Path, *, mmap: bool, verify: bool) -> _Saved:
 
 
 def load_indexes(folder: str | os.PathLike[str], *, mmap: bool = False,
-                 verify: bool = True) -> tuple[dict[str, Index], list[str]]:
-    """A saved retriever's index per signal and its document ids in the order they were added, without the
-    model or the texts' use (what a search-only shard of a sharded retriever needs)."""
+                 verify: bool = True) -> tuple[dict[str, Index], list[dict[str, Any]]]:
+    """A saved retriever's index per signal and its document records (``_id``, ``text`` and, when it has any,
+    ``metadata``) in the order they were added, without the model (what a search-only shard of a sharded
+    retriever needs: the ids, and the metadata its filters are evaluated on)."""
     saved = _read_saved(Path(folder), mmap=mmap, verify=verify)
-    return saved.indexes, [record["_id"] for record in saved.records]
+    return saved.indexes, saved.records
 
 
 def verify_folder(folder: str | os.PathLike[str]) -> list[Path]:

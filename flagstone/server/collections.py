@@ -19,6 +19,7 @@ from pathlib import Path
 
 from flagstone._io import atomic_write
 from flagstone.errors import DataError, FlagstoneError, IdError, InvalidTextError
+from flagstone.retrieval.filters import check_filter, matches
 from flagstone.server.store import SETTINGS, Document, DocumentStore
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # use with fullmatch: "$" would let "abc\n" through
@@ -72,46 +73,6 @@ class CollectionNotFound(FlagstoneError):
 
 class CollectionExists(FlagstoneError):
     """A collection of that name already exists."""
-
-
-def check_filter(where: Mapping | None) -> dict:
-    """A metadata filter: ``{"field": value}`` (equal) or ``{"field": {"$in": [values]}}``, all must hold."""
-    if where is None:
-        return {}
-    if not isinstance(where, Mapping):
-        raise InvalidTextError("filter must be an object of field: value or field: {\"$in\": [...]}")
-    for key, cond in where.items():
-        if isinstance(cond, Mapping):
-            if set(cond) != {"$in"} or not isinstance(cond["$in"], list):
-                raise InvalidTextError(f"filter on {key!r}: only {{\"$in\": [...]}} is supported besides equality")
-    return dict(where)
-
-
-def json_equal(a: object, b: object) -> bool:
-    """Equality of JSON values: Python's ``==`` says ``1 == True`` and ``[0] == [False]``, JSON does not (a number
-    and a boolean never match; ``1`` and ``1.0`` are the same number)."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return isinstance(a, bool) and isinstance(b, bool) and a is b
-    if isinstance(a, (int, float)) or isinstance(b, (int, float)):
-        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and a == b
-    if isinstance(a, Mapping) or isinstance(b, Mapping):
-        return (isinstance(a, Mapping) and isinstance(b, Mapping) and a.keys() == b.keys()
-                and all(json_equal(a[k], b[k]) for k in a))
-    if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
-        return (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b)
-                and all(json_equal(x, y) for x, y in zip(a, b)))
-    return a == b  # strings and null
-
-
-def matches(metadata: Mapping, where: Mapping) -> bool:
-    for key, cond in where.items():
-        value = metadata.get(key)
-        if isinstance(cond, Mapping):
-            if not any(json_equal(value, option) for option in cond["$in"]):
-                return False
-        elif not json_equal(value, cond):
-            return False
-    return True
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,10 @@ Every search response says which shards answered. A shard that answers on no rep
 the search fail (503, naming the shard) unless the request allows partial results; then the hits of the shards
 that answered come back with ``complete: false`` and the missing shards listed. Never a silent partial result.
 
+Metadata filters work as on an unsharded collection: each shard evaluates the filter over its own documents'
+metadata and searches with the matching ids as its allow-list (inside the index search), so a filtered search
+returns what the unsharded collection returns.
+
 Sharded collections are read-only: an add or delete would have to change the corpus-wide BM25 vocabulary and
 statistics that every shard shares (and the shard boundaries), which the shard actors cannot do in place; the
 service refuses writes with 409 ``read_only`` and says to rebuild the folder instead.
@@ -18,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from flagstone.errors import IdError, InvalidTextError
+from flagstone.retrieval.filters import check_filter
 from flagstone.server.collections import CollectionReadOnly, SearchHit, search_hits
 
 
@@ -92,13 +97,12 @@ class ShardedCollection:
         if mode not in self.retriever.modes:
             raise InvalidTextError(f"mode {mode!r} is not available; this collection has "
                                    f"{', '.join(self.retriever.modes)}")
-        if where:
-            # an allow-list needs every document's metadata in one place; the shards hold it, the driver does not
-            raise InvalidTextError(f"collection {self.name!r} is sharded: metadata filters are not supported on "
-                                   f"sharded collections")
+        where = check_filter(where)
         depth = max(k, rerank_depth if reranker is not None else k)
+        # the filter travels to the shards: each evaluates it over its own documents' metadata and searches
+        # with the matching ids as its allow-list (inside the index search), as an unsharded collection does
         result = self.retriever.search_with_status([query], mode=mode, k=min(depth, len(self.retriever)),
-                                                   allow_partial=allow_partial)
+                                                   where=where or None, allow_partial=allow_partial)
         found = {i: (text, metadata or {}) for i, (text, metadata) in
                  self.retriever.documents_of(result.hits.ids[0], shards=result.shards_answered).items()}
         hits = search_hits(self.retriever.bm25, query, result.hits, found, k, reranker)

@@ -1,6 +1,7 @@
 """``serve --ray``: collections backed by shard actors on a local Ray cluster answer search by scatter-gather
-with the single retriever's results, say which shards answered, refuse writes (409 read_only), and a killed
-shard actor gives a retry on its replica or a 503 / an explicitly partial result, never silently fewer hits."""
+with the single retriever's results (metadata filters too), say which shards answered, refuse writes (409
+read_only), and a killed shard actor gives a retry on its replica or a 503 / an explicitly partial result, never
+silently fewer hits."""
 from __future__ import annotations
 
 import numpy as np
@@ -75,8 +76,24 @@ def test_a_sharded_folder_is_served_read_only_and_a_killed_shard_is_retried_or_f
         assert "read-only" in added.json()["error"]["message"]
         assert http.post("/collections/docs/documents/delete", json={"ids": [ids[0]]}).status_code == 409
         assert http.delete("/collections/docs").status_code == 409
-        assert http.post("/collections/docs/search", json={"query": QUERY, "filter": {"half": "first"}}
-                         ).status_code == 400
+
+        # metadata filters: evaluated on each shard, applied inside its index search; the answer is the single
+        # retriever's searched with every matching id allowed (ids and scores)
+        for where in ({"half": "first"}, {"n": {"$in": [3, 44, 59]}}, {"n": 7}, {"half": "neither"}):
+            allow = [i for i, m in zip(ids, metadata) if all(m.get(f) == v if not isinstance(v, dict)
+                                                             else m.get(f) in v["$in"] for f, v in where.items())]
+            for mode in ("hybrid", "dense", "bm25"):
+                got = http.post("/collections/docs/search", json={"query": QUERY, "mode": mode, "k": 5,
+                                                                   "filter": where}).json()
+                want = single.search([QUERY], mode=mode, k=5, allow=allow) if allow else None
+                assert [r["id"] for r in got["results"]] == (want.ids[0] if allow else []), (where, mode)
+                if allow:
+                    assert [r["score"] for r in got["results"]] == [float(s) for s in
+                                                                     want.scores[0][: len(want.ids[0])]], (where, mode)
+                assert all(r["metadata"] == metadata[ids.index(r["id"])] for r in got["results"])
+                assert got["shards"]["complete"]
+        bad = http.post("/collections/docs/search", json={"query": QUERY, "filter": {"n": {"$gt": 3}}})
+        assert bad.status_code == 400
 
         # one actor of shard 0 killed: the call moves to its replica, the answer is whole and the same
         retriever = app.state.collections.get("docs").retriever

@@ -696,31 +696,58 @@ class Embedder:
             raise InvalidTextError("tokenize expects a list of texts, got a single string; wrap it in a list")
         block, prefix, suffix = self._template_parts(is_query=is_query, prompt=prompt, prompt_name=prompt_name,
                                                      examples=examples)
-        prefix = block + prefix
-        texts = [prefix + t + suffix for t in texts] if (prefix or suffix) else list(texts)
+        originals = list(texts)
+        texts = [block + prefix + t + suffix for t in texts] if (block or prefix or suffix) else list(texts)
         # capped at the model's limit as the constructor's max_length is (training asks for configured lengths)
-        max_len = self.settings.max_length if max_length is None else min(int(max_length), self.model_max_length)
-        if max_len < 1:
+        budget = self.settings.max_length if max_length is None else min(int(max_length), self.model_max_length)
+        if budget < 1:
             raise ValueError("max_length must be at least 1")
         if not texts:
             return []
+        max_len = budget
         if block:  # the examples' tokens counted alone (where they meet the query a merge may move one token)
-            max_len = min(max_len + len(self.tokenizer(block, add_special_tokens=False)["input_ids"]),
+            max_len = min(budget + len(self.tokenizer(block, add_special_tokens=False)["input_ids"]),
                           self.model_max_length)
-        end = self._end_id
         ids = self.tokenizer(texts, truncation=True, max_length=max_len, add_special_tokens=True)["input_ids"]
-        if end is not None:
-            ids = [row if row and row[-1] == end else row[: max_len - 1] + [end] for row in ids]
-        if not truncate:
-            for i, row in enumerate(ids):
-                if len(row) == max_len:
-                    full_ids = self.tokenizer(texts[i], add_special_tokens=True)["input_ids"]
-                    full = len(full_ids) + int(end is not None and (not full_ids or full_ids[-1] != end))
-                    if full > max_len:
-                        raise InvalidTextError(
-                            f"text #{i} has {full} tokens, more than max_length={max_len} (allow truncation or "
-                            f"raise max_length)")
+        ids = [self._end_row(row, max_len) for row in ids]
+        # a row at the limit may have been cut: refused without truncation; with a suffix, cut again before it
+        # (only then is the text tokenized a second time, so plain truncation costs nothing more)
+        for i, row in enumerate(ids):
+            if len(row) < max_len or (truncate and not suffix):
+                continue
+            full = self._full_length(texts[i])
+            if full <= max_len:
+                continue
+            if not truncate:
+                raise InvalidTextError(f"text #{i} has {full} tokens, more than max_length={max_len} (allow "
+                                       f"truncation or raise max_length)")
+            ids[i] = self._cut_before_suffix(block, prefix + originals[i], suffix, budget, max_len) or row
         return ids
+
+    def _end_row(self, row: list[int], limit: int) -> list[int]:
+        """``row`` ending with the end token (decoder embedders), within ``limit`` tokens."""
+        end = self._end_id
+        return row if end is None or (row and row[-1] == end) else row[: limit - 1] + [end]
+
+    def _full_length(self, text: str) -> int:
+        """Tokens of ``text`` uncut, special tokens and the end token included."""
+        return len(self._end_row(self.tokenizer(text, add_special_tokens=True)["input_ids"], 1 << 62))
+
+    def _cut_before_suffix(self, block: str, head: str, suffix: str, budget: int, limit: int) -> list[int] | None:
+        """A query longer than ``budget`` tokens cut inside ``head`` (the query in its instruction format), so that
+        the format's suffix (bge-en-icl's ``\n<response>``) and the end token stay, as FlagEmbedding's ICL
+        embedder cuts: the head's tokens are shortened, decoded back to text and set between the examples and the
+        suffix. None when the budget cannot hold the suffix and the special tokens (then the plain cut stands)."""
+        tok = self.tokenizer
+        added = len(tok("x")["input_ids"]) - len(tok("x", add_special_tokens=False)["input_ids"])  # BOS, EOS...
+        appended = self._full_length("x") - len(tok("x")["input_ids"])  # the end token, when we add it
+        room = budget - added - appended - len(tok(suffix, add_special_tokens=False)["input_ids"])
+        if room < 1:
+            return None
+        head_ids = tok(head, add_special_tokens=False)["input_ids"][:room]
+        text = block + tok.decode(head_ids) + suffix
+        return self._end_row(tok(text, truncation=True, max_length=limit, add_special_tokens=True)["input_ids"],
+                             limit)
 
     def pad(self, token_ids: Sequence[Sequence[int]], *,
             side: Literal["left", "right"] | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flagstone.errors import FlagstoneError, InvalidExampleError
+from flagstone.errors import FlagstoneError, InvalidExampleError, InvalidTextError
 from flagstone.models.embedder import Embedder
 from flagstone.models.incontext import QueryExample
 from flagstone.models.presets import PRESETS
-from tests.helpers import build_tiny_decoder_embedder
+from tests.helpers import _tiny_qwen_config, build_tiny_decoder_embedder, load_flagembedding, tiny_qwen_tokenizer
 
 TASK = "Given a web search query, retrieve relevant passages that answer the query."
 CODE_TASK = "Given a question, retrieve code that answers it"
@@ -103,13 +103,65 @@ def test_constructor_examples_and_per_call_examples(icl, icl_with_examples):
     assert icl_with_examples.tokenize(queries, is_query=True, prompt="q: ") == icl.tokenize(["q: " + queries[0]])
 
 
+def test_a_long_query_is_cut_before_its_suffix(icl):
+    long_query = " ".join(["socket"] * 60)
+    limit = len(icl.tokenize(["x"], is_query=True)[0]) + 8  # room for some of the query
+    alone = icl.tokenize([long_query], is_query=True, max_length=limit)[0]
+    # cut inside the query, as FlagEmbedding cuts: the format's "\n<response>" and the end token stay
+    assert len(alone) == limit and icl.tokenizer.decode(alone).endswith(" socket\n<response>" + END)
+    assert icl.tokenizer.decode(alone).startswith(f"<instruct>{TASK}\n<query>socket socket")
+    # a document has no suffix: cut at the end as before, the end token last
+    doc = icl.tokenize([long_query], max_length=12)[0]
+    assert doc == icl.tokenizer(long_query)["input_ids"][:11] + [icl.tokenizer.convert_tokens_to_ids(END)]
+    with pytest.raises(InvalidTextError, match=f"more than max_length={limit}"):
+        icl.tokenize([long_query], is_query=True, max_length=limit, truncate=False)
+
+
 def test_examples_do_not_count_against_max_length(icl):
     long_query = " ".join(["socket"] * 60)
-    alone = icl.tokenize([long_query], is_query=True, max_length=12)[0]
-    with_examples = icl.tokenize([long_query], is_query=True, max_length=12, examples=EXAMPLES)[0]
+    limit = len(icl.tokenize(["x"], is_query=True)[0]) + 8
+    alone = icl.tokenize([long_query], is_query=True, max_length=limit)[0]
+    with_examples = icl.tokenize([long_query], is_query=True, max_length=limit, examples=EXAMPLES)[0]
     examples_ids = icl.tokenizer(EXAMPLES_TEXT, add_special_tokens=False)["input_ids"]
-    assert len(alone) == 12
+    assert len(alone) == limit
     assert with_examples == examples_ids + alone  # the query keeps its whole budget after the examples
+
+
+@pytest.fixture(scope="module")
+def mistral_like(tmp_path_factory):
+    """A tiny random Qwen2 whose tokenizer wraps every text in <s> ... </s>, as bge-en-icl's (Mistral's) does."""
+    import torch
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoModel
+
+    folder = tmp_path_factory.mktemp("tiny-mistral-like") / "model"
+    tokenizer = tiny_qwen_tokenizer()
+    tokenizer.add_special_tokens({"bos_token": "<s>", "eos_token": "</s>"})
+    tokenizer._tokenizer.post_processor = TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[(t, tokenizer.convert_tokens_to_ids(t)) for t in ("<s>", "</s>")])
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(1)
+    AutoModel.from_config(_tiny_qwen_config("qwen2", tokenizer)).eval().save_pretrained(folder)
+    return folder
+
+
+def test_equals_flagembedding_s_icl_embedder(mistral_like):
+    icl_class = load_flagembedding("inference.embedder.decoder_only.icl", "ICLLLMEmbedder")
+    if icl_class is None:
+        pytest.skip("FlagEmbedding is not installed (pip install flagembedding)")
+    examples = [{"instruct": CODE_TASK, "query": "how to read a file", "response": "with open(path) as f: f.read()"},
+                {"query": "compress bytes", "response": "zlib.compress(data, level=9)"}]
+    reference = icl_class(str(mistral_like), query_instruction_for_retrieval=TASK, examples_for_task=examples,
+                          normalize_embeddings=True, use_fp16=False, devices="cpu")
+    preset = PRESETS["bge-en-icl"]
+    ours = Embedder(str(mistral_like), pooling=preset.pooling, end_token=preset.end_token, query_instruction=TASK,
+                    query_instruction_format=preset.query_instruction_format, example_format=preset.example_format,
+                    query_examples=examples, show_progress=False)
+    queries = ["what is a socket", "x", " ".join(["compress the bytes of a socket stream"] * 12)]
+    for max_length in (512, 24):  # 24: the long query is cut, before the suffix
+        expected = reference.encode_queries(queries, max_length=max_length, batch_size=4)
+        assert np.abs(ours.encode_queries(queries, max_length=max_length).dense - expected).max() < 1e-5
+    assert np.abs(ours.encode_corpus(DOCS).dense - reference.encode_corpus(DOCS, max_length=512)).max() < 1e-5
 
 
 def test_the_pool_passes_examples_on(icl, icl_with_examples):

@@ -691,6 +691,8 @@ class Embedder:
         ``truncate=False`` a text longer than ``max_length`` raises :class:`~flagstone.errors.InvalidTextError`.
         A query's in-context examples (``examples``, or the embedder's ``query_examples``) come on top of
         ``max_length``, as in FlagEmbedding: the query keeps its whole budget; the model's limit caps the total.
+        When a query format puts text after the query (bge-en-icl's ``\n<response>``), a query too long is cut
+        inside the query, so that text and the end token stay (FlagEmbedding's ICL embedder cuts the same way).
         """
         if isinstance(texts, str):
             raise InvalidTextError("tokenize expects a list of texts, got a single string; wrap it in a list")

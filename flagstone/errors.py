@@ -23,6 +23,10 @@ class InvalidTextError(FlagstoneError):
     """A text is empty, not a string, or longer than allowed."""
 
 
+class InvalidExampleError(InvalidTextError):
+    """An in-context example (bge-en-icl style few-shot query) is malformed, or given where none is taken."""
+
+
 class CacheError(FlagstoneError):
     """The embedding cache directory cannot be used."""
 

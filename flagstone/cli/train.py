@@ -15,6 +15,7 @@ from flagstone.cli._common import (
     _cache,
     _check_output_file,
     _read_texts,
+    add_backend_options,
     causal_lm_name,
     check_argument,
     check_with,
@@ -73,6 +74,7 @@ def add_parsers(sub, epilog: str = EPILOG) -> None:
     p.add_argument("--negatives", type=positive_int, default=15, help="negatives per query (default: 15)")
     p.add_argument("--teacher", type=model_name, default=None, help="a cross-encoder to score pos/neg for distillation")
     p.add_argument("--seed", type=int, default=0)
+    add_backend_options(p)  # the retrieval model's and the teacher's
     _add_cache_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     check_with(p, _check_mine)
@@ -282,6 +284,7 @@ def _add_genir_parser(tsub, epilog: str) -> None:
                    help="largest cluster left unsplit, semantic ids (default: 100)")
     t.add_argument("--embedding-model", type=model_name, default="all-MiniLM-L6-v2",
                    help="embedder whose document vectors are clustered, semantic ids (default: all-MiniLM-L6-v2)")
+    add_backend_options(t)  # the --embedding-model's
     _add_cache_options(t)
     g = t.add_mutually_exclusive_group()
     g.add_argument("--queries-split", default="train",
@@ -452,7 +455,8 @@ def cmd_mine(args: argparse.Namespace) -> int:
     else:
         texts = list(dict.fromkeys(t for ex in examples for t in ex.pos + ex.neg))
         ids = [str(i) for i in range(len(texts))]
-    embedder = None if args.mode == "bm25" else Embedder(args.model or "all-MiniLM-L6-v2", show_progress=not args.quiet)
+    embedder = None if args.mode == "bm25" else Embedder(args.model or "all-MiniLM-L6-v2", backend=args.backend,
+                                                         precision=args.precision, show_progress=not args.quiet)
     retriever = mining_retriever(embedder, ids, texts, mode=args.mode, cache=_cache(args),
                                  show_progress=not args.quiet)
     mined = mine_hard_negatives(examples, retriever, dict(zip(ids, texts)), mode=args.mode,
@@ -460,7 +464,8 @@ def cmd_mine(args: argparse.Namespace) -> int:
     if args.teacher:
         from flagstone.models.reranker import CrossEncoderReranker
 
-        mined = add_teacher_scores(mined, CrossEncoderReranker(args.teacher), show_progress=not args.quiet)
+        teacher = CrossEncoderReranker(args.teacher, backend=args.backend, precision=args.precision)
+        mined = add_teacher_scores(mined, teacher, show_progress=not args.quiet)
     save_examples(mined, args.output)
     print(f"{len(mined)} examples with {args.negatives} negatives each -> {args.output}")
     return 0
@@ -621,7 +626,8 @@ def _train_genir(args: argparse.Namespace) -> int:
     else:
         from flagstone.models.embedder import Embedder
 
-        embedder = Embedder(args.embedding_model, show_progress=not args.quiet)
+        embedder = Embedder(args.embedding_model, backend=args.backend, precision=args.precision,
+                            show_progress=not args.quiet)
         cache = _cache(args)
         vectors = (cache.encode(embedder, doc_texts) if cache else embedder.encode_documents(doc_texts)).dense
         docids = semantic_docids(doc_ids, vectors, branching=args.branching, leaf_size=args.leaf_size, seed=args.seed)

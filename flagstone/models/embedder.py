@@ -15,11 +15,18 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from flagstone.errors import BackendError, InvalidTextError, MissingHeadError, ModelNotFoundError
+from flagstone.errors import (
+    BackendError,
+    InvalidExampleError,
+    InvalidTextError,
+    MissingHeadError,
+    ModelNotFoundError,
+)
 from flagstone.models._hf import quiet_transformers
 from flagstone.models.embeddings import Embeddings, MultiVectors, SparseWeights
 from flagstone.models.finite import require_finite
 from flagstone.models.heads import POOLINGS, EncoderOutput, encoder_forward
+from flagstone.models.incontext import ExampleLike, as_examples, check_example_format, render_examples
 from flagstone.models.presets import DEFAULT_MODEL, PRESETS, ModelPreset, find_preset
 from flagstone.models.quantization import Precision
 from flagstone.models.shaping import check_dense_options, finish_dense
@@ -64,6 +71,7 @@ class EmbedderSettings:
     end_token: str | None = None
     backend: str = "torch"
     precision: str = "float32"
+    query_examples: str = ""  # the in-context examples written before every query (bge-en-icl), as rendered
 
 
 def resolve_model_path(model: str) -> tuple[Path, ModelPreset | None]:
@@ -180,6 +188,10 @@ class Embedder:
     ``query_instruction_format`` (``"{}{}"``: prepended; Qwen3-Embedding: ``"Instruct: {}\nQuery:{}"``);
     ``passage_instruction`` is prepended to documents; ``end_token`` (decoder embedders) is appended to every text
     that does not already end with it. Last-token pooling pads batches on the left.
+
+    ``query_examples`` (FlagEmbedding's ``examples_for_task``) are in-context examples written before every query
+    in ``example_format`` (bge-en-icl's preset has one; see :mod:`flagstone.models.incontext`); ``encode_queries``
+    takes ``examples=`` per call as well. They do not count against ``max_length``.
     """
 
     def __init__(
@@ -193,6 +205,8 @@ class Embedder:
         query_instruction_format: str | None = None,
         passage_instruction: str | None = None,
         end_token: str | None = None,
+        example_format: str | None = None,
+        query_examples: Sequence[ExampleLike] | None = None,
         batch_size: int = 32,
         max_batch_tokens: int | None | Literal["auto"] = "auto",
         device: str = "cpu",
@@ -262,6 +276,16 @@ class Embedder:
             passage_instruction = preset.passage_instruction if preset else ""
         if end_token is None and preset is not None:
             end_token = preset.end_token
+        if example_format is None and preset is not None:
+            example_format = preset.example_format
+        if example_format is not None:
+            check_example_format(example_format)
+        self.example_format = example_format
+        examples = as_examples(query_examples) if query_examples is not None else ()
+        if examples and example_format is None:
+            raise InvalidExampleError(f"model {self.name!r} has no example_format: pass example_format= to give it "
+                                      f"in-context examples")
+        examples_text = render_examples(examples, example_format, query_instruction) if examples else ""
         self._end_id: int | None = None
         if end_token is not None:
             if end_token not in self.tokenizer.get_vocab():
@@ -279,6 +303,7 @@ class Embedder:
             end_token=end_token,
             backend=backend,
             precision=precision,
+            query_examples=examples_text,
         )
         # decoder embedders pool the last token and pad on the left, as their reference code does
         self.padding_side = "left" if pooling == "last_token" else "right"
@@ -386,8 +411,8 @@ class Embedder:
                 f"precision={s.precision!r})")
 
     # -- instructions and prompts ----------------------------------------------------------------
-    def text_template(self, *, is_query: bool = False, prompt: str | None = None,
-                      prompt_name: str | None = None) -> tuple[str, str]:
+    def text_template(self, *, is_query: bool = False, prompt: str | None = None, prompt_name: str | None = None,
+                      examples: Sequence[ExampleLike] | None = None) -> tuple[str, str]:
         """``(prefix, suffix)`` put around every text of an encode call; the first rule that applies wins:
 
         1. ``prompt=`` (a prefix), or ``prompt_name=`` (a key of the folder's sentence-transformers prompts);
@@ -397,29 +422,58 @@ class Embedder:
            documents: the passage instruction, else the folder's ``"document"``, ``"passage"`` or ``"corpus"``
            prompt;
         3. the folder's ``default_prompt_name`` prompt; else nothing.
+
+        Under rules 2 and 3 a query's prefix starts with its in-context examples: ``examples`` (this call's; an
+        empty list for none), else the embedder's ``query_examples``. A prompt (rule 1) replaces the query format
+        the examples belong to, so it takes none, and giving both ``examples`` and a prompt is an error.
         """
+        block, prefix, suffix = self._template_parts(is_query=is_query, prompt=prompt, prompt_name=prompt_name,
+                                                     examples=examples)
+        return block + prefix, suffix
+
+    def _template_parts(self, *, is_query: bool, prompt: str | None, prompt_name: str | None,
+                        examples: Sequence[ExampleLike] | None) -> tuple[str, str, str]:
+        """:meth:`text_template` as ``(examples, prefix, suffix)``: tokenize keeps the examples out of the
+        length budget."""
+        if examples is not None and not is_query:
+            raise InvalidExampleError("in-context examples go before queries only: documents are encoded as they are")
         if prompt is not None and prompt_name is not None:
             raise ValueError("give prompt or prompt_name, not both")
+        if (prompt is not None or prompt_name is not None) and examples:
+            raise InvalidExampleError("give examples or a prompt, not both: a prompt replaces the query format the "
+                                      "examples belong to")
         if prompt is not None:
-            return prompt, ""
+            return "", prompt, ""
         if prompt_name is not None:
             if prompt_name not in self.prompts:
                 known = ", ".join(sorted(self.prompts)) or "none"
                 raise ValueError(f"prompt_name {prompt_name!r} is not one of this model's prompts ({known})")
-            return self.prompts[prompt_name], ""
+            return "", self.prompts[prompt_name], ""
         s = self.settings
+        block = self._examples_text(examples) if is_query else ""
         if is_query and s.query_instruction:
             marker = "\x00TEXT\x00"
             prefix, _, suffix = s.query_instruction_format.format(s.query_instruction, marker).partition(marker)
-            return prefix, suffix
+            return block, prefix, suffix
         if not is_query and s.passage_instruction:
-            return s.passage_instruction, ""
+            return "", s.passage_instruction, ""
         for name in (("query",) if is_query else ("document", "passage", "corpus")):
             if name in self.prompts:
-                return self.prompts[name], ""
+                return block, self.prompts[name], ""
         if self.default_prompt_name is not None:
-            return self.prompts[self.default_prompt_name], ""
-        return "", ""
+            return block, self.prompts[self.default_prompt_name], ""
+        return block, "", ""
+
+    def _examples_text(self, examples: Sequence[ExampleLike] | None) -> str:
+        """The in-context examples written before a query: this call's (checked and rendered in the model's
+        ``example_format``), else the embedder's ``query_examples``."""
+        if examples is None:
+            return self.settings.query_examples
+        checked = as_examples(examples)
+        if checked and self.example_format is None:
+            raise InvalidExampleError(f"model {self.name!r} has no example_format: build the Embedder with "
+                                      f"example_format= to give it in-context examples")
+        return render_examples(checked, self.example_format, self.settings.query_instruction) if checked else ""
 
     # -- encoding ------------------------------------------------------------------------------
     def encode_queries(
@@ -440,13 +494,16 @@ class Embedder:
         output: Literal["numpy", "torch"] = "numpy",
         truncate: bool = True,
         show_progress: bool | None = None,
+        examples: Sequence[ExampleLike] | None = None,
     ) -> Embeddings:
-        """:meth:`encode` for queries: the query instruction (or the folder's "query" prompt) is applied."""
+        """:meth:`encode` for queries: the query instruction (or the folder's "query" prompt) is applied, after
+        the in-context examples if the model takes them (``examples``: this call's, ``[]`` for none; default: the
+        embedder's ``query_examples``)."""
         return self.encode(texts, dense=dense, sparse=sparse, colbert=colbert, is_query=True, prompt=prompt,
                            prompt_name=prompt_name, batch_size=batch_size, max_length=max_length,
                            normalize=normalize, truncate_dim=truncate_dim, precision=precision,
                            calibration_embeddings=calibration_embeddings, output=output, truncate=truncate,
-                           show_progress=show_progress)
+                           show_progress=show_progress, examples=examples)
 
     def encode_corpus(
         self,
@@ -495,13 +552,14 @@ class Embedder:
         output: Literal["numpy", "torch"] = "numpy",
         truncate: bool = True,
         show_progress: bool | None = None,
+        examples: Sequence[ExampleLike] | None = None,
     ) -> Embeddings:
         """Encode ``texts`` into the outputs asked for; always returns :class:`Embeddings` in input order.
 
         ``texts`` is a list of strings or one string (then the result holds one row: ``dense`` is ``(1, dim)``).
         Options given here beat the embedder's settings for this call only: ``batch_size``, ``max_length``
         (up to the model's limit), ``normalize`` (dense and ColBERT vectors), ``prompt`` / ``prompt_name``
-        (see :meth:`text_template`). The dense vectors can then be shaped as sentence-transformers shapes them:
+        and, for queries, in-context ``examples`` (see :meth:`text_template`). The dense vectors can then be shaped as sentence-transformers shapes them:
         ``truncate_dim`` keeps the first dimensions (Matryoshka) and re-normalises when normalising, as
         ``SentenceTransformer.encode(..., truncate_dim=d, normalize_embeddings=True)`` does; ``precision``
         quantises them as ``quantize_embeddings`` does (int8/uint8 ranges come from ``calibration_embeddings``,
@@ -519,14 +577,15 @@ class Embedder:
         floats = self._encode_floats(texts, dense=dense, sparse=sparse, colbert=colbert, is_query=is_query,
                                      prompt=prompt, prompt_name=prompt_name, batch_size=batch_size,
                                      max_length=max_length, normalize=normalize, truncate_dim=truncate_dim,
-                                     truncate=truncate, show_progress=show_progress)
+                                     truncate=truncate, show_progress=show_progress, examples=examples)
         return finish_dense(floats, precision=precision, calibration_embeddings=calibration_embeddings,
                             output=output)
 
     def _encode_floats(self, texts: list[str], *, dense: bool, sparse: bool, colbert: bool, is_query: bool,
                        prompt: str | None, prompt_name: str | None, batch_size: int | None,
                        max_length: int | None, normalize: bool | None, truncate_dim: int | None,
-                       truncate: bool, show_progress: bool | None) -> Embeddings:
+                       truncate: bool, show_progress: bool | None,
+                       examples: Sequence[ExampleLike] | None = None) -> Embeddings:
         """The float32 outputs of checked texts (what :meth:`encode` quantises; what pool workers return)."""
         import torch
         from tqdm.auto import tqdm
@@ -539,7 +598,7 @@ class Embedder:
             raise ValueError(f"max_length must be between 1 and the model's limit {self.model_max_length}, "
                              f"got {max_length}")
         token_ids = self.tokenize(texts, is_query=is_query, prompt=prompt, prompt_name=prompt_name,
-                                  max_length=max_length, truncate=truncate)
+                                  max_length=max_length, truncate=truncate, examples=examples)
         order = np.argsort([-len(ids) for ids in token_ids], kind="stable")
         progress = self.show_progress if show_progress is None else show_progress
         side = self.batch_padding_side(sparse=sparse, colbert=colbert)
@@ -621,6 +680,7 @@ class Embedder:
         truncate: bool = True,
         prompt: str | None = None,
         prompt_name: str | None = None,
+        examples: Sequence[ExampleLike] | None = None,
     ) -> list[list[int]]:
         """Token ids of each text, special tokens included, cut at ``max_length`` tokens (default: the
         embedder's ``settings.max_length``; at most the model's limit); what :meth:`encode` feeds the model,
@@ -629,31 +689,67 @@ class Embedder:
         The instruction or prompt of :meth:`text_template` is applied as :meth:`encode` applies it, and the end
         token (decoder embedders) is appended when the tokenizer does not already end the text with it. With
         ``truncate=False`` a text longer than ``max_length`` raises :class:`~flagstone.errors.InvalidTextError`.
+        A query's in-context examples (``examples``, or the embedder's ``query_examples``) come on top of
+        ``max_length``, as in FlagEmbedding: the query keeps its whole budget; the model's limit caps the total.
+        When a query format puts text after the query (bge-en-icl's ``\n<response>``), a query too long is cut
+        inside the query, so that text and the end token stay (FlagEmbedding's ICL embedder cuts the same way).
         """
         if isinstance(texts, str):
             raise InvalidTextError("tokenize expects a list of texts, got a single string; wrap it in a list")
-        prefix, suffix = self.text_template(is_query=is_query, prompt=prompt, prompt_name=prompt_name)
-        texts = [prefix + t + suffix for t in texts] if (prefix or suffix) else list(texts)
+        block, prefix, suffix = self._template_parts(is_query=is_query, prompt=prompt, prompt_name=prompt_name,
+                                                     examples=examples)
+        originals = list(texts)
+        texts = [block + prefix + t + suffix for t in texts] if (block or prefix or suffix) else list(texts)
         # capped at the model's limit as the constructor's max_length is (training asks for configured lengths)
-        max_len = self.settings.max_length if max_length is None else min(int(max_length), self.model_max_length)
-        if max_len < 1:
+        budget = self.settings.max_length if max_length is None else min(int(max_length), self.model_max_length)
+        if budget < 1:
             raise ValueError("max_length must be at least 1")
         if not texts:
             return []
-        end = self._end_id
+        max_len = budget
+        if block:  # the examples' tokens counted alone (where they meet the query a merge may move one token)
+            max_len = min(budget + len(self.tokenizer(block, add_special_tokens=False)["input_ids"]),
+                          self.model_max_length)
         ids = self.tokenizer(texts, truncation=True, max_length=max_len, add_special_tokens=True)["input_ids"]
-        if end is not None:
-            ids = [row if row and row[-1] == end else row[: max_len - 1] + [end] for row in ids]
-        if not truncate:
-            for i, row in enumerate(ids):
-                if len(row) == max_len:
-                    full_ids = self.tokenizer(texts[i], add_special_tokens=True)["input_ids"]
-                    full = len(full_ids) + int(end is not None and (not full_ids or full_ids[-1] != end))
-                    if full > max_len:
-                        raise InvalidTextError(
-                            f"text #{i} has {full} tokens, more than max_length={max_len} (allow truncation or "
-                            f"raise max_length)")
+        ids = [self._end_row(row, max_len) for row in ids]
+        # a row at the limit may have been cut: refused without truncation; with a suffix, cut again before it
+        # (only then is the text tokenized a second time, so plain truncation costs nothing more)
+        for i, row in enumerate(ids):
+            if len(row) < max_len or (truncate and not suffix):
+                continue
+            full = self._full_length(texts[i])
+            if full <= max_len:
+                continue
+            if not truncate:
+                raise InvalidTextError(f"text #{i} has {full} tokens, more than max_length={max_len} (allow "
+                                       f"truncation or raise max_length)")
+            ids[i] = self._cut_before_suffix(block, prefix + originals[i], suffix, budget, max_len) or row
         return ids
+
+    def _end_row(self, row: list[int], limit: int) -> list[int]:
+        """``row`` ending with the end token (decoder embedders), within ``limit`` tokens."""
+        end = self._end_id
+        return row if end is None or (row and row[-1] == end) else row[: limit - 1] + [end]
+
+    def _full_length(self, text: str) -> int:
+        """Tokens of ``text`` uncut, special tokens and the end token included."""
+        return len(self._end_row(self.tokenizer(text, add_special_tokens=True)["input_ids"], 1 << 62))
+
+    def _cut_before_suffix(self, block: str, head: str, suffix: str, budget: int, limit: int) -> list[int] | None:
+        """A query longer than ``budget`` tokens cut inside ``head`` (the query in its instruction format), so that
+        the format's suffix (bge-en-icl's ``\n<response>``) and the end token stay, as FlagEmbedding's ICL
+        embedder cuts: the head's tokens are shortened, decoded back to text and set between the examples and the
+        suffix. None when the budget cannot hold the suffix and the special tokens (then the plain cut stands)."""
+        tok = self.tokenizer
+        added = len(tok("x")["input_ids"]) - len(tok("x", add_special_tokens=False)["input_ids"])  # BOS, EOS...
+        appended = self._full_length("x") - len(tok("x")["input_ids"])  # the end token, when we add it
+        room = budget - added - appended - len(tok(suffix, add_special_tokens=False)["input_ids"])
+        if room < 1:
+            return None
+        head_ids = tok(head, add_special_tokens=False)["input_ids"][:room]
+        text = block + tok.decode(head_ids) + suffix
+        return self._end_row(tok(text, truncation=True, max_length=limit, add_special_tokens=True)["input_ids"],
+                             limit)
 
     def pad(self, token_ids: Sequence[Sequence[int]], *,
             side: Literal["left", "right"] | None = None) -> tuple[torch.Tensor, torch.Tensor]:

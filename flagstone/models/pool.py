@@ -14,6 +14,7 @@ from typing import Any, Literal
 import numpy as np
 
 from flagstone.models.embeddings import Embeddings
+from flagstone.models.incontext import ExampleLike
 from flagstone.models.quantization import Precision
 from flagstone.models.shaping import check_dense_options, finish_dense
 
@@ -81,6 +82,7 @@ class EmbedderPool:
         output: Literal["numpy", "torch"] = "numpy",
         truncate: bool = True,
         chunk_size: int | None = None,
+        examples: Sequence[ExampleLike] | None = None,
     ) -> Embeddings:
         """:meth:`Embedder.encode` spread over the workers, in chunks of ``chunk_size`` texts (default: four
         chunks per process); the same result as encoding in one process."""
@@ -88,7 +90,8 @@ class EmbedderPool:
         texts = checker.check_request(texts, dense=dense, sparse=sparse, colbert=colbert, is_query=is_query)
         check_dense_options(dense=dense, sparse=sparse, colbert=colbert, truncate_dim=truncate_dim, dim=checker.dim,
                             precision=precision, output=output)
-        checker.text_template(is_query=is_query, prompt=prompt, prompt_name=prompt_name)  # a bad prompt fails here
+        # a bad prompt or example fails here, before any work is sent out
+        checker.text_template(is_query=is_query, prompt=prompt, prompt_name=prompt_name, examples=examples)
         if chunk_size is None:
             chunk_size = max(1, math.ceil(len(texts) / (4 * self.processes)))
         if chunk_size < 1:
@@ -96,7 +99,7 @@ class EmbedderPool:
         options = {"dense": dense, "sparse": sparse, "colbert": colbert, "is_query": is_query, "prompt": prompt,
                    "prompt_name": prompt_name, "batch_size": batch_size, "max_length": max_length,
                    "normalize": normalize, "truncate_dim": truncate_dim, "truncate": truncate,
-                   "show_progress": False}
+                   "show_progress": False, "examples": examples}
         futures = [self._executor.submit(_encode_in_worker, texts[i:i + chunk_size], options)
                    for i in range(0, len(texts), chunk_size)]
         floats = Embeddings.concat([f.result() for f in futures])
@@ -107,10 +110,12 @@ class EmbedderPool:
                        colbert: bool = False, prompt: str | None = None, prompt_name: str | None = None,
                        normalize: bool | None = None, truncate_dim: int | None = None,
                        precision: Precision = "float32", calibration_embeddings: np.ndarray | None = None,
-                       output: Literal["numpy", "torch"] = "numpy") -> Embeddings:
+                       output: Literal["numpy", "torch"] = "numpy",
+                       examples: Sequence[ExampleLike] | None = None) -> Embeddings:
         return self.encode(texts, dense=dense, sparse=sparse, colbert=colbert, is_query=True, prompt=prompt,
                            prompt_name=prompt_name, normalize=normalize, truncate_dim=truncate_dim,
-                           precision=precision, calibration_embeddings=calibration_embeddings, output=output)
+                           precision=precision, calibration_embeddings=calibration_embeddings, output=output,
+                           examples=examples)
 
     def encode_corpus(self, texts: str | Sequence[str], *, dense: bool = True, sparse: bool = False,
                       colbert: bool = False, prompt: str | None = None, prompt_name: str | None = None,

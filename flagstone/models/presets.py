@@ -5,6 +5,8 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
+from flagstone.models.incontext import BGE_ICL_EXAMPLE_FORMAT
+
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
 _EN_INSTRUCTION = "Represent this sentence for searching relevant passages: "
@@ -13,7 +15,9 @@ _WEB_SEARCH_TASK = "Given a web search query, retrieve relevant passages that an
 # decoder embedders wrap a query in their own instruction format; documents go in as they are
 _QWEN3_FORMAT = "Instruct: {}\nQuery:{}"  # Qwen3-Embedding: no space after "Query:"
 _E5_MISTRAL_FORMAT = "Instruct: {}\nQuery: {}"
-_BGE_ICL_FORMAT = "<instruct>{}\n<query>{}\n<response>"  # bge-en-icl without in-context examples
+# bge-en-icl: a query in the layout of its in-context examples, the response left for the model
+# (examples, when given, come before it in BGE_ICL_EXAMPLE_FORMAT: see flagstone.models.incontext)
+_BGE_ICL_FORMAT = "<instruct>{}\n<query>{}\n<response>"
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,8 @@ class ModelPreset:
     query_instruction_format: str = "{}{}"
     passage_instruction: str = ""  # prepended to documents (FlagEmbedding's passage_instruction_for_retrieval)
     end_token: str | None = None  # appended to every text unless the tokenizer already ends it (decoders pool it)
+    # the layout of in-context examples (instruction, query, response) for models that read them before a query
+    example_format: str | None = None
 
     def local_path(self) -> Path | None:
         """The bundled folder when its package is installed (found without importing it)."""
@@ -59,7 +65,8 @@ PRESETS: dict[str, ModelPreset] = {
         ModelPreset("e5-mistral-7b-instruct", "intfloat/e5-mistral-7b-instruct", "last_token", True, 4096,
                     _WEB_SEARCH_TASK, query_instruction_format=_E5_MISTRAL_FORMAT, end_token="</s>"),
         ModelPreset("bge-en-icl", "BAAI/bge-en-icl", "last_token", True, 512, _WEB_SEARCH_TASK + ".",
-                    query_instruction_format=_BGE_ICL_FORMAT, end_token="</s>"),
+                    query_instruction_format=_BGE_ICL_FORMAT, end_token="</s>",
+                    example_format=BGE_ICL_EXAMPLE_FORMAT),
     ]
 }
 _BY_HUB_ID = {p.hub_id.lower(): p for p in PRESETS.values()}

@@ -10,7 +10,8 @@ from flagstone.cli import build_parser, main
 
 COMMANDS_WITH_EMBEDDERS = [["encode", "{f}", "-o", "{d}/v.npz"], ["search", "{f}", "-q", "q"], ["eval", "{d}"],
                            ["index", "build", "{f}", "-o", "{d}/out"], ["index", "search", "{d}", "-q", "q"],
-                           ["demo"], ["ask", "q"], ["serve"]]
+                           ["demo"], ["ask", "q"], ["serve"], ["mine", "{f}", "-o", "{d}/mined.jsonl"],
+                           ["train", "genir", "{d}", "-o", "{d}/genir"]]
 
 
 def test_the_choices_are_the_library_s():

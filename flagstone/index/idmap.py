@@ -1,0 +1,279 @@
+"""External string ids of an index's rows, stored compactly: no Python object per document.
+
+Ids live as one UTF-8 byte buffer with row offsets (about ``len(id) + 9`` bytes per row), a live mask, and a
+lookup table of 64-bit hashes sorted with the rows they belong to (12 to 16 bytes per live row); a lookup
+hashes the asked ids together, finds them by binary search and compares the stored bytes, so a hash
+collision can never return the wrong row. Ids added since the table was last built sit in a small dict
+(the ``tail``), folded into the buffer once it grows past an eighth of the rows. A Python ``str`` plus its
+dict entry, the layout before, cost about 150 bytes per document.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+
+from flagstone.errors import IdError
+
+_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+_FNV_PRIME = np.uint64(0x100000001B3)
+_MIN_TAIL = 1024  # ids kept in the dict before they are folded in, whatever the size of the index
+
+
+def _encode(doc_id: str) -> bytes:
+    # surrogatepass: any Python str round-trips, even one holding a lone surrogate
+    return doc_id.encode("utf-8", "surrogatepass")
+
+
+def _decode(data: bytes) -> str:
+    return data.decode("utf-8", "surrogatepass")
+
+
+def pack_ids(ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(bytes, offsets): the UTF-8 bytes of ``ids`` end to end (uint8) and where each starts (int64, one more
+    than there are ids; id n is ``bytes[offsets[n]:offsets[n + 1]]``)."""
+    encoded = [_encode(i) for i in ids]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum([len(e) for e in encoded], out=offsets[1:])
+    return np.frombuffer(b"".join(encoded), dtype=np.uint8).copy(), offsets
+
+
+def id_hashes(data: np.ndarray, offsets: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """64-bit FNV-1a hash of the bytes of each id (of ``rows`` only, when given), vectorised: one pass per
+    byte position over the ids at least that long (longest first, so those are always a prefix)."""
+    starts = offsets[:-1] if rows is None else offsets[rows]
+    lengths = (offsets[1:] if rows is None else offsets[rows + 1]) - starts
+    if len(lengths) == 0:
+        return np.zeros(0, dtype=np.uint64)
+    order = np.argsort(-lengths, kind="stable")
+    longest_first = lengths[order]
+    starts = starts[order]
+    hashes = np.full(len(lengths), _FNV_OFFSET, dtype=np.uint64)
+    for j in range(int(longest_first[0])):
+        count = int(np.searchsorted(-longest_first, -j, side="left"))  # ids with more than j bytes
+        hashes[:count] ^= data[starts[:count] + j]
+        hashes[:count] *= _FNV_PRIME  # wraps modulo 2^64, as FNV wants
+    out = np.empty_like(hashes)
+    out[order] = hashes
+    return out
+
+
+class IdMap:
+    """Maps external string ids to row positions; refuses duplicates. ``len`` counts live ids; a removed id
+    keeps its row (``id_at(row)`` becomes None) until the owner compacts (``reorder``)."""
+
+    def __init__(self) -> None:
+        # rows [0, _base_rows): bytes and offsets, found through the sorted hash table
+        self._bytes = np.zeros(0, dtype=np.uint8)
+        self._offsets = np.zeros(1, dtype=np.int64)
+        self._hashes = np.zeros(0, dtype=np.uint64)  # of the rows live when the table was built, sorted
+        self._hash_rows = np.zeros(0, dtype=np.int64)  # the row of each hash
+        # rows [_base_rows, rows): the tail, ids added since, by row and (live ones) in a dict
+        self._tail: list[str] = []
+        self._tail_rows: dict[str, int] = {}
+        self._live = np.zeros(0, dtype=bool)
+        self._count = 0
+
+    # -- reading -------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._count
+
+    def __contains__(self, doc_id: str) -> bool:
+        return bool(self._lookup([str(doc_id)])[0] >= 0)
+
+    @property
+    def rows(self) -> int:
+        """Rows ever allocated, live or removed."""
+        return len(self._live)
+
+    @property
+    def _base_rows(self) -> int:
+        return len(self._offsets) - 1
+
+    def live_mask(self) -> np.ndarray:
+        """A copy of the live flag of every row."""
+        return self._live.copy()
+
+    def id_at(self, row: int) -> str | None:
+        """The id of ``row`` (None when it was removed)."""
+        row = int(row)
+        if not 0 <= row < len(self._live):
+            raise IndexError(f"row {row} out of range for {len(self._live)} rows")
+        if not self._live[row]:
+            return None
+        if row >= self._base_rows:
+            return self._tail[row - self._base_rows]
+        return _decode(self._bytes[self._offsets[row] : self._offsets[row + 1]].tobytes())
+
+    def ids_at(self, rows: Sequence[int] | np.ndarray) -> list[str | None]:
+        """The ids of ``rows``, in that order (None for removed rows)."""
+        return [self.id_at(r) for r in rows]
+
+    @property
+    def ids(self) -> list[str | None]:
+        """Id of every row (None for removed rows), as a new list: it holds one Python string per row, so
+        prefer ``id_at`` / ``ids_at`` for a few rows."""
+        return self.ids_at(range(self.rows))
+
+    def positions(self, ids: Sequence[str]) -> np.ndarray:
+        """Rows of ``ids``, in that order; unknown ids raise :class:`IdError` naming them."""
+        ids = [str(i) for i in ids]
+        rows = self._lookup(ids)
+        if (rows < 0).any():
+            missing = [i for i, r in zip(ids, rows) if r < 0]
+            raise IdError(f"{len(missing)} unknown ids, e.g. {missing[:3]}")
+        return rows
+
+    def known_rows(self, ids: Sequence[str]) -> np.ndarray:
+        """Sorted rows of those ``ids`` that are live here; unknown ids are skipped."""
+        rows = self._lookup([str(i) for i in ids])
+        return np.unique(rows[rows >= 0])
+
+    def _lookup(self, ids: list[str]) -> np.ndarray:
+        """Row of each id, -1 where it is not live here."""
+        rows = np.full(len(ids), -1, dtype=np.int64)
+        if self._tail_rows:
+            for n, doc_id in enumerate(ids):
+                rows[n] = self._tail_rows.get(doc_id, -1)
+        if len(self._hashes) == 0:
+            return rows
+        asked = np.flatnonzero(rows < 0)
+        encoded = [_encode(ids[n]) for n in asked]
+        offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(e) for e in encoded], out=offsets[1:])
+        hashes = id_hashes(np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets)
+        first = np.searchsorted(self._hashes, hashes)
+        for n, at, wanted, data in zip(asked, first, hashes, encoded):
+            # rows sharing a hash sit next to each other in the table: the bytes decide
+            while at < len(self._hashes) and self._hashes[at] == wanted:
+                row = self._hash_rows[at]
+                if self._live[row] and self._bytes[self._offsets[row] : self._offsets[row + 1]].tobytes() == data:
+                    rows[n] = row
+                    break
+                at += 1
+        return rows
+
+    # -- writing -------------------------------------------------------------------------------------
+    @classmethod
+    def from_ids(cls, ids: Sequence[str]) -> IdMap:
+        id_map = cls()
+        id_map.extend(ids)
+        return id_map
+
+    @classmethod
+    def from_arrays(cls, data: np.ndarray, offsets: np.ndarray) -> IdMap:
+        """The map whose rows hold the ids packed in ``data`` / ``offsets`` (see :func:`pack_ids`), all live;
+        the arrays are kept as they are (memory-mapped ones stay on disk until read). Malformed arrays or
+        repeated ids raise ValueError or :class:`IdError`."""
+        data = np.asarray(data)
+        offsets = np.asarray(offsets)
+        if data.dtype != np.uint8 or data.ndim != 1 or offsets.dtype != np.int64 or offsets.ndim != 1:
+            raise ValueError("id arrays must be uint8 bytes and int64 offsets")
+        if len(offsets) == 0 or offsets[0] != 0 or offsets[-1] != len(data) or (np.diff(offsets) < 1).any():
+            raise ValueError("id offsets must start at 0, end at the byte count and grow by at least 1")
+        id_map = cls()
+        id_map._bytes, id_map._offsets = data, offsets
+        id_map._live = np.ones(len(offsets) - 1, dtype=bool)
+        id_map._count = len(offsets) - 1
+        id_map._build_table()
+        return id_map
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The ids of every row as ``id_bytes`` and ``id_offsets`` (what :meth:`from_arrays` reads)."""
+        self._fold_tail()
+        return {"id_bytes": self._bytes, "id_offsets": self._offsets}
+
+    def extend(self, ids: Sequence[str]) -> None:
+        """Give ``ids`` the next rows; empty, repeated or already present ids raise :class:`IdError` and
+        change nothing."""
+        new = [str(i) for i in ids]
+        if any(not i for i in new):
+            raise IdError("ids must be non-empty strings")
+        if len(set(new)) != len(new):
+            repeated = sorted(i for i, n in Counter(new).items() if n > 1)
+            raise IdError(f"duplicate ids in one add() call: {repeated[:3]}")
+        clash = [i for i, row in zip(new, self._lookup(new)) if row >= 0]
+        if clash:
+            raise IdError(f"ids already in the index: {clash[:3]}")
+        first = self.rows
+        self._tail += new
+        self._tail_rows.update(zip(new, range(first, first + len(new))))
+        self._live = np.concatenate([self._live, np.ones(len(new), dtype=bool)])
+        self._count += len(new)
+        if len(self._tail) > max(_MIN_TAIL, self._base_rows // 8):
+            self._fold_tail()
+
+    def remove(self, ids: Sequence[str]) -> np.ndarray:
+        """Forget ``ids``; returns their rows. Unknown ids raise :class:`IdError` naming them."""
+        rows = self.positions(ids)
+        if len(np.unique(rows)) != len(rows):
+            raise IdError(f"an id repeated in one remove() call: "
+                          f"{sorted(i for i, n in Counter(map(str, ids)).items() if n > 1)[:3]}")
+        for doc_id, row in zip(map(str, ids), rows):
+            if row >= self._base_rows:
+                del self._tail_rows[doc_id]
+        self._live[rows] = False
+        self._count -= len(rows)
+        return rows
+
+    def truncate(self, rows: int) -> None:
+        """Drop every row from ``rows`` on (an add that failed after its ids were taken)."""
+        if rows >= self.rows:
+            return
+        if rows < self._base_rows:
+            self._bytes = self._bytes[: self._offsets[rows]]
+            self._offsets = self._offsets[: rows + 1]
+            self._tail, self._tail_rows = [], {}
+            self._live = self._live[:rows]
+            self._build_table()
+        else:
+            dropped = self._tail[rows - self._base_rows :]
+            del self._tail[rows - self._base_rows :]
+            for doc_id in dropped:
+                if self._tail_rows.get(doc_id, -1) >= rows:
+                    del self._tail_rows[doc_id]
+            self._live = self._live[:rows]
+        self._count = int(self._live.sum())
+
+    def reorder(self, rows: np.ndarray) -> None:
+        """Keep only ``rows``, in that order: new row n is old row ``rows[n]``."""
+        rows = np.asarray(rows, dtype=np.int64)
+        self._fold_tail()
+        starts = self._offsets[rows]
+        lengths = self._offsets[rows + 1] - starts
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        # byte b of new row n comes from old position starts[n] + (b - offsets[n])
+        source = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1], dtype=np.int64)
+        self._bytes = self._bytes[source]
+        self._offsets = offsets
+        self._live = self._live[rows]
+        self._count = int(self._live.sum())
+        self._build_table()
+
+    def _fold_tail(self) -> None:
+        """Move the tail's ids into the byte buffer and rebuild the lookup table."""
+        if not self._tail:
+            return
+        data, offsets = pack_ids(self._tail)
+        self._bytes = np.concatenate([self._bytes, data])
+        self._offsets = np.concatenate([self._offsets, offsets[1:] + self._offsets[-1]])
+        self._tail, self._tail_rows = [], {}
+        self._build_table()
+
+    def _build_table(self) -> None:
+        """Sorted hashes of the live rows of the byte buffer; repeated ids raise :class:`IdError`."""
+        live = np.flatnonzero(self._live[: self._base_rows])
+        hashes = id_hashes(self._bytes, self._offsets, live)
+        order = np.argsort(hashes, kind="stable")
+        self._hashes = hashes[order]
+        self._hash_rows = live[order].astype(np.int32 if len(self._live) < 2**31 else np.int64)
+        shared = np.flatnonzero(self._hashes[1:] == self._hashes[:-1])
+        if len(shared):  # a hash held by several rows: a collision (harmless) or the same id twice (refused)
+            groups: dict[int, list[str | None]] = {}
+            for n in np.union1d(shared, shared + 1):
+                groups.setdefault(int(self._hashes[n]), []).append(self.id_at(self._hash_rows[n]))
+            repeated = sorted(i for ids in groups.values() for i, count in Counter(ids).items() if count > 1)
+            if repeated:
+                raise IdError(f"duplicate ids: {repeated[:3]}")

@@ -302,7 +302,7 @@ class Index:
             if "ids" in arrays:  # folders written before the compact layout: one unicode array
                 index.id_map = IdMap.from_ids([str(i) for i in arrays["ids"]])
             else:
-                index.id_map = IdMap.from_arrays(arrays["id_bytes"], arrays["id_offsets"])
+                index.id_map = IdMap.from_arrays(arrays)
             index._alive = np.ones(len(index.id_map), dtype=bool)
             index._restore(params, arrays)
         except (KeyError, TypeError, ValueError, IndexError, IdError) as exc:

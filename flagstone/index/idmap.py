@@ -4,7 +4,8 @@ Ids live as one UTF-8 byte buffer with row offsets (about ``len(id) + 9`` bytes 
 lookup table of 64-bit hashes sorted with the rows they belong to (12 to 16 bytes per live row); a lookup
 hashes the asked ids together, finds them by binary search and compares the stored bytes, so a hash
 collision can never return the wrong row. Ids added since the table was last built sit in a small dict
-(the ``tail``), folded into the buffer once it grows past an eighth of the rows. A Python ``str`` plus its
+(the ``tail``), folded into the buffer once it grows past an eighth of the rows. All four arrays are saved
+with the index, so a load reads them and builds nothing. A Python ``str`` plus its
 dict entry, the layout before, cost about 150 bytes per document.
 """
 from __future__ import annotations
@@ -162,12 +163,10 @@ class IdMap:
         return id_map
 
     @classmethod
-    def from_arrays(cls, data: np.ndarray, offsets: np.ndarray) -> IdMap:
-        """The map whose rows hold the ids packed in ``data`` / ``offsets`` (see :func:`pack_ids`), all live;
-        the arrays are kept as they are (memory-mapped ones stay on disk until read). Malformed arrays or
-        repeated ids raise ValueError or :class:`IdError`."""
-        data = np.asarray(data)
-        offsets = np.asarray(offsets)
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> IdMap:
+        """The map :meth:`arrays` wrote, every row live; the arrays are used as they are (memory-mapped ones
+        stay on disk until read). Malformed arrays or repeated ids raise ValueError or :class:`IdError`."""
+        data, offsets = np.asarray(arrays["id_bytes"]), np.asarray(arrays["id_offsets"])
         if data.dtype != np.uint8 or data.ndim != 1 or offsets.dtype != np.int64 or offsets.ndim != 1:
             raise ValueError("id arrays must be uint8 bytes and int64 offsets")
         if len(offsets) == 0 or offsets[0] != 0 or offsets[-1] != len(data) or (np.diff(offsets) < 1).any():
@@ -176,13 +175,28 @@ class IdMap:
         id_map._bytes, id_map._offsets = data, offsets
         id_map._live = np.ones(len(offsets) - 1, dtype=bool)
         id_map._count = len(offsets) - 1
-        id_map._build_table()
+        if "id_hashes" in arrays:
+            # the saved table, read rather than rebuilt: no scratch memory, which would stay resident
+            hashes, rows = np.asarray(arrays["id_hashes"]), np.asarray(arrays["id_hash_rows"])
+            if hashes.dtype != np.uint64 or rows.dtype.kind != "i" or len(hashes) != len(rows) or \
+                    len(rows) != id_map._count or (len(rows) and not 0 <= rows.min() <= rows.max() < len(rows)) \
+                    or (hashes[1:] < hashes[:-1]).any():
+                raise ValueError("an id lookup table that does not fit the ids")
+            id_map._set_table(hashes, rows)
+        else:
+            id_map._build_table()
         return id_map
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The ids of every row as ``id_bytes`` and ``id_offsets`` (what :meth:`from_arrays` reads)."""
+        """Every row's id, as ``id_bytes`` / ``id_offsets`` (see :func:`pack_ids`), and the lookup table
+        (``id_hashes`` / ``id_hash_rows``): what :meth:`from_arrays` reads."""
         self._fold_tail()
-        return {"id_bytes": self._bytes, "id_offsets": self._offsets}
+        return {"id_bytes": self._bytes, "id_offsets": self._offsets, "id_hashes": self._hashes,
+                "id_hash_rows": self._hash_rows}
+
+    def nbytes(self) -> int:
+        """Bytes held in arrays (a tail of recent ids, kept as Python objects, is not counted)."""
+        return sum(a.nbytes for a in (self._bytes, self._offsets, self._hashes, self._hash_rows, self._live))
 
     def extend(self, ids: Sequence[str]) -> None:
         """Give ``ids`` the next rows; empty, repeated or already present ids raise :class:`IdError` and
@@ -267,13 +281,15 @@ class IdMap:
         live = np.flatnonzero(self._live[: self._base_rows])
         hashes = id_hashes(self._bytes, self._offsets, live)
         order = np.argsort(hashes, kind="stable")
-        self._hashes = hashes[order]
-        self._hash_rows = live[order].astype(np.int32 if len(self._live) < 2**31 else np.int64)
-        shared = np.flatnonzero(self._hashes[1:] == self._hashes[:-1])
+        self._set_table(hashes[order], live[order].astype(np.int32 if len(self._live) < 2**31 else np.int64))
+
+    def _set_table(self, hashes: np.ndarray, rows: np.ndarray) -> None:
+        self._hashes, self._hash_rows = hashes, rows
+        shared = np.flatnonzero(hashes[1:] == hashes[:-1])
         if len(shared):  # a hash held by several rows: a collision (harmless) or the same id twice (refused)
             groups: dict[int, list[str | None]] = {}
             for n in np.union1d(shared, shared + 1):
-                groups.setdefault(int(self._hashes[n]), []).append(self.id_at(self._hash_rows[n]))
+                groups.setdefault(int(hashes[n]), []).append(self.id_at(rows[n]))
             repeated = sorted(i for ids in groups.values() for i, count in Counter(ids).items() if count > 1)
             if repeated:
                 raise IdError(f"duplicate ids: {repeated[:3]}")

@@ -121,8 +121,8 @@ def test_verify_a_single_index_folder(tmp_path, capsys):
     assert main(["index", "verify", str(tmp_path / "idx")]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.rsplit("/", 1)[-1] for line in lines[:-1]] == ["manifest.json", "id_bytes.npy", "id_offsets.npy",
-                                                             "codes.npy"]
-    assert lines[-1].startswith("verified 4 files")
+                                                             "id_hashes.npy", "id_hash_rows.npy", "codes.npy"]
+    assert lines[-1].startswith("verified 6 files")
 
 
 def _bm25_array(folder: Path) -> Path:

@@ -101,7 +101,7 @@ def test_hash_collisions_are_told_apart_by_the_bytes(monkeypatch):
         id_map.extend(["new", "d7"])
     data, offsets = pack_ids(["a", "b", "c", "b"])
     with pytest.raises(IdError, match=r"duplicate ids: \['b'\]"):
-        IdMap.from_arrays(data, offsets)
+        IdMap.from_arrays({"id_bytes": data, "id_offsets": offsets})
 
 
 def test_hash_is_fnv1a_of_the_utf8_bytes():
@@ -146,11 +146,11 @@ def test_truncate_drops_the_last_rows_on_both_sides_of_a_fold():
 
 def test_from_arrays_checks_its_input():
     data, offsets = pack_ids(["a", "bb"])
-    assert IdMap.from_arrays(data, offsets).ids == ["a", "bb"]
+    assert IdMap.from_arrays({"id_bytes": data, "id_offsets": offsets}).ids == ["a", "bb"]
     with pytest.raises(ValueError, match="offsets"):
-        IdMap.from_arrays(data, np.array([0, 1, 1, 3]))
+        IdMap.from_arrays({"id_bytes": data, "id_offsets": np.array([0, 1, 1, 3])})
     with pytest.raises(ValueError, match="uint8"):
-        IdMap.from_arrays(data.astype(np.int16), offsets)
+        IdMap.from_arrays({"id_bytes": data.astype(np.int16), "id_offsets": offsets})
 
 
 def test_a_failed_add_leaves_no_id_behind(data):  # noqa: F811
@@ -170,7 +170,9 @@ def write_old_layout(new: str, old: str) -> None:
     """The folder an index saved before the compact layout would be: its ids as one unicode array (and,
     for HI², no saved posting lists)."""
     kind, params, arrays = storage.load_index(new)
-    packed = IdMap.from_arrays(arrays.pop("id_bytes"), arrays.pop("id_offsets"))
+    packed = IdMap.from_arrays(arrays)
+    for name in ("id_bytes", "id_offsets", "id_hashes", "id_hash_rows"):
+        del arrays[name]
     arrays.pop("posting_offsets", None)
     arrays.pop("posting_rows", None)
     storage.save_index(old, kind, params, {"ids": np.asarray(packed.ids, dtype=str), **arrays})
@@ -185,7 +187,7 @@ def test_old_and_new_folders_load_and_search_alike(kind, kw, data, tmp_path):  #
     expected_ids = index.ids_of(expected.positions)
     index.save(tmp_path / "new")
     files = {p.name for p in storage.index_files(tmp_path / "new")}
-    assert {"id_bytes.npy", "id_offsets.npy"} <= files and "ids.npy" not in files
+    assert {"id_bytes.npy", "id_offsets.npy", "id_hashes.npy", "id_hash_rows.npy"} <= files and "ids.npy" not in files
     write_old_layout(tmp_path / "new", tmp_path / "old")
     for folder in ("new", "old"):
         loaded = DenseIndex.load(tmp_path / folder)
@@ -226,6 +228,14 @@ def test_damaged_id_arrays_are_a_corrupt_index(tmp_path):
     index.save(tmp_path / "idx")
     kind, params, arrays = storage.load_index(tmp_path / "idx")
     data, offsets = pack_ids(["a", "a"])
-    storage.save_index(tmp_path / "dup", kind, params, {**arrays, "id_bytes": data, "id_offsets": offsets})
-    with pytest.raises(CorruptIndexError, match="duplicate ids"):
-        FlatIndex.load(tmp_path / "dup")
+    table = {"id_hashes": id_hashes(data, offsets), "id_hash_rows": np.arange(2, dtype=np.int32)}
+    for name, saved in (("rebuilt", {}), ("read", table)):  # the lookup table rebuilt on load, or read
+        ids = {**arrays, "id_bytes": data, "id_offsets": offsets, **saved}
+        if not saved:
+            del ids["id_hashes"], ids["id_hash_rows"]
+        storage.save_index(tmp_path / name, kind, params, ids)
+        with pytest.raises(CorruptIndexError, match=r"duplicate ids: \['a'\]"):
+            FlatIndex.load(tmp_path / name)
+    storage.save_index(tmp_path / "unsorted", kind, params, {**arrays, "id_hashes": arrays["id_hashes"][::-1].copy()})
+    with pytest.raises(CorruptIndexError, match="lookup table"):
+        FlatIndex.load(tmp_path / "unsorted")

@@ -176,7 +176,11 @@ class Index:
 
     def ids_of(self, positions: np.ndarray) -> list[list[str]]:
         """Result rows as ids (padding positions -1 dropped)."""
-        return [self.id_map.ids_at(row[row >= 0]) for row in np.asarray(positions)]
+        positions = np.asarray(positions)
+        hit = positions >= 0
+        found = self.id_map.ids_at(positions[hit])  # row by row, in order: one call for every query
+        ends = np.cumsum(hit.sum(axis=1)).tolist()
+        return [found[a:b] for a, b in zip([0] + ends[:-1], ends)]
 
     # -- writing -------------------------------------------------------------------------------
     def add(self, ids: Sequence[str], items: Any) -> None:

@@ -60,6 +60,18 @@ def id_hashes(data: np.ndarray, offsets: np.ndarray, rows: np.ndarray | None = N
     return out
 
 
+def _same_bytes(data_a: np.ndarray, starts_a: np.ndarray, ends_a: np.ndarray, data_b: np.ndarray,
+                starts_b: np.ndarray, ends_b: np.ndarray) -> np.ndarray:
+    """Whether byte range n of ``data_a`` equals byte range n of ``data_b``, for every n (vectorised)."""
+    same = (ends_a - starts_a) == (ends_b - starts_b)
+    lengths = np.where(same, ends_a - starts_a, 0)
+    ends = np.cumsum(lengths)
+    within = np.arange(ends[-1] if len(ends) else 0) - np.repeat(ends - lengths, lengths)
+    differ = data_a[np.repeat(starts_a, lengths) + within] != data_b[np.repeat(starts_b, lengths) + within]
+    same[np.repeat(np.arange(len(lengths)), lengths)[differ]] = False
+    return same
+
+
 class IdMap:
     """Maps external string ids to row positions; refuses duplicates. ``len`` counts live ids; a removed id
     keeps its row (``id_at(row)`` becomes None) until the owner compacts (``reorder``)."""
@@ -109,7 +121,27 @@ class IdMap:
 
     def ids_at(self, rows: Sequence[int] | np.ndarray) -> list[str | None]:
         """The ids of ``rows``, in that order (None for removed rows)."""
-        return [self.id_at(r) for r in rows]
+        rows = np.asarray(rows, dtype=np.int64).ravel()
+        if len(rows) and not 0 <= rows.min() <= rows.max() < len(self._live):
+            raise IndexError(f"rows out of range for {len(self._live)} rows")
+        packed = rows[(rows < self._base_rows) & self._live[rows]]
+        # the bytes of all asked ids gathered in one go, decoded once when they are ASCII (the usual case)
+        starts = self._offsets[packed]
+        lengths = self._offsets[packed + 1] - starts
+        ends = np.cumsum(lengths)
+        begins = (ends - lengths).tolist()
+        raw = self._bytes[np.repeat(starts - ends + lengths, lengths) + np.arange(ends[-1] if len(ends) else 0)]
+        raw = raw.tobytes()
+        if raw.isascii():
+            text = raw.decode("ascii")
+            found = [text[a:b] for a, b in zip(begins, ends.tolist())]
+        else:
+            found = [_decode(raw[a:b]) for a, b in zip(begins, ends.tolist())]
+        if len(packed) == len(rows):
+            return found
+        taken = iter(found)
+        base = self._base_rows
+        return [None if not self._live[r] else next(taken) if r < base else self._tail[r - base] for r in rows]
 
     @property
     def ids(self) -> list[str | None]:
@@ -140,19 +172,26 @@ class IdMap:
         if len(self._hashes) == 0:
             return rows
         asked = np.flatnonzero(rows < 0)
-        encoded = [_encode(ids[n]) for n in asked]
-        offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-        np.cumsum([len(e) for e in encoded], out=offsets[1:])
-        hashes = id_hashes(np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets)
+        data, offsets = pack_ids([ids[n] for n in asked])
+        hashes = id_hashes(data, offsets)
         first = np.searchsorted(self._hashes, hashes)
-        for n, at, wanted, data in zip(asked, first, hashes, encoded):
-            # rows sharing a hash sit next to each other in the table: the bytes decide
-            while at < len(self._hashes) and self._hashes[at] == wanted:
-                row = self._hash_rows[at]
-                if self._live[row] and self._bytes[self._offsets[row] : self._offsets[row + 1]].tobytes() == data:
-                    rows[n] = row
+        at = np.minimum(first, len(self._hashes) - 1)
+        candidate = self._hash_rows[at].astype(np.int64)
+        found = (self._hashes[at] == hashes) & self._live[candidate]
+        found[found] = _same_bytes(self._bytes, self._offsets[candidate[found]],
+                                   self._offsets[candidate[found] + 1], data, offsets[:-1][found],
+                                   offsets[1:][found])
+        rows[asked[found]] = candidate[found]
+        # rows sharing a hash sit next to each other in the table; the first was not it: try the others
+        for n in np.flatnonzero(~found & (first < len(self._hashes)) & (self._hashes[at] == hashes)):
+            wanted = data[offsets[n] : offsets[n + 1]].tobytes()
+            for place in range(first[n] + 1, len(self._hashes)):
+                if self._hashes[place] != hashes[n]:
                     break
-                at += 1
+                row = int(self._hash_rows[place])
+                if self._live[row] and self._bytes[self._offsets[row] : self._offsets[row + 1]].tobytes() == wanted:
+                    rows[asked[n]] = row
+                    break
         return rows
 
     # -- writing -------------------------------------------------------------------------------------
@@ -193,10 +232,6 @@ class IdMap:
         self._fold_tail()
         return {"id_bytes": self._bytes, "id_offsets": self._offsets, "id_hashes": self._hashes,
                 "id_hash_rows": self._hash_rows}
-
-    def nbytes(self) -> int:
-        """Bytes held in arrays (a tail of recent ids, kept as Python objects, is not counted)."""
-        return sum(a.nbytes for a in (self._bytes, self._offsets, self._hashes, self._hash_rows, self._live))
 
     def extend(self, ids: Sequence[str]) -> None:
         """Give ``ids`` the next rows; empty, repeated or already present ids raise :class:`IdError` and

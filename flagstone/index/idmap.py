@@ -1,12 +1,12 @@
 """External string ids of an index's rows, stored compactly: no Python object per document.
 
-Ids live as one UTF-8 byte buffer with row offsets (about ``len(id) + 9`` bytes per row), a live mask, and a
-lookup table of 64-bit hashes sorted with the rows they belong to (12 to 16 bytes per live row); a lookup
-hashes the asked ids together, finds them by binary search and compares the stored bytes, so a hash
-collision can never return the wrong row. Ids added since the table was last built sit in a small dict
-(the ``tail``), folded into the buffer once it grows past an eighth of the rows. All four arrays are saved
-with the index, so a load reads them and builds nothing. A Python ``str`` plus its
-dict entry, the layout before, cost about 150 bytes per document.
+Ids live as one UTF-8 byte buffer with row offsets (about ``len(id) + 9`` bytes per row with the live flag)
+and a lookup table of 64-bit FNV-1a hashes, sorted, with the row of each (12 bytes per row). A lookup hashes
+the asked ids together, finds them by binary search and compares the stored bytes, so a hash collision never
+returns the wrong row. Ids added since the table was last built sit in a small dict (the tail), folded into
+the buffer once it grows past an eighth of the rows. The buffer, offsets and table are saved with the index,
+so a load reads them and builds nothing. The layout before (a ``str`` per id in a list and a dict) cost
+about 150 bytes per document.
 """
 from __future__ import annotations
 
@@ -221,17 +221,17 @@ class IdMap:
                     len(rows) != id_map._count or (len(rows) and not 0 <= rows.min() <= rows.max() < len(rows)) \
                     or (hashes[1:] < hashes[:-1]).any():
                 raise ValueError("an id lookup table that does not fit the ids")
-            id_map._set_table(hashes, rows)
+            id_map._hashes, id_map._hash_rows = hashes, rows
         else:
             id_map._build_table()
+        _check_unique(data, offsets, id_map._hashes, id_map._hash_rows)
         return id_map
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Every row's id, as ``id_bytes`` / ``id_offsets`` (see :func:`pack_ids`), and the lookup table
         (``id_hashes`` / ``id_hash_rows``): what :meth:`from_arrays` reads."""
-        self._fold_tail()
-        return {"id_bytes": self._bytes, "id_offsets": self._offsets, "id_hashes": self._hashes,
-                "id_hash_rows": self._hash_rows}
+        data, offsets, hashes, rows = self._folded()
+        return {"id_bytes": data, "id_offsets": offsets, "id_hashes": hashes, "id_hash_rows": rows}
 
     def extend(self, ids: Sequence[str]) -> None:
         """Give ``ids`` the next rows; empty, repeated or already present ids raise :class:`IdError` and
@@ -301,30 +301,42 @@ class IdMap:
         self._count = int(self._live.sum())
         self._build_table()
 
-    def _fold_tail(self) -> None:
-        """Move the tail's ids into the byte buffer and rebuild the lookup table."""
+    def _folded(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Bytes, offsets and lookup table with the tail folded in, leaving this map as it is (``arrays`` is
+        a read: ``describe()`` may run beside searches)."""
         if not self._tail:
-            return
+            return self._bytes, self._offsets, self._hashes, self._hash_rows
         data, offsets = pack_ids(self._tail)
-        self._bytes = np.concatenate([self._bytes, data])
-        self._offsets = np.concatenate([self._offsets, offsets[1:] + self._offsets[-1]])
-        self._tail, self._tail_rows = [], {}
-        self._build_table()
+        data = np.concatenate([self._bytes, data])
+        offsets = np.concatenate([self._offsets, offsets[1:] + self._offsets[-1]])
+        return (data, offsets, *_table(data, offsets, self._live))
+
+    def _fold_tail(self) -> None:
+        """Move the tail's ids into the byte buffer and the lookup table."""
+        if self._tail:
+            self._bytes, self._offsets, self._hashes, self._hash_rows = self._folded()
+            self._tail, self._tail_rows = [], {}
 
     def _build_table(self) -> None:
-        """Sorted hashes of the live rows of the byte buffer; repeated ids raise :class:`IdError`."""
-        live = np.flatnonzero(self._live[: self._base_rows])
-        hashes = id_hashes(self._bytes, self._offsets, live)
-        order = np.argsort(hashes, kind="stable")
-        self._set_table(hashes[order], live[order].astype(np.int32 if len(self._live) < 2**31 else np.int64))
+        self._hashes, self._hash_rows = _table(self._bytes, self._offsets, self._live)
 
-    def _set_table(self, hashes: np.ndarray, rows: np.ndarray) -> None:
-        self._hashes, self._hash_rows = hashes, rows
-        shared = np.flatnonzero(hashes[1:] == hashes[:-1])
-        if len(shared):  # a hash held by several rows: a collision (harmless) or the same id twice (refused)
-            groups: dict[int, list[str | None]] = {}
-            for n in np.union1d(shared, shared + 1):
-                groups.setdefault(int(hashes[n]), []).append(self.id_at(rows[n]))
-            repeated = sorted(i for ids in groups.values() for i, count in Counter(ids).items() if count > 1)
-            if repeated:
-                raise IdError(f"duplicate ids: {repeated[:3]}")
+
+def _table(data: np.ndarray, offsets: np.ndarray, live: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The lookup table of the live rows among those packed in ``data`` / ``offsets``: their hashes, sorted,
+    and the row of each."""
+    rows = np.flatnonzero(live[: len(offsets) - 1])
+    hashes = id_hashes(data, offsets, rows)
+    order = np.argsort(hashes, kind="stable")
+    return hashes[order], rows[order].astype(np.int32 if len(live) < 2**31 else np.int64)
+
+
+def _check_unique(data: np.ndarray, offsets: np.ndarray, hashes: np.ndarray, rows: np.ndarray) -> None:
+    """:class:`IdError` naming ids that the table holds twice (rows that share a hash may be a collision)."""
+    shared = np.flatnonzero(hashes[1:] == hashes[:-1])
+    groups: dict[int, list[str]] = {}
+    for n in np.union1d(shared, shared + 1):
+        row = int(rows[n])
+        groups.setdefault(int(hashes[n]), []).append(_decode(data[offsets[row] : offsets[row + 1]].tobytes()))
+    repeated = sorted(i for ids in groups.values() for i, count in Counter(ids).items() if count > 1)
+    if repeated:
+        raise IdError(f"duplicate ids: {repeated[:3]}")

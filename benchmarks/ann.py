@@ -12,8 +12,8 @@ refinement vectors, memory-mapped from disk, are listed apart), faiss's serialis
 ``RSS`` is measured (ann_rss.py): each index is saved, then a fresh process loads its libraries and warms
 up, loads the saved index and searches 100 queries; the growth of its resident anonymous memory (RssAnon
 in /proc/self/status) and of its resident file-backed pages (RssFile: memory-mapped files, i.e. page cache
-it touched) is divided by the number of documents. Python's id strings and dicts count in Flagstone's RSS,
-not in its bytes/doc.
+it touched) is divided by the number of documents. Flagstone's ids (UTF-8 bytes, offsets and their hash
+table) count in both.
 
     python benchmarks/ann.py [--quick] [--docs N]
 
@@ -410,8 +410,9 @@ def main() -> int:
                      f"{r.get('rss_file_bytes_per_doc', 0):.0f} | {r['build_s']:.1f} |")
     lines.append("")
     lines.append(f"{n} documents x {dim} dims, {len(data.query_texts)} queries, k = {K}. bytes/doc: the index's "
-                 "own count of what it keeps in RAM (Flagstone's refinement vectors are on disk, memory-mapped: "
-                 "1536 B/doc more there). RSS: measured growth when the saved index is loaded and searched.")
+                 "own count of what it keeps in RAM, ids included (Flagstone's refinement vectors and HI²'s "
+                 "per-document term lists are on disk, memory-mapped: bytes_per_doc_on_disk in ann.json). RSS: "
+                 "measured growth when the saved index is loaded and searched.")
     methods = list(dict.fromkeys(r["method"] for r in bench.rows))
     for target in (0.99, 0.95):
         found = {m: best_at(bench.rows, m, target) for m in methods}

@@ -364,7 +364,7 @@ class ShardSearcher:
         for positions, row_scores in zip(result.positions, result.scores):
             hit = positions >= 0
             rows = positions[hit]
-            ids.append([index.ids[r] for r in rows])
+            ids.append(index.id_map.ids_at(rows))
             scores.append(row_scores[hit])
             keys.append(self.row_keys[signal][rows])
             ordinals.append(self.row_ordinals[signal][rows])

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from flagstone.errors import IdError
+from flagstone.index.idmap import IdMap
 from flagstone.models.embeddings import Embeddings
 
 
@@ -112,77 +112,11 @@ def best_of(candidates: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndar
     return candidates[order], scores[order]
 
 
-class IdMap:
-    """Maps external string ids to row positions; refuses duplicates. ``len`` counts live ids; a removed
-    id keeps its row (``ids[row]`` becomes None) until the owner compacts."""
-
-    def __init__(self) -> None:
-        self.ids: list[str | None] = []
-        self._pos: dict[str, int] = {}
-
-    def __len__(self) -> int:
-        return len(self._pos)
-
-    def __contains__(self, doc_id: str) -> bool:
-        return doc_id in self._pos
-
-    @property
-    def rows(self) -> int:
-        """Rows ever allocated, live or removed."""
-        return len(self.ids)
-
-    def live_mask(self) -> np.ndarray:
-        return np.fromiter((i is not None for i in self.ids), dtype=bool, count=len(self.ids))
-
-    def remove(self, ids: Sequence[str]) -> np.ndarray:
-        """Forget ``ids``; returns their rows. Unknown ids raise KeyError naming them."""
-        rows = self.positions(ids)
-        for i, row in zip(ids, rows):
-            del self._pos[i]
-            self.ids[row] = None
-        return rows
-
-    def reorder(self, rows: np.ndarray) -> None:
-        """Keep only ``rows``, in that order: new row n is old row ``rows[n]``."""
-        self.ids = [self.ids[r] for r in rows]
-        self._pos = {i: n for n, i in enumerate(self.ids) if i is not None}
-
-    @classmethod
-    def from_ids(cls, ids: Sequence[str]) -> IdMap:
-        id_map = cls()
-        id_map.extend(ids)
-        return id_map
-
-    def extend(self, ids: Sequence[str]) -> None:
-        new = [str(i) for i in ids]
-        if any(not i for i in new):
-            raise IdError("ids must be non-empty strings")
-        if len(set(new)) != len(new):
-            repeated = sorted(i for i, n in Counter(new).items() if n > 1)
-            raise IdError(f"duplicate ids in one add() call: {repeated[:3]}")
-        clash = [i for i in new if i in self._pos]
-        if clash:
-            raise IdError(f"ids already in the index: {clash[:3]}")
-        for i in new:
-            self._pos[i] = len(self.ids)
-            self.ids.append(i)
-
-    def known_rows(self, ids: Sequence[str]) -> np.ndarray:
-        """Sorted rows of those ``ids`` that are live here; unknown ids are skipped."""
-        rows = {self._pos[i] for i in map(str, ids) if i in self._pos}
-        return np.array(sorted(rows), dtype=np.int64)
-
-    def positions(self, ids: Sequence[str]) -> np.ndarray:
-        ids = [str(i) for i in ids]
-        missing = [i for i in ids if i not in self._pos]
-        if missing:
-            raise IdError(f"{len(missing)} unknown ids, e.g. {missing[:3]}")
-        return np.array([self._pos[i] for i in ids], dtype=np.int64)
-
-
-
-
-ON_DISK_ARRAYS = ("refine_vectors",)  # arrays every load memory-maps (see DenseIndex's ``refine``)
+# Arrays every load memory-maps, whatever ``mmap`` says, because a search reads few or none of their rows:
+# refinement vectors (only the re-ranked rows, see DenseIndex's ``refine``), IVF's similarity of each row to
+# its centroid (read by ``drift()`` only) and HI²'s per-document term lists (read only to rebuild the
+# posting lists after an add or a removal). An add or compact copies them into memory until the next save.
+ON_DISK_ARRAYS = ("refine_vectors", "assign_similarity", "term_rows", "term_ids", "term_weights")
 
 # Kinds register themselves here when their module is imported. ``load`` finds a kind it has not seen yet
 # through this table of module names, so no index module imports the modules that subclass it.
@@ -236,12 +170,17 @@ class Index:
 
     @property
     def ids(self) -> list[str | None]:
-        """Id of every row (None for removed rows until ``compact``)."""
+        """Id of every row (None for removed rows until ``compact``), as a new list (one string per row: for
+        a few rows, ``id_map.ids_at`` or ``ids_of``)."""
         return self.id_map.ids
 
     def ids_of(self, positions: np.ndarray) -> list[list[str]]:
         """Result rows as ids (padding positions -1 dropped)."""
-        return [[self.id_map.ids[p] for p in row if p >= 0] for row in positions]
+        positions = np.asarray(positions)
+        hit = positions >= 0
+        found = self.id_map.ids_at(positions[hit])  # row by row, in order: one call for every query
+        ends = np.cumsum(hit.sum(axis=1)).tolist()
+        return [found[a:b] for a, b in zip([0] + ends[:-1], ends)]
 
     # -- writing -------------------------------------------------------------------------------
     def add(self, ids: Sequence[str], items: Any) -> None:
@@ -258,8 +197,7 @@ class Index:
         try:
             self._append(np.arange(first_row, first_row + len(ids)), items)
         except BaseException:  # leave the index as it was
-            self.id_map.remove(ids)
-            del self.id_map.ids[first_row:]
+            self.id_map.truncate(first_row)
             self._alive = self._alive[:first_row]
             raise
 
@@ -350,8 +288,7 @@ class Index:
         from flagstone.index.storage import save_index
 
         self.compact()
-        save_index(folder, self.kind, self._params(), {"ids": np.asarray(self.id_map.ids, dtype=str),
-                                                       **self._arrays()})
+        save_index(folder, self.kind, self._params(), {**self.id_map.arrays(), **self._arrays()})
 
     @classmethod
     def load(cls, folder: str | os.PathLike[str], *, mmap: bool = False, verify: bool = True) -> Index:
@@ -366,7 +303,10 @@ class Index:
             raise IndexFormatError(f"{folder} holds a {kind!r} index, not {cls.kind!r}")
         try:
             index = target._from_params(params)
-            index.id_map = IdMap.from_ids([str(i) for i in arrays["ids"]])
+            if "ids" in arrays:  # folders written before the compact layout: one unicode array
+                index.id_map = IdMap.from_ids([str(i) for i in arrays["ids"]])
+            else:
+                index.id_map = IdMap.from_arrays(arrays)
             index._alive = np.ones(len(index.id_map), dtype=bool)
             index._restore(params, arrays)
         except (KeyError, TypeError, ValueError, IndexError, IdError) as exc:

@@ -214,7 +214,8 @@ class DenseIndex(Index):
             parts["codebooks"] = np.concatenate([t.view(np.uint8) for t in tables])
         if self.refine_store is not None:
             parts["refine_vectors"] = self.refine_store.codes
-        return parts
+        # the ids: UTF-8 bytes, offsets and the hash table that finds them (see flagstone.index.idmap)
+        return {**parts, **self.id_map.arrays()}
 
     def memory(self) -> dict[str, Any]:
         """Bytes per live document of every array, and the totals kept in RAM and on disk. Refinement vectors

@@ -244,8 +244,11 @@ class HI2Index(IVFIndex):
 
     def _state(self) -> dict[str, np.ndarray]:
         caps = {} if self.posting_caps is None else {"posting_caps": self.posting_caps}
+        # the posting lists are saved too, so that a load reads them instead of rebuilding them from the
+        # term lists (a sort of every (document, term) pair, whose scratch memory stayed resident)
+        offsets, rows = self.postings
         return {**super()._state(), "term_rows": self.term_rows, "term_ids": self.term_ids,
-                "term_weights": self.term_weights, **caps}
+                "term_weights": self.term_weights, "posting_offsets": offsets, "posting_rows": rows, **caps}
 
     @classmethod
     def _from_params(cls, params: dict) -> HI2Index:
@@ -263,3 +266,10 @@ class HI2Index(IVFIndex):
         self.term_weights = np.asarray(arrays["term_weights"])
         if "posting_caps" in arrays:
             self.posting_caps = np.asarray(arrays["posting_caps"], dtype=np.int64)
+        if "posting_rows" in arrays:  # folders from before they were saved rebuild them at the first search
+            offsets, rows = np.asarray(arrays["posting_offsets"]), np.asarray(arrays["posting_rows"])
+            if offsets.dtype != np.int64 or rows.dtype != np.int32 or len(offsets) != self.vocab_size + 1 or \
+                    offsets[0] != 0 or offsets[-1] != len(rows) or (np.diff(offsets) < 0).any() or \
+                    (len(rows) and not 0 <= int(rows.min()) <= int(rows.max()) < len(self.assign)):
+                raise ValueError("posting lists that do not fit the index")
+            self._postings = (offsets, rows)

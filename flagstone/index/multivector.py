@@ -81,7 +81,7 @@ class MultiVectorIndex(Index):
             rows = self.id_map.positions(list(ids))
             scores = self.rescore(queries.take([i]), [rows])[0]
             order = np.lexsort((rows, -scores))[:k]
-            out.append([(self.id_map.ids[rows[j]], float(scores[j])) for j in order])
+            out.append(list(zip(self.id_map.ids_at(rows[order]), scores[order].tolist())))
         return out
 
     def _params(self) -> dict[str, Any]:

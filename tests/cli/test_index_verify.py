@@ -120,8 +120,9 @@ def test_verify_a_single_index_folder(tmp_path, capsys):
     index.save(tmp_path / "idx")
     assert main(["index", "verify", str(tmp_path / "idx")]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.rsplit("/", 1)[-1] for line in lines[:-1]] == ["manifest.json", "ids.npy", "codes.npy"]
-    assert lines[-1].startswith("verified 3 files")
+    assert [line.rsplit("/", 1)[-1] for line in lines[:-1]] == ["manifest.json", "id_bytes.npy", "id_offsets.npy",
+                                                             "id_hashes.npy", "id_hash_rows.npy", "codes.npy"]
+    assert lines[-1].startswith("verified 6 files")
 
 
 def _bm25_array(folder: Path) -> Path:

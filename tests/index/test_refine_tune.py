@@ -182,6 +182,9 @@ def test_bytes_per_document_is_the_size_of_the_arrays(kind, kw, data):
                                                      "where": "disk"}
     if kind == "hi2":
         assert {"posting_rows", "term_rows", "term_ids", "term_weights", "list_rows", "centroids"} <= set(parts)
+    # the ids count too: "doc0".."doc2999" (3 to 7 bytes), an int64 offset, a uint64 hash and its int32 row
+    id_bytes = sum(len(f"doc{i}") for i in range(N_DOCS)) + 8 * (N_DOCS + 1) + (8 + 4) * N_DOCS
+    assert sum(parts[name].nbytes for name in ("id_bytes", "id_offsets", "id_hashes", "id_hash_rows")) == id_bytes
     if kind == "flat":
-        assert index.bytes_per_document() == pytest.approx(4 * DIM * index.id_map.rows / n)
+        assert index.bytes_per_document() == pytest.approx((4 * DIM * index.id_map.rows + id_bytes) / n)
     assert isinstance(index, (FlatIndex, IVFIndex))

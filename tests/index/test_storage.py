@@ -139,7 +139,8 @@ def test_the_manifest_records_dtype_and_shape(folder):
 
 def test_verify_lists_the_files_it_checked(folder):
     gen = generation(folder)
-    assert verify(folder) == [gen / "manifest.json", gen / "ids.npy", gen / "codes.npy"]
+    assert verify(folder) == [gen / "manifest.json", gen / "id_bytes.npy", gen / "id_offsets.npy",
+                                      gen / "id_hashes.npy", gen / "id_hash_rows.npy", gen / "codes.npy"]
 
 
 def test_a_retriever_passes_verify_through_to_its_indexes(tmp_path):

@@ -4,11 +4,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-# The service's default embedding backend: the fastest exact (float32) one measured here. Neither exported
-# backend has been shown faster than torch float32 on this machine's CPU (benchmarks/encode.py: openvino f32
-# 1.24x vs torch 1.15x of the faster peer in a one-thread development run, slower than torch in a contended
-# full run), so torch stays the default until a quiet run says otherwise; --backend openvino opts in.
-SERVICE_BACKEND = "torch"
+
+def fastest_exact_backend() -> str:
+    """The service's default embedding backend: the fastest one whose float32 vectors equal torch's. OpenVINO
+    float32 encoded 1.23x as fast as torch float32 with vectors equal to 2.2e-7 (benchmarks/encode.py, quiet
+    run, README "Inference backends"); without the openvino extra installed, torch."""
+    from importlib.util import find_spec
+
+    return "openvino" if all(find_spec(m) for m in ("openvino", "onnx", "onnxscript")) else "torch"
+
+
+SERVICE_BACKEND = fastest_exact_backend()
 
 
 @dataclass

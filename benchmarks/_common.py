@@ -78,3 +78,34 @@ def mine_scifact_examples(test, train_qrels, doc_text: dict[str, str], query_ids
     examples = mine_hard_negatives(examples, retriever, doc_text, mode="dense", rank_range=(5, 100),
                                    n_negatives=15, seed=0)
     return examples, retriever
+
+
+# -- long-context text kinds: longctx.py and longctx_extensible.py train and evaluate on the same documents ------
+def joined_abstracts(corpus: Path, min_chars: int, limit: int | None = None) -> list[str]:
+    """Consecutive abstracts of a BEIR corpus (file order; the first ``limit`` lines when given) joined into
+    documents of at least ``min_chars``; a last group shorter than that is dropped."""
+    docs, current = [], []
+    with corpus.open(encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            if limit is not None and i >= limit:
+                break
+            row = json.loads(line)
+            text = (row.get("title", "") + ". " + row["text"]).strip(". ") if row.get("title") else row["text"]
+            if not text.strip():
+                continue
+            current.append(text.strip())
+            if sum(len(t) for t in current) >= min_chars:
+                docs.append("\n\n".join(current))
+                current = []
+    return docs
+
+
+def hotpot_documents(path: Path) -> list[str]:
+    """Each HotpotQA record's 10 Wikipedia paragraphs (title line + sentences) as one document."""
+    docs = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        context = json.loads(line)["context"]
+        paragraphs = [f"{title}\n{''.join(sentences)}" for title, sentences in zip(context["title"],
+                                                                                   context["sentences"])]
+        docs.append("\n\n".join(paragraphs))
+    return docs

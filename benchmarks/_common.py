@@ -109,3 +109,18 @@ def hotpot_documents(path: Path) -> list[str]:
                                                                                    context["sentences"])]
         docs.append("\n\n".join(paragraphs))
     return docs
+
+
+def needle_turn_ids(tokenizer) -> tuple[list[int], list[int]]:
+    """Token ids of the passkey-style needle chat turn around its haystack, for beacon.py and longctx.py: what
+    comes before the haystack (template + user turn start) and what comes after it (DEFAULT_NEEDLE's question,
+    the end of the turn and the answer's first words, which the model continues with the passphrase)."""
+    from flagstone.evaluation.niah import DEFAULT_NEEDLE
+
+    marker = "\u0000HAYSTACK\u0000"
+    turn = tokenizer.apply_chat_template([{"role": "user", "content": f"{marker}\n\n{DEFAULT_NEEDLE.question} "
+                                                                      "Answer with the passphrase only."}],
+                                         tokenize=False, add_generation_prompt=True) + DEFAULT_NEEDLE.lead
+    before, after = turn.split(marker)
+    return (tokenizer(before, add_special_tokens=False)["input_ids"],
+            tokenizer(after, add_special_tokens=False)["input_ids"])

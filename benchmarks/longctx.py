@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import RESULTS, SHARED_DATA, hotpot_documents, joined_abstracts, save_results
+from _common import RESULTS, SHARED_DATA, hotpot_documents, joined_abstracts, needle_turn_ids, save_results
 
 RATIOS = (2, 4, 8)
 WINDOW = 256
@@ -351,16 +351,11 @@ def needle_runs(args, model, tokenizer, trained, kinds, sink_tokens, length: int
     from flagstone.longctx.streaming import SinkRecentLM, beacon_kv_entries
 
     window = WINDOW
-    marker = "\u0000HAYSTACK\u0000"
-    turn = tokenizer.apply_chat_template([{"role": "user", "content": f"{marker}\n\n{DEFAULT_NEEDLE.question} "
-                                                                      "Answer with the passphrase only."}],
-                                         tokenize=False, add_generation_prompt=True) + DEFAULT_NEEDLE.lead
-    before, after = turn.split(marker)
 
     def encode(text: str) -> list[int]:
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    head, question = encode(before), encode(after)
+    head, question = needle_turn_ids(tokenizer)
     new_tokens = 32
     eos = model.generation_config.eos_token_id
     stops = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -11,6 +12,9 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+if TYPE_CHECKING:
+    from flagstone.retrieval.retriever import Retriever
 
 
 def save_results(name: str, table: str, **json_files: dict) -> None:
@@ -124,3 +128,22 @@ def needle_turn_ids(tokenizer) -> tuple[list[int], list[int]]:
     before, after = turn.split(marker)
     return (tokenizer(before, add_special_tokens=False)["input_ids"],
             tokenizer(after, add_special_tokens=False)["input_ids"])
+
+
+def per_query_ndcg(retriever: Retriever, queries: dict[str, str], query_ids: list[str], qrels: dict,
+                   mode: str) -> dict[str, float]:
+    """nDCG@10 per query of ``retriever`` searched in ``mode`` (a signal, or "all": the hybrid of dense, sparse
+    and ColBERT with M3's head weights), top DEFAULT_EVAL_DEPTH: how train_scifact.py and scifact_subsets.py
+    score every SciFact model."""
+    from flagstone.evaluation import DEFAULT_EVAL_DEPTH
+    from flagstone.evaluation.metrics import evaluate_run
+    from flagstone.retrieval.retriever import HybridConfig
+    from flagstone.training.embedder import HEAD_WEIGHTS
+
+    texts = [queries[q] for q in query_ids]
+    if mode == "all":
+        hits = retriever.search(texts, mode="hybrid", k=DEFAULT_EVAL_DEPTH, hybrid=HybridConfig(weights=HEAD_WEIGHTS))
+    else:
+        hits = retriever.search(texts, mode=mode, k=DEFAULT_EVAL_DEPTH)
+    report = evaluate_run(hits.to_run(query_ids), {q: qrels[q] for q in query_ids}, (10,), ("ndcg",))
+    return {q: values["ndcg@10"] for q, values in report.per_query.items()}

@@ -1,4 +1,5 @@
-"""What every benchmark shares: where results go and how they are written."""
+"""What every benchmark shares: where results go and how they are written, and the loaders, prompts and scoring
+that more than one benchmark uses (each says which)."""
 from __future__ import annotations
 
 import json

@@ -1,9 +1,11 @@
-"""What every benchmark shares: where results go and how they are written."""
+"""What every benchmark shares: where results go and how they are written, and the loaders, prompts and scoring
+that more than one benchmark uses (each says which)."""
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -11,6 +13,9 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+if TYPE_CHECKING:
+    from flagstone.retrieval.retriever import Retriever
 
 
 def save_results(name: str, table: str, **json_files: dict) -> None:
@@ -78,3 +83,68 @@ def mine_scifact_examples(test, train_qrels, doc_text: dict[str, str], query_ids
     examples = mine_hard_negatives(examples, retriever, doc_text, mode="dense", rank_range=(5, 100),
                                    n_negatives=15, seed=0)
     return examples, retriever
+
+
+# -- long-context text kinds: longctx.py and longctx_extensible.py train and evaluate on the same documents ------
+def joined_abstracts(corpus: Path, min_chars: int, limit: int | None = None) -> list[str]:
+    """Consecutive abstracts of a BEIR corpus (file order; the first ``limit`` lines when given) joined into
+    documents of at least ``min_chars``; a last group shorter than that is dropped."""
+    docs, current = [], []
+    with corpus.open(encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            if limit is not None and i >= limit:
+                break
+            row = json.loads(line)
+            text = (row.get("title", "") + ". " + row["text"]).strip(". ") if row.get("title") else row["text"]
+            if not text.strip():
+                continue
+            current.append(text.strip())
+            if sum(len(t) for t in current) >= min_chars:
+                docs.append("\n\n".join(current))
+                current = []
+    return docs
+
+
+def hotpot_documents(path: Path) -> list[str]:
+    """Each HotpotQA record's 10 Wikipedia paragraphs (title line + sentences) as one document."""
+    docs = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        context = json.loads(line)["context"]
+        paragraphs = [f"{title}\n{''.join(sentences)}" for title, sentences in zip(context["title"],
+                                                                                   context["sentences"])]
+        docs.append("\n\n".join(paragraphs))
+    return docs
+
+
+def needle_turn_ids(tokenizer) -> tuple[list[int], list[int]]:
+    """Token ids of the passkey-style needle chat turn around its haystack, for beacon.py and longctx.py: what
+    comes before the haystack (template + user turn start) and what comes after it (DEFAULT_NEEDLE's question,
+    the end of the turn and the answer's first words, which the model continues with the passphrase)."""
+    from flagstone.evaluation.niah import DEFAULT_NEEDLE
+
+    marker = "\u0000HAYSTACK\u0000"
+    turn = tokenizer.apply_chat_template([{"role": "user", "content": f"{marker}\n\n{DEFAULT_NEEDLE.question} "
+                                                                      "Answer with the passphrase only."}],
+                                         tokenize=False, add_generation_prompt=True) + DEFAULT_NEEDLE.lead
+    before, after = turn.split(marker)
+    return (tokenizer(before, add_special_tokens=False)["input_ids"],
+            tokenizer(after, add_special_tokens=False)["input_ids"])
+
+
+def per_query_ndcg(retriever: Retriever, queries: dict[str, str], query_ids: list[str], qrels: dict,
+                   mode: str) -> dict[str, float]:
+    """nDCG@10 per query of ``retriever`` searched in ``mode`` (a signal, or "all": the hybrid of dense, sparse
+    and ColBERT with M3's head weights), top DEFAULT_EVAL_DEPTH: how train_scifact.py and scifact_subsets.py
+    score every SciFact model."""
+    from flagstone.evaluation import DEFAULT_EVAL_DEPTH
+    from flagstone.evaluation.metrics import evaluate_run
+    from flagstone.retrieval.retriever import HybridConfig
+    from flagstone.training.embedder import HEAD_WEIGHTS
+
+    texts = [queries[q] for q in query_ids]
+    if mode == "all":
+        hits = retriever.search(texts, mode="hybrid", k=DEFAULT_EVAL_DEPTH, hybrid=HybridConfig(weights=HEAD_WEIGHTS))
+    else:
+        hits = retriever.search(texts, mode=mode, k=DEFAULT_EVAL_DEPTH)
+    report = evaluate_run(hits.to_run(query_ids), {q: qrels[q] for q in query_ids}, (10,), ("ndcg",))
+    return {q: values["ndcg@10"] for q, values in report.per_query.items()}

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import RESULTS, SHARED_DATA, save_results
+from _common import RESULTS, SHARED_DATA, needle_turn_ids, save_results
 
 RATIOS = (2, 4, 8)
 
@@ -174,11 +174,6 @@ def main() -> int:
     # needle in a haystack past the window: one chat turn whose user message is the haystack and the question,
     # and the answer's first words after it, passkey style (the model continues them with the passphrase)
     niah = []
-    marker = "\u0000HAYSTACK\u0000"
-    turn = tokenizer.apply_chat_template([{"role": "user", "content": f"{marker}\n\n{DEFAULT_NEEDLE.question} "
-                                                                      "Answer with the passphrase only."}],
-                                         tokenize=False, add_generation_prompt=True) + DEFAULT_NEEDLE.lead
-    before, after = turn.split(marker)
 
     def encode(text: str) -> list[int]:
         return tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -186,7 +181,7 @@ def main() -> int:
     def count(text: str) -> int:
         return len(encode(text))
 
-    head, question = encode(before), encode(after)
+    head, question = needle_turn_ids(tokenizer)
     new_tokens = 32
 
     def greedy(ids):

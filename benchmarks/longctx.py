@@ -26,43 +26,14 @@ import sys
 import time
 from pathlib import Path
 
-from _common import RESULTS, SHARED_DATA, save_results
+from _common import RESULTS, SHARED_DATA, hotpot_documents, joined_abstracts, needle_turn_ids, save_results
 
 RATIOS = (2, 4, 8)
 WINDOW = 256
 MODEL_DIR = RESULTS.parent / "models" / "smollm2-beacon-mixed"
 
 
-# -- text kinds ----------------------------------------------------------------------------------------
-def joined_abstracts(corpus: Path, min_chars: int, limit: int | None = None) -> list[str]:
-    """Consecutive abstracts of a BEIR corpus (file order) joined into documents of at least ``min_chars``."""
-    docs, current = [], []
-    with corpus.open(encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            if limit is not None and i >= limit:
-                break
-            row = json.loads(line)
-            text = (row.get("title", "") + ". " + row["text"]).strip(". ") if row.get("title") else row["text"]
-            if not text.strip():
-                continue
-            current.append(text.strip())
-            if sum(len(t) for t in current) >= min_chars:
-                docs.append("\n\n".join(current))
-                current = []
-    return docs
-
-
-def hotpot_documents(path: Path) -> list[str]:
-    """Each HotpotQA record's 10 Wikipedia paragraphs (title line + sentences) as one document."""
-    docs = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        context = json.loads(line)["context"]
-        paragraphs = [f"{title}\n{''.join(sentences)}" for title, sentences in zip(context["title"],
-                                                                                   context["sentences"])]
-        docs.append("\n\n".join(paragraphs))
-    return docs
-
-
+# -- text kinds (loaders in _common.py, shared with longctx_extensible.py) ------------------------------
 def text_kinds(held_out_essays: int) -> dict[str, list[str]]:
     from flagstone.evaluation.niah import load_essays
 
@@ -380,16 +351,11 @@ def needle_runs(args, model, tokenizer, trained, kinds, sink_tokens, length: int
     from flagstone.longctx.streaming import SinkRecentLM, beacon_kv_entries
 
     window = WINDOW
-    marker = "\u0000HAYSTACK\u0000"
-    turn = tokenizer.apply_chat_template([{"role": "user", "content": f"{marker}\n\n{DEFAULT_NEEDLE.question} "
-                                                                      "Answer with the passphrase only."}],
-                                         tokenize=False, add_generation_prompt=True) + DEFAULT_NEEDLE.lead
-    before, after = turn.split(marker)
 
     def encode(text: str) -> list[int]:
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    head, question = encode(before), encode(after)
+    head, question = needle_turn_ids(tokenizer)
     new_tokens = 32
     eos = model.generation_config.eos_token_id
     stops = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}

@@ -35,40 +35,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import REPO, SHARED_DATA, save_results
+from _common import REPO, SHARED_DATA, hotpot_documents, joined_abstracts, save_results
 
 WINDOW = 256
 RATIOS = (4, 8)
 TRAIN_RATIOS = (2, 4, 8, 16)
 TRAIN_RECENTS = (0, 128)  # context tokens kept raw before the predicted ones, drawn per step
-
-
-def joined_abstracts(corpus: Path, min_chars: int, limit: int | None = None) -> list[str]:
-    """Consecutive abstracts of a BEIR corpus (file order) joined into documents of at least ``min_chars``
-    (the same documents benchmarks/longctx.py builds, so both evaluate the same text)."""
-    docs, current = [], []
-    with corpus.open(encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            if limit is not None and i >= limit:
-                break
-            row = json.loads(line)
-            text = (row.get("title", "") + ". " + row["text"]).strip(". ") if row.get("title") else row["text"]
-            if not text.strip():
-                continue
-            current.append(text.strip())
-            if sum(len(t) for t in current) >= min_chars:
-                docs.append("\n\n".join(current))
-                current = []
-    return docs
-
-
-def hotpot_documents(path: Path) -> list[str]:
-    docs = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        context = json.loads(line)["context"]
-        docs.append("\n\n".join(f"{title}\n{''.join(sentences)}"
-                                for title, sentences in zip(context["title"], context["sentences"])))
-    return docs
 
 
 def main() -> int:

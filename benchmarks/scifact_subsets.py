@@ -23,16 +23,13 @@ import sys
 import time
 from pathlib import Path
 
-from _common import RESULTS, SHARED_DATA, load_scifact_with_train
+from _common import RESULTS, SHARED_DATA, load_scifact_with_train, per_query_ndcg
 
-from flagstone.evaluation import DEFAULT_EVAL_DEPTH
 from flagstone.evaluation.beir import load_queries
-from flagstone.evaluation.metrics import evaluate_run
 from flagstone.evaluation.significance import paired_test
 from flagstone.models.cache import EmbeddingCache
 from flagstone.models.embedder import Embedder
-from flagstone.retrieval.retriever import HybridConfig, Retriever
-from flagstone.training.embedder import HEAD_WEIGHTS
+from flagstone.retrieval.retriever import Retriever
 
 BASE = "all-MiniLM-L6-v2"
 # (system name, model folder under --models or the base preset, retrieval mode)
@@ -60,17 +57,6 @@ def split_test_queries(data: Path, test_qrels: dict, train_qrels: dict) -> dict[
     seen = [q for q in kept if any(d in train_positives for d, g in test_qrels[q].items() if g > 0)]
     unseen = [q for q in kept if q not in set(seen)]
     return {"overall": kept, "seen_docs": seen, "unseen_docs": unseen, "duplicates": duplicates}
-
-
-def per_query_ndcg(retriever: Retriever, queries: dict[str, str], query_ids: list[str], qrels: dict,
-                   mode: str) -> dict[str, float]:
-    texts = [queries[q] for q in query_ids]
-    if mode == "all":
-        hits = retriever.search(texts, mode="hybrid", k=DEFAULT_EVAL_DEPTH, hybrid=HybridConfig(weights=HEAD_WEIGHTS))
-    else:
-        hits = retriever.search(texts, mode=mode, k=DEFAULT_EVAL_DEPTH)
-    report = evaluate_run(hits.to_run(query_ids), {q: qrels[q] for q in query_ids}, (10,), ("ndcg",))
-    return {q: values["ndcg@10"] for q, values in report.per_query.items()}
 
 
 def compare(base: dict[str, float], other: dict[str, float], subsets: dict[str, list[str]]) -> dict[str, dict]:

@@ -198,7 +198,8 @@ def tune_check(bench: Bench, index, query_terms, search) -> dict:
     seconds = time.perf_counter() - start
     found = bench.found(index, result)
     return {"method": "flagstone-hi2-pq48-refine2", "target_recall": 0.99, "tuned_on_queries": tune_n,
-            "n_probe": chosen["n_probe"], "recall_on_tuning_sample": chosen["recall"], "tune_s": tune_s,
+            "n_probe": chosen["n_probe"], "refine": chosen["refine"], "refine_tried": chosen["refine_tried"],
+            "recall_on_tuning_sample": chosen["recall"], "tune_s": tune_s,
             "held_out_queries": len(rest), "held_out_recall@10": recall_at(found, bench.truth[rest], 10),
             "held_out_qps_batch": len(rest) / seconds}
 
@@ -435,7 +436,8 @@ def main() -> int:
     if tuning:
         lines.append("")
         lines.append(f"tune(target_recall=0.99) on {tuning['tuned_on_queries']} queries chose n_probe "
-                     f"{tuning['n_probe']} (recall {tuning['recall_on_tuning_sample']:.4f} there, "
+                     f"{tuning['n_probe']}, refine {tuning.get('refine')} "
+                     f"(recall {tuning['recall_on_tuning_sample']:.4f} there, "
                      f"{tuning['tune_s']:.1f} s); on the other {tuning['held_out_queries']} queries: recall@10 "
                      f"{tuning['held_out_recall@10']:.4f}, {tuning['held_out_qps_batch']:.0f} q/s.")
     if scifact:

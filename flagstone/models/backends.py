@@ -80,10 +80,16 @@ def require_backend(backend: str) -> None:
         require_extra("openvino", ("openvino", "onnx", "onnxscript"), "the openvino backend needs")
 
 
+def stored_weights(precision: str) -> str:
+    """The weights an export stores for ``precision``; part of export and embedding-cache keys, so that a
+    change of quantisation scheme (per-tensor int8 became per-channel) never reuses older files or vectors."""
+    return "int8-per-channel" if precision == "int8" else "float32"
+
+
 def export_key(fingerprint: str, backend: str, precision: str, settings: Mapping[str, Any]) -> str:
     """The folder name of an export: everything that changes the files written (OpenVINO compiles f32 or bf16
     from the same float32 files, so its precision is not part of the key)."""
-    stored = "int8-per-channel" if precision == "int8" else "float32"  # per-tensor int8 exports are not reused
+    stored = stored_weights(precision)
     parts = {"format": EXPORT_FORMAT, "fingerprint": fingerprint, "backend": backend, "weights": stored,
              "settings": dict(settings)}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]

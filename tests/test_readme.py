@@ -517,6 +517,8 @@ def start_service(argv: list[str], space: Workspace) -> None:
             time.sleep(0.5)
     assert response.status_code == 200, response.text
     print(f"/health: {response.text}")
+    started = (space.work / "serve.log").read_text()
+    assert re.search(r"embedding on (torch|onnx|openvino) (float32|bfloat16|int8)", started), started
 
 
 def run_curl(text: str, space: Workspace) -> None:

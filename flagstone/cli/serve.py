@@ -121,8 +121,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         shards=args.shards, replicas=args.replicas, shard_deadline_s=args.shard_deadline)
     app = create_app(settings)
     sharded = list(settings.sharded) + ([f"every stored collection in {args.shards} shards"] if args.shards else [])
-    print(f"Flagstone serving on http://{args.host}:{args.port} (data in {args.data_dir}"
-          f"{', API keys required' if settings.api_keys else ''}"
+    # the default backend depends on which extras are installed, so the start-up line always names it
+    print(f"Flagstone serving on http://{args.host}:{args.port} (data in {args.data_dir}; embedding on "
+          f"{settings.backend} {settings.precision}{', API keys required' if settings.api_keys else ''}"
           f"{', read-only on Ray shard actors: ' + '; '.join(sharded) if sharded else ''})", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

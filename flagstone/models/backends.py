@@ -71,13 +71,21 @@ def warn_if_lossy(precision: str) -> None:
             stacklevel=3)
 
 
+# the packages each exporting backend needs (both export through torch's ONNX exporter: onnx and onnxscript)
+EXPORT_BACKEND_MODULES = {"onnx": ("onnxruntime", "onnx", "onnxscript"), "openvino": ("openvino", "onnx", "onnxscript")}
+
+
+def backend_installed(backend: str) -> bool:
+    """Whether ``backend``'s packages are importable (torch, a core dependency, always is)."""
+    from importlib.util import find_spec
+
+    return all(find_spec(module) is not None for module in EXPORT_BACKEND_MODULES.get(backend, ()))
+
+
 def require_backend(backend: str) -> None:
-    """The missing-extra error naming ``flagstone[onnx]`` / ``flagstone[openvino]`` when its packages are absent
-    (both export through torch's ONNX exporter, which needs onnx and onnxscript)."""
-    if backend == "onnx":
-        require_extra("onnx", ("onnxruntime", "onnx", "onnxscript"), "the onnx backend needs")
-    elif backend == "openvino":
-        require_extra("openvino", ("openvino", "onnx", "onnxscript"), "the openvino backend needs")
+    """The missing-extra error naming ``flagstone[onnx]`` / ``flagstone[openvino]`` when its packages are absent."""
+    if backend in EXPORT_BACKEND_MODULES:
+        require_extra(backend, EXPORT_BACKEND_MODULES[backend], f"the {backend} backend needs")
 
 
 def stored_weights(precision: str) -> str:

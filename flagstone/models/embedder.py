@@ -401,11 +401,10 @@ class Embedder:
         parts += [f"suffix={suffix}"] if suffix else []
         parts += [f"end={s.end_token}"] if s.end_token else []
         if (s.backend, s.precision) != ("torch", "float32"):  # torch float32 keeps the keys it always had
-            parts += [s.backend, s.precision]
-        if s.precision == "int8":  # the quantisation scheme (vectors from per-tensor int8 are not reused)
             from flagstone.models.backends import stored_weights
 
-            parts.append(stored_weights(s.precision))
+            # the stored weights name the quantisation scheme, so a change of scheme never reuses old vectors
+            parts += [s.backend, s.precision, stored_weights(s.precision)]
         return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:24]
 
     def __repr__(self) -> str:

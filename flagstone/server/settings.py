@@ -9,9 +9,9 @@ def fastest_exact_backend() -> str:
     """The service's default embedding backend: the fastest one whose float32 vectors equal torch's. OpenVINO
     float32 encoded 1.23x as fast as torch float32 with vectors equal to 2.2e-7 (benchmarks/encode.py, quiet
     run, README "Inference backends"); without the openvino extra installed, torch."""
-    from importlib.util import find_spec
+    from flagstone.models.backends import backend_installed
 
-    return "openvino" if all(find_spec(m) for m in ("openvino", "onnx", "onnxscript")) else "torch"
+    return "openvino" if backend_installed("openvino") else "torch"
 
 
 SERVICE_BACKEND = fastest_exact_backend()

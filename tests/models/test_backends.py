@@ -116,6 +116,30 @@ def test_backend_settings_are_part_of_the_embedding_cache_key(tiny_m3, tiny_m3_d
     assert onnx.settings.backend == "onnx" and onnx.settings.precision == "float32"
 
 
+def test_the_stored_weights_are_part_of_the_embedding_cache_key(tiny_m3_dir, monkeypatch):
+    """A new quantisation scheme (what stored_weights names) must never reuse vectors cached under the old one."""
+    from flagstone.models import backends
+
+    onnx = Embedder(str(tiny_m3_dir), backend="onnx", show_progress=False)
+    before = onnx.cache_key(["dense"], False)
+    monkeypatch.setattr(backends, "stored_weights", lambda precision: f"{precision}-another-scheme")
+    assert onnx.cache_key(["dense"], False) != before
+
+
+@pytest.mark.parametrize("backend, module", [("onnx", "onnxruntime"), ("openvino", "openvino"),
+                                             ("openvino", "onnxscript")])
+def test_backend_installed_looks_for_every_package_of_the_extra(monkeypatch, backend, module):
+    from flagstone.models.backends import EXPORT_BACKEND_MODULES, backend_installed
+    from flagstone.server.settings import fastest_exact_backend
+
+    assert backend_installed(backend) and backend_installed("torch")
+    assert fastest_exact_backend() == "openvino"
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == module else object())
+    assert not backend_installed(backend)
+    assert backend_installed("torch")
+    assert fastest_exact_backend() == ("torch" if module in EXPORT_BACKEND_MODULES["openvino"] else "openvino")
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"backend": "tensorrt"}, "backend must be one of torch, onnx, openvino"),
     ({"precision": "float16"}, "precision must be one of float32, bfloat16, int8"),

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from flagstone._io import atomic_folder
-from flagstone.errors import BackendError, LossyPrecisionWarning, require_extra
+from flagstone.errors import BackendError, LossyPrecisionWarning, MissingDependencyError, require_extra
 from flagstone.models._paths import default_cache_dir
 
 if TYPE_CHECKING:
@@ -71,19 +71,19 @@ def warn_if_lossy(precision: str) -> None:
             stacklevel=3)
 
 
-# the packages each exporting backend needs (both export through torch's ONNX exporter: onnx and onnxscript)
-EXPORT_BACKEND_MODULES = {"onnx": ("onnxruntime", "onnx", "onnxscript"), "openvino": ("openvino", "onnx", "onnxscript")}
-
-
 def backend_installed(backend: str) -> bool:
-    """Whether ``backend``'s packages are importable (torch, a core dependency, always is)."""
-    from importlib.util import find_spec
-
-    return all(find_spec(module) is not None for module in EXPORT_BACKEND_MODULES.get(backend, ()))
+    """Whether ``backend``'s packages are importable (torch, a core dependency, always is): the check
+    :func:`require_backend` makes, so the two never disagree."""
+    try:
+        require_backend(backend)
+    except MissingDependencyError:
+        return False
+    return True
 
 
 def require_backend(backend: str) -> None:
-    """The missing-extra error naming ``flagstone[onnx]`` / ``flagstone[openvino]`` when its packages are absent."""
+    """The missing-extra error naming ``flagstone[onnx]`` / ``flagstone[openvino]`` when its packages are absent
+    (both export through torch's ONNX exporter, which needs onnx and onnxscript)."""
     # literal names: tests/test_extras.py checks every require_extra call against pyproject.toml's extras
     if backend == "onnx":
         require_extra("onnx", ("onnxruntime", "onnx", "onnxscript"), "the onnx backend needs")

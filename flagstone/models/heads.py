@@ -94,12 +94,15 @@ def splade_vocab_weights(hidden: torch.Tensor, mask: torch.Tensor, head: torch.n
     """``(batch, vocab_size)`` SPLADE v2 weights: the max over the text's real positions (every position the
     attention mask keeps, CLS and SEP included, as SPLADE pools) of ``log(1 + relu(logits))``, with the columns of
     ``special_ids`` zeroed, so only vocabulary terms are keys. log1p and relu are monotone, so this takes the max
-    of the logits first and applies them to ``(batch, vocab)`` instead of ``(batch, seq, vocab)`` values."""
+    of the logits first and applies them to ``(batch, vocab)`` instead of ``(batch, seq, vocab)`` values; and the
+    head runs text by text on the real positions only, so no logits of padding are computed or masked (the
+    (seq, vocab) logits are what SPLADE costs; masking a padded (batch, seq, vocab) tensor doubles the memory
+    traffic)."""
     import torch
 
-    logits = head(hidden)  # (batch, seq, vocab)
-    logits = logits.masked_fill(~mask.bool().unsqueeze(-1), float("-inf"))
-    weights = torch.log1p(torch.relu(logits.amax(dim=1)))
+    keep = mask.bool()
+    best = [head(hidden[row][keep[row]]).amax(dim=0) for row in range(hidden.shape[0])]
+    weights = torch.log1p(torch.relu(torch.stack(best)))
     return weights.index_fill(1, special_ids.to(weights.device), 0.0)
 
 

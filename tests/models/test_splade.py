@@ -131,3 +131,25 @@ def test_training_refuses_splade(splade, tmp_path):
 
     with pytest.raises(ValueError, match="SPLADE"):
         train_embedder(splade, [], tmp_path / "out")
+
+
+def test_cli_reads_a_folder_as_splade(splade_folder, tmp_path, capsys):
+    import json as json_module
+
+    from flagstone.cli import main
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json_module.dumps({"_id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(TEXTS)))
+    argv = ["search", str(corpus), "-q", "read the lines of a file", "--mode", "sparse", "--model", str(splade_folder),
+            "--no-cache", "--quiet"]
+    assert main(argv) == 2  # without the flag the folder is a plain encoder: no sparse output
+    assert "sparse" in capsys.readouterr().err
+    assert main(argv + ["--splade"]) == 0
+    assert "d1" in capsys.readouterr().out
+
+
+def test_ray_spec_keeps_splade(splade):
+    from flagstone.distributed.encode import EmbedderSpec
+
+    spec = EmbedderSpec.of(splade)
+    assert spec.splade is True and spec.build().available_outputs == ("sparse",)

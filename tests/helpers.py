@@ -142,16 +142,13 @@ def poison_token(embedder, text: str, others: list[str]) -> None:
         embedder.model.get_input_embeddings().weight[unique[0]] = float("nan")
 
 
-def build_tiny_bert_m3(folder: Path, *, hidden: int = 32, seed: int = 0) -> Path:
-    """BGE-M3's layout (encoder + ``sparse_linear.pt`` + ``colbert_linear.pt``) on a BERT encoder, whose tokenizer
-    has a [SEP] and no EOS token (what training M3 heads on a BERT base gives)."""
-    import torch
+def tiny_bert_tokenizer():
+    """A WordPiece tokenizer (600 pieces) with BERT's special tokens, trained on the bundled docstrings."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers import BertTokenizerFast
 
     from flagstone.corpora import python_docstrings
 
-    folder.mkdir(parents=True, exist_ok=True)
     _, texts = python_docstrings(400)
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
@@ -162,8 +159,18 @@ def build_tiny_bert_m3(folder: Path, *, hidden: int = 32, seed: int = 0) -> Path
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
-    fast = BertTokenizerFast(tokenizer_object=tok, cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]",
+    return BertTokenizerFast(tokenizer_object=tok, cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]",
                              unk_token="[UNK]", mask_token="[MASK]", model_max_length=128)
+
+
+def build_tiny_bert_m3(folder: Path, *, hidden: int = 32, seed: int = 0) -> Path:
+    """BGE-M3's layout (encoder + ``sparse_linear.pt`` + ``colbert_linear.pt``) on a BERT encoder, whose tokenizer
+    has a [SEP] and no EOS token (what training M3 heads on a BERT base gives)."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fast = tiny_bert_tokenizer()
     fast.save_pretrained(folder)
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=len(fast), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4,
@@ -174,6 +181,23 @@ def build_tiny_bert_m3(folder: Path, *, hidden: int = 32, seed: int = 0) -> Path
         sparse.bias.fill_(1.0)  # most tokens weigh > 0, [SEP] included: what the parity tests need to see
     torch.save(sparse.state_dict(), folder / "sparse_linear.pt")
     torch.save(torch.nn.Linear(hidden, hidden).state_dict(), folder / "colbert_linear.pt")
+    return folder
+
+
+def build_tiny_splade(folder: Path, *, hidden: int = 32, seed: int = 0, extra_vocab: int = 0) -> Path:
+    """A randomly initialised BertForMaskedLM (tied word embeddings, as SPLADE checkpoints are) with the tiny
+    WordPiece tokenizer; ``extra_vocab`` pads the model's vocabulary past the tokenizer's, as some checkpoints do."""
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fast = tiny_bert_tokenizer()
+    fast.save_pretrained(folder)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(fast) + extra_vocab, hidden_size=hidden, num_hidden_layers=2,
+                        num_attention_heads=4, intermediate_size=2 * hidden, max_position_embeddings=128,
+                        pad_token_id=fast.pad_token_id)
+    BertForMaskedLM(config).eval().save_pretrained(folder)
     return folder
 
 

@@ -10,12 +10,12 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from flagstone.cli import demo, encode, evaluate, index, models, rag, search, serve, train
+from flagstone.cli import data, demo, encode, evaluate, index, models, rag, search, serve, train
 from flagstone.cli._common import EPILOG, ArgumentParser
 from flagstone.errors import FlagstoneError, FlagstoneWarning
 
 # in the order the commands are listed by --help
-GROUPS = (demo, models, encode, search, evaluate, index, train, rag, serve)
+GROUPS = (demo, models, encode, search, evaluate, data, index, train, rag, serve)
 
 
 def version() -> str:

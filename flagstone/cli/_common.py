@@ -266,6 +266,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", type=model_name, default=None,
                    help="embedding model (default: the bundled all-MiniLM-L6-v2)")
     g.add_argument("--max-length", type=positive_int, default=None, help="max tokens per text (default: the model's)")
+    g.add_argument("--splade", action="store_true",
+                   help="read --model (a masked-LM folder or hub name) as a SPLADE sparse encoder: sparse output only, "
+                        "max-pooled log(1 + relu(MLM logits)); SPLADE presets need no flag")
     g.add_argument("--batch-size", type=positive_int, default=32, help="texts per forward pass (default: 32)")
     g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                    help="torch weight type (torch backend only; --precision is the backend-independent knob): "
@@ -334,7 +337,8 @@ def _embedder(args: argparse.Namespace):
     from flagstone.models.presets import DEFAULT_MODEL
 
     return Embedder(args.model or DEFAULT_MODEL, max_length=args.max_length, batch_size=args.batch_size,
-                    dtype=args.dtype, backend=args.backend, precision=args.precision, show_progress=not args.quiet)
+                    dtype=args.dtype, backend=args.backend, precision=args.precision, show_progress=not args.quiet,
+                    splade=True if args.splade else None)
 
 
 def _add_cache_options(p: argparse.ArgumentParser) -> None:

@@ -153,7 +153,8 @@ def _index_search(args: argparse.Namespace) -> int:
         from flagstone.models.embedder import Embedder
 
         embedder = Embedder(model["path"], max_length=model["max_length"], backend=args.backend,
-                            precision=args.precision, show_progress=not args.quiet)
+                            precision=args.precision, show_progress=not args.quiet,
+                            splade=bool(model.get("splade", False)))
     retriever = Retriever.load(args.folder, embedder=embedder, mmap=args.mmap, verify=not args.no_verify)
     index = retriever.indexes["dense"]
     _apply_probe_options(index, args, None)

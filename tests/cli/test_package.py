@@ -33,7 +33,7 @@ def test_help_lists_every_command(entry):
     assert result.returncode == 0, result.stderr
     listed = result.stdout.split("positional arguments:")[1]
     names = ("demo", "models", "encode", "search", "eval", "index", "mine", "train", "merge", "inters-data", "ask",
-             "serve")
+             "serve", "data")
     for name in names:
         assert f"\n    {name} " in listed or f"\n    {name}\n" in listed, name  # a long name wraps
     assert set(cli.COMMANDS) == set(names)

@@ -15,7 +15,9 @@ from flagstone.index.codecs import FlatCodec, PQCodec, require_faiss
 from flagstone.index.dense import DenseIndex, check_vectors
 
 _MIN_POINTS_PER_LIST = 39  # faiss's k-means warns below this many training points per centroid
-_ASSIGN_BLOCK = 256  # vectors per matrix product when assigning them to clusters (see IVFIndex.nearest_centroids)
+# vectors per matrix product when assigning them to clusters (see IVFIndex.nearest_centroids); small, because a
+# one-document add pays for the whole zero-padded block
+_ASSIGN_BLOCK = 64
 
 
 DEFAULT_TARGET_RECALL = 0.995

@@ -719,9 +719,11 @@ class ShardedRetriever:
                 for doc_id, ordinal, shard in zip(ids, ordinals, owners):
                     candidates[qi][doc_id] = (int(ordinal), shard)
         ordered = [sorted(c, key=lambda d, c=c: c[d][0]) for c in candidates]  # corpus order, as the single one
-        # per shard and query, the candidates it holds; every signal rescores them on that shard
+        # per shard and query, the candidates it holds; every signal rescores them on that shard. A shard that
+        # missed one signal's gather is reported missing, so none of its documents may stay among the hits
+        # (some would, found through the other signals): not asked to rescore, its candidates drop out below
         wanted = {s: [[d for d in ids if cands[d][1] == s] for ids, cands in zip(ordered, candidates)]
-                  for s in range(len(self._workers))}
+                  for s in range(len(self._workers)) if s not in missing}
         wanted = {s: lists for s, lists in wanted.items() if any(lists)}
         rescored: dict[str, dict[int, list[np.ndarray]]] = {}
         for signal in weights:
@@ -741,7 +743,8 @@ class ShardedRetriever:
             for signal in weights:
                 for shard, per_query in rescored[signal].items():
                     score_of[signal].update(zip(wanted[shard][qi], per_query[qi]))
-            cands = [d for d in ordered[qi] if all(d in score_of[s] for s in weights)]  # a lost shard's are gone
+            # a missing shard's candidates have no scores: gone, so the hits hold the answering shards' only
+            cands = [d for d in ordered[qi] if all(d in score_of[s] for s in weights)]
             if not cands:
                 out_ids.append([])
                 continue

@@ -15,6 +15,9 @@ from flagstone.index.codecs import FlatCodec, PQCodec, require_faiss
 from flagstone.index.dense import DenseIndex, check_vectors
 
 _MIN_POINTS_PER_LIST = 39  # faiss's k-means warns below this many training points per centroid
+# vectors per matrix product when assigning them to clusters (see IVFIndex.nearest_centroids); small, because a
+# one-document add pays for the whole zero-padded block
+_ASSIGN_BLOCK = 64
 
 
 DEFAULT_TARGET_RECALL = 0.995
@@ -95,7 +98,7 @@ class IVFIndex(DenseIndex):
         self.n_lists = min(self.n_lists or default_n_lists(len(vectors)), len(vectors))
         self.centroids = train_centroids(vectors, self.n_lists)
         self.trained_on = len(vectors)
-        self.similarity_at_training = float((vectors @ self.centroids.T).max(axis=1).mean())
+        self.similarity_at_training = float(self.nearest_centroids(vectors)[1].mean())
         self.codec.train(vectors)
 
     def retrain(self, vectors: np.ndarray | None = None) -> None:
@@ -117,7 +120,7 @@ class IVFIndex(DenseIndex):
         self.n_lists = min(self._configured_lists or default_n_lists(len(vectors)), len(vectors))
         self.centroids = train_centroids(vectors, self.n_lists)
         self.trained_on = len(vectors)
-        self.similarity_at_training = float((vectors @ self.centroids.T).max(axis=1).mean())
+        self.similarity_at_training = float(self.nearest_centroids(vectors)[1].mean())
         if exact:
             self.codec.train(vectors)
             self.codec.codes = self.codec.encode(vectors)
@@ -144,10 +147,31 @@ class IVFIndex(DenseIndex):
         self.tune(sample, target_recall=DEFAULT_TARGET_RECALL, k=min(SELF_TUNE_K, len(self)))
         self.tuning["sample"] = "documents"
 
+    def nearest_centroids(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each vector's nearest centroid by inner product (int32) and its similarity to it (float32).
+
+        The products are taken ``_ASSIGN_BLOCK`` vectors at a time, always in one matrix shape (the last block
+        zero-padded): BLAS picks its kernel by shape and the kernels round differently, so a vector almost as
+        near to two centroids could land in one cluster when added among 62 vectors (a shard) and in the other
+        when added among 185 (one index over the corpus), and the shard's IVF results parted from the index's.
+        With one shape a vector's cluster does not depend on what it was added with."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        assign = np.empty(len(vectors), dtype=np.int32)
+        similarity = np.empty(len(vectors), dtype=np.float32)
+        block = np.zeros((_ASSIGN_BLOCK, self.dim), dtype=np.float32)
+        for start in range(0, len(vectors), _ASSIGN_BLOCK):
+            part = vectors[start : start + _ASSIGN_BLOCK]
+            block[: len(part)] = part
+            block[len(part) :] = 0.0
+            scores = (block @ self.centroids.T)[: len(part)]
+            assign[start : start + len(part)] = scores.argmax(axis=1)
+            similarity[start : start + len(part)] = scores.max(axis=1)
+        return assign, similarity
+
     def _added(self, rows: np.ndarray, vectors: np.ndarray) -> None:
-        similarity = vectors @ self.centroids.T
-        self.assign = np.concatenate([self.assign, similarity.argmax(axis=1).astype(np.int32)])
-        self.assign_similarity = np.concatenate([self.assign_similarity, similarity.max(axis=1).astype(np.float32)])
+        assign, similarity = self.nearest_centroids(vectors)
+        self.assign = np.concatenate([self.assign, assign])
+        self.assign_similarity = np.concatenate([self.assign_similarity, similarity])
         self._lists = None
         # a bulk add stores rows cluster by cluster, so a probed list is one contiguous block of memory;
         # small adds stay appended (cheap) until the next bulk add, compact or save

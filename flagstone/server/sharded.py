@@ -10,6 +10,11 @@ Metadata filters work as on an unsharded collection: each shard evaluates the fi
 metadata and searches with the matching ids as its allow-list (inside the index search), so a filtered search
 returns what the unsharded collection returns.
 
+Reranking is the unsharded collection's too: the first stage's top ``max(k, rerank_depth)`` come back from the
+shards in the unsharded collection's order, their texts are fetched from the shards that answered, and
+:func:`~flagstone.server.collections.search_hits` scores them with the reranker, so the reranker sees the same
+(query, text) pairs and gives the same scores; a partial result stays flagged after reranking.
+
 Sharded collections are read-only: an add or delete would have to change the corpus-wide BM25 vocabulary and
 statistics that every shard shares (and the shard boundaries), which the shard actors cannot do in place; the
 service refuses writes with 409 ``read_only`` and says to rebuild the folder instead.

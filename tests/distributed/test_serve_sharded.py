@@ -46,7 +46,7 @@ def start(settings_kw, minilm, tmp_path):
 
 
 def test_a_sharded_folder_is_served_read_only_and_a_killed_shard_is_retried_or_flagged(local_ray, corpus, minilm,
-                                                                                     tmp_path):
+                                                                                     tiny_cross_encoder_dir, tmp_path):
     ids, texts, metadata = corpus
     emb = minilm.encode(texts, show_progress=False)
     build_sharded(tmp_path / "sharded", ids, texts, spec=EmbedderSpec.of(minilm), shards=2, embeddings=emb,
@@ -54,7 +54,7 @@ def test_a_sharded_folder_is_served_read_only_and_a_killed_shard_is_retried_or_f
     single = Retriever(minilm)
     single.add(ids, texts, metadata, embeddings=emb)
     app, client = start({"ray": "", "sharded": {"docs": str(tmp_path / "sharded")}, "replicas": 2,
-                         "shard_deadline_s": 20}, minilm, tmp_path)
+                         "shard_deadline_s": 20, "reranker": str(tiny_cross_encoder_dir)}, minilm, tmp_path)
     with client as http:
         described = http.get("/collections/docs").json()
         assert described["writable"] is False and described["sharded"] == {"shards": 2, "replicas": 2}
@@ -117,19 +117,54 @@ def test_a_sharded_folder_is_served_read_only_and_a_killed_shard_is_retried_or_f
                                                              "complete": False, "retries": 0}
         # exactly shard 1's documents (the corpus's second half) in the single retriever's dense order
         ranked = single.search([QUERY], mode="dense", k=len(ids)).ids[0]
-        assert [r["id"] for r in partial.json()["results"]] == [i for i in ranked if i in set(ids[30:])][:5]
+        second_half = [i for i in ranked if i in set(ids[30:])]
+        assert [r["id"] for r in partial.json()["results"]] == second_half[:5]
 
-def test_stored_collections_are_sharded_on_load_and_answer_as_before(local_ray, corpus, minilm, tmp_path):
+        # reranked, a partial result is still flagged, and the reranker scored exactly shard 1's top candidates:
+        # the order and scores /rerank gives those texts
+        reranked = http.post("/collections/docs/search", json={"query": QUERY, "mode": "dense", "k": 5,
+                                                                "rerank": True, "rerank_depth": 12,
+                                                                "allow_partial": True})
+        assert reranked.status_code == 200
+        assert reranked.json()["shards"] | {"retries": 0} == {"total": 2, "answered": [1], "missing": [0],
+                                                              "complete": False, "retries": 0}
+        candidates = second_half[:12]
+        direct = http.post("/rerank", json={"query": QUERY,
+                                            "documents": [texts[ids.index(i)] for i in candidates]}).json()["results"]
+        got = reranked.json()["results"]
+        assert [r["id"] for r in got] == [candidates[d["index"]] for d in direct][:5]
+        assert [r["score"] for r in got] == [r["signals"]["rerank"] for r in got] == [d["score"] for d in direct][:5]
+        assert [r["id"] for r in got] != second_half[:5]  # the reranker did re-order them
+        assert reranked.json()["results"][0]["text"] == texts[ids.index(got[0]["id"])]
+        # without allow_partial, reranking does not hide the missing shard either
+        down = http.post("/collections/docs/search", json={"query": QUERY, "k": 5, "rerank": True})
+        assert down.status_code == 503 and down.json()["error"]["type"] == "shard_unavailable"
+
+# reranked searches (the same model scoring the first stage's top rerank_depth texts): every mode, with and
+# without metadata filters (half the documents, all on shard 1; three spread over both shards)
+RERANKED = [{"mode": mode, "k": 6, "rerank": True, "rerank_depth": 20, **where}
+            for mode in ("hybrid", "dense", "bm25")
+            for where in ({}, {"filter": {"half": "second"}}, {"filter": {"n": {"$in": [3, 44, 59]}}})]
+
+
+def test_stored_collections_are_sharded_on_load_and_answer_as_before(local_ray, corpus, minilm,
+                                                                     tiny_cross_encoder_dir, tmp_path):
     ids, texts, metadata = corpus
     docs = [{"id": i, "text": t, "metadata": m} for i, t, m in zip(ids, texts, metadata)]
-    _, client = start({}, minilm, tmp_path)
+    reranker = {"reranker": str(tiny_cross_encoder_dir)}
+    _, client = start(reranker, minilm, tmp_path)
     with client as http:
         assert http.post("/collections", json={"name": "notes"}).status_code == 201
         assert http.post("/collections", json={"name": "empty"}).status_code == 201
         assert http.post("/collections/notes/documents", json={"documents": docs}).status_code == 200
         before = {mode: http.post("/collections/notes/search", json={"query": QUERY, "mode": mode, "k": 6}).json()
                   for mode in ("hybrid", "dense", "bm25")}
-    _, client = start({"ray": "", "shards": 2}, minilm, tmp_path)
+        reranked_before = [http.post("/collections/notes/search", json={"query": QUERY, **body}).json()
+                           for body in RERANKED]
+    # the reranker re-orders: a sharded collection that skipped it, or reranked other candidates, would differ
+    assert any([r["id"] for r in got["results"]] != [r["id"] for r in before[body["mode"]]["results"]]
+               for body, got in zip(RERANKED, reranked_before) if "filter" not in body)
+    _, client = start({"ray": "", "shards": 2, **reranker}, minilm, tmp_path)
     with client as http:
         assert http.get("/collections/notes").json()["sharded"] == {"shards": 2, "replicas": 1}
         for mode, want in before.items():
@@ -139,6 +174,18 @@ def test_stored_collections_are_sharded_on_load_and_answer_as_before(local_ray, 
                                rtol=0, atol=1e-6), mode
             assert [r["metadata"] for r in got["results"]] == [r["metadata"] for r in want["results"]]
             assert got["shards"]["complete"] and "shards" not in want
+        # reranking: the same candidates' texts scored by the same model, so the same ids and the same scores
+        for body, want in zip(RERANKED, reranked_before):
+            got = http.post("/collections/notes/search", json={"query": QUERY, **body}).json()
+            assert [r["id"] for r in got["results"]] == [r["id"] for r in want["results"]], body
+            assert [r["score"] for r in got["results"]] == [r["score"] for r in want["results"]], body
+            assert [r["signals"] for r in got["results"]] == [r["signals"] for r in want["results"]], body
+            assert [(r["text"], r["metadata"], r["highlights"]) for r in got["results"]] == [
+                (r["text"], r["metadata"], r["highlights"]) for r in want["results"]], body
+            assert all(r["score"] == r["signals"]["rerank"] for r in got["results"])
+            assert got["shards"]["complete"]
+            if "filter" in body:
+                assert len(got["results"]) == (6 if body["filter"] == {"half": "second"} else 3)
         assert http.post("/collections/notes/documents", json={"documents": docs[:1]}).status_code == 409
         # an empty collection has nothing to shard: it stays an ordinary, writable one
         assert "sharded" not in http.get("/collections/empty").json()

@@ -160,3 +160,63 @@ def test_without_ray_the_error_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(MissingDependencyError, match=r"flagstone\[ray\]"):
         connect()
+
+
+@pytest.fixture(scope="module")
+def flat_sharded(tmp_path_factory, corpus, tiny_m3_dir, tiny_m3):
+    """A flat sharded folder (3 shards, texts kept by the shards) and one retriever over the same documents."""
+    ids, texts = corpus
+    emb = tiny_m3.encode(texts, dense=True, sparse=True, colbert=True, show_progress=False)
+    folder = build_sharded(tmp_path_factory.mktemp("flat") / "sharded", ids, texts,
+                           spec=EmbedderSpec(str(tiny_m3_dir)), shards=3, embeddings=emb, use_ray=False)
+    single = Retriever(tiny_m3)
+    single.add(ids, texts, embeddings=emb)
+    return ShardedRetriever.load(folder, embedder=tiny_m3, use_ray=False, documents=True), single
+
+
+def test_reranking_sharded_hits_equals_reranking_one_retrievers(flat_sharded, corpus, tiny_cross_encoder_dir):
+    from flagstone.models.reranker import CrossEncoderReranker
+    from flagstone.rerank import rerank_hits
+
+    ids, texts = corpus
+    sharded, single = flat_sharded
+    reranker = CrossEncoderReranker(tiny_cross_encoder_dir, batch_size=8)
+    for mode, weight in (("hybrid", 0.0), ("dense", 0.0), ("bm25", 0.3)):
+        first = sharded.search(QUERIES, mode=mode, k=20)
+        # the texts the shards keep for the hits: the reranker sees what one retriever's texts would show it
+        shown = {i: text for i, (text, _) in sharded.documents_of([i for row in first.ids for i in row]).items()}
+        assert shown == {i: texts[ids.index(i)] for i in shown}
+        got = rerank_hits(reranker, QUERIES, first, shown, depth=12, first_stage_weight=weight)
+        want = rerank_hits(reranker, QUERIES, single.search(QUERIES, mode=mode, k=20),
+                           {i: single.text(i) for i in ids}, depth=12, first_stage_weight=weight)
+        assert_same(want, got)
+        assert got.ids != [row[:12] for row in first.ids]  # the reranker re-ordered the first stage
+
+
+def test_a_shard_missing_one_signal_leaves_none_of_its_documents_in_hybrid_hits(flat_sharded, corpus,
+                                                                                 monkeypatch):
+    ids, _ = corpus
+    sharded, single = flat_sharded
+    config = HybridConfig(weights={"dense": 1, "bm25": 1}, candidates=len(ids))  # every document a candidate
+    shard_0 = set(ids[: sharded.manifest["shards"][1]["offset"]])
+    whole = sharded.search(QUERIES, mode="hybrid", k=10, hybrid=config)
+    assert all(set(row) & shard_0 for row in whole.ids[:4])  # shard 0 holds hits of every real query
+    scatter = sharded._workers.scatter
+    searches = []
+
+    def bm25_gather_misses_shard_0(method, args):  # shard 0 answers the dense gather and the rescores only
+        answers, missing, retries = scatter(method, args)
+        if method == "search":
+            searches.append(args[0][0])
+            if args[0][0] == "bm25":
+                return {s: a for s, a in answers.items() if s != 0}, [0], retries
+        return answers, missing, retries
+
+    monkeypatch.setattr(sharded._workers, "scatter", bm25_gather_misses_shard_0)
+    partial = sharded.search_with_status(QUERIES, mode="hybrid", k=10, hybrid=config, allow_partial=True)
+    assert sorted(searches) == ["bm25", "dense"]
+    assert not partial.complete and partial.shards_missing == (0,) and partial.shards_answered == (1, 2)
+    # none of shard 0's documents (some came through the dense gather): what one retriever over the answering
+    # shards' documents returns, since every document is a candidate
+    answering = [i for i in ids if i not in shard_0]
+    assert_same(single.search(QUERIES, mode="hybrid", k=10, hybrid=config, allow=answering), partial.hits)

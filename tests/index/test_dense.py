@@ -90,6 +90,35 @@ def test_flat_equals_brute_force(data):
     assert (result.docs_evaluated == N_DOCS).all()
 
 
+def test_ivf_clusters_do_not_depend_on_how_many_vectors_are_added_at_once():
+    # nearly parallel vectors (what a tiny random model gives): almost every one is as near to two centroids,
+    # so a rounding difference picks the other cluster. A shard adds its block, one index the whole corpus:
+    # each vector must land in the same cluster, with the same similarity bit for bit, however it was added
+    import copy
+
+    rng = np.random.default_rng(5)
+    vectors = rng.standard_normal(DIM) + 1e-4 * rng.standard_normal((700, DIM))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    ids = [f"v{i}" for i in range(len(vectors))]
+    trained = IVFIndex(DIM, n_lists=8, n_probe=2)
+    trained.train(vectors[:400])
+
+    def clusters(index):
+        ids_of_rows = index.id_map.ids_at(np.arange(len(index.assign)))
+        return {i: (int(a), float(s)) for i, a, s in zip(ids_of_rows, index.assign, index.assign_similarity)}
+
+    whole = copy.deepcopy(trained)
+    whole.add(ids, vectors)
+    assert len({a for a, _ in clusters(whole).values()}) > 1
+    for cuts in ((0, 233, 467, 700), (0, 1, 8, 70, 300, 700)):
+        pieces = {}
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            shard = copy.deepcopy(trained)
+            shard.add(ids[a:b], vectors[a:b])
+            pieces |= clusters(shard)
+        assert pieces == clusters(whole), cuts
+
+
 @pytest.mark.parametrize("kind", ["ivf", "hi2"])
 def test_probing_everything_is_exact(kind, data):
     index = build(kind, data)

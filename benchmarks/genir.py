@@ -155,6 +155,10 @@ def main() -> int:
                         help="queries generated per document for llm rows (1: greedy; more: top-k sampling, seed 0)")
     parser.add_argument("--query-generator", default="smollm2-135m-instruct",
                         help="chat LM writing the llm pseudo-queries (default: the bundled smollm2-135m-instruct)")
+    parser.add_argument("--query-dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="the query generator's weights and activations (default: float32)")
+    parser.add_argument("--only-generate", action="store_true",
+                        help="generate (and cache) the llm pseudo-queries of the slices, write nothing else, stop")
     parser.add_argument("--query-cache", default=None,
                         help="pseudo-query cache folder (default: ~/.cache/flagstone/pseudo_queries)")
     parser.add_argument("--out", default="genir",
@@ -183,12 +187,20 @@ def main() -> int:
         "the corpus up to 1,000 (all test queries' relevant documents are in it). Generative models: randomly "
         "initialised Llama-shaped decoder, trained here on 2 CPU cores (indexing + pseudo-queries + SciFact train "
         "queries; pseudo-queries are first-sentence/random-span cuts unless the row says llm: then "
-        f"{args.query_generator} wrote them, generation time in query_generation); no tuning, the test split is only scored. invalid_docids: decoded "
-        "docids that name no document (constrained beam search); unconstrained_invalid_docids in the JSON: the same "
-        "model decoded without the trie.")
+        f"{args.query_generator} wrote them, generation time in query_generation); no tuning, the test split is "
+        "only scored. invalid_docids: decoded docids that name no document (constrained beam search); "
+        "unconstrained_invalid_docids in the JSON: the same model decoded without the trie.")
     results["model"] = {**config.__dict__}
     results["command"] = "python benchmarks/genir.py " + " ".join(sys.argv[1:])
     results["threads"] = args.threads
+    query_settings = QueryGenerationSettings(queries_per_document=args.llm_queries)
+    if args.only_generate:
+        for slice_name in args.slices:
+            dataset = subset_1000(test) if slice_name == "subset_1000" else test
+            generated = generate_pseudo_queries(dataset.doc_texts, args.query_generator, cache_dir=args.query_cache,
+                                                settings=query_settings, dtype=args.query_dtype)
+            print(json.dumps({slice_name: generated.stats()}))
+        return 0
     for slice_name in args.slices:
         dataset = subset_1000(test) if slice_name == "subset_1000" else test
         in_slice = set(dataset.doc_ids)
@@ -206,10 +218,10 @@ def main() -> int:
         generated = None
         if "llm" in args.pseudo_query_source:  # once per slice, shared by the docid kinds
             print(f"[{slice_name}] generating {args.llm_queries} pseudo-queries per document", file=sys.stderr)
-            generated = generate_pseudo_queries(
-                dataset.doc_texts, args.query_generator, cache_dir=args.query_cache,
-                settings=QueryGenerationSettings(queries_per_document=args.llm_queries))
-            part["query_generation"] = generated.stats()
+            generated = generate_pseudo_queries(dataset.doc_texts, args.query_generator, cache_dir=args.query_cache,
+                                                settings=query_settings, dtype=args.query_dtype)
+            part["query_generation"] = {**generated.stats(), "settings": query_settings.key_fields(),
+                                        "dtype": args.query_dtype}
         for kind in args.docids:
             for source in args.pseudo_query_source:
                 print(f"[{slice_name}] training genir {kind} with {source} pseudo-queries ({epochs} epochs)",

@@ -2,12 +2,14 @@
 
 For each document the generator reads a short prompt (the document's first ``document_tokens`` tokens, and a
 request for the search query a user would type to find it) and writes ``queries_per_document`` replies, each cut
-at the first newline or the end of its turn, at most ``max_new_tokens`` tokens. One query per document is greedy
+at the first newline or the end of its turn, at most ``max_new_tokens`` tokens; the reply is started with
+"Search query:" and its first token must start a word (as :meth:`LocalGenerator.write` does), so a small model
+neither opens with a preamble line nor stops before writing anything. One query per document is greedy
 (the model's single most likely query: reproducible, no seed involved); several are sampled (top-k, seeded), since
 greedy decoding would write the same query N times.
 
-Replies are cached on disk, one JSONL file per (generator weights, prompt version, generation settings) and one
-line per document keyed by the hash of the document's text, appended and flushed after every batch: an interrupted
+Replies are cached on disk, one JSONL file per (generator weights, dtype, prompt version, generation settings) and
+one line per document keyed by the hash of the document's text, appended and flushed after every batch: an interrupted
 run keeps what it wrote, and the next call generates only the rest. A reply with no letter or digit is unusable:
 it is counted in :class:`PseudoQueries` and left out, never replaced by another kind of pseudo-query.
 """
@@ -28,13 +30,17 @@ from flagstone.errors import DataError
 
 FORMAT = "flagstone-pseudo-queries"
 VERSION = 1
-# bump when the prompt or the reply clean-up changes: it is part of the cache key
+# bump when the prompt changes: it is part of the cache key (the cache holds raw replies; the clean-up of
+# :func:`clean_reply` is applied when they are read)
 PROMPT_VERSION = 1
 SYSTEM_PROMPT = "You write short search queries."
 USER_PROMPT = ("Here is the beginning of a document:\n\n{document}\n\n"
-               "Write one search query that a user would type into a search engine to find this document. "
+               "Write one short search query that a user would type into a search engine to find this document. "
                "Reply with the query only.")
-_LABEL = re.compile(r"^(search query|query)\s*:\s*", re.IGNORECASE)
+# the reply is started for the model: a small chat LM otherwise opens with "Here is the search query:" and a
+# newline, and the reply is cut at the first newline
+ANSWER_PREFIX = "Search query:"
+_LABEL = re.compile(r"^((search[ _]?)?query\s*:\s*)+", re.IGNORECASE)
 _USABLE = re.compile(r"[^\W_]")  # a letter or digit, in any script
 
 
@@ -100,7 +106,8 @@ class PseudoQueries:
 
 
 def clean_reply(text: str) -> str:
-    """A reply as a query: its first line, a leading "Query:" label and surrounding quotes removed."""
+    """A reply as a query: its first line, leading "Query:" labels (a small model repeats them) and surrounding
+    quotes removed."""
     line = text.split("\n", 1)[0].strip()
     line = _LABEL.sub("", line).strip()
     if len(line) >= 2 and line[0] == line[-1] and line[0] in "\"'`":
@@ -136,9 +143,9 @@ def default_cache_dir() -> Path:
     return default_model_cache().parent / "pseudo_queries"
 
 
-def cache_header(generator: str, fingerprint: str, settings: QueryGenerationSettings) -> dict[str, Any]:
+def cache_header(generator: str, fingerprint: str, settings: QueryGenerationSettings, dtype: str) -> dict[str, Any]:
     return {"format": FORMAT, "version": VERSION, "generator": generator, "model_sha256": fingerprint,
-            "prompt_version": PROMPT_VERSION, "settings": settings.key_fields()}
+            "dtype": dtype, "prompt_version": PROMPT_VERSION, "settings": settings.key_fields()}
 
 
 def cache_path(cache_dir: str | os.PathLike[str], header: dict[str, Any]) -> Path:
@@ -148,8 +155,8 @@ def cache_path(cache_dir: str | os.PathLike[str], header: dict[str, Any]) -> Pat
 
 
 def read_cache(path: Path, header: dict[str, Any]) -> dict[str, tuple[list[str], float]]:
-    """(replies, generation seconds) by document hash. A last line cut off by a killed run is dropped (the file is rewritten without
-    it, atomically, so appends start on a clean line); any other damage is a :class:`DataError`."""
+    """(replies, generation seconds) by document hash. A last line cut off by a killed run is dropped (the file is
+    rewritten without it, atomically, so appends start on a clean line); any other damage is a :class:`DataError`."""
     if not path.is_file():
         return {}
     lines = path.read_bytes().split(b"\n")
@@ -197,7 +204,7 @@ def generate_pseudo_queries(
 
     folder = resolve_causal_lm(generator)
     name = folder.name
-    header = cache_header(name, model_fingerprint(folder), settings)
+    header = cache_header(name, model_fingerprint(folder), settings, dtype)
     path = cache_path(cache_dir if cache_dir is not None else default_cache_dir(), header)
     cached = read_cache(path, header)
     hashes = [text_hash(t) for t in doc_texts]
@@ -226,7 +233,7 @@ def _generate_into(path: Path, header: dict[str, Any], cached: dict[str, tuple[l
     from tqdm.auto import tqdm
 
     from flagstone.models.causal_lm import load_causal_lm
-    from flagstone.models.generator import LocalGenerator, _eos_ids, _new_text_stop
+    from flagstone.models.generator import LocalGenerator, _eos_ids, _first_token_mask, _new_text_stop
 
     lm = LocalGenerator(load_causal_lm(folder, dtype=dtype))
     tokenizer = lm.tokenizer
@@ -238,6 +245,7 @@ def _generate_into(path: Path, header: dict[str, Any], cached: dict[str, tuple[l
     order = sorted(prompts, key=lambda h: len(prompts[h]))  # similar lengths share a batch: little padding
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = sorted(_eos_ids(lm.model, tokenizer))
+    word_start = lm._word_start_mask()
     n = settings.queries_per_document
     if not path.is_file() or not cached:
         with atomic_write(path, "w") as handle:  # a fresh file starts with its header
@@ -254,7 +262,10 @@ def _generate_into(path: Path, header: dict[str, Any], cached: dict[str, tuple[l
             mask = torch.tensor([[0] * (width - len(prompts[h])) + [1] * len(prompts[h]) for h in batch])
             kwargs: dict[str, Any] = {"max_new_tokens": settings.max_new_tokens, "pad_token_id": pad,
                                       "eos_token_id": eos, "num_return_sequences": n,
-                                      "stopping_criteria": _new_text_stop(tokenizer, width, ["\n"])}
+                                      "stopping_criteria": _new_text_stop(tokenizer, width, ["\n"]),
+                                      # the first token starts a word: no reply opens with a newline (it would
+                                      # be cut to nothing) or the end of the turn
+                                      "logits_processor": _first_token_mask(width, word_start)}
             if settings.sampled:
                 kwargs.update(do_sample=True, top_k=settings.top_k, temperature=settings.temperature, top_p=None)
             else:
@@ -282,7 +293,8 @@ def _messages(tokenizer: Any, text: str, document_tokens: int) -> list[dict[str,
     ids = tokenizer(text[: document_tokens * 12], add_special_tokens=False)["input_ids"][:document_tokens]
     opening = tokenizer.decode(ids, skip_special_tokens=True).strip()
     return [{"role": "system", "content": SYSTEM_PROMPT},
-            {"role": "user", "content": USER_PROMPT.format(document=opening)}]
+            {"role": "user", "content": USER_PROMPT.format(document=opening)},
+            {"role": "assistant", "content": ANSWER_PREFIX}]
 
 
 def settings_record(settings: QueryGenerationSettings) -> dict[str, Any]:

@@ -92,26 +92,26 @@ def test_sampling_is_seeded(tiny_causal_lm_dir, tmp_path):
     assert any(len(set(q)) > 1 for q in a.queries)  # sampled, not the greedy reply four times
 
 
-def test_unusable_replies_are_counted_and_left_out(tmp_path):
-    import torch
-    from transformers import LlamaForCausalLM
-
-    # a model whose final norm is zero: every logit is 0, so greedy decoding writes token 0, the tokenizer's
-    # padding token, which decodes to nothing: every reply is empty
-    folder = build_tiny_causal_lm(tmp_path / "mute-lm", chat_template=True)
-    model = LlamaForCausalLM.from_pretrained(folder)
-    with torch.no_grad():
-        model.model.norm.weight.zero_()
-    model.save_pretrained(folder)
-    texts = corpus(3)[1]
-    out = generate_pseudo_queries(texts, folder, settings=FAST, cache_dir=tmp_path / "cache", show_progress=False)
-    assert out.replies == 3 and out.unusable == 3 and out.documents_without_query == 3
-    assert out.queries == [[], [], []]  # never replaced by spans or anything else
-    assert out.stats()["unusable"] == 3
+def test_unusable_replies_are_counted_and_left_out(tiny_causal_lm_dir, tmp_path):
+    texts = corpus(4)[1]
+    out = generate_pseudo_queries(texts, tiny_causal_lm_dir, settings=FAST, cache_dir=tmp_path, show_progress=False)
+    assert out.unusable == 0  # the first token must start a word
+    # what a small chat LM writes now and then: a bare label, punctuation, a label repeated
+    lines = _lines(out.cache_file)
+    bad = {lines[1]["doc"]: "Search query:", lines[2]["doc"]: "?!", lines[3]["doc"]: "search_query: search_query:"}
+    for row in lines[1:]:
+        row["replies"] = [bad.get(row["doc"], row["replies"][0])]
+    out.cache_file.write_text("".join(json.dumps(row) + "\n" for row in lines))
+    again = generate_pseudo_queries(texts, tiny_causal_lm_dir, settings=FAST, cache_dir=tmp_path, show_progress=False)
+    assert again.generated_documents == 0
+    assert again.replies == 4 and again.unusable == 3 and again.documents_without_query == 3
+    assert sorted(len(q) for q in again.queries) == [0, 0, 0, 1]  # never replaced by spans or anything else
+    assert again.stats()["unusable"] == 3
 
 
 def test_reply_clean_up_and_usability():
     assert clean_reply('Search query: "zinc lozenges cold"\nmore text') == "zinc lozenges cold"
+    assert clean_reply("search_query: search_query: bee dance") == "bee dance"
     assert clean_reply("  honey bee dance  ") == "honey bee dance"
     assert not is_usable(clean_reply("\n")) and not is_usable("?!") and not is_usable('""')
     assert is_usable("CRISPR") and is_usable("5")

@@ -104,8 +104,10 @@ def genir_row(dataset: BeirDataset, kind: str, train_pairs: list[tuple[str, str]
     system = f"genir {kind} ids"
     extra = {}
     if generated is not None:
-        system += f", llm pseudo-queries ({settings.pseudo_queries} per document)"
-        extra = {"pseudo_query_source": "llm", "query_generation": generated.stats(),
+        system += f", llm pseudo-queries ({generated.replies // len(generated.queries)} per document)"
+        if settings.pseudo_query_source == "llm+spans":
+            system += f" + {settings.pseudo_queries} spans"
+        extra = {"query_generation": generated.stats(),
                  "examples": {dataset.doc_ids[i]: generated.queries[i] for i in range(3)}}
     return {"system": system, **extra, "ndcg@10": round(metrics["ndcg@10"], 4),
             "recall@10": round(metrics["recall@10"], 4), "invalid_docids": report.settings["invalid_docids"],
@@ -149,7 +151,7 @@ def main() -> int:
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="wall-clock budget per generative model's training; it stops after the epoch in which "
                              "the budget runs out (the epochs run are recorded)")
-    parser.add_argument("--pseudo-query-source", nargs="+", choices=("spans", "llm"), default=["spans"],
+    parser.add_argument("--pseudo-query-source", nargs="+", choices=("spans", "llm", "llm+spans"), default=["spans"],
                         help="pseudo-queries of each generative model, one row per source (default: spans)")
     parser.add_argument("--llm-queries", type=int, default=1,
                         help="queries generated per document for llm rows (1: greedy; more: top-k sampling, seed 0)")
@@ -216,7 +218,7 @@ def main() -> int:
         part["rows"] += baseline_rows(dataset, embedder, cache)
         write(results, args.out)
         generated = None
-        if "llm" in args.pseudo_query_source:  # once per slice, shared by the docid kinds
+        if set(args.pseudo_query_source) - {"spans"}:  # once per slice, shared by the docid kinds
             print(f"[{slice_name}] generating {args.llm_queries} pseudo-queries per document", file=sys.stderr)
             generated = generate_pseudo_queries(dataset.doc_texts, args.query_generator, cache_dir=args.query_cache,
                                                 settings=query_settings, dtype=args.query_dtype)
@@ -226,9 +228,10 @@ def main() -> int:
             for source in args.pseudo_query_source:
                 print(f"[{slice_name}] training genir {kind} with {source} pseudo-queries ({epochs} epochs)",
                       file=sys.stderr)
-                if source == "llm":
-                    row_settings = GenIRTrainingSettings(epochs=epochs, max_seconds=budget, pseudo_query_source="llm",
-                                                         pseudo_queries=args.llm_queries)
+                if source != "spans":  # llm: the generated queries alone; llm+spans: the default spans as well
+                    spans_per_epoch = settings.pseudo_queries if source == "llm+spans" else args.llm_queries
+                    row_settings = GenIRTrainingSettings(epochs=epochs, max_seconds=budget, pseudo_query_source=source,
+                                                         pseudo_queries=spans_per_epoch)
                     row = genir_row(dataset, kind, pairs, embedder, cache, config, row_settings, generated)
                     row["cost_seconds"] = round(row["train_seconds"] + generated.recorded_seconds, 1)
                 else:

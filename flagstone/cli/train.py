@@ -304,7 +304,8 @@ def _add_genir_parser(tsub, epilog: str) -> None:
                         "(free); llm: queries written once by --query-generator from each document's opening "
                         "tokens (doc2query / DSI-QG style: greedy for 1 per document, top-k sampling with --seed "
                         "for more), cached on disk and resumed after an interruption; replies with no letter or "
-                        f"digit are counted and left out (default: {settings.pseudo_query_source})")
+                        "digit are counted and left out; llm+spans: both (--pseudo-queries spans per epoch and as many "
+                        f"generated) (default: {settings.pseudo_query_source})")
     t.add_argument("--query-generator", type=causal_lm_name, default=DEFAULT_LLM, metavar="MODEL",
                    help=f"chat LM writing the llm pseudo-queries: {DEFAULT_LLM} (bundled), a model folder, a .gguf "
                         f"file or org/name (default: {DEFAULT_LLM})")
@@ -381,8 +382,8 @@ def _check_genir(args: argparse.Namespace) -> None:
         raise FlagstoneError(f"--hidden-size {args.hidden_size} is not divisible by --heads {args.heads}")
     if args.docids == "semantic" and args.branching < 2:
         raise FlagstoneError("--branching must be at least 2")
-    if args.pseudo_query_source == "llm" and args.pseudo_queries < 1:
-        raise FlagstoneError("--pseudo-query-source llm needs --pseudo-queries of at least 1")
+    if args.pseudo_query_source != "spans" and args.pseudo_queries < 1:
+        raise FlagstoneError(f"--pseudo-query-source {args.pseudo_query_source} needs --pseudo-queries of at least 1")
     if not args.no_queries:
         check_beir_folder(args.data, args.queries_split)
 
@@ -653,7 +654,7 @@ def _train_genir(args: argparse.Namespace) -> int:
                                      pseudo_queries=args.pseudo_queries, pseudo_query_source=args.pseudo_query_source,
                                      seed=args.seed, show_progress=not args.quiet)
     generated = None
-    if args.pseudo_query_source == "llm":
+    if args.pseudo_query_source != "spans":
         from flagstone.genir.query_generation import QueryGenerationSettings, generate_pseudo_queries
 
         generated = generate_pseudo_queries(

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-PSEUDO_QUERY_SOURCES = ("spans", "llm")
+PSEUDO_QUERY_SOURCES = ("spans", "llm", "llm+spans")
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,8 @@ class GenIRTrainingSettings:
     pseudo_queries: int = 3  # per document and epoch: the first sentence, then random spans
     # where pseudo-queries come from: "spans" (cut from the document afresh every epoch) or "llm" (written once
     # by a chat LM, see flagstone.genir.query_generation, and passed to training as ``generated_queries``; every
-    # usable one is shown every epoch, and ``pseudo_queries`` is then how many were asked per document)
+    # usable one is shown every epoch, and ``pseudo_queries`` is then how many were asked per document) or
+    # "llm+spans" (both: ``pseudo_queries`` spans per document and epoch plus every generated query)
     pseudo_query_source: str = "spans"
     span_words: tuple[int, int] = (8, 20)
     document_tokens: int = 48  # the indexing example: the document's opening tokens

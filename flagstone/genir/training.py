@@ -65,7 +65,8 @@ def train_generative_retriever(
 
     ``queries`` are (query text, doc id) pairs; a doc id outside ``docids`` is a :class:`DataError`.
     ``generated_queries[i]``: document ``i``'s LM-written pseudo-queries, given exactly when
-    ``settings.pseudo_query_source`` is ``"llm"`` (a document with none gets no pseudo-query).
+    ``settings.pseudo_query_source`` is ``"llm"`` or ``"llm+spans"`` (with ``"llm"``, a document with none gets no
+    pseudo-query).
     ``on_epoch(epoch, retriever)`` is called after each epoch (the model back in training mode after it).
     """
     import torch
@@ -73,9 +74,11 @@ def train_generative_retriever(
 
     if len(doc_texts) != len(docids):
         raise ValueError(f"{len(doc_texts)} texts for {len(docids)} docids")
-    llm = settings.pseudo_query_source == "llm"
+    llm = settings.pseudo_query_source in ("llm", "llm+spans")
+    spans = settings.pseudo_query_source in ("spans", "llm+spans")
     if llm != (generated_queries is not None):
-        raise ValueError("generated_queries are given exactly when settings.pseudo_query_source is 'llm'")
+        raise ValueError("generated_queries are given exactly when settings.pseudo_query_source is 'llm' or "
+                         "'llm+spans'")
     if llm and len(generated_queries) != len(doc_texts):
         raise ValueError(f"generated queries for {len(generated_queries)} documents, {len(doc_texts)} documents")
     row_of = {d: i for i, d in enumerate(docids.doc_ids)}
@@ -96,9 +99,7 @@ def train_generative_retriever(
     if llm:  # fixed texts: tokenized once, like the real queries
         owners = [doc for doc, texts in enumerate(generated_queries) for _ in texts]
         generated = list(zip(retriever.prompt_ids([q for texts in generated_queries for q in texts]), owners))
-        per_epoch = len(documents) + len(generated) + len(query_prompts)
-    else:
-        per_epoch = len(documents) * (1 + settings.pseudo_queries) + len(query_prompts)
+    per_epoch = len(documents) * (1 + (settings.pseudo_queries if spans else 0)) + len(generated) + len(query_prompts)
     steps_per_epoch = math.ceil(per_epoch / settings.batch_size)
     total = steps_per_epoch * settings.epochs
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=0.01)
@@ -112,9 +113,8 @@ def train_generative_retriever(
     for epoch in range(settings.epochs):
         model.train()
         examples = list(zip(documents, range(len(documents))))
-        if llm:
-            examples += generated
-        else:
+        examples += generated
+        if spans:
             texts, owners = [], []
             for doc, text in enumerate(doc_texts):
                 for q in pseudo_queries(text, settings.pseudo_queries, settings.span_words, rng):

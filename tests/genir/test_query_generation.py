@@ -203,3 +203,13 @@ def test_cli_llm_pseudo_queries_need_at_least_one(tmp_path, capsys):
                  "--pseudo-queries", "0"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "needs --pseudo-queries of at least 1" in err and len(err.splitlines()) == 1
+
+
+def test_llm_plus_spans_trains_on_both():
+    ids, texts = corpus(4)
+    generated = [["apple garden"], [], ["river window"], ["pencil castle", "rocket ladder"]]
+    result = train_generative_retriever(texts, atomic_docids(ids), config=TINY, generated_queries=generated,
+                                        settings=GenIRTrainingSettings(epochs=1, pseudo_query_source="llm+spans",
+                                                                       pseudo_queries=2, show_progress=False))
+    assert result.examples_per_epoch == 4 + 4 * 2 + 4  # documents, 2 spans each, every generated query
+    assert result.retriever.training["generated_pseudo_queries"] == 4

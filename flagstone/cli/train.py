@@ -259,15 +259,16 @@ def _add_long_context_parser(tsub, epilog: str) -> None:
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
 def _add_genir_parser(tsub, epilog: str) -> None:
-    from flagstone.genir.settings import GenIRModelConfig, GenIRTrainingSettings
+    from flagstone.genir.settings import PSEUDO_QUERY_SOURCES, GenIRModelConfig, GenIRTrainingSettings
 
     model, settings = GenIRModelConfig(), GenIRTrainingSettings()
     t = tsub.add_parser("genir", help="a generative retriever (DSI / NCI style) that maps queries to docids",
                         description="Train a small, randomly initialised decoder (Llama-shaped, the bundled MiniLM's "
                                     "WordPiece vocabulary plus one token per docid symbol) to generate document ids. "
                                     "Each epoch shows it every document's opening tokens (indexing), "
-                                    f"{settings.pseudo_queries} cheap pseudo-queries per document (its first sentence "
-                                    "and random word spans) and the judged queries of --queries-split (retrieval). "
+                                    f"{settings.pseudo_queries} pseudo-queries per document (by default cheap ones: its "
+                                    "first sentence and random word spans; --pseudo-query-source llm has a chat LM "
+                                    "write them) and the judged queries of --queries-split (retrieval). "
                                     "Docids are atomic (one token per document) or semantic (hierarchical k-means "
                                     "over the documents' embeddings). Search with `flagstone eval DATA --modes genir "
                                     "--genir-model FOLDER`; decoding is constrained to valid docids.", epilog=epilog)
@@ -296,7 +297,21 @@ def _add_genir_parser(tsub, epilog: str) -> None:
     t.add_argument("--learning-rate", type=positive_float, default=settings.learning_rate,
                    help=f"AdamW peak rate, linear warm-up and decay (default: {settings.learning_rate:g})")
     t.add_argument("--pseudo-queries", type=non_negative_int, default=settings.pseudo_queries,
-                   help=f"per document and epoch (default: {settings.pseudo_queries})")
+                   help=f"per document: drawn afresh every epoch with --pseudo-query-source spans, generated once "
+                        f"with llm (default: {settings.pseudo_queries})")
+    t.add_argument("--pseudo-query-source", choices=PSEUDO_QUERY_SOURCES, default=settings.pseudo_query_source,
+                   help="spans: the document's first sentence and random 8-20 word spans, new ones every epoch "
+                        "(free); llm: queries written once by --query-generator from each document's opening "
+                        "tokens (doc2query / DSI-QG style: greedy for 1 per document, top-k sampling with --seed "
+                        "for more), cached on disk and resumed after an interruption; replies with no letter or "
+                        "digit are counted and left out; llm+spans: both (--pseudo-queries spans per epoch and as many "
+                        f"generated) (default: {settings.pseudo_query_source})")
+    t.add_argument("--query-generator", type=causal_lm_name, default=DEFAULT_LLM, metavar="MODEL",
+                   help=f"chat LM writing the llm pseudo-queries: {DEFAULT_LLM} (bundled), a model folder, a .gguf "
+                        f"file or org/name (default: {DEFAULT_LLM})")
+    t.add_argument("--query-cache", type=output_folder, default=None, metavar="FOLDER",
+                   help="where generated pseudo-queries are cached (default: $FLAGSTONE_CACHE/pseudo_queries or "
+                        "~/.cache/flagstone/pseudo_queries)")
     t.add_argument("--hidden-size", type=positive_int, default=model.hidden_size, help=f"(default: {model.hidden_size})")
     t.add_argument("--layers", type=positive_int, default=model.layers, help=f"(default: {model.layers})")
     t.add_argument("--heads", type=positive_int, default=model.heads,
@@ -367,6 +382,8 @@ def _check_genir(args: argparse.Namespace) -> None:
         raise FlagstoneError(f"--hidden-size {args.hidden_size} is not divisible by --heads {args.heads}")
     if args.docids == "semantic" and args.branching < 2:
         raise FlagstoneError("--branching must be at least 2")
+    if args.pseudo_query_source != "spans" and args.pseudo_queries < 1:
+        raise FlagstoneError(f"--pseudo-query-source {args.pseudo_query_source} needs --pseudo-queries of at least 1")
     if not args.no_queries:
         check_beir_folder(args.data, args.queries_split)
 
@@ -634,8 +651,25 @@ def _train_genir(args: argparse.Namespace) -> int:
     config = GenIRModelConfig(hidden_size=args.hidden_size, layers=args.layers, heads=args.heads,
                               intermediate_size=3 * args.hidden_size, max_text_tokens=args.max_text_tokens)
     settings = GenIRTrainingSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                                     pseudo_queries=args.pseudo_queries, seed=args.seed, show_progress=not args.quiet)
-    result = train_generative_retriever(doc_texts, docids, queries=pairs, config=config, settings=settings)
+                                     pseudo_queries=args.pseudo_queries, pseudo_query_source=args.pseudo_query_source,
+                                     seed=args.seed, show_progress=not args.quiet)
+    generated = None
+    if args.pseudo_query_source != "spans":
+        from flagstone.genir.query_generation import QueryGenerationSettings, generate_pseudo_queries
+
+        generated = generate_pseudo_queries(
+            doc_texts, args.query_generator, cache_dir=args.query_cache, show_progress=not args.quiet,
+            settings=QueryGenerationSettings(queries_per_document=args.pseudo_queries, seed=args.seed))
+        rate = generated.documents_per_second
+        print(f"pseudo-queries by {generated.generator}: {generated.replies:,} replies, {generated.unusable:,} "
+              f"unusable (left out), {generated.documents_without_query:,} documents without one; "
+              f"{generated.generated_documents:,} documents generated now"
+              + (f" in {generated.seconds:.0f} s ({rate:.2f} docs/s)" if rate else "")
+              + f", the rest from {generated.cache_file}", file=sys.stderr)
+    result = train_generative_retriever(doc_texts, docids, queries=pairs, config=config, settings=settings,
+                                        generated_queries=None if generated is None else generated.queries)
+    if generated is not None:
+        result.retriever.training["query_generation"] = generated.stats()
     result.retriever.save(args.output, overwrite=args.overwrite)
     first = sum(result.losses[:10]) / max(1, len(result.losses[:10]))
     last = sum(result.losses[-10:]) / max(1, len(result.losses[-10:]))

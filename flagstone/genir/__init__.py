@@ -7,5 +7,7 @@
   :class:`~flagstone.retrieval.retriever.Hits`, save / load through a folder);
 - :mod:`~flagstone.genir.training`: training = indexing (document text -> docid) plus retrieval (pseudo-queries
   and training queries -> docid);
+- :mod:`~flagstone.genir.query_generation`: pseudo-queries written by a chat LM (doc2query / DSI-QG style), cached
+  on disk, for training with ``pseudo_query_source="llm"``;
 - :mod:`~flagstone.genir.evaluation`: scoring a trained model on a BEIR data set.
 """

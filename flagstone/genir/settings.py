@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+PSEUDO_QUERY_SOURCES = ("spans", "llm", "llm+spans")
+
 
 @dataclass(frozen=True)
 class GenIRModelConfig:
@@ -30,6 +32,11 @@ class GenIRTrainingSettings:
     learning_rate: float = 2e-3
     warmup_fraction: float = 0.05
     pseudo_queries: int = 3  # per document and epoch: the first sentence, then random spans
+    # where pseudo-queries come from: "spans" (cut from the document afresh every epoch) or "llm" (written once
+    # by a chat LM, see flagstone.genir.query_generation, and passed to training as ``generated_queries``; every
+    # usable one is shown every epoch, and ``pseudo_queries`` is then how many were asked per document) or
+    # "llm+spans" (both: ``pseudo_queries`` spans per document and epoch plus every generated query)
+    pseudo_query_source: str = "spans"
     span_words: tuple[int, int] = (8, 20)
     document_tokens: int = 48  # the indexing example: the document's opening tokens
     seed: int = 0
@@ -45,6 +52,9 @@ class GenIRTrainingSettings:
             raise ValueError("epochs, batch_size and document_tokens must be at least 1")
         if self.learning_rate <= 0 or not 0 <= self.warmup_fraction < 1:
             raise ValueError("learning_rate must be positive and warmup_fraction in [0, 1)")
+        if self.pseudo_query_source not in PSEUDO_QUERY_SOURCES:
+            raise ValueError(f"pseudo_query_source must be one of {PSEUDO_QUERY_SOURCES}, got "
+                             f"{self.pseudo_query_source!r}")
         if self.pseudo_queries < 0:
             raise ValueError("pseudo_queries must not be negative")
         low, high = self.span_words

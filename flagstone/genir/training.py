@@ -3,7 +3,9 @@
 Each epoch shows the model, for every document, its opening ``document_tokens`` tokens (indexing) and
 ``pseudo_queries`` cheap pseudo-queries (retrieval): its first sentence and random spans of 8 to 20 consecutive
 words, drawn afresh every epoch (DSI's and NCI's "document as query" spans; no query generator is involved).
-Real training queries (``queries``: (query text, doc id) pairs, e.g. SciFact's train split) are added every
+With ``pseudo_query_source="llm"`` the pseudo-queries are instead the ones a chat LM wrote for each document
+(``generated_queries``, from :func:`~flagstone.genir.query_generation.generate_pseudo_queries`), all of them every
+epoch. Real training queries (``queries``: (query text, doc id) pairs, e.g. SciFact's train split) are added every
 epoch. The loss is the cross-entropy of each docid token over the docid vocabulary (teacher forcing).
 """
 from __future__ import annotations
@@ -57,10 +59,14 @@ def train_generative_retriever(
     settings: GenIRTrainingSettings = GenIRTrainingSettings(),
     tokenizer: str = DEFAULT_TOKENIZER,
     on_epoch: Callable[[int, GenerativeRetriever], None] | None = None,
+    generated_queries: Sequence[Sequence[str]] | None = None,
 ) -> GenIRTrainingResult:
     """Initialise a model for ``docids`` (document ``i``'s text is ``doc_texts[i]``) and train it.
 
     ``queries`` are (query text, doc id) pairs; a doc id outside ``docids`` is a :class:`DataError`.
+    ``generated_queries[i]``: document ``i``'s LM-written pseudo-queries, given exactly when
+    ``settings.pseudo_query_source`` is ``"llm"`` or ``"llm+spans"`` (with ``"llm"``, a document with none gets no
+    pseudo-query).
     ``on_epoch(epoch, retriever)`` is called after each epoch (the model back in training mode after it).
     """
     import torch
@@ -68,6 +74,13 @@ def train_generative_retriever(
 
     if len(doc_texts) != len(docids):
         raise ValueError(f"{len(doc_texts)} texts for {len(docids)} docids")
+    llm = settings.pseudo_query_source in ("llm", "llm+spans")
+    spans = settings.pseudo_query_source in ("spans", "llm+spans")
+    if llm != (generated_queries is not None):
+        raise ValueError("generated_queries are given exactly when settings.pseudo_query_source is 'llm' or "
+                         "'llm+spans'")
+    if llm and len(generated_queries) != len(doc_texts):
+        raise ValueError(f"generated queries for {len(generated_queries)} documents, {len(doc_texts)} documents")
     row_of = {d: i for i, d in enumerate(docids.doc_ids)}
     unknown = [d for _, d in queries if d not in row_of]
     if unknown:
@@ -82,7 +95,11 @@ def train_generative_retriever(
                  for ids in documents]
     query_prompts = retriever.prompt_ids([q for q, _ in queries])
     query_docs = [row_of[d] for _, d in queries]
-    per_epoch = len(documents) * (1 + settings.pseudo_queries) + len(query_prompts)
+    generated: list[tuple[list[int], int]] = []
+    if llm:  # fixed texts: tokenized once, like the real queries
+        owners = [doc for doc, texts in enumerate(generated_queries) for _ in texts]
+        generated = list(zip(retriever.prompt_ids([q for texts in generated_queries for q in texts]), owners))
+    per_epoch = len(documents) * (1 + (settings.pseudo_queries if spans else 0)) + len(generated) + len(query_prompts)
     steps_per_epoch = math.ceil(per_epoch / settings.batch_size)
     total = steps_per_epoch * settings.epochs
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=0.01)
@@ -96,12 +113,15 @@ def train_generative_retriever(
     for epoch in range(settings.epochs):
         model.train()
         examples = list(zip(documents, range(len(documents))))
-        texts, owners = [], []
-        for doc, text in enumerate(doc_texts):
-            for q in pseudo_queries(text, settings.pseudo_queries, settings.span_words, rng):
-                texts.append(q)
-                owners.append(doc)
-        examples += list(zip(retriever.prompt_ids(texts), owners)) + list(zip(query_prompts, query_docs))
+        examples += generated
+        if spans:
+            texts, owners = [], []
+            for doc, text in enumerate(doc_texts):
+                for q in pseudo_queries(text, settings.pseudo_queries, settings.span_words, rng):
+                    texts.append(q)
+                    owners.append(doc)
+            examples += list(zip(retriever.prompt_ids(texts), owners))
+        examples += list(zip(query_prompts, query_docs))
         for batch in _length_batches(examples, settings.batch_size, rng):
             loss = _batch_loss(retriever, batch)
             optimizer.zero_grad(set_to_none=True)
@@ -123,6 +143,7 @@ def train_generative_retriever(
     seconds = time.perf_counter() - started
     retriever.training = {"settings": {**asdict(settings), "span_words": list(settings.span_words)},
                           "training_queries": len(queries), "examples_per_epoch": per_epoch,
+                          "generated_pseudo_queries": len(generated) if llm else None,
                           "epochs_run": epochs_run,
                           "steps": len(losses), "seconds": round(seconds, 1),
                           "final_loss": round(sum(losses[-20:]) / max(1, len(losses[-20:])), 4)}

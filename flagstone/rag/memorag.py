@@ -17,14 +17,15 @@ A clue reply from which no clue and no draft can be parsed is recorded as an unp
 alone then retrieves). The memory is built once per context and reused: ``Memory.save``/``Memory.load``
 (``flagstone ask --memory DIR``) keep it beside the context, so later questions skip the gisting.
 
-Speed, with the same replies: with a local generator gists and clues are decoded by prompt lookup
-(``prompt_lookup``: tokens the reply copies from the prompt are checked several per forward pass; the gists
-copy names and phrases), or, with ``gist_batch`` > 1, the pieces are gisted in batches decoded together
-(``generate_many``); the memory's settings say which. Every clue prompt on a memory begins with the same notes, so
-with a local generator the key-value cache of that beginning is kept with the memory (filled by the first
-question's clue call, saved as ``memory_kv.safetensors`` beside ``memory.json``) and later questions run only
-their own tokens. The cache names its model and its exact tokens; another model or other notes recompute
-it, and the clue step's ``cache_miss`` says why (also when the generator, e.g. a served one, cannot cache).
+Speed, with the same replies (greedy): with a local generator the pieces are gisted in batches of
+``gist_batch`` decoded together (``generate_many``), or one by one by prompt lookup; the clues are decoded by
+prompt lookup (``prompt_lookup``: tokens the reply copies from its prompt are checked several per forward
+pass); the memory's settings say how the gists were made. Every clue prompt on a memory begins with the same
+notes, so with a local generator the key-value cache of that beginning is kept with the memory (filled by the
+first question's clue call, saved as ``memory_kv.safetensors`` beside ``memory.json``) and later questions
+run only their own tokens. The cache names its model and its exact tokens; another model or other notes
+recompute it, and the clue step's ``cache_miss`` says why (also when the generator, e.g. a served one, cannot
+cache).
 """
 from __future__ import annotations
 
@@ -197,13 +198,14 @@ class MemoRAG:
     # a long-context memory model (e.g. flagstone.longctx.generator.BeaconGenerator): clues are written from
     # the whole context read through it, instead of from gists
     memory_generator: Generator | None = None
-    # greedy prompt-lookup decoding (local generators): up to this many tokens copied from the prompt are checked
-    # per forward pass; gists and clues copy names and phrases from their prompt. 0: token by token
+    # greedy prompt-lookup decoding (local generators) of the clues, and of the gists when gist_batch is 1: up to
+    # this many tokens copied from the prompt are checked per forward pass. 0: token by token
     prompt_lookup: int = 10
-    # > 1: pieces gisted in batches of this many, decoded together (generators with generate_many; no prompt
-    # lookup then). Pays off with many pieces of similar length; with HotpotQA's one long and one short piece a
-    # question, prompt lookup one by one was faster (benchmarks/results/rag_qa_slice_memorag_*.md)
-    gist_batch: int = 1
+    # pieces gisted in batches of this many, decoded together (generators with generate_many; without prompt
+    # lookup); 1: one by one, with prompt lookup. Profiled on HotpotQA (one ~1k-token and one ~250-token piece a
+    # question): batching saved 9-24% of the time every time; prompt lookup won on short pieces and clues but
+    # lost on some long pieces (see the slices in benchmarks/results/rag_qa_slice_memorag_*.md)
+    gist_batch: int = 8
     name: str = "memorag"
 
     def memorize(self, context: ContextIndex, recorder: Recorder | None = None) -> Memory:

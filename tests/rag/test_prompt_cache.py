@@ -178,15 +178,17 @@ def test_memorag_with_batching_and_cache_answers_as_without(gen, other, tmp_path
     slow = MemoRAG(Uncached(gen), **settings)
     fast = MemoRAG(gen, **settings)
     slow_memory = slow.memorize(context)
-    assert "token by token (generator" in slow_memory.settings["gists"]
-    batched = MemoRAG(gen, gist_batch=3, **settings).memorize(context)
-    assert len(batched.gists) >= 2 and batched.gists == slow_memory.gists  # batched == one by one
-    assert batched.settings["gists"] == "in batches of 3"
+    assert "has no generate_many" in slow_memory.settings["gists"]
+    unbatched = MemoRAG(Uncached(gen), gist_batch=1, **settings).memorize(context)
+    assert "token by token (generator" in unbatched.settings["gists"] and unbatched.gists == slow_memory.gists
+    looked = MemoRAG(gen, gist_batch=1, **settings).memorize(context)
+    assert len(looked.gists) >= 2 and looked.gists == slow_memory.gists  # prompt lookup == token by token
+    assert "prompt lookup" in looked.settings["gists"]
     first = fast.ask(QUESTIONS[0], context, save_to=tmp_path / "saved")
     gists = [s for s in first.trace.steps if s.name == "gist"]
-    assert [" ".join(s.output.split()) for s in gists] == slow_memory.gists  # prompt lookup == token by token
+    assert [" ".join(s.output.split()) for s in gists] == slow_memory.gists  # batched == one by one
     memory = Memory.load(tmp_path / "saved")
-    assert "prompt lookup" in memory.settings["gists"] and memory.prompt_cache.filled
+    assert memory.settings["gists"] == "in batches of 8" and memory.prompt_cache.filled
     assert (tmp_path / "saved" / KV_FILE).is_file()
     for question in QUESTIONS:
         want = slow.ask(question, context, memory=slow_memory)

@@ -17,10 +17,10 @@ A clue reply from which no clue and no draft can be parsed is recorded as an unp
 alone then retrieves). The memory is built once per context and reused: ``Memory.save``/``Memory.load``
 (``flagstone ask --memory DIR``) keep it beside the context, so later questions skip the gisting.
 
-Speed, with the same replies (greedy): with a local generator the pieces are gisted in batches of
-``gist_batch`` decoded together (``generate_many``), or one by one by prompt lookup; the clues are decoded by
-prompt lookup (``prompt_lookup``: tokens the reply copies from its prompt are checked several per forward
-pass); the memory's settings say how the gists were made. Every clue prompt on a memory begins with the same
+Speed options, with the same replies (greedy; off by default, see the fields): with a local generator the
+pieces can be gisted in batches of ``gist_batch`` decoded together (``generate_many``), and gists and clues
+decoded by prompt lookup (``prompt_lookup``: tokens the reply copies from its prompt are checked several per
+forward pass); the memory's settings say how the gists were made. Every clue prompt on a memory begins with the same
 notes, so with a local generator the key-value cache of that beginning is kept with the memory (filled by the
 first question's clue call, saved as ``memory_kv.safetensors`` beside ``memory.json``) and later questions
 run only their own tokens. The cache names its model and its exact tokens; another model or other notes
@@ -200,12 +200,12 @@ class MemoRAG:
     memory_generator: Generator | None = None
     # greedy prompt-lookup decoding (local generators) of the clues, and of the gists when gist_batch is 1: up to
     # this many tokens copied from the prompt are checked per forward pass. 0: token by token
-    prompt_lookup: int = 10
+    prompt_lookup: int = 0
     # pieces gisted in batches of this many, decoded together (generators with generate_many; without prompt
-    # lookup); 1: one by one, with prompt lookup. Profiled on HotpotQA (one ~1k-token and one ~250-token piece a
-    # question): batching saved 9-24% of the time every time; prompt lookup won on short pieces and clues but
-    # lost on some long pieces (see the slices in benchmarks/results/rag_qa_slice_memorag_*.md)
-    gist_batch: int = 8
+    # lookup); 1: one by one. Both are off by default: on a 5-question HotpotQA slice run back to back on the
+    # shared 2-core machine, batches of 8 took 1.17x and prompt lookup 10 0.99x the plain time, with identical
+    # replies (benchmarks/results/rag_qa_slice_memorag_*_run2.md); under heavier load they had looked faster
+    gist_batch: int = 1
     name: str = "memorag"
 
     def memorize(self, context: ContextIndex, recorder: Recorder | None = None) -> Memory:

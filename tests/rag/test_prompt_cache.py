@@ -175,13 +175,13 @@ def outputs(answer) -> list[tuple[str, str]]:
 def test_memorag_with_batching_and_cache_answers_as_without(gen, other, tmp_path):
     context = ContextIndex.build(DOCUMENTS, mode="bm25", chunk_tokens=24, overlap=0)
     settings = dict(k=2, per_query_k=1, piece_tokens=48, gist_tokens=16, clue_tokens=24, max_new_tokens=8)
-    slow = MemoRAG(Uncached(gen), **settings)
-    fast = MemoRAG(gen, **settings)
+    slow = MemoRAG(Uncached(gen), gist_batch=8, **settings)
+    fast = MemoRAG(gen, gist_batch=8, prompt_lookup=10, **settings)
     slow_memory = slow.memorize(context)
     assert "has no generate_many" in slow_memory.settings["gists"]
-    unbatched = MemoRAG(Uncached(gen), gist_batch=1, **settings).memorize(context)
+    unbatched = MemoRAG(Uncached(gen), gist_batch=1, prompt_lookup=10, **settings).memorize(context)
     assert "token by token (generator" in unbatched.settings["gists"] and unbatched.gists == slow_memory.gists
-    looked = MemoRAG(gen, gist_batch=1, **settings).memorize(context)
+    looked = MemoRAG(gen, gist_batch=1, prompt_lookup=10, **settings).memorize(context)
     assert len(looked.gists) >= 2 and looked.gists == slow_memory.gists  # prompt lookup == token by token
     assert "prompt lookup" in looked.settings["gists"]
     first = fast.ask(QUESTIONS[0], context, save_to=tmp_path / "saved")

@@ -64,7 +64,8 @@ def compact_trace(answer) -> dict:
 
     trace = answer.trace
     return {"steps": [{"kind": s.kind, "name": s.name, "output": s.output, "chunk_ids": s.chunk_ids,
-                       "tokens": s.prompt_tokens + s.completion_tokens, "seconds": round(s.seconds, 2)}
+                       "tokens": s.prompt_tokens + s.completion_tokens, "prompt_tokens": s.prompt_tokens,
+                       "cached_tokens": s.cached_tokens, "cache_miss": s.cache_miss, "seconds": round(s.seconds, 2)}
                       for s in trace.steps],
             "clues": trace.clues, "queries": trace.queries, "retrieved": trace.retrieved, "notes": trace.notes,
             "actions": [asdict(a) for a in trace.actions]}

@@ -321,3 +321,8 @@ def test_ask_memorag_saves_and_reuses_its_memory(tmp_path):
     names = [[s["name"] for s in json.loads(r.stdout)["trace"]["steps"]] for r in (first, second)]
     assert names[0][0] == "gist" and "gist" not in names[1]
     assert names[1][0] == "clues"
+    # the first question filled the clue prompt's key-value cache and saved it; the second process read it
+    assert (memory / "memory_kv.safetensors").is_file()
+    clues = [next(s for s in json.loads(r.stdout)["trace"]["steps"] if s["name"] == "clues") for r in (first, second)]
+    assert clues[0]["cached_tokens"] == 0 and clues[1]["cached_tokens"] > 0 and clues[1]["cache_miss"] == ""
+    assert clues[0]["output"] == clues[1]["output"]  # the same greedy reply with the cache

@@ -223,6 +223,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
     with listening(listener):
         if args.pipeline == "memorag":
             answer = pipeline.ask(args.question, context, memory=memory, save_to=None if memory else args.memory)
+            if memory is not None and memory.save_cache(args.memory):  # filled (or recomputed) by this question
+                listener.note(f"saved the clue prompt's key-value cache in {args.memory}")
         else:
             answer = pipeline.ask(args.question, context)
     listener.note(f"done: {answer.trace.tokens} tokens")

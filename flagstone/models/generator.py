@@ -9,9 +9,14 @@ Two backends:
 Both return a :class:`Generation` (text without the stop string, the stop string hit, token counts, time).
 A conversation may end with an assistant message: it is treated as the start of the answer and continued,
 which the RAG pipelines use to resume reasoning after a search.
+
+The local generator can also keep the key-value cache of a prompt beginning that many prompts share
+(:class:`PromptCache`, e.g. MemoRAG's notes before each question) and generate for several prompts in one
+batch (:meth:`LocalGenerator.generate_many`); a served model can do neither, and callers say so.
 """
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import os
@@ -20,11 +25,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from flagstone.errors import FlagstoneError, InvalidTextError
+from flagstone._io import atomic_write, require_file
+from flagstone.errors import DataError, FlagstoneError, InvalidTextError
 
 if TYPE_CHECKING:
+    import torch
+
     from flagstone.models.causal_lm import CausalLM
 
 Message = Mapping[str, str]
@@ -43,6 +52,83 @@ class Generation:
     prompt_tokens: int
     completion_tokens: int
     seconds: float
+    # of prompt_tokens, how many were read from a PromptCache instead of run through the model
+    cached_tokens: int = 0
+    # why a PromptCache that was offered could not be used (the whole prompt was then run): "" when it was
+    # used or none was offered
+    cache_miss: str = ""
+
+
+@dataclass
+class PromptCache:
+    """The key-value cache of a prompt beginning that many prompts share (MemoRAG's notes before a question).
+
+    ``model`` names the model it is for (:attr:`LocalGenerator.model_key`: its name, dtype and a fingerprint
+    of its weights) and ``ids`` are the exact tokens it covers. ``layers`` holds per layer the keys and values,
+    each ``[1, kv_heads, len(ids), head_dim]``; it is None until filled: :meth:`LocalGenerator.generate` given
+    an unfilled cache runs the whole prompt as usual and keeps the first ``len(ids)`` positions of the
+    prompt's cache in it (no extra work), and given a filled one reads only the rest of the prompt. A cache
+    is used only when the model and the prompt's first tokens match; otherwise the whole prompt is run and
+    :attr:`Generation.cache_miss` says why.
+    """
+
+    model: str
+    ids: list[int]
+    layers: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    FORMAT = "1"
+
+    @property
+    def filled(self) -> bool:
+        return self.layers is not None
+
+    def nbytes(self) -> int:
+        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.layers or [])
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write a filled cache as one safetensors file (the model key and the tokens in its metadata)."""
+        from safetensors.torch import save
+
+        if self.layers is None:
+            raise ValueError("an unfilled prompt cache has nothing to save")
+        tensors = {}
+        for i, (k, v) in enumerate(self.layers):
+            tensors[f"keys.{i}"], tensors[f"values.{i}"] = k.contiguous(), v.contiguous()
+        data = save(tensors, metadata={"format": self.FORMAT, "model": self.model, "ids": json.dumps(self.ids),
+                                       "layers": str(len(self.layers))})
+        with atomic_write(path, "wb") as f:
+            f.write(data)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> PromptCache:
+        from safetensors import SafetensorError
+        from safetensors.torch import load
+
+        file = require_file(Path(path), "saved prompt cache")
+        try:
+            data = file.read_bytes()
+            tensors = load(data)
+            header_length = int.from_bytes(data[:8], "little")
+            meta = json.loads(data[8:8 + header_length]).get("__metadata__") or {}
+            if meta.get("format") != cls.FORMAT:
+                raise ValueError("format")
+            layers = [(tensors[f"keys.{i}"], tensors[f"values.{i}"]) for i in range(int(meta["layers"]))]
+            ids = [int(i) for i in json.loads(meta["ids"])]
+            if not layers or any(k.shape[-2] != len(ids) or v.shape != k.shape for k, v in layers):
+                raise ValueError("shapes")
+            return cls(str(meta["model"]), ids, layers)
+        except (SafetensorError, ValueError, KeyError, TypeError, OSError):
+            raise DataError(f"{file} is not a saved prompt cache") from None
+
+    def mismatch(self, model: str, ids: Sequence[int]) -> str:
+        """Why this cache cannot serve a prompt of ``ids`` on ``model`` ("" when it can): another model, or
+        tokens that are not the prompt's first tokens (at least one prompt token must be left to run)."""
+        if model != self.model:
+            return f"the cache was computed with model {self.model}, not {model}"
+        n = len(self.ids)
+        if n >= len(ids) or list(ids[:n]) != self.ids:
+            return f"the cache's {n} tokens are not the start of this {len(ids)}-token prompt"
+        return ""
 
 
 class Generator(Protocol):
@@ -106,6 +192,21 @@ def accepts_on_text(generator: object) -> bool:
         return "on_text" in inspect.signature(generate).parameters
     except (TypeError, ValueError):  # a builtin or C callable without a signature
         return False
+
+
+def generate_accepts(generator: object, parameter: str) -> bool:
+    """Whether ``generator.generate`` takes the keyword ``parameter``."""
+    generate = getattr(generator, "generate", None)
+    try:
+        return generate is not None and parameter in inspect.signature(generate).parameters
+    except (TypeError, ValueError):  # a builtin or C callable without a signature
+        return False
+
+
+def accepts_prompt_cache(generator: object) -> bool:
+    """Whether ``generator.generate`` takes ``prompt_cache`` (a :class:`PromptCache` of the prompt's beginning;
+    :class:`LocalGenerator` does, a served model does not)."""
+    return generate_accepts(generator, "prompt_cache")
 
 
 def validate_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
@@ -172,6 +273,31 @@ class LocalGenerator:
         self.seed = seed
         self._chat = getattr(self.tokenizer, "chat_template", None) is not None
         self._lock = threading.Lock()  # one generation at a time: the model is not re-entrant
+        self._model_key: str | None = None
+        # transformers renamed past_key_values to cache (5.x); take whichever this version's model accepts
+        self._cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters \
+            else "past_key_values"
+        # a forward pass that only fills the cache needs no logits (the vocabulary projection of every position)
+        self._last_logits_only = {"logits_to_keep": 1} \
+            if "logits_to_keep" in inspect.signature(self.model.forward).parameters else {}
+
+    @property
+    def model_key(self) -> str:
+        """Names this model for a :class:`PromptCache`: its name, dtype and a fingerprint of its config and of a
+        sample of every weight tensor (two checkpoints that share a folder name do not share a key)."""
+        if self._model_key is None:
+            import torch
+
+            digest = hashlib.sha256(self.model.config.to_json_string().encode())
+            with torch.no_grad():
+                for name, tensor in self.model.state_dict().items():
+                    flat = tensor.detach().reshape(-1)
+                    step = max(1, flat.numel() // 64)
+                    digest.update(name.encode())
+                    digest.update(flat[:64].float().cpu().numpy().tobytes())
+                    digest.update(flat[::step][:64].float().cpu().numpy().tobytes())
+            self._model_key = f"{self.name}:{self.model.dtype}:{digest.hexdigest()[:16]}"
+        return self._model_key
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -191,14 +317,33 @@ class LocalGenerator:
         text = "\n\n".join(m["content"] for m in checked) + ("\n\n" + prefix if prefix else "\n\n")
         return self.tokenizer(text, add_special_tokens=True)["input_ids"]
 
-    def _generate_kwargs(self, ids: list[int], max_new_tokens: int, stop: list[str], temperature: float) -> dict:
-        import torch
+    def prefix_ids(self, messages: Sequence[Message]) -> list[int]:
+        """The token ids of a prompt beginning: ``messages`` as the start of later prompts, whose last message
+        begins with the content of the last message here (e.g. a fixed text, then a question appended)."""
+        checked = validate_messages([*messages[:-1], {**messages[-1], "content": messages[-1]["content"] + _CUT}]
+                                    if messages else messages)
+        if self._chat:
+            text = self.tokenizer.apply_chat_template(checked, tokenize=False, add_generation_prompt=True)
+            return list(self.tokenizer(text[: text.index(_CUT)], add_special_tokens=False)["input_ids"])
+        text = "\n\n".join(m["content"] for m in checked)
+        return list(self.tokenizer(text[: text.index(_CUT)], add_special_tokens=True)["input_ids"])
 
+    def prompt_cache(self, messages: Sequence[Message]) -> PromptCache:
+        """An unfilled :class:`PromptCache` for a prompt beginning (see :meth:`prefix_ids`): the first
+        :meth:`generate` call whose prompt starts with it fills it, later calls read from it."""
+        return PromptCache(self.model_key, self.prefix_ids(messages))
+
+    def _check_window(self, ids: list[int], max_new_tokens: int) -> None:
         if len(ids) + max_new_tokens > self.context_window:
             raise InvalidTextError(
                 f"prompt of {len(ids)} tokens + max_new_tokens={max_new_tokens} exceeds the "
                 f"{self.context_window}-token context window of {self.name}"
             )
+
+    def _generate_kwargs(self, ids: list[int], max_new_tokens: int, stop: list[str], temperature: float) -> dict:
+        import torch
+
+        self._check_window(ids, max_new_tokens)
         kwargs = {
             "input_ids": torch.tensor([ids]),
             "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
@@ -240,14 +385,42 @@ class LocalGenerator:
 
     def generate(self, messages: Sequence[Message], *, max_new_tokens: int = 256, stop: Sequence[str] = (),
                  temperature: float = 0.0, on_text: Callable[[str], None] | None = None,
+                 prompt_cache: PromptCache | None = None, prompt_lookup: int = 0,
                  _first_word: bool = False) -> Generation:
         """Generate a reply; with ``on_text``, its text is passed to ``on_text`` piece by piece while it is
-        generated (cut at the stop string like the returned text), in this thread."""
+        generated (cut at the stop string like the returned text), in this thread.
+
+        With ``prompt_cache`` (from :meth:`prompt_cache`, or loaded) for this model and the prompt's first
+        tokens: a filled cache is read instead of running those tokens again (the Generation's
+        ``cached_tokens``), an unfilled one is filled from this prompt's run. Otherwise the whole prompt is
+        run and ``cache_miss`` says why. Greedy replies are the same with and without the cache up to float
+        rounding (the prompt is then run in two parts instead of one; see tests/rag/test_prompt_cache.py).
+
+        ``prompt_lookup`` > 0 (greedy only) decodes by prompt lookup: the last tokens are looked up in the
+        text so far and up to that many tokens that followed them there are checked in one forward pass, all
+        those the model itself would pick kept. The reply is the greedy one (up to float rounding); replies
+        that copy the prompt, like gists, come several tokens per pass.
+        """
         import torch
 
         stops = _check_settings(max_new_tokens, temperature, stop)
+        if prompt_lookup < 0 or (prompt_lookup and temperature > 0):
+            raise ValueError(f"prompt_lookup must be >= 0 and is for greedy decoding (temperature 0), got "
+                             f"{prompt_lookup} at temperature {temperature}")
         ids = self.prompt_ids(messages)
         kwargs = self._generate_kwargs(ids, max_new_tokens, stops, temperature)
+        if prompt_lookup:
+            kwargs["prompt_lookup_num_tokens"] = prompt_lookup
+        cached, miss, fill = 0, "", None
+        if prompt_cache is not None:
+            miss = prompt_cache.mismatch(self.model_key, ids)
+            if not miss and prompt_cache.filled:
+                kwargs[self._cache_arg] = _dynamic_cache(prompt_cache, self.model.config)  # a fresh copy
+                cached = len(prompt_cache.ids)
+            elif not miss:  # run the prompt as usual and keep its first positions
+                from transformers import DynamicCache
+
+                fill = kwargs[self._cache_arg] = DynamicCache(config=self.model.config)
         if _first_word:
             kwargs["logits_processor"] = _first_token_mask(len(ids), self._word_start_mask())
         if on_text is not None:
@@ -257,11 +430,71 @@ class LocalGenerator:
             if temperature > 0:
                 torch.manual_seed(self.seed)
             out = self.model.generate(**kwargs)
+            if fill is not None:  # keys and values at a position depend only on the tokens up to it
+                n = len(prompt_cache.ids)
+                prompt_cache.layers = [(layer.keys[:, :, :n].clone(), layer.values[:, :, :n].clone())
+                                       for layer in fill.layers]
         new = out[0, len(ids):].tolist()
         text, hit = cut_at_stop(self.tokenizer.decode(new, skip_special_tokens=True), stops)
         ended_on_eos = bool(new) and new[-1] in _eos_ids(self.model, self.tokenizer)
         finish = "stop" if hit is not None or ended_on_eos or len(new) < max_new_tokens else "length"
-        return Generation(text, hit, finish, len(ids), len(new), time.perf_counter() - start)
+        return Generation(text, hit, finish, len(ids), len(new), time.perf_counter() - start, cached, miss)
+
+    def generate_many(self, conversations: Sequence[Sequence[Message]], *, max_new_tokens: int = 256,
+                      stop: Sequence[str] = ()) -> list[Generation]:
+        """Greedy replies to several prompts in one batch: each prompt is read on its own (no padding to
+        read), then all replies are decoded together, each row ending at its end of turn or stop string.
+
+        On a CPU decoding is bound by reading the weights, so one step for all rows costs little more than one
+        step for one row. The replies equal :meth:`generate`'s one by one, up to float rounding (the rows'
+        caches are left-padded to one length and the padding masked). Each Generation's ``seconds`` is the
+        batch's wall time shared equally among its rows.
+        """
+        import torch
+        import torch.nn.functional as F
+        from transformers import DynamicCache
+
+        stops = _check_settings(max_new_tokens, 0.0, stop)
+        prompts = [self.prompt_ids(m) for m in conversations]
+        for ids in prompts:
+            self._check_window(ids, max_new_tokens)
+        if len(prompts) <= 1 or min(len(ids) for ids in prompts) < 2:  # nothing to batch, or no prefix to cache
+            return [self.generate(m, max_new_tokens=max_new_tokens, stop=stop) for m in conversations]
+        width = max(len(ids) for ids in prompts)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        start = time.perf_counter()
+        with self._lock, _torch_threads(self.threads), torch.inference_mode():
+            rows = []
+            for ids in prompts:  # each prompt but its last token, on its own: no padding to run through
+                cache = DynamicCache(config=self.model.config)
+                self.model(input_ids=torch.tensor([ids[:-1]]), use_cache=True, **{self._cache_arg: cache},
+                           **self._last_logits_only)
+                gap = width - len(ids)
+                rows.append([(F.pad(layer.keys, (0, 0, gap, 0)), F.pad(layer.values, (0, 0, gap, 0)))
+                             for layer in cache.layers])
+            merged = [(torch.cat([r[i][0] for r in rows]), torch.cat([r[i][1] for r in rows]))
+                      for i in range(len(rows[0]))]
+            input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in prompts])
+            mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts])
+            kwargs = {"input_ids": input_ids, "attention_mask": mask, "max_new_tokens": max_new_tokens,
+                      "do_sample": False, "temperature": None, "top_p": None, "top_k": None, "pad_token_id": pad,
+                      self._cache_arg: DynamicCache(ddp_cache_data=merged, config=self.model.config)}
+            if stops:
+                kwargs["stopping_criteria"] = _new_text_stop(self.tokenizer, width, stops)
+            out = self.model.generate(**kwargs)
+        seconds = (time.perf_counter() - start) / len(prompts)
+        eos = _eos_ids(self.model, self.tokenizer)
+        results = []
+        for ids, row in zip(prompts, out[:, width:].tolist()):
+            # a row that ended (end of turn or stop string) before the others is padded from then on
+            new = row[: next((i + 1 for i, t in enumerate(row) if t in eos), len(row))]
+            while new and new[-1] == pad and pad not in eos:
+                new.pop()
+            text, hit = cut_at_stop(self.tokenizer.decode(new, skip_special_tokens=True), stops)
+            ended_on_eos = bool(new) and new[-1] in eos
+            finish = "stop" if hit is not None or ended_on_eos or len(new) < max_new_tokens else "length"
+            results.append(Generation(text, hit, finish, len(ids), len(new), seconds))
+        return results
 
     def choose(self, messages: Sequence[Message], options: Sequence[str]) -> Choice:
         """The option the model finds most likely right after the prompt (sum of its tokens' log-probabilities).
@@ -281,8 +514,7 @@ class LocalGenerator:
         if len(ids) + longest > self.context_window:
             raise InvalidTextError(f"prompt of {len(ids)} tokens + an option of {longest} exceeds the "
                                    f"{self.context_window}-token context window of {self.name}")
-        # transformers renamed past_key_values to cache (5.x); take whichever this version's model accepts
-        cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        cache_arg = self._cache_arg
         start = time.perf_counter()
         scores: dict[str, float] = {}
         with self._lock, _torch_threads(self.threads), torch.inference_mode():
@@ -329,6 +561,17 @@ class LocalGenerator:
         worker.join()
         if errors:
             raise errors[0]
+
+
+# marks where a prompt beginning ends when the chat template is rendered around it (a private-use character)
+_CUT = "\ue000"
+
+
+def _dynamic_cache(prompt_cache: PromptCache, config):
+    """A transformers cache holding a copy of ``prompt_cache``'s keys and values (generation extends it)."""
+    from transformers import DynamicCache
+
+    return DynamicCache(ddp_cache_data=[(k.clone(), v.clone()) for k, v in prompt_cache.layers], config=config)
 
 
 def _first_token_mask(prompt_length: int, allowed):

@@ -19,7 +19,10 @@ from flagstone.models.generator import (
     Generation,
     Generator,
     Message,
+    PromptCache,
     accepts_on_text,
+    accepts_prompt_cache,
+    generate_accepts,
     match_option,
 )
 from flagstone.models.presets import DEFAULT_MODEL
@@ -49,6 +52,8 @@ class Step:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
+    cached_tokens: int = 0  # of prompt_tokens, how many came from a prompt cache instead of being run again
+    cache_miss: str = ""  # why a prompt cache offered for this step was not used ("" if used or none offered)
 
 
 # how an agent's action was decided: a generator's choice (CHOICE_SOURCES) or the pipeline's stated rule
@@ -275,9 +280,15 @@ class Recorder:
         self.trace = trace if trace is not None else Trace()
 
     def generate(self, name: str, messages: Sequence[Message], *, max_new_tokens: int, stop: Sequence[str] = (),
-                 temperature: float = 0.0) -> Generation:
+                 temperature: float = 0.0, prompt_cache: PromptCache | None = None,
+                 prompt_lookup: int = 0) -> Generation:
+        """One generator call, recorded as a step. ``prompt_cache``: the key-value cache of the prompt's
+        beginning, reused when the generator can (the step's ``cached_tokens``), else the step's ``cache_miss``
+        says why not. ``prompt_lookup``: greedy prompt-lookup decoding, for a generator that offers it (the
+        caller checks with :func:`~flagstone.models.generator.generate_accepts` and records what it used)."""
         listener = _LISTENER.get()
-        extra = {}
+        extra: dict = {}
+        miss = ""
         if listener is not None:
             listener.step_started("generate", name)
             sink = listener.text_sink(name)
@@ -286,14 +297,44 @@ class Recorder:
                     raise FlagstoneError(f"generator {self.generator.name} cannot stream its text (its generate "
                                          f"takes no on_text); use a local generator or do not ask for the text")
                 extra["on_text"] = sink
+        if prompt_lookup:
+            if not generate_accepts(self.generator, "prompt_lookup"):
+                raise FlagstoneError(f"generator {self.generator.name} has no prompt-lookup decoding")
+            extra["prompt_lookup"] = prompt_lookup
+        if prompt_cache is not None:
+            if accepts_prompt_cache(self.generator):
+                extra["prompt_cache"] = prompt_cache
+            else:
+                miss = f"generator {self.generator.name} cannot reuse a prompt cache"
         out = self.generator.generate(messages, max_new_tokens=max_new_tokens, stop=stop, temperature=temperature,
                                       **extra)
+        self._record(name, messages, out, miss or out.cache_miss, listener)
+        return out
+
+    def generate_many(self, name: str, conversations: Sequence[Sequence[Message]], *, max_new_tokens: int
+                      ) -> tuple[list[Generation], bool]:
+        """Greedy replies to several prompts, each recorded as its own step: in one batch when the generator
+        has ``generate_many`` (and no listener streams this step's text), else one by one. Returns the replies
+        and whether they were batched."""
+        listener = _LISTENER.get()
+        batch = getattr(self.generator, "generate_many", None)
+        if batch is None or (listener is not None and listener.text_sink(name) is not None):
+            return [self.generate(name, m, max_new_tokens=max_new_tokens) for m in conversations], False
+        if listener is not None:
+            for _ in conversations:
+                listener.step_started("generate", name)
+        outs = batch(conversations, max_new_tokens=max_new_tokens)
+        for messages, out in zip(conversations, outs):
+            self._record(name, messages, out, out.cache_miss, listener)
+        return outs, True
+
+    def _record(self, name: str, messages: Sequence[Message], out: Generation, miss: str, listener) -> None:
         step = Step("generate", name, [dict(m) for m in messages], out.text, prompt_tokens=out.prompt_tokens,
-                    completion_tokens=out.completion_tokens, seconds=out.seconds)
+                    completion_tokens=out.completion_tokens, seconds=out.seconds,
+                    cached_tokens=out.cached_tokens, cache_miss=miss)
         self.trace.steps.append(step)
         if listener is not None:
             listener.step_finished(step)
-        return out
 
     def write(self, name: str, messages: Sequence[Message], *, max_new_tokens: int, stop: Sequence[str] = ()
               ) -> tuple[Generation, str]:

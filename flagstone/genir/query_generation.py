@@ -233,7 +233,7 @@ def _generate_into(path: Path, header: dict[str, Any], cached: dict[str, tuple[l
     from tqdm.auto import tqdm
 
     from flagstone.models.causal_lm import load_causal_lm
-    from flagstone.models.generator import LocalGenerator, _eos_ids, _first_token_mask, _new_text_stop
+    from flagstone.models.generator import LocalGenerator, eos_token_ids, first_token_mask, new_text_stop
 
     lm = LocalGenerator(load_causal_lm(folder, dtype=dtype))
     tokenizer = lm.tokenizer
@@ -244,8 +244,8 @@ def _generate_into(path: Path, header: dict[str, Any], cached: dict[str, tuple[l
                         f"{lm.context_window}-token window; lower document_tokens")
     order = sorted(prompts, key=lambda h: len(prompts[h]))  # similar lengths share a batch: little padding
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos = sorted(_eos_ids(lm.model, tokenizer))
-    word_start = lm._word_start_mask()
+    eos = sorted(eos_token_ids(lm.model, tokenizer))
+    word_start = lm.word_start_mask()
     n = settings.queries_per_document
     if not path.is_file() or not cached:
         with atomic_write(path, "w") as handle:  # a fresh file starts with its header
@@ -262,10 +262,10 @@ def _generate_into(path: Path, header: dict[str, Any], cached: dict[str, tuple[l
             mask = torch.tensor([[0] * (width - len(prompts[h])) + [1] * len(prompts[h]) for h in batch])
             kwargs: dict[str, Any] = {"max_new_tokens": settings.max_new_tokens, "pad_token_id": pad,
                                       "eos_token_id": eos, "num_return_sequences": n,
-                                      "stopping_criteria": _new_text_stop(tokenizer, width, ["\n"]),
+                                      "stopping_criteria": new_text_stop(tokenizer, width, ["\n"]),
                                       # the first token starts a word: no reply opens with a newline (it would
                                       # be cut to nothing) or the end of the turn
-                                      "logits_processor": _first_token_mask(width, word_start)}
+                                      "logits_processor": first_token_mask(width, word_start)}
             if settings.sampled:
                 kwargs.update(do_sample=True, top_k=settings.top_k, temperature=settings.temperature, top_p=None)
             else:

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from flagstone._io import atomic_write, require_file
 from flagstone.errors import DataError, FlagstoneError, InvalidTextError
@@ -357,7 +357,7 @@ class LocalGenerator:
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         if stop:
-            kwargs["stopping_criteria"] = _new_text_stop(self.tokenizer, len(ids), stop)
+            kwargs["stopping_criteria"] = new_text_stop(self.tokenizer, len(ids), stop)
         return kwargs
 
     def write(self, messages: Sequence[Message], *, max_new_tokens: int = 64, stop: Sequence[str] = ()) -> Generation:
@@ -367,7 +367,7 @@ class LocalGenerator:
         Used for the text an agent's action needs (a search query, a note)."""
         return self.generate(messages, max_new_tokens=max_new_tokens, stop=stop, _first_word=True)
 
-    def _word_start_mask(self):
+    def word_start_mask(self) -> Any:
         """A vocabulary-sized mask of the tokens whose text starts with a word character (after one space)."""
         import re
 
@@ -422,7 +422,7 @@ class LocalGenerator:
 
                 fill = kwargs[self._cache_arg] = DynamicCache(config=self.model.config)
         if _first_word:
-            kwargs["logits_processor"] = _first_token_mask(len(ids), self._word_start_mask())
+            kwargs["logits_processor"] = first_token_mask(len(ids), self.word_start_mask())
         if on_text is not None:
             kwargs["streamer"] = _callback_streamer(self.tokenizer, stops, on_text)
         start = time.perf_counter()
@@ -436,7 +436,7 @@ class LocalGenerator:
                                        for layer in fill.layers]
         new = out[0, len(ids):].tolist()
         text, hit = cut_at_stop(self.tokenizer.decode(new, skip_special_tokens=True), stops)
-        ended_on_eos = bool(new) and new[-1] in _eos_ids(self.model, self.tokenizer)
+        ended_on_eos = bool(new) and new[-1] in eos_token_ids(self.model, self.tokenizer)
         finish = "stop" if hit is not None or ended_on_eos or len(new) < max_new_tokens else "length"
         return Generation(text, hit, finish, len(ids), len(new), time.perf_counter() - start, cached, miss)
 
@@ -480,10 +480,10 @@ class LocalGenerator:
                       "do_sample": False, "temperature": None, "top_p": None, "top_k": None, "pad_token_id": pad,
                       self._cache_arg: DynamicCache(ddp_cache_data=merged, config=self.model.config)}
             if stops:
-                kwargs["stopping_criteria"] = _new_text_stop(self.tokenizer, width, stops)
+                kwargs["stopping_criteria"] = new_text_stop(self.tokenizer, width, stops)
             out = self.model.generate(**kwargs)
         seconds = (time.perf_counter() - start) / len(prompts)
-        eos = _eos_ids(self.model, self.tokenizer)
+        eos = eos_token_ids(self.model, self.tokenizer)
         results = []
         for ids, row in zip(prompts, out[:, width:].tolist()):
             # a row that ended (end of turn or stop string) before the others is padded from then on
@@ -574,7 +574,7 @@ def _dynamic_cache(prompt_cache: PromptCache, config):
     return DynamicCache(ddp_cache_data=[(k.clone(), v.clone()) for k, v in prompt_cache.layers], config=config)
 
 
-def _first_token_mask(prompt_length: int, allowed):
+def first_token_mask(prompt_length: int, allowed: Any) -> Any:
     """Only ``allowed`` tokens at the first generated position; any token after it."""
     from transformers import LogitsProcessor, LogitsProcessorList
 
@@ -606,7 +606,7 @@ def gbnf_choice(options: Sequence[str]) -> str:
     return "root ::= " + " | ".join(json.dumps(o) for o in options)
 
 
-def _new_text_stop(tokenizer, prompt_length: int, stops: Sequence[str]):
+def new_text_stop(tokenizer: Any, prompt_length: int, stops: Sequence[str]) -> Any:
     """Stop when the generated text (not the prompt: transformers' own ``stop_strings`` also match across the
     prompt's end) contains a stop string."""
     import torch
@@ -684,7 +684,8 @@ def _callback_streamer(tokenizer, stops: Sequence[str], on_text: Callable[[str],
     return CallbackStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
 
 
-def _eos_ids(model, tokenizer) -> set[int]:
+def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
+    """Every token id that ends a reply: the generation config's end ids (one or a list) and the tokenizer's."""
     ids = model.generation_config.eos_token_id if model.generation_config is not None else None
     ids = ids if isinstance(ids, list) else [ids]
     return {i for i in ids + [tokenizer.eos_token_id] if i is not None}

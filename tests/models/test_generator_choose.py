@@ -110,13 +110,13 @@ def test_write_masks_only_the_first_token_to_word_starts(gen):
 
     import torch
 
-    from flagstone.models.generator import _first_token_mask
+    from flagstone.models.generator import first_token_mask
 
-    mask = gen._word_start_mask()
+    mask = gen.word_start_mask()
     newline = gen.tokenizer("\n", add_special_tokens=False)["input_ids"][0]
     word = gen.tokenizer("value", add_special_tokens=False)["input_ids"][0]
     assert not mask[newline] and mask[word] and not mask[gen.tokenizer.eos_token_id]
-    processor = _first_token_mask(3, mask)[0]
+    processor = first_token_mask(3, mask)[0]
     first = processor(torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, len(mask)))
     assert torch.isinf(first[0, ~mask]).all() and (first[0, mask] == 0).all()
     later = processor(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, len(mask)))

@@ -56,6 +56,17 @@ def append_run(name: str, run: dict, table: str) -> int:
     return len(runs)
 
 
+def set_result_entry(stem: str, key: str, value: object) -> None:
+    """Set one top-level entry of ``<stem>.json``, keeping the rest of the file (written to a sibling, then
+    renamed): how a benchmark adds its part to another benchmark's results file."""
+    path = RESULTS / f"{stem}.json"
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    saved[key] = value
+    staging = path.with_suffix(".json.tmp")
+    staging.write_text(json.dumps(saved, indent=2) + "\n")
+    staging.replace(path)
+
+
 def load_scifact_with_train(data: str | Path):
     """SciFact's test split (corpus, queries, test qrels), its train qrels and ``{doc id: text}``, or None
     with a message when the folder is missing. Both training benchmarks start here."""

@@ -17,13 +17,12 @@ and sets the ``subsets`` entry of benchmarks/results/train_scifact.json (the res
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import time
 from pathlib import Path
 
-from _common import RESULTS, SHARED_DATA, load_scifact_with_train, per_query_ndcg
+from _common import RESULTS, SHARED_DATA, load_scifact_with_train, per_query_ndcg, set_result_entry
 
 from flagstone.evaluation.beir import load_queries
 from flagstone.evaluation.significance import paired_test
@@ -133,12 +132,7 @@ def main() -> int:
     lines.append(f"\nWall time {out['wall_s'] / 60:.1f} min. Models from {models}.")
     table = "\n".join(lines)
     (RESULTS / "scifact_subsets.md").write_text(table + "\n")
-    results_file = RESULTS / "train_scifact.json"
-    saved = json.loads(results_file.read_text()) if results_file.is_file() else {}
-    saved["subsets"] = out
-    staging = results_file.with_suffix(".json.tmp")
-    staging.write_text(json.dumps(saved, indent=2) + "\n")
-    staging.replace(results_file)
+    set_result_entry("train_scifact", "subsets", out)
     print(table)
     return 0
 

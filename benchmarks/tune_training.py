@@ -6,6 +6,16 @@ queries, train on the other 709 and score the held-out queries (whole corpus, nD
     python benchmarks/tune_training.py cocktail --model benchmarks/models/tune-dense-lr1e-04-t0.05 \\
         --cocktail-temperatures 0.5,1,2,5
     python benchmarks/tune_training.py baselines      # the base model and BM25 on the held-out queries
+    python benchmarks/tune_training.py report         # every carved-split dense configuration in one table
+
+With ``--split-folder`` the held-out queries are a split carved to disk instead (the tuning grid's protocol):
+
+    flagstone data carve-split ../shared/data/beir/scifact -o benchmarks/data/scifact-dev --count 100 --seed 0
+    python benchmarks/tune_training.py dense --split-folder benchmarks/data/scifact-dev \\
+        --learning-rates 1e-4 --temperatures 0.05 --group-size 4 --epochs 3
+
+trains on that folder's ``qrels/train.tsv`` and scores its ``qrels/dev.tsv`` (the manifest's file hashes are
+checked first and recorded in the run). The test split's judgements are never used by this script.
 
 ``dense`` and ``m3`` train one model per (learning rate, temperature) and keep the last one of each in
 benchmarks/models/tune-*; ``cocktail`` merges such a model with the base at LM-Cocktail weights from 8
@@ -15,9 +25,11 @@ training examples for each temperature. Each run is appended to benchmarks/resul
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
+from pathlib import Path
 
 from _common import (
     RESULTS,
@@ -25,9 +37,13 @@ from _common import (
     load_scifact_with_train,
     append_run,
     mine_scifact_examples,
+    save_results,
+    set_result_entry,
 )
 
-from flagstone.evaluation.beir import BeirDataset
+from flagstone.evaluation.beir import BeirDataset, load_qrels
+from flagstone.evaluation.splits import read_split_manifest
+from flagstone.errors import FlagstoneError
 from flagstone.evaluation.retrieval import evaluate_retrieval
 from flagstone.models.cache import EmbeddingCache
 from flagstone.models.embedder import Embedder
@@ -52,11 +68,47 @@ def floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x]
 
 
+def grid_report() -> int:
+    """Every configuration of every dense run scored on a carved split (tune_training_dense.json), one row per
+    (learning rate, temperature, group size, epoch), best first; written to tune_training_grid.{md,json} and
+    train_scifact.json's ``grid`` entry. Runs on
+    different splits are not mixed: the split of the newest run is the one reported."""
+    path = RESULTS / "tune_training_dense.json"
+    runs = [r for r in json.loads(path.read_text())["runs"] if r.get("split")] if path.is_file() else []
+    if not runs:
+        print(f"no dense run on a carved split in {path}: run 'tune_training.py dense --split-folder ...' first",
+              file=sys.stderr)
+        return 2
+    split = runs[-1]["split"]
+    same = [r for r in runs if r["split"]["files_sha256"] == split["files_sha256"]]
+    rows = [{**row, "negatives": row["group_size"] - 1, "run_finished": run["finished"], "commit": run["commit"]}
+            for run in same for row in run["rows"]]
+    rows.sort(key=lambda r: -r["dense_ndcg@10"])
+    base, bm25 = same[-1]["base_ndcg@10"], same[-1]["bm25_ndcg@10"]
+    lines = [f"{len(rows)} configurations from {len(same)} runs, scored on the carved split's "
+             f"{split['splits'][split['carved']]['queries']} dev queries (seed {split['seed']}, {split['rule']}); "
+             f"trained on its {split['splits']['train']['queries']} other train queries. Test judgements never used.",
+             "", "| learning rate | temperature | hard negatives | epochs | dev nDCG@10 |", "|---|---|---|---|---|"]
+    lines += [f"| {r['learning_rate']:g} | {r['temperature']:g} | {r['negatives']} | {r['epoch']:g} | "
+              f"{r['dense_ndcg@10']:.4f} |" for r in rows]
+    lines.append(f"\nbefore training: base model {base:.4f}, BM25 {bm25:.4f} on the same dev queries.")
+    out = {"split": split, "base_ndcg@10": base, "bm25_ndcg@10": bm25, "configurations": len(rows),
+           "best": rows[0], "rows": rows}
+    save_results("tune_training_grid", "\n".join(lines), tune_training_grid=out)
+    set_result_entry("train_scifact", "grid", out)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=("dense", "m3", "cocktail", "baselines"),
-                        help="baselines: only score the base model and BM25 on the held-out queries")
+    parser.add_argument("stage", choices=("dense", "m3", "cocktail", "baselines", "report"),
+                        help="baselines: only score the base model and BM25 on the held-out queries; report: "
+                             "gather every dense run on a carved split into tune_training_grid.{md,json}")
     parser.add_argument("--data", default=str(SHARED_DATA / "beir" / "scifact"))
+    parser.add_argument("--split-folder", default=None,
+                        help="a folder 'flagstone data carve-split' wrote from --data's train split: train on its "
+                             "qrels/train.tsv, score its carved split (default: hold out 100 train queries with "
+                             "split_queries, seed 0)")
     parser.add_argument("--learning-rates", type=floats, default=[3e-5])
     parser.add_argument("--temperatures", type=floats, default=[0.02], help="InfoNCE temperatures")
     parser.add_argument("--epochs", type=int, default=2)
@@ -68,11 +120,31 @@ def main() -> int:
     parser.add_argument("--cocktail-temperatures", type=floats, default=[0.5, 1.0, 2.0, 5.0])
     parser.add_argument("--cocktail-examples", type=int, default=8)
     args = parser.parse_args()
+    if args.stage == "report":
+        return grid_report()
     loaded = load_scifact_with_train(args.data)
     if loaded is None:
         return 2
     test, train_qrels, doc_text = loaded
-    fit_ids, held_out_ids = split_queries(sorted(train_qrels), HELD_OUT, seed=0)
+    split = None
+    if args.split_folder:
+        try:
+            manifest = read_split_manifest(args.split_folder)  # checks every file's hash
+        except FlagstoneError as error:
+            print(f"--split-folder: {error}", file=sys.stderr)
+            return 2
+        carved = manifest["carved"]
+        folder = Path(args.split_folder)
+        dev_qrels = load_qrels(folder / "qrels" / f"{carved}.tsv")
+        rest_qrels = load_qrels(folder / "qrels" / f"{manifest['source']['split']}.tsv")
+        if manifest["source"]["split"] != "train" or not set(dev_qrels) | set(rest_qrels) <= set(train_qrels):
+            print(f"--split-folder: {folder} was not carved from {args.data}'s train split", file=sys.stderr)
+            return 2
+        fit_ids, held_out_ids = sorted(rest_qrels), sorted(dev_qrels)
+        split = {"folder": str(folder), "seed": manifest["seed"], "rule": manifest["rule"], "carved": carved,
+                 "splits": manifest["splits"], "files_sha256": manifest["files_sha256"]}
+    else:
+        fit_ids, held_out_ids = split_queries(sorted(train_qrels), HELD_OUT, seed=0)
     held_out = BeirDataset("scifact-train-held-out", test.doc_ids, test.doc_texts, test.queries,
                            {q: train_qrels[q] for q in held_out_ids})
     cache = EmbeddingCache()
@@ -123,7 +195,8 @@ def main() -> int:
         modes = ("dense",) if args.stage == "dense" else ("dense", "sparse", "colbert", "hybrid")
         for lr in args.learning_rates:
             for temperature in args.temperatures:
-                name = f"tune-{args.stage}-lr{lr:.0e}-t{temperature:g}"
+                name = f"tune-{args.stage}-lr{lr:.0e}-t{temperature:g}" + (
+                    f"-g{args.group_size}" if args.group_size != 4 else "")
                 embedder = Embedder(BASE, show_progress=False)
                 settings = EmbedderTrainingSettings(heads=heads, group_size=args.group_size,
                                                     batch_size=args.batch_size, temperature=temperature,
@@ -144,7 +217,7 @@ def main() -> int:
                                on_step=check, overwrite=True)
                 print(f"{name}: {time.perf_counter() - started:.0f} s with evaluation", flush=True)
                 for row in check.history:
-                    rows.append({"learning_rate": lr, "temperature": temperature,
+                    rows.append({"learning_rate": lr, "temperature": temperature, "group_size": args.group_size,
                                  "epoch": row["step"] / steps_per_epoch,
                                  **{f"{m}_ndcg@10": row[f"{m}_ndcg@10"] for m in modes}})
         lines = ["| learning rate | temperature | epoch | " + " | ".join(f"{m} nDCG@10" for m in modes) + " |",
@@ -158,7 +231,8 @@ def main() -> int:
     lines.append(f"{len(fit_ids)} train queries for training, {len(held_out_ids)} held out for scoring "
                  f"(whole corpus). Wall time {(time.perf_counter() - wall) / 60:.1f} min on 2 cores.")
     out = {"stage": args.stage, "arguments": {k: v for k, v in vars(args).items() if k != "data"},
-           "train_queries": len(fit_ids), "held_out_queries": len(held_out_ids), "base_ndcg@10": base_score,
+           "train_queries": len(fit_ids), "held_out_queries": len(held_out_ids), "split": split,
+           "base_ndcg@10": base_score,
            "bm25_ndcg@10": bm25_score,
            "summary": summary, "rows": rows}
     number = append_run(f"tune_training_{args.stage}", out, "\n".join(lines))

@@ -1,0 +1,61 @@
+"""The tuning grid's report (benchmarks/tune_training.py report): every configuration of every carved-split run
+is kept and ranked, runs on another split are left out, and train_scifact.json keeps its other entries."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture()
+def tune(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import _common
+    import tune_training
+
+    monkeypatch.setattr(_common, "RESULTS", tmp_path)
+    monkeypatch.setattr(tune_training, "RESULTS", tmp_path)
+    return tune_training, tmp_path
+
+
+def split(hash_: str) -> dict:
+    return {"folder": "dev", "seed": 0, "rule": "sha256", "carved": "dev", "files_sha256": {"qrels/dev.tsv": hash_},
+            "splits": {"dev": {"queries": 100}, "train": {"queries": 709}}}
+
+
+def run(split_: dict | None, rows: list[tuple[float, float, int, int, float]]) -> dict:
+    return {"split": split_, "finished": "2026-12-04T10:00:00+00:00", "commit": "abc", "base_ndcg@10": 0.65,
+            "bm25_ndcg@10": 0.70,
+            "rows": [{"learning_rate": lr, "temperature": t, "group_size": g, "epoch": e, "dense_ndcg@10": s}
+                     for lr, t, g, e, s in rows]}
+
+
+def test_report_keeps_every_configuration_of_the_newest_split(tune, capsys):
+    module, results = tune
+    runs = [run(None, [(3e-5, 0.02, 4, 1, 0.99)]),                      # held out by split_queries: not the grid
+            run(split("old"), [(1e-4, 0.05, 4, 1, 0.98)]),              # another carved split: not mixed in
+            run(split("new"), [(1e-4, 0.05, 4, 1, 0.75), (1e-4, 0.05, 4, 2, 0.81)]),
+            run(split("new"), [(2e-4, 0.05, 8, 1, 0.79), (2e-4, 0.05, 8, 2, 0.77)])]
+    (results / "tune_training_dense.json").write_text(json.dumps({"runs": runs}))
+    (results / "train_scifact.json").write_text(json.dumps({"subsets": {"kept": True}}))
+    assert module.grid_report() == 0
+    grid = json.loads((results / "tune_training_grid.json").read_text())
+    assert grid["configurations"] == 4
+    assert [r["dense_ndcg@10"] for r in grid["rows"]] == [0.81, 0.79, 0.77, 0.75]
+    assert grid["best"]["epoch"] == 2 and grid["best"]["negatives"] == 3
+    assert grid["rows"][1]["negatives"] == 7
+    saved = json.loads((results / "train_scifact.json").read_text())
+    assert saved["subsets"] == {"kept": True} and saved["grid"] == grid
+    assert "| 0.0001 | 0.05 | 3 | 2 | 0.8100 |" in (results / "tune_training_grid.md").read_text()
+
+
+def test_report_without_a_carved_run_is_a_user_mistake(tune, capsys):
+    module, results = tune
+    (results / "tune_training_dense.json").write_text(json.dumps({"runs": [run(None, [(1e-4, 0.05, 4, 1, 0.7)])]}))
+    assert module.grid_report() == 2
+    assert "--split-folder" in capsys.readouterr().err
+    assert not (results / "tune_training_grid.json").exists()

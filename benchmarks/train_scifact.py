@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
@@ -186,6 +187,10 @@ def main() -> int:
     if args.quick:
         print("\n".join(lines))
         return 0
+    previous = RESULTS / "train_scifact.json"
+    if previous.is_file() and "grid" in (saved := json.loads(previous.read_text())):
+        out["grid"] = saved["grid"]  # the tuning grid (tune_training.py report) does not depend on this run
+    # "subsets" is dropped: it scored the models this run replaces; scifact_subsets.py writes it again
     save_results("train_scifact", "\n".join(lines), train_scifact=out)
     return 0
 

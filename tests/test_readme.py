@@ -169,6 +169,8 @@ def readme_cases() -> list[Case]:
                     kind = "benchmark"
                 elif words[0] == "bash" and words[1].startswith("scripts/"):
                     kind = "script"
+                elif words[0] == "bash" and words[1].startswith("benchmarks/") and words[1].endswith(".sh"):
+                    kind = "benchmark"  # a chain of benchmarks
                 else:
                     raise AssertionError(f"README.md:{line}: a command this test does not know how to run: {text}")
                 cases.append(Case(kind, line, text))
@@ -467,6 +469,11 @@ _help_cache: dict[str, subprocess.CompletedProcess] = {}
 def check_benchmark(words: list[str], space: Workspace) -> None:
     script = REPO / words[1]
     assert script.is_file(), f"{words[1]} does not exist"
+    if script.suffix == ".sh":  # a chain of benchmarks: it parses, and each one it runs exists
+        assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+        for step in re.findall(r"^for step in (.+); do$", script.read_text(), flags=re.M)[0].split():
+            assert (REPO / "benchmarks" / f"{step}.py").is_file(), f"{words[1]} runs benchmarks/{step}.py: missing"
+        return
     if words[1] not in _help_cache:
         _help_cache[words[1]] = subprocess.run([sys.executable, str(script), "--help"], cwd=REPO, env=space.env,
                                                capture_output=True, text=True, timeout=120)

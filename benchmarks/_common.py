@@ -80,15 +80,17 @@ def load_scifact_with_train(data: str | Path):
     return test, train_qrels, dict(zip(test.doc_ids, test.doc_texts))
 
 
-def mine_scifact_examples(test, train_qrels, doc_text: dict[str, str], query_ids, cache, base: str):
+def mine_scifact_examples(test, train_qrels, doc_text: dict[str, str], query_ids, cache, base: str,
+                          dtype: str = "bfloat16"):
     """Training examples for ``query_ids`` (train qrels) with 15 hard negatives each from ``base``'s dense
-    ranks 5-99 over the whole corpus (bf16 inference, embeddings cached): what both training benchmarks train on."""
+    ranks 5-99 over the whole corpus (``dtype`` inference, embeddings cached): what both training benchmarks
+    train on."""
     from flagstone.models.embedder import Embedder
     from flagstone.retrieval.retriever import Retriever
     from flagstone.training.data import examples_from_qrels
     from flagstone.training.mining import mine_hard_negatives
 
-    retriever = Retriever(Embedder(base, dtype="bfloat16", show_progress=False), signals=["dense"], cache=cache)
+    retriever = Retriever(Embedder(base, dtype=dtype, show_progress=False), signals=["dense"], cache=cache)
     retriever.fit(test.doc_ids, test.doc_texts)
     examples = examples_from_qrels(test.queries, train_qrels, doc_text, query_ids)
     examples = mine_hard_negatives(examples, retriever, doc_text, mode="dense", rank_range=(5, 100),

@@ -81,16 +81,18 @@ def grid_report() -> int:
         return 2
     split = runs[-1]["split"]
     same = [r for r in runs if r["split"]["files_sha256"] == split["files_sha256"]]
-    rows = [{**row, "negatives": row["group_size"] - 1, "run_finished": run["finished"], "commit": run["commit"]}
-            for run in same for row in run["rows"]]
+    rows = [{**row, "negatives": row["group_size"] - 1,
+             "precision": run.get("arguments", {}).get("precision", "bfloat16"),
+             "run_finished": run["finished"], "commit": run["commit"]} for run in same for row in run["rows"]]
     rows.sort(key=lambda r: -r["dense_ndcg@10"])
     base, bm25 = same[-1]["base_ndcg@10"], same[-1]["bm25_ndcg@10"]
     lines = [f"{len(rows)} configurations from {len(same)} runs, scored on the carved split's "
              f"{split['splits'][split['carved']]['queries']} dev queries (seed {split['seed']}, {split['rule']}); "
              f"trained on its {split['splits']['train']['queries']} other train queries. Test judgements never used.",
-             "", "| learning rate | temperature | hard negatives | epochs | dev nDCG@10 |", "|---|---|---|---|---|"]
+             "", "| learning rate | temperature | hard negatives | epochs | precision | dev nDCG@10 |",
+             "|---|---|---|---|---|---|"]
     lines += [f"| {r['learning_rate']:g} | {r['temperature']:g} | {r['negatives']} | {r['epoch']:g} | "
-              f"{r['dense_ndcg@10']:.4f} |" for r in rows]
+              f"{r['precision']} | {r['dense_ndcg@10']:.4f} |" for r in rows]
     lines.append(f"\nbefore training: base model {base:.4f}, BM25 {bm25:.4f} on the same dev queries.")
     out = {"split": split, "base_ndcg@10": base, "bm25_ndcg@10": bm25, "configurations": len(rows),
            "best": rows[0], "rows": rows}
@@ -115,6 +117,9 @@ def main() -> int:
     parser.add_argument("--group-size", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--passage-length", type=int, default=192)
+    parser.add_argument("--precision", choices=("bfloat16", "float32"), default="bfloat16",
+                        help="training autocast and inference dtype (default: bfloat16, train_scifact's; use "
+                             "float32 on CPUs without native bf16 (no avx512_bf16 / AMX), where bf16 is ~5x slower)")
     parser.add_argument("--sparse-init", choices=("idf", "uniform"), default="idf")
     parser.add_argument("--model", help="cocktail: the fine-tuned folder to merge with the base")
     parser.add_argument("--cocktail-temperatures", type=floats, default=[0.5, 1.0, 2.0, 5.0])
@@ -148,8 +153,10 @@ def main() -> int:
     held_out = BeirDataset("scifact-train-held-out", test.doc_ids, test.doc_texts, test.queries,
                            {q: train_qrels[q] for q in held_out_ids})
     cache = EmbeddingCache()
+    bf16 = args.precision == "bfloat16"
     wall = time.perf_counter()
-    examples, retriever = mine_scifact_examples(test, train_qrels, doc_text, fit_ids, cache, BASE)
+    examples, retriever = mine_scifact_examples(test, train_qrels, doc_text, fit_ids, cache, BASE,
+                                                 dtype=args.precision)
     rows: list[dict[str, object]] = []
     # m3: held-out sparse nDCG@10 of each IDF-initialised head before training; cocktail: the chosen temperature
     summary: dict[str, float] = {}
@@ -168,12 +175,14 @@ def main() -> int:
         few = examples[: args.cocktail_examples]
         losses = [example_loss(args.model, few, "embedder"), example_loss(base_path, few, "embedder")]
         rows.append({"model": "base", "held_out_ndcg@10": base_score})
-        score = RetrievalValidation(Embedder(args.model, show_progress=False), held_out, every=1).evaluate()
+        score = RetrievalValidation(Embedder(args.model, show_progress=False), held_out, every=1,
+                                    bfloat16=bf16).evaluate()
         rows.append({"model": "finetuned", "held_out_ndcg@10": score["dense_ndcg@10"]})
         for temperature in args.cocktail_temperatures:
             weights = cocktail_weights(losses, temperature=temperature)
             merged = merge_models([args.model, base_path], weights, MODELS / "tune-merged", overwrite=True)
-            score = RetrievalValidation(Embedder(str(merged), show_progress=False), held_out, every=1).evaluate()
+            score = RetrievalValidation(Embedder(str(merged), show_progress=False), held_out, every=1,
+                                        bfloat16=bf16).evaluate()
             rows.append({"model": f"merged T={temperature:g}", "finetuned_weight": weights[0],
                          "held_out_ndcg@10": score["dense_ndcg@10"]})
         tuned_score = rows[1]["held_out_ndcg@10"]
@@ -203,14 +212,15 @@ def main() -> int:
                                                     passage_max_length=args.passage_length,
                                                     sparse_init=args.sparse_init)
                 config = TrainingConfig(epochs=args.epochs, learning_rate=lr, warmup_ratio=0.1,
-                                        precision="bfloat16", seed=0)
+                                        precision=args.precision, seed=0)
                 steps_per_epoch = math.ceil(len(examples) / args.batch_size)
-                check = RetrievalValidation(embedder, held_out, every=steps_per_epoch, modes=modes,
+                check = RetrievalValidation(embedder, held_out, every=steps_per_epoch, modes=modes, bfloat16=bf16,
                                             hybrid=HybridConfig(weights=HEAD_WEIGHTS))
                 if args.stage == "m3" and args.sparse_init == "idf":  # where the new sparse head starts
                     embedder.sparse_head = idf_sparse_head(embedder, unique_passages(examples),
                                                            max_length=args.passage_length)
-                    start = RetrievalValidation(embedder, held_out, every=1, modes=("sparse",)).evaluate(0)
+                    start = RetrievalValidation(embedder, held_out, every=1, modes=("sparse",),
+                                                bfloat16=bf16).evaluate(0)
                     summary[f"{name} initial sparse_ndcg@10"] = start["sparse_ndcg@10"]
                 started = time.perf_counter()
                 train_embedder(embedder, examples, MODELS / name, settings=settings, config=config,
@@ -226,7 +236,7 @@ def main() -> int:
                   for lr in args.learning_rates for t in args.temperatures if summary]
         lines += [f"| {r['learning_rate']:g} | {r['temperature']:g} | {r['epoch']:g} | "
                   + " | ".join(f"{r[f'{m}_ndcg@10']:.4f}" for m in modes) + " |" for r in rows]
-    lines.append(f"\nheld-out nDCG@10 before training: base model (bfloat16, dense) {base_score:.4f}, "
+    lines.append(f"\nheld-out nDCG@10 before training: base model ({args.precision}, dense) {base_score:.4f}, "
                  f"BM25 {bm25_score:.4f}")
     lines.append(f"{len(fit_ids)} train queries for training, {len(held_out_ids)} held out for scoring "
                  f"(whole corpus). Wall time {(time.perf_counter() - wall) / 60:.1f} min on 2 cores.")

@@ -50,7 +50,7 @@ def test_report_keeps_every_configuration_of_the_newest_split(tune, capsys):
     assert grid["rows"][1]["negatives"] == 7
     saved = json.loads((results / "train_scifact.json").read_text())
     assert saved["subsets"] == {"kept": True} and saved["grid"] == grid
-    assert "| 0.0001 | 0.05 | 3 | 2 | 0.8100 |" in (results / "tune_training_grid.md").read_text()
+    assert "| 0.0001 | 0.05 | 3 | 2 | bfloat16 | 0.8100 |" in (results / "tune_training_grid.md").read_text()
 
 
 def test_report_without_a_carved_run_is_a_user_mistake(tune, capsys):

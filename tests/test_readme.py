@@ -73,6 +73,8 @@ SUBSTITUTIONS = [
                  "passages cut to 64 tokens (train.jsonl has 4 queries: one step per epoch)"),
     Substitution("bash", "flagstone train reranker", "flagstone train reranker --max-length 64",
                  "passages cut to 64 tokens (train.jsonl has 4 queries: one step per epoch)"),
+    Substitution("bash", "-o benchmarks/data/scifact-dev --count 100", "-o benchmarks/data/scifact-dev --count 1",
+                 "the slice has 4 SciFact train queries: carve 1 of them, not 100"),
     Substitution("bash", "--max-steps 200", "--max-steps 3",
                  "news recommender training: 3 steps, not 200 (minutes on a shared CPU)"),
     Substitution("bash", "flagstone inters-data -o inters-data",

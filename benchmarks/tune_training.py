@@ -120,6 +120,8 @@ def main() -> int:
     parser.add_argument("--precision", choices=("bfloat16", "float32"), default="bfloat16",
                         help="training autocast and inference dtype (default: bfloat16, train_scifact's; use "
                              "float32 on CPUs without native bf16 (no avx512_bf16 / AMX), where bf16 is ~5x slower)")
+    parser.add_argument("--flops", nargs=2, type=float, default=[0.0, 0.0], metavar=("QUERY", "PASSAGE"),
+                        help="m3: SPLADE FLOPS regulariser weights on the sparse head (default: 0 0, off)")
     parser.add_argument("--sparse-init", choices=("idf", "uniform"), default="idf")
     parser.add_argument("--model", help="cocktail: the fine-tuned folder to merge with the base")
     parser.add_argument("--cocktail-temperatures", type=floats, default=[0.5, 1.0, 2.0, 5.0])
@@ -127,6 +129,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.stage == "report":
         return grid_report()
+    if any(args.flops) and args.stage != "m3":
+        parser.error("--flops regularises the sparse head: only the m3 stage trains one")
     loaded = load_scifact_with_train(args.data)
     if loaded is None:
         return 2
@@ -210,7 +214,8 @@ def main() -> int:
                 settings = EmbedderTrainingSettings(heads=heads, group_size=args.group_size,
                                                     batch_size=args.batch_size, temperature=temperature,
                                                     passage_max_length=args.passage_length,
-                                                    sparse_init=args.sparse_init)
+                                                    sparse_init=args.sparse_init,
+                                                    flops_weights=tuple(args.flops))
                 config = TrainingConfig(epochs=args.epochs, learning_rate=lr, warmup_ratio=0.1,
                                         precision=args.precision, seed=0)
                 steps_per_epoch = math.ceil(len(examples) / args.batch_size)

@@ -23,6 +23,7 @@ from flagstone.cli._common import (
     existing_folder,
     existing_path,
     model_name,
+    non_negative_float,
     non_negative_int,
     output_file,
     output_folder,
@@ -132,6 +133,10 @@ def add_parsers(sub, epilog: str = EPILOG) -> None:
             t.add_argument("--gradient-checkpointing", action="store_true")
             t.add_argument("--sparse-init", choices=("idf", "uniform"), default=_EMBEDDER.sparse_init,
                            help="how a new sparse head starts: IDF-weighted (default) or uniform term overlap")
+            t.add_argument("--flops", nargs=2, type=non_negative_float, metavar=("QUERY", "PASSAGE"),
+                           default=list(_EMBEDDER.flops_weights),
+                           help="SPLADE's FLOPS regulariser weights on the sparse head's query and passage "
+                                "weights (default: 0 0, off; SPLADE used about 3e-4 1e-4)")
             t.add_argument("--validate", type=existing_folder, metavar="BEIR_FOLDER", default=None,
                            help="score this BEIR data set (nDCG@10, recall@100) during training; never pass "
                                 "the split you report on")
@@ -518,7 +523,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             heads=tuple(args.heads), temperature=args.temperature, group_size=args.group_size,
             batch_size=args.batch_size, in_batch_negatives=not args.no_in_batch, passage_max_length=args.max_length,
             freeze_encoder=args.freeze_encoder, lora_rank=args.lora_rank,
-            gradient_checkpointing=args.gradient_checkpointing, sparse_init=args.sparse_init)
+            gradient_checkpointing=args.gradient_checkpointing, sparse_init=args.sparse_init,
+            flops_weights=tuple(args.flops))
         base = args.model
         validation = None
         if args.validate:

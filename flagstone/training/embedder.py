@@ -143,6 +143,12 @@ def _sample_batches(examples: Sequence[TrainingExample], settings: EmbedderTrain
     return [groups[s: s + settings.batch_size] for s in range(0, len(groups), settings.batch_size)]
 
 
+def flops_penalty(weights: torch.Tensor) -> torch.Tensor:
+    """SPLADE's FLOPS regulariser of a batch of vocabulary-wide sparse weights ``(texts, vocab)``: the sum
+    over terms of the squared mean weight, a smooth stand-in for the expected cost of scoring a document."""
+    return (weights.mean(dim=0) ** 2).sum()
+
+
 def _soft_cross_entropy(student: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
     import torch
 
@@ -222,13 +228,19 @@ def train_embedder(
 
         losses = {h: head_loss(s) for h, s in scores.items()}
         if len(heads) == 1:
-            return losses[heads[0]]
-        ensemble = sum(weights[h] * scores[h] for h in heads)
-        total = sum(weights[h] * losses[h] for h in heads) + head_loss(ensemble)
-        if settings.self_distill:
-            target = torch.softmax(ensemble.detach(), dim=-1)
-            distilled = sum(weights[h] * _soft_cross_entropy(scores[h], target) for h in heads)
-            total = (total + distilled) / 2
+            total = losses[heads[0]]
+        else:
+            ensemble = sum(weights[h] * scores[h] for h in heads)
+            total = sum(weights[h] * losses[h] for h in heads) + head_loss(ensemble)
+            if settings.self_distill:
+                target = torch.softmax(ensemble.detach(), dim=-1)
+                distilled = sum(weights[h] * _soft_cross_entropy(scores[h], target) for h in heads)
+                total = (total + distilled) / 2
+        query_flops, passage_flops = settings.flops_weights
+        if query_flops:
+            total = total + query_flops * flops_penalty(q["sparse"])
+        if passage_flops:
+            total = total + passage_flops * flops_penalty(p["sparse"])
         return total
 
     def batches(epoch: int):

@@ -77,6 +77,10 @@ class EmbedderTrainingSettings:
     # every token about the same weight (plain term overlap, stop words included)
     sparse_init: str = "idf"
     sparse_init_scale: float = 0.1  # initial weights ~ scale * sqrt(idf): scores near BGE-M3's range
+    # SPLADE's FLOPS regulariser on the sparse head, (query, passage) weights: sum over the vocabulary of the
+    # squared mean weight of each term in the micro-batch, so few terms stay active and the index stays small;
+    # (0, 0) (the default) leaves it out
+    flops_weights: tuple[float, float] = (0.0, 0.0)
 
     def __post_init__(self) -> None:
         unknown = set(self.heads) - set(HEADS)
@@ -86,6 +90,11 @@ class EmbedderTrainingSettings:
             raise ValueError("group_size must be at least 2 (one positive and one negative)")
         if self.temperature <= 0:
             raise ValueError("temperature must be positive")
+        if len(self.flops_weights) != 2 or min(self.flops_weights) < 0:
+            raise ValueError(
+                f"flops_weights must be two non-negative numbers (query, passage), got {self.flops_weights}")
+        if any(self.flops_weights) and "sparse" not in self.heads:
+            raise ValueError("flops_weights regularise the sparse head: train it (heads must include 'sparse')")
         if self.sparse_init not in ("idf", "uniform"):
             raise ValueError(f"sparse_init must be 'idf' or 'uniform', got {self.sparse_init!r}")
 

@@ -156,3 +156,35 @@ def test_m3_training_from_a_dense_only_model_saves_an_idf_initialised_sparse_hea
     assert not (tmp_path / "idf" / "colbert_linear.pt").exists()
     with pytest.raises(ValueError, match="sparse_init"):
         EmbedderTrainingSettings(sparse_init="bm25")
+
+
+def test_flops_penalty_is_the_squared_mean_weight_summed_over_terms():
+    import torch
+
+    from flagstone.training.embedder import flops_penalty
+
+    weights = torch.tensor([[1.0, 0.0, 2.0], [3.0, 0.0, 0.0]])
+    assert float(flops_penalty(weights)) == pytest.approx(2.0 ** 2 + 0.0 + 1.0 ** 2)
+
+
+def _active_terms(embedder: Embedder) -> float:
+    texts = [t for ex in _examples() for t in ex.pos + ex.neg]
+    sparse = embedder.encode(texts, dense=False, sparse=True).sparse
+    return float(np.mean([len(sparse.row(i)) for i in range(len(texts))]))
+
+
+def test_the_flops_regulariser_makes_sparse_weights_sparser(tiny_m3_dir, tmp_path):
+    # the same sparse-only training with and without the regulariser: it must leave fewer active terms
+    _train(str(tiny_m3_dir), tmp_path / "plain", ("sparse",), steps_epochs=2, freeze_encoder=True)
+    _train(str(tiny_m3_dir), tmp_path / "flops", ("sparse",), steps_epochs=2, freeze_encoder=True,
+           flops_weights=(0.0, 1.0))
+    plain = _active_terms(Embedder(str(tmp_path / "plain"), show_progress=False))
+    regularised = _active_terms(Embedder(str(tmp_path / "flops"), show_progress=False))
+    assert regularised < 0.8 * plain
+
+
+def test_flops_weights_are_checked():
+    with pytest.raises(ValueError, match="sparse head"):
+        EmbedderTrainingSettings(heads=("dense",), flops_weights=(1e-4, 1e-4))
+    with pytest.raises(ValueError, match="non-negative"):
+        EmbedderTrainingSettings(heads=("sparse",), flops_weights=(-1.0, 0.0))

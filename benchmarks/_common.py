@@ -3,6 +3,7 @@ that more than one benchmark uses (each says which)."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,31 +28,44 @@ def save_results(name: str, table: str, **json_files: dict) -> None:
     print(table)
 
 
-def append_run(name: str, run: dict, table: str) -> int:
+def append_run(name: str, run: dict, table: str, *, latest_at_top: bool = False) -> int:
     """Add one run to ``<name>.json`` (``{"runs": [...]}``) and rewrite ``<name>.md`` with every run's table,
-    newest last, so a tuning run never replaces the ones before it. Returns the run's number (1-based)."""
+    newest last, so a tuning run never replaces the ones before it. Returns the run's number (1-based).
+
+    ``latest_at_top`` also puts the new run's fields at the top level of the json (beside ``runs``), for
+    readers that look for the latest figures there. A file from before runs were kept becomes the first run,
+    its table taken from the ``<name>.md`` it was written with."""
     import datetime
     import subprocess
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
+    table_path = RESULTS / f"{name}.md"
     runs: list[dict] = []
     if path.exists():
         saved = json.loads(path.read_text())
-        runs = saved["runs"] if "runs" in saved else [saved]  # a file from before runs were kept: its one run
+        if "runs" in saved:
+            runs = saved["runs"]
+        else:  # a file from before runs were kept: its one run, with the table written beside it
+            legacy = dict(saved)
+            if "table" not in legacy and table_path.is_file():
+                legacy["table"] = table_path.read_text().rstrip("\n")
+            runs = [legacy]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    runs.append({**run, "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                 "commit": commit.stdout.strip() or None, "table": table})
+    latest = {**run, "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "commit": commit.stdout.strip() or None, "table": table}
+    runs.append(latest)
     sections = []
     for number, saved_run in enumerate(runs, 1):
         when = saved_run.get("finished", "date not recorded")
         sections.append(f"## Run {number} ({when}, commit {saved_run.get('commit') or 'not recorded'})\n\n"
                         f"arguments: `{json.dumps(saved_run.get('arguments', {}))}`\n\n"
                         + saved_run.get("table", "(table not kept for this run; see the json)"))
+    document = {**latest, "runs": runs} if latest_at_top else {"runs": runs}
     atomic = path.with_suffix(".json.tmp")
-    atomic.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
+    atomic.write_text(json.dumps(document, indent=2) + "\n")
     atomic.replace(path)
-    (RESULTS / f"{name}.md").write_text("\n\n".join(sections) + "\n")
+    table_path.write_text("\n\n".join(sections) + "\n")
     print(table)
     return len(runs)
 
@@ -78,6 +92,38 @@ def load_scifact_with_train(data: str | Path):
     test = load_beir(data, "test")
     train_qrels = load_qrels(Path(data) / "qrels" / "train.tsv")
     return test, train_qrels, dict(zip(test.doc_ids, test.doc_texts))
+
+
+def normalised(text: str) -> str:
+    """A query's text for spotting duplicates: lower-cased, spaces collapsed."""
+    return re.sub(r"\s+", " ", text.strip().lower())
+
+
+def split_test_queries(data: Path, test_qrels: dict, train_qrels: dict) -> dict[str, list[str]]:
+    """Test query ids by subset, with the queries duplicated in train removed (listed under "duplicates"):
+    ``seen_docs`` have a relevant document that is a positive of some train query, ``unseen_docs`` none.
+    scifact_subsets.py and rerank_scifact.py report every SciFact figure on these."""
+    from flagstone.evaluation.beir import load_queries
+
+    queries = load_queries(Path(data) / "queries.jsonl")
+    train_texts = {normalised(queries[q]) for q in train_qrels}
+    duplicates = sorted(q for q in test_qrels if normalised(queries[q]) in train_texts)
+    train_positives = {d for judged in train_qrels.values() for d, grade in judged.items() if grade > 0}
+    kept = [q for q in test_qrels if q not in set(duplicates)]
+    seen = [q for q in kept if any(d in train_positives for d, g in test_qrels[q].items() if g > 0)]
+    unseen = [q for q in kept if q not in set(seen)]
+    return {"overall": kept, "seen_docs": seen, "unseen_docs": unseen, "duplicates": duplicates}
+
+
+def compare_on_subsets(base: dict[str, float], other: dict[str, float],
+                       subsets: dict[str, list[str]]) -> dict[str, dict | None]:
+    """``other`` against ``base`` (per-query scores) on every subset of :func:`split_test_queries` (not the
+    duplicates): flagstone.evaluation.significance.paired_test's means, delta and two-sided p-value; None for
+    a subset with no queries (a paired test needs one)."""
+    from flagstone.evaluation.significance import paired_test
+
+    return {name: paired_test(base, other, queries=ids).as_dict() if ids else None
+            for name, ids in subsets.items() if name != "duplicates"}
 
 
 def mine_scifact_examples(test, train_qrels, doc_text: dict[str, str], query_ids, cache, base: str,

@@ -1,18 +1,32 @@
 """Does reranking help on SciFact? Train a cross-encoder from the bundled MiniLM on SciFact train, rerank
-the top-100 of the best first stage (hybrid dense + BM25), and compare with the bundled SmolLM2 as an
-INTERS-style yes/no reranker.
+the top-100 of the best first stage (hybrid dense + BM25), and compare with the bundled SmolLM2 as a
+pointwise, pairwise and listwise LLM reranker; every figure overall and on two subsets, with a paired test.
 
-    python benchmarks/rerank_scifact.py [--data ../shared/data/beir/scifact] [--llm-depth 20]
+    python benchmarks/rerank_scifact.py [--data ../shared/data/beir/scifact] [--llm-depth 3] [--llm-queries 100]
+                                        [--reuse-cross-encoder] [--reuse-llm] [--quick]
 
 Protocol (the test split is used for the final numbers only):
-- first stage: Retriever(MiniLM) hybrid, the configuration benchmarks/retrieval_scifact.py chose on train;
+- test queries whose text is also a train query's (after lower-casing and collapsing spaces) are dropped
+  from every figure and listed in the results; the rest are split into seen_docs (a relevant document is a
+  positive of some train query) and unseen_docs (none is), as benchmarks/scifact_subsets.py does;
+- first stage: Retriever(MiniLM) hybrid, the configuration benchmarks/retrieval_scifact.py chose on train,
+  top ``--depth`` (default 100);
 - training data: SciFact train queries minus a dev slice of 100 queries; positives from qrels/train.tsv,
   15 hard negatives per query mined from the first stage's ranks 5-99;
 - cross-encoder: bundled all-MiniLM-L6-v2 encoder + a new one-logit head, groupwise softmax (1 positive +
-  7 negatives), three epochs at learning rate 1e-4 (the defaults; the committed results used them), bf16
-  autocast; the interpolation weight with the first stage is chosen on the dev slice;
-- LLM reranker: SmolLM2-135M-Instruct, P(Yes) log-odds, reranking each test query's top ``--llm-depth``.
-Writes benchmarks/results/rerank_scifact.{json,md}.
+  7 negatives), ``--epochs`` 3 at ``--learning-rate`` 1e-4 (the defaults), ``--max-length`` 192 tokens a
+  pair, bf16 autocast; the interpolation weight with the first stage is chosen on the dev slice. It is saved
+  to ``--output-model`` with a settings file beside it; ``--reuse-cross-encoder`` skips training when that
+  folder holds a model this script trained with the same settings;
+- LLM reranker: SmolLM2-135M-Instruct (float32) reranks the top ``--llm-depth`` (default 3: the three modes
+  then take ~16 min on 2 cores) of a seeded sample of ``--llm-queries`` (default 100) test queries, in each
+  of ``--llm-modes``: pointwise (P(Yes) log-odds), pairwise (A/B log-odds, both orders, wins) and listwise
+  (one ranking per window of 10; decoding constrained to a ranking unless ``--listwise-decoding free``;
+  unparsed replies keep their window's order and are counted). The first stage's hits below
+  ``--llm-depth`` stay below the reranked ones. Each mode is compared with the first stage on the same sample.
+Every reranked system's gain over the first stage has a two-sided paired randomization p-value
+(flagstone.evaluation.significance.paired_test, 10,000 sign flips) on each subset. Results are appended as
+a run to benchmarks/results/rerank_scifact.json (the latest run's fields also at its top level) and .md.
 """
 from __future__ import annotations
 
@@ -20,15 +34,16 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
-from _common import RESULTS, SHARED_DATA, load_scifact_with_train, save_results
+from _common import RESULTS, SHARED_DATA, append_run, compare_on_subsets, load_scifact_with_train, split_test_queries
 
 from flagstone.evaluation import DEFAULT_EVAL_DEPTH
 from flagstone.evaluation.metrics import evaluate_run
 from flagstone.models.cache import EmbeddingCache
 from flagstone.models.embedder import Embedder
-from flagstone.models.reranker import CrossEncoderReranker, LLMReranker
+from flagstone.models.reranker import LISTWISE_DECODINGS, LLM_RERANK_MODES, CrossEncoderReranker, LLMReranker
 from flagstone.rerank import interpolate_with_first_stage, rerank_hits
 from flagstone.retrieval.retriever import Retriever
 from flagstone.training.data import examples_from_qrels
@@ -38,76 +53,208 @@ from flagstone.training.reranker import train_cross_encoder
 
 DEV_QUERIES = 100
 WEIGHTS = [round(w, 1) for w in np.arange(0.0, 1.01, 0.1)]
+SUBSETS = ("overall", "seen_docs", "unseen_docs")
+QUICK_CORPUS = 300
+LLM_MODEL = "SmolLM2-135M-Instruct (bundled GGUF, dequantised)"
+# tokens per prompt: a pointwise prompt holds one passage, a pairwise two, a listwise window up to ten
+LLM_MAX_LENGTH = {"pointwise": 256, "pairwise": 320, "listwise": 512}
+# float32: on CPUs without native bf16 (AVX2 only, like the 2-core benchmark machine) bf16 ran 3x slower
+LLM_DTYPE = "float32"
+LLM_WINDOW, LLM_STEP = 10, 5
+SETTINGS_SUFFIX = ".rerank_scifact-settings.json"
+METHOD = "Fisher paired randomization test, two-sided, 10,000 sign flips, seed 0"
 
 
-def ndcg10(hits, qids, qrels) -> float:
-    return evaluate_run(hits.to_run(qids), {q: qrels[q] for q in qids}, (10,)).mean["ndcg@10"]
+def per_query_ndcg(rows: list[list[str]], qids: list[str], qrels: dict) -> dict[str, float]:
+    """nDCG@10 of each query's ranking (doc ids best first)."""
+    run = {q: {d: float(len(row) - rank) for rank, d in enumerate(row)} for q, row in zip(qids, rows)}
+    report = evaluate_run(run, {q: qrels[q] for q in qids}, (10,), ("ndcg",))
+    return {q: values["ndcg@10"] for q, values in report.per_query.items()}
 
 
-def previous_llm_figures(llm_depth: int) -> tuple[float, float, str] | None:
-    """The LLM reranker's nDCG@10 and ms/query from the last saved run, if it reranked the same depth."""
+def mean(scores: dict[str, float], qids: list[str]) -> float | None:
+    return float(np.mean([scores[q] for q in qids])) if qids else None
+
+
+def with_tail(reranked: list[list[str]], first: list[list[str]]) -> list[list[str]]:
+    """Each reranked head followed by the first stage's hits it did not include (ranks below the depth)."""
+    return [head + [d for d in row if d not in set(head)] for head, row in zip(reranked, first)]
+
+
+def restrict(subsets: dict[str, list[str]], keep: list[str]) -> dict[str, list[str]]:
+    chosen = set(keep)
+    return {name: [q for q in ids if q in chosen] if name != "duplicates" else ids for name, ids in subsets.items()}
+
+
+def settings_path(model: Path) -> Path:
+    """The settings file beside (not in: the folder is replaced whole when retrained) the cross-encoder."""
+    return model.with_name(model.name + SETTINGS_SUFFIX)
+
+
+def reusable_cross_encoder(model: Path, settings: dict) -> tuple[dict | None, str]:
+    """The saved training record when ``model`` holds a cross-encoder this script trained with ``settings``,
+    else None; and why."""
+    from flagstone.genir.query_generation import model_fingerprint
+
+    record_file = settings_path(model)
+    if not (model / "config.json").is_file():
+        return None, f"no model in {model}"
+    if not record_file.is_file():
+        return None, f"no settings file {record_file.name} beside {model} (not trained by this script)"
+    record = json.loads(record_file.read_text())
+    if record.get("settings") != settings:
+        changed = sorted(k for k in set(settings) | set(record.get("settings", {}))
+                         if settings.get(k) != record.get("settings", {}).get(k))
+        return None, f"trained with other settings ({', '.join(changed)})"
+    if record.get("fingerprint") != model_fingerprint(model):
+        return None, f"{model} changed since its settings file was written"
+    return record, f"reused {model} (trained {record.get('finished', '?')} with the same settings)"
+
+
+def previous_llm(settings: dict, modes: list[str]) -> tuple[dict, str] | None:
+    """Every mode's figures from the newest saved run whose LLM settings equal ``settings``, if there is one."""
     path = RESULTS / "rerank_scifact.json"
     if not path.is_file():
         return None
     saved = json.loads(path.read_text())
-    ms = saved.get("ms_per_query", {}).get(f"llm_reranker_top{llm_depth}")
-    if ms is None or "llm_reranker_ndcg@10" not in saved:
-        return None
-    return saved["llm_reranker_ndcg@10"], ms, "earlier run (benchmarks/results/rerank_scifact.json, --reuse-llm)"
+    for number, run in reversed(list(enumerate(saved.get("runs", []), 1))):
+        llm = run.get("llm_reranker", {})
+        if llm.get("settings") == settings and all("per_query_ndcg@10" in llm.get("modes", {}).get(m, {})
+                                                   for m in modes):
+            return llm["modes"], f"run {number} of benchmarks/results/rerank_scifact.json ({run.get('finished')})"
+    return None
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(SHARED_DATA / "beir" / "scifact"))
     parser.add_argument("--depth", type=int, default=DEFAULT_EVAL_DEPTH,
-                        help=f"first-stage hits reranked (default: {DEFAULT_EVAL_DEPTH})")
-    parser.add_argument("--llm-depth", type=int, default=20, help="hits the LLM reranks (default: 20)")
-    parser.add_argument("--max-length", type=int, default=192, help="cross-encoder tokens per pair")
+                        help=f"first-stage hits the cross-encoder reranks (default: {DEFAULT_EVAL_DEPTH})")
+    # 3: the three modes on 100 queries take ~16 min on 2 cores (measured at depth 5: pointwise 0.8 s a pair,
+    # pairwise 0.85 s a prompt, d(d-1) prompts, listwise ~3 s a window); depth 5 would take ~40 min, 10 ~2.5 h
+    parser.add_argument("--llm-depth", type=int, default=3, help="first-stage hits the LLM reranks (default: 3)")
+    parser.add_argument("--llm-queries", type=int, default=100,
+                        help="test queries in the LLM's seeded sample (default: 100)")
+    parser.add_argument("--llm-seed", type=int, default=0, help="seed of the LLM's query sample (default: 0)")
+    parser.add_argument("--llm-modes", default=",".join(LLM_RERANK_MODES),
+                        help=f"comma-separated LLM reranking modes (default: {','.join(LLM_RERANK_MODES)})")
+    parser.add_argument("--listwise-decoding", choices=LISTWISE_DECODINGS, default="constrained",
+                        help="listwise replies: constrained to a ranking, or free text (default: constrained)")
+    parser.add_argument("--max-length", type=int, default=192, help="cross-encoder tokens per pair (default: 192)")
     parser.add_argument("--epochs", type=int, default=3, help="cross-encoder epochs (default: 3)")
     parser.add_argument("--learning-rate", type=float, default=1e-4, help="cross-encoder learning rate (default: 1e-4)")
-    parser.add_argument("--output-model", default=str(RESULTS.parent / "models" / "scifact-cross-encoder"))
+    parser.add_argument("--output-model", default=None,
+                        help="where the cross-encoder is saved (default: benchmarks/models/scifact-cross-encoder, "
+                             "with --quick scifact-cross-encoder-quick)")
+    parser.add_argument("--reuse-cross-encoder", action="store_true",
+                        help="skip training when --output-model holds a cross-encoder this script trained with the "
+                             "same settings (saves ~50 min)")
     parser.add_argument("--reuse-llm", action="store_true",
-                        help="take the LLM reranker's figures from the last results file instead of rerunning it "
-                             "(it does not depend on the cross-encoder; saves ~35 min)")
-    parser.add_argument("--quick", action="store_true", help="a tiny run to check the script (numbers meaningless)")
+                        help="take the LLM modes' per-query figures from the newest saved run with the same LLM "
+                             "settings instead of rerunning them (they do not depend on the cross-encoder)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a tiny run to check the script: 24 train queries for 1 epoch, 10 test queries, a "
+                             "corpus of their judged documents and 300 others, LLM on 5 queries at depth 5 "
+                             "(numbers meaningless; prints, saves nothing but the model)")
     args = parser.parse_args()
-    previous_llm = previous_llm_figures(args.llm_depth) if args.reuse_llm else None
-    if args.reuse_llm and previous_llm is None:
-        print("--reuse-llm: no earlier LLM figures for this --llm-depth in benchmarks/results; run without it",
+    modes = [m.strip() for m in args.llm_modes.split(",") if m.strip()]
+    bad = [m for m in modes if m not in LLM_RERANK_MODES]
+    if bad or not modes or len(set(modes)) != len(modes):
+        print(f"--llm-modes: give distinct modes from {', '.join(LLM_RERANK_MODES)}; got {args.llm_modes!r}",
               file=sys.stderr)
+        return 2
+    for name in ("depth", "llm_depth", "llm_queries", "epochs"):
+        if getattr(args, name) < 1:
+            print(f"--{name.replace('_', '-')} must be at least 1", file=sys.stderr)
+            return 2
+    if args.quick:
+        args.depth, args.llm_depth, args.llm_queries, args.epochs = 10, 5, min(args.llm_queries, 5), 1
+    default_model = "scifact-cross-encoder-quick" if args.quick else "scifact-cross-encoder"
+    output_model = Path(args.output_model or RESULTS.parent / "models" / default_model)
+    args.output_model = str(output_model)  # recorded with the run's arguments
+    if args.llm_depth > args.depth:
+        print(f"--llm-depth {args.llm_depth} is deeper than --depth {args.depth}", file=sys.stderr)
         return 2
     wall = time.perf_counter()
     loaded = load_scifact_with_train(args.data)
     if loaded is None:
         return 2
     test, train_qrels, doc_text = loaded
-    retriever = Retriever(Embedder(show_progress=True), cache=EmbeddingCache()).fit(test.doc_ids, test.doc_texts)
+    subsets = split_test_queries(Path(args.data), test.qrels, train_qrels)
 
     train_ids = list(train_qrels)
     rng = np.random.default_rng(0)
     dev_ids = sorted(rng.choice(train_ids, size=DEV_QUERIES, replace=False).tolist())
     fit_ids = [q for q in train_ids if q not in set(dev_ids)]
-    test_ids = list(test.qrels)
+    test_ids = subsets["overall"]
     if args.quick:
         fit_ids, dev_ids, test_ids = fit_ids[:24], dev_ids[:10], test_ids[:10]
-        args.depth, args.llm_depth = 10, 5
+        subsets = restrict(subsets, test_ids)
+    sample = sorted(np.random.default_rng(args.llm_seed).choice(
+        test_ids, size=min(args.llm_queries, len(test_ids)), replace=False).tolist())
+    sample_subsets = restrict(subsets, sample)
+    llm_settings = {"model": LLM_MODEL, "dtype": LLM_DTYPE, "depth": args.llm_depth, "seed": args.llm_seed,
+                    "queries": sample, "max_length": {m: LLM_MAX_LENGTH[m] for m in modes},
+                    "pairwise_both_orders": True, "listwise_window": LLM_WINDOW, "listwise_step": LLM_STEP,
+                    "listwise_decoding": args.listwise_decoding, "first_stage_depth": args.depth}
+    reused_llm = previous_llm(llm_settings, modes) if args.reuse_llm else None
+    if args.reuse_llm and reused_llm is None:
+        print("--reuse-llm: no saved run has LLM figures with these settings (depth, sample, modes, decoding); "
+              "run without it", file=sys.stderr)
+        return 2
+    print(f"{len(test_ids)} test queries ({len(subsets['duplicates'])} duplicated in train dropped): "
+          f"{len(subsets['seen_docs'])} seen_docs, {len(subsets['unseen_docs'])} unseen_docs; "
+          f"LLM sample {len(sample)}", flush=True)
+
+    corpus_ids, corpus_texts = test.doc_ids, test.doc_texts
+    if args.quick:  # the judged documents of the queries used and the corpus's first 300: minutes, not an hour
+        judged = {d for qrels, ids in ((train_qrels, fit_ids + dev_ids), (test.qrels, test_ids))
+                  for q in ids for d in qrels[q]}
+        corpus_ids = [d for i, d in enumerate(test.doc_ids) if i < QUICK_CORPUS or d in judged]
+        corpus_texts = [doc_text[d] for d in corpus_ids]
+    retriever = Retriever(Embedder(show_progress=True), cache=EmbeddingCache()).fit(corpus_ids, corpus_texts)
 
     def first_stage(qids):
         return retriever.search([test.queries[q] for q in qids], mode="hybrid", k=args.depth)
 
-    # 1. mine hard negatives for the training queries from the first stage
-    examples = examples_from_qrels(test.queries, train_qrels, doc_text, fit_ids)
-    examples = mine_hard_negatives(examples, retriever, doc_text, mode="hybrid", rank_range=(5, 100),
-                                   n_negatives=15, seed=0)
-
-    # 2. train the cross-encoder
+    # 1-2. mine hard negatives for the training queries from the first stage and train the cross-encoder,
+    # unless a model trained the same way is there to reuse
     config = TrainingConfig(epochs=args.epochs, learning_rate=args.learning_rate, warmup_ratio=0.1,
                             precision="bfloat16", seed=0)
-    start = time.perf_counter()
-    trained = train_cross_encoder("all-MiniLM-L6-v2", examples, args.output_model, group_size=8, batch_size=4,
-                                  max_length=args.max_length, config=config, overwrite=True)
-    train_seconds = time.perf_counter() - start
-    cross = CrossEncoderReranker(args.output_model, max_length=args.max_length, batch_size=32, dtype="bfloat16")
+    ce_settings = {"script": "benchmarks/rerank_scifact.py", "base": "all-MiniLM-L6-v2", "group_size": 8,
+                   "batch_groups": 4, "max_length": args.max_length, "epochs": args.epochs,
+                   "learning_rate": args.learning_rate, "warmup_ratio": 0.1, "precision": "bfloat16", "seed": 0,
+                   "negatives": "15 from the hybrid first stage's ranks 5-99, seed 0",
+                   "train_queries": fit_ids, "data": str(Path(args.data).resolve()),
+                   "corpus": f"--quick: judged documents + the first {QUICK_CORPUS}" if args.quick else "all"}
+    record, reuse_note = (reusable_cross_encoder(output_model, ce_settings) if args.reuse_cross_encoder
+                          else (None, "trained (--reuse-cross-encoder not given)"))
+    if record is None:
+        if args.reuse_cross_encoder:
+            print(f"--reuse-cross-encoder: training anyway: {reuse_note}", flush=True)
+            reuse_note = f"trained: {reuse_note}"
+        import datetime
+
+        from flagstone.genir.query_generation import model_fingerprint
+
+        examples = examples_from_qrels(test.queries, train_qrels, doc_text, fit_ids)
+        examples = mine_hard_negatives(examples, retriever, doc_text, mode="hybrid", rank_range=(5, 100),
+                                       n_negatives=15, seed=0)
+        start = time.perf_counter()
+        trained = train_cross_encoder("all-MiniLM-L6-v2", examples, output_model, group_size=8, batch_size=4,
+                                      max_length=args.max_length, config=config, overwrite=True)
+        record = {"settings": ce_settings, "fingerprint": model_fingerprint(output_model),
+                  "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                  "training": {"steps": trained.steps, "train_seconds": round(time.perf_counter() - start, 1),
+                               "loss_first_10": float(np.mean(trained.losses[:10])),
+                               "loss_last_10": float(np.mean(trained.losses[-10:]))}}
+        staging = settings_path(output_model).with_suffix(".tmp")
+        staging.write_text(json.dumps(record, indent=1) + "\n")
+        staging.replace(settings_path(output_model))
+    else:
+        print(reuse_note, flush=True)
+    training = record["training"]
+    cross = CrossEncoderReranker(output_model, max_length=args.max_length, batch_size=32, dtype="bfloat16")
 
     # 3. choose the interpolation weight on the dev slice
     dev_first = first_stage(dev_ids)
@@ -116,10 +263,11 @@ def main() -> int:
     sweep = []
     for w in WEIGHTS:
         fused = interpolate_with_first_stage(dev_reranked, w)
-        sweep.append({"first_stage_weight": w, "dev_ndcg@10": ndcg10(fused, dev_ids, train_qrels)})
+        sweep.append({"first_stage_weight": w, "dev_ndcg@10": float(np.mean(list(
+            per_query_ndcg(fused.ids, dev_ids, train_qrels).values())))})
     best = max(sweep, key=lambda r: r["dev_ndcg@10"])
 
-    # 4. test: first stage, cross-encoder alone, cross-encoder + first stage, LLM
+    # 4. test: first stage, cross-encoder + first stage, cross-encoder alone
     test_queries = [test.queries[q] for q in test_ids]
     t0 = time.perf_counter()
     test_first = first_stage(test_ids)
@@ -129,61 +277,140 @@ def main() -> int:
     reranked = rerank_hits(cross, test_queries, test_first, texts, show_progress=True)
     cross_ms = (time.perf_counter() - t0) * 1000 / len(test_ids)
     fused = interpolate_with_first_stage(reranked, best["first_stage_weight"])
+    first_rows = dict(zip(test_ids, test_first.ids))
+    scores = {"first_stage": per_query_ndcg(test_first.ids, test_ids, test.qrels),
+              "cross_encoder": per_query_ndcg(fused.ids, test_ids, test.qrels),
+              "cross_encoder_alone": per_query_ndcg(reranked.ids, test_ids, test.qrels)}
+    comparisons = {name: compare_on_subsets(scores["first_stage"], scores[name], subsets)
+                   for name in ("cross_encoder", "cross_encoder_alone")}
 
-    if previous_llm is None:
-        llm = LLMReranker(max_length=320, batch_size=8, dtype="bfloat16")
-        t0 = time.perf_counter()
-        llm_hits = rerank_hits(llm, test_queries, test_first, texts, depth=args.llm_depth, show_progress=True)
-        llm_ms = (time.perf_counter() - t0) * 1000 / len(test_ids)
-        llm_ndcg, llm_source = ndcg10(llm_hits, test_ids, test.qrels), "this run"
+    # 5. the LLM in each mode on the seeded sample, its first stage's top --llm-depth
+    llm_modes: dict[str, dict] = {}
+    if reused_llm is not None:
+        llm_modes, llm_source = {m: reused_llm[0][m] for m in modes}, reused_llm[1]
     else:
-        llm_ndcg, llm_ms, llm_source = previous_llm
+        llm_source = "this run"
+        sample_first = first_stage(sample)
+        for mode in modes:
+            llm = LLMReranker(mode=mode, max_length=LLM_MAX_LENGTH[mode], batch_size=8, dtype=LLM_DTYPE,
+                              window=LLM_WINDOW, step=LLM_STEP, on_unparsed="keep",
+                              listwise_decoding=args.listwise_decoding)
+            t0 = time.perf_counter()
+            llm_hits = rerank_hits(llm, [test.queries[q] for q in sample], sample_first, texts,
+                                   depth=args.llm_depth, show_progress=True)
+            ms = (time.perf_counter() - t0) * 1000 / len(sample)
+            rows = with_tail(llm_hits.ids, [first_rows[q] for q in sample])
+            listwise = mode == "listwise"  # pointwise and pairwise read logits: there is no reply to parse
+            llm_modes[mode] = {"ms_per_query": ms, "per_query_ndcg@10": per_query_ndcg(rows, sample, test.qrels),
+                               "replies": len(llm.listwise_log) if listwise else None,
+                               "unparsed_replies": llm.listwise_unparsed if listwise else None}
+            if mode == "listwise":
+                llm_modes[mode]["unparsed_examples"] = [r.reply[:120] for r in llm.listwise_log if not r.parsed][:5]
+            print(f"LLM {mode}: {ms / 1000:.1f} s/query, unparsed {llm_modes[mode]['unparsed_replies']}", flush=True)
+    for mode, entry in llm_modes.items():
+        entry["comparison"] = compare_on_subsets(scores["first_stage"], entry["per_query_ndcg@10"], sample_subsets)
 
+    # 6. results: every system on every subset against the first stage
+    def system_entry(comparison: dict | None, ndcg: float | None) -> dict:
+        if comparison is None:
+            return {"ndcg@10": ndcg, "gain": None, "p_value": None, "queries": 0}
+        return {"ndcg@10": comparison["best"], "first_stage_ndcg@10": comparison["base"],
+                "gain": comparison["delta"], "p_value": comparison["p_value"], "queries": comparison["queries"]}
+
+    by_subset = {}
+    for subset in SUBSETS:
+        systems = {"first_stage": {"ndcg@10": mean(scores["first_stage"], subsets[subset]),
+                                   "queries": len(subsets[subset])}}
+        for name, comparison in comparisons.items():
+            systems[name] = system_entry(comparison[subset], None)
+        for mode, entry in llm_modes.items():
+            systems[f"llm_{mode}"] = system_entry(entry["comparison"][subset], None)
+            systems[f"llm_{mode}"]["sample"] = True
+        by_subset[subset] = {"queries": len(subsets[subset]), "llm_sample_queries": len(sample_subsets[subset]),
+                             "systems": systems}
+    headline = comparisons["cross_encoder"]["overall"]
+    w = best["first_stage_weight"]
     results = {
-        "first_stage_ndcg@10": ndcg10(test_first, test_ids, test.qrels),
-        "cross_encoder_ndcg@10": ndcg10(fused, test_ids, test.qrels),
-        "cross_encoder_alone_ndcg@10": ndcg10(reranked, test_ids, test.qrels),
-        "llm_reranker_ndcg@10": llm_ndcg,
+        "arguments": {k: v for k, v in vars(args).items()},
+        "first_stage_ndcg@10": headline["base"],
+        "cross_encoder_ndcg@10": headline["best"],
+        "cross_encoder_alone_ndcg@10": comparisons["cross_encoder_alone"]["overall"]["best"],
+        "best_system": "cross_encoder (interpolated with the first stage)",
+        "gain_over_best_first_stage": headline["delta"],
+        "p_value": headline["p_value"],
+        "llm_reranker": {"settings": llm_settings, "figures_from": llm_source,
+                         "modes": {m: {k: v for k, v in e.items() if k != "comparison"} for m, e in llm_modes.items()}},
+        "subsets": {"method": METHOD, "baseline": "first_stage",
+                    "definition": "seen_docs: a relevant document of the test query is a positive of some train "
+                                  "query; LLM modes are scored on a seeded sample of the test queries and compared "
+                                  "with the first stage on the same sample",
+                    "queries": {name: len(ids) for name, ids in subsets.items()},
+                    "duplicates_dropped": subsets["duplicates"], "llm_sample": sample, **by_subset},
         "ms_per_query": {"first_stage": first_ms, f"cross_encoder_top{args.depth}": cross_ms,
-                         f"llm_reranker_top{args.llm_depth}": llm_ms},
+                         **{f"llm_{m}_top{args.llm_depth}": e["ms_per_query"] for m, e in llm_modes.items()}},
         "settings": {
             "first_stage": "hybrid dense (all-MiniLM-L6-v2) + BM25, weighted 0.5/0.5 min-max",
             "depth": args.depth, "llm_depth": args.llm_depth, "test_queries": len(test_ids),
             "train_queries": len(fit_ids), "dev_queries": len(dev_ids),
             "cross_encoder": {"base": "all-MiniLM-L6-v2", "group_size": 8, "batch_groups": 4,
                               "max_length": args.max_length, "epochs": args.epochs,
-                              "learning_rate": args.learning_rate, "steps": trained.steps,
-                              "train_seconds": round(train_seconds, 1), "inference_dtype": "bfloat16",
-                              "first_stage_weight": best["first_stage_weight"],
+                              "learning_rate": args.learning_rate, "steps": training["steps"],
+                              "train_seconds": training["train_seconds"], "model": str(output_model),
+                              "training": reuse_note, "inference_dtype": "bfloat16", "first_stage_weight": w,
                               "first_stage_weight_chosen_on": f"{len(dev_ids)} held-out train queries",
-                              "dev_sweep": sweep, "loss_first_10": float(np.mean(trained.losses[:10])),
-                              "loss_last_10": float(np.mean(trained.losses[-10:]))},
-            "llm_reranker": {"model": "SmolLM2-135M-Instruct (bundled GGUF, dequantised)", "dtype": "bfloat16",
-                             "score": "log P(Yes) - log P(No) after a relevance prompt", "max_length": 320,
-                             "figures_from": llm_source},
+                              "dev_sweep": sweep, "loss_first_10": training["loss_first_10"],
+                              "loss_last_10": training["loss_last_10"]},
         },
         "wall_s": round(time.perf_counter() - wall, 1),
     }
-    w = best["first_stage_weight"]
+
+    def cell(entry: dict) -> str:
+        if entry.get("gain") is None:
+            return "-" if entry["ndcg@10"] is None else f"{entry['ndcg@10']:.4f}"
+        return f"{entry['ndcg@10']:.4f} ({entry['gain']:+.4f}, p={entry['p_value']:.3g})"
+
+    def row(label: str, key: str, ms: str, unparsed: str = "") -> str:
+        return f"| {label} | " + " | ".join(cell(by_subset[s]["systems"][key]) for s in SUBSETS) + \
+            f" | {ms} | {unparsed} |"
+
+    n = {s: len(subsets[s]) for s in SUBSETS}
+    m = {s: len(sample_subsets[s]) for s in SUBSETS}
     lines = [
-        "| system | SciFact test nDCG@10 | ms / query |",
-        "|---|---|---|",
-        f"| first stage (hybrid dense + BM25), top {args.depth} | {results['first_stage_ndcg@10']:.4f} | "
-        f"{first_ms:.1f} |",
-        f"| + trained cross-encoder (interpolated, w={w} chosen on dev) | {results['cross_encoder_ndcg@10']:.4f} | "
-        f"{cross_ms:.0f} |",
-        f"| + trained cross-encoder alone | {results['cross_encoder_alone_ndcg@10']:.4f} | {cross_ms:.0f} |",
-        f"| + SmolLM2-135M yes/no reranker, top {args.llm_depth} | {results['llm_reranker_ndcg@10']:.4f} | "
-        f"{llm_ms:.0f} |",
+        f"SciFact test nDCG@10 on {n['overall']} queries ({len(subsets['duplicates'])} that duplicate a train query "
+        f"dropped: {', '.join(subsets['duplicates']) or 'none'}); seen_docs {n['seen_docs']}, unseen_docs "
+        f"{n['unseen_docs']}. In brackets: gain over the first stage on the same queries, two-sided paired "
+        "randomization p.",
         "",
-        f"{len(test_ids)} test queries; cross-encoder trained on {len(fit_ids)} train queries "
-        f"({trained.steps} steps, {train_seconds / 60:.1f} min, loss {results['settings']['cross_encoder']['loss_first_10']:.3f}"
-        f" -> {results['settings']['cross_encoder']['loss_last_10']:.3f}); 2 CPU cores, bf16.",
+        "| system | overall | seen_docs | unseen_docs | ms / query | unparsed replies |",
+        "|---|---|---|---|---|---|",
+        row(f"first stage (hybrid dense + BM25), top {args.depth}", "first_stage", f"{first_ms:.1f}"),
+        row(f"+ trained cross-encoder (interpolated, w={w} chosen on dev)", "cross_encoder", f"{cross_ms:.0f}"),
+        row("+ trained cross-encoder alone", "cross_encoder_alone", f"{cross_ms:.0f}"),
     ]
+    if llm_modes:
+        lines.append(f"| first stage on the LLM sample ({m['overall']} / {m['seen_docs']} / {m['unseen_docs']} "
+                     "queries) | " + " | ".join(
+                         f"{mean(scores['first_stage'], sample_subsets[s]):.4f}" if sample_subsets[s] else "-"
+                         for s in SUBSETS) + " | | |")
+    for mode, entry in llm_modes.items():
+        label = {"pointwise": "yes/no log-odds", "pairwise": "A/B, both orders, wins",
+                 "listwise": f"ranking per window of {LLM_WINDOW}, {args.listwise_decoding} decoding"}[mode]
+        unparsed = "" if entry["replies"] is None else f"{entry['unparsed_replies']} of {entry['replies']}"
+        lines.append(row(f"+ SmolLM2-135M {mode} ({label}), top {args.llm_depth}", f"llm_{mode}",
+                         f"{entry['ms_per_query']:.0f}", unparsed))
+    lines += [
+        "",
+        f"Cross-encoder trained on {len(fit_ids)} train queries ({training['steps']} steps, "
+        f"{training['train_seconds'] / 60:.1f} min, loss {training['loss_first_10']:.3f} -> "
+        f"{training['loss_last_10']:.3f}; {reuse_note}). LLM rows: a seed-{args.llm_seed} sample of {len(sample)} "
+        f"test queries, the first stage's hits below the top {args.llm_depth} kept in place (figures from "
+        f"{llm_source}). 2 CPU cores; cross-encoder bf16, LLM float32. Wall time {results['wall_s'] / 60:.1f} min.",
+    ]
+    table = "\n".join(lines)
     if args.quick:
-        print("\n".join(lines))
+        print(table)
         return 0
-    save_results("rerank_scifact", "\n".join(lines), rerank_scifact=results)
+    append_run("rerank_scifact", results, table, latest_at_top=True)
     return 0
 
 

@@ -17,15 +17,14 @@ and sets the ``subsets`` entry of benchmarks/results/train_scifact.json (the res
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from pathlib import Path
 
-from _common import RESULTS, SHARED_DATA, load_scifact_with_train, per_query_ndcg, set_result_entry
+from _common import (RESULTS, SHARED_DATA, compare_on_subsets, load_scifact_with_train, per_query_ndcg,
+                     set_result_entry, split_test_queries)
 
-from flagstone.evaluation.beir import load_queries
-from flagstone.evaluation.significance import paired_test
+from flagstone.errors import DataError
 from flagstone.models.cache import EmbeddingCache
 from flagstone.models.embedder import Embedder
 from flagstone.retrieval.retriever import Retriever
@@ -42,25 +41,12 @@ SYSTEMS = [
 ]
 
 
-def normalised(text: str) -> str:
-    return re.sub(r"\s+", " ", text.strip().lower())
-
-
-def split_test_queries(data: Path, test_qrels: dict, train_qrels: dict) -> dict[str, list[str]]:
-    """Test query ids by subset, with the queries duplicated in train removed (listed under "duplicates")."""
-    queries = load_queries(data / "queries.jsonl")
-    train_texts = {normalised(queries[q]) for q in train_qrels}
-    duplicates = sorted(q for q in test_qrels if normalised(queries[q]) in train_texts)
-    train_positives = {d for judged in train_qrels.values() for d, grade in judged.items() if grade > 0}
-    kept = [q for q in test_qrels if q not in set(duplicates)]
-    seen = [q for q in kept if any(d in train_positives for d, g in test_qrels[q].items() if g > 0)]
-    unseen = [q for q in kept if q not in set(seen)]
-    return {"overall": kept, "seen_docs": seen, "unseen_docs": unseen, "duplicates": duplicates}
-
-
 def compare(base: dict[str, float], other: dict[str, float], subsets: dict[str, list[str]]) -> dict[str, dict]:
-    return {name: paired_test(base, other, queries=ids).as_dict()
-            for name, ids in subsets.items() if name != "duplicates"}
+    comparison = compare_on_subsets(base, other, subsets)
+    empty = [name for name, c in comparison.items() if c is None]
+    if empty:  # every subset of the full test split has queries; an empty one is a data error
+        raise DataError(f"no test queries in subset(s) {', '.join(empty)}")
+    return comparison
 
 
 def main() -> int:

@@ -58,6 +58,8 @@ def paired_test(baseline: Mapping[str, float], candidate: Mapping[str, float], *
         raise DataError("per-query scores must be finite")
     if np.array_equal(a, b):  # no difference at all: nothing to test (scipy would warn and return nan)
         return PairedComparison(method, len(ids), float(a.mean()), float(b.mean()), 1.0)
+    if len(ids) == 1 and method == "randomization":  # exact: both sign flips give the same |difference|
+        return PairedComparison(method, 1, float(a.mean()), float(b.mean()), 1.0)
     if method == "t-test":
         p_value = float(stats.ttest_rel(b, a).pvalue)
     elif method == "randomization":

@@ -16,6 +16,7 @@ import numpy as np
 
 from flagstone.errors import BackendError, InvalidTextError, ModelNotFoundError
 from flagstone.models._hf import quiet_transformers, torch_dtype
+from flagstone.models.generator import eos_token_ids
 from flagstone.models.finite import require_finite
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ LLM_PROMPT_STYLES: dict[str, LLMPromptStyle] = {
     "qwen3": LLMPromptStyle(_QWEN3_RERANKER_PROMPT, "yes", "no", False, True),
 }
 LLM_RERANK_MODES = ("pointwise", "pairwise", "listwise")
+LISTWISE_DECODINGS = ("free", "constrained")
 # short name -> (hub name, prompt style)
 LLM_RERANKER_PRESETS: dict[str, tuple[str, str]] = {
     f"qwen3-reranker-{size.lower()}": (f"Qwen/Qwen3-Reranker-{size}", "qwen3") for size in ("0.6B", "4B", "8B")
@@ -288,7 +290,10 @@ class LLMReranker:
     by ``step``; a reply that does not parse raises, or with ``on_unparsed="keep"`` leaves its window as it
     was; either way it is recorded in ``listwise_log``). Pairwise and listwise scores compare the passages of
     one query within a ``score_pairs`` call, so pass a query's candidates together (``rerank`` and
-    ``rerank_hits`` do).
+    ``rerank_hits`` do). ``listwise_decoding="free"`` (the default) lets the model write any text;
+    ``"constrained"`` restricts greedy decoding to the token ids of ``[i]`` and `` > [j]`` for the window's
+    numbers not used yet, then the end of the turn, so the reply is always a full ranking (small models rarely
+    write one unaided). A constrained reply is parsed and counted like a free one.
     """
 
     def __init__(
@@ -312,6 +317,7 @@ class LLMReranker:
         window: int = 10,
         step: int = 5,
         on_unparsed: str = "raise",
+        listwise_decoding: str = "free",
     ) -> None:
         from flagstone.models.causal_lm import load_causal_lm
         from flagstone.models.prompts import get_template
@@ -320,6 +326,8 @@ class LLMReranker:
             raise ValueError(f"mode must be one of {LLM_RERANK_MODES}, got {mode!r}")
         if on_unparsed not in ("raise", "keep"):
             raise ValueError(f"on_unparsed must be 'raise' or 'keep', got {on_unparsed!r}")
+        if listwise_decoding not in LISTWISE_DECODINGS:
+            raise ValueError(f"listwise_decoding must be one of {LISTWISE_DECODINGS}, got {listwise_decoding!r}")
         if window < 2 or not 1 <= step < window:
             raise ValueError(f"need window >= 2 and 1 <= step < window, got window={window}, step={step}")
         if template is not None and prompt is not None:
@@ -365,6 +373,7 @@ class LLMReranker:
         self.both_orders = both_orders
         self.window, self.step = window, step
         self.on_unparsed = on_unparsed
+        self.listwise_decoding = listwise_decoding
         if mode == "pairwise":
             self.a_id, self.b_id = self._single_token("A"), self._single_token("B")
         self.listwise_log: list[ListwiseReply] = []  # every listwise window's reply, parsed or not
@@ -494,10 +503,18 @@ class LLMReranker:
             if len(window) < 2:
                 continue
             ids = self._multi_passage_ids(query, {}, [passages[i] for i in window])
-            budget = 6 * len(window) + 8  # "[10] > " is at most ~6 tokens a number
+            kwargs: dict[str, Any] = {}
+            if self.listwise_decoding == "constrained":
+                constraint = PermutationConstraint(self.tokenizer, len(window), len(ids),
+                                                   eos_token_ids(self.model, self.tokenizer))
+                budget = constraint.max_tokens
+                kwargs = {"prefix_allowed_tokens_fn": constraint, "eos_token_id": sorted(constraint.eos)}
+            else:
+                budget = 6 * len(window) + 8  # "[10] > " is at most ~6 tokens a number
             with torch.inference_mode():
                 generated = self.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                                max_new_tokens=budget, do_sample=False, pad_token_id=self._pad_id)
+                                                max_new_tokens=budget, do_sample=False, pad_token_id=self._pad_id,
+                                                **kwargs)
             reply = self.tokenizer.decode(generated[0, len(ids):], skip_special_tokens=True)
             parsed = parse_permutation(reply, len(window))
             self.listwise_log.append(ListwiseReply(query, len(window), reply, parsed is not None))
@@ -525,6 +542,51 @@ class ListwiseReply:
     n_passages: int
     reply: str
     parsed: bool
+
+
+class PermutationConstraint:
+    """Constrained listwise decoding: a ``prefix_allowed_tokens_fn`` for ``generate`` under which the reply can
+    only be ``[i] > [j] > ...`` over ``1..n``, each number once, then an end-of-turn token.
+
+    Each piece (``[i]`` first, `` > [i]`` after it) is tokenised once and decoding may only follow those
+    token ids; no piece's text is a prefix of another's, so the tokens so far split into pieces one way.
+    """
+
+    def __init__(self, tokenizer: Any, n: int, prompt_length: int, eos: set[int]) -> None:
+        if n < 1:
+            raise ValueError("a ranking needs at least one passage")
+        if not eos:
+            raise ValueError("the model has no end-of-turn token to finish a constrained ranking with")
+
+        def tokens(text: str) -> tuple[int, ...]:
+            return tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+        self.first = {i: tokens(f"[{i}]") for i in range(1, n + 1)}
+        self.later = {i: tokens(f" > [{i}]") for i in range(1, n + 1)}
+        self.n, self.prompt_length, self.eos = n, prompt_length, set(eos)
+        # the longest reply: the longest first piece, n - 1 longest later pieces and the end token
+        self.max_tokens = max(map(len, self.first.values())) + (n - 1) * max(map(len, self.later.values())) + 1
+
+    def allowed(self, generated: Sequence[int]) -> list[int]:
+        """Token ids that may follow ``generated`` (the reply's tokens so far)."""
+        used: set[int] = set()
+        pos = 0
+        while True:
+            pieces = {i: t for i, t in (self.later if used else self.first).items() if i not in used}
+            if not pieces:  # a full ranking: only the end of the turn may follow
+                return sorted(self.eos) if pos == len(generated) else []
+            rest = tuple(generated[pos:])
+            done = [i for i, t in pieces.items() if rest[: len(t)] == t]
+            if done:
+                used.add(done[0])
+                pos += len(pieces[done[0]])
+                continue
+            return sorted({t[len(rest)] for t in pieces.values() if len(t) > len(rest) and t[: len(rest)] == rest})
+
+    def __call__(self, batch_id: int, input_ids: torch.Tensor) -> list[int]:
+        allowed = self.allowed(input_ids[self.prompt_length:].tolist())
+        # nothing allowed can only follow tokens outside the constraint: end the reply (it is then unparsed)
+        return allowed or sorted(self.eos)
 
 
 class ListwiseParseError(BackendError):

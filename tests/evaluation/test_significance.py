@@ -56,3 +56,10 @@ def test_bad_inputs_are_refused():
     # a subset of the queries
     result = paired_test({"q1": 0.5, "q2": 0.1, "q3": 0.9}, {"q1": 0.6, "q2": 0.2, "q3": 0.0}, queries=["q1", "q2"])
     assert result.n == 2 and result.delta == pytest.approx(0.1)
+
+
+def test_one_query_randomization_is_exact_p_one():
+    from flagstone.evaluation.significance import paired_test
+
+    result = paired_test({"q": 0.2}, {"q": 0.7})
+    assert result.n == 1 and result.p_value == 1.0 and abs(result.delta - 0.5) < 1e-12

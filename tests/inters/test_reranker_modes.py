@@ -108,3 +108,60 @@ def test_mode_arguments_are_checked(tiny_causal_lm_dir):
         LLMReranker(tiny_causal_lm_dir, mode="listwise", on_unparsed="guess")
     pointwise = LLMReranker(tiny_causal_lm_dir, template="useful")
     assert pointwise.prompt.startswith("Would this document help")
+
+
+def test_permutation_constraint_only_allows_full_rankings(tiny_causal_lm_dir):
+    """A random walk through the allowed tokens always ends in a ranking of 1..n (n >= 10 checks that [1]
+    and [10] share a prefix without one blocking the other)."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    from flagstone.models.prompts import parse_permutation
+    from flagstone.models.reranker import PermutationConstraint
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_causal_lm_dir)
+    eos = {tokenizer.eos_token_id}
+    rng = random.Random(0)
+    for n in (1, 2, 5, 10, 12):
+        constraint = PermutationConstraint(tokenizer, n, 0, eos)
+        for _ in range(20):
+            reply: list[int] = []
+            while not (reply and reply[-1] in eos):
+                allowed = constraint.allowed(reply)
+                assert allowed, reply
+                reply.append(rng.choice(allowed))
+            assert len(reply) <= constraint.max_tokens
+            assert parse_permutation(tokenizer.decode(reply[:-1]), n) is not None
+    assert PermutationConstraint(tokenizer, 3, 0, eos).allowed(tokenizer("hello", add_special_tokens=False)
+                                                              ["input_ids"]) == []
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_constrained_listwise_replies_always_parse(tmp_path, seed):
+    """A randomly initialised model writes noise when free; constrained, every window's reply is a ranking."""
+    from tests.helpers import build_tiny_causal_lm
+
+    folder = build_tiny_causal_lm(tmp_path / "lm", chat_template=True, seed=seed, context=512)
+    passages = PASSAGES + [f"passage {i} on bytes and text" for i in range(8)]  # 13: windows of up to 10
+    reranker = LLMReranker(folder, mode="listwise", listwise_decoding="constrained", window=10, step=3,
+                           max_length=400)
+    scores = reranker.score_pairs([(QUERY, p) for p in passages])
+    assert sorted(scores.tolist()) == list(range(1, len(passages) + 1))  # a full order, each passage once
+    assert reranker.listwise_unparsed == 0 and len(reranker.listwise_log) == 2  # windows at 3-12, 0-9
+    for reply in reranker.listwise_log:
+        assert reply.parsed and reply.reply.count("[") == reply.n_passages
+    short = LLMReranker(folder, mode="listwise", listwise_decoding="constrained", max_length=400)
+    short.score_pairs([(QUERY, p) for p in PASSAGES[:2]])
+    assert short.listwise_log[0].parsed and short.listwise_log[0].reply in ("[1] > [2]", "[2] > [1]")
+
+
+def test_a_constrained_reply_that_does_not_parse_is_still_counted(tiny_causal_lm_dir):
+    keep = LLMReranker(tiny_causal_lm_dir, mode="listwise", listwise_decoding="constrained", on_unparsed="keep")
+    _scripted(keep, ["[5] > [3]"])  # a model that ignored the constraint
+    scores = keep.score_pairs([(QUERY, p) for p in PASSAGES])
+    assert np.argsort(-scores, kind="stable").tolist() == [0, 1, 2, 3, 4]
+    assert keep.listwise_unparsed == 1 and keep.listwise_decoding == "constrained"
+    assert LLMReranker(tiny_causal_lm_dir, mode="listwise").listwise_decoding == "free"  # the default
+    with pytest.raises(ValueError, match="listwise_decoding"):
+        LLMReranker(tiny_causal_lm_dir, mode="listwise", listwise_decoding="grammar")

@@ -1,0 +1,61 @@
+"""benchmarks/_common.py's shared pieces: results kept run by run (optionally with the latest at the top),
+SciFact's test split into subsets without train duplicates, and the paired comparison on each subset."""
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from tests.helpers import REPO
+
+
+@pytest.fixture()
+def common(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    sys.modules.pop("_common", None)
+    import _common
+
+    monkeypatch.setattr(_common, "RESULTS", tmp_path)
+    return _common
+
+
+def test_append_run_keeps_every_run_and_the_latest_at_the_top(common, tmp_path, capsys):
+    # a file from before runs were kept, with the table it was written with
+    (tmp_path / "bench.json").write_text(json.dumps({"score": 0.5}))
+    (tmp_path / "bench.md").write_text("| old | table |\n")
+    assert common.append_run("bench", {"score": 0.6, "arguments": {"quick": False}}, "| new |",
+                             latest_at_top=True) == 2
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert saved["score"] == 0.6 and saved["table"] == "| new |" and "commit" in saved
+    assert [r["score"] for r in saved["runs"]] == [0.5, 0.6]
+    assert saved["runs"][0]["table"] == "| old | table |"
+    assert common.append_run("bench", {"score": 0.7}, "| newer |", latest_at_top=True) == 3
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert saved["score"] == 0.7 and [r["score"] for r in saved["runs"]] == [0.5, 0.6, 0.7]
+    assert "runs" not in saved["runs"][-1]
+    md = (tmp_path / "bench.md").read_text()
+    assert md.index("| old | table |") < md.index("| new |") < md.index("| newer |")
+    common.append_run("bench", {"score": 0.8}, "| plain |")  # without the option: runs only
+    assert set(json.loads((tmp_path / "bench.json").read_text())) == {"runs"}
+
+
+def test_split_test_queries_drops_train_duplicates(common, tmp_path):
+    queries = [{"_id": "t1", "text": "Aspirin  lowers risk"}, {"_id": "t2", "text": "a new claim"},
+               {"_id": "t3", "text": "another claim"}, {"_id": "r1", "text": "aspirin lowers RISK"},
+               {"_id": "r2", "text": "something else"}]
+    (tmp_path / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    test_qrels = {"t1": {"d1": 1}, "t2": {"d2": 1}, "t3": {"d3": 1, "d4": 0}}
+    train_qrels = {"r1": {"d1": 1}, "r2": {"d2": 1, "d3": 0}}
+    subsets = common.split_test_queries(tmp_path, test_qrels, train_qrels)
+    assert subsets == {"overall": ["t2", "t3"], "seen_docs": ["t2"], "unseen_docs": ["t3"], "duplicates": ["t1"]}
+
+
+def test_compare_on_subsets_tests_each_subset_and_skips_empty_ones(common):
+    base = {"a": 0.2, "b": 0.4, "c": 0.5}
+    other = {"a": 0.3, "b": 0.6, "c": 0.5}
+    out = common.compare_on_subsets(base, other, {"overall": ["a", "b", "c"], "seen_docs": ["a", "b"],
+                                                  "unseen_docs": [], "duplicates": ["x"]})
+    assert set(out) == {"overall", "seen_docs", "unseen_docs"} and out["unseen_docs"] is None
+    assert out["overall"]["delta"] == pytest.approx(0.1) and out["overall"]["queries"] == 3
+    assert out["seen_docs"]["delta"] == pytest.approx(0.15) and 0 < out["seen_docs"]["p_value"] <= 1

@@ -108,6 +108,74 @@ def fuse_candidates(per_signal: Mapping[str, np.ndarray], weights: Mapping[str, 
     return np.lexsort((np.arange(n), -fused))[:top], fused
 
 
+def _fused_search(indexes: Mapping[str, Index], encoded: Mapping[str, object], order: Mapping[str, int],
+                  n_queries: int, k: int, config: HybridConfig, weights: Mapping[str, float],
+                  allow: Sequence[str] | None) -> Hits:
+    """The hybrid search behind :meth:`Retriever.search` and :func:`search_across`: each weighted signal's index
+    proposes its top ``config.candidates``, every signal rescores the union, :func:`fuse_candidates` ranks it.
+    ``order`` is each document's insertion position (the tie-break)."""
+    per_signal_k = max(config.candidates, k)  # so the union always holds min(k, corpus) documents
+    proposals = {s: indexes[s].search(encoded[s], per_signal_k, allow=allow) for s in weights}
+    top = min(k, len(order))
+    out_ids: list[list[str]] = []
+    out_scores = np.full((n_queries, top), -np.inf, dtype=np.float32)
+    out_signals = {s: np.full((n_queries, top), -np.inf, dtype=np.float32) for s in weights}
+    candidates = []
+    for qi in range(n_queries):
+        found = {doc_id for s, result in proposals.items()
+                 for doc_id in indexes[s].ids_of(result.positions[qi : qi + 1])[0]}
+        candidates.append(sorted(found, key=order.__getitem__))
+    rescored = {s: indexes[s].rescore(encoded[s], [indexes[s].id_map.positions(c) for c in candidates])
+                for s in weights}
+    for qi, cands in enumerate(candidates):
+        per_signal = {s: rescored[s][qi] for s in weights}
+        ranked, fused = fuse_candidates(per_signal, weights, config, top)
+        out_ids.append([cands[j] for j in ranked])
+        out_scores[qi, : len(ranked)] = fused[ranked]
+        for s in weights:
+            out_signals[s][qi, : len(ranked)] = per_signal[s][ranked]
+    return Hits("hybrid", out_ids, out_scores, out_signals)
+
+
+def search_across(retrievers: Sequence[Retriever], queries: Sequence[str], *, weights: Mapping[str, float],
+                  k: int = 10, hybrid: HybridConfig | None = None, allow: Sequence[str] | None = None) -> Hits:
+    """A hybrid of signals that live in different retrievers over the same documents, e.g. one model's dense
+    vectors with BM25 and another model's sparse and ColBERT heads: the same candidates and fusion as
+    ``Retriever.search(mode="hybrid")`` (``hybrid`` gives method, normalisation and candidates; its weights
+    are not used). Every retriever must hold the same ids added in the same order, and each signal named in
+    ``weights`` must belong to exactly one of them (build them with ``signals=`` to split a model's outputs)."""
+    if not retrievers:
+        raise ValueError("search_across needs at least one retriever")
+    ids = retrievers[0].ids
+    if not ids:
+        raise NotFittedError("nothing is indexed yet: add(ids, texts) or fit(ids, texts) first")
+    if any(r.ids != ids for r in retrievers[1:]):
+        raise FlagstoneError("search_across needs retrievers over the same ids added in the same order")
+    config = hybrid or HybridConfig()
+    check_weights(weights, SIGNALS)
+    weights = {s: w for s, w in weights.items() if w != 0}
+    owners: dict[str, Retriever] = {}
+    for signal in weights:
+        holders = [r for r in retrievers if signal in r.signals]
+        if len(holders) != 1:
+            raise FlagstoneError(f"signal {signal!r} is held by {len(holders)} of the retrievers; it must be "
+                                 f"held by exactly one (restrict the others with signals=)")
+        owners[signal] = holders[0]
+    if k < 1:
+        raise ValueError("k must be at least 1")
+    if isinstance(queries, str):
+        raise InvalidTextError("search expects a list of queries, got a single string; wrap it in a list")
+    validate_texts(queries)
+    encoded: dict[str, object] = {}
+    indexes: dict[str, Index] = {}
+    for owner in {id(r): r for r in owners.values()}.values():
+        mine = [s for s in weights if owners[s] is owner]
+        encoded.update(owner.encode_queries(queries, mine))
+        indexes.update({s: owner.indexes[s] for s in mine})
+    order = {doc_id: n for n, doc_id in enumerate(ids)}
+    return _fused_search(indexes, encoded, order, len(queries), k, config, weights, allow)
+
+
 FORMAT = "flagstone-retriever"
 VERSION = 1
 _SETTINGS = "retriever.json"
@@ -417,27 +485,8 @@ class Retriever:
                        allow: Sequence[str] | None) -> Hits:
         weights = self.hybrid_weights(config)
         encoded = self.encode_queries(queries, list(weights))
-        per_signal_k = max(config.candidates, k)  # so the union always holds min(k, corpus) documents
-        proposals = {s: self._indexes[s].search(encoded[s], per_signal_k, allow=allow) for s in weights}
-        top = min(k, len(self))
-        out_ids: list[list[str]] = []
-        out_scores = np.full((len(queries), top), -np.inf, dtype=np.float32)
-        out_signals = {s: np.full((len(queries), top), -np.inf, dtype=np.float32) for s in weights}
-        candidates = []
-        for qi in range(len(queries)):
-            found = {doc_id for s, result in proposals.items()
-                     for doc_id in self._indexes[s].ids_of(result.positions[qi : qi + 1])[0]}
-            candidates.append(sorted(found, key=self._order.__getitem__))
-        rescored = {s: self._indexes[s].rescore(encoded[s], [self._indexes[s].id_map.positions(c) for c in candidates])
-                    for s in weights}
-        for qi, cands in enumerate(candidates):
-            per_signal = {s: rescored[s][qi] for s in weights}
-            order, fused = fuse_candidates(per_signal, weights, config, top)
-            out_ids.append([cands[j] for j in order])
-            out_scores[qi, : len(order)] = fused[order]
-            for s in weights:
-                out_signals[s][qi, : len(order)] = per_signal[s][order]
-        return Hits("hybrid", out_ids, out_scores, out_signals)
+        return _fused_search({s: self._indexes[s] for s in weights}, encoded, self._order, len(queries), k,
+                             config, weights, allow)
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, folder: str | os.PathLike[str], *, overwrite: bool = False) -> None:

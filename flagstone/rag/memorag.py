@@ -202,9 +202,11 @@ class MemoRAG:
     # this many tokens copied from the prompt are checked per forward pass. 0: token by token
     prompt_lookup: int = 0
     # pieces gisted in batches of this many, decoded together (generators with generate_many; without prompt
-    # lookup); 1: one by one. Both are off by default: on a 5-question HotpotQA slice run back to back on the
-    # shared 2-core machine, batches of 8 took 1.17x and prompt lookup 10 0.99x the plain time, with identical
-    # replies (benchmarks/results/rag_qa_slice_memorag_*_run2.md); under heavier load they had looked faster
+    # lookup); 1: one by one. Both are off by default: on 5 HotpotQA questions on the shared 2-core machine their
+    # effect is within the load's noise (identical replies; back to back, batches of 8 took 1.17x and prompt
+    # lookup 10 0.99x the plain time, benchmarks/results/rag_qa_slice_memorag_*_run2.md; interleaved per
+    # question in one process while the load rose, batches of 8 0.88x and prompt lookup 4 0.83x,
+    # benchmarks/results/memorag_speed.md)
     gist_batch: int = 1
     name: str = "memorag"
 

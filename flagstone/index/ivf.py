@@ -13,11 +13,12 @@ from flagstone.errors import TuningError
 from flagstone.index.base import Index, SearchResult, register
 from flagstone.index.codecs import FlatCodec, PQCodec, require_faiss
 from flagstone.index.dense import DenseIndex, check_vectors
+from flagstone.models.scoring import blocked_inner_products
 
 _MIN_POINTS_PER_LIST = 39  # faiss's k-means warns below this many training points per centroid
 # vectors per matrix product when assigning them to clusters (see IVFIndex.nearest_centroids); small, because a
 # one-document add pays for the whole zero-padded block
-_ASSIGN_BLOCK = 64
+_ASSIGN_BLOCK = 1024  # vectors assigned per product: bounds the (vectors, centroids) matrix
 
 
 DEFAULT_TARGET_RECALL = 0.995
@@ -150,22 +151,16 @@ class IVFIndex(DenseIndex):
     def nearest_centroids(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Each vector's nearest centroid by inner product (int32) and its similarity to it (float32).
 
-        The products are taken ``_ASSIGN_BLOCK`` vectors at a time, always in one matrix shape (the last block
-        zero-padded): BLAS picks its kernel by shape and the kernels round differently, so a vector almost as
-        near to two centroids could land in one cluster when added among 62 vectors (a shard) and in the other
-        when added among 185 (one index over the corpus), and the shard's IVF results parted from the index's.
-        With one shape a vector's cluster does not depend on what it was added with."""
+        The products come from ``blocked_inner_products`` (float64 sums rounded to float32), so a vector almost
+        as near to two centroids lands in the same cluster whether it is added among 62 vectors (a shard) or
+        among 185 (one index over the corpus); float32 BLAS rounds with the batch and could split them."""
         vectors = np.asarray(vectors, dtype=np.float32)
         assign = np.empty(len(vectors), dtype=np.int32)
         similarity = np.empty(len(vectors), dtype=np.float32)
-        block = np.zeros((_ASSIGN_BLOCK, self.dim), dtype=np.float32)
         for start in range(0, len(vectors), _ASSIGN_BLOCK):
-            part = vectors[start : start + _ASSIGN_BLOCK]
-            block[: len(part)] = part
-            block[len(part) :] = 0.0
-            scores = (block @ self.centroids.T)[: len(part)]
-            assign[start : start + len(part)] = scores.argmax(axis=1)
-            similarity[start : start + len(part)] = scores.max(axis=1)
+            scores = blocked_inner_products(vectors[start : start + _ASSIGN_BLOCK], self.centroids)
+            assign[start : start + len(scores)] = scores.argmax(axis=1)
+            similarity[start : start + len(scores)] = scores.max(axis=1)
         return assign, similarity
 
     def _added(self, rows: np.ndarray, vectors: np.ndarray) -> None:

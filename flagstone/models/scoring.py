@@ -38,20 +38,19 @@ SCORE_BLOCK = 1024  # rows per matrix product in exact scoring
 
 
 def blocked_inner_products(queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """(queries, rows) float32 inner products, computed SCORE_BLOCK rows at a time (the last block padded with
-    zeros). BLAS picks its kernel by the matrix shapes, and the kernels round differently; with one shape for
-    every block a document's score is the same bit for bit wherever its row sits and however many rows the
-    index holds, so a shard of a corpus scores exactly as one index over the whole corpus."""
-    queries = np.asarray(queries, dtype=np.float32)
-    n = len(rows)
-    out = np.empty((len(queries), n), dtype=np.float32)
-    full = n - n % SCORE_BLOCK
-    for start in range(0, full, SCORE_BLOCK):
-        out[:, start : start + SCORE_BLOCK] = queries @ np.asarray(rows[start : start + SCORE_BLOCK], np.float32).T
-    if full < n:
-        pad = np.zeros((SCORE_BLOCK, rows.shape[1]), dtype=np.float32)
-        pad[: n - full] = rows[full:]
-        out[:, full:] = (queries @ pad.T)[:, : n - full]
+    """(queries, rows) inner products as float32, SCORE_BLOCK rows at a time, accumulated in float64.
+
+    Why float64: BLAS's float32 kernels round a product differently with the matrix shape and, on some CPUs
+    (OpenBLAS's Haswell kernels), with a row's place inside the block, so a document would score a few ulps
+    apart in a shard and in one index over the whole corpus. Products summed in float64 and rounded once to
+    float32 are the same bit for bit wherever a row sits (unless the exact value lies within ~1e-16 of a float32
+    rounding boundary), so shards, filtered scans and rescoring agree with one index. Cost, measured on
+    2 AVX2 cores over 50k x 384 rows: 1.3x the float32 time for one query, 1.7x for 32, 2.6x for 256."""
+    queries = np.asarray(queries, dtype=np.float32).astype(np.float64)
+    out = np.empty((len(queries), len(rows)), dtype=np.float32)
+    for start in range(0, len(rows), SCORE_BLOCK):
+        block = np.asarray(rows[start : start + SCORE_BLOCK], dtype=np.float64)
+        out[:, start : start + len(block)] = queries @ block.T
     return out
 
 
@@ -86,8 +85,8 @@ def colbert_scores(queries: MultiVectors, docs: MultiVectors) -> np.ndarray:
             q = queries[qi]
             if len(q) == 0:
                 continue
-            # (query tokens, block tokens), in fixed-shape products: a document's score is then the same bit
-            # for bit whichever other documents are scored with it (a filtered search, a shard, a rescore)
+            # (query tokens, block tokens), summed in float64: a document's score is then the same bit for bit
+            # whichever other documents are scored with it (a filtered search, a shard, a rescore)
             token_scores = blocked_inner_products(q, block)
             best = np.maximum.reduceat(token_scores, starts, axis=1)  # (query tokens, documents)
             # summed along contiguous rows, one per document: numpy sums a (tokens, 1) column pairwise but adds
@@ -104,7 +103,7 @@ def colbert_pair_scores(queries: MultiVectors, docs: MultiVectors) -> np.ndarray
     for i in range(len(queries)):
         q, d = queries[i], docs[i]
         if len(q) and len(d):
-            out[i] = (q @ d.T).max(axis=1).sum() / len(q)
+            out[i] = blocked_inner_products(q, d).max(axis=1).sum() / len(q)
     return out
 
 

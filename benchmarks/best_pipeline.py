@@ -39,8 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from _common import RESULTS, SHARED_DATA, load_scifact_with_train, save_results, set_result_entry
-from scifact_subsets import compare, split_test_queries
+from _common import RESULTS, SHARED_DATA, load_scifact_with_train, save_results, set_result_entry, split_test_queries
+from scifact_subsets import compare
 
 from flagstone.evaluation.beir import load_beir
 from flagstone.evaluation.metrics import evaluate_run

@@ -18,6 +18,7 @@ from typing import Any
 
 from flagstone._io import atomic_folder, check_output_folder
 from flagstone.errors import DataError, require_extra
+from flagstone.models._hf import resolve_precision
 from flagstone.training.loop import TrainingResult, train
 from flagstone.inters.settings import LoraSettings
 from flagstone.training.settings import TrainingConfig
@@ -118,7 +119,8 @@ def tune_lora(
         peft_model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / TRAINING_FILE).write_text(json.dumps({
-            "base_model": str(model), "lora": asdict(lora), "config": asdict(config), "targets": targets,
+            "base_model": str(model), "lora": asdict(lora),
+            "config": {**asdict(config), "precision": resolve_precision(config.precision)}, "targets": targets,
             "rows_used": len(encoded), "rows_too_long": too_long, "steps": result.steps, "seconds": result.seconds,
             "losses": result.losses}, indent=2), encoding="utf-8")
     return TuningResult(Path(output), len(encoded), too_long, result)

@@ -66,7 +66,10 @@ def train(
     import torch
     from tqdm.auto import tqdm
 
+    from flagstone.models._hf import resolve_precision
+
     seed_everything(config.seed)
+    autocast = resolve_precision(config.precision) == "bfloat16"
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("no parameters require gradients: nothing to train")
@@ -113,7 +116,7 @@ def train(
                 continue  # this epoch finished before the resume point
             step_loss, micro = 0.0, 0
             for batch in batches[max(0, first): per_epoch * config.gradient_accumulation]:
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision == "bfloat16"):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
                     loss = loss_fn(batch) / config.gradient_accumulation
                 loss.backward()
                 step_loss += float(loss.detach())

@@ -3,7 +3,8 @@ options from these very defaults instead of repeating the numbers.
 
 The defaults are the settings tuned on SciFact's held-out *train* queries and reported in the README
 (``benchmarks/tune_training.py``, ``benchmarks/train_scifact.py``, ``benchmarks/rerank_scifact.py``):
-learning rate 1e-4, 3 epochs (2 for BGE-M3's unified training of several heads), bfloat16 autocast;
+learning rate 1e-4, 3 epochs (2 for BGE-M3's unified training of several heads), bfloat16 autocast (the
+default "auto" precision keeps it only on CPUs that compute bfloat16 natively);
 embedders: temperature 0.05, batches of 16 queries x (1 positive + 3 hard negatives) plus in-batch
 negatives; cross-encoders: groups of 1 positive + 7 negatives, 4 groups a batch.
 """
@@ -37,13 +38,14 @@ class TrainingConfig:
     checkpoint_every: int | None = None  # optimiser steps between resumable checkpoints
     seed: int = 0
     # "bfloat16" autocasts the forward pass (about 2x faster on CPUs with AVX-512 BF16; what the tuned runs
-    # used); "float32" computes in full precision
-    precision: str = "bfloat16"
+    # used); "float32" computes in full precision; "auto" (the default) is bfloat16 where the CPU has native
+    # bfloat16 (AVX512-BF16 or AMX) and float32 elsewhere: emulated, bfloat16 was ~5x slower than float32
+    precision: str = "auto"
     show_progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.precision not in ("float32", "bfloat16"):
-            raise ValueError(f"precision must be float32 or bfloat16, got {self.precision!r}")
+        if self.precision not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"precision must be auto, float32 or bfloat16, got {self.precision!r}")
         if self.epochs < 1 or self.gradient_accumulation < 1:
             raise ValueError("epochs and gradient_accumulation must be at least 1")
         if self.learning_rate <= 0:

@@ -27,7 +27,7 @@ def _parse(kind: str, *options: str):
 
 def test_library_defaults_are_the_tuned_settings():
     config, settings = TrainingConfig(), EmbedderTrainingSettings()
-    assert (config.learning_rate, config.epochs, config.precision, config.warmup_ratio) == (1e-4, 3, "bfloat16", 0.1)
+    assert (config.learning_rate, config.epochs, config.precision, config.warmup_ratio) == (1e-4, 3, "auto", 0.1)
     assert (settings.temperature, settings.batch_size, settings.group_size, settings.passage_max_length) == (0.05, 16, 4, 192)
     assert settings.in_batch_negatives and settings.heads == ("dense",)
     assert default_epochs(("dense",)) == 3 and default_epochs(("dense", "sparse", "colbert")) == M3_EPOCHS == 2
@@ -43,10 +43,23 @@ def test_embedder_options_default_to_the_library_settings():
     assert args.max_length == settings.passage_max_length and tuple(args.heads) == settings.heads
     assert args.sparse_init == settings.sparse_init and args.no_in_batch is not settings.in_batch_negatives
     assert args.gradient_accumulation == config.gradient_accumulation and args.seed == config.seed
-    assert args.bf16 is True and _training_config(args) == TrainingConfig(checkpoint_every=None)
+    assert args.bf16 is None and _training_config(args) == TrainingConfig(checkpoint_every=None)
     assert _training_config(_parse("embedder", "--heads", "dense", "sparse", "colbert")).epochs == M3_EPOCHS
     assert _training_config(_parse("embedder", "--epochs", "5", "--heads", "colbert")).epochs == 5
     assert _training_config(_parse("embedder", "--no-bf16")).precision == "float32"
+    assert _training_config(_parse("embedder", "--bf16")).precision == "bfloat16"
+
+
+def test_auto_precision_is_bfloat16_only_where_the_cpu_computes_it(monkeypatch):
+    import torch
+
+    from flagstone.models._hf import resolve_precision
+
+    for native, expected in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        assert resolve_precision("auto") == expected
+        assert resolve_precision("float32") == "float32" and resolve_precision("bfloat16") == "bfloat16"
 
 
 def test_train_embedder_without_a_config_trains_the_tuned_epochs(tiny_m3_dir, tmp_path):

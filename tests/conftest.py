@@ -24,6 +24,18 @@ if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ
     # computes on one thread instead of every worker spreading over all cores
     os.environ["OMP_NUM_THREADS"] = "1"
 
+# the longest files (minutes each on 2 cores) start first: pytest-xdist hands out whole files in collection order
+# (--dist loadfile), and the README's commands collected last kept one worker busy while the other sat idle
+LONGEST_FIRST = ("tests/test_readme.py", "tests/distributed/test_ray.py")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    def rank(item) -> int:
+        path = item.nodeid.split("::")[0]
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order inside a file (the README's commands build on each other) is kept
+
 
 @pytest.fixture(scope="session")
 def minilm():

@@ -50,12 +50,12 @@ def check_same(id_map: IdMap, model: Model, asked: list[str]) -> None:
             id_map.positions(live[:3] + gone[:1])
 
 
-def random_ops(seed: int) -> None:
+def random_ops(seed: int, steps: int = 60) -> None:
     rng = np.random.default_rng(seed)
     id_map, model = IdMap(), Model()
     ever: list[str] = []
     fresh = iter(f"{w}{n}" for n in range(10**6) for w in ("d", "é-", "x\udc80")[: 1 + n % 3])
-    for step in range(60):
+    for step in range(steps):
         op = rng.choice(["add", "add_big", "remove", "readd", "reorder", "compact"], p=[.3, .08, .25, .12, .1, .15])
         if op in ("add", "add_big"):
             new = [next(fresh) for _ in range(int(rng.integers(1, 40 if op == "add" else 1500)))]
@@ -93,10 +93,11 @@ def test_random_adds_removes_and_reorders_match_a_dict(seed):
 
 
 def test_hash_collisions_are_told_apart_by_the_bytes(monkeypatch):
-    """With a hash of 3 values nearly every lookup meets rows of other ids first: the results stay exact."""
+    """With a hash of 3 values nearly every lookup meets rows of other ids first: the results stay exact
+    (every lookup scans a third of the rows, so fewer operations than the other random runs)."""
     monkeypatch.setattr(idmap_module, "id_hashes", lambda *a: id_hashes(*a) % np.uint64(3))
-    random_ops(4)
-    id_map = IdMap.from_ids([f"d{i}" for i in range(2000)])
+    random_ops(4, steps=25)
+    id_map = IdMap.from_ids([f"d{i}" for i in range(500)])
     with pytest.raises(IdError, match=r"already in the index: \['d7'\]"):
         id_map.extend(["new", "d7"])
     data, offsets = pack_ids(["a", "b", "c", "b"])

@@ -83,6 +83,8 @@ SUBSTITUTIONS = [
     Substitution("bash", "flagstone train inters inters-data -o inters-lora",
                  "flagstone train inters inters-data -o inters-lora --max-steps 1 --batch-size 2",
                  "one LoRA step on SmolLM2, not an epoch"),
+    Substitution("bash", "--rerank llm:inters-lora --rerank-depth 10", "--rerank llm:inters-lora --rerank-depth 3",
+                 "the LoRA-tuned SmolLM2 reranks the top 3, not 10 (each pair is one forward pass on a shared CPU)"),
     Substitution("python", '"BAAI/bge-reranker-base"', '"{tiny_reranker}"',
                  "bge-reranker-base is a hub download (offline here): a tiny random checkpoint in its layout"),
     Substitution("python", "MemoRAG(generator, k=3)", "MemoRAG(generator, k=3, gist_tokens=32, clue_tokens=32)",

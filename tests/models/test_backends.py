@@ -175,8 +175,9 @@ def test_an_exported_backend_refuses_to_back_propagate(tiny_m3_dir):
         onnx.forward(ids, mask)
 
 
-@pytest.mark.parametrize("backend", EXPORTED)
-@pytest.mark.parametrize("labels", [1, 2])
+# each backend once and each head once (1 logit; 2 logits, yes/no): the score is taken from the logits in
+# Python whatever ran the graph, and an export costs ~10 s on a shared 2-core CPU
+@pytest.mark.parametrize("backend,labels", [("onnx", 2), ("openvino", 1)])
 def test_cross_encoder_backends_equal_torch(tiny_cross_encoder_dir, tmp_path_factory, backend, labels):
     from tests.helpers import build_tiny_cross_encoder
 

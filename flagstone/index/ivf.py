@@ -16,9 +16,9 @@ from flagstone.index.dense import DenseIndex, check_vectors
 from flagstone.models.scoring import blocked_inner_products
 
 _MIN_POINTS_PER_LIST = 39  # faiss's k-means warns below this many training points per centroid
-# vectors per matrix product when assigning them to clusters (see IVFIndex.nearest_centroids); small, because a
-# one-document add pays for the whole zero-padded block
-_ASSIGN_BLOCK = 1024  # vectors assigned per product: bounds the (vectors, centroids) matrix
+# vectors per matrix product when assigning them to clusters (see IVFIndex.nearest_centroids): bounds the
+# (vectors, centroids) float64 matrix; no padding, so a one-document add costs one row
+_ASSIGN_BLOCK = 1024
 
 
 DEFAULT_TARGET_RECALL = 0.995

@@ -11,6 +11,13 @@ equal the plain setting's (the lossless speed options must give the same replies
 generator calls a least-squares fit splits a call's seconds into a cost per prompt token (reading) and per
 generated token (decoding). ``piece_tokens_2048`` changes what MemoRAG does (one gist per 2,048 tokens
 instead of 1,024): it is there to show what a coarser memory saves and costs, not as a lossless option.
+The first four settings are those of the first run (gists, replies run to their token limit);
+``gists_stop_on_repeat``, ``context`` and ``context_int8_clues`` change the replies (a looping reply is cut,
+the clues are written from the context itself, by the float32 or an int8 copy of the model), so their
+"same replies" column is expected to read 0 and the recall column says what the change costs or gains.
+
+    python benchmarks/memorag_speed.py --limit 5 --threads 2 \
+        --settings plain,gists_stop_on_repeat,context,context_int8_clues --out memorag_speed_context
 """
 from __future__ import annotations
 
@@ -24,10 +31,18 @@ import numpy as np
 from _common import SHARED_DATA, save_results
 
 SETTINGS = {
-    "plain": {},
-    "prompt_lookup_4": {"prompt_lookup": 4},
-    "gist_batch_8": {"gist_batch": 8},
-    "piece_tokens_2048": {"piece_tokens": 2048},
+    # the settings of the first run (2026-12-04): gists, replies run to their token limit
+    "plain": {"memory": "gists", "stop_on_repeat": 0},
+    "prompt_lookup_4": {"memory": "gists", "stop_on_repeat": 0, "prompt_lookup": 4},
+    "gist_batch_8": {"memory": "gists", "stop_on_repeat": 0, "gist_batch": 8},
+    "piece_tokens_2048": {"memory": "gists", "stop_on_repeat": 0, "piece_tokens": 2048},
+    # MemoRAG's defaults since: gist and clue replies end when they repeat 16 tokens (memory="auto" then picks
+    # the context when it fits, as in "context" below)
+    "gists_stop_on_repeat": {"memory": "gists"},
+    # the context itself as the memory (what memory="auto" picks when it fits the window): no gists
+    "context": {"memory": "context"},
+    # ... with the clues written by the same model in int8 (a cheaper memory model; the answer stays float32)
+    "context_int8_clues": {"memory": "context", "memory_generator": "int8"},
 }
 STAGES = {"memorize": ("gist",), "clues": ("clues",), "retrieval": ("search",), "answer": ("answer",)}
 
@@ -62,6 +77,7 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     generator = LocalGenerator()
+    int8 = LocalGenerator(dtype="int8") if any(SETTINGS[n].get("memory_generator") == "int8" for n in names) else None
     embedder, cache = Embedder(show_progress=False), EmbeddingCache()
     examples = load_hotpotqa(args.data, limit=args.limit)
     rows: list[dict] = []
@@ -69,7 +85,10 @@ def main() -> int:
         context = ContextIndex.build(example.documents, embedder=embedder, cache=cache)
         order = names[qi % len(names):] + names[:qi % len(names)]
         for name in order:
-            answer = MemoRAG(generator, k=3, **SETTINGS[name]).ask(example.question, context)
+            setting = dict(SETTINGS[name])
+            if setting.get("memory_generator") == "int8":
+                setting["memory_generator"] = int8
+            answer = MemoRAG(generator, k=3, **setting).ask(example.question, context)
             steps = answer.trace.steps
             chunks = [context.by_id[c] for c in answer.trace.retrieved]
             rows.append({

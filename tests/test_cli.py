@@ -305,6 +305,21 @@ def test_ask_rag_json_trace_with_a_local_model(tiny_causal_lm_dir, tmp_path):
     assert data["trace"]["completion_tokens"] >= 1
 
 
+def test_ask_memorag_reads_the_context_whole_and_writes_clues_in_int8(tmp_path):
+    tiny_lm = build_tiny_causal_lm(tmp_path / "lm", chat_template=True, context=2048)  # the context fits its window
+    (tmp_path / "ctx.txt").write_text(ASK_CONTEXT)
+    result = run_cli("ask", "Who ordered the bridge?", "--pipeline", "memorag", "--mode", "bm25", "--context",
+                     str(tmp_path / "ctx.txt"), "--generator", str(tiny_lm), "--max-new-tokens", "4",
+                     "--int8-clues", "--json", "--memory", str(tmp_path / "memory"))
+    assert result.returncode == 0, result.stderr
+    steps = json.loads(result.stdout)["trace"]["steps"]
+    assert [s["name"] for s in steps] == ["clues", "search", "answer"]  # the context fits: no gists
+    assert "in int8 to write the clues" in result.stderr
+    saved = json.loads((tmp_path / "memory" / "memory.json").read_text())
+    assert saved["settings"]["memory"].startswith("context, read whole by")
+    assert saved["gists"] == [" ".join(ASK_CONTEXT.split())]  # one chunk: the context itself
+
+
 @pytest.mark.slow
 def test_ask_memorag_saves_and_reuses_its_memory(tmp_path):
     # the memory's saving and reuse are under test, not the words: a tiny random Llama writes them in seconds
@@ -312,7 +327,7 @@ def test_ask_memorag_saves_and_reuses_its_memory(tmp_path):
     (tmp_path / "ctx.txt").write_text(ASK_CONTEXT)
     memory = tmp_path / "memory"
     args = ["ask", "Who ordered the bridge?", "--pipeline", "memorag", "--mode", "bm25", "--memory", str(memory),
-            "--max-new-tokens", "8", "--json", "--generator", str(tiny_lm)]
+            "--max-new-tokens", "8", "--json", "--generator", str(tiny_lm), "--memory-kind", "gists"]
     first = run_cli(*args, "--context", str(tmp_path / "ctx.txt"))
     assert first.returncode == 0, first.stderr
     assert (memory / "memory.json").is_file() and (memory / "context.json").is_file()

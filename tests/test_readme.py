@@ -43,7 +43,7 @@ TABLE_ROWS = 40  # rows kept of each STS-B / MSRP file
 QA_ROWS = 12  # NQ-open and HotpotQA records kept (INTERS data)
 BANKING_LABELS, BANKING_TRAIN, BANKING_TEST = 5, 8, 4  # intents, train and test rows per intent
 ESSAY_CHARS = 5000  # each essay in the slice: about 1,100 tokens, one 1,024-token training segment
-ESSAY_TXT_CHARS = 1200  # essay.txt: about 270 tokens, one MemoRAG memory piece of two chunks
+ESSAY_TXT_CHARS = 1200  # essay.txt: about 270 tokens, which MemoRAG's clue writer reads whole
 SLICE = (f"../shared/data is a slice of the real data: SciFact {SCIFACT_DOCS} documents (the judged ones "
          f"first), {SCIFACT_TEST_QUERIES} test and {SCIFACT_TRAIN_QUERIES} train queries; the first "
          f"{TABLE_ROWS} rows of every STS-B and MSRP file; {QA_ROWS} NQ-open and HotpotQA records; "
@@ -91,7 +91,8 @@ SUBSTITUTIONS = [
     Substitution("python", '"BAAI/bge-reranker-base"', '"{tiny_reranker}"',
                  "bge-reranker-base is a hub download (offline here): a tiny random checkpoint in its layout"),
     Substitution("python", "MemoRAG(generator, k=3)", "MemoRAG(generator, k=3, gist_tokens=32, clue_tokens=32)",
-                 "shorter gists and clues from the 135M model (its words are not checked, the pipeline is)"),
+                 "shorter clues (and gists, were the essay too long to read whole) from the 135M model (its words are not "
+                 "checked, the pipeline is)"),
     Substitution("python", "TrainingConfig(learning_rate=1e-3)", "TrainingConfig(learning_rate=1e-3, max_steps=1)",
                  "beacon training: one step, not an epoch"),
     Substitution("python", "token_segments(texts, lm.tokenizer, 1024)", "token_segments(texts, lm.tokenizer, 512)",

@@ -30,7 +30,8 @@ from flagstone.errors import FlagstoneError
 
 PIPELINE_HELP = {
     "rag": "retrieve the top-k chunks and answer from them",
-    "memorag": "gist the whole context into a memory, write clues from it, retrieve with them, answer",
+    "memorag": "read the whole context as a memory (gists when it is too long), write clues from it, retrieve "
+               "with them, answer",
     "search_o1": "reason, searching the context between tags; retrieved text is condensed before it is inserted",
     "lc_boost": "walk the context part by part, keeping notes, searching or answering at each step",
     "full_context": "put as much of the context as fits into one prompt",
@@ -68,6 +69,12 @@ def add_parsers(sub, epilog: str = EPILOG) -> None:
                    help="tokens shared by neighbouring chunks (default: 32)")
     p.add_argument("--memory", type=output_folder, default=None, metavar="DIR",
                    help="MemoRAG: load the memory and context from DIR if saved there, else build and save them")
+    p.add_argument("--memory-kind", choices=("auto", "context", "gists"), default=None,
+                   help="MemoRAG: write the clues from the context itself (read whole) or from a gist of each piece; "
+                        "auto (the default): the context when it fits the model's window with the clue prompt")
+    p.add_argument("--int8-clues", action="store_true",
+                   help="MemoRAG with a local generator: write the clues with a second copy of the model whose linear "
+                        "layers are quantised to int8 (faster on a CPU; the answer stays the generator's)")
     p.add_argument("--max-new-tokens", type=positive_int, default=64, help="tokens in the answer (default: 64)")
     p.add_argument("--guided", choices=("vllm", "llama.cpp"), default=None,
                    help="with --base-url: constrain the agents' choices with the server's guided decoding (vLLM "
@@ -93,6 +100,10 @@ def _check_ask(args: argparse.Namespace) -> None:
     if args.chunk_tokens < 2 or args.overlap >= args.chunk_tokens:
         raise FlagstoneError(f"--chunk-tokens {args.chunk_tokens} --overlap {args.overlap}: chunks need at least 2 "
                              "tokens and --overlap must be below --chunk-tokens")
+    if args.pipeline != "memorag" and (args.memory_kind is not None or args.int8_clues):
+        raise FlagstoneError("--memory-kind and --int8-clues are MemoRAG options: add --pipeline memorag")
+    if args.int8_clues and args.base_url is not None:
+        raise FlagstoneError("--int8-clues quantises a local model: it cannot be used with --base-url")
     if args.guided is not None and args.base_url is None:
         raise FlagstoneError("--guided is a server option: it needs --base-url (local models score their choices)")
     if args.base_url is None:
@@ -197,6 +208,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
     settings = {"max_new_tokens": args.max_new_tokens}
     if args.pipeline in ("rag", "memorag", "search_o1"):
         settings["k"] = args.k
+    if args.pipeline == "memorag" and args.memory_kind is not None:
+        settings["memory"] = args.memory_kind
     listener = AskListener(progress=not args.quiet, stream=False)
     listener.note(f"loading generator {args.generator}" + (f" at {args.base_url}" if args.base_url else ""))
     generator = load_generator(args.generator, base_url=args.base_url, guided=args.guided)
@@ -204,6 +217,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
         raise FlagstoneError("--stream needs a local generator (one served through --base-url is not streamed)")
     listener.stream = args.stream if args.stream is not None else (
         sys.stdout.isatty() and not args.json and accepts_on_text(generator))
+    if args.int8_clues:
+        listener.note(f"loading {args.generator} in int8 to write the clues")
+        settings["memory_generator"] = load_generator(args.generator, dtype="int8")
     pipeline = PIPELINES[args.pipeline](generator, **settings)
 
     context = memory = None

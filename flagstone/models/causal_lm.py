@@ -50,6 +50,7 @@ class CausalLM:
     model: torch.nn.Module
     tokenizer: object
     path: Path
+    precision: str = "float32"  # what load_causal_lm was asked for ("int8": linear layers quantised)
 
     @property
     def name(self) -> str:
@@ -136,25 +137,48 @@ def load_causal_lm(
 ) -> CausalLM:
     """Load a causal LM for inference (eval mode, no gradients tracked by callers' choice).
 
+    ``dtype`` "float32", "bfloat16" or "float16" loads the weights in that type; "int8" loads float32 and
+    quantises every linear layer's weights to int8 (torch's dynamic quantisation: activations are quantised
+    per call). Decoding one token reads every weight once, so on a CPU it is bound by memory traffic, which
+    int8 weights cut (the replies are close to float32's, not equal). Inference only.
+
     ``model`` may also be a LoRA adapter folder (see :data:`ADAPTER_CONFIG`): its base model is loaded with the
     adapter's config changes, then the LoRA weights are merged in (``merge_adapter``, the default: a plain
     model, as fast as the base) or kept as a peft model (``merge_adapter=False``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    quantise = dtype == "int8"
+    load_dtype = "float32" if quantise else dtype
+    torch_dtype(load_dtype)  # a clear error for an unknown dtype before any loading
     folder = resolve_causal_lm(model, cache_dir)
     adapter = is_adapter_folder(folder)
+    if quantise and adapter and not merge_adapter:
+        raise ValueError("dtype int8 needs the adapter merged (merge_adapter=True): peft layers are not quantised")
     with quiet_transformers():
         try:
             if adapter:
-                lm, base_folder = _load_with_adapter(folder, dtype, cache_dir, merge_adapter)
+                lm, base_folder = _load_with_adapter(folder, load_dtype, cache_dir, merge_adapter)
                 tokenizer = AutoTokenizer.from_pretrained(folder if _has_tokenizer(folder) else base_folder)
             else:
                 tokenizer = AutoTokenizer.from_pretrained(folder)
-                lm = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype(dtype))
+                lm = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype(load_dtype))
         except (OSError, ValueError) as exc:
             raise ModelNotFoundError(f"could not load a causal LM from {folder}: {exc}") from None
     lm.eval()
-    return CausalLM(lm, tokenizer, folder)
+    if quantise:
+        lm = quantise_linear_int8(lm)
+    return CausalLM(lm, tokenizer, folder, dtype)
+
+
+def quantise_linear_int8(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with every ``torch.nn.Linear`` replaced by a dynamically quantised int8 one (for inference)."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():  # torch announces the move of this API to torchao; it still works
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
 def _load_with_adapter(folder: Path, dtype: str, cache_dir: str | os.PathLike | None, merge: bool):

@@ -48,7 +48,8 @@ class GeneratorError(FlagstoneError):
 class Generation:
     text: str
     stop: str | None  # the stop string that ended generation, None when it ended otherwise
-    finish_reason: str  # "stop" (a stop string or end of turn) or "length" (max_new_tokens reached)
+    # "stop" (a stop string or end of turn), "length" (max_new_tokens reached) or "repeat" (stop_on_repeat)
+    finish_reason: str
     prompt_tokens: int
     completion_tokens: int
     seconds: float
@@ -266,7 +267,7 @@ class LocalGenerator:
 
         lm = model if isinstance(model, CausalLM) else load_causal_lm(model, dtype=dtype, cache_dir=cache_dir)
         self.model, self.tokenizer, self.path = lm.model, lm.tokenizer, lm.path
-        self.name = lm.name
+        self.name, self.precision = lm.name, lm.precision
         configured = int(getattr(self.model.config, "max_position_embeddings", 2048) or 2048)
         self.context_window = min(context_window, configured) if context_window else configured
         self.threads = threads
@@ -290,13 +291,17 @@ class LocalGenerator:
 
             digest = hashlib.sha256(self.model.config.to_json_string().encode())
             with torch.no_grad():
-                for name, tensor in self.model.state_dict().items():
-                    flat = tensor.detach().reshape(-1)
-                    step = max(1, flat.numel() // 64)
-                    digest.update(name.encode())
-                    digest.update(flat[:64].float().cpu().numpy().tobytes())
-                    digest.update(flat[::step][:64].float().cpu().numpy().tobytes())
-            self._model_key = f"{self.name}:{self.model.dtype}:{digest.hexdigest()[:16]}"
+                for name, value in self.model.state_dict().items():
+                    # an int8 layer keeps its weight and bias as a tuple (and its dtype) under one name
+                    for tensor in value if isinstance(value, tuple) else (value,):
+                        if not isinstance(tensor, torch.Tensor):
+                            continue
+                        flat = (tensor.int_repr() if tensor.is_quantized else tensor).detach().reshape(-1)
+                        step = max(1, flat.numel() // 64)
+                        digest.update(name.encode())
+                        digest.update(flat[:64].float().cpu().numpy().tobytes())
+                        digest.update(flat[::step][:64].float().cpu().numpy().tobytes())
+            self._model_key = f"{self.name}:{self.precision}:{self.model.dtype}:{digest.hexdigest()[:16]}"
         return self._model_key
 
     def count_tokens(self, text: str) -> int:
@@ -374,7 +379,7 @@ class LocalGenerator:
         import torch
 
         if getattr(self, "_word_start", None) is None:
-            size = self.model.get_output_embeddings().weight.shape[0]
+            size = self.model.get_output_embeddings().out_features  # also on an int8 layer (no .weight tensor)
             texts = self.tokenizer.convert_ids_to_tokens(list(range(min(size, len(self.tokenizer)))))
             mask = torch.zeros(size, dtype=torch.bool)
             for i, token in enumerate(texts):
@@ -385,7 +390,7 @@ class LocalGenerator:
 
     def generate(self, messages: Sequence[Message], *, max_new_tokens: int = 256, stop: Sequence[str] = (),
                  temperature: float = 0.0, on_text: Callable[[str], None] | None = None,
-                 prompt_cache: PromptCache | None = None, prompt_lookup: int = 0,
+                 prompt_cache: PromptCache | None = None, prompt_lookup: int = 0, stop_on_repeat: int = 0,
                  _first_word: bool = False) -> Generation:
         """Generate a reply; with ``on_text``, its text is passed to ``on_text`` piece by piece while it is
         generated (cut at the stop string like the returned text), in this thread.
@@ -400,6 +405,9 @@ class LocalGenerator:
         text so far and up to that many tokens that followed them there are checked in one forward pass, all
         those the model itself would pick kept. The reply is the greedy one (up to float rounding); replies
         that copy the prompt, like gists, come several tokens per pass.
+
+        ``stop_on_repeat`` > 0 ends the reply (finish reason "repeat") once its last that many tokens already
+        occurred in it: a small model caught in a loop stops there instead of at ``max_new_tokens``.
         """
         import torch
 
@@ -421,6 +429,14 @@ class LocalGenerator:
                 from transformers import DynamicCache
 
                 fill = kwargs[self._cache_arg] = DynamicCache(config=self.model.config)
+        if stop_on_repeat < 0:
+            raise ValueError(f"stop_on_repeat must be >= 0, got {stop_on_repeat}")
+        if stop_on_repeat:
+            from transformers import StoppingCriteriaList
+
+            criteria = kwargs.get("stopping_criteria") or StoppingCriteriaList()
+            criteria.append(repeat_stop(len(ids), stop_on_repeat))
+            kwargs["stopping_criteria"] = criteria
         if _first_word:
             kwargs["logits_processor"] = first_token_mask(len(ids), self.word_start_mask())
         if on_text is not None:
@@ -437,7 +453,10 @@ class LocalGenerator:
         new = out[0, len(ids):].tolist()
         text, hit = cut_at_stop(self.tokenizer.decode(new, skip_special_tokens=True), stops)
         ended_on_eos = bool(new) and new[-1] in eos_token_ids(self.model, self.tokenizer)
-        finish = "stop" if hit is not None or ended_on_eos or len(new) < max_new_tokens else "length"
+        looped = bool(stop_on_repeat) and hit is None and not ended_on_eos and \
+            first_repeat(new, stop_on_repeat) == len(new)
+        finish = "repeat" if looped else \
+            "stop" if hit is not None or ended_on_eos or len(new) < max_new_tokens else "length"
         return Generation(text, hit, finish, len(ids), len(new), time.perf_counter() - start, cached, miss)
 
     def generate_many(self, conversations: Sequence[Sequence[Message]], *, max_new_tokens: int = 256,
@@ -618,6 +637,34 @@ def new_text_stop(tokenizer: Any, prompt_length: int, stops: Sequence[str]) -> A
             return torch.tensor([cut_at_stop(t, stops)[1] is not None for t in texts], device=input_ids.device)
 
     return StoppingCriteriaList([NewTextStop()])
+
+
+def first_repeat(tokens: Sequence[int], span: int) -> int | None:
+    """The length at which ``tokens`` first end with ``span`` tokens that already occurred, in that order,
+    earlier in them (a reply caught in a loop), or None."""
+    tokens = list(tokens)
+    for end in range(2 * span, len(tokens) + 1):
+        tail = tokens[end - span:end]
+        if any(tokens[i:i + span] == tail for i in range(end - span)):
+            return end
+    return None
+
+
+def repeat_stop(prompt_length: int, span: int) -> Any:
+    """Stop once the generated tokens end with ``span`` tokens they already contain earlier: a greedy reply
+    that repeats itself that much stays in its loop."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class RepeatStop(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
+            done = []
+            for row in input_ids[:, prompt_length:].tolist():
+                tail = row[-span:]
+                done.append(len(row) >= 2 * span and any(row[i:i + span] == tail for i in range(len(row) - span)))
+            return torch.tensor(done, device=input_ids.device)
+
+    return RepeatStop()
 
 
 class _StopCutter:

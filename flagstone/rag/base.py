@@ -281,11 +281,12 @@ class Recorder:
 
     def generate(self, name: str, messages: Sequence[Message], *, max_new_tokens: int, stop: Sequence[str] = (),
                  temperature: float = 0.0, prompt_cache: PromptCache | None = None,
-                 prompt_lookup: int = 0) -> Generation:
+                 prompt_lookup: int = 0, stop_on_repeat: int = 0) -> Generation:
         """One generator call, recorded as a step. ``prompt_cache``: the key-value cache of the prompt's
         beginning, reused when the generator can (the step's ``cached_tokens``), else the step's ``cache_miss``
         says why not. ``prompt_lookup``: greedy prompt-lookup decoding, for a generator that offers it (the
-        caller checks with :func:`~flagstone.models.generator.generate_accepts` and records what it used)."""
+        caller checks with :func:`~flagstone.models.generator.generate_accepts` and records what it used);
+        ``stop_on_repeat`` likewise (a reply that starts repeating itself ends there)."""
         listener = _LISTENER.get()
         extra: dict = {}
         miss = ""
@@ -301,6 +302,10 @@ class Recorder:
             if not generate_accepts(self.generator, "prompt_lookup"):
                 raise FlagstoneError(f"generator {self.generator.name} has no prompt-lookup decoding")
             extra["prompt_lookup"] = prompt_lookup
+        if stop_on_repeat:
+            if not generate_accepts(self.generator, "stop_on_repeat"):
+                raise FlagstoneError(f"generator {self.generator.name} cannot stop a reply that repeats itself")
+            extra["stop_on_repeat"] = stop_on_repeat
         if prompt_cache is not None:
             if accepts_prompt_cache(self.generator):
                 extra["prompt_cache"] = prompt_cache

@@ -1,8 +1,12 @@
 """MemoRAG (Lite): a global memory of the whole context guides retrieval.
 
-1. memorize: the context is read in pieces of ``piece_tokens`` generator tokens; each piece becomes a short
-   gist; the gists in order are the memory (saved and loaded as JSON beside the context);
-2. recall: from the memory the generator writes clues (phrases likely to sit near the answer, or simpler
+1. memorize: when the whole context fits the clue writer's window (``memory="auto"``, the default, or
+   ``"context"``), the memory is the context itself, which the clue writer reads whole as MemoRAG's memory
+   model does (its key-value cache is then the memory's working form, see below); otherwise (or
+   ``memory="gists"``) the context is read in pieces of ``piece_tokens`` generator tokens, each piece becomes a
+   short gist, and the gists in order are the memory. Either is saved and loaded as JSON beside the context,
+   and its settings say which it is;
+2. recall: from the memory the clue writer (``memory_generator``, else the generator) writes clues (phrases likely to sit near the answer, or simpler
    sub-questions), one per line, and a draft answer;
 3. retrieve: the question, each clue and the draft each retrieve; the lists are fused by reciprocal rank
    and the best ``k`` are the clue-retrieved passages (``question_weight`` > 1 trusts the question's own
@@ -181,6 +185,17 @@ def clean_clue(clue: str, question: str, *, max_words: int = 24, max_overlap: fl
     return " ".join(words)
 
 
+MEMORY_KINDS = ("auto", "context", "gists")
+# tokens kept free for the question and the chat template when "auto" decides whether the context fits
+QUESTION_RESERVE = 256
+
+
+def _context_memory(context: ContextIndex) -> Memory:
+    """The context itself as a memory: its chunks without overlap, one per line, each its own piece."""
+    chunks = without_overlap(context.chunks)
+    return Memory([" ".join(c.text.split()) for c in chunks], [[c.id] for c in chunks], "", {})
+
+
 @dataclass
 class MemoRAG:
     generator: Generator
@@ -195,8 +210,12 @@ class MemoRAG:
     # the question's own ranking counts this many times in the fusion; clues are cleaned of loops and echoes
     question_weight: float = 1.0
     clean_clues: bool = False
-    # a long-context memory model (e.g. flagstone.longctx.generator.BeaconGenerator): clues are written from
-    # the whole context read through it, instead of from gists
+    # what the clues are written from: "context" (the context itself, read whole), "gists" (a gist per piece),
+    # or "auto": the context when it fits the clue writer's window with the clue prompt, else gists
+    memory: str = "auto"
+    # a separate memory model that writes the clues, as in MemoRAG: a long-context one (e.g.
+    # flagstone.longctx.generator.BeaconGenerator) reads the whole context, a cheaper one (e.g. the generator's
+    # model in int8) writes clues faster; the answer is still the generator's
     memory_generator: Generator | None = None
     # greedy prompt-lookup decoding (local generators) of the clues, and of the gists when gist_batch is 1: up to
     # this many tokens copied from the prompt are checked per forward pass. 0: token by token
@@ -208,16 +227,33 @@ class MemoRAG:
     # question in one process while the load rose, batches of 8 0.88x and prompt lookup 4 0.83x,
     # benchmarks/results/memorag_speed.md)
     gist_batch: int = 1
+    # a gist or clue reply ends once its last this many tokens already occurred in it (local generators): small
+    # models loop ("The answer to the question is: The answer to ..."), and a loop adds no clue, only seconds.
+    # 0: run to gist_tokens / clue_tokens
+    stop_on_repeat: int = 16
     name: str = "memorag"
 
+    def memory_kind(self, context: ContextIndex) -> str:
+        """"context" or "gists": what :meth:`memorize` makes of ``context`` with this pipeline's ``memory``."""
+        if self.memory not in MEMORY_KINDS:
+            raise ValueError(f"memory must be one of {', '.join(MEMORY_KINDS)}, got {self.memory!r}")
+        if self.memory != "auto":
+            return self.memory
+        writer = self.memory_generator or self.generator
+        prompt = CLUE_PROMPT.format(memory=_context_memory(context).text(), question="", max_clues=self.max_clues)
+        needed = writer.count_tokens(CLUE_SYSTEM) + writer.count_tokens(prompt) + self.clue_tokens + QUESTION_RESERVE
+        return "context" if needed <= writer.context_window else "gists"
+
     def memorize(self, context: ContextIndex, recorder: Recorder | None = None) -> Memory:
-        """Gist the context piece by piece (each piece fits the generator's window); with a memory model the
-        memory is the context itself, which that model reads whole."""
+        """The memory of ``context`` (see :meth:`memory_kind`): the context itself, or a gist per piece (each
+        piece fits the generator's window)."""
         recorder = recorder or Recorder(self.generator)
-        if self.memory_generator is not None:
-            chunks = without_overlap(context.chunks)
-            return Memory([" ".join(c.text.split()) for c in chunks], [[c.id] for c in chunks],
-                          self.memory_generator.name, {"memory": "context, read by the memory model"})
+        if self.memory_kind(context) == "context":
+            writer = self.memory_generator or self.generator
+            memory = _context_memory(context)
+            memory.generator = writer.name
+            memory.settings = {"memory": f"context, read whole by {writer.name}"}
+            return memory
         if self.gist_batch < 1:
             raise ValueError(f"gist_batch must be at least 1, got {self.gist_batch}")
         budget = min(self.piece_tokens, prompt_budget(self.generator, self.gist_tokens, GIST_SYSTEM))
@@ -241,13 +277,18 @@ class MemoRAG:
             how = f"in batches of {self.gist_batch}" if batched else \
                 f"one by one (generator {self.generator.name} has no generate_many, or the gists were streamed)"
         else:
-            lookup = self._lookup(self.generator)
+            lookup, repeat = self._lookup(self.generator), self._repeat(self.generator)
             for prompt in prompts:
-                out = recorder.generate("gist", prompt, max_new_tokens=self.gist_tokens, prompt_lookup=lookup)
+                out = recorder.generate("gist", prompt, max_new_tokens=self.gist_tokens, prompt_lookup=lookup,
+                                        stop_on_repeat=repeat)
                 gists.append(" ".join(out.text.split()))
-            how = "one by one, " + self._decoding(self.generator)
+            how = "one by one, " + self._decoding(self.generator) + (
+                f", a reply ending when it repeats {repeat} tokens" if repeat else "")
         return Memory(gists, pieces, self.generator.name,
                       {"piece_tokens": self.piece_tokens, "gist_tokens": self.gist_tokens, "gists": how})
+
+    def _repeat(self, generator: Generator) -> int:
+        return self.stop_on_repeat if generate_accepts(generator, "stop_on_repeat") else 0
 
     def _lookup(self, generator: Generator) -> int:
         return self.prompt_lookup if generate_accepts(generator, "prompt_lookup") else 0
@@ -287,7 +328,7 @@ class MemoRAG:
         cache, note = self.clue_cache(memory)
         clue_recorder = recorder if self.memory_generator is None else Recorder(self.memory_generator, recorder.trace)
         out = clue_recorder.generate("clues", messages, max_new_tokens=self.clue_tokens, prompt_cache=cache,
-                                     prompt_lookup=self._lookup(writer))
+                                     prompt_lookup=self._lookup(writer), stop_on_repeat=self._repeat(writer))
         if note:  # the cache could not be used at all, or a stale one was replaced: the step says so
             step = recorder.trace.steps[-1]
             step.cache_miss = "; ".join(x for x in (note, step.cache_miss) if x)

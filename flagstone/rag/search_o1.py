@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from flagstone.models.generator import Generator
+from flagstone.models.generator import Generator, generate_accepts
 from flagstone.rag.base import (
     Answer,
     ContextIndex,
@@ -79,11 +79,17 @@ class SearchO1:
     document_tokens: int = 128
     max_new_tokens: int = 32
     first_search: str = "forced"
+    # reasoning and Reason-in-Documents replies end once their last this many tokens already occurred in them
+    # (local generators): a small model's loops add no reasoning, only seconds. 0: run to the token limits
+    stop_on_repeat: int = 16
     name: str = "search_o1"
 
     def __post_init__(self) -> None:
         if self.first_search not in FIRST_SEARCH:
             raise ValueError(f"first_search must be one of {FIRST_SEARCH}, got {self.first_search!r}")
+
+    def _repeat(self) -> int:
+        return self.stop_on_repeat if generate_accepts(self.generator, "stop_on_repeat") else 0
 
     def _messages(self, question: str, reasoning: str) -> list[dict[str, str]]:
         messages = [{"role": "system", "content": REASONING_SYSTEM.format(max_searches=self.max_searches)},
@@ -100,7 +106,7 @@ class SearchO1:
         prompt = DOCUMENTS_PROMPT.format(history=history, query=query, documents=documents)
         out = recorder.generate("reason_in_documents", [{"role": "system", "content": DOCUMENTS_SYSTEM},
                                                         {"role": "user", "content": prompt}],
-                                max_new_tokens=self.document_tokens)
+                                max_new_tokens=self.document_tokens, stop_on_repeat=self._repeat())
         condensed = " ".join(out.text.split()) or "No helpful information found."
         recorder.trace.notes.append(f"condensed: {condensed}")
         return condensed
@@ -159,7 +165,7 @@ class SearchO1:
     def _reason(self, question: str, reasoning: str, recorder: Recorder) -> str:
         """The model's reasoning up to its next decision point (it stops where it would search or answer)."""
         out = recorder.generate("reason", self._messages(question, reasoning), max_new_tokens=self.turn_tokens,
-                                stop=[BEGIN_SEARCH, "\\boxed{", "Next step:"])
+                                stop=[BEGIN_SEARCH, "\\boxed{", "Next step:"], stop_on_repeat=self._repeat())
         return reasoning + out.text
 
     def _final_answer(self, question: str, reasoning: str, recorder: Recorder) -> str:

@@ -20,6 +20,7 @@ from flagstone.models.generator import (
     OpenAIChatGenerator,
     _stream_until_stop,
     cut_at_stop,
+    first_repeat,
     validate_messages,
 )
 
@@ -190,6 +191,50 @@ def test_plain_prompt_path_without_chat_template(plain_gen, gen):
     assert out.text == plain_gen.tokenizer.decode(new, skip_special_tokens=True) == " value" * 6
     assert (out.prompt_tokens, out.completion_tokens, out.finish_reason) == (len(continued), 6, "length")
     assert "".join(plain_gen.stream(SYSTEM_CONTINUED, max_new_tokens=6)) == out.text
+
+
+def test_first_repeat_finds_where_a_reply_starts_repeating_itself():
+    assert first_repeat([1, 2, 3, 4, 5, 6], 2) is None
+    assert first_repeat([7, 1, 2, 3, 1, 2, 3, 1, 2], 2) == 6  # [1, 2] again at positions 4-5
+    assert first_repeat([5, 5, 5], 1) == 2
+    assert first_repeat([1, 2, 1, 2], 3) is None  # too short to hold a span twice
+
+
+@pytest.mark.parametrize("span", [2, 4])
+def test_stop_on_repeat_ends_the_greedy_reply_where_it_repeats(gen, span):
+    ids = gen.prompt_ids(QUESTION)
+    full = direct_generate(gen, ids, 48, min_new_tokens=48)  # no end of turn: the random model runs on
+    end = first_repeat(full, span)
+    assert end is not None and end < 48  # the tiny random model loops, so the stop has work to do
+    out = gen.generate(QUESTION, max_new_tokens=48, stop_on_repeat=span)
+    assert out.finish_reason == "repeat" and out.completion_tokens == end
+    assert out.text == gen.tokenizer.decode(full[:end], skip_special_tokens=True)
+    assert gen.generate(QUESTION, max_new_tokens=48).completion_tokens > end  # off by default
+    with pytest.raises(ValueError, match="stop_on_repeat"):
+        gen.generate(QUESTION, max_new_tokens=4, stop_on_repeat=-1)
+
+
+def test_int8_generator_quantises_every_linear_layer_and_generates(tiny_causal_lm_dir, gen):
+    import torch
+
+    messages = QUESTION
+    int8 = LocalGenerator(str(tiny_causal_lm_dir), dtype="int8")
+    assert int8.precision == "int8" and gen.precision == "float32"
+    linears = [m for m in int8.model.modules() if isinstance(m, torch.nn.Linear)]
+    quantised = [m for m in int8.model.modules() if type(m).__name__ == "Linear" and "quantized" in type(m).__module__]
+    assert quantised and not linears  # every linear layer, the vocabulary projection too
+    assert int8.model_key != gen.model_key and int8.model_key.split(":")[1] == "int8"
+    out = int8.generate(messages, max_new_tokens=6)
+    assert out.completion_tokens == 6 and out.text and out.prompt_tokens == gen.generate(messages, max_new_tokens=1).prompt_tokens
+    assert int8.word_start_mask().shape[0] == gen.word_start_mask().shape[0]  # no .weight tensor on an int8 layer
+    # the next-token distribution stays close to float32's (random tiny weights: a loose bound)
+    ids = torch.tensor([gen.prompt_ids(messages)])
+    with torch.inference_mode():
+        exact = torch.log_softmax(gen.model(input_ids=ids).logits[0, -1], -1)
+        close = torch.log_softmax(int8.model(input_ids=ids).logits[0, -1], -1)
+    assert float((exact.exp() - close.exp()).abs().sum()) < 0.2
+    with pytest.raises(ValueError, match="dtype must be"):
+        LocalGenerator(str(tiny_causal_lm_dir), dtype="int4")
 
 
 def test_context_window_limits_prompt_plus_new_tokens(tiny_causal_lm_dir):

@@ -54,7 +54,7 @@ def test_memorag_reports_every_gist_and_streams_only_the_answer(context):
     gen = StreamingScripted(["gist one", "gist two", "bridge\nDraft answer: Brandt", "Ilse Brandt"])
     events = Events()
     with listening(events):
-        MemoRAG(gen, k=2, per_query_k=1, piece_tokens=40).ask("Who ordered the bridge?", context)
+        MemoRAG(gen, k=2, per_query_k=1, piece_tokens=40, memory="gists").ask("Who ordered the bridge?", context)
     started = [name for kind, _, name in events.events if kind == "start"]
     assert started == ["gist", "gist", "clues", "search", "answer"]
     assert "".join(events.text).strip() == "Ilse Brandt"

@@ -142,7 +142,7 @@ def test_memorag_clues_retrieve_what_the_question_alone_misses(context, tmp_path
     assert "mayor#0" not in plain.trace.retrieved
     gists = ["Velmora harbour dredged 1871.", "Bridge opened 1932; Mayor Ilse Brandt ordered it."]
     gen = ScriptedGenerator(gists + ["Mayor Ilse Brandt served\nbridge\nDraft answer: Ilse Brandt", "Ilse Brandt"])
-    pipeline = MemoRAG(gen, k=2, per_query_k=1, piece_tokens=40)
+    pipeline = MemoRAG(gen, k=2, per_query_k=1, piece_tokens=40, memory="gists")
     answer = pipeline.ask(question, context)
     names = [s.name for s in answer.trace.steps if s.kind == "generate"]
     assert names == ["gist", "gist", "clues", "answer"]
@@ -160,14 +160,14 @@ def test_memorag_clues_retrieve_what_the_question_alone_misses(context, tmp_path
 
 def test_memorag_unparsable_clues_are_counted(context):
     gen = ScriptedGenerator(["gist", "gist", "?", "1932"])
-    answer = MemoRAG(gen, k=1, piece_tokens=40).ask("When did the bridge open?", context)
+    answer = MemoRAG(gen, k=1, piece_tokens=40, memory="gists").ask("When did the bridge open?", context)
     assert answer.trace.unparsed_actions == 1 and answer.trace.silent_defaults == 0
     assert answer.trace.retrieved == ["bridge#0"]  # the question alone retrieved
 
 
 def test_memory_and_context_round_trip(context, tmp_path):
     gen = ScriptedGenerator(["gist one", "gist two", "gist three", "gist four"])
-    memory = MemoRAG(gen, piece_tokens=40).memorize(context)
+    memory = MemoRAG(gen, piece_tokens=40, memory="gists").memorize(context)
     assert memory.gists == ["gist one", "gist two"]
     assert sorted(c for p in memory.pieces for c in p) == sorted(c.id for c in context.chunks)
     memory.save(tmp_path)
@@ -178,6 +178,34 @@ def test_memory_and_context_round_trip(context, tmp_path):
     gen = ScriptedGenerator(["bridge opening\nDraft answer: 1932", "1932"])
     answer = MemoRAG(gen, k=2).ask("When did the bridge open?", reloaded, memory=loaded)
     assert [s.name for s in answer.trace.steps if s.kind == "generate"] == ["clues", "answer"]
+
+
+def test_memorag_reads_the_whole_context_as_its_memory_when_it_fits(context):
+    gen = ScriptedGenerator(["Mayor Ilse Brandt served\nDraft answer: Ilse Brandt", "Ilse Brandt"])
+    pipeline = MemoRAG(gen, k=2, per_query_k=1)
+    assert pipeline.memory == "auto" and pipeline.memory_kind(context) == "context"
+    answer = pipeline.ask("Who was in charge during the mild winters?", context)
+    assert [s.name for s in answer.trace.steps if s.kind == "generate"] == ["clues", "answer"]  # no gists
+    clue_prompt = user_prompt(gen.calls[0])
+    assert all(" ".join(c.text.split()) in clue_prompt for c in context.chunks)  # every passage, word for word
+    assert "mayor#0" in answer.trace.retrieved
+    memory = pipeline.memorize(context)
+    assert memory.settings == {"memory": "context, read whole by scripted"}
+    assert memory.pieces == [[c.id] for c in context.chunks]
+
+
+def test_memorag_auto_gists_a_context_too_long_for_the_clue_writer(context):
+    words = sum(len(c.text.split()) for c in context.chunks)
+    # a window that holds every chunk one piece at a time but not the whole context in one clue prompt
+    small = ScriptedGenerator(["gist"] * 8, context_window=words + 300)
+    assert MemoRAG(small, clue_tokens=32).memory_kind(context) == "gists"
+    big = ScriptedGenerator([], context_window=words + 600)
+    assert MemoRAG(big, clue_tokens=32).memory_kind(context) == "context"
+    assert MemoRAG(big, clue_tokens=32, memory="gists").memory_kind(context) == "gists"
+    with pytest.raises(ValueError, match="memory must be one of"):
+        MemoRAG(big, memory="notes").memory_kind(context)
+    memory = MemoRAG(small, clue_tokens=32, piece_tokens=40).memorize(context)
+    assert memory.gists and set(memory.gists) == {"gist"} and "piece_tokens" in memory.settings
 
 
 def generated(answer) -> list[str]:
@@ -208,6 +236,31 @@ def test_search_o1_first_search_is_policy_then_model_chooses_and_dedupes(context
     assert f"{BEGIN_SEARCH}Velmora bridge opened{END_SEARCH}" in last["content"]
     assert f"{BEGIN_RESULT}The bridge opened in 1932." in last["content"] and DUPLICATE_QUERY in last["content"]
     assert answer.trace.unparsed_actions == 0 and answer.trace.silent_defaults == 0
+
+
+class RepeatAwareGenerator(ScriptedGenerator):
+    """A scripted generator that, like LocalGenerator, takes ``stop_on_repeat``; records what each call asked."""
+
+    def generate(self, messages, *, max_new_tokens=256, stop=(), temperature=0.0, stop_on_repeat=0):
+        out = super().generate(messages, max_new_tokens=max_new_tokens, stop=stop, temperature=temperature)
+        self.calls[-1]["stop_on_repeat"] = stop_on_repeat
+        return out
+
+
+def test_agents_stop_looping_replies_where_the_generator_can(context):
+    gen = RepeatAwareGenerator(["Velmora bridge opened", "It opened in 1932.", "Fine.", "1932}"])
+    SearchO1(gen, k=1, max_searches=1).ask("When did the bridge open?", context)
+    asked = [call.get("stop_on_repeat") for call in gen.calls]
+    assert asked == [0, 16, 16, 0]  # query, reason_in_documents, reason, final answer
+    gen = RepeatAwareGenerator(["Mayor Ilse Brandt\nDraft answer: Ilse Brandt", "Ilse Brandt"])
+    MemoRAG(gen, k=1, stop_on_repeat=8).ask("Who ordered the bridge?", context)
+    assert [call.get("stop_on_repeat") for call in gen.calls] == [8, 0]  # clues, answer
+    gen = RepeatAwareGenerator(["gist", "gist", "Mayor Ilse Brandt", "Ilse Brandt"])
+    memory = MemoRAG(gen, k=1, piece_tokens=40, memory="gists").ask("Who ordered the bridge?", context)
+    assert [call.get("stop_on_repeat") for call in gen.calls] == [16, 16, 16, 0]  # gists, clues, answer
+    plain = ScriptedGenerator(["Velmora bridge opened", "It opened in 1932.", "Fine.", "1932}"])
+    assert SearchO1(plain, k=1, max_searches=1).ask("When did the bridge open?", context).answer == "1932"
+    assert memory.answer == "Ilse Brandt"
 
 
 def test_search_o1_search_limit_is_a_recorded_policy(context):

@@ -174,7 +174,8 @@ def outputs(answer) -> list[tuple[str, str]]:
 
 def test_memorag_with_batching_and_cache_answers_as_without(gen, other, tmp_path):
     context = ContextIndex.build(DOCUMENTS, mode="bm25", chunk_tokens=24, overlap=0)
-    settings = dict(k=2, per_query_k=1, piece_tokens=48, gist_tokens=16, clue_tokens=24, max_new_tokens=8)
+    settings = dict(k=2, per_query_k=1, piece_tokens=48, gist_tokens=16, clue_tokens=24, max_new_tokens=8,
+                    memory="gists")
     slow = MemoRAG(Uncached(gen), gist_batch=8, **settings)
     fast = MemoRAG(gen, gist_batch=8, prompt_lookup=10, **settings)
     slow_memory = slow.memorize(context)

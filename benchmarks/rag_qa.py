@@ -123,9 +123,13 @@ def run_hotpotqa(args, generator, embedder, cache) -> None:
             else:
                 answer = pipeline.ask(example.question, context)
             chunks = [context.by_id[c] for c in answer.trace.retrieved]
+            # supporting-fact recall of each retrieval step's chunks on its own: did the first search miss a fact?
+            search_recalls = [support_recall(example.supporting, [context.by_id[c] for c in s.chunk_ids])
+                              for s in answer.trace.steps if s.kind == "retrieve"]
             record = {"id": example.id, "type": example.type, "answer": answer.answer, "gold": example.answers,
                       "em": exact_match(answer.answer, example.answers), "f1": token_f1(answer.answer, example.answers),
                       "support_recall": support_recall(example.supporting, chunks) if name != "no_retrieval" else None,
+                      "search_recalls": search_recalls,
                       "chunks": len(chunks), "tokens": answer.trace.tokens, "seconds": round(answer.seconds, 2),
                       "generator_calls": sum(s.kind != "retrieve" for s in answer.trace.steps),
                       "trace": compact_trace(answer)}
@@ -193,6 +197,12 @@ def report(args, generator_name: str) -> None:
             "actions": dict(sorted(chosen.items())) if traced else None,
             "n_questions": len(rows),
         }
+        # questions whose first search missed a supporting fact, and the share of them that searched again
+        recorded = [r["search_recalls"] for r in rows if r.get("search_recalls")]
+        missed = [recalls for recalls in recorded if recalls[0] < 1.0]
+        pipelines[name].update({
+            "first_search_missed": len(missed) if recorded else None,
+            "second_search_after_miss": float(np.mean([len(m) >= 2 for m in missed])) if missed else None})
     niah_path = args.out / "niah.jsonl"
     niah = [json.loads(line) for line in niah_path.read_text().splitlines()] if niah_path.is_file() else []
     niah = [{k: r[k] for k in ("method", "length", "depth", "correct", "tokens", "seconds")} for r in niah]
@@ -211,6 +221,12 @@ def report(args, generator_name: str) -> None:
         lines.append(f"| {name} | {p['n_questions']} | {p['em']:.3f} | {p['f1']:.3f} | {recall} | "
                      f"{p['chunks_per_q']:.1f} | {p['tokens_per_q']:.0f} | {p['s_per_q']:.1f} | "
                      f"{p['searches_per_q']:.2f} | {p['share_with_search']:.2f} | {unparsed} | {silent} |")
+    searching = {name: p for name, p in pipelines.items() if p["first_search_missed"] and p["searches_per_q"] > 1}
+    if searching:
+        lines += ["", "Searching again when the first search missed a supporting fact (supporting-fact recall of the "
+                  "first search's chunks below 1):", ""]
+        lines += [f"- {name}: first search missed in {p['first_search_missed']} of {p['n_questions']} questions; "
+                  f"a second search in {p['second_search_after_miss']:.0%} of those" for name, p in searching.items()]
     actions = {name: p["actions"] for name, p in pipelines.items() if p["actions"]}
     if actions:
         lines += ["", "Chosen actions (step:action, summed over the questions; \"(policy)\" = the pipeline's "

@@ -34,6 +34,7 @@ class TrainingResult:
     losses: list[float] = field(default_factory=list)  # mean loss per optimiser step
     seconds: float = 0.0
     resumed_from: int = 0
+    precision: str = ""  # what the steps computed in: "bfloat16" (autocast) or "float32" ("auto" resolved)
 
 
 def seed_everything(seed: int) -> None:
@@ -69,7 +70,8 @@ def train(
     from flagstone.models._hf import resolve_precision
 
     seed_everything(config.seed)
-    autocast = resolve_precision(config.precision) == "bfloat16"
+    precision = resolve_precision(config.precision)
+    autocast = precision == "bfloat16"
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("no parameters require gradients: nothing to train")
@@ -92,7 +94,7 @@ def train(
         return max(0.0, (total - step) / max(1, total - warmup))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
-    result = TrainingResult(steps=0)
+    result = TrainingResult(steps=0, precision=precision)
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if ckpt is not None and (ckpt / _STATE_FILE).is_file():
         state = torch.load(ckpt / _STATE_FILE, map_location="cpu", weights_only=False)
@@ -159,7 +161,8 @@ def _save_state(folder: Path, model, optimizer, scheduler, result: TrainingResul
                 "step": result.steps, "losses": result.losses, "torch_rng": torch.get_rng_state()}, tmp)
     os.replace(tmp, folder / _STATE_FILE)
     meta = folder / f".{_META_FILE}.tmp"
-    meta.write_text(json.dumps({"step": result.steps, "config": asdict(config)}, indent=2))
+    meta.write_text(json.dumps({"step": result.steps, "config": asdict(config), "precision": result.precision},
+                               indent=2))
     os.replace(meta, folder / _META_FILE)
 
 

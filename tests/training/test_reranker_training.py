@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -66,6 +68,10 @@ def test_resumed_training_ends_where_an_uninterrupted_run_ends(tiny_m3_dir, tmp_
         train_cross_encoder(tiny_m3_dir, _examples(), tmp_path / "part", group_size=3, batch_size=4,
                             max_length=48, config=config, checkpoint_dir=ckpt, on_step=kill_at_4)
     assert not (tmp_path / "part").exists()
+    from flagstone.models._hf import resolve_precision
+
+    meta = json.loads((ckpt / "trainer_state.json").read_text())
+    assert meta["config"]["precision"] == "auto" and meta["precision"] == resolve_precision("auto") == full.precision
     resumed = train_cross_encoder(tiny_m3_dir, _examples(), tmp_path / "resumed", group_size=3, batch_size=4,
                                   max_length=48, config=config, checkpoint_dir=ckpt)
     assert resumed.resumed_from == 3 and resumed.steps == full.steps

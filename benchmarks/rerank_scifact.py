@@ -15,8 +15,9 @@ Protocol (the test split is used for the final numbers only):
   15 hard negatives per query mined from the first stage's ranks 5-99;
 - cross-encoder: bundled all-MiniLM-L6-v2 encoder + a new one-logit head, groupwise softmax (1 positive +
   7 negatives), ``--epochs`` 3 at ``--learning-rate`` 1e-4 (the defaults), ``--max-length`` 192 tokens a
-  pair, bf16 autocast; the interpolation weight with the first stage is chosen on the dev slice. It is saved
-  to ``--output-model`` with a settings file beside it; ``--reuse-cross-encoder`` skips training when that
+  pair, ``--precision`` auto (bf16 autocast and inference where the CPU has native bf16, else float32); the
+  interpolation weight with the first stage is chosen on the dev slice. It is saved to ``--output-model`` with a
+  settings file beside it; ``--reuse-cross-encoder`` skips training when that
   folder holds a model this script trained with the same settings;
 - LLM reranker: SmolLM2-135M-Instruct (float32) reranks the top ``--llm-depth`` (default 3: the three modes
   then take ~16 min on 2 cores) of a seeded sample of ``--llm-queries`` (default 100) test queries, in each
@@ -143,6 +144,9 @@ def main() -> int:
     parser.add_argument("--max-length", type=int, default=192, help="cross-encoder tokens per pair (default: 192)")
     parser.add_argument("--epochs", type=int, default=3, help="cross-encoder epochs (default: 3)")
     parser.add_argument("--learning-rate", type=float, default=1e-4, help="cross-encoder learning rate (default: 1e-4)")
+    parser.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
+                        help="cross-encoder training autocast and inference dtype (default: auto, bfloat16 where the "
+                             "CPU computes it natively, else float32: emulated bf16 was ~5x slower)")
     parser.add_argument("--output-model", default=None,
                         help="where the cross-encoder is saved (default: benchmarks/models/scifact-cross-encoder, "
                              "with --quick scifact-cross-encoder-quick)")
@@ -219,11 +223,14 @@ def main() -> int:
 
     # 1-2. mine hard negatives for the training queries from the first stage and train the cross-encoder,
     # unless a model trained the same way is there to reuse
+    from flagstone.models._hf import resolve_precision
+
+    precision = resolve_precision(args.precision)
     config = TrainingConfig(epochs=args.epochs, learning_rate=args.learning_rate, warmup_ratio=0.1,
-                            precision="bfloat16", seed=0)
+                            precision=precision, seed=0)
     ce_settings = {"script": "benchmarks/rerank_scifact.py", "base": "all-MiniLM-L6-v2", "group_size": 8,
                    "batch_groups": 4, "max_length": args.max_length, "epochs": args.epochs,
-                   "learning_rate": args.learning_rate, "warmup_ratio": 0.1, "precision": "bfloat16", "seed": 0,
+                   "learning_rate": args.learning_rate, "warmup_ratio": 0.1, "precision": precision, "seed": 0,
                    "negatives": "15 from the hybrid first stage's ranks 5-99, seed 0",
                    "train_queries": fit_ids, "data": str(Path(args.data).resolve()),
                    "corpus": f"--quick: judged documents + the first {QUICK_CORPUS}" if args.quick else "all"}
@@ -254,7 +261,7 @@ def main() -> int:
     else:
         print(reuse_note, flush=True)
     training = record["training"]
-    cross = CrossEncoderReranker(output_model, max_length=args.max_length, batch_size=32, dtype="bfloat16")
+    cross = CrossEncoderReranker(output_model, max_length=args.max_length, batch_size=32, dtype=precision)
 
     # 3. choose the interpolation weight on the dev slice
     dev_first = first_stage(dev_ids)
@@ -356,7 +363,8 @@ def main() -> int:
                               "max_length": args.max_length, "epochs": args.epochs,
                               "learning_rate": args.learning_rate, "steps": training["steps"],
                               "train_seconds": training["train_seconds"], "model": str(output_model),
-                              "training": reuse_note, "inference_dtype": "bfloat16", "first_stage_weight": w,
+                              "training": reuse_note, "precision": precision, "inference_dtype": precision,
+                              "first_stage_weight": w,
                               "first_stage_weight_chosen_on": f"{len(dev_ids)} held-out train queries",
                               "dev_sweep": sweep, "loss_first_10": training["loss_first_10"],
                               "loss_last_10": training["loss_last_10"]},
@@ -404,7 +412,7 @@ def main() -> int:
         f"{training['train_seconds'] / 60:.1f} min, loss {training['loss_first_10']:.3f} -> "
         f"{training['loss_last_10']:.3f}; {reuse_note}). LLM rows: a seed-{args.llm_seed} sample of {len(sample)} "
         f"test queries, the first stage's hits below the top {args.llm_depth} kept in place (figures from "
-        f"{llm_source}). 2 CPU cores; cross-encoder bf16, LLM float32. Wall time {results['wall_s'] / 60:.1f} min.",
+        f"{llm_source}). 2 CPU cores; cross-encoder {precision}, LLM float32. Wall time {results['wall_s'] / 60:.1f} min.",
     ]
     table = "\n".join(lines)
     if args.quick:

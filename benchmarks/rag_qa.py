@@ -14,7 +14,9 @@ chunked (200 MiniLM tokens, i.e. about one paragraph a chunk) and indexed with h
 retrieval; RAG, MemoRAG and Search-o1 read k=3 chunks per search. Supporting-fact recall counts the supporting sentences covered by the chunks a pipeline retrieved
 (for LC-Boost: the chunks it read; for full context: every chunk that fitted). rag_equal_tokens_X is plain
 RAG given, on each question, the tokens agent X used on it (so it runs after X). Searches, unparsed actions
-and silent defaults are recomputed from the stored traces.
+and silent defaults are recomputed from the stored traces. Each answer also keeps the supporting-fact recall
+of every retrieval step's chunks on their own (``search_recalls``), from which the report counts the
+questions whose first search missed a supporting fact and how many of them searched again.
 """
 from __future__ import annotations
 

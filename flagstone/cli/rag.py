@@ -208,7 +208,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     settings = {"max_new_tokens": args.max_new_tokens}
     if args.pipeline in ("rag", "memorag", "search_o1"):
         settings["k"] = args.k
-    if args.pipeline == "memorag" and args.memory_kind is not None:
+    if args.memory_kind is not None:  # a MemoRAG option (checked before any loading)
         settings["memory"] = args.memory_kind
     listener = AskListener(progress=not args.quiet, stream=False)
     listener.note(f"loading generator {args.generator}" + (f" at {args.base_url}" if args.base_url else ""))

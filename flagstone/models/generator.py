@@ -453,8 +453,8 @@ class LocalGenerator:
         new = out[0, len(ids):].tolist()
         text, hit = cut_at_stop(self.tokenizer.decode(new, skip_special_tokens=True), stops)
         ended_on_eos = bool(new) and new[-1] in eos_token_ids(self.model, self.tokenizer)
-        looped = bool(stop_on_repeat) and hit is None and not ended_on_eos and \
-            first_repeat(new, stop_on_repeat) == len(new)
+        # the stop fires at the first repeat, so a reply that ends in one was stopped by it
+        looped = bool(stop_on_repeat) and hit is None and not ended_on_eos and ends_in_repeat(new, stop_on_repeat)
         finish = "repeat" if looped else \
             "stop" if hit is not None or ended_on_eos or len(new) < max_new_tokens else "length"
         return Generation(text, hit, finish, len(ids), len(new), time.perf_counter() - start, cached, miss)
@@ -639,15 +639,18 @@ def new_text_stop(tokenizer: Any, prompt_length: int, stops: Sequence[str]) -> A
     return StoppingCriteriaList([NewTextStop()])
 
 
-def first_repeat(tokens: Sequence[int], span: int) -> int | None:
-    """The length at which ``tokens`` first end with ``span`` tokens that already occurred, in that order,
-    earlier in them (a reply caught in a loop), or None."""
+def ends_in_repeat(tokens: Sequence[int], span: int) -> bool:
+    """Whether the last ``span`` of ``tokens`` already occurred, in that order, earlier in them."""
     tokens = list(tokens)
-    for end in range(2 * span, len(tokens) + 1):
-        tail = tokens[end - span:end]
-        if any(tokens[i:i + span] == tail for i in range(end - span)):
-            return end
-    return None
+    tail = tokens[-span:]
+    return len(tokens) >= 2 * span and any(tokens[i:i + span] == tail for i in range(len(tokens) - span))
+
+
+def first_repeat(tokens: Sequence[int], span: int) -> int | None:
+    """The length at which ``tokens`` first end in a repeat of ``span`` tokens (a reply caught in a loop), or
+    None."""
+    tokens = list(tokens)
+    return next((end for end in range(2 * span, len(tokens) + 1) if ends_in_repeat(tokens[:end], span)), None)
 
 
 def repeat_stop(prompt_length: int, span: int) -> Any:
@@ -658,10 +661,7 @@ def repeat_stop(prompt_length: int, span: int) -> Any:
 
     class RepeatStop(StoppingCriteria):
         def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
-            done = []
-            for row in input_ids[:, prompt_length:].tolist():
-                tail = row[-span:]
-                done.append(len(row) >= 2 * span and any(row[i:i + span] == tail for i in range(len(row) - span)))
+            done = [ends_in_repeat(row, span) for row in input_ids[:, prompt_length:].tolist()]
             return torch.tensor(done, device=input_ids.device)
 
     return RepeatStop()

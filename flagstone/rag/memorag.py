@@ -233,13 +233,18 @@ class MemoRAG:
     stop_on_repeat: int = 16
     name: str = "memorag"
 
+    @property
+    def clue_writer(self) -> Generator:
+        """The model that reads the memory and writes the clues: the memory model, else the generator."""
+        return self.memory_generator or self.generator
+
     def memory_kind(self, context: ContextIndex) -> str:
         """"context" or "gists": what :meth:`memorize` makes of ``context`` with this pipeline's ``memory``."""
         if self.memory not in MEMORY_KINDS:
             raise ValueError(f"memory must be one of {', '.join(MEMORY_KINDS)}, got {self.memory!r}")
         if self.memory != "auto":
             return self.memory
-        writer = self.memory_generator or self.generator
+        writer = self.clue_writer
         prompt = CLUE_PROMPT.format(memory=_context_memory(context).text(), question="", max_clues=self.max_clues)
         needed = writer.count_tokens(CLUE_SYSTEM) + writer.count_tokens(prompt) + self.clue_tokens + QUESTION_RESERVE
         return "context" if needed <= writer.context_window else "gists"
@@ -249,7 +254,7 @@ class MemoRAG:
         piece fits the generator's window)."""
         recorder = recorder or Recorder(self.generator)
         if self.memory_kind(context) == "context":
-            writer = self.memory_generator or self.generator
+            writer = self.clue_writer
             memory = _context_memory(context)
             memory.generator = writer.name
             memory.settings = {"memory": f"context, read whole by {writer.name}"}
@@ -307,7 +312,7 @@ class MemoRAG:
     def clue_cache(self, memory: Memory) -> tuple[PromptCache | None, str]:
         """The prompt cache of the clue prompt up to the question for this memory and writer (the memory's
         own when it fits, else a new unfilled one that the next clue call fills), or None and why not."""
-        writer = self.memory_generator or self.generator
+        writer = self.clue_writer
         if not accepts_prompt_cache(writer) or not hasattr(writer, "prompt_cache"):
             return None, f"generator {writer.name} cannot cache a prompt: the whole clue prompt is run"
         # up to "Question:" without the space: the space belongs to the question's first token
@@ -323,7 +328,7 @@ class MemoRAG:
 
     def recall(self, question: str, memory: Memory, recorder: Recorder) -> tuple[list[str], str]:
         messages = self.clue_messages(question, memory)
-        writer = self.memory_generator or self.generator
+        writer = self.clue_writer
         prompt_budget(writer, self.clue_tokens, *(m["content"] for m in messages))  # raises if the memory can't fit
         cache, note = self.clue_cache(memory)
         clue_recorder = recorder if self.memory_generator is None else Recorder(self.memory_generator, recorder.trace)

@@ -32,7 +32,9 @@ from _common import RESULTS, SHARED_DATA, save_results
 AGENTS = ("memorag", "search_o1", "lc_boost")
 EQUAL_TOKENS = "rag_equal_tokens_"
 # plain RAG at each agent's cost: per question, the tokens the agent used on that question (run after it)
-PIPELINE_NAMES = ("no_retrieval", "full_context", "rag", *AGENTS, *(EQUAL_TOKENS + a for a in AGENTS))
+# settings of an agent other than its defaults, run as pipelines of their own (no equal-token twin)
+VARIANTS = {"search_o1_question_first": ("search_o1", {"first_query": "question"})}
+PIPELINE_NAMES = ("no_retrieval", "full_context", "rag", *AGENTS, *(EQUAL_TOKENS + a for a in AGENTS), *VARIANTS)
 NIAH_PIPELINES = ("full_context", "rag", "memorag", "lc_boost")
 
 
@@ -54,10 +56,11 @@ def build_pipeline(name: str, generator, k: int):
 
     if name.startswith(EQUAL_TOKENS):
         return PIPELINES["rag"](generator, k=k)  # its budget comes per question, see run_hotpotqa
+    name, settings = VARIANTS.get(name, (name, {}))
     cls = PIPELINES[name]
     if name in ("rag", "memorag", "search_o1"):
-        return cls(generator, k=k)
-    return cls(generator)
+        return cls(generator, k=k, **settings)
+    return cls(generator, **settings)
 
 
 def compact_trace(answer) -> dict:
@@ -200,11 +203,18 @@ def report(args, generator_name: str) -> None:
             "n_questions": len(rows),
         }
         # questions whose first search missed a supporting fact, and the share of them that searched again
-        recorded = [r["search_recalls"] for r in rows if r.get("search_recalls")]
-        missed = [recalls for recalls in recorded if recalls[0] < 1.0]
+        recorded = [r for r in rows if r.get("search_recalls")]
+        missed = [r for r in recorded if r["search_recalls"][0] < 1.0]
+        duplicates = [sum(n.startswith("duplicate query:") for n in r["trace"]["notes"]) for r in rows]
         pipelines[name].update({
             "first_search_missed": len(missed) if recorded else None,
-            "second_search_after_miss": float(np.mean([len(m) >= 2 for m in missed])) if missed else None})
+            "second_search_after_miss": float(np.mean([len(r["search_recalls"]) >= 2 for r in missed]))
+            if missed else None,
+            # of those, the share where a later search brought a supporting fact the first one missed
+            "later_search_found_missing": float(np.mean([r["support_recall"] > r["search_recalls"][0]
+                                                         for r in missed])) if missed else None,
+            "duplicate_queries": sum(duplicates),
+            "questions_with_duplicate_query": sum(d > 0 for d in duplicates)})
     niah_path = args.out / "niah.jsonl"
     niah = [json.loads(line) for line in niah_path.read_text().splitlines()] if niah_path.is_file() else []
     niah = [{k: r[k] for k in ("method", "length", "depth", "correct", "tokens", "seconds")} for r in niah]
@@ -228,7 +238,10 @@ def report(args, generator_name: str) -> None:
         lines += ["", "Searching again when the first search missed a supporting fact (supporting-fact recall of the "
                   "first search's chunks below 1):", ""]
         lines += [f"- {name}: first search missed in {p['first_search_missed']} of {p['n_questions']} questions; "
-                  f"a second search in {p['second_search_after_miss']:.0%} of those" for name, p in searching.items()]
+                  f"a second search in {p['second_search_after_miss']:.0%} of those, a later search found a "
+                  f"missed fact in {p['later_search_found_missing']:.0%}; repeated queries (not searched again): "
+                  f"{p['duplicate_queries']} in {p['questions_with_duplicate_query']} questions"
+                  for name, p in searching.items()]
     actions = {name: p["actions"] for name, p in pipelines.items() if p["actions"]}
     if actions:
         lines += ["", "Chosen actions (step:action, summed over the questions; \"(policy)\" = the pipeline's "

@@ -231,6 +231,7 @@ def _generate_into(path: Path, header: dict[str, Any], cached: dict[str, tuple[l
     ``cached``); returns the generation seconds."""
     import torch
     from tqdm.auto import tqdm
+    from transformers import LogitsProcessorList
 
     from flagstone.models.causal_lm import load_causal_lm
     from flagstone.models.generator import LocalGenerator, eos_token_ids, first_token_mask, new_text_stop
@@ -265,7 +266,7 @@ def _generate_into(path: Path, header: dict[str, Any], cached: dict[str, tuple[l
                                       "stopping_criteria": new_text_stop(tokenizer, width, ["\n"]),
                                       # the first token starts a word: no reply opens with a newline (it would
                                       # be cut to nothing) or the end of the turn
-                                      "logits_processor": first_token_mask(width, word_start)}
+                                      "logits_processor": LogitsProcessorList([first_token_mask(width, word_start)])}
             if settings.sampled:
                 kwargs.update(do_sample=True, top_k=settings.top_k, temperature=settings.temperature, top_p=None)
             else:

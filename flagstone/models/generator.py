@@ -195,9 +195,9 @@ def accepts_on_text(generator: object) -> bool:
         return False
 
 
-def generate_accepts(generator: object, parameter: str) -> bool:
-    """Whether ``generator.generate`` takes the keyword ``parameter``."""
-    generate = getattr(generator, "generate", None)
+def generate_accepts(generator: object, parameter: str, method: str = "generate") -> bool:
+    """Whether ``generator.generate`` (or another ``method``) takes the keyword ``parameter``."""
+    generate = getattr(generator, method, None)
     try:
         return generate is not None and parameter in inspect.signature(generate).parameters
     except (TypeError, ValueError):  # a builtin or C callable without a signature
@@ -365,12 +365,40 @@ class LocalGenerator:
             kwargs["stopping_criteria"] = new_text_stop(self.tokenizer, len(ids), stop)
         return kwargs
 
-    def write(self, messages: Sequence[Message], *, max_new_tokens: int = 64, stop: Sequence[str] = ()) -> Generation:
+    def write(self, messages: Sequence[Message], *, max_new_tokens: int = 64, stop: Sequence[str] = (),
+              avoid: Sequence[str] = ()) -> Generation:
         """Greedy free text that cannot be empty: a logits processor allows as the first token only tokens
         that start with a word character (after at most one space), so no reply opens with a newline, a tag
         or the end of the turn; the text then runs to a stop string, the end of the turn, or the limit.
-        Used for the text an agent's action needs (a search query, a note)."""
-        return self.generate(messages, max_new_tokens=max_new_tokens, stop=stop, _first_word=True)
+        Used for the text an agent's action needs (a search query, a note).
+
+        ``avoid``: replies this one must not be (compared by :func:`reply_key`: case, punctuation and spacing
+        ignored). While the text so far is one of them, only tokens that add a word, with no newline and no
+        character that starts a stop string, may follow, so the reply cannot end there (e.g. a search query
+        already searched); it can still equal one if it runs out of tokens exactly there."""
+        return self.generate(messages, max_new_tokens=max_new_tokens, stop=stop, _first_word=True, _avoid=avoid)
+
+    def word_content_mask(self, stops: Sequence[str]) -> Any:
+        """A vocabulary-sized mask of the tokens that add a word and cannot end a reply: text with a word
+        character, no newline, none of the stop strings' first characters, and not an end-of-turn token."""
+        import re
+
+        import torch
+
+        key = tuple(sorted({s[0] for s in stops if s}))
+        masks = self.__dict__.setdefault("_word_content", {})
+        if key not in masks:
+            size = self.model.get_output_embeddings().out_features
+            tokens = self.tokenizer.convert_ids_to_tokens(list(range(min(size, len(self.tokenizer)))))
+            mask = torch.zeros(size, dtype=torch.bool)
+            for i, token in enumerate(tokens):
+                text = self.tokenizer.convert_tokens_to_string([token]) if token is not None else ""
+                mask[i] = re.search(r"\w", text) is not None and "\n" not in text and not any(c in text for c in key)
+            for i in eos_token_ids(self.model, self.tokenizer):
+                if i < size:
+                    mask[i] = False
+            masks[key] = mask
+        return masks[key]
 
     def word_start_mask(self) -> Any:
         """A vocabulary-sized mask of the tokens whose text starts with a word character (after one space)."""
@@ -391,7 +419,7 @@ class LocalGenerator:
     def generate(self, messages: Sequence[Message], *, max_new_tokens: int = 256, stop: Sequence[str] = (),
                  temperature: float = 0.0, on_text: Callable[[str], None] | None = None,
                  prompt_cache: PromptCache | None = None, prompt_lookup: int = 0, stop_on_repeat: int = 0,
-                 _first_word: bool = False) -> Generation:
+                 _first_word: bool = False, _avoid: Sequence[str] = ()) -> Generation:
         """Generate a reply; with ``on_text``, its text is passed to ``on_text`` piece by piece while it is
         generated (cut at the stop string like the returned text), in this thread.
 
@@ -437,8 +465,17 @@ class LocalGenerator:
             criteria = kwargs.get("stopping_criteria") or StoppingCriteriaList()
             criteria.append(repeat_stop(len(ids), stop_on_repeat))
             kwargs["stopping_criteria"] = criteria
+        processors = []
         if _first_word:
-            kwargs["logits_processor"] = first_token_mask(len(ids), self.word_start_mask())
+            processors.append(first_token_mask(len(ids), self.word_start_mask()))
+        avoid_keys = {reply_key(a) for a in _avoid} - {""}
+        if avoid_keys:
+            processors.append(avoid_replies(self.tokenizer, len(ids), avoid_keys, stops,
+                                            self.word_content_mask(stops), max_new_tokens))
+        if processors:
+            from transformers import LogitsProcessorList
+
+            kwargs["logits_processor"] = LogitsProcessorList(processors)
         if on_text is not None:
             kwargs["streamer"] = _callback_streamer(self.tokenizer, stops, on_text)
         start = time.perf_counter()
@@ -595,7 +632,7 @@ def _dynamic_cache(prompt_cache: PromptCache, config):
 
 def first_token_mask(prompt_length: int, allowed: Any) -> Any:
     """Only ``allowed`` tokens at the first generated position; any token after it."""
-    from transformers import LogitsProcessor, LogitsProcessorList
+    from transformers import LogitsProcessor
 
     class FirstTokenMask(LogitsProcessor):
         def __call__(self, input_ids, scores):
@@ -603,7 +640,43 @@ def first_token_mask(prompt_length: int, allowed: Any) -> Any:
                 scores = scores.masked_fill(~allowed[: scores.shape[-1]].to(scores.device), float("-inf"))
             return scores
 
-    return LogitsProcessorList([FirstTokenMask()])
+    return FirstTokenMask()
+
+
+def reply_key(text: str) -> str:
+    """A reply's words, lower-cased and single-spaced: two replies with the same key say the same thing up to
+    case, punctuation and spacing."""
+    import re
+
+    return " ".join(re.findall(r"\w+", text.lower()))
+
+
+def avoid_replies(tokenizer: Any, prompt_length: int, keys: set[str], stops: Sequence[str], continuing: Any,
+                  max_new_tokens: int, candidates: int = 64) -> Any:
+    """While a row's text so far (cut at a stop string) has one of ``keys`` (:func:`reply_key`), only the
+    ``continuing`` tokens may follow: the reply cannot end as an avoided one. At the last allowed token, where
+    the limit itself ends the reply, the ``candidates`` likeliest tokens that would make it an avoided one are
+    banned too (greedy decoding picks among them)."""
+    import torch
+    from transformers import LogitsProcessor
+
+    class AvoidReplies(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            new = input_ids[:, prompt_length:]
+            texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+            last_step = new.shape[1] == max_new_tokens - 1
+            for row, text in enumerate(texts):
+                if reply_key(cut_at_stop(text, stops)[0]) in keys:
+                    scores[row] = scores[row].masked_fill(~continuing[: scores.shape[-1]].to(scores.device),
+                                                          float("-inf"))
+                if last_step:
+                    top = torch.topk(scores[row], min(candidates, scores.shape[-1])).indices.tolist()
+                    ends = tokenizer.batch_decode([new[row].tolist() + [t] for t in top], skip_special_tokens=True)
+                    banned = [t for t, end in zip(top, ends) if reply_key(cut_at_stop(end, stops)[0]) in keys]
+                    scores[row, banned] = float("-inf")
+            return scores
+
+    return AvoidReplies()
 
 
 def check_options(options: Sequence[str]) -> list[str]:

@@ -5,7 +5,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
@@ -78,7 +78,7 @@ class Action:
     unparsed: bool = False
     reason: str = ""
     scores: dict[str, float] = field(default_factory=dict)
-    argument_source: str = ""  # how the argument was written: "constrained" or "free_text"
+    argument_source: str = ""  # how the argument was written: "constrained", "free_text" or "policy"
 
     @property
     def silent_default(self) -> bool:
@@ -226,10 +226,18 @@ class ContextIndex:
             embedder = Embedder(saved.get("embedder") or DEFAULT_MODEL, show_progress=show_progress)
         return cls.build(documents, embedder=embedder, cache=cache, show_progress=show_progress, **settings)
 
-    def search(self, queries: Sequence[str], k: int) -> list[list[Chunk]]:
-        """Top ``k`` chunks per query, best first."""
-        k = min(k, len(self.chunks))
-        hits = self.retriever.search(list(queries), mode=self.mode, k=k)
+    def search(self, queries: Sequence[str], k: int, *, exclude: Collection[str] = ()) -> list[list[Chunk]]:
+        """Top ``k`` chunks per query, best first; with ``exclude``, the top ``k`` of the other chunks (searched
+        among them, not cut from a longer list)."""
+        excluded = set(exclude)
+        unknown = excluded - self.by_id.keys()
+        if unknown:
+            raise ValueError(f"exclude names chunks this context does not hold: {sorted(unknown)[:3]}")
+        allow = [c.id for c in self.chunks if c.id not in excluded] if excluded else None
+        k = min(k, len(allow) if allow is not None else len(self.chunks))
+        if k == 0:
+            return [[] for _ in queries]
+        hits = self.retriever.search(list(queries), mode=self.mode, k=k, allow=allow)
         return [[self.by_id[i] for i in row] for row in hits.ids]
 
     def text(self, separator: str = "\n\n") -> str:
@@ -341,18 +349,27 @@ class Recorder:
         if listener is not None:
             listener.step_finished(step)
 
-    def write(self, name: str, messages: Sequence[Message], *, max_new_tokens: int, stop: Sequence[str] = ()
-              ) -> tuple[Generation, str]:
+    def write(self, name: str, messages: Sequence[Message], *, max_new_tokens: int, stop: Sequence[str] = (),
+              avoid: Sequence[str] = ()) -> tuple[Generation, str]:
         """The text an action needs (a query, a note), with the generator's ``write`` (constrained to start
         with a word) when it has one, else plain greedy text; returns it and how it was made
-        ("constrained" or "free_text")."""
+        ("constrained" or "free_text"). ``avoid``: replies it must not be (e.g. queries already searched),
+        enforced while decoding when the generator's ``write`` can; otherwise the trace notes that it could
+        not and the caller checks the reply."""
         writer = getattr(self.generator, "write", None)
+        extra = {}
+        if avoid:
+            if generate_accepts(self.generator, "avoid", method="write"):
+                extra["avoid"] = list(avoid)
+            else:
+                self.trace.notes.append(f"{name}: generator {self.generator.name} cannot avoid earlier replies "
+                                        f"while decoding")
         if writer is None:
             return self.generate(name, messages, max_new_tokens=max_new_tokens, stop=stop), "free_text"
         listener = _LISTENER.get()
         if listener is not None:
             listener.step_started("generate", name)
-        out = writer(messages, max_new_tokens=max_new_tokens, stop=stop)
+        out = writer(messages, max_new_tokens=max_new_tokens, stop=stop, **extra)
         step = Step("generate", name, [dict(m) for m in messages], out.text, prompt_tokens=out.prompt_tokens,
                     completion_tokens=out.completion_tokens, seconds=out.seconds)
         self.trace.steps.append(step)
@@ -394,12 +411,14 @@ class Recorder:
         self.trace.actions.append(action)
         return action
 
-    def retrieve(self, name: str, context: ContextIndex, queries: Sequence[str], k: int) -> list[list[Chunk]]:
+    def retrieve(self, name: str, context: ContextIndex, queries: Sequence[str], k: int,
+                 exclude: Collection[str] = ()) -> list[list[Chunk]]:
+        """Top ``k`` chunks per query (none of the ``exclude`` ids), recorded as a "retrieve" step."""
         listener = _LISTENER.get()
         if listener is not None:
             listener.step_started("retrieve", name)
         start = time.perf_counter()
-        results = context.search(queries, k)
+        results = context.search(queries, k, exclude=exclude)
         ids = [c.id for row in results for c in row]
         step = Step("retrieve", name, "\n".join(queries), chunk_ids=ids, seconds=time.perf_counter() - start)
         self.trace.steps.append(step)

@@ -13,16 +13,24 @@ final answer is written as ``\\boxed{...}``.
 Policy for the first decision (``first_search``): "forced" (default) searches at the first decision point
 whenever the search budget allows, recorded as a "policy" action: a model that has read nothing yet has
 nothing to answer from, and small models score "answer" too high there; "scored" lets the model choose it
-too. Every later decision is the model's. A query the model leaves empty is recorded as unparsed and not
-searched; a repeated query is not searched again (the model is reminded) but counts against
-``max_searches``, so a model stuck on one query cannot loop until the turn limit.
+too. Every later decision is the model's. ``first_query``: "model" (default) lets the model write the
+first query like every other; "question" searches the question itself first (a "policy" argument).
+
+Small models, greedy, tend to write the same query again after reading its results. With
+``avoid_searched`` (default) a local query writer cannot end a query on one already searched (same words,
+case and punctuation aside; see :meth:`~flagstone.models.generator.LocalGenerator.write`); a server cannot,
+which the trace notes. A query the model leaves empty is recorded as unparsed and not searched; a repeated
+query that still comes is not searched again (the model is reminded) but counts against ``max_searches``,
+so a model stuck on one query cannot loop until the turn limit. With ``new_chunks_only`` (default) each
+search returns the top ``k`` chunks not yet read for this question, so a second search on the same topic
+brings new text rather than the chunks the model has already condensed.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 
-from flagstone.models.generator import Generator, generate_accepts
+from flagstone.models.generator import Generator, generate_accepts, reply_key
 from flagstone.rag.base import (
     Answer,
     ContextIndex,
@@ -66,6 +74,7 @@ def history_for_documents(reasoning: str) -> str:
 
 
 FIRST_SEARCH = ("forced", "scored")
+FIRST_QUERY = ("model", "question")
 
 
 @dataclass
@@ -79,6 +88,9 @@ class SearchO1:
     document_tokens: int = 128
     max_new_tokens: int = 32
     first_search: str = "forced"
+    first_query: str = "model"
+    avoid_searched: bool = True
+    new_chunks_only: bool = True
     # reasoning and Reason-in-Documents replies end once their last this many tokens already occurred in them
     # (local generators): a small model's loops add no reasoning, only seconds. 0: run to the token limits
     stop_on_repeat: int = 16
@@ -87,6 +99,8 @@ class SearchO1:
     def __post_init__(self) -> None:
         if self.first_search not in FIRST_SEARCH:
             raise ValueError(f"first_search must be one of {FIRST_SEARCH}, got {self.first_search!r}")
+        if self.first_query not in FIRST_QUERY:
+            raise ValueError(f"first_query must be one of {FIRST_QUERY}, got {self.first_query!r}")
 
     def _repeat(self) -> int:
         return self.stop_on_repeat if generate_accepts(self.generator, "stop_on_repeat") else 0
@@ -113,13 +127,17 @@ class SearchO1:
 
     def _search(self, query: str, reasoning: str, context: ContextIndex, recorder: Recorder,
                 searched: list[str]) -> str:
-        key = query.lower()
+        key = reply_key(query)
         searched.append(key)  # a repeated query uses up the budget too: a model stuck on one query stops
         if key in searched[:-1]:
             recorder.trace.notes.append(f"duplicate query: {query}")
             return DUPLICATE_QUERY
         recorder.trace.queries.append(query)
-        (chunks,) = recorder.retrieve("search", context, [query], self.k)
+        read = recorder.trace.retrieved if self.new_chunks_only else ()
+        (chunks,) = recorder.retrieve("search", context, [query], self.k, exclude=read)
+        if not chunks:
+            recorder.trace.notes.append(f"every chunk already read; nothing new for: {query}")
+            return "No new documents: every document has been read."
         return self._reason_in_documents(query, reasoning, chunks, recorder)
 
     def _decide(self, question: str, reasoning: str, turn: int, searched: list[str], recorder: Recorder) -> str:
@@ -145,10 +163,15 @@ class SearchO1:
                 continue
             action = recorder.trace.actions[-1]
             prefix = reasoning.rstrip() + ("\n\n" if reasoning.strip() else "") + BEGIN_SEARCH
-            out, action.argument_source = recorder.write("query", self._messages(question, prefix),
-                                                         max_new_tokens=self.query_tokens, stop=[END_SEARCH, "\n"])
-            query = " ".join(out.text.split())
-            action.argument, action.raw = query, out.text
+            if not searched and self.first_query == "question":
+                query, action.argument_source = question, "policy"
+            else:
+                out, action.argument_source = recorder.write(
+                    "query", self._messages(question, prefix), max_new_tokens=self.query_tokens,
+                    stop=[END_SEARCH, "\n"], avoid=searched if self.avoid_searched else ())
+                query = " ".join(out.text.split())
+                action.raw = out.text
+            action.argument = query
             if not query:
                 action.unparsed = True  # an empty query: recorded and counted, never replaced
                 continue

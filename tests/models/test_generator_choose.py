@@ -116,7 +116,7 @@ def test_write_masks_only_the_first_token_to_word_starts(gen):
     newline = gen.tokenizer("\n", add_special_tokens=False)["input_ids"][0]
     word = gen.tokenizer("value", add_special_tokens=False)["input_ids"][0]
     assert not mask[newline] and mask[word] and not mask[gen.tokenizer.eos_token_id]
-    processor = first_token_mask(3, mask)[0]
+    processor = first_token_mask(3, mask)
     first = processor(torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, len(mask)))
     assert torch.isinf(first[0, ~mask]).all() and (first[0, mask] == 0).all()
     later = processor(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, len(mask)))

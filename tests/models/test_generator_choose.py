@@ -134,3 +134,40 @@ def test_openai_write_sends_the_guided_regex_or_grammar(api):  # noqa: F811
     assert vllm["guided_regex"] == r"\w[^\n]*" and vllm["stop"] == ["END"] and vllm["temperature"] == 0.0
     assert llama["grammar"] == "root ::= [0-9A-Za-z] [^\\n]*"
     assert "guided_regex" not in plain and "grammar" not in plain
+
+
+def test_reply_key_ignores_case_punctuation_and_spacing():
+    from flagstone.models.generator import reply_key
+
+    assert reply_key("  Velmora   bridge, opened?") == reply_key("velmora bridge opened") == "velmora bridge opened"
+    assert reply_key("Velmora bridge opened 1932") != reply_key("Velmora bridge opened")
+    assert reply_key("?!") == ""
+
+
+@pytest.mark.parametrize("limit", [3, 12], ids=["ends_at_the_limit", "ends_at_a_stop"])
+def test_write_cannot_end_on_an_avoided_reply(gen, limit):
+    from flagstone.models.generator import reply_key
+
+    prompt = [*QUESTION, {"role": "assistant", "content": "Query:"}]
+    first = gen.write(prompt, max_new_tokens=limit, stop=["\n"])
+    assert reply_key(first.text)  # the tiny model writes words: there is something to avoid
+    again = gen.write(prompt, max_new_tokens=limit, stop=["\n"], avoid=[first.text])
+    assert reply_key(again.text) != reply_key(first.text)
+    # the same words in another case and punctuation are the same reply
+    shouted = gen.write(prompt, max_new_tokens=limit, stop=["\n"], avoid=[first.text.upper() + " ?!"])
+    assert reply_key(shouted.text) != reply_key(first.text)
+    # avoiding something else leaves the greedy reply as it was
+    assert gen.write(prompt, max_new_tokens=limit, stop=["\n"], avoid=["zzz unrelated"]).text == first.text
+
+
+def test_word_content_mask_allows_no_ending_token(gen):
+    from flagstone.models.generator import eos_token_ids
+
+    mask = gen.word_content_mask(["<|end|>", "\n"])
+    newline = gen.tokenizer("\n", add_special_tokens=False)["input_ids"][0]
+    word = gen.tokenizer("value", add_special_tokens=False)["input_ids"][0]
+    assert mask[word] and not mask[newline]
+    assert not any(mask[i] for i in eos_token_ids(gen.model, gen.tokenizer))
+    texts = [gen.tokenizer.convert_tokens_to_string([t]) for t in gen.tokenizer.convert_ids_to_tokens(
+        [i for i in range(len(gen.tokenizer)) if mask[i]])]
+    assert texts and not any("<" in t or "\n" in t for t in texts)

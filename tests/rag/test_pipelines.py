@@ -410,3 +410,70 @@ def test_search_o1_repeated_query_counts_against_the_search_limit(context):
     answer = SearchO1(ScriptedGenerator(replies), k=1, max_searches=2).ask("When did the bridge open?", context)
     assert answer.trace.searches == 1 and answer.answer == "1932"
     assert (answer.trace.actions[-1].chosen, answer.trace.actions[-1].reason) == ("answer", "search limit reached")
+
+
+def test_context_search_excluding_chunks_is_the_top_k_of_the_rest(context):
+    question = ["When did the Velmora bridge open?"]
+    (ranked,) = context.search(question, len(context.chunks))
+    (rest,) = context.search(question, 2, exclude=[ranked[0].id])
+    assert [c.id for c in rest] == [c.id for c in ranked[1:3]]
+    assert context.search(question, 2, exclude=[c.id for c in context.chunks]) == [[]]
+    with pytest.raises(ValueError, match="does not hold"):
+        context.search(question, 2, exclude=["nowhere#0"])
+
+
+class AvoidingWriter(ScriptedGenerator):
+    """A scripted generator with a ``write`` that, like LocalGenerator's, takes ``avoid``; records it."""
+
+    def write(self, messages, *, max_new_tokens=64, stop=(), avoid=()):
+        out = self.generate(messages, max_new_tokens=max_new_tokens, stop=stop)
+        self.calls[-1]["avoid"] = list(avoid)
+        return out
+
+
+def test_search_o1_later_searches_read_only_new_chunks_and_the_writer_avoids_searched_queries(context):
+    replies = ["Velmora bridge", "It opened in 1932.", "Who built it?", " search", "bridge of Velmora",
+               "Ilse Brandt ordered it.", "Done.", " answer", "1932}"]
+    gen = AvoidingWriter(replies)
+    answer = SearchO1(gen, k=2, max_searches=3).ask("When did the bridge open?", context)
+    first, second = [s.chunk_ids for s in answer.trace.steps if s.kind == "retrieve"]
+    assert len(first) == len(second) == 2 and not set(first) & set(second)
+    queries = [c for c in gen.calls if "avoid" in c]
+    assert [c["avoid"] for c in queries] == [[], ["velmora bridge"]]  # every query searched so far
+    assert answer.trace.silent_defaults == 0 and not any("cannot avoid" in n for n in answer.trace.notes)
+    # without new_chunks_only the second search may bring back what was read
+    again = SearchO1(AvoidingWriter(replies), k=2, max_searches=3, new_chunks_only=False).ask(
+        "When did the bridge open?", context)
+    first, second = [s.chunk_ids for s in again.trace.steps if s.kind == "retrieve"]
+    assert set(first) & set(second)
+
+
+def test_search_o1_says_when_the_query_writer_cannot_avoid_searched_queries(context):
+    replies = ["Velmora bridge", "It opened in 1932.", "Hmm.", " search", "mayor", "Ilse Brandt.", "Done.",
+               " answer", "1932}"]
+    answer = SearchO1(ScriptedGenerator(replies), k=1, max_searches=3).ask("When did the bridge open?", context)
+    assert answer.trace.notes.count("query: generator scripted cannot avoid earlier replies while decoding") == 1
+    assert answer.trace.queries == ["Velmora bridge", "mayor"]
+
+
+def test_search_o1_first_query_can_be_the_question(context):
+    replies = ["The bridge opened in 1932.", "So 1932.", " answer", "1932}"]
+    gen = ScriptedGenerator(replies)
+    answer = SearchO1(gen, k=1, first_query="question").ask("When did the bridge open?", context)
+    assert answer.trace.queries == ["When did the bridge open?"] and answer.answer == "1932"
+    action = answer.trace.actions[0]
+    assert (action.argument, action.argument_source) == ("When did the bridge open?", "policy")
+    assert generated(answer)[0] == "reason_in_documents"  # no query was generated
+    assert answer.trace.silent_defaults == 0
+    with pytest.raises(ValueError, match="first_query"):
+        SearchO1(gen, first_query="clues")
+
+
+def test_bundled_query_writer_does_not_repeat_a_searched_query(smollm2):
+    from flagstone.models.generator import reply_key
+
+    prompt = [{"role": "user", "content": "Question: When did the Velmora bridge open?"},
+              {"role": "assistant", "content": BEGIN_SEARCH}]
+    first = smollm2.write(prompt, max_new_tokens=16, stop=[END_SEARCH, "\n"])
+    second = smollm2.write(prompt, max_new_tokens=16, stop=[END_SEARCH, "\n"], avoid=[first.text])
+    assert reply_key(first.text) and reply_key(second.text) not in ("", reply_key(first.text))

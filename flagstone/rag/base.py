@@ -341,6 +341,18 @@ class Recorder:
             self._record(name, messages, out, out.cache_miss, listener)
         return outs, True
 
+    def repeat_span(self, span: int, generator: Generator | None = None) -> int:
+        """The ``stop_on_repeat`` to ask of ``generator`` (default: this recorder's): ``span`` when it can end a
+        reply that repeats itself; otherwise 0, and the trace notes once that its replies run to their token
+        limits."""
+        generator = generator if generator is not None else self.generator
+        if not span or generate_accepts(generator, "stop_on_repeat"):
+            return span
+        note = f"generator {generator.name} cannot stop a reply that repeats itself: replies run to their limits"
+        if note not in self.trace.notes:
+            self.trace.notes.append(note)
+        return 0
+
     def _record(self, name: str, messages: Sequence[Message], out: Generation, miss: str, listener) -> None:
         step = Step("generate", name, [dict(m) for m in messages], out.text, prompt_tokens=out.prompt_tokens,
                     completion_tokens=out.completion_tokens, seconds=out.seconds,

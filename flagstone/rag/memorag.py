@@ -282,7 +282,7 @@ class MemoRAG:
             how = f"in batches of {self.gist_batch}" if batched else \
                 f"one by one (generator {self.generator.name} has no generate_many, or the gists were streamed)"
         else:
-            lookup, repeat = self._lookup(self.generator), self._repeat(self.generator)
+            lookup, repeat = self._lookup(self.generator), recorder.repeat_span(self.stop_on_repeat)
             for prompt in prompts:
                 out = recorder.generate("gist", prompt, max_new_tokens=self.gist_tokens, prompt_lookup=lookup,
                                         stop_on_repeat=repeat)
@@ -291,9 +291,6 @@ class MemoRAG:
                 f", a reply ending when it repeats {repeat} tokens" if repeat else "")
         return Memory(gists, pieces, self.generator.name,
                       {"piece_tokens": self.piece_tokens, "gist_tokens": self.gist_tokens, "gists": how})
-
-    def _repeat(self, generator: Generator) -> int:
-        return self.stop_on_repeat if generate_accepts(generator, "stop_on_repeat") else 0
 
     def _lookup(self, generator: Generator) -> int:
         return self.prompt_lookup if generate_accepts(generator, "prompt_lookup") else 0
@@ -333,7 +330,8 @@ class MemoRAG:
         cache, note = self.clue_cache(memory)
         clue_recorder = recorder if self.memory_generator is None else Recorder(self.memory_generator, recorder.trace)
         out = clue_recorder.generate("clues", messages, max_new_tokens=self.clue_tokens, prompt_cache=cache,
-                                     prompt_lookup=self._lookup(writer), stop_on_repeat=self._repeat(writer))
+                                     prompt_lookup=self._lookup(writer),
+                                     stop_on_repeat=recorder.repeat_span(self.stop_on_repeat, writer))
         if note:  # the cache could not be used at all, or a stale one was replaced: the step says so
             step = recorder.trace.steps[-1]
             step.cache_miss = "; ".join(x for x in (note, step.cache_miss) if x)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from flagstone.models.generator import Generator, generate_accepts, reply_key
+from flagstone.models.generator import Generator, reply_key
 from flagstone.rag.base import (
     Answer,
     ContextIndex,
@@ -102,9 +102,6 @@ class SearchO1:
         if self.first_query not in FIRST_QUERY:
             raise ValueError(f"first_query must be one of {FIRST_QUERY}, got {self.first_query!r}")
 
-    def _repeat(self) -> int:
-        return self.stop_on_repeat if generate_accepts(self.generator, "stop_on_repeat") else 0
-
     def _messages(self, question: str, reasoning: str) -> list[dict[str, str]]:
         messages = [{"role": "system", "content": REASONING_SYSTEM.format(max_searches=self.max_searches)},
                     {"role": "user", "content": f"Question: {question}"}]
@@ -120,7 +117,7 @@ class SearchO1:
         prompt = DOCUMENTS_PROMPT.format(history=history, query=query, documents=documents)
         out = recorder.generate("reason_in_documents", [{"role": "system", "content": DOCUMENTS_SYSTEM},
                                                         {"role": "user", "content": prompt}],
-                                max_new_tokens=self.document_tokens, stop_on_repeat=self._repeat())
+                                max_new_tokens=self.document_tokens, stop_on_repeat=recorder.repeat_span(self.stop_on_repeat))
         condensed = " ".join(out.text.split()) or "No helpful information found."
         recorder.trace.notes.append(f"condensed: {condensed}")
         return condensed
@@ -188,7 +185,7 @@ class SearchO1:
     def _reason(self, question: str, reasoning: str, recorder: Recorder) -> str:
         """The model's reasoning up to its next decision point (it stops where it would search or answer)."""
         out = recorder.generate("reason", self._messages(question, reasoning), max_new_tokens=self.turn_tokens,
-                                stop=[BEGIN_SEARCH, "\\boxed{", "Next step:"], stop_on_repeat=self._repeat())
+                                stop=[BEGIN_SEARCH, "\\boxed{", "Next step:"], stop_on_repeat=recorder.repeat_span(self.stop_on_repeat))
         return reasoning + out.text
 
     def _final_answer(self, question: str, reasoning: str, recorder: Recorder) -> str:

@@ -258,8 +258,15 @@ def test_agents_stop_looping_replies_where_the_generator_can(context):
     gen = RepeatAwareGenerator(["gist", "gist", "Mayor Ilse Brandt", "Ilse Brandt"])
     memory = MemoRAG(gen, k=1, piece_tokens=40, memory="gists").ask("Who ordered the bridge?", context)
     assert [call.get("stop_on_repeat") for call in gen.calls] == [16, 16, 16, 0]  # gists, clues, answer
+    assert not any("cannot stop a reply" in n for n in memory.trace.notes)
     plain = ScriptedGenerator(["Velmora bridge opened", "It opened in 1932.", "Fine.", "1932}"])
-    assert SearchO1(plain, k=1, max_searches=1).ask("When did the bridge open?", context).answer == "1932"
+    answer = SearchO1(plain, k=1, max_searches=1).ask("When did the bridge open?", context)
+    assert answer.answer == "1932"
+    # a generator that cannot stop a looping reply is not asked to; the trace says so, once
+    assert sum("scripted cannot stop a reply that repeats itself" in n for n in answer.trace.notes) == 1
+    plain = ScriptedGenerator(["Mayor Ilse Brandt\nDraft answer: Ilse Brandt", "Ilse Brandt"])
+    answer = MemoRAG(plain, k=1).ask("Who ordered the bridge?", context)
+    assert sum("scripted cannot stop a reply that repeats itself" in n for n in answer.trace.notes) == 1
     assert memory.answer == "Ilse Brandt"
 
 

@@ -8,6 +8,9 @@ with its 10 paragraphs) and a needle-in-a-haystack run over the essays, with the
     python benchmarks/rag_qa.py --limit 5 --pipelines search_o1,rag_equal_tokens_search_o1 --skip-niah \
         --out rag_qa_slice                          # a trial slice, kept apart from the full results
 
+Variants of an agent's settings run as pipelines of their own: ``search_o1_question_first`` (the first query
+is the question itself) and ``memorag_int8_clues`` (an int8 copy of the model writes the clues).
+
 Answers are appended per question to benchmarks/results/rag_qa/<pipeline>.jsonl, so an interrupted run goes
 on where it stopped (after changing a pipeline, move its old answers aside). Each question's paragraphs are
 chunked (200 MiniLM tokens, i.e. about one paragraph a chunk) and indexed with hybrid dense + BM25
@@ -32,8 +35,10 @@ from _common import RESULTS, SHARED_DATA, save_results
 AGENTS = ("memorag", "search_o1", "lc_boost")
 EQUAL_TOKENS = "rag_equal_tokens_"
 # plain RAG at each agent's cost: per question, the tokens the agent used on that question (run after it)
-# settings of an agent other than its defaults, run as pipelines of their own (no equal-token twin)
-VARIANTS = {"search_o1_question_first": ("search_o1", {"first_query": "question"})}
+# settings of an agent other than its defaults, run as pipelines of their own (no equal-token twin); a
+# setting "int8" for memory_generator is the same model with int8 linear layers writing MemoRAG's clues
+VARIANTS = {"search_o1_question_first": ("search_o1", {"first_query": "question"}),
+            "memorag_int8_clues": ("memorag", {"memory_generator": "int8"})}
 PIPELINE_NAMES = ("no_retrieval", "full_context", "rag", *AGENTS, *(EQUAL_TOKENS + a for a in AGENTS), *VARIANTS)
 NIAH_PIPELINES = ("full_context", "rag", "memorag", "lc_boost")
 
@@ -57,6 +62,10 @@ def build_pipeline(name: str, generator, k: int):
     if name.startswith(EQUAL_TOKENS):
         return PIPELINES["rag"](generator, k=k)  # its budget comes per question, see run_hotpotqa
     name, settings = VARIANTS.get(name, (name, {}))
+    if settings.get("memory_generator") == "int8":
+        from flagstone.models.generator import LocalGenerator
+
+        settings = {**settings, "memory_generator": LocalGenerator(dtype="int8", threads=generator.threads)}
     cls = PIPELINES[name]
     if name in ("rag", "memorag", "search_o1"):
         return cls(generator, k=k, **settings)

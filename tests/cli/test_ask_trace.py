@@ -40,6 +40,15 @@ def test_trace_shows_searches_actions_notes_and_unparsed_replies(ask, capsys):
     assert lines[-1].endswith(", 1 searches, 1 unparsed actions")
 
 
+def test_first_query_question_searches_the_question_itself(ask, capsys):
+    replies = ["It opened in 1932.", "So 1932.", " answer", "1932}"]  # no query is generated
+    assert ask(replies, "--pipeline", "search_o1", "--first-query", "question", "--trace") == 0
+    lines = capsys.readouterr().out.splitlines()
+    search = next(line for line in lines if line.startswith("  [search]"))
+    assert "query 'When did the Velmora bridge open?' -> ctx.txt#0" in search
+    assert lines[0] == "1932"
+
+
 def test_without_trace_only_the_answer(ask, capsys):
     assert ask(["Velmora bridge opened", "It opened in 1932.", "So 1932.", " answer", "1932}"],
                "--pipeline", "search_o1") == 0

@@ -169,6 +169,8 @@ def readme_cases() -> list[Case]:
         elif block.lang == "bash":
             for line, text in logical_lines(block):
                 words = shlex.split(text, comments=True)
+                if not words:  # a comment on a line of its own
+                    continue
                 if words[0] == "flagstone":
                     kind = "flagstone"
                 elif words[0] == "curl":

@@ -224,6 +224,16 @@ def report(args, generator_name: str) -> None:
                                                          for r in missed])) if missed else None,
             "duplicate_queries": sum(duplicates),
             "questions_with_duplicate_query": sum(d > 0 for d in duplicates)})
+        # the model's first scored decision after the first search: does it follow whether that search missed?
+        for label, group in (("missed", missed), ("found", [r for r in recorded if r not in missed])):
+            first = [next((a for a in r["trace"]["actions"] if a["source"] == "scored" and
+                           set(a["scores"]) == {"search", "answer"}), None) for r in group]
+            first = [a for a in first if a is not None]
+            pipelines[name][f"first_decision_after_{label}"] = {
+                "search": sum(a["chosen"] == "search" for a in first),
+                "answer": sum(a["chosen"] == "answer" for a in first),
+                "median_log_odds_search": float(np.median([a["scores"]["search"] - a["scores"]["answer"]
+                                                           for a in first])) if first else None}
     niah_path = args.out / "niah.jsonl"
     niah = [json.loads(line) for line in niah_path.read_text().splitlines()] if niah_path.is_file() else []
     niah = [{k: r[k] for k in ("method", "length", "depth", "correct", "tokens", "seconds")} for r in niah]
@@ -251,6 +261,13 @@ def report(args, generator_name: str) -> None:
                   f"missed fact in {p['later_search_found_missing']:.0%}; repeated queries (not searched again): "
                   f"{p['duplicate_queries']} in {p['questions_with_duplicate_query']} questions"
                   for name, p in searching.items()]
+        for name, p in searching.items():
+            d = {label: p[f"first_decision_after_{label}"] for label in ("missed", "found")}
+            if all(v["median_log_odds_search"] is not None for v in d.values()):
+                lines.append(f"- {name}, first scored decision: after a missed first search search "
+                             f"{d['missed']['search']} / answer {d['missed']['answer']} (median log-odds of search "
+                             f"{d['missed']['median_log_odds_search']:+.2f}); after a hit search {d['found']['search']}"
+                             f" / answer {d['found']['answer']} ({d['found']['median_log_odds_search']:+.2f})")
     actions = {name: p["actions"] for name, p in pipelines.items() if p["actions"]}
     if actions:
         lines += ["", "Chosen actions (step:action, summed over the questions; \"(policy)\" = the pipeline's "

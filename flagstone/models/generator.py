@@ -378,6 +378,16 @@ class LocalGenerator:
         already searched); it can still equal one if it runs out of tokens exactly there."""
         return self.generate(messages, max_new_tokens=max_new_tokens, stop=stop, _first_word=True, _avoid=avoid)
 
+    def token_texts(self) -> list[str]:
+        """The text of each output-vocabulary token on its own ("" past the tokenizer's vocabulary), decoded
+        once and cached: the word masks below all read it."""
+        if getattr(self, "_token_texts", None) is None:
+            size = self.model.get_output_embeddings().out_features  # also on an int8 layer (no .weight tensor)
+            tokens = self.tokenizer.convert_ids_to_tokens(list(range(min(size, len(self.tokenizer)))))
+            texts = [self.tokenizer.convert_tokens_to_string([t]) if t is not None else "" for t in tokens]
+            self._token_texts = texts + [""] * (size - len(texts))
+        return self._token_texts
+
     def word_content_mask(self, stops: Sequence[str]) -> Any:
         """A vocabulary-sized mask of the tokens that add a word and cannot end a reply: text with a word
         character, no newline, none of the stop strings' first characters, and not an end-of-turn token."""
@@ -388,14 +398,11 @@ class LocalGenerator:
         key = tuple(sorted({s[0] for s in stops if s}))
         masks = self.__dict__.setdefault("_word_content", {})
         if key not in masks:
-            size = self.model.get_output_embeddings().out_features
-            tokens = self.tokenizer.convert_ids_to_tokens(list(range(min(size, len(self.tokenizer)))))
-            mask = torch.zeros(size, dtype=torch.bool)
-            for i, token in enumerate(tokens):
-                text = self.tokenizer.convert_tokens_to_string([token]) if token is not None else ""
-                mask[i] = re.search(r"\w", text) is not None and "\n" not in text and not any(c in text for c in key)
+            texts = self.token_texts()
+            mask = torch.tensor([re.search(r"\w", t) is not None and "\n" not in t and not any(c in t for c in key)
+                                 for t in texts], dtype=torch.bool)
             for i in eos_token_ids(self.model, self.tokenizer):
-                if i < size:
+                if i < len(texts):
                     mask[i] = False
             masks[key] = mask
         return masks[key]
@@ -407,13 +414,8 @@ class LocalGenerator:
         import torch
 
         if getattr(self, "_word_start", None) is None:
-            size = self.model.get_output_embeddings().out_features  # also on an int8 layer (no .weight tensor)
-            texts = self.tokenizer.convert_ids_to_tokens(list(range(min(size, len(self.tokenizer)))))
-            mask = torch.zeros(size, dtype=torch.bool)
-            for i, token in enumerate(texts):
-                text = self.tokenizer.convert_tokens_to_string([token]) if token is not None else ""
-                mask[i] = re.match(r"^ ?\w", text) is not None
-            self._word_start = mask
+            self._word_start = torch.tensor([re.match(r"^ ?\w", t) is not None for t in self.token_texts()],
+                                            dtype=torch.bool)
         return self._word_start
 
     def generate(self, messages: Sequence[Message], *, max_new_tokens: int = 256, stop: Sequence[str] = (),

@@ -171,3 +171,17 @@ def test_word_content_mask_allows_no_ending_token(gen):
     texts = [gen.tokenizer.convert_tokens_to_string([t]) for t in gen.tokenizer.convert_ids_to_tokens(
         [i for i in range(len(gen.tokenizer)) if mask[i]])]
     assert texts and not any("<" in t or "\n" in t for t in texts)
+
+
+def test_word_masks_match_each_token_decoded_alone(gen):
+    import re
+
+    size = gen.model.get_output_embeddings().out_features
+    texts = gen.token_texts()
+    assert len(texts) == size and texts is gen.token_texts()  # decoded once, cached
+    for i in range(0, min(size, len(gen.tokenizer)), 7):
+        assert texts[i] == gen.tokenizer.convert_tokens_to_string([gen.tokenizer.convert_ids_to_tokens(i)])
+        assert bool(gen.word_start_mask()[i]) == (re.match(r"^ ?\w", texts[i]) is not None)
+    content = gen.word_content_mask(["<|end|>"])
+    assert content.shape == gen.word_start_mask().shape == (size,)
+    assert all(not content[i] for i in range(size) if "<" in texts[i] or "\n" in texts[i] or not texts[i])

@@ -78,6 +78,9 @@ def add_parsers(sub, epilog: str = EPILOG) -> None:
     p.add_argument("--first-query", choices=("model", "question"), default=None,
                    help="Search-o1: who writes the first search query: the model, inside its reasoning (the "
                         "default), or the question itself is searched first")
+    p.add_argument("--no-evidence-check", dest="evidence_check", action="store_false", default=None,
+                   help="Search-o1: do not tell the model, at each decision after a search, which names of the "
+                        "question (capitalised words, numbers) no document read so far mentions")
     p.add_argument("--max-new-tokens", type=positive_int, default=64, help="tokens in the answer (default: 64)")
     p.add_argument("--guided", choices=("vllm", "llama.cpp"), default=None,
                    help="with --base-url: constrain the agents' choices with the server's guided decoding (vLLM "
@@ -105,8 +108,8 @@ def _check_ask(args: argparse.Namespace) -> None:
                              "tokens and --overlap must be below --chunk-tokens")
     if args.pipeline != "memorag" and (args.memory_kind is not None or args.int8_clues):
         raise FlagstoneError("--memory-kind and --int8-clues are MemoRAG options: add --pipeline memorag")
-    if args.pipeline != "search_o1" and args.first_query is not None:
-        raise FlagstoneError("--first-query is a Search-o1 option: add --pipeline search_o1")
+    if args.pipeline != "search_o1" and (args.first_query is not None or args.evidence_check is not None):
+        raise FlagstoneError("--first-query and --no-evidence-check are Search-o1 options: add --pipeline search_o1")
     if args.int8_clues and args.base_url is not None:
         raise FlagstoneError("--int8-clues quantises a local model: it cannot be used with --base-url")
     if args.guided is not None and args.base_url is None:
@@ -217,6 +220,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
         settings["memory"] = args.memory_kind
     if args.first_query is not None:  # a Search-o1 option, likewise
         settings["first_query"] = args.first_query
+    if args.evidence_check is not None:
+        settings["evidence_check"] = args.evidence_check
     listener = AskListener(progress=not args.quiet, stream=False)
     listener.note(f"loading generator {args.generator}" + (f" at {args.base_url}" if args.base_url else ""))
     generator = load_generator(args.generator, base_url=args.base_url, guided=args.guided)

@@ -15,10 +15,10 @@ CONTEXT = "The Velmora bridge opened in 1932. It crosses the river Aune.\n\nMayo
 def ask(tiny_causal_lm_dir, tmp_path, monkeypatch):
     (tmp_path / "ctx.txt").write_text(CONTEXT)
 
-    def run(replies, *options: str) -> int:
+    def run(replies, *options: str, question: str = "When did the Velmora bridge open?") -> int:
         scripted = ScriptedGenerator(replies)
         monkeypatch.setattr("flagstone.models.generator.load_generator", lambda *a, **kw: scripted)
-        return main(["ask", "When did the Velmora bridge open?", "--context", str(tmp_path / "ctx.txt"),
+        return main(["ask", question, "--context", str(tmp_path / "ctx.txt"),
                      "--generator", str(tiny_causal_lm_dir), "--mode", "bm25", "-k", "1", "--quiet", *options])
 
     return run
@@ -47,6 +47,15 @@ def test_first_query_question_searches_the_question_itself(ask, capsys):
     search = next(line for line in lines if line.startswith("  [search]"))
     assert "query 'When did the Velmora bridge open?' -> ctx.txt#0" in search
     assert lines[0] == "1932"
+
+
+def test_trace_shows_the_evidence_check_unless_switched_off(ask, capsys):
+    replies = ["Velmora bridge opened", "It opened in 1932.", "So 1932.", " answer", "1932}"]
+    question = "When did the Velmora bridge over the Loire open?"  # the chunk read never mentions the Loire
+    assert ask(replies, "--pipeline", "search_o1", "--trace", question=question) == 0
+    assert "  note: evidence check: not mentioned: Loire" in capsys.readouterr().out.splitlines()
+    assert ask(replies, "--pipeline", "search_o1", "--trace", "--no-evidence-check", question=question) == 0
+    assert "evidence check" not in capsys.readouterr().out
 
 
 def test_without_trace_only_the_answer(ask, capsys):

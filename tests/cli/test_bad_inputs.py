@@ -178,6 +178,8 @@ BAD = [
                                       "--int8-clues", "--base-url", "http://127.0.0.1:9/v1"], "cannot be used"),
     ("ask-first-query-without-search-o1", ["ask", "q", "--context", "{tmp}/ctx.txt", "--first-query", "question"],
      "Search-o1 option"),
+    ("ask-evidence-check-without-search-o1", ["ask", "q", "--context", "{tmp}/ctx.txt", "--no-evidence-check"],
+     "Search-o1 option"),
     ("ask-memory-kind-unknown", ["ask", "q", "--pipeline", "memorag", "--memory-kind", "notes"], "invalid choice"),
     ("serve-port-too-large", ["serve", "--port", "80000"], "between 1 and 65535"),
     ("serve-port-zero", ["serve", "--port", "0"], "between 1 and 65535"),

@@ -21,7 +21,10 @@ from flagstone.rag.search_o1 import (
     BEGIN_SEARCH,
     DUPLICATE_QUERY,
     END_SEARCH,
+    NOT_MENTIONED,
     history_for_documents,
+    question_names,
+    unmentioned_names,
 )
 
 DOCUMENTS = [
@@ -288,6 +291,39 @@ def test_search_o1_unparsed_decision_and_empty_query_are_counted_not_defaulted(c
     assert trace.actions[1].raw == "maybe later"
     assert trace.unparsed_actions == 2 and trace.silent_defaults == 0
     assert trace.to_dict()["unparsed_actions"] == 2
+
+
+def test_question_names_are_capitalised_words_and_numbers_after_the_first():
+    from flagstone.retrieval.lexical import LexicalTokenizer
+
+    question = "Which Velmora bridge did Mayor Brandt order before 1940, and Which Aune ferry?"
+    assert question_names(question) == ["Velmora", "Mayor", "Brandt", "1940", "Aune"]  # no stop words, once each
+    terms = LexicalTokenizer()
+    read = set(terms("The mayors of Velmora ordered it in 1940."))
+    assert unmentioned_names(question, read, terms) == ["Brandt", "Aune"]  # stemmed: "mayors" mentions Mayor
+
+
+def test_search_o1_evidence_check_tells_the_decision_which_names_are_unread(context):
+    # the first search reads the harbour text: "Mayor", "Brandt" and "1925" are not mentioned, "Velmora" is
+    question = "Did Mayor Brandt of Velmora serve from 1925?"
+    replies = ["harbour dredged", "Dredged in 1871.", "Not yet.", " answer", "yes}"]
+    gen = ScriptedGenerator(replies)
+    answer = SearchO1(gen, k=1, max_searches=3).ask(question, context)
+    assert answer.trace.retrieved == ["harbour#0"]
+    decision = gen.calls[3]["messages"][-1]["content"]
+    line = NOT_MENTIONED.format(names="Mayor, Brandt, 1925")
+    assert decision.endswith(line + "\n\nNext step:")
+    assert "evidence check: not mentioned: Mayor, Brandt, 1925" in answer.trace.notes
+    assert line not in gen.calls[4]["messages"][-1]["content"]  # shown to the decision only, not kept in reasoning
+    plain = ScriptedGenerator(replies)
+    SearchO1(plain, k=1, max_searches=3, evidence_check=False).ask(question, context)
+    assert plain.calls[3]["messages"][-1]["content"].endswith("Not yet.\n\nNext step:")
+    # every name read: no line
+    read_all = ScriptedGenerator(["Mayor Brandt served", "From 1925 to 1940.", "So yes.", " answer", "yes}"])
+    answer = SearchO1(read_all, k=1, max_searches=3).ask("Did Mayor Brandt serve from 1925?", context)
+    assert answer.trace.retrieved == ["mayor#0"]
+    assert read_all.calls[3]["messages"][-1]["content"].endswith("So yes.\n\nNext step:")
+    assert not any(n.startswith("evidence check") for n in answer.trace.notes)
 
 
 def test_reason_in_documents_history_keeps_first_last_four_and_searches():

@@ -37,7 +37,9 @@ EQUAL_TOKENS = "rag_equal_tokens_"
 # plain RAG at each agent's cost: per question, the tokens the agent used on that question (run after it)
 # settings of an agent other than its defaults, run as pipelines of their own (no equal-token twin); a
 # setting "int8" for memory_generator is the same model with int8 linear layers writing MemoRAG's clues
-VARIANTS = {"search_o1_question_first": ("search_o1", {"first_query": "question"}),
+# search_o1_question_first was run before the evidence check existed: it stays without one, as run
+VARIANTS = {"search_o1_no_evidence_check": ("search_o1", {"evidence_check": False}),
+            "search_o1_question_first": ("search_o1", {"first_query": "question", "evidence_check": False}),
             "memorag_int8_clues": ("memorag", {"memory_generator": "int8"})}
 PIPELINE_NAMES = ("no_retrieval", "full_context", "rag", *AGENTS, *(EQUAL_TOKENS + a for a in AGENTS), *VARIANTS)
 NIAH_PIPELINES = ("full_context", "rag", "memorag", "lc_boost")
@@ -233,7 +235,10 @@ def report(args, generator_name: str) -> None:
                 "search": sum(a["chosen"] == "search" for a in first),
                 "answer": sum(a["chosen"] == "answer" for a in first),
                 "median_log_odds_search": float(np.median([a["scores"]["search"] - a["scores"]["answer"]
-                                                           for a in first])) if first else None}
+                                                           for a in first])) if first else None,
+                # of those, the decisions shown Search-o1's evidence line (a name of the question still unread)
+                "with_evidence_line": {c: sum(a["chosen"] == c and a["reason"].startswith("evidence check")
+                                              for a in first) for c in ("search", "answer")}}
     niah_path = args.out / "niah.jsonl"
     niah = [json.loads(line) for line in niah_path.read_text().splitlines()] if niah_path.is_file() else []
     niah = [{k: r[k] for k in ("method", "length", "depth", "correct", "tokens", "seconds")} for r in niah]
@@ -267,7 +272,11 @@ def report(args, generator_name: str) -> None:
                 lines.append(f"- {name}, first scored decision: after a missed first search search "
                              f"{d['missed']['search']} / answer {d['missed']['answer']} (median log-odds of search "
                              f"{d['missed']['median_log_odds_search']:+.2f}); after a hit search {d['found']['search']}"
-                             f" / answer {d['found']['answer']} ({d['found']['median_log_odds_search']:+.2f})")
+                             f" / answer {d['found']['answer']} ({d['found']['median_log_odds_search']:+.2f})"
+                             + "".join(f"; {label}: evidence line shown in {sum(v['with_evidence_line'].values())} "
+                                       f"(search {v['with_evidence_line']['search']})" for label, v in
+                                       (("after a miss", d["missed"]), ("after a hit", d["found"]))
+                                       if any(v.get("with_evidence_line", {}).values())))
     actions = {name: p["actions"] for name, p in pipelines.items() if p["actions"]}
     if actions:
         lines += ["", "Chosen actions (step:action, summed over the questions; \"(policy)\" = the pipeline's "

@@ -272,6 +272,8 @@ def describe_action(action) -> str:
     how = f"policy: {action.reason}" if action.source == "policy" else action.source
     if action.scores:
         how += " " + ", ".join(f"{k}={v:.2f}" for k, v in action.scores.items())
+    if action.reason and action.source != "policy":  # what the pipeline showed the model before it chose
+        how += f"; {action.reason}"
     if action.unparsed:
         what = f"UNPARSED {action.chosen or ''} reply {' '.join(action.raw.split())[:200]!r}".replace("  ", " ")
     else:

@@ -66,7 +66,8 @@ class Action:
 
     ``unparsed`` is True when the model's reply named no option, or the option needs text (a query, a note)
     and none came: the pipeline does not act on it, and the benchmark counts it. ``reason`` explains a
-    "policy" decision (the pipeline's rule, not the model's choice).
+    "policy" decision (the pipeline's rule, not the model's choice); on a model's choice it names what the
+    pipeline added to the prompt to inform it (e.g. Search-o1's evidence check).
     """
 
     step: str  # "decide", "access", "step", "clues", ...

@@ -30,7 +30,7 @@ of searching were lower after a first search that missed a supporting fact than 
 With ``evidence_check`` (default) every scored decision after a search sees one more line, written by the
 pipeline, not the model: the names of the question (its capitalised words and numbers after the first word)
 that no document read so far mentions, when there are any. The model still makes the choice; the line is
-kept in the trace's notes.
+recorded as the action's ``reason``.
 """
 from __future__ import annotations
 
@@ -173,14 +173,12 @@ class SearchO1:
         if turn == 0 and self.first_search == "forced":
             return recorder.policy("decide", "search", options, "first decision searches (first_search='forced')"
                                    ).chosen
-        evidence = ""
-        if self.evidence_check and searched:
-            names = unmentioned_names(question, read_terms, self._terms)
-            if names:
-                evidence = NOT_MENTIONED.format(names=", ".join(names))
-                recorder.trace.notes.append(f"evidence check: not mentioned: {', '.join(names)}")
+        names = unmentioned_names(question, read_terms, self._terms) if self.evidence_check and searched else []
+        evidence = NOT_MENTIONED.format(names=", ".join(names)) if names else ""
         action = recorder.choose("decide", self._messages(question, reasoning.rstrip() + evidence + NEXT_STEP),
                                  ACTIONS)
+        if names:
+            action.reason = f"evidence check: not mentioned: {', '.join(names)}"
         return "unparsed" if action.chosen is None else action.chosen
 
     def ask(self, question: str, context: ContextIndex) -> Answer:

@@ -53,7 +53,8 @@ def test_trace_shows_the_evidence_check_unless_switched_off(ask, capsys):
     replies = ["Velmora bridge opened", "It opened in 1932.", "So 1932.", " answer", "1932}"]
     question = "When did the Velmora bridge over the Loire open?"  # the chunk read never mentions the Loire
     assert ask(replies, "--pipeline", "search_o1", "--trace", question=question) == 0
-    assert "  note: evidence check: not mentioned: Loire" in capsys.readouterr().out.splitlines()
+    assert "  action [decide] answer (free_text; evidence check: not mentioned: Loire)" in \
+        capsys.readouterr().out.splitlines()
     assert ask(replies, "--pipeline", "search_o1", "--trace", "--no-evidence-check", question=question) == 0
     assert "evidence check" not in capsys.readouterr().out
 

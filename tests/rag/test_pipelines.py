@@ -313,7 +313,9 @@ def test_search_o1_evidence_check_tells_the_decision_which_names_are_unread(cont
     decision = gen.calls[3]["messages"][-1]["content"]
     line = NOT_MENTIONED.format(names="Mayor, Brandt, 1925")
     assert decision.endswith(line + "\n\nNext step:")
-    assert "evidence check: not mentioned: Mayor, Brandt, 1925" in answer.trace.notes
+    decided = answer.trace.actions[1]
+    assert (decided.source, decided.reason) == ("free_text", "evidence check: not mentioned: Mayor, Brandt, 1925")
+    assert answer.trace.silent_defaults == 0
     assert line not in gen.calls[4]["messages"][-1]["content"]  # shown to the decision only, not kept in reasoning
     plain = ScriptedGenerator(replies)
     SearchO1(plain, k=1, max_searches=3, evidence_check=False).ask(question, context)
@@ -323,7 +325,7 @@ def test_search_o1_evidence_check_tells_the_decision_which_names_are_unread(cont
     answer = SearchO1(read_all, k=1, max_searches=3).ask("Did Mayor Brandt serve from 1925?", context)
     assert answer.trace.retrieved == ["mayor#0"]
     assert read_all.calls[3]["messages"][-1]["content"].endswith("So yes.\n\nNext step:")
-    assert not any(n.startswith("evidence check") for n in answer.trace.notes)
+    assert answer.trace.actions[1].reason == ""
 
 
 def test_reason_in_documents_history_keeps_first_last_four_and_searches():

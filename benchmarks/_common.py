@@ -175,6 +175,13 @@ def hotpot_documents(path: Path) -> list[str]:
     return docs
 
 
+def first_search_or_answer_decision(record: dict) -> dict | None:
+    """The first scored search-or-answer action in a stored rag_qa answer record (Search-o1's first decision after
+    its first search), or None when the trace has none."""
+    return next((a for a in record["trace"]["actions"]
+                 if a["source"] == "scored" and set(a["scores"]) == {"search", "answer"}), None)
+
+
 def needle_turn_ids(tokenizer) -> tuple[list[int], list[int]]:
     """Token ids of the passkey-style needle chat turn around its haystack, for beacon.py and longctx.py: what
     comes before the haystack (template + user turn start) and what comes after it (DEFAULT_NEEDLE's question,

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import RESULTS, SHARED_DATA, save_results
+from _common import RESULTS, SHARED_DATA, first_search_or_answer_decision, save_results
 
 AGENTS = ("memorag", "search_o1", "lc_boost")
 EQUAL_TOKENS = "rag_equal_tokens_"
@@ -228,9 +228,7 @@ def report(args, generator_name: str) -> None:
             "questions_with_duplicate_query": sum(d > 0 for d in duplicates)})
         # the model's first scored decision after the first search: does it follow whether that search missed?
         for label, group in (("missed", missed), ("found", [r for r in recorded if r not in missed])):
-            first = [next((a for a in r["trace"]["actions"] if a["source"] == "scored" and
-                           set(a["scores"]) == {"search", "answer"}), None) for r in group]
-            first = [a for a in first if a is not None]
+            first = [a for a in map(first_search_or_answer_decision, group) if a is not None]
             pipelines[name][f"first_decision_after_{label}"] = {
                 "search": sum(a["chosen"] == "search" for a in first),
                 "answer": sum(a["chosen"] == "answer" for a in first),

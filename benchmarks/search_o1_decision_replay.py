@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import RESULTS, SHARED_DATA, save_results
+from _common import RESULTS, SHARED_DATA, first_search_or_answer_decision, save_results
 
 from flagstone.evaluation.qa import load_hotpotqa
 from flagstone.retrieval.lexical import LexicalTokenizer
@@ -89,8 +89,7 @@ def main() -> int:
     embedder, cache = Embedder(show_progress=False), EmbeddingCache()  # rag_qa's
     started, rows = time.perf_counter(), []
     for record in list(map(json.loads, run.read_text().splitlines()))[: args.n]:
-        stored = next((a for a in record["trace"]["actions"] if a["source"] == "scored"
-                       and set(a["scores"]) == {"search", "answer"}), None)
+        stored = first_search_or_answer_decision(record)
         if stored is None or not record["search_recalls"]:
             continue
         example = examples[record["id"]]

@@ -3,6 +3,7 @@ no retrieval (the model's own knowledge) and full context (as much of the contex
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from flagstone.models.generator import Generator
@@ -17,6 +18,7 @@ from flagstone.rag.base import (
     prompt_budget,
     without_overlap,
 )
+from flagstone.rag.chunking import Chunk
 
 
 @dataclass
@@ -79,9 +81,15 @@ class RAG:
             (chunks,) = recorder.retrieve("search", context, [question], self.k)
         else:
             (ranked,) = recorder.retrieve("search", context, [question], len(context.chunks))
-            fixed = sum(self.generator.count_tokens(t) for t in (ANSWER_SYSTEM, question)) + self.max_new_tokens + 24
-            chunks = fit_passages(self.generator, ranked, max(1, budget - fixed)) or ranked[:1]
+            chunks = self.passages_within(question, ranked, budget)
             recorder.trace.notes.append(f"token budget {budget}: read {len(chunks)} of {len(ranked)} chunks")
             recorder.trace.retrieved = [c.id for c in chunks]  # what the answer reads, not the whole ranking
         answer = answer_from_passages(recorder, question, chunks, max_new_tokens=self.max_new_tokens)
         return Answer(question, answer, self.name, recorder.trace, time.perf_counter() - start)
+
+    def passages_within(self, question: str, ranked: Sequence[Chunk], token_budget: int) -> list[Chunk]:
+        """The prefix of ``ranked`` that one answer call reads at ``token_budget`` tokens for the whole call
+        (instructions, question, passages, answer), capped by the generator's window; at least one chunk."""
+        fixed = sum(self.generator.count_tokens(t) for t in (ANSWER_SYSTEM, question)) + self.max_new_tokens + 24
+        room = min(token_budget - fixed, prompt_budget(self.generator, self.max_new_tokens, ANSWER_SYSTEM, question))
+        return fit_passages(self.generator, ranked, max(1, room)) or list(ranked[:1])

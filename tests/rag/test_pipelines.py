@@ -449,6 +449,16 @@ def test_rag_at_a_token_budget_reads_chunks_in_rank_order_until_the_budget(conte
     assert small.trace.tokens <= 110 and small.trace.tokens < large.trace.tokens
 
 
+def test_rag_budget_beyond_the_window_reads_only_what_fits_the_window(context):
+    question = "When did the Velmora bridge open?"
+    ranked = RAG(ScriptedGenerator(["x"]), k=len(context.chunks)).ask(question, context).trace.retrieved
+    window = 180  # words here: room for some chunks, not all
+    capped = RAG(ScriptedGenerator(["1932"], context_window=window), token_budget=10_000).ask(question, context)
+    assert 1 <= len(capped.trace.retrieved) < len(ranked)
+    assert capped.trace.retrieved == ranked[: len(capped.trace.retrieved)]
+    assert capped.trace.tokens <= window
+
+
 def test_search_o1_repeated_query_counts_against_the_search_limit(context):
     replies = ["Velmora bridge opened", "It opened in 1932.", "So 1932.", " search", "Velmora bridge opened",
                "Still 1932.", "1932}"]

@@ -7,6 +7,7 @@ queries, train on the other 709 and score the held-out queries (whole corpus, nD
         --cocktail-temperatures 0.5,1,2,5
     python benchmarks/tune_training.py baselines      # the base model and BM25 on the held-out queries
     python benchmarks/tune_training.py report         # every carved-split dense configuration in one table
+    python benchmarks/tune_training.py test           # the grid's best, trained on all train queries, on test once
 
 With ``--split-folder`` the held-out queries are a split carved to disk instead (the tuning grid's protocol):
 
@@ -15,7 +16,10 @@ With ``--split-folder`` the held-out queries are a split carved to disk instead 
         --learning-rates 1e-4 --temperatures 0.05 --group-size 4 --epochs 3
 
 trains on that folder's ``qrels/train.tsv`` and scores its ``qrels/dev.tsv`` (the manifest's file hashes are
-checked first and recorded in the run). The test split's judgements are never used by this script.
+checked first and recorded in the run). The test split's judgements are used by the ``test`` stage only: it
+trains ``report``'s best configuration (tune_training_grid.json) on all of SciFact's train queries and scores
+the test split once, overall and on scifact_subsets' seen_docs / unseen_docs against the base model with a
+paired randomization test; it refuses to run a second time for the same configuration and split.
 
 ``dense`` and ``m3`` train one model per (learning rate, temperature) and keep the last one of each in
 benchmarks/models/tune-*; ``cocktail`` merges such a model with the base at LM-Cocktail weights from 8
@@ -36,9 +40,12 @@ from _common import (
     SHARED_DATA,
     load_scifact_with_train,
     append_run,
+    compare_on_subsets,
     mine_scifact_examples,
+    per_query_ndcg,
     save_results,
     set_result_entry,
+    split_test_queries,
 )
 
 from flagstone.evaluation.beir import BeirDataset, load_qrels
@@ -101,11 +108,73 @@ def grid_report() -> int:
     return 0
 
 
+def test_best(data: str, batch_size: int, passage_length: int) -> int:
+    """Train the grid's best configuration on every train query and score SciFact test once (see the module
+    docstring); appended to tune_training_test.json and set as train_scifact.json's ``grid_best_test``."""
+    grid_path, test_path = RESULTS / "tune_training_grid.json", RESULTS / "tune_training_test.json"
+    if not grid_path.is_file():
+        print(f"no grid at {grid_path}: run 'tune_training.py report' first", file=sys.stderr)
+        return 2
+    grid = json.loads(grid_path.read_text())
+    best = grid["best"]
+    config_key = {k: best[k] for k in ("learning_rate", "temperature", "group_size", "epoch", "precision")}
+    earlier = json.loads(test_path.read_text())["runs"] if test_path.is_file() else []
+    if any(r["configuration"] == config_key and r["split_sha256"] == grid["split"]["files_sha256"] for r in earlier):
+        print(f"the test split was already scored for {config_key} ({test_path}): it is touched once",
+              file=sys.stderr)
+        return 2
+    loaded = load_scifact_with_train(data)
+    if loaded is None:
+        return 2
+    test, train_qrels, doc_text = loaded
+    wall, cache, precision = time.perf_counter(), EmbeddingCache(), best["precision"]
+    examples, base_retriever = mine_scifact_examples(test, train_qrels, doc_text, sorted(train_qrels), cache, BASE,
+                                                     dtype=precision)
+    settings = EmbedderTrainingSettings(heads=("dense",), group_size=best["group_size"], batch_size=batch_size,
+                                        temperature=best["temperature"], passage_max_length=passage_length)
+    config = TrainingConfig(epochs=round(best["epoch"]), learning_rate=best["learning_rate"], warmup_ratio=0.1,
+                            precision=precision, seed=0)
+    folder = MODELS / "tune-dense-grid-best"
+    started = time.perf_counter()
+    run = train_embedder(Embedder(BASE, show_progress=False), examples, folder, settings=settings, config=config,
+                         overwrite=True)
+    train_seconds = time.perf_counter() - started
+    tuned = Retriever(Embedder(str(folder), dtype=precision, show_progress=True), signals=["dense"], cache=cache)
+    tuned.fit(test.doc_ids, test.doc_texts)
+    subsets = split_test_queries(Path(data), test.qrels, train_qrels)
+    all_ids = list(test.qrels)
+    base_scores = per_query_ndcg(base_retriever, test.queries, all_ids, test.qrels, "dense")
+    tuned_scores = per_query_ndcg(tuned, test.queries, all_ids, test.qrels, "dense")
+    comparison = compare_on_subsets(base_scores, tuned_scores, {"all_test": all_ids, **subsets})
+    out = {"configuration": config_key, "split_sha256": grid["split"]["files_sha256"],
+           "dev_ndcg@10": best["dense_ndcg@10"], "configurations_in_grid": grid["configurations"],
+           "train_queries": len(examples), "steps": run.steps, "train_seconds": round(train_seconds),
+           "test": comparison, "queries": {k: len(v) for k, v in subsets.items()},
+           "duplicates_dropped": subsets["duplicates"],
+           "wall_s": round(time.perf_counter() - wall, 1)}
+    lines = [f"Best of {grid['configurations']} grid configurations (dev nDCG@10 {best['dense_ndcg@10']:.4f}): "
+             f"lr {best['learning_rate']:g}, temperature {best['temperature']:g}, {best['group_size'] - 1} hard "
+             f"negatives, {round(best['epoch'])} epochs, {precision}; trained on all {len(examples)} train queries "
+             f"({run.steps} steps, {train_seconds / 60:.0f} min), SciFact test scored once.", "",
+             "| nDCG@10 | queries | base | grid best | delta | p |", "|---|---|---|---|---|---|"]
+    for name, c in comparison.items():
+        if c is not None:
+            lines.append(f"| {name} | {c['queries']} | {c['base']:.4f} | {c['best']:.4f} | {c['delta']:+.4f} | "
+                         f"{c['p_value']:.3g} |")
+    lines.append(f"\nall_test: every test query; overall / seen_docs / unseen_docs without the "
+                 f"{len(subsets['duplicates'])} test queries that repeat a train query; paired randomization test "
+                 f"against the base model. {out['wall_s'] / 60:.0f} min.")
+    append_run("tune_training_test", out, "\n".join(lines))
+    set_result_entry("train_scifact", "grid_best_test", out)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=("dense", "m3", "cocktail", "baselines", "report"),
+    parser.add_argument("stage", choices=("dense", "m3", "cocktail", "baselines", "report", "test"),
                         help="baselines: only score the base model and BM25 on the held-out queries; report: "
-                             "gather every dense run on a carved split into tune_training_grid.{md,json}")
+                             "gather every dense run on a carved split into tune_training_grid.{md,json}; test: "
+                             "train the grid's best on all train queries and score the test split once")
     parser.add_argument("--data", default=str(SHARED_DATA / "beir" / "scifact"))
     parser.add_argument("--split-folder", default=None,
                         help="a folder 'flagstone data carve-split' wrote from --data's train split: train on its "
@@ -129,6 +198,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.stage == "report":
         return grid_report()
+    if args.stage == "test":
+        return test_best(args.data, args.batch_size, args.passage_length)
     if any(args.flops) and args.stage != "m3":
         parser.error("--flops regularises the sparse head: only the m3 stage trains one")
     loaded = load_scifact_with_train(args.data)

@@ -59,3 +59,27 @@ def test_report_without_a_carved_run_is_a_user_mistake(tune, capsys):
     assert module.grid_report() == 2
     assert "--split-folder" in capsys.readouterr().err
     assert not (results / "tune_training_grid.json").exists()
+
+
+def test_test_stage_needs_the_grid_report_first(tune, capsys):
+    module, results = tune
+    assert module.test_best("unused", 16, 192) == 2
+    assert "tune_training.py report" in capsys.readouterr().err
+
+
+def test_test_stage_touches_the_test_split_once_per_configuration(tune, capsys):
+    module, results = tune
+    best = {"learning_rate": 1e-4, "temperature": 0.05, "group_size": 4, "epoch": 3.0, "precision": "float32",
+            "dense_ndcg@10": 0.81}
+    (results / "tune_training_grid.json").write_text(json.dumps(
+        {"best": best, "configurations": 12, "split": split("new")}))
+    configuration = {k: best[k] for k in ("learning_rate", "temperature", "group_size", "epoch", "precision")}
+    earlier = {"configuration": configuration, "split_sha256": split("new")["files_sha256"]}
+    (results / "tune_training_test.json").write_text(json.dumps({"runs": [earlier]}))
+    assert module.test_best("no-such-folder", 16, 192) == 2
+    assert "touched once" in capsys.readouterr().err
+    # another split's best is a new configuration: it goes on to load the data (missing here: a user mistake)
+    (results / "tune_training_grid.json").write_text(json.dumps(
+        {"best": best, "configurations": 12, "split": split("other")}))
+    assert module.test_best("no-such-folder", 16, 192) == 2
+    assert "SciFact not found" in capsys.readouterr().err

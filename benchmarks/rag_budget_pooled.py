@@ -31,7 +31,8 @@ FIXED_K = (3, 5, 10, 20)
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(SHARED_DATA / "qa" / "hotpotqa" / "hotpot_dev_distractor_sample100.jsonl"))
+    parser.add_argument("--data",
+                        default=str(SHARED_DATA / "qa" / "hotpotqa" / "hotpot_dev_distractor_sample100.jsonl"))
     parser.add_argument("--answers", default=str(RESULTS / "rag_qa"),
                         help="folder of rag_qa.py's stored answers (default: benchmarks/results/rag_qa)")
     parser.add_argument("-n", type=int, default=100, help="questions (default: 100)")
@@ -82,15 +83,17 @@ def main() -> int:
             row[f"rag_chunks_per_q_{corpus}"] = float(np.mean(chunks))
         at_budget[agent] = row
 
-    results = {"questions": len(examples), "chunks": {"own_per_q": float(np.mean([len(c.chunks) for c in own.values()])),
-                                                       "pooled": len(pooled.chunks)},
+    own_per_q = float(np.mean([len(c.chunks) for c in own.values()]))
+    results = {"questions": len(examples), "chunks": {"own_per_q": own_per_q, "pooled": len(pooled.chunks)},
                "rag_fixed_k": fixed_k, "rag_at_agent_budget": at_budget,
-               "settings": {"chunking": "200 all-MiniLM-L6-v2 tokens, overlap 32", "window": rag.generator.context_window,
+               "settings": {"chunking": "200 all-MiniLM-L6-v2 tokens, overlap 32",
+                            "window": rag.generator.context_window,
                             "retrieval": "hybrid dense (all-MiniLM-L6-v2) + BM25", "answers": str(answers)},
                "wall_s": round(time.perf_counter() - started, 1)}
     lines = [f"HotpotQA distractor, {len(examples)} questions: each question's own paragraphs "
              f"({results['chunks']['own_per_q']:.1f} chunks) vs one pooled index over all of them "
-             f"({len(pooled.chunks)} chunks). Supporting-fact recall of the chunks plain RAG reads; retrieval only.", "",
+             f"({len(pooled.chunks)} chunks). Supporting-fact recall of the chunks plain RAG reads; "
+             "retrieval only.", "",
              "| plain RAG, fixed k | " + " | ".join(f"k={k}" for k in FIXED_K) + " |",
              "|---|" + "---|" * len(FIXED_K)]
     lines += [f"| {corpus} | " + " | ".join(f"{fixed_k[corpus][k]:.3f}" for k in FIXED_K) + " |" for corpus in corpora]
@@ -100,8 +103,8 @@ def main() -> int:
               f"{r['rag_support_recall_own']:.3f} ({r['rag_chunks_per_q_own']:.1f}) | "
               f"{r['rag_support_recall_pooled']:.3f} ({r['rag_chunks_per_q_pooled']:.1f}) |"
               for a, r in at_budget.items()]
-    lines += ["", f"The agents were not run on the pooled corpus; their recall is from rag_qa.py on each question's own "
-              f"paragraphs. RAG's budget is the agent's tokens on that question, the whole call capped by the "
+    lines += ["", "The agents were not run on the pooled corpus; their recall is from rag_qa.py on each question's own "
+              "paragraphs. RAG's budget is the agent's tokens on that question, the whole call capped by the "
               f"{rag.generator.context_window}-token window. {results['wall_s']:.0f} s."]
     save_results("rag_budget_pooled", "\n".join(lines), rag_budget_pooled=results)
     return 0

@@ -154,7 +154,8 @@ def test_best(data: str, batch_size: int, passage_length: int) -> int:
            "wall_s": round(time.perf_counter() - wall, 1)}
     lines = [f"Best of {grid['configurations']} grid configurations (dev nDCG@10 {best['dense_ndcg@10']:.4f}): "
              f"lr {best['learning_rate']:g}, temperature {best['temperature']:g}, {best['group_size'] - 1} hard "
-             f"negatives, {round(best['epoch'])} epochs, {precision}; trained on all {len(examples)} train queries "
+             f"negative{'s' if best['group_size'] != 2 else ''}, {round(best['epoch'])} epochs, {precision}; "
+             f"trained on all {len(examples)} train queries "
              f"({run.steps} steps, {train_seconds / 60:.0f} min), SciFact test scored once.", "",
              "| nDCG@10 | queries | base | grid best | delta | p |", "|---|---|---|---|---|---|"]
     for name, c in comparison.items():

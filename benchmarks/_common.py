@@ -144,6 +144,41 @@ def mine_scifact_examples(test, train_qrels, doc_text: dict[str, str], query_ids
     return examples, retriever
 
 
+def pseudo_query_examples(doc_ids: list[str], doc_text: dict[str, str], exclude_docs: set[str], retriever,
+                          n_documents: int, keep_top: int, *, seed: int = 0, generate=None) -> tuple[list, dict]:
+    """InPars / Promptagator-style training examples for documents no training query points at: ``n_documents``
+    documents drawn (``seed``) from ``doc_ids`` minus ``exclude_docs`` (the training positives), one greedy
+    pseudo-query each from the bundled SmolLM2 (flagstone.genir.generate_pseudo_queries, float32, cached on
+    disk), kept only when ``retriever`` (dense) ranks its own document in the top ``keep_top`` (consistency
+    filtering), with 15 hard negatives from the same ranks 5-99 as :func:`mine_scifact_examples`. Returns the
+    examples and a summary of what was generated and kept. ``generate`` replaces the generator (tests)."""
+    import random
+
+    from flagstone.training.data import examples_from_qrels
+    from flagstone.training.mining import mine_hard_negatives
+
+    if generate is None:
+        from flagstone.genir.query_generation import generate_pseudo_queries
+
+        def generate(texts):
+            return generate_pseudo_queries(texts, dtype="float32").queries
+    pool = sorted(d for d in doc_ids if d not in exclude_docs)
+    docs = random.Random(seed).sample(pool, min(n_documents, len(pool)))
+    queries, qrels = {}, {}
+    for doc, written in zip(docs, generate([doc_text[d] for d in docs])):
+        for i, query in enumerate(written):
+            queries[f"pseudo:{doc}:{i}"], qrels[f"pseudo:{doc}:{i}"] = query, {doc: 1}
+    ids = list(queries)
+    ranked = retriever.search([queries[q] for q in ids], mode="dense", k=keep_top).ids if ids else []
+    kept = [q for q, row in zip(ids, ranked) if next(iter(qrels[q])) in row]
+    examples = examples_from_qrels(queries, qrels, doc_text, kept)
+    examples = mine_hard_negatives(examples, retriever, doc_text, mode="dense", rank_range=(5, 100),
+                                   n_negatives=15, seed=seed)
+    summary = {"documents": len(docs), "pool": len(pool), "queries_written": len(ids), "kept": len(kept),
+               "keep_top": keep_top, "generator": "SmolLM2-135M-Instruct (bundled), greedy, float32"}
+    return examples, summary
+
+
 # -- long-context text kinds: longctx.py and longctx_extensible.py train and evaluate on the same documents ------
 def joined_abstracts(corpus: Path, min_chars: int, limit: int | None = None) -> list[str]:
     """Consecutive abstracts of a BEIR corpus (file order; the first ``limit`` lines when given) joined into

@@ -21,6 +21,12 @@ trains ``report``'s best configuration (tune_training_grid.json) on all of SciFa
 the test split once, overall and on scifact_subsets' seen_docs / unseen_docs against the base model with a
 paired randomization test; it refuses to run a second time for the same configuration and split.
 
+``dense --pseudo-queries N`` adds signal for documents no training query points at (issue 22): the bundled
+SmolLM2 writes one greedy pseudo-query for each of N documents drawn from outside the training positives
+(_common.pseudo_query_examples: cached on disk, so a second run reuses them), a pseudo-query is kept only
+when the base model ranks its document in the top ``--pseudo-keep-top``, and the kept ones train beside the
+real queries with hard negatives mined the same way. The grid and the ``test`` stage carry N as a setting.
+
 ``dense`` and ``m3`` train one model per (learning rate, temperature) and keep the last one of each in
 benchmarks/models/tune-*; ``cocktail`` merges such a model with the base at LM-Cocktail weights from 8
 training examples for each temperature. Each run is appended to benchmarks/results/tune_training_<stage>.json
@@ -43,6 +49,7 @@ from _common import (
     compare_on_subsets,
     mine_scifact_examples,
     per_query_ndcg,
+    pseudo_query_examples,
     save_results,
     set_result_entry,
     split_test_queries,
@@ -88,7 +95,8 @@ def grid_report() -> int:
         return 2
     split = runs[-1]["split"]
     same = [r for r in runs if r["split"]["files_sha256"] == split["files_sha256"]]
-    rows = [{**row, "negatives": row["group_size"] - 1,
+    rows = [{**row, "negatives": row["group_size"] - 1, "pseudo_queries": row.get("pseudo_queries", 0),
+             "pseudo_keep_top": run.get("arguments", {}).get("pseudo_keep_top", 3),
              "precision": run.get("arguments", {}).get("precision", "bfloat16"),
              "run_finished": run["finished"], "commit": run["commit"]} for run in same for row in run["rows"]]
     rows.sort(key=lambda r: -r["dense_ndcg@10"])
@@ -96,10 +104,10 @@ def grid_report() -> int:
     lines = [f"{len(rows)} configurations from {len(same)} runs, scored on the carved split's "
              f"{split['splits'][split['carved']]['queries']} dev queries (seed {split['seed']}, {split['rule']}); "
              f"trained on its {split['splits']['train']['queries']} other train queries. Test judgements never used.",
-             "", "| learning rate | temperature | hard negatives | epochs | precision | dev nDCG@10 |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {r['learning_rate']:g} | {r['temperature']:g} | {r['negatives']} | {r['epoch']:g} | "
-              f"{r['precision']} | {r['dense_ndcg@10']:.4f} |" for r in rows]
+             "", "| learning rate | temperature | hard negatives | pseudo-query documents | epochs | precision | "
+             "dev nDCG@10 |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['learning_rate']:g} | {r['temperature']:g} | {r['negatives']} | {r['pseudo_queries']} | "
+              f"{r['epoch']:g} | {r['precision']} | {r['dense_ndcg@10']:.4f} |" for r in rows]
     lines.append(f"\nbefore training: base model {base:.4f}, BM25 {bm25:.4f} on the same dev queries.")
     out = {"split": split, "base_ndcg@10": base, "bm25_ndcg@10": bm25, "configurations": len(rows),
            "best": rows[0], "rows": rows}
@@ -117,9 +125,13 @@ def test_best(data: str, batch_size: int, passage_length: int) -> int:
         return 2
     grid = json.loads(grid_path.read_text())
     best = grid["best"]
-    config_key = {k: best[k] for k in ("learning_rate", "temperature", "group_size", "epoch", "precision")}
+    config_key = {k: best.get(k, 0) for k in ("learning_rate", "temperature", "group_size", "pseudo_queries",
+                                               "epoch", "precision")}
+    if config_key["pseudo_queries"]:
+        config_key["pseudo_keep_top"] = best["pseudo_keep_top"]
     earlier = json.loads(test_path.read_text())["runs"] if test_path.is_file() else []
-    if any(r["configuration"] == config_key and r["split_sha256"] == grid["split"]["files_sha256"] for r in earlier):
+    if any({"pseudo_queries": 0, **r["configuration"]} == config_key
+           and r["split_sha256"] == grid["split"]["files_sha256"] for r in earlier):
         print(f"the test split was already scored for {config_key} ({test_path}): it is touched once",
               file=sys.stderr)
         return 2
@@ -130,6 +142,12 @@ def test_best(data: str, batch_size: int, passage_length: int) -> int:
     wall, cache, precision = time.perf_counter(), EmbeddingCache(), best["precision"]
     examples, base_retriever = mine_scifact_examples(test, train_qrels, doc_text, sorted(train_qrels), cache, BASE,
                                                      dtype=precision)
+    pseudo = None
+    if config_key["pseudo_queries"]:  # the same number of documents, drawn from outside all train positives
+        positives = {d for judged in train_qrels.values() for d, grade in judged.items() if grade > 0}
+        extra, pseudo = pseudo_query_examples(test.doc_ids, doc_text, positives, base_retriever,
+                                              config_key["pseudo_queries"], config_key["pseudo_keep_top"])
+        examples = examples + extra
     settings = EmbedderTrainingSettings(heads=("dense",), group_size=best["group_size"], batch_size=batch_size,
                                         temperature=best["temperature"], passage_max_length=passage_length)
     config = TrainingConfig(epochs=round(best["epoch"]), learning_rate=best["learning_rate"], warmup_ratio=0.1,
@@ -148,15 +166,18 @@ def test_best(data: str, batch_size: int, passage_length: int) -> int:
     comparison = compare_on_subsets(base_scores, tuned_scores, {"all_test": all_ids, **subsets})
     out = {"configuration": config_key, "split_sha256": grid["split"]["files_sha256"],
            "dev_ndcg@10": best["dense_ndcg@10"], "configurations_in_grid": grid["configurations"],
-           "train_queries": len(examples), "steps": run.steps, "train_seconds": round(train_seconds),
+           "train_queries": len(examples) - (pseudo["kept"] if pseudo else 0), "pseudo_queries": pseudo,
+           "steps": run.steps, "train_seconds": round(train_seconds),
            "test": comparison, "queries": {k: len(v) for k, v in subsets.items()},
            "duplicates_dropped": subsets["duplicates"],
            "wall_s": round(time.perf_counter() - wall, 1)}
     lines = [f"Best of {grid['configurations']} grid configurations (dev nDCG@10 {best['dense_ndcg@10']:.4f}): "
              f"lr {best['learning_rate']:g}, temperature {best['temperature']:g}, {best['group_size'] - 1} hard "
              f"negative{'s' if best['group_size'] != 2 else ''}, {round(best['epoch'])} epochs, {precision}; "
-             f"trained on all {len(examples)} train queries "
-             f"({run.steps} steps, {train_seconds / 60:.0f} min), SciFact test scored once.", "",
+             f"trained on all {out['train_queries']} train queries"
+             + (f" and {pseudo['kept']} pseudo-queries (of {pseudo['queries_written']} written for "
+                f"{pseudo['documents']} documents)" if pseudo else "")
+             + f" ({run.steps} steps, {train_seconds / 60:.0f} min), SciFact test scored once.", "",
              "| nDCG@10 | queries | base | grid best | delta | p |", "|---|---|---|---|---|---|"]
     for name, c in comparison.items():
         if c is not None:
@@ -193,6 +214,12 @@ def main() -> int:
     parser.add_argument("--flops", nargs=2, type=float, default=[0.0, 0.0], metavar=("QUERY", "PASSAGE"),
                         help="m3: SPLADE FLOPS regulariser weights on the sparse head (default: 0 0, off)")
     parser.add_argument("--sparse-init", choices=("idf", "uniform"), default="idf")
+    parser.add_argument("--pseudo-queries", type=int, default=0, metavar="N",
+                        help="dense: also train on pseudo-queries the bundled SmolLM2 writes for N documents that are "
+                             "no training query's positive (seeded draw; cached; default: 0, none)")
+    parser.add_argument("--pseudo-keep-top", type=int, default=3, metavar="K",
+                        help="keep a pseudo-query only when the base model ranks its document in the top K "
+                             "(consistency filtering; default: 3)")
     parser.add_argument("--model", help="cocktail: the fine-tuned folder to merge with the base")
     parser.add_argument("--cocktail-temperatures", type=floats, default=[0.5, 1.0, 2.0, 5.0])
     parser.add_argument("--cocktail-examples", type=int, default=8)
@@ -203,6 +230,10 @@ def main() -> int:
         return test_best(args.data, args.batch_size, args.passage_length)
     if any(args.flops) and args.stage != "m3":
         parser.error("--flops regularises the sparse head: only the m3 stage trains one")
+    if args.pseudo_queries and args.stage != "dense":
+        parser.error("--pseudo-queries: only the dense stage trains on them")
+    if args.pseudo_queries < 0 or args.pseudo_keep_top < 1:
+        parser.error("--pseudo-queries must be at least 0 and --pseudo-keep-top at least 1")
     loaded = load_scifact_with_train(args.data)
     if loaded is None:
         return 2
@@ -233,6 +264,13 @@ def main() -> int:
     wall = time.perf_counter()
     examples, retriever = mine_scifact_examples(test, train_qrels, doc_text, fit_ids, cache, BASE,
                                                  dtype=args.precision)
+    pseudo = None
+    if args.pseudo_queries:
+        positives = {d for q in fit_ids for d, grade in train_qrels[q].items() if grade > 0}
+        extra, pseudo = pseudo_query_examples(test.doc_ids, doc_text, positives, retriever, args.pseudo_queries,
+                                              args.pseudo_keep_top)
+        examples = examples + extra
+        print(f"pseudo-queries: {pseudo}", flush=True)
     rows: list[dict[str, object]] = []
     # m3: held-out sparse nDCG@10 of each IDF-initialised head before training; cocktail: the chosen temperature
     summary: dict[str, float] = {}
@@ -281,7 +319,8 @@ def main() -> int:
         for lr in args.learning_rates:
             for temperature in args.temperatures:
                 name = f"tune-{args.stage}-lr{lr:.0e}-t{temperature:g}" + (
-                    f"-g{args.group_size}" if args.group_size != 4 else "")
+                    f"-g{args.group_size}" if args.group_size != 4 else "") + (
+                    f"-pq{args.pseudo_queries}" if args.pseudo_queries else "")
                 embedder = Embedder(BASE, show_progress=False)
                 settings = EmbedderTrainingSettings(heads=heads, group_size=args.group_size,
                                                     batch_size=args.batch_size, temperature=temperature,
@@ -305,6 +344,7 @@ def main() -> int:
                 print(f"{name}: {time.perf_counter() - started:.0f} s with evaluation", flush=True)
                 for row in check.history:
                     rows.append({"learning_rate": lr, "temperature": temperature, "group_size": args.group_size,
+                                 "pseudo_queries": args.pseudo_queries,
                                  "epoch": row["step"] / steps_per_epoch,
                                  **{f"{m}_ndcg@10": row[f"{m}_ndcg@10"] for m in modes}})
         lines = ["| learning rate | temperature | epoch | " + " | ".join(f"{m} nDCG@10" for m in modes) + " |",
@@ -321,7 +361,7 @@ def main() -> int:
            "train_queries": len(fit_ids), "held_out_queries": len(held_out_ids), "split": split,
            "base_ndcg@10": base_score,
            "bm25_ndcg@10": bm25_score,
-           "summary": summary, "rows": rows}
+           "summary": summary, "pseudo_queries": pseudo, "rows": rows}
     number = append_run(f"tune_training_{args.stage}", out, "\n".join(lines))
     print(f"run {number} appended to benchmarks/results/tune_training_{args.stage}.json (earlier runs kept)")
     return 0

@@ -50,7 +50,7 @@ def test_report_keeps_every_configuration_of_the_newest_split(tune, capsys):
     assert grid["rows"][1]["negatives"] == 7
     saved = json.loads((results / "train_scifact.json").read_text())
     assert saved["subsets"] == {"kept": True} and saved["grid"] == grid
-    assert "| 0.0001 | 0.05 | 3 | 2 | bfloat16 | 0.8100 |" in (results / "tune_training_grid.md").read_text()
+    assert "| 0.0001 | 0.05 | 3 | 0 | 2 | bfloat16 | 0.8100 |" in (results / "tune_training_grid.md").read_text()
 
 
 def test_report_without_a_carved_run_is_a_user_mistake(tune, capsys):
@@ -83,3 +83,14 @@ def test_test_stage_touches_the_test_split_once_per_configuration(tune, capsys):
         {"best": best, "configurations": 12, "split": split("other")}))
     assert module.test_best("no-such-folder", 16, 192) == 2
     assert "SciFact not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [(["m3", "--pseudo-queries", "10"], "only the dense stage"),
+                                           (["dense", "--pseudo-queries", "-1"], "at least 0"),
+                                           (["dense", "--pseudo-keep-top", "0"], "at least 1")])
+def test_pseudo_query_options_are_checked_before_any_work(tune, monkeypatch, capsys, argv, message):
+    module, _ = tune
+    monkeypatch.setattr(sys, "argv", ["tune_training.py", *argv])
+    with pytest.raises(SystemExit) as exit_:
+        module.main()
+    assert exit_.value.code == 2 and message in capsys.readouterr().err

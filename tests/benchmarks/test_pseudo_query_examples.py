@@ -1,0 +1,65 @@
+"""benchmarks/_common.pseudo_query_examples: pseudo-queries only for documents outside the training positives,
+kept only when the retriever finds their own document near the top, with mined hard negatives."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+DOCS = {f"d{i}": f"document {i} about topic{i} with words shared by all" for i in range(30)}
+
+
+class OverlapRetriever:
+    """Ranks documents by words shared with the query (ties by id): enough to check the filter and the mining."""
+
+    def search(self, texts, mode, k):
+        assert mode == "dense"
+        ids = []
+        for text in texts:
+            words = set(text.split())
+            ids.append(sorted(DOCS, key=lambda d: (-len(words & set(DOCS[d].split())), d))[:k])
+        return SimpleNamespace(ids=ids)
+
+
+@pytest.fixture()
+def common(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import _common
+
+    return _common
+
+
+def test_pseudo_queries_skip_training_positives_and_keep_only_consistent_ones(common):
+    seen = []
+
+    def generate(texts):
+        seen.extend(texts)
+        # a query naming the document's own topic (found at rank 1), or a vague one for even-numbered documents
+        return [["vague words"] if int(t.split()[1]) % 2 == 0 else [f"topic{t.split()[1]}"] for t in texts]
+
+    positives = {f"d{i}" for i in range(10)}
+    examples, summary = common.pseudo_query_examples(list(DOCS), DOCS, positives, OverlapRetriever(), 12, 3,
+                                                     generate=generate)
+    assert len(seen) == 12 and not {DOCS[d] for d in positives} & set(seen)
+    assert summary["documents"] == 12 and summary["pool"] == 20 and summary["queries_written"] == 12
+    odd = sum(int(t.split()[1]) % 2 for t in seen)
+    assert summary["kept"] == len(examples) == odd  # vague queries rank their document outside the top 3
+    for example in examples:
+        number = example.query.removeprefix("topic")
+        assert example.pos == [DOCS[f"d{number}"]] and len(example.neg) == 15
+        assert DOCS[f"d{number}"] not in example.neg
+
+
+def test_pseudo_queries_are_a_seeded_draw(common):
+    def generate(texts):
+        return [[f"topic{t.split()[1]}"] for t in texts]
+
+    first = common.pseudo_query_examples(list(DOCS), DOCS, set(), OverlapRetriever(), 5, 3, generate=generate)
+    again = common.pseudo_query_examples(list(DOCS), DOCS, set(), OverlapRetriever(), 5, 3, generate=generate)
+    other = common.pseudo_query_examples(list(DOCS), DOCS, set(), OverlapRetriever(), 5, 3, seed=1,
+                                         generate=generate)
+    assert [e.query for e in first[0]] == [e.query for e in again[0]] != [e.query for e in other[0]]

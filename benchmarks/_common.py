@@ -99,6 +99,12 @@ def normalised(text: str) -> str:
     return re.sub(r"\s+", " ", text.strip().lower())
 
 
+def positives_of(qrels: dict, query_ids=None) -> set[str]:
+    """Documents judged relevant (grade > 0) for ``query_ids`` (every query of ``qrels`` when None)."""
+    queries = qrels if query_ids is None else query_ids
+    return {d for q in queries for d, grade in qrels[q].items() if grade > 0}
+
+
 def split_test_queries(data: Path, test_qrels: dict, train_qrels: dict) -> dict[str, list[str]]:
     """Test query ids by subset, with the queries duplicated in train removed (listed under "duplicates"):
     ``seen_docs`` have a relevant document that is a positive of some train query, ``unseen_docs`` none.
@@ -108,7 +114,7 @@ def split_test_queries(data: Path, test_qrels: dict, train_qrels: dict) -> dict[
     queries = load_queries(Path(data) / "queries.jsonl")
     train_texts = {normalised(queries[q]) for q in train_qrels}
     duplicates = sorted(q for q in test_qrels if normalised(queries[q]) in train_texts)
-    train_positives = {d for judged in train_qrels.values() for d, grade in judged.items() if grade > 0}
+    train_positives = positives_of(train_qrels)
     kept = [q for q in test_qrels if q not in set(duplicates)]
     seen = [q for q in kept if any(d in train_positives for d, g in test_qrels[q].items() if g > 0)]
     unseen = [q for q in kept if q not in set(seen)]

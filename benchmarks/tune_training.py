@@ -49,6 +49,7 @@ from _common import (
     compare_on_subsets,
     mine_scifact_examples,
     per_query_ndcg,
+    positives_of,
     pseudo_query_examples,
     save_results,
     set_result_entry,
@@ -144,7 +145,7 @@ def test_best(data: str, batch_size: int, passage_length: int) -> int:
                                                      dtype=precision)
     pseudo = None
     if config_key["pseudo_queries"]:  # the same number of documents, drawn from outside all train positives
-        positives = {d for judged in train_qrels.values() for d, grade in judged.items() if grade > 0}
+        positives = positives_of(train_qrels)
         extra, pseudo = pseudo_query_examples(test.doc_ids, doc_text, positives, base_retriever,
                                               config_key["pseudo_queries"], config_key["pseudo_keep_top"])
         examples = examples + extra
@@ -266,7 +267,7 @@ def main() -> int:
                                                  dtype=args.precision)
     pseudo = None
     if args.pseudo_queries:
-        positives = {d for q in fit_ids for d, grade in train_qrels[q].items() if grade > 0}
+        positives = positives_of(train_qrels, fit_ids)
         extra, pseudo = pseudo_query_examples(test.doc_ids, doc_text, positives, retriever, args.pseudo_queries,
                                               args.pseudo_keep_top)
         examples = examples + extra

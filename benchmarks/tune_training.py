@@ -8,6 +8,8 @@ queries, train on the other 709 and score the held-out queries (whole corpus, nD
     python benchmarks/tune_training.py baselines      # the base model and BM25 on the held-out queries
     python benchmarks/tune_training.py report         # every carved-split dense configuration in one table
     python benchmarks/tune_training.py test           # the grid's best, trained on all train queries, on test once
+    python benchmarks/tune_training.py dev-subsets --split-folder benchmarks/data/scifact-dev --precision float32 \\
+        --models benchmarks/models/tune-dense-*        # dev scores split into seen_docs / unseen_docs
 
 With ``--split-folder`` the held-out queries are a split carved to disk instead (the tuning grid's protocol):
 
@@ -192,12 +194,84 @@ def test_best(data: str, batch_size: int, passage_length: int) -> int:
     return 0
 
 
+def carved_or_default_split(split_folder: str | None, data: str, train_qrels: dict):
+    """(training query ids, held-out query ids, split record): the carved split on disk when ``split_folder``
+    is given (its manifest's hashes checked; ValueError when it is not a carve of ``data``'s train split),
+    otherwise 100 train queries held out by split_queries with seed 0 (split record None)."""
+    if not split_folder:
+        fit_ids, held_out_ids = split_queries(sorted(train_qrels), HELD_OUT, seed=0)
+        return fit_ids, held_out_ids, None
+    try:
+        manifest = read_split_manifest(split_folder)  # checks every file's hash
+    except FlagstoneError as error:
+        raise ValueError(str(error)) from None
+    carved = manifest["carved"]
+    folder = Path(split_folder)
+    dev_qrels = load_qrels(folder / "qrels" / f"{carved}.tsv")
+    rest_qrels = load_qrels(folder / "qrels" / f"{manifest['source']['split']}.tsv")
+    if manifest["source"]["split"] != "train" or not set(dev_qrels) | set(rest_qrels) <= set(train_qrels):
+        raise ValueError(f"{folder} was not carved from {data}'s train split")
+    split = {"folder": str(folder), "seed": manifest["seed"], "rule": manifest["rule"], "carved": carved,
+             "splits": manifest["splits"], "files_sha256": manifest["files_sha256"]}
+    return sorted(rest_qrels), sorted(dev_qrels), split
+
+
+def dev_subsets(data: str, split_folder: str, models: list[str], precision: str) -> int:
+    """Score the base model and each of ``models`` on the carved split's dev queries, overall and on the dev
+    queries whose relevant documents are / are never a positive of the training queries (seen_docs /
+    unseen_docs, as the test tables split), with a paired randomization test against the base model. The grid
+    keeps only each run's last model, so this scores final epochs. Appended to tune_training_dev_subsets.json."""
+    missing = [m for m in models if not (Path(m) / "config.json").is_file()]
+    if missing:
+        print(f"--models: not a model folder: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    loaded = load_scifact_with_train(data)
+    if loaded is None:
+        return 2
+    test, train_qrels, _ = loaded
+    try:
+        fit_ids, dev_ids, split = carved_or_default_split(split_folder, data, train_qrels)
+    except ValueError as error:
+        print(f"--split-folder: {error}", file=sys.stderr)
+        return 2
+    wall, cache = time.perf_counter(), EmbeddingCache()
+    fit_positives = positives_of(train_qrels, fit_ids)
+    seen = [q for q in dev_ids if any(d in fit_positives for d, g in train_qrels[q].items() if g > 0)]
+    subsets = {"overall": dev_ids, "seen_docs": seen, "unseen_docs": [q for q in dev_ids if q not in set(seen)]}
+
+    def scores(model: str) -> dict[str, float]:
+        retriever = Retriever(Embedder(model, dtype=precision, show_progress=True), signals=["dense"], cache=cache)
+        retriever.fit(test.doc_ids, test.doc_texts)
+        return per_query_ndcg(retriever, test.queries, dev_ids, train_qrels, "dense")
+
+    base = scores(BASE)
+    rows = [{"model": model, "dev": compare_on_subsets(base, scores(model), subsets)} for model in models]
+    lines = [f"Dev queries of {split_folder} split by whether a relevant document is a positive of the "
+             f"{len(fit_ids)} training queries; dense nDCG@10 ({precision}) against the base model, paired "
+             "randomization test.", "",
+             "| model | " + " | ".join(f"{name} ({len(ids)}) | p" for name, ids in subsets.items()) + " |",
+             "|---" * (1 + 2 * len(subsets)) + "|"]
+    first = rows[0]["dev"] if rows else {}
+    lines.append("| base | " + " | ".join(f"{first[name]['base']:.4f} | " for name in subsets) + " |")
+    for row in rows:
+        lines.append(f"| {Path(row['model']).name} | " + " | ".join(
+            f"{row['dev'][name]['best']:.4f} ({row['dev'][name]['delta']:+.4f}) | {row['dev'][name]['p_value']:.3g}"
+            for name in subsets) + " |")
+    out = {"split": split, "precision": precision, "queries": {k: len(v) for k, v in subsets.items()},
+           "rows": rows, "wall_s": round(time.perf_counter() - wall, 1)}
+    number = append_run("tune_training_dev_subsets", out, "\n".join(lines))
+    print("\n".join(lines))
+    print(f"run {number} appended to benchmarks/results/tune_training_dev_subsets.json (earlier runs kept)")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=("dense", "m3", "cocktail", "baselines", "report", "test"),
+    parser.add_argument("stage", choices=("dense", "m3", "cocktail", "baselines", "report", "test", "dev-subsets"),
                         help="baselines: only score the base model and BM25 on the held-out queries; report: "
                              "gather every dense run on a carved split into tune_training_grid.{md,json}; test: "
-                             "train the grid's best on all train queries and score the test split once")
+                             "train the grid's best on all train queries and score the test split once; "
+                             "dev-subsets: score --models on the dev queries split into seen_docs / unseen_docs")
     parser.add_argument("--data", default=str(SHARED_DATA / "beir" / "scifact"))
     parser.add_argument("--split-folder", default=None,
                         help="a folder 'flagstone data carve-split' wrote from --data's train split: train on its "
@@ -222,6 +296,8 @@ def main() -> int:
                         help="keep a pseudo-query only when the base model ranks its document in the top K "
                              "(consistency filtering; default: 3)")
     parser.add_argument("--model", help="cocktail: the fine-tuned folder to merge with the base")
+    parser.add_argument("--models", nargs="+", default=[], metavar="FOLDER",
+                        help="dev-subsets: trained model folders to score (e.g. benchmarks/models/tune-dense-*)")
     parser.add_argument("--cocktail-temperatures", type=floats, default=[0.5, 1.0, 2.0, 5.0])
     parser.add_argument("--cocktail-examples", type=int, default=8)
     args = parser.parse_args()
@@ -229,6 +305,10 @@ def main() -> int:
         return grid_report()
     if args.stage == "test":
         return test_best(args.data, args.batch_size, args.passage_length)
+    if args.stage == "dev-subsets":
+        if not args.split_folder or not args.models:
+            parser.error("dev-subsets needs --split-folder and --models")
+        return dev_subsets(args.data, args.split_folder, args.models, args.precision)
     if any(args.flops) and args.stage != "m3":
         parser.error("--flops regularises the sparse head: only the m3 stage trains one")
     if args.pseudo_queries and args.stage != "dense":
@@ -239,25 +319,11 @@ def main() -> int:
     if loaded is None:
         return 2
     test, train_qrels, doc_text = loaded
-    split = None
-    if args.split_folder:
-        try:
-            manifest = read_split_manifest(args.split_folder)  # checks every file's hash
-        except FlagstoneError as error:
-            print(f"--split-folder: {error}", file=sys.stderr)
-            return 2
-        carved = manifest["carved"]
-        folder = Path(args.split_folder)
-        dev_qrels = load_qrels(folder / "qrels" / f"{carved}.tsv")
-        rest_qrels = load_qrels(folder / "qrels" / f"{manifest['source']['split']}.tsv")
-        if manifest["source"]["split"] != "train" or not set(dev_qrels) | set(rest_qrels) <= set(train_qrels):
-            print(f"--split-folder: {folder} was not carved from {args.data}'s train split", file=sys.stderr)
-            return 2
-        fit_ids, held_out_ids = sorted(rest_qrels), sorted(dev_qrels)
-        split = {"folder": str(folder), "seed": manifest["seed"], "rule": manifest["rule"], "carved": carved,
-                 "splits": manifest["splits"], "files_sha256": manifest["files_sha256"]}
-    else:
-        fit_ids, held_out_ids = split_queries(sorted(train_qrels), HELD_OUT, seed=0)
+    try:
+        fit_ids, held_out_ids, split = carved_or_default_split(args.split_folder, args.data, train_qrels)
+    except ValueError as error:
+        print(f"--split-folder: {error}", file=sys.stderr)
+        return 2
     held_out = BeirDataset("scifact-train-held-out", test.doc_ids, test.doc_texts, test.queries,
                            {q: train_qrels[q] for q in held_out_ids})
     cache = EmbeddingCache()

@@ -94,3 +94,45 @@ def test_pseudo_query_options_are_checked_before_any_work(tune, monkeypatch, cap
     with pytest.raises(SystemExit) as exit_:
         module.main()
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [(["dev-subsets", "--models", "m"], "needs --split-folder and --models"),
+                                           (["dev-subsets", "--split-folder", "s"], "needs --split-folder and --models")])
+def test_dev_subsets_options_are_checked_before_any_work(tune, monkeypatch, capsys, argv, message):
+    module, _ = tune
+    monkeypatch.setattr(sys, "argv", ["tune_training.py", *argv])
+    with pytest.raises(SystemExit) as exit_:
+        module.main()
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_dev_subsets_refuses_a_folder_that_is_no_model(tune, tmp_path, capsys):
+    module, _ = tune
+    (tmp_path / "empty").mkdir()
+    assert module.dev_subsets("unused", "unused", [str(tmp_path / "empty")], "float32") == 2
+    assert "not a model folder" in capsys.readouterr().err
+
+
+def test_carved_split_is_read_back_and_checked(tune, tmp_path, monkeypatch):
+    from flagstone.evaluation.beir import load_qrels
+    from flagstone.evaluation.splits import carve_split
+    from tests.evaluation.test_splits import make_beir
+
+    module, _ = tune
+    source = make_beir(tmp_path / "src")
+    carve_split(source, tmp_path / "carved", seed=3, count=4)
+    train = load_qrels(source / "qrels" / "train.tsv")
+    fit, dev, record = module.carved_or_default_split(str(tmp_path / "carved"), str(source), train)
+    assert len(dev) == 4 and len(fit) == 6 and not set(fit) & set(dev) and set(fit) | set(dev) == set(train)
+    assert record["seed"] == 3 and record["carved"] == "dev"
+    # a split carved from other queries is refused, and so is a file changed after carving
+    with pytest.raises(ValueError, match="not carved from"):
+        module.carved_or_default_split(str(tmp_path / "carved"), str(source), {q: train[q] for q in fit})
+    with (tmp_path / "carved" / "qrels" / "dev.tsv").open("a") as handle:
+        handle.write("q1\td5\t1\n")
+    with pytest.raises(ValueError):
+        module.carved_or_default_split(str(tmp_path / "carved"), str(source), train)
+    # without a folder: HELD_OUT queries held out by split_queries, seed 0
+    monkeypatch.setattr(module, "HELD_OUT", 3)
+    fit, dev, record = module.carved_or_default_split(None, str(source), train)
+    assert record is None and len(dev) == 3 and sorted(fit + dev) == sorted(train)

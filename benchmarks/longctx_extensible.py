@@ -47,6 +47,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-minutes", type=float, default=10.0)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
+                        help="extender training autocast (default: auto, bfloat16 where the CPU computes it "
+                             "natively, else float32: emulated bf16 runs ~5x slower, so a time budget buys fewer steps)")
     parser.add_argument("--segment-tokens", type=int, default=1024)
     parser.add_argument("--per-kind", type=int, default=150, help="training segments per training kind")
     parser.add_argument("--encoder-layers", type=int, default=6)
@@ -71,6 +74,7 @@ def main() -> int:
         train_extender,
     )
     from flagstone.longctx.training import token_segments
+    from flagstone.models._hf import resolve_precision
     from flagstone.models.causal_lm import load_causal_lm
     from flagstone.training.loop import TrainingConfig
 
@@ -124,8 +128,9 @@ def main() -> int:
             if time.perf_counter() > deadline:
                 raise Budget
 
+        precision = resolve_precision(args.precision)
         config = TrainingConfig(epochs=1, learning_rate=args.learning_rate, warmup_ratio=0.05, seed=0,
-                                precision="bfloat16", show_progress=False)
+                                precision=precision, show_progress=False)
         start = time.perf_counter()
         try:
             train_extender(xlm, segments, config, raw=WINDOW, recents=TRAIN_RECENTS, on_step=stop_at_budget)
@@ -135,7 +140,7 @@ def main() -> int:
         save_extender(extender, args.output, overwrite=True)
         training = {"steps": len(losses), "seconds": round(time.perf_counter() - start, 1),
                     "segments": counts, "segment_tokens": args.segment_tokens, "raw_tokens": WINDOW,
-                    "ratios": list(TRAIN_RATIOS), "recents": list(TRAIN_RECENTS), "learning_rate": args.learning_rate, "precision": "bfloat16",
+                    "ratios": list(TRAIN_RATIOS), "recents": list(TRAIN_RECENTS), "learning_rate": args.learning_rate, "precision": precision,
                     "encoder_layers": args.encoder_layers,
                     "trainable_parameters": sum(p.numel() for p in extender.parameters()),
                     "loss_first10": sum(losses[:10]) / max(1, len(losses[:10])),

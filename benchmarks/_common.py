@@ -105,6 +105,29 @@ def positives_of(qrels: dict, query_ids=None) -> set[str]:
     return {d for q in queries for d, grade in qrels[q].items() if grade > 0}
 
 
+def read_carved_split(split_folder: str | Path, data: str | Path, train_qrels: dict):
+    """(training query ids, dev query ids, split record) of a folder ``flagstone data carve-split`` wrote from
+    ``data``'s train split: its manifest's file hashes are checked; ValueError when they do not match or the
+    folder was not carved from that train split."""
+    from flagstone.errors import FlagstoneError
+    from flagstone.evaluation.beir import load_qrels
+    from flagstone.evaluation.splits import read_split_manifest
+
+    try:
+        manifest = read_split_manifest(split_folder)  # checks every file's hash
+    except FlagstoneError as error:
+        raise ValueError(str(error)) from None
+    carved = manifest["carved"]
+    folder = Path(split_folder)
+    dev_qrels = load_qrels(folder / "qrels" / f"{carved}.tsv")
+    rest_qrels = load_qrels(folder / "qrels" / f"{manifest['source']['split']}.tsv")
+    if manifest["source"]["split"] != "train" or not set(dev_qrels) | set(rest_qrels) <= set(train_qrels):
+        raise ValueError(f"{folder} was not carved from {data}'s train split")
+    split = {"folder": str(folder), "seed": manifest["seed"], "rule": manifest["rule"], "carved": carved,
+             "splits": manifest["splits"], "files_sha256": manifest["files_sha256"]}
+    return sorted(rest_qrels), sorted(dev_qrels), split
+
+
 def split_test_queries(data: Path, test_qrels: dict, train_qrels: dict) -> dict[str, list[str]]:
     """Test query ids by subset, with the queries duplicated in train removed (listed under "duplicates"):
     ``seen_docs`` have a relevant document that is a positive of some train query, ``unseen_docs`` none.

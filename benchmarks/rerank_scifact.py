@@ -4,6 +4,8 @@ pointwise, pairwise and listwise LLM reranker; every figure overall and on two s
 
     python benchmarks/rerank_scifact.py [--data ../shared/data/beir/scifact] [--llm-depth 3] [--llm-queries 100]
                                         [--reuse-cross-encoder] [--reuse-llm] [--quick]
+    python benchmarks/rerank_scifact.py --split-folder benchmarks/data/scifact-dev --train-only \\
+        --output-model benchmarks/models/scifact-dev-cross-encoder   # a teacher that never saw the dev queries
 
 Protocol (the test split is used for the final numbers only):
 - test queries whose text is also a train query's (after lower-casing and collapsing spaces) are dropped
@@ -38,7 +40,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import RESULTS, SHARED_DATA, append_run, compare_on_subsets, load_scifact_with_train, split_test_queries
+from _common import (
+    RESULTS,
+    SHARED_DATA,
+    append_run,
+    compare_on_subsets,
+    load_scifact_with_train,
+    read_carved_split,
+    split_test_queries,
+)
 
 from flagstone.evaluation import DEFAULT_EVAL_DEPTH
 from flagstone.evaluation.metrics import evaluate_run
@@ -156,6 +166,13 @@ def main() -> int:
     parser.add_argument("--reuse-llm", action="store_true",
                         help="take the LLM modes' per-query figures from the newest saved run with the same LLM "
                              "settings instead of rerunning them (they do not depend on the cross-encoder)")
+    parser.add_argument("--split-folder", default=None,
+                        help="a split 'flagstone data carve-split' wrote from --data's train split: train the "
+                             "cross-encoder on its train queries and choose the interpolation weight on its carved "
+                             "ones (default: 100 train queries drawn with numpy default_rng(0) as the dev slice)")
+    parser.add_argument("--train-only", action="store_true",
+                        help="stop once the cross-encoder is trained and saved with its settings file (e.g. as a "
+                             "distillation teacher for tune_training.py dense --teacher); no test figures")
     parser.add_argument("--quick", action="store_true",
                         help="a tiny run to check the script: 24 train queries for 1 epoch, 10 test queries, a "
                              "corpus of their judged documents and 300 others, LLM on 5 queries at depth 5 "
@@ -186,10 +203,17 @@ def main() -> int:
     test, train_qrels, doc_text = loaded
     subsets = split_test_queries(Path(args.data), test.qrels, train_qrels)
 
-    train_ids = list(train_qrels)
-    rng = np.random.default_rng(0)
-    dev_ids = sorted(rng.choice(train_ids, size=DEV_QUERIES, replace=False).tolist())
-    fit_ids = [q for q in train_ids if q not in set(dev_ids)]
+    if args.split_folder:
+        try:
+            fit_ids, dev_ids, _ = read_carved_split(args.split_folder, args.data, train_qrels)
+        except ValueError as error:
+            print(f"--split-folder: {error}", file=sys.stderr)
+            return 2
+    else:
+        train_ids = list(train_qrels)
+        rng = np.random.default_rng(0)
+        dev_ids = sorted(rng.choice(train_ids, size=DEV_QUERIES, replace=False).tolist())
+        fit_ids = [q for q in train_ids if q not in set(dev_ids)]
     test_ids = subsets["overall"]
     if args.quick:
         fit_ids, dev_ids, test_ids = fit_ids[:24], dev_ids[:10], test_ids[:10]
@@ -260,6 +284,10 @@ def main() -> int:
         staging.replace(settings_path(output_model))
     else:
         print(reuse_note, flush=True)
+    if args.train_only:
+        print(f"--train-only: cross-encoder at {output_model}, settings in {settings_path(output_model)} "
+              f"({len(fit_ids)} training queries)", flush=True)
+        return 0
     training = record["training"]
     cross = CrossEncoderReranker(output_model, max_length=args.max_length, batch_size=32, dtype=precision)
 

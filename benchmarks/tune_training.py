@@ -29,6 +29,12 @@ SmolLM2 writes one greedy pseudo-query for each of N documents drawn from outsid
 when the base model ranks its document in the top ``--pseudo-keep-top``, and the kept ones train beside the
 real queries with hard negatives mined the same way. The grid and the ``test`` stage carry N as a setting.
 
+``dense --teacher FOLDER`` distils a cross-encoder trained by rerank_scifact.py: every training group (real
+and pseudo queries) gets the teacher's scores, and the group's target becomes the teacher's softmax instead of
+the one-hot positive (flagstone.training.embedder's ``distill``). The teacher's settings file lists the queries it
+trained on; a teacher that saw any of the scored queries (dev, or test in the ``test`` stage) is refused, since
+its scores would carry their judgements.
+
 ``dense`` and ``m3`` train one model per (learning rate, temperature) and keep the last one of each in
 benchmarks/models/tune-*; ``cocktail`` merges such a model with the base at LM-Cocktail weights from 8
 training examples for each temperature. Each run is appended to benchmarks/results/tune_training_<stage>.json
@@ -53,14 +59,13 @@ from _common import (
     per_query_ndcg,
     positives_of,
     pseudo_query_examples,
+    read_carved_split,
     save_results,
     set_result_entry,
     split_test_queries,
 )
 
-from flagstone.evaluation.beir import BeirDataset, load_qrels
-from flagstone.evaluation.splits import read_split_manifest
-from flagstone.errors import FlagstoneError
+from flagstone.evaluation.beir import BeirDataset
 from flagstone.evaluation.retrieval import evaluate_retrieval
 from flagstone.models.cache import EmbeddingCache
 from flagstone.models.embedder import Embedder
@@ -100,6 +105,7 @@ def grid_report() -> int:
     same = [r for r in runs if r["split"]["files_sha256"] == split["files_sha256"]]
     rows = [{**row, "negatives": row["group_size"] - 1, "pseudo_queries": row.get("pseudo_queries", 0),
              "pseudo_keep_top": run.get("arguments", {}).get("pseudo_keep_top", 3),
+             "teacher": row.get("teacher"),
              "precision": run.get("arguments", {}).get("precision", "bfloat16"),
              "run_finished": run["finished"], "commit": run["commit"]} for run in same for row in run["rows"]]
     rows.sort(key=lambda r: -r["dense_ndcg@10"])
@@ -107,16 +113,41 @@ def grid_report() -> int:
     lines = [f"{len(rows)} configurations from {len(same)} runs, scored on the carved split's "
              f"{split['splits'][split['carved']]['queries']} dev queries (seed {split['seed']}, {split['rule']}); "
              f"trained on its {split['splits']['train']['queries']} other train queries. Test judgements never used.",
-             "", "| learning rate | temperature | hard negatives | pseudo-query documents | epochs | precision | "
-             "dev nDCG@10 |", "|---|---|---|---|---|---|---|"]
+             "", "| learning rate | temperature | hard negatives | pseudo-query documents | teacher | epochs | "
+             "precision | dev nDCG@10 |", "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['learning_rate']:g} | {r['temperature']:g} | {r['negatives']} | {r['pseudo_queries']} | "
-              f"{r['epoch']:g} | {r['precision']} | {r['dense_ndcg@10']:.4f} |" for r in rows]
+              f"{Path(r['teacher']).name if r['teacher'] else '-'} | {r['epoch']:g} | {r['precision']} | {r['dense_ndcg@10']:.4f} |" for r in rows]
     lines.append(f"\nbefore training: base model {base:.4f}, BM25 {bm25:.4f} on the same dev queries.")
     out = {"split": split, "base_ndcg@10": base, "bm25_ndcg@10": bm25, "configurations": len(rows),
            "best": rows[0], "rows": rows}
     save_results("tune_training_grid", "\n".join(lines), tune_training_grid=out)
     set_result_entry("train_scifact", "grid", out)
     return 0
+
+
+def teacher_scores(examples: list, teacher: str, scored_queries: list[str], precision: str):
+    """``examples`` with ``teacher``'s scores for every positive and negative, and a record of the teacher;
+    ValueError when the teacher has no rerank_scifact settings file or trained on any of ``scored_queries``."""
+    from rerank_scifact import settings_path
+
+    from flagstone.models.reranker import CrossEncoderReranker
+    from flagstone.training.mining import add_teacher_scores
+
+    folder = Path(teacher)
+    record = settings_path(folder)
+    if not record.is_file():
+        raise ValueError(f"no {record.name} beside {folder}: cannot check which queries the teacher trained on")
+    trained_on = set(json.loads(record.read_text())["settings"]["train_queries"])
+    leaked = sorted(trained_on & set(scored_queries))
+    if leaked:
+        raise ValueError(f"the teacher trained on {len(leaked)} of the scored queries (e.g. {leaked[0]}): its "
+                         "scores would carry their judgements")
+    started = time.perf_counter()
+    reranker = CrossEncoderReranker(str(folder), max_length=192, batch_size=32, dtype=precision)
+    scored = add_teacher_scores(examples, reranker)
+    return scored, {"folder": str(folder), "trained_queries": len(trained_on), "dtype": precision,
+                    "pairs": sum(len(e.pos) + len(e.neg) for e in scored),
+                    "seconds": round(time.perf_counter() - started, 1)}
 
 
 def test_best(data: str, batch_size: int, passage_length: int) -> int:
@@ -132,6 +163,8 @@ def test_best(data: str, batch_size: int, passage_length: int) -> int:
                                                "epoch", "precision")}
     if config_key["pseudo_queries"]:
         config_key["pseudo_keep_top"] = best["pseudo_keep_top"]
+    if best.get("teacher"):
+        config_key["teacher"] = best["teacher"]
     earlier = json.loads(test_path.read_text())["runs"] if test_path.is_file() else []
     if any({"pseudo_queries": 0, **r["configuration"]} == config_key
            and r["split_sha256"] == grid["split"]["files_sha256"] for r in earlier):
@@ -151,6 +184,13 @@ def test_best(data: str, batch_size: int, passage_length: int) -> int:
         extra, pseudo = pseudo_query_examples(test.doc_ids, doc_text, positives, base_retriever,
                                               config_key["pseudo_queries"], config_key["pseudo_keep_top"])
         examples = examples + extra
+    teacher = None
+    if config_key.get("teacher"):
+        try:
+            examples, teacher = teacher_scores(examples, config_key["teacher"], list(test.qrels), precision)
+        except ValueError as error:
+            print(f"teacher: {error}", file=sys.stderr)
+            return 2
     settings = EmbedderTrainingSettings(heads=("dense",), group_size=best["group_size"], batch_size=batch_size,
                                         temperature=best["temperature"], passage_max_length=passage_length)
     config = TrainingConfig(epochs=round(best["epoch"]), learning_rate=best["learning_rate"], warmup_ratio=0.1,
@@ -170,7 +210,7 @@ def test_best(data: str, batch_size: int, passage_length: int) -> int:
     out = {"configuration": config_key, "split_sha256": grid["split"]["files_sha256"],
            "dev_ndcg@10": best["dense_ndcg@10"], "configurations_in_grid": grid["configurations"],
            "train_queries": len(examples) - (pseudo["kept"] if pseudo else 0), "pseudo_queries": pseudo,
-           "steps": run.steps, "train_seconds": round(train_seconds),
+           "teacher": teacher, "steps": run.steps, "train_seconds": round(train_seconds),
            "test": comparison, "queries": {k: len(v) for k, v in subsets.items()},
            "duplicates_dropped": subsets["duplicates"],
            "wall_s": round(time.perf_counter() - wall, 1)}
@@ -201,19 +241,7 @@ def carved_or_default_split(split_folder: str | None, data: str, train_qrels: di
     if not split_folder:
         fit_ids, held_out_ids = split_queries(sorted(train_qrels), HELD_OUT, seed=0)
         return fit_ids, held_out_ids, None
-    try:
-        manifest = read_split_manifest(split_folder)  # checks every file's hash
-    except FlagstoneError as error:
-        raise ValueError(str(error)) from None
-    carved = manifest["carved"]
-    folder = Path(split_folder)
-    dev_qrels = load_qrels(folder / "qrels" / f"{carved}.tsv")
-    rest_qrels = load_qrels(folder / "qrels" / f"{manifest['source']['split']}.tsv")
-    if manifest["source"]["split"] != "train" or not set(dev_qrels) | set(rest_qrels) <= set(train_qrels):
-        raise ValueError(f"{folder} was not carved from {data}'s train split")
-    split = {"folder": str(folder), "seed": manifest["seed"], "rule": manifest["rule"], "carved": carved,
-             "splits": manifest["splits"], "files_sha256": manifest["files_sha256"]}
-    return sorted(rest_qrels), sorted(dev_qrels), split
+    return read_carved_split(split_folder, data, train_qrels)
 
 
 def dev_subsets(data: str, split_folder: str, models: list[str], precision: str) -> int:
@@ -295,6 +323,10 @@ def main() -> int:
     parser.add_argument("--pseudo-keep-top", type=int, default=3, metavar="K",
                         help="keep a pseudo-query only when the base model ranks its document in the top K "
                              "(consistency filtering; default: 3)")
+    parser.add_argument("--teacher", default=None, metavar="FOLDER",
+                        help="dense: distil this cross-encoder (trained by rerank_scifact.py, which writes the settings "
+                             "file listing its training queries) on every training group; refused when it trained "
+                             "on a scored query")
     parser.add_argument("--model", help="cocktail: the fine-tuned folder to merge with the base")
     parser.add_argument("--models", nargs="+", default=[], metavar="FOLDER",
                         help="dev-subsets: trained model folders to score (e.g. benchmarks/models/tune-dense-*)")
@@ -311,6 +343,10 @@ def main() -> int:
         return dev_subsets(args.data, args.split_folder, args.models, args.precision)
     if any(args.flops) and args.stage != "m3":
         parser.error("--flops regularises the sparse head: only the m3 stage trains one")
+    if args.teacher and args.stage != "dense":
+        parser.error("--teacher: only the dense stage distils")
+    if args.teacher and not Path(args.teacher, "config.json").is_file():
+        parser.error(f"--teacher: {args.teacher} is not a model folder")
     if args.pseudo_queries and args.stage != "dense":
         parser.error("--pseudo-queries: only the dense stage trains on them")
     if args.pseudo_queries < 0 or args.pseudo_keep_top < 1:
@@ -338,6 +374,14 @@ def main() -> int:
                                               args.pseudo_keep_top)
         examples = examples + extra
         print(f"pseudo-queries: {pseudo}", flush=True)
+    teacher = None
+    if args.teacher:
+        try:
+            examples, teacher = teacher_scores(examples, args.teacher, held_out_ids, args.precision)
+        except ValueError as error:
+            print(f"--teacher: {error}", file=sys.stderr)
+            return 2
+        print(f"teacher: {teacher}", flush=True)
     rows: list[dict[str, object]] = []
     # m3: held-out sparse nDCG@10 of each IDF-initialised head before training; cocktail: the chosen temperature
     summary: dict[str, float] = {}
@@ -387,7 +431,8 @@ def main() -> int:
             for temperature in args.temperatures:
                 name = f"tune-{args.stage}-lr{lr:.0e}-t{temperature:g}" + (
                     f"-g{args.group_size}" if args.group_size != 4 else "") + (
-                    f"-pq{args.pseudo_queries}" if args.pseudo_queries else "")
+                    f"-pq{args.pseudo_queries}" if args.pseudo_queries else "") + (
+                    f"-kd-{Path(args.teacher).name}" if args.teacher else "")
                 embedder = Embedder(BASE, show_progress=False)
                 settings = EmbedderTrainingSettings(heads=heads, group_size=args.group_size,
                                                     batch_size=args.batch_size, temperature=temperature,
@@ -411,7 +456,7 @@ def main() -> int:
                 print(f"{name}: {time.perf_counter() - started:.0f} s with evaluation", flush=True)
                 for row in check.history:
                     rows.append({"learning_rate": lr, "temperature": temperature, "group_size": args.group_size,
-                                 "pseudo_queries": args.pseudo_queries,
+                                 "pseudo_queries": args.pseudo_queries, "teacher": args.teacher,
                                  "epoch": row["step"] / steps_per_epoch,
                                  **{f"{m}_ndcg@10": row[f"{m}_ndcg@10"] for m in modes}})
         lines = ["| learning rate | temperature | epoch | " + " | ".join(f"{m} nDCG@10" for m in modes) + " |",
@@ -428,7 +473,7 @@ def main() -> int:
            "train_queries": len(fit_ids), "held_out_queries": len(held_out_ids), "split": split,
            "base_ndcg@10": base_score,
            "bm25_ndcg@10": bm25_score,
-           "summary": summary, "pseudo_queries": pseudo, "rows": rows}
+           "summary": summary, "pseudo_queries": pseudo, "teacher": teacher, "rows": rows}
     number = append_run(f"tune_training_{args.stage}", out, "\n".join(lines))
     print(f"run {number} appended to benchmarks/results/tune_training_{args.stage}.json (earlier runs kept)")
     return 0

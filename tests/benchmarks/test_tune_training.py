@@ -50,7 +50,7 @@ def test_report_keeps_every_configuration_of_the_newest_split(tune, capsys):
     assert grid["rows"][1]["negatives"] == 7
     saved = json.loads((results / "train_scifact.json").read_text())
     assert saved["subsets"] == {"kept": True} and saved["grid"] == grid
-    assert "| 0.0001 | 0.05 | 3 | 0 | 2 | bfloat16 | 0.8100 |" in (results / "tune_training_grid.md").read_text()
+    assert "| 0.0001 | 0.05 | 3 | 0 | - | 2 | bfloat16 | 0.8100 |" in (results / "tune_training_grid.md").read_text()
 
 
 def test_report_without_a_carved_run_is_a_user_mistake(tune, capsys):
@@ -136,3 +136,40 @@ def test_carved_split_is_read_back_and_checked(tune, tmp_path, monkeypatch):
     monkeypatch.setattr(module, "HELD_OUT", 3)
     fit, dev, record = module.carved_or_default_split(None, str(source), train)
     assert record is None and len(dev) == 3 and sorted(fit + dev) == sorted(train)
+
+
+@pytest.mark.parametrize("argv, message", [(["m3", "--teacher", "."], "only the dense stage distils"),
+                                           (["dense", "--teacher", "no-such-folder"], "not a model folder")])
+def test_teacher_option_is_checked_before_any_work(tune, monkeypatch, capsys, argv, message):
+    module, _ = tune
+    monkeypatch.setattr(sys, "argv", ["tune_training.py", *argv])
+    with pytest.raises(SystemExit) as exit_:
+        module.main()
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_teacher_that_saw_a_scored_query_is_refused_and_a_clean_one_scores_every_pair(tune, tmp_path):
+    import shutil
+
+    from flagstone.training.data import TrainingExample
+    from tests.helpers import build_tiny_cross_encoder
+
+    module, _ = tune
+    teacher = build_tiny_cross_encoder(tmp_path / "teacher")
+    examples = [TrainingExample(query="q one", pos=["a positive"], neg=["n1", "n2"]),
+                TrainingExample(query="q two", pos=["another"], neg=["n3"])]
+    with pytest.raises(ValueError, match="cannot check"):
+        module.teacher_scores(examples, str(teacher), ["7"], "float32")
+    record = tmp_path / "teacher.rerank_scifact-settings.json"
+    record.write_text(json.dumps({"settings": {"train_queries": ["1", "2", "3"]}}))
+    with pytest.raises(ValueError, match="trained on 1 of the scored queries"):
+        module.teacher_scores(examples, str(teacher), ["3", "9"], "float32")
+    scored, info = module.teacher_scores(examples, str(teacher), ["8", "9"], "float32")
+    assert [len(e.pos_scores) + len(e.neg_scores) for e in scored] == [3, 2] and info["pairs"] == 5
+    assert info["trained_queries"] == 3
+    # the scores are the teacher's own, pair by pair
+    from flagstone.models.reranker import CrossEncoderReranker
+
+    direct = CrossEncoderReranker(str(teacher), max_length=192, batch_size=32).score_pairs([("q one", "n2")])
+    assert scored[0].neg_scores[1] == pytest.approx(float(direct[0]), abs=1e-5)
+    shutil.rmtree(teacher)

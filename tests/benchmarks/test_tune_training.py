@@ -85,20 +85,15 @@ def test_test_stage_touches_the_test_split_once_per_configuration(tune, capsys):
     assert "SciFact not found" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv, message", [(["m3", "--pseudo-queries", "10"], "only the dense stage"),
-                                           (["dense", "--pseudo-queries", "-1"], "at least 0"),
-                                           (["dense", "--pseudo-keep-top", "0"], "at least 1")])
-def test_pseudo_query_options_are_checked_before_any_work(tune, monkeypatch, capsys, argv, message):
-    module, _ = tune
-    monkeypatch.setattr(sys, "argv", ["tune_training.py", *argv])
-    with pytest.raises(SystemExit) as exit_:
-        module.main()
-    assert exit_.value.code == 2 and message in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("argv, message", [(["dev-subsets", "--models", "m"], "needs --split-folder and --models"),
-                                           (["dev-subsets", "--split-folder", "s"], "needs --split-folder and --models")])
-def test_dev_subsets_options_are_checked_before_any_work(tune, monkeypatch, capsys, argv, message):
+@pytest.mark.parametrize("argv, message", [
+    (["m3", "--pseudo-queries", "10"], "only the dense stage"),
+    (["dense", "--pseudo-queries", "-1"], "at least 0"),
+    (["dense", "--pseudo-keep-top", "0"], "at least 1"),
+    (["dev-subsets", "--models", "m"], "needs --split-folder and --models"),
+    (["dev-subsets", "--split-folder", "s"], "needs --split-folder and --models"),
+    (["m3", "--teacher", "."], "only the dense stage distils"),
+    (["dense", "--teacher", "no-such-folder"], "not a model folder")])
+def test_options_are_checked_before_any_work(tune, monkeypatch, capsys, argv, message):
     module, _ = tune
     monkeypatch.setattr(sys, "argv", ["tune_training.py", *argv])
     with pytest.raises(SystemExit) as exit_:
@@ -136,16 +131,6 @@ def test_carved_split_is_read_back_and_checked(tune, tmp_path, monkeypatch):
     monkeypatch.setattr(module, "HELD_OUT", 3)
     fit, dev, record = module.carved_or_default_split(None, str(source), train)
     assert record is None and len(dev) == 3 and sorted(fit + dev) == sorted(train)
-
-
-@pytest.mark.parametrize("argv, message", [(["m3", "--teacher", "."], "only the dense stage distils"),
-                                           (["dense", "--teacher", "no-such-folder"], "not a model folder")])
-def test_teacher_option_is_checked_before_any_work(tune, monkeypatch, capsys, argv, message):
-    module, _ = tune
-    monkeypatch.setattr(sys, "argv", ["tune_training.py", *argv])
-    with pytest.raises(SystemExit) as exit_:
-        module.main()
-    assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_teacher_that_saw_a_scored_query_is_refused_and_a_clean_one_scores_every_pair(tune, tmp_path):

@@ -467,7 +467,10 @@ def main() -> int:
                   + " | ".join(f"{r[f'{m}_ndcg@10']:.4f}" for m in modes) + " |" for r in rows]
     lines.append(f"\nheld-out nDCG@10 before training: base model ({args.precision}, dense) {base_score:.4f}, "
                  f"BM25 {bm25_score:.4f}")
-    lines.append(f"{len(fit_ids)} train queries for training, {len(held_out_ids)} held out for scoring "
+    lines.append(f"{len(fit_ids)} train queries"
+                 + (f" and {pseudo['kept']} pseudo-queries ({pseudo['documents']} documents)" if pseudo else "")
+                 + (f", distilled from {Path(args.teacher).name}" if args.teacher else "")
+                 + f" for training, {len(held_out_ids)} held out for scoring "
                  f"(whole corpus). Wall time {(time.perf_counter() - wall) / 60:.1f} min on 2 cores.")
     out = {"stage": args.stage, "arguments": {k: v for k, v in vars(args).items() if k != "data"},
            "train_queries": len(fit_ids), "held_out_queries": len(held_out_ids), "split": split,

@@ -244,6 +244,21 @@ def carved_or_default_split(split_folder: str | None, data: str, train_qrels: di
     return read_carved_split(split_folder, data, train_qrels)
 
 
+def subsets_table(rows: list[dict], subsets: dict[str, list[str]]) -> list[str]:
+    """Markdown rows: the base model, then each model's score (delta) and p on every subset; "-" for a subset
+    without queries (compare_on_subsets gives None there)."""
+    lines = ["| model | " + " | ".join(f"{name} ({len(ids)}) | p" for name, ids in subsets.items()) + " |",
+             "|---" * (1 + 2 * len(subsets)) + "|"]
+    first = rows[0]["dev"]
+    lines.append("| base | " + " | ".join(f"{first[name]['base']:.4f} | " if first[name] else "- | "
+                                          for name in subsets) + " |")
+    for row in rows:
+        lines.append(f"| {Path(row['model']).name} | " + " | ".join(
+            f"{c['best']:.4f} ({c['delta']:+.4f}) | {c['p_value']:.3g}" if (c := row["dev"][name]) else "- | -"
+            for name in subsets) + " |")
+    return lines
+
+
 def dev_subsets(data: str, split_folder: str, models: list[str], precision: str) -> int:
     """Score the base model and each of ``models`` on the carved split's dev queries, overall and on the dev
     queries whose relevant documents are / are never a positive of the training queries (seen_docs /
@@ -276,15 +291,7 @@ def dev_subsets(data: str, split_folder: str, models: list[str], precision: str)
     rows = [{"model": model, "dev": compare_on_subsets(base, scores(model), subsets)} for model in models]
     lines = [f"Dev queries of {split_folder} split by whether a relevant document is a positive of the "
              f"{len(fit_ids)} training queries; dense nDCG@10 ({precision}) against the base model, paired "
-             "randomization test.", "",
-             "| model | " + " | ".join(f"{name} ({len(ids)}) | p" for name, ids in subsets.items()) + " |",
-             "|---" * (1 + 2 * len(subsets)) + "|"]
-    first = rows[0]["dev"] if rows else {}
-    lines.append("| base | " + " | ".join(f"{first[name]['base']:.4f} | " for name in subsets) + " |")
-    for row in rows:
-        lines.append(f"| {Path(row['model']).name} | " + " | ".join(
-            f"{row['dev'][name]['best']:.4f} ({row['dev'][name]['delta']:+.4f}) | {row['dev'][name]['p_value']:.3g}"
-            for name in subsets) + " |")
+             "randomization test.", "", *subsets_table(rows, subsets)]
     out = {"split": split, "precision": precision, "queries": {k: len(v) for k, v in subsets.items()},
            "rows": rows, "wall_s": round(time.perf_counter() - wall, 1)}
     number = append_run("tune_training_dev_subsets", out, "\n".join(lines))

@@ -158,3 +158,13 @@ def test_teacher_that_saw_a_scored_query_is_refused_and_a_clean_one_scores_every
     direct = CrossEncoderReranker(str(teacher), max_length=192, batch_size=32).score_pairs([("q one", "n2")])
     assert scored[0].neg_scores[1] == pytest.approx(float(direct[0]), abs=1e-5)
     shutil.rmtree(teacher)
+
+
+def test_subsets_table_marks_an_empty_subset(tune):
+    module, _ = tune
+    cell = {"base": 0.6, "best": 0.7, "delta": 0.1, "p_value": 0.01}
+    rows = [{"model": "models/tune-a", "dev": {"overall": cell, "unseen_docs": None}}]
+    lines = module.subsets_table(rows, {"overall": ["1", "2"], "unseen_docs": []})
+    assert lines[0] == "| model | overall (2) | p | unseen_docs (0) | p |"
+    assert lines[2] == "| base | 0.6000 |  | - |  |"
+    assert lines[3] == "| tune-a | 0.7000 (+0.1000) | 0.01 | - | - |"

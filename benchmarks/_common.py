@@ -193,8 +193,9 @@ def pseudo_query_examples(doc_ids: list[str], doc_text: dict[str, str], exclude_
             return generate_pseudo_queries(texts, dtype="float32").queries
     pool = sorted(d for d in doc_ids if d not in exclude_docs)
     docs = random.Random(seed).sample(pool, min(n_documents, len(pool)))
-    queries, qrels = {}, {}
+    queries, qrels, without_query = {}, {}, 0
     for doc, written in zip(docs, generate([doc_text[d] for d in docs])):
+        without_query += not written  # no usable reply: counted, never replaced by a default
         for i, query in enumerate(written):
             queries[f"pseudo:{doc}:{i}"], qrels[f"pseudo:{doc}:{i}"] = query, {doc: 1}
     ids = list(queries)
@@ -203,7 +204,8 @@ def pseudo_query_examples(doc_ids: list[str], doc_text: dict[str, str], exclude_
     examples = examples_from_qrels(queries, qrels, doc_text, kept)
     examples = mine_hard_negatives(examples, retriever, doc_text, mode="dense", rank_range=(5, 100),
                                    n_negatives=15, seed=seed)
-    summary = {"documents": len(docs), "pool": len(pool), "queries_written": len(ids), "kept": len(kept),
+    summary = {"documents": len(docs), "pool": len(pool), "queries_written": len(ids),
+               "documents_without_query": without_query, "kept": len(kept),
                "keep_top": keep_top, "generator": "SmolLM2-135M-Instruct (bundled), greedy, float32"}
     return examples, summary
 

@@ -38,15 +38,19 @@ def test_pseudo_queries_skip_training_positives_and_keep_only_consistent_ones(co
 
     def generate(texts):
         seen.extend(texts)
-        # a query naming the document's own topic (found at rank 1), or a vague one for even-numbered documents
-        return [["vague words"] if int(t.split()[1]) % 2 == 0 else [f"topic{t.split()[1]}"] for t in texts]
+        # a query naming the document's own topic (found at rank 1), a vague one for even-numbered documents,
+        # and no usable reply at all for document 15
+        return [[] if t.split()[1] == "15" else ["vague words"] if int(t.split()[1]) % 2 == 0
+                else [f"topic{t.split()[1]}"] for t in texts]
 
     positives = {f"d{i}" for i in range(10)}
     examples, summary = common.pseudo_query_examples(list(DOCS), DOCS, positives, OverlapRetriever(), 12, 3,
                                                      generate=generate)
     assert len(seen) == 12 and not {DOCS[d] for d in positives} & set(seen)
-    assert summary["documents"] == 12 and summary["pool"] == 20 and summary["queries_written"] == 12
-    odd = sum(int(t.split()[1]) % 2 for t in seen)
+    silent = sum(t.split()[1] == "15" for t in seen)
+    assert summary["documents"] == 12 and summary["pool"] == 20 and summary["queries_written"] == 12 - silent
+    assert summary["documents_without_query"] == silent == 1  # d15 is in the seeded draw
+    odd = sum(int(t.split()[1]) % 2 and t.split()[1] != "15" for t in seen)
     assert summary["kept"] == len(examples) == odd  # vague queries rank their document outside the top 3
     for example in examples:
         number = example.query.removeprefix("topic")

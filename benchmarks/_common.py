@@ -128,6 +128,12 @@ def read_carved_split(split_folder: str | Path, data: str | Path, train_qrels: d
     return sorted(rest_qrels), sorted(dev_qrels), split
 
 
+def seen_and_unseen(query_ids: list[str], qrels: dict, positives: set[str]) -> tuple[list[str], list[str]]:
+    """``query_ids`` split by whether a relevant document (grade > 0 in ``qrels``) is among ``positives``."""
+    seen = [q for q in query_ids if any(d in positives for d, g in qrels[q].items() if g > 0)]
+    return seen, [q for q in query_ids if q not in set(seen)]
+
+
 def split_test_queries(data: Path, test_qrels: dict, train_qrels: dict) -> dict[str, list[str]]:
     """Test query ids by subset, with the queries duplicated in train removed (listed under "duplicates"):
     ``seen_docs`` have a relevant document that is a positive of some train query, ``unseen_docs`` none.
@@ -137,10 +143,8 @@ def split_test_queries(data: Path, test_qrels: dict, train_qrels: dict) -> dict[
     queries = load_queries(Path(data) / "queries.jsonl")
     train_texts = {normalised(queries[q]) for q in train_qrels}
     duplicates = sorted(q for q in test_qrels if normalised(queries[q]) in train_texts)
-    train_positives = positives_of(train_qrels)
     kept = [q for q in test_qrels if q not in set(duplicates)]
-    seen = [q for q in kept if any(d in train_positives for d, g in test_qrels[q].items() if g > 0)]
-    unseen = [q for q in kept if q not in set(seen)]
+    seen, unseen = seen_and_unseen(kept, test_qrels, positives_of(train_qrels))
     return {"overall": kept, "seen_docs": seen, "unseen_docs": unseen, "duplicates": duplicates}
 
 

@@ -61,6 +61,7 @@ from _common import (
     pseudo_query_examples,
     read_carved_split,
     save_results,
+    seen_and_unseen,
     set_result_entry,
     split_test_queries,
 )
@@ -125,13 +126,11 @@ def grid_report() -> int:
     return 0
 
 
-def teacher_scores(examples: list, teacher: str, scored_queries: list[str], precision: str):
-    """``examples`` with ``teacher``'s scores for every positive and negative, and a record of the teacher;
-    ValueError when the teacher has no rerank_scifact settings file or trained on any of ``scored_queries``."""
+def checked_teacher(teacher: str, scored_queries: list[str]) -> dict:
+    """A record of ``teacher`` (a rerank_scifact cross-encoder folder) once it is known not to have trained on any
+    of ``scored_queries``; ValueError when it has no settings file to tell or trained on one of them. Cheap:
+    called before any mining or generation."""
     from rerank_scifact import settings_path
-
-    from flagstone.models.reranker import CrossEncoderReranker
-    from flagstone.training.mining import add_teacher_scores
 
     folder = Path(teacher)
     record = settings_path(folder)
@@ -142,11 +141,19 @@ def teacher_scores(examples: list, teacher: str, scored_queries: list[str], prec
     if leaked:
         raise ValueError(f"the teacher trained on {len(leaked)} of the scored queries (e.g. {leaked[0]}): its "
                          "scores would carry their judgements")
+    return {"folder": str(folder), "trained_queries": len(trained_on)}
+
+
+def teacher_scores(examples: list, teacher: dict, precision: str) -> tuple[list, dict]:
+    """``examples`` with the :func:`checked_teacher`'s scores for every positive and negative, and its record
+    with the pairs scored and the time taken."""
+    from flagstone.models.reranker import CrossEncoderReranker
+    from flagstone.training.mining import add_teacher_scores
+
     started = time.perf_counter()
-    reranker = CrossEncoderReranker(str(folder), max_length=192, batch_size=32, dtype=precision)
+    reranker = CrossEncoderReranker(teacher["folder"], max_length=192, batch_size=32, dtype=precision)
     scored = add_teacher_scores(examples, reranker)
-    return scored, {"folder": str(folder), "trained_queries": len(trained_on), "dtype": precision,
-                    "pairs": sum(len(e.pos) + len(e.neg) for e in scored),
+    return scored, {**teacher, "dtype": precision, "pairs": sum(len(e.pos) + len(e.neg) for e in scored),
                     "seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -175,6 +182,13 @@ def test_best(data: str, batch_size: int, passage_length: int) -> int:
     if loaded is None:
         return 2
     test, train_qrels, doc_text = loaded
+    teacher = None
+    if config_key.get("teacher"):
+        try:
+            teacher = checked_teacher(config_key["teacher"], list(test.qrels))
+        except ValueError as error:
+            print(f"teacher: {error}", file=sys.stderr)
+            return 2
     wall, cache, precision = time.perf_counter(), EmbeddingCache(), best["precision"]
     examples, base_retriever = mine_scifact_examples(test, train_qrels, doc_text, sorted(train_qrels), cache, BASE,
                                                      dtype=precision)
@@ -184,13 +198,8 @@ def test_best(data: str, batch_size: int, passage_length: int) -> int:
         extra, pseudo = pseudo_query_examples(test.doc_ids, doc_text, positives, base_retriever,
                                               config_key["pseudo_queries"], config_key["pseudo_keep_top"])
         examples = examples + extra
-    teacher = None
-    if config_key.get("teacher"):
-        try:
-            examples, teacher = teacher_scores(examples, config_key["teacher"], list(test.qrels), precision)
-        except ValueError as error:
-            print(f"teacher: {error}", file=sys.stderr)
-            return 2
+    if teacher:
+        examples, teacher = teacher_scores(examples, teacher, precision)
     settings = EmbedderTrainingSettings(heads=("dense",), group_size=best["group_size"], batch_size=batch_size,
                                         temperature=best["temperature"], passage_max_length=passage_length)
     config = TrainingConfig(epochs=round(best["epoch"]), learning_rate=best["learning_rate"], warmup_ratio=0.1,
@@ -278,9 +287,8 @@ def dev_subsets(data: str, split_folder: str, models: list[str], precision: str)
         print(f"--split-folder: {error}", file=sys.stderr)
         return 2
     wall, cache = time.perf_counter(), EmbeddingCache()
-    fit_positives = positives_of(train_qrels, fit_ids)
-    seen = [q for q in dev_ids if any(d in fit_positives for d, g in train_qrels[q].items() if g > 0)]
-    subsets = {"overall": dev_ids, "seen_docs": seen, "unseen_docs": [q for q in dev_ids if q not in set(seen)]}
+    seen, unseen = seen_and_unseen(dev_ids, train_qrels, positives_of(train_qrels, fit_ids))
+    subsets = {"overall": dev_ids, "seen_docs": seen, "unseen_docs": unseen}
 
     def scores(model: str) -> dict[str, float]:
         retriever = Retriever(Embedder(model, dtype=precision, show_progress=True), signals=["dense"], cache=cache)
@@ -367,6 +375,13 @@ def main() -> int:
     except ValueError as error:
         print(f"--split-folder: {error}", file=sys.stderr)
         return 2
+    teacher = None
+    if args.teacher:
+        try:
+            teacher = checked_teacher(args.teacher, held_out_ids)
+        except ValueError as error:
+            print(f"--teacher: {error}", file=sys.stderr)
+            return 2
     held_out = BeirDataset("scifact-train-held-out", test.doc_ids, test.doc_texts, test.queries,
                            {q: train_qrels[q] for q in held_out_ids})
     cache = EmbeddingCache()
@@ -381,13 +396,8 @@ def main() -> int:
                                               args.pseudo_keep_top)
         examples = examples + extra
         print(f"pseudo-queries: {pseudo}", flush=True)
-    teacher = None
-    if args.teacher:
-        try:
-            examples, teacher = teacher_scores(examples, args.teacher, held_out_ids, args.precision)
-        except ValueError as error:
-            print(f"--teacher: {error}", file=sys.stderr)
-            return 2
+    if teacher:
+        examples, teacher = teacher_scores(examples, teacher, args.precision)
         print(f"teacher: {teacher}", flush=True)
     rows: list[dict[str, object]] = []
     # m3: held-out sparse nDCG@10 of each IDF-initialised head before training; cocktail: the chosen temperature

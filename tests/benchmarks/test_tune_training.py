@@ -144,12 +144,12 @@ def test_teacher_that_saw_a_scored_query_is_refused_and_a_clean_one_scores_every
     examples = [TrainingExample(query="q one", pos=["a positive"], neg=["n1", "n2"]),
                 TrainingExample(query="q two", pos=["another"], neg=["n3"])]
     with pytest.raises(ValueError, match="cannot check"):
-        module.teacher_scores(examples, str(teacher), ["7"], "float32")
+        module.checked_teacher(str(teacher), ["7"])
     record = tmp_path / "teacher.rerank_scifact-settings.json"
     record.write_text(json.dumps({"settings": {"train_queries": ["1", "2", "3"]}}))
     with pytest.raises(ValueError, match="trained on 1 of the scored queries"):
-        module.teacher_scores(examples, str(teacher), ["3", "9"], "float32")
-    scored, info = module.teacher_scores(examples, str(teacher), ["8", "9"], "float32")
+        module.checked_teacher(str(teacher), ["3", "9"])
+    scored, info = module.teacher_scores(examples, module.checked_teacher(str(teacher), ["8", "9"]), "float32")
     assert [len(e.pos_scores) + len(e.neg_scores) for e in scored] == [3, 2] and info["pairs"] == 5
     assert info["trained_queries"] == 3
     # the scores are the teacher's own, pair by pair

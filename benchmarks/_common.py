@@ -184,17 +184,22 @@ def pseudo_query_examples(doc_ids: list[str], doc_text: dict[str, str], exclude_
     pseudo-query each from the bundled SmolLM2 (flagstone.genir.generate_pseudo_queries, float32, cached on
     disk), kept only when ``retriever`` (dense) ranks its own document in the top ``keep_top`` (consistency
     filtering), with 15 hard negatives from the same ranks 5-99 as :func:`mine_scifact_examples`. Returns the
-    examples and a summary of what was generated and kept. ``generate`` replaces the generator (tests)."""
+    examples and a summary of what was generated and kept (with the bundled generator also its stats under
+    "generation": replies, time, documents/s, recorded_seconds counting documents served from the cache). ``generate``
+    replaces the generator (tests)."""
     import random
 
     from flagstone.training.data import examples_from_qrels
     from flagstone.training.mining import mine_hard_negatives
 
+    generation = {}  # the bundled generator's own stats (PseudoQueries.stats: replies, time, documents/s)
     if generate is None:
         from flagstone.genir.query_generation import generate_pseudo_queries
 
         def generate(texts):
-            return generate_pseudo_queries(texts, dtype="float32").queries
+            result = generate_pseudo_queries(texts, dtype="float32")
+            generation.update(result.stats())
+            return result.queries
     pool = sorted(d for d in doc_ids if d not in exclude_docs)
     docs = random.Random(seed).sample(pool, min(n_documents, len(pool)))
     queries, qrels, without_query = {}, {}, 0
@@ -210,7 +215,8 @@ def pseudo_query_examples(doc_ids: list[str], doc_text: dict[str, str], exclude_
                                    n_negatives=15, seed=seed)
     summary = {"documents": len(docs), "pool": len(pool), "queries_written": len(ids),
                "documents_without_query": without_query, "kept": len(kept),
-               "keep_top": keep_top, "generator": "SmolLM2-135M-Instruct (bundled), greedy, float32"}
+               "keep_top": keep_top, "generator": "SmolLM2-135M-Instruct (bundled), greedy, float32",
+               "generation": generation or None}
     return examples, summary
 
 

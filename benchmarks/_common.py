@@ -19,6 +19,17 @@ if TYPE_CHECKING:
     from flagstone.retrieval.retriever import Retriever
 
 
+def output_refusal(path: str | Path, default: str | Path, overwrite: bool, flag: str) -> str | None:
+    """The one-line error for a user-named output path that already exists, or None when the script may write it.
+
+    A script's own default folder under benchmarks/models is the script's to replace on a rerun; a path the user
+    named is theirs, so an existing one is refused unless ``--overwrite`` is given. Call before any heavy work."""
+    chosen, own = Path(path).resolve(), Path(default).resolve()
+    if overwrite or chosen == own or not chosen.exists():
+        return None
+    return f"{flag} {path} exists; pass --overwrite to replace it"
+
+
 def save_results(name: str, table: str, **json_files: dict) -> None:
     """Write ``<name>.md`` (the table, also printed) and one ``<key>.json`` per keyword argument."""
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -21,9 +21,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import RESULTS, SHARED_DATA, needle_turn_ids, save_results
+from _common import RESULTS, SHARED_DATA, needle_turn_ids, output_refusal, save_results
 
 RATIOS = (2, 4, 8)
+DEFAULT_OUTPUT = RESULTS.parent / "models" / "smollm2-beacon"
 
 
 def main() -> int:
@@ -42,12 +43,19 @@ def main() -> int:
     parser.add_argument("--niah-depths", default="0.1,0.5,0.9")
     parser.add_argument("--sink", type=int, default=1, help="raw tokens kept in front of the memory (default: 1)")
     parser.add_argument("--refill-windows", type=int, default=2, help="windows refilled by ACRE")
-    parser.add_argument("--output", default=str(RESULTS.parent / "models" / "smollm2-beacon"))
+    parser.add_argument("--output", default=str(DEFAULT_OUTPUT), help="where the trained beacon is saved")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --output you named (the default folder is this script's to replace)")
     parser.add_argument("--reuse", action="store_true",
                         help="skip perplexity and training: load the beacon saved in --output and the perplexity rows "
                              "of the last benchmarks/results/beacon.json, run only the needle-in-a-haystack part")
     parser.add_argument("--quick", action="store_true", help="a tiny run to check the script (numbers meaningless)")
     args = parser.parse_args()
+    refusal = None if args.reuse or args.quick else output_refusal(args.output, DEFAULT_OUTPUT, args.overwrite,
+                                                                   "--output")
+    if refusal:
+        print(refusal, file=sys.stderr)
+        return 2
 
     import torch
 

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
-from _common import RESULTS, SHARED_DATA, save_results
+from _common import RESULTS, SHARED_DATA, output_refusal, save_results
 
 from flagstone.evaluation.beir import load_beir
 from flagstone.evaluation.metrics import evaluate_run
@@ -43,6 +44,8 @@ from flagstone.training.settings import TrainingConfig
 
 MODES = ("pointwise", "listwise", "pairwise")  # cheapest first
 TASK_ORDER = tuple(TASKS)
+DEFAULT_MODEL = RESULTS.parent / "models" / "inters-smollm2"
+DEFAULT_DATA = RESULTS.parent / "models" / "inters-data"
 
 
 def ndcg10(hits, qids, qrels) -> float:
@@ -88,13 +91,21 @@ def main() -> int:
     parser.add_argument("--step", type=int, default=2, help="listwise window step (default: 2)")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES,
                         help="LLM reranking modes, measured in this order (default: pointwise listwise pairwise)")
-    parser.add_argument("--output-model", default=str(RESULTS.parent / "models" / "inters-smollm2"))
-    parser.add_argument("--output-data", default=str(RESULTS.parent / "models" / "inters-data"))
+    parser.add_argument("--output-model", default=str(DEFAULT_MODEL), help="where the tuned LoRA model is saved")
+    parser.add_argument("--output-data", default=str(DEFAULT_DATA), help="where the INTERS training data is saved")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --output-model or --output-data you named (the default folder is this script's to replace)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default: 1; the 2 cores are shared, and 2 threads under load wait on "
                              "each other)")
     parser.add_argument("--quick", action="store_true", help="a tiny run to check the script (numbers meaningless)")
     args = parser.parse_args()
+    for flag, path, default in (("--output-model", args.output_model, DEFAULT_MODEL),
+                                ("--output-data", args.output_data, DEFAULT_DATA)):
+        refusal = output_refusal(path, default, args.overwrite, flag)
+        if refusal:
+            print(refusal, file=sys.stderr)
+            return 2
     import torch
 
     torch.set_num_threads(args.threads)

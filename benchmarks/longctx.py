@@ -26,7 +26,15 @@ import sys
 import time
 from pathlib import Path
 
-from _common import RESULTS, SHARED_DATA, hotpot_documents, joined_abstracts, needle_turn_ids, save_results
+from _common import (
+    RESULTS,
+    SHARED_DATA,
+    hotpot_documents,
+    joined_abstracts,
+    needle_turn_ids,
+    output_refusal,
+    save_results,
+)
 
 RATIOS = (2, 4, 8)
 WINDOW = 256
@@ -70,6 +78,10 @@ def training_segments(kinds: dict[str, list[str]], tokenizer, length: int, per_k
 
 # -- training ------------------------------------------------------------------------------------------------
 def train(args) -> int:
+    refusal = output_refusal(args.output, MODEL_DIR, args.overwrite, "--output")
+    if refusal:
+        print(refusal, file=sys.stderr)
+        return 2
     import torch
 
     from flagstone.longctx.beacon import BeaconConfig, BeaconLM
@@ -130,7 +142,9 @@ def main() -> int:
     t.add_argument("--sample-ratio", choices=("step", "window"), default="step")
     t.add_argument("--sink", type=int, default=1)
     t.add_argument("--held-out-essays", type=int, default=9)
-    t.add_argument("--output", default=str(MODEL_DIR))
+    t.add_argument("--output", default=str(MODEL_DIR), help="where the trained beacon is saved")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --output you named (the default folder is this script's to replace)")
     e = sub.add_parser("eval", help="perplexity, memory and needle in a haystack")
     add_eval_arguments(e)
     args = parser.parse_args()

@@ -35,12 +35,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import REPO, SHARED_DATA, hotpot_documents, joined_abstracts, save_results
+from _common import REPO, SHARED_DATA, hotpot_documents, joined_abstracts, output_refusal, save_results
 
 WINDOW = 256
 RATIOS = (4, 8)
 TRAIN_RATIOS = (2, 4, 8, 16)
 TRAIN_RECENTS = (0, 128)  # context tokens kept raw before the predicted ones, drawn per step
+DEFAULT_OUTPUT = REPO / "benchmarks" / "models" / "smollm2-extender"
+
+
+def training_record(output: str | Path) -> Path:
+    """The training record's path beside the extender folder (for the default, smollm2-extender-training.json)."""
+    return Path(output).with_name(Path(output).name + "-training.json")
 
 
 def main() -> int:
@@ -57,10 +63,21 @@ def main() -> int:
     parser.add_argument("--eval-sequences", type=int, default=2, help="sequences per text kind (default: 2)")
     parser.add_argument("--held-out-essays", type=int, default=9)
     parser.add_argument("--with-recent", action="store_true", help="also the no-sink recent window")
-    parser.add_argument("--output", default=str(REPO / "benchmarks" / "models" / "smollm2-extender"))
+    parser.add_argument("--output", default=str(DEFAULT_OUTPUT),
+                        help="where the trained extender is saved; its training record goes beside it as "
+                             "<output>-training.json")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --output you named (the default folder is this script's to replace)")
     parser.add_argument("--reuse", action="store_true", help="evaluate the extender saved in --output")
     parser.add_argument("--quick", action="store_true", help="a tiny run to check the script (numbers meaningless)")
     args = parser.parse_args()
+    if not (args.reuse or args.quick):
+        for path, default in ((args.output, DEFAULT_OUTPUT), (training_record(args.output),
+                                                               training_record(DEFAULT_OUTPUT))):
+            refusal = output_refusal(path, default, args.overwrite, "--output")
+            if refusal:
+                print(refusal, file=sys.stderr)
+                return 2
 
     import torch
 
@@ -103,7 +120,7 @@ def main() -> int:
                                                                        base_model=lm.name))).extender.eval()
     if args.reuse:
         extender = load_extender(model, args.output)
-        training = json.loads((Path(args.output).parent / "smollm2-extender-training.json").read_text())
+        training = json.loads(training_record(args.output).read_text())
     else:
         segments, counts = [], {}
         for kind, texts in kinds.items():
@@ -146,7 +163,7 @@ def main() -> int:
                     "loss_first10": sum(losses[:10]) / max(1, len(losses[:10])),
                     "loss_last10": sum(losses[-10:]) / max(1, len(losses[-10:]))}
         if not args.quick:
-            (Path(args.output).parent / "smollm2-extender-training.json").write_text(json.dumps(training, indent=2))
+            training_record(args.output).write_text(json.dumps(training, indent=2))
         print(json.dumps(training), flush=True)
 
     # -- evaluation ---------------------------------------------------------------------------------------------

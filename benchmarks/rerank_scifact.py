@@ -46,6 +46,7 @@ from _common import (
     append_run,
     compare_on_subsets,
     load_scifact_with_train,
+    output_refusal,
     read_carved_split,
     split_test_queries,
 )
@@ -160,6 +161,9 @@ def main() -> int:
     parser.add_argument("--output-model", default=None,
                         help="where the cross-encoder is saved (default: benchmarks/models/scifact-cross-encoder, "
                              "with --quick scifact-cross-encoder-quick)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="train over an existing --output-model you named (the default folder is this script's "
+                             "to replace; with --reuse-cross-encoder a matching model is reused, not overwritten)")
     parser.add_argument("--reuse-cross-encoder", action="store_true",
                         help="skip training when --output-model holds a cross-encoder this script trained with the "
                              "same settings (saves ~50 min)")
@@ -234,19 +238,8 @@ def main() -> int:
           f"{len(subsets['seen_docs'])} seen_docs, {len(subsets['unseen_docs'])} unseen_docs; "
           f"LLM sample {len(sample)}", flush=True)
 
-    corpus_ids, corpus_texts = test.doc_ids, test.doc_texts
-    if args.quick:  # the judged documents of the queries used and the corpus's first 300: minutes, not an hour
-        judged = {d for qrels, ids in ((train_qrels, fit_ids + dev_ids), (test.qrels, test_ids))
-                  for q in ids for d in qrels[q]}
-        corpus_ids = [d for i, d in enumerate(test.doc_ids) if i < QUICK_CORPUS or d in judged]
-        corpus_texts = [doc_text[d] for d in corpus_ids]
-    retriever = Retriever(Embedder(show_progress=True), cache=EmbeddingCache()).fit(corpus_ids, corpus_texts)
-
-    def first_stage(qids):
-        return retriever.search([test.queries[q] for q in qids], mode="hybrid", k=args.depth)
-
-    # 1-2. mine hard negatives for the training queries from the first stage and train the cross-encoder,
-    # unless a model trained the same way is there to reuse
+    # the cross-encoder's settings, and whether a model trained the same way is there to reuse (decided before the
+    # heavy work, so a refused output folder costs nothing)
     from flagstone.models._hf import resolve_precision
 
     precision = resolve_precision(args.precision)
@@ -260,6 +253,24 @@ def main() -> int:
                    "corpus": f"--quick: judged documents + the first {QUICK_CORPUS}" if args.quick else "all"}
     record, reuse_note = (reusable_cross_encoder(output_model, ce_settings) if args.reuse_cross_encoder
                           else (None, "trained (--reuse-cross-encoder not given)"))
+    default_path = RESULTS.parent / "models" / default_model
+    refusal = output_refusal(output_model, default_path, args.overwrite, "--output-model") if record is None else None
+    if refusal:  # about to train over a folder the user named: refuse before the first stage's encoding
+        print(refusal, file=sys.stderr)
+        return 2
+
+    corpus_ids, corpus_texts = test.doc_ids, test.doc_texts
+    if args.quick:  # the judged documents of the queries used and the corpus's first 300: minutes, not an hour
+        judged = {d for qrels, ids in ((train_qrels, fit_ids + dev_ids), (test.qrels, test_ids))
+                  for q in ids for d in qrels[q]}
+        corpus_ids = [d for i, d in enumerate(test.doc_ids) if i < QUICK_CORPUS or d in judged]
+        corpus_texts = [doc_text[d] for d in corpus_ids]
+    retriever = Retriever(Embedder(show_progress=True), cache=EmbeddingCache()).fit(corpus_ids, corpus_texts)
+
+    def first_stage(qids):
+        return retriever.search([test.queries[q] for q in qids], mode="hybrid", k=args.depth)
+
+    # 1-2. mine hard negatives for the training queries from the first stage and train the cross-encoder
     if record is None:
         if args.reuse_cross_encoder:
             print(f"--reuse-cross-encoder: training anyway: {reuse_note}", flush=True)

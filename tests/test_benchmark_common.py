@@ -59,3 +59,34 @@ def test_compare_on_subsets_tests_each_subset_and_skips_empty_ones(common):
     assert set(out) == {"overall", "seen_docs", "unseen_docs"} and out["unseen_docs"] is None
     assert out["overall"]["delta"] == pytest.approx(0.1) and out["overall"]["queries"] == 3
     assert out["seen_docs"]["delta"] == pytest.approx(0.15) and 0 < out["seen_docs"]["p_value"] <= 1
+
+
+def test_output_refusal_guards_user_named_paths_only(common, tmp_path):
+    default = tmp_path / "models" / "own"
+    default.mkdir(parents=True)
+    mine = tmp_path / "mine"
+    assert common.output_refusal(mine, default, False, "--output") is None  # not there yet
+    mine.mkdir()
+    message = common.output_refusal(mine, default, False, "--output")
+    assert message == f"--output {mine} exists; pass --overwrite to replace it"
+    assert common.output_refusal(mine, default, True, "--output") is None
+    assert common.output_refusal(default, default, False, "--output") is None  # the script's own folder
+
+
+@pytest.mark.parametrize("script, arguments", [
+    ("beacon.py", ["--output"]),
+    ("longctx.py", ["train", "--output"]),
+    ("longctx_extensible.py", ["--output"]),
+    ("inters.py", ["--output-data"]),
+])
+def test_benchmarks_refuse_an_existing_user_named_output_before_any_work(tmp_path, script, arguments):
+    import subprocess
+
+    kept = tmp_path / "users-folder"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *arguments, str(kept)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [f"{arguments[-1]} {kept} exists; pass --overwrite to replace it"]
+    assert [p.name for p in kept.iterdir()] == ["notes.txt"]

@@ -23,3 +23,30 @@ def test_a_split_folder_that_is_no_carve_of_the_data_is_refused_before_any_work(
                                       str(tmp_path / "carved"), "--train-only"])
     assert rerank_scifact.main() == 2
     assert "--split-folder" in capsys.readouterr().err
+
+
+def test_an_existing_output_model_the_user_named_is_refused_before_the_first_stage(monkeypatch, tmp_path, capsys):
+    from flagstone.evaluation.splits import carve_split
+    from tests.evaluation.test_splits import make_beir
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import rerank_scifact
+
+    def no_first_stage(*args, **kwargs):
+        raise AssertionError("the first stage was built before the output folder was checked")
+
+    monkeypatch.setattr(rerank_scifact, "Retriever", no_first_stage)
+    data = make_beir(tmp_path / "data")
+    carve_split(data, tmp_path / "carved", seed=0, count=3)
+    kept = tmp_path / "my-cross-encoder"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    monkeypatch.setattr(sys, "argv", ["rerank_scifact.py", "--data", str(data), "--split-folder",
+                                      str(tmp_path / "carved"), "--train-only", "--output-model", str(kept)])
+    assert rerank_scifact.main() == 2
+    assert capsys.readouterr().err.strip().endswith(f"--output-model {kept} exists; pass --overwrite to replace it")
+    assert [p.name for p in kept.iterdir()] == ["notes.txt"]
+    # with --reuse-cross-encoder a folder that holds no matching model is still not trained over
+    monkeypatch.setattr(sys, "argv", sys.argv + ["--reuse-cross-encoder"])
+    assert rerank_scifact.main() == 2
+    assert "pass --overwrite" in capsys.readouterr().err

@@ -194,8 +194,9 @@ def main() -> int:
             return 2
     if args.quick:
         args.depth, args.llm_depth, args.llm_queries, args.epochs = 10, 5, min(args.llm_queries, 5), 1
-    default_model = "scifact-cross-encoder-quick" if args.quick else "scifact-cross-encoder"
-    output_model = Path(args.output_model or RESULTS.parent / "models" / default_model)
+    default_path = RESULTS.parent / "models" / (
+        "scifact-cross-encoder-quick" if args.quick else "scifact-cross-encoder")
+    output_model = Path(args.output_model or default_path)
     args.output_model = str(output_model)  # recorded with the run's arguments
     if args.llm_depth > args.depth:
         print(f"--llm-depth {args.llm_depth} is deeper than --depth {args.depth}", file=sys.stderr)
@@ -253,7 +254,6 @@ def main() -> int:
                    "corpus": f"--quick: judged documents + the first {QUICK_CORPUS}" if args.quick else "all"}
     record, reuse_note = (reusable_cross_encoder(output_model, ce_settings) if args.reuse_cross_encoder
                           else (None, "trained (--reuse-cross-encoder not given)"))
-    default_path = RESULTS.parent / "models" / default_model
     refusal = output_refusal(output_model, default_path, args.overwrite, "--output-model") if record is None else None
     if refusal:  # about to train over a folder the user named: refuse before the first stage's encoding
         print(refusal, file=sys.stderr)

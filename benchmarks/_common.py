@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,18 +18,52 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 if TYPE_CHECKING:
+    from flagstone._io import LegacyLayout
     from flagstone.retrieval.retriever import Retriever
 
 
-def output_refusal(path: str | Path, default: str | Path, overwrite: bool, flag: str) -> str | None:
-    """The one-line error for a user-named output path that already exists, or None when the script may write it.
+@dataclass(frozen=True)
+class Output:
+    """One path a benchmark writes: the flag that names it, the path given, the script's own default, and how
+    the saver recognises a folder it wrote before output markers existed (``file=True``: a single file)."""
 
-    A script's own default folder under benchmarks/models is the script's to replace on a rerun; a path the user
-    named is theirs, so an existing one is refused unless ``--overwrite`` is given. Call before any heavy work."""
-    chosen, own = Path(path).resolve(), Path(default).resolve()
-    if overwrite or chosen == own or not chosen.exists():
-        return None
-    return f"{flag} {path} exists; pass --overwrite to replace it"
+    flag: str
+    path: str | Path
+    default: str | Path
+    legacy: LegacyLayout | None = None
+    file: bool = False
+
+
+def output_refusal(outputs: Sequence[Output], overwrite: bool) -> str | None:
+    """The one-line error for the first output that may not be written, or None when all may.
+
+    The same rule the savers apply at save time (:func:`flagstone._io.check_output_folder`), checked before any
+    heavy work: a non-empty folder the user named needs ``--overwrite``, and even then only one Flagstone wrote
+    is replaced. A script's own default folder under benchmarks/models is the script's to replace on a rerun
+    (so it is checked as if ``--overwrite`` were given). A file output is refused when it exists, unless
+    ``--overwrite`` or it is the default."""
+    from flagstone._io import check_output_folder
+    from flagstone.errors import DataError
+
+    for output in outputs:
+        own = Path(output.path).resolve() == Path(output.default).resolve()
+        if output.file:
+            if Path(output.path).exists() and not (overwrite or own):
+                return f"{output.flag}: {output.path} exists; pass --overwrite to replace it"
+            continue
+        try:
+            check_output_folder(output.path, overwrite=overwrite or own, legacy=output.legacy)
+        except DataError as error:
+            return f"{output.flag}: {error}"
+    return None
+
+
+def refused(outputs: Sequence[Output], overwrite: bool) -> bool:
+    """Print :func:`output_refusal`'s error to stderr; True when there was one (the script then exits 2)."""
+    message = output_refusal(outputs, overwrite)
+    if message:
+        print(message, file=sys.stderr)
+    return message is not None
 
 
 def save_results(name: str, table: str, **json_files: dict) -> None:

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import RESULTS, SHARED_DATA, needle_turn_ids, output_refusal, save_results
+from _common import RESULTS, SHARED_DATA, Output, needle_turn_ids, refused, save_results
 
 RATIOS = (2, 4, 8)
 DEFAULT_OUTPUT = RESULTS.parent / "models" / "smollm2-beacon"
@@ -51,16 +51,15 @@ def main() -> int:
                              "of the last benchmarks/results/beacon.json, run only the needle-in-a-haystack part")
     parser.add_argument("--quick", action="store_true", help="a tiny run to check the script (numbers meaningless)")
     args = parser.parse_args()
-    refusal = None if args.reuse or args.quick else output_refusal(args.output, DEFAULT_OUTPUT, args.overwrite,
-                                                                   "--output")
-    if refusal:
-        print(refusal, file=sys.stderr)
+    from flagstone.longctx.beacon import BEACON_LAYOUT, BeaconConfig, BeaconLM
+
+    if not (args.reuse or args.quick) and refused([Output("--output", args.output, DEFAULT_OUTPUT, BEACON_LAYOUT)],
+                                                  args.overwrite):
         return 2
 
     import torch
 
     from flagstone.evaluation.niah import DEFAULT_NEEDLE, build_haystack, load_essays
-    from flagstone.longctx.beacon import BeaconConfig, BeaconLM
     from flagstone.longctx.training import token_segments, train_beacon
     from flagstone.models.causal_lm import load_causal_lm
     from flagstone.training.loop import TrainingConfig

@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-from _common import RESULTS, SHARED_DATA, output_refusal, save_results
+from _common import RESULTS, SHARED_DATA, Output, refused, save_results
 
 from flagstone.evaluation.beir import load_beir
 from flagstone.evaluation.metrics import evaluate_run
@@ -100,12 +99,9 @@ def main() -> int:
                              "each other)")
     parser.add_argument("--quick", action="store_true", help="a tiny run to check the script (numbers meaningless)")
     args = parser.parse_args()
-    for flag, path, default in (("--output-model", args.output_model, DEFAULT_MODEL),
-                                ("--output-data", args.output_data, DEFAULT_DATA)):
-        refusal = output_refusal(path, default, args.overwrite, flag)
-        if refusal:
-            print(refusal, file=sys.stderr)
-            return 2
+    if refused([Output("--output-model", args.output_model, DEFAULT_MODEL),
+                Output("--output-data", args.output_data, DEFAULT_DATA)], args.overwrite):
+        return 2
     import torch
 
     torch.set_num_threads(args.threads)

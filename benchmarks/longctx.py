@@ -29,10 +29,11 @@ from pathlib import Path
 from _common import (
     RESULTS,
     SHARED_DATA,
+    Output,
     hotpot_documents,
     joined_abstracts,
     needle_turn_ids,
-    output_refusal,
+    refused,
     save_results,
 )
 
@@ -78,13 +79,12 @@ def training_segments(kinds: dict[str, list[str]], tokenizer, length: int, per_k
 
 # -- training ------------------------------------------------------------------------------------------------
 def train(args) -> int:
-    refusal = output_refusal(args.output, MODEL_DIR, args.overwrite, "--output")
-    if refusal:
-        print(refusal, file=sys.stderr)
+    from flagstone.longctx.beacon import BEACON_LAYOUT, BeaconConfig, BeaconLM
+
+    if refused([Output("--output", args.output, MODEL_DIR, BEACON_LAYOUT)], args.overwrite):
         return 2
     import torch
 
-    from flagstone.longctx.beacon import BeaconConfig, BeaconLM
     from flagstone.longctx.training import train_beacon
     from flagstone.models.causal_lm import load_causal_lm
     from flagstone.training.loop import TrainingConfig

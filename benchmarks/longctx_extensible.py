@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import REPO, SHARED_DATA, hotpot_documents, joined_abstracts, output_refusal, save_results
+from _common import REPO, SHARED_DATA, Output, hotpot_documents, joined_abstracts, refused, save_results
 
 WINDOW = 256
 RATIOS = (4, 8)
@@ -71,13 +71,13 @@ def main() -> int:
     parser.add_argument("--reuse", action="store_true", help="evaluate the extender saved in --output")
     parser.add_argument("--quick", action="store_true", help="a tiny run to check the script (numbers meaningless)")
     args = parser.parse_args()
-    if not (args.reuse or args.quick):
-        for path, default in ((args.output, DEFAULT_OUTPUT), (training_record(args.output),
-                                                               training_record(DEFAULT_OUTPUT))):
-            refusal = output_refusal(path, default, args.overwrite, "--output")
-            if refusal:
-                print(refusal, file=sys.stderr)
-                return 2
+    from flagstone.longctx.extensible import EXTENDER_LAYOUT
+
+    if not (args.reuse or args.quick) and refused(
+            [Output("--output", args.output, DEFAULT_OUTPUT, EXTENDER_LAYOUT),
+             Output("--output", training_record(args.output), training_record(DEFAULT_OUTPUT), file=True)],
+            args.overwrite):
+        return 2
 
     import torch
 

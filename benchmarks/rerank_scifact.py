@@ -43,14 +43,16 @@ import numpy as np
 from _common import (
     RESULTS,
     SHARED_DATA,
+    Output,
     append_run,
     compare_on_subsets,
     load_scifact_with_train,
-    output_refusal,
     read_carved_split,
+    refused,
     split_test_queries,
 )
 
+from flagstone._io import MODEL_LAYOUT
 from flagstone.evaluation import DEFAULT_EVAL_DEPTH
 from flagstone.evaluation.metrics import evaluate_run
 from flagstone.models.cache import EmbeddingCache
@@ -254,9 +256,9 @@ def main() -> int:
                    "corpus": f"--quick: judged documents + the first {QUICK_CORPUS}" if args.quick else "all"}
     record, reuse_note = (reusable_cross_encoder(output_model, ce_settings) if args.reuse_cross_encoder
                           else (None, "trained (--reuse-cross-encoder not given)"))
-    refusal = output_refusal(output_model, default_path, args.overwrite, "--output-model") if record is None else None
-    if refusal:  # about to train over a folder the user named: refuse before the first stage's encoding
-        print(refusal, file=sys.stderr)
+    # about to train: refuse a folder that may not be replaced before the first stage's encoding
+    if record is None and refused([Output("--output-model", output_model, default_path, MODEL_LAYOUT)],
+                                  args.overwrite):
         return 2
 
     corpus_ids, corpus_texts = test.doc_ids, test.doc_texts

@@ -61,16 +61,44 @@ def test_compare_on_subsets_tests_each_subset_and_skips_empty_ones(common):
     assert out["seen_docs"]["delta"] == pytest.approx(0.15) and 0 < out["seen_docs"]["p_value"] <= 1
 
 
-def test_output_refusal_guards_user_named_paths_only(common, tmp_path):
-    default = tmp_path / "models" / "own"
-    default.mkdir(parents=True)
+def test_output_refusal_applies_the_savers_rule_before_any_work(common, tmp_path):
+    from flagstone._io import MODEL_LAYOUT, atomic_folder
+
+    def refusal(path, overwrite, default=tmp_path / "models" / "own", **how):
+        return common.output_refusal([common.Output("--output", path, default, **how)], overwrite)
+
     mine = tmp_path / "mine"
-    assert common.output_refusal(mine, default, False, "--output") is None  # not there yet
+    assert refusal(mine, False) is None  # not there yet
     mine.mkdir()
-    message = common.output_refusal(mine, default, False, "--output")
-    assert message == f"--output {mine} exists; pass --overwrite to replace it"
-    assert common.output_refusal(mine, default, True, "--output") is None
-    assert common.output_refusal(default, default, False, "--output") is None  # the script's own folder
+    assert refusal(mine, False) is None  # empty
+    (mine / "notes.txt").write_text("mine")
+    assert "already exists and is not empty; pass --overwrite" in refusal(mine, False)
+    # --overwrite replaces only what Flagstone wrote: a folder of the user's own files stays refused
+    assert refusal(mine, True).startswith(f"--output: output {mine} was not written by Flagstone")
+    # so is the script's own default folder when someone put files there
+    assert "was not written by Flagstone" in refusal(mine, False, default=mine)
+    legacy = tmp_path / "old-model"
+    legacy.mkdir()
+    (legacy / "config.json").write_text("{}")
+    assert "pass --overwrite" in refusal(legacy, False, legacy=MODEL_LAYOUT)
+    assert refusal(legacy, True, legacy=MODEL_LAYOUT) is None  # a model folder from before output markers
+    assert "was not written by Flagstone" in refusal(legacy, True)  # the layout is the saver's to name
+    written = tmp_path / "written"
+    with atomic_folder(written) as staging:
+        (staging / "weights.bin").write_bytes(b"0")
+    assert "pass --overwrite" in refusal(written, False)
+    assert refusal(written, True) is None
+    assert refusal(written, False, default=written) is None  # the script's own folder, rerun
+    # a single-file output (a training record): refused when it exists, unless --overwrite or the default
+    record = tmp_path / "record.json"
+    assert refusal(record, False, file=True) is None
+    record.write_text("{}")
+    assert refusal(record, False, file=True) == f"--output: {record} exists; pass --overwrite to replace it"
+    assert refusal(record, True, file=True) is None
+    assert refusal(record, False, default=record, file=True) is None
+    # several outputs: the first refused one is reported
+    assert common.output_refusal([common.Output("--a", tmp_path / "new", tmp_path / "d"),
+                                  common.Output("--b", mine, tmp_path / "d")], False).startswith("--b: ")
 
 
 @pytest.mark.parametrize("script, arguments", [
@@ -79,14 +107,17 @@ def test_output_refusal_guards_user_named_paths_only(common, tmp_path):
     ("longctx_extensible.py", ["--output"]),
     ("inters.py", ["--output-data"]),
 ])
-def test_benchmarks_refuse_an_existing_user_named_output_before_any_work(tmp_path, script, arguments):
+def test_benchmarks_refuse_a_user_folder_before_any_work_even_with_overwrite(tmp_path, script, arguments):
     import subprocess
 
     kept = tmp_path / "users-folder"
     kept.mkdir()
     (kept / "notes.txt").write_text("mine")
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *arguments, str(kept)],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2, done.stderr
-    assert done.stderr.strip().splitlines() == [f"{arguments[-1]} {kept} exists; pass --overwrite to replace it"]
-    assert [p.name for p in kept.iterdir()] == ["notes.txt"]
+    for extra, reason in (([], "already exists and is not empty; pass --overwrite"),
+                          (["--overwrite"], "was not written by Flagstone")):
+        done = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *arguments, str(kept), *extra],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2, done.stderr
+        [line] = done.stderr.strip().splitlines()
+        assert line.startswith(f"{arguments[-1]}: output {kept} ") and reason in line
+        assert [p.name for p in kept.iterdir()] == ["notes.txt"]

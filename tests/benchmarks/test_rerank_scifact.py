@@ -44,9 +44,14 @@ def test_an_existing_output_model_the_user_named_is_refused_before_the_first_sta
     monkeypatch.setattr(sys, "argv", ["rerank_scifact.py", "--data", str(data), "--split-folder",
                                       str(tmp_path / "carved"), "--train-only", "--output-model", str(kept)])
     assert rerank_scifact.main() == 2
-    assert capsys.readouterr().err.strip().endswith(f"--output-model {kept} exists; pass --overwrite to replace it")
+    assert capsys.readouterr().err.strip().startswith(f"--output-model: output {kept} already exists and is not empty")
     assert [p.name for p in kept.iterdir()] == ["notes.txt"]
     # with --reuse-cross-encoder a folder that holds no matching model is still not trained over
     monkeypatch.setattr(sys, "argv", sys.argv + ["--reuse-cross-encoder"])
     assert rerank_scifact.main() == 2
     assert "pass --overwrite" in capsys.readouterr().err
+    # and --overwrite does not make a folder of the user's own files the script's to replace
+    monkeypatch.setattr(sys, "argv", sys.argv + ["--overwrite"])
+    assert rerank_scifact.main() == 2
+    assert "was not written by Flagstone" in capsys.readouterr().err
+    assert [p.name for p in kept.iterdir()] == ["notes.txt"]

@@ -147,8 +147,10 @@ def main() -> int:
                    help="replace an existing --output you named (the default folder is this script's to replace)")
     e = sub.add_parser("eval", help="perplexity, memory and needle in a haystack")
     add_eval_arguments(e)
+    sub.add_parser("fold", help="fold the latest longctx_lora.json and longctx_extensible.json into "
+                                "longctx.{json,md} without re-running anything (after either sibling benchmark ran)")
     args = parser.parse_args()
-    return train(args) if args.stage == "train" else evaluate(args)
+    return {"train": train, "eval": evaluate, "fold": fold}[args.stage](args)
 
 
 def add_eval_arguments(e) -> None:
@@ -294,7 +296,7 @@ def evaluate(args) -> int:
                "peak_memory": ("peak_mb: peak RSS above the level before reading one 2,048-token essay sequence "
                                "(no per-token logits kept; only the last token's), /proc/self/clear_refs + VmHWM, "
                                "MALLOC_MMAP_THRESHOLD_=65536, malloc_trim before"),
-               "rows": rows, "niah": [], "training": training,
+               "rows": rows, "niah": [], "refill_windows": args.refill_windows, "training": training,
                "cpu_note": ("2 shared cores, one thread (OMP_NUM_THREADS=1) while other helpers' tests and benchmarks "
                             "ran: ms_per_token is comparable only within this file; load_average_1min is the "
                             "machine's 1-minute load average during each row"),
@@ -316,6 +318,28 @@ def evaluate(args) -> int:
         return 0
     save_results("longctx", table, longctx=results)
     return 0
+
+
+def fold(args) -> int:
+    """Refresh longctx.{json,md} with the sibling benchmarks' latest results; the rows measured here stay."""
+    path = RESULTS / "longctx.json"
+    if not path.is_file():
+        print(f"{path} not found: run 'longctx.py eval' first", file=sys.stderr)
+        return 2
+    results = json.loads(path.read_text())
+    results["rows"] = [r for r in results["rows"] if "source" not in r]  # the previous fold's rows
+    for key in ("lora_extension", "lora_extension_source", "extensible_benchmark_rows", "extensible_source"):
+        results.pop(key, None)
+    fold_in_peers(results)
+    save_results("longctx", markdown(results, args) + ("" if results["niah"] else
+                                                        "\n\nNeedle in a haystack: not run yet."), longctx=results)
+    return 0
+
+
+def fold_if_present() -> None:
+    """What the sibling benchmarks call after their final write: keep longctx.{json,md} in step with them."""
+    if (RESULTS / "longctx.json").is_file():
+        fold(None)
 
 
 def fold_in_peers(results: dict) -> None:
@@ -472,14 +496,33 @@ def markdown(results: dict, args) -> str:
         refills = [n for n in niah if n["method"] == "beacon_refill"]
         compressed = [n for n in refills if n["needle_in_compressed_window"]]
         old = [n for n in compressed if n["needle_window"] in n["beacon_attention_would_pick"]]
-        lines += ["", (f"Refilling ({args.refill_windows} windows, chosen by the question's attention over raw KV) "
+        refill_windows = results.get("refill_windows", getattr(args, "refill_windows", None))
+        lines += ["", (f"Refilling ({refill_windows} windows, chosen by the question's attention over raw KV) "
                        f"picked the needle's window in {sum(n['needle_window_refilled'] for n in compressed)} of "
                        f"{len(compressed)} haystacks whose needle was compressed (the beacon-attention choice: "
                        f"{len(old)} of {len(compressed)}); {len(refills) - len(compressed)} needles were in the open "
                        "window.")]
     if "lora_extension" in results:
-        lines += ["", f"LoRA context extension: see {results['lora_extension_source']} (folded in as lora_extension)."]
+        lines += ["", f"LoRA context extension ({results['lora_extension_source']}, folded in as lora_extension):",
+                  "", *lora_table(results["lora_extension"])]
     return "\n".join(lines)
+
+
+def lora_table(extension: dict) -> list[str]:
+    """Perplexity and needle hits by length for each LoRA-extension model that was evaluated."""
+    models = {name: extension[name] for name in ("native_reference", "before", "rope_only", "after")
+              if extension.get(name)}
+    if not models:
+        return ["(no model evaluated yet)"]
+    lengths = sorted({int(n) for row in models.values() for n in row}, key=int)
+    lines = ["| model | " + " | ".join(f"ppl {n}" for n in lengths) + " | "
+             + " | ".join(f"needle {n}" for n in lengths) + " |", "|---|" + "---|" * (2 * len(lengths))]
+    for name, row in models.items():
+        ppl = [f"{row[str(n)]['ppl']:.2f}" if str(n) in row else "-" for n in lengths]
+        hits = [f"{row[str(n)]['needle_correct']}/{row[str(n)]['needle_total']}"
+                if "needle_correct" in row.get(str(n), {}) else "-" for n in lengths]
+        lines.append(f"| {name} | " + " | ".join(ppl + hits) + " |")
+    return lines
 
 
 if __name__ == "__main__":

@@ -229,6 +229,10 @@ def main() -> int:
             print("\n".join(lines))
             return
         save_results("longctx_extensible", "\n".join(lines), longctx_extensible=results)
+        if not partial:
+            from longctx import fold_if_present
+
+            fold_if_present()  # the extender's rows join longctx.json's table
 
     methods = [("full", None), ("truncation", None)]
     for k in RATIOS:

@@ -178,6 +178,10 @@ def main() -> int:
             print("\n".join(lines))
             return
         save_results("longctx_lora", "\n".join(lines), longctx_lora=summary)
+        if not partial:
+            from longctx import fold_if_present
+
+            fold_if_present()  # longctx.json carries the before/after table as lora_extension
 
     results: dict = {}
     results["native"] = evaluate("native", native.model, needles=False)

@@ -52,9 +52,9 @@ from pathlib import Path
 from _common import (
     RESULTS,
     SHARED_DATA,
-    load_scifact_with_train,
     append_run,
     compare_on_subsets,
+    load_scifact_with_train,
     mine_scifact_examples,
     per_query_ndcg,
     positives_of,
@@ -124,6 +124,25 @@ def grid_report() -> int:
     save_results("tune_training_grid", "\n".join(lines), tune_training_grid=out)
     set_result_entry("train_scifact", "grid", out)
     return 0
+
+
+def training_table(rows: list[dict], modes: tuple[str, ...], initial: list[tuple[float, float, dict[str, float]]],
+                   flops: list[float] | None) -> list[str]:
+    """The dense / m3 stage's table: one line per (learning rate, temperature, epoch), nDCG@10 per mode; for m3
+    (``flops`` given) also the untrained sparse head (epoch 0, from ``initial``) and the sparse index's active
+    terms per document."""
+    m3 = flops is not None
+    lines = ["| learning rate | temperature | epoch | " + " | ".join(f"{m} nDCG@10" for m in modes)
+             + (" | sparse terms / document |" if m3 else " |"), "|---" * (3 + len(modes) + m3) + "|"]
+    lines += [f"| {lr:g} | {t:g} | 0 | " + " | ".join(f"{start['sparse_ndcg@10']:.4f}" if m == "sparse" else ""
+                                                     for m in modes) + f" | {start['sparse_terms_per_doc']:.1f} |"
+              for lr, t, start in initial]
+    lines += [f"| {r['learning_rate']:g} | {r['temperature']:g} | {r['epoch']:g} | "
+              + " | ".join(f"{r[f'{m}_ndcg@10']:.4f}" for m in modes)
+              + (f" | {r['sparse_terms_per_doc']:.1f} |" if m3 else " |") for r in rows]
+    if m3 and any(flops):
+        lines.append("\nFLOPS regulariser weights (query, passage): {:g}, {:g}".format(*flops))
+    return lines
 
 
 def checked_teacher(teacher: str, scored_queries: list[str]) -> dict:
@@ -402,6 +421,7 @@ def main() -> int:
     rows: list[dict[str, object]] = []
     # m3: held-out sparse nDCG@10 of each IDF-initialised head before training; cocktail: the chosen temperature
     summary: dict[str, float] = {}
+    initial: list[tuple[float, float, dict[str, float]]] = []  # m3: (lr, temperature, the untrained head's scores)
     # depth 10: what these baselines were computed at before evaluate_retrieval had a depth of its own
     base_score = evaluate_retrieval(retriever, held_out, modes=("dense",), k_values=(10,), metrics=("ndcg",),
                                     fit=False, depth=10).results["dense"].metrics.mean["ndcg@10"]
@@ -449,7 +469,8 @@ def main() -> int:
                 name = f"tune-{args.stage}-lr{lr:.0e}-t{temperature:g}" + (
                     f"-g{args.group_size}" if args.group_size != 4 else "") + (
                     f"-pq{args.pseudo_queries}" if args.pseudo_queries else "") + (
-                    f"-kd-{Path(args.teacher).name}" if args.teacher else "")
+                    f"-kd-{Path(args.teacher).name}" if args.teacher else "") + (
+                    "-flops{:g}-{:g}".format(*args.flops) if any(args.flops) else "")
                 embedder = Embedder(BASE, show_progress=False)
                 settings = EmbedderTrainingSettings(heads=heads, group_size=args.group_size,
                                                     batch_size=args.batch_size, temperature=temperature,
@@ -467,6 +488,8 @@ def main() -> int:
                     start = RetrievalValidation(embedder, held_out, every=1, modes=("sparse",),
                                                 bfloat16=bf16).evaluate(0)
                     summary[f"{name} initial sparse_ndcg@10"] = start["sparse_ndcg@10"]
+                    summary[f"{name} initial sparse_terms_per_doc"] = start["sparse_terms_per_doc"]
+                    initial.append((lr, temperature, start))
                 started = time.perf_counter()
                 train_embedder(embedder, examples, MODELS / name, settings=settings, config=config,
                                on_step=check, overwrite=True)
@@ -475,13 +498,10 @@ def main() -> int:
                     rows.append({"learning_rate": lr, "temperature": temperature, "group_size": args.group_size,
                                  "pseudo_queries": args.pseudo_queries, "teacher": args.teacher,
                                  "epoch": row["step"] / steps_per_epoch,
-                                 **{f"{m}_ndcg@10": row[f"{m}_ndcg@10"] for m in modes}})
-        lines = ["| learning rate | temperature | epoch | " + " | ".join(f"{m} nDCG@10" for m in modes) + " |",
-                 "|---" * (3 + len(modes)) + "|"]
-        lines += [f"| {lr:g} | {t:g} | 0 | | {summary[f'tune-m3-lr{lr:.0e}-t{t:g} initial sparse_ndcg@10']:.4f} | | |"
-                  for lr in args.learning_rates for t in args.temperatures if summary]
-        lines += [f"| {r['learning_rate']:g} | {r['temperature']:g} | {r['epoch']:g} | "
-                  + " | ".join(f"{r[f'{m}_ndcg@10']:.4f}" for m in modes) + " |" for r in rows]
+                                 **{f"{m}_ndcg@10": row[f"{m}_ndcg@10"] for m in modes},
+                                 **({"flops": list(args.flops), "sparse_terms_per_doc": row["sparse_terms_per_doc"]}
+                                    if args.stage == "m3" else {})})
+        lines = training_table(rows, modes, initial, args.flops if args.stage == "m3" else None)
     lines.append(f"\nheld-out nDCG@10 before training: base model ({args.precision}, dense) {base_score:.4f}, "
                  f"BM25 {bm25_score:.4f}")
     lines.append(f"{len(fit_ids)} train queries"

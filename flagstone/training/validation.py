@@ -16,7 +16,8 @@ from flagstone.retrieval.retriever import HybridConfig, Retriever
 class RetrievalValidation:
     """Call it as ``train_embedder(embedder, ..., on_step=validation)`` with the same :class:`Embedder`
     passed as the base: every ``every`` optimiser steps it evaluates ``modes`` (signal names, or "hybrid"
-    for all trained heads combined) on ``dataset``'s judged queries and appends the scores to ``history``.
+    for all trained heads combined) on ``dataset``'s judged queries and appends the scores to ``history``
+    (with ``sparse_terms_per_doc``, the sparse index's postings per document, when a sparse head is scored).
 
     Evaluation runs under bfloat16 autocast when ``bfloat16`` is set (about 2x faster on CPUs), never
     touches the training state, and leaves the encoder in eval mode (the training loop switches it back).
@@ -48,12 +49,16 @@ class RetrievalValidation:
 
         signals = [m for m in self.modes if m != "hybrid"] or list(self.embedder.available_outputs)
         self.embedder.model.eval()
+        retriever = Retriever(self.embedder, signals=signals)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bfloat16):
-            report = evaluate_retrieval(Retriever(self.embedder, signals=signals), self.dataset, modes=self.modes,
-                                        k_values=self.k_values, metrics=("ndcg", "recall"), hybrid=self.hybrid)
+            report = evaluate_retrieval(retriever, self.dataset, modes=self.modes, k_values=self.k_values,
+                                        metrics=("ndcg", "recall"), hybrid=self.hybrid)
         row: dict[str, float] = {"step": step}
         for mode, result in report.results.items():
             row.update({f"{mode}_{name}": value for name, value in result.metrics.mean.items()})
+        sparse = retriever.describe()["indexes"].get("sparse", {})
+        if "postings" in sparse:  # what FLOPS regularisation trades against quality: active terms per document
+            row["sparse_terms_per_doc"] = sparse["postings"] / len(retriever)
         self.history.append(row)
         shown = ", ".join(f"{m} nDCG@10 {row[f'{m}_ndcg@10']:.4f}" for m in self.modes)
         tqdm.write(f"step {step}: {shown} ({self.dataset.name})")

@@ -168,3 +168,22 @@ def test_subsets_table_marks_an_empty_subset(tune):
     assert lines[0] == "| model | overall (2) | p | unseen_docs (0) | p |"
     assert lines[2] == "| base | 0.6000 |  | - |  |"
     assert lines[3] == "| tune-a | 0.7000 (+0.1000) | 0.01 | - | - |"
+
+
+def test_the_m3_table_shows_the_untrained_head_and_active_terms_per_document(tune):
+    tune_training, _ = tune
+    modes = ("dense", "sparse", "colbert", "hybrid")
+    scores = {f"{m}_ndcg@10": 0.1 * (i + 5) for i, m in enumerate(modes)}
+    rows = [{"learning_rate": 1e-4, "temperature": 0.05, "epoch": 1.0, **scores, "sparse_terms_per_doc": 95.25}]
+    initial = [(1e-4, 0.05, {"sparse_ndcg@10": 0.5769, "sparse_terms_per_doc": 120.0})]
+    lines = tune_training.training_table(rows, modes, initial, [0.0, 0.01])
+    assert lines[0] == ("| learning rate | temperature | epoch | dense nDCG@10 | sparse nDCG@10 | colbert nDCG@10 | "
+                        "hybrid nDCG@10 | sparse terms / document |")
+    assert all(line.count("|") == 9 for line in lines[:4])  # every row as wide as the header
+    assert lines[2] == "| 0.0001 | 0.05 | 0 |  | 0.5769 |  |  | 120.0 |"
+    assert lines[3] == "| 0.0001 | 0.05 | 1 | 0.5000 | 0.6000 | 0.7000 | 0.8000 | 95.2 |"
+    assert lines[4] == "\nFLOPS regulariser weights (query, passage): 0, 0.01"
+    dense = tune_training.training_table([{k: v for k, v in rows[0].items() if k != "sparse_terms_per_doc"}],
+                                         ("dense",), [], None)
+    assert dense == ["| learning rate | temperature | epoch | dense nDCG@10 |", "|---|---|---|---|",
+                     "| 0.0001 | 0.05 | 1 | 0.5000 |"]

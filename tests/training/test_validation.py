@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from flagstone.evaluation.beir import BeirDataset
 from flagstone.models.embedder import Embedder
@@ -30,6 +31,10 @@ def test_validation_scores_the_model_while_it_trains(tiny_m3_dir, tmp_path):
     embedder = Embedder(str(tiny_m3_dir), pooling="mean", show_progress=False)
     check = RetrievalValidation(embedder, held_out, every=5, modes=("dense", "sparse", "hybrid"))
     start = check.evaluate(0)
+    # postings per document of the sparse index it built: the encoder's active terms, counted directly
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        encoded = embedder.encode(held_out.doc_texts, dense=False, sparse=True).sparse
+    assert start["sparse_terms_per_doc"] == pytest.approx(len(encoded.token_ids) / len(docs))
     settings = EmbedderTrainingSettings(heads=("dense", "sparse", "colbert"), group_size=4, batch_size=4,
                                         query_max_length=32, passage_max_length=48, temperature=0.05)
     config = TrainingConfig(epochs=2, learning_rate=5e-3, warmup_ratio=0.0, show_progress=False)

@@ -10,6 +10,8 @@ queries, train on the other 709 and score the held-out queries (whole corpus, nD
     python benchmarks/tune_training.py test           # the grid's best, trained on all train queries, on test once
     python benchmarks/tune_training.py dev-subsets --split-folder benchmarks/data/scifact-dev --precision float32 \\
         --models benchmarks/models/tune-dense-*        # dev scores split into seen_docs / unseen_docs
+    python benchmarks/tune_training.py score --precision float32 --models benchmarks/models/tune-m3-*
+                                                       # every head of saved models, sparse terms per document
 
 With ``--split-folder`` the held-out queries are a split carved to disk instead (the tuning grid's protocol):
 
@@ -327,13 +329,57 @@ def dev_subsets(data: str, split_folder: str, models: list[str], precision: str)
     return 0
 
 
+def score_models(data: str, split_folder: str | None, models: list[str], precision: str) -> int:
+    """Score saved models on the held-out queries the training stages score (every head each has, and their
+    combination), with the sparse index's active terms per document: for a model trained before a column
+    existed, or to compare models trained in different runs on equal terms. Appended to tune_training_score.json."""
+    missing = [m for m in models if not (Path(m) / "config.json").is_file()]
+    if missing:
+        print(f"--models: not a model folder: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    loaded = load_scifact_with_train(data)
+    if loaded is None:
+        return 2
+    test, train_qrels, _ = loaded
+    try:
+        _, held_out_ids, split = carved_or_default_split(split_folder, data, train_qrels)
+    except ValueError as error:
+        print(f"--split-folder: {error}", file=sys.stderr)
+        return 2
+    held_out = BeirDataset("scifact-train-held-out", test.doc_ids, test.doc_texts, test.queries,
+                           {q: train_qrels[q] for q in held_out_ids})
+    wall, rows = time.perf_counter(), []
+    for model in models:
+        embedder = Embedder(model, dtype=precision, show_progress=True)
+        heads = tuple(embedder.available_outputs)
+        modes = heads + (("hybrid",) if len(heads) > 1 else ())
+        row = RetrievalValidation(embedder, held_out, every=1, modes=modes, bfloat16=precision == "bfloat16",
+                                  hybrid=HybridConfig(weights=HEAD_WEIGHTS)).evaluate(0)
+        rows.append({"model": model, **{k: v for k, v in row.items() if k != "step"}})
+    columns = [k for k in dict.fromkeys(k for r in rows for k in r) if k.endswith("ndcg@10") or k.endswith("per_doc")]
+    lines = [f"{len(held_out_ids)} held-out train queries ({split['folder'] if split else 'the default draw, seed 0'}), "
+             f"whole corpus, {precision}.", "", "| model | " + " | ".join(columns) + " |",
+             "|---" * (1 + len(columns)) + "|"]
+    lines += [f"| {Path(r['model']).name} | " + " | ".join(f"{r[c]:.4f}" if c.endswith("ndcg@10") else
+                                                            f"{r[c]:.1f}" if c in r else "" for c in columns) + " |"
+              for r in rows]
+    out = {"split": split, "precision": precision, "held_out_queries": len(held_out_ids), "rows": rows,
+           "wall_s": round(time.perf_counter() - wall, 1)}
+    number = append_run("tune_training_score", out, "\n".join(lines))
+    print("\n".join(lines))
+    print(f"run {number} appended to benchmarks/results/tune_training_score.json (earlier runs kept)")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=("dense", "m3", "cocktail", "baselines", "report", "test", "dev-subsets"),
+    parser.add_argument("stage", choices=("dense", "m3", "cocktail", "baselines", "report", "test", "dev-subsets",
+                                          "score"),
                         help="baselines: only score the base model and BM25 on the held-out queries; report: "
                              "gather every dense run on a carved split into tune_training_grid.{md,json}; test: "
                              "train the grid's best on all train queries and score the test split once; "
-                             "dev-subsets: score --models on the dev queries split into seen_docs / unseen_docs")
+                             "dev-subsets: score --models on the dev queries split into seen_docs / unseen_docs; "
+                             "score: every head of --models on the held-out queries, with sparse terms per document")
     parser.add_argument("--data", default=str(SHARED_DATA / "beir" / "scifact"))
     parser.add_argument("--split-folder", default=None,
                         help="a folder 'flagstone data carve-split' wrote from --data's train split: train on its "
@@ -363,7 +409,7 @@ def main() -> int:
                              "on a scored query")
     parser.add_argument("--model", help="cocktail: the fine-tuned folder to merge with the base")
     parser.add_argument("--models", nargs="+", default=[], metavar="FOLDER",
-                        help="dev-subsets: trained model folders to score (e.g. benchmarks/models/tune-dense-*)")
+                        help="dev-subsets, score: trained model folders to score (e.g. benchmarks/models/tune-dense-*)")
     parser.add_argument("--cocktail-temperatures", type=floats, default=[0.5, 1.0, 2.0, 5.0])
     parser.add_argument("--cocktail-examples", type=int, default=8)
     args = parser.parse_args()
@@ -375,6 +421,10 @@ def main() -> int:
         if not args.split_folder or not args.models:
             parser.error("dev-subsets needs --split-folder and --models")
         return dev_subsets(args.data, args.split_folder, args.models, args.precision)
+    if args.stage == "score":
+        if not args.models:
+            parser.error("score needs --models")
+        return score_models(args.data, args.split_folder, args.models, args.precision)
     if any(args.flops) and args.stage != "m3":
         parser.error("--flops regularises the sparse head: only the m3 stage trains one")
     if args.teacher and args.stage != "dense":

@@ -187,3 +187,20 @@ def test_the_m3_table_shows_the_untrained_head_and_active_terms_per_document(tun
                                          ("dense",), [], None)
     assert dense == ["| learning rate | temperature | epoch | dense nDCG@10 |", "|---|---|---|---|",
                      "| 0.0001 | 0.05 | 1 | 0.5000 |"]
+
+
+def test_score_reports_every_head_and_sparse_terms_of_saved_models(tune, tiny_m3_dir, tmp_path, capsys):
+    from flagstone.evaluation.splits import carve_split
+    from tests.evaluation.test_splits import make_beir
+
+    tune_training, results = tune
+    data = make_beir(tmp_path / "data")
+    carve_split(data, tmp_path / "carved", seed=0, count=3)
+    assert tune_training.score_models(str(data), str(tmp_path / "carved"), [str(tmp_path / "none")], "float32") == 2
+    assert "not a model folder" in capsys.readouterr().err
+    assert tune_training.score_models(str(data), str(tmp_path / "carved"), [str(tiny_m3_dir)], "float32") == 0
+    [row] = json.loads((results / "tune_training_score.json").read_text())["runs"][-1]["rows"]
+    assert {"dense_ndcg@10", "sparse_ndcg@10", "colbert_ndcg@10", "hybrid_ndcg@10"} <= set(row)
+    assert 0 < row["sparse_terms_per_doc"] and all(0 <= row[k] <= 1 for k in row if k.endswith("ndcg@10"))
+    table = (results / "tune_training_score.md").read_text()
+    assert f"| {tiny_m3_dir.name} | {row['dense_ndcg@10']:.4f} |" in table and "sparse_terms_per_doc" in table

@@ -16,7 +16,7 @@ and needle accuracy are measured at 1x, 2x and 4x L for
   stand-in is closer to the native one: part of what ``rope_only`` recovers is the model's own training.
 
 Perplexity: held-out essays (the last 9 in name order, never trained on), sequences of each length, the whole
-sequence scored. Needle: a random passkey (its own seed, never one used in training) at depths 0.1/0.5/0.9 of a
+sequence scored. Needle: a random passkey (its own seed, never one used in training) at depths 0.1, 0.2, ..., 0.9 of a
 haystack of held-out essays, one chat turn, greedy decoding continuing the answer's lead. Writes
 benchmarks/results/longctx_lora.{json,md}.
 """
@@ -45,8 +45,9 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=60, help="synthetic training samples (default: 60)")
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--lora-rank", type=int, default=16)
-    parser.add_argument("--ppl-tokens", type=int, default=4096, help="tokens scored per length (default: 4096)")
-    parser.add_argument("--depths", default="0.1,0.5,0.9")
+    parser.add_argument("--ppl-tokens", type=int, default=8192, help="tokens scored per length (default: 8192)")
+    parser.add_argument("--depths", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
+                        help="needle depths, one needle each per length (default: 0.1 to 0.9 in steps of 0.1)")
     parser.add_argument("--models", default=str(REPO / "benchmarks" / "models"),
                         help="where the stand-in and the adapter are written")
     parser.add_argument("--reuse-adapter", action="store_true", help="evaluate the adapter already trained")

@@ -289,24 +289,34 @@ def subsets_table(rows: list[dict], subsets: dict[str, list[str]]) -> list[str]:
     return lines
 
 
+def models_and_split(data: str, split_folder: str | None, models: list[str]):
+    """What the scoring stages read before any model work: (test dataset, train qrels, training ids, scored ids,
+    split record), or None after a one-line error when a model folder, the data or the split is wrong."""
+    missing = [m for m in models if not (Path(m) / "config.json").is_file()]
+    if missing:
+        print(f"--models: not a model folder: {', '.join(missing)}", file=sys.stderr)
+        return None
+    loaded = load_scifact_with_train(data)
+    if loaded is None:
+        return None
+    test, train_qrels, _ = loaded
+    try:
+        fit_ids, scored_ids, split = carved_or_default_split(split_folder, data, train_qrels)
+    except ValueError as error:
+        print(f"--split-folder: {error}", file=sys.stderr)
+        return None
+    return test, train_qrels, fit_ids, scored_ids, split
+
+
 def dev_subsets(data: str, split_folder: str, models: list[str], precision: str) -> int:
     """Score the base model and each of ``models`` on the carved split's dev queries, overall and on the dev
     queries whose relevant documents are / are never a positive of the training queries (seen_docs /
     unseen_docs, as the test tables split), with a paired randomization test against the base model. The grid
     keeps only each run's last model, so this scores final epochs. Appended to tune_training_dev_subsets.json."""
-    missing = [m for m in models if not (Path(m) / "config.json").is_file()]
-    if missing:
-        print(f"--models: not a model folder: {', '.join(missing)}", file=sys.stderr)
+    scoring = models_and_split(data, split_folder, models)
+    if scoring is None:
         return 2
-    loaded = load_scifact_with_train(data)
-    if loaded is None:
-        return 2
-    test, train_qrels, _ = loaded
-    try:
-        fit_ids, dev_ids, split = carved_or_default_split(split_folder, data, train_qrels)
-    except ValueError as error:
-        print(f"--split-folder: {error}", file=sys.stderr)
-        return 2
+    test, train_qrels, fit_ids, dev_ids, split = scoring
     wall, cache = time.perf_counter(), EmbeddingCache()
     seen, unseen = seen_and_unseen(dev_ids, train_qrels, positives_of(train_qrels, fit_ids))
     subsets = {"overall": dev_ids, "seen_docs": seen, "unseen_docs": unseen}
@@ -333,19 +343,10 @@ def score_models(data: str, split_folder: str | None, models: list[str], precisi
     """Score saved models on the held-out queries the training stages score (every head each has, and their
     combination), with the sparse index's active terms per document: for a model trained before a column
     existed, or to compare models trained in different runs on equal terms. Appended to tune_training_score.json."""
-    missing = [m for m in models if not (Path(m) / "config.json").is_file()]
-    if missing:
-        print(f"--models: not a model folder: {', '.join(missing)}", file=sys.stderr)
+    scoring = models_and_split(data, split_folder, models)
+    if scoring is None:
         return 2
-    loaded = load_scifact_with_train(data)
-    if loaded is None:
-        return 2
-    test, train_qrels, _ = loaded
-    try:
-        _, held_out_ids, split = carved_or_default_split(split_folder, data, train_qrels)
-    except ValueError as error:
-        print(f"--split-folder: {error}", file=sys.stderr)
-        return 2
+    test, train_qrels, _, held_out_ids, split = scoring
     held_out = BeirDataset("scifact-train-held-out", test.doc_ids, test.doc_texts, test.queries,
                            {q: train_qrels[q] for q in held_out_ids})
     wall, rows = time.perf_counter(), []

@@ -510,7 +510,7 @@ def markdown(results: dict, args) -> str:
 
 def lora_table(extension: dict) -> list[str]:
     """Perplexity and needle hits by length for each LoRA-extension model that was evaluated."""
-    models = {name: extension[name] for name in ("native_reference", "before", "rope_only", "after")
+    models = {name: extension[name] for name in ("native_reference", "before", "rope_only", "after", "after_short")
               if extension.get(name)}
     if not models:
         return ["(no model evaluated yet)"]

@@ -51,6 +51,10 @@ def main() -> int:
     parser.add_argument("--models", default=str(REPO / "benchmarks" / "models"),
                         help="where the stand-in and the adapter are written")
     parser.add_argument("--reuse-adapter", action="store_true", help="evaluate the adapter already trained")
+    parser.add_argument("--short-control", action="store_true",
+                        help="also train the same LoRA (raised base, same samples count) on L-token samples only and "
+                             "score it as after_short: what LoRA gains without long samples is adaptation to the "
+                             "kind of text, not longer reach")
     parser.add_argument("--quick", action="store_true", help="a tiny run to check the script (numbers meaningless)")
     args = parser.parse_args()
 
@@ -82,6 +86,7 @@ def main() -> int:
     standin = Path(args.models) / f"smollm2-135m-rope{round(short_theta)}"
     make_standin(native.path, standin, short_theta, L)
     adapter = Path(args.models) / f"smollm2-135m-rope{round(short_theta)}-lora-x4"
+    short_adapter = adapter.with_name(adapter.name + "-short-samples")
 
     essays = load_essays(SHARED_DATA / "longctx" / "paulgraham_essays")
     held = essays[-9:]
@@ -138,16 +143,24 @@ def main() -> int:
         return out
 
     # training first: a failure shows at once, not after the evaluations
-    if not (args.reuse_adapter and adapter.is_dir()):
+    def train_adapter(folder: Path, sample_lengths: list[int] | None) -> None:
+        if args.reuse_adapter and folder.is_dir():
+            return
         command = [sys.executable, "-m", "flagstone", "train", "long-context", "--model", str(standin),
-                   "--data", str(SHARED_DATA), "-o", str(adapter), "--overwrite", "--trained-length", str(L),
+                   "--data", str(SHARED_DATA), "-o", str(folder), "--overwrite", "--trained-length", str(L),
                    "--target-length", str(4 * L), "--samples", str(args.samples), "--lora-rank", str(args.lora_rank),
                    "--learning-rate", str(args.learning_rate), "--time-budget", str(args.time_budget), "--quiet"]
+        if sample_lengths:
+            command += ["--sample-lengths", *map(str, sample_lengths)]
         print(" ".join(command), flush=True)
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         subprocess.run(command, check=True, env=env)
 
+    train_adapter(adapter, None)
     training = json.loads((adapter / "long_context.json").read_text())
+    if args.short_control:
+        train_adapter(short_adapter, [L])
+        training_short = json.loads((short_adapter / "long_context.json").read_text())
 
     def write(partial: bool) -> None:
         summary = {"model": "SmolLM2-135M-Instruct (bundled GGUF, dequantised to float32)",
@@ -157,14 +170,16 @@ def main() -> int:
                              "ppl_text": "held-out essays (last 9 by name), whole sequences scored",
                              "quick": args.quick},
                    "lora_extension": {"before": results.get("before"), "after": results.get("after"),
-                                      "rope_only": results.get("rope_only"), "native_reference": results.get("native")},
+                                      "rope_only": results.get("rope_only"), "native_reference": results.get("native"),
+                                      **({"after_short": results.get("after_short")} if args.short_control else {})},
                    "partial": partial,
-                   "training": training, "wall_s": round(time.perf_counter() - wall, 1)}
+                   "training": training, "wall_s": round(time.perf_counter() - wall, 1),
+                   **({"training_short": training_short} if args.short_control else {})}
         lines = [f"Stand-in trained length L = {L} (RoPE base {short_theta:,.0f}; native model 8,192 at "
                  f"{theta:,.0f}); raised base {raised_theta:,.0f}.", "",
                  "| model | " + " | ".join(f"ppl {n}" for n in lengths) + " | " +
                  " | ".join(f"needle {n}" for n in lengths) + " |", "|---|" + "---|" * (2 * len(lengths))]
-        for name in [n for n in ("native", "before", "rope_only", "after") if n in results]:
+        for name in [n for n in ("native", "before", "rope_only", "after", "after_short") if n in results]:
             row = results[name]
             ppl = " | ".join(f"{row[str(n)]['ppl']:.2f}" for n in lengths)
             needles = " | ".join(f"{row[str(n)]['needle_correct']}/{row[str(n)]['needle_total']}"
@@ -173,6 +188,9 @@ def main() -> int:
         lines += ["", f"Training: {training['steps']} LoRA steps (rank {training['settings']['lora_rank']}) in "
                       f"{training['seconds']:.0f} s on {training['samples']} synthetic samples {training['kinds']} of "
                       f"{training['sample_lengths']} tokens; loss {training['loss_first'][:1]} -> {training['loss_last'][-1:]}."]
+        if args.short_control:
+            lines.append(f"after_short: the same LoRA trained on {training_short['sample_lengths']}-token samples only "
+                         f"({training_short['steps']} steps in {training_short['seconds']:.0f} s).")
         if partial:
             lines += ["", "PARTIAL: " + ", ".join(results) + " evaluated so far."]
         if args.quick:
@@ -197,6 +215,10 @@ def main() -> int:
     del raised, before
     after = load_causal_lm(adapter)
     results["after"] = evaluate("after", after.model)
+    if args.short_control:
+        del after
+        write(partial=True)
+        results["after_short"] = evaluate("after_short", load_causal_lm(short_adapter).model)
     write(partial=False)
     return 0
 

@@ -33,7 +33,7 @@ def test_fold_adds_the_lora_table_and_the_extender_rows_once(longctx, tmp_path, 
     needle = {"ppl": 30.0, "needle_correct": 2, "needle_total": 3}
     (tmp_path / "longctx_lora.json").write_text(json.dumps({"lora_extension": {
         "before": {"512": needle, "1024": {**needle, "ppl": 40.5}}, "after": {"512": {**needle, "needle_correct": 3}},
-        "rope_only": None, "native_reference": {"512": {"ppl": 28.0}}}}))
+        "rope_only": None, "native_reference": {"512": {"ppl": 28.0}}, "after_short": {"512": {"ppl": 29.5}}}}))
     (tmp_path / "longctx_extensible.json").write_text(json.dumps({"rows": [
         {"method": "extensible", "ratio": 4, "ppl_essays": 31.0}, {"method": "truncation", "ppl_essays": 33.0}]}))
     for _ in range(2):
@@ -47,4 +47,6 @@ def test_fold_adds_the_lora_table_and_the_extender_rows_once(longctx, tmp_path, 
     assert "| before | 30.00 | 40.50 | 2/3 | 2/3 |" in table
     assert "| after | 30.00 | - | 3/3 | - |" in table
     assert "| native_reference | 28.00 | - | - | - |" in table
+    assert "| after_short | 29.50 | - | - | - |" in table  # the short-sample control, last
+    assert table.index("| after |") < table.index("| after_short |")
     assert "rope_only" not in table  # not evaluated

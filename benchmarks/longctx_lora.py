@@ -52,7 +52,7 @@ def main() -> int:
                         help="where the stand-in and the adapter are written")
     parser.add_argument("--reuse-adapter", action="store_true", help="evaluate the adapter already trained")
     parser.add_argument("--short-control", action="store_true",
-                        help="also train the same LoRA (raised base, same samples count) on L-token samples only and "
+                        help="also train the same LoRA (raised base, as many samples) on samples with L-token haystacks and "
                              "score it as after_short: what LoRA gains without long samples is adaptation to the "
                              "kind of text, not longer reach")
     parser.add_argument("--quick", action="store_true", help="a tiny run to check the script (numbers meaningless)")

@@ -16,8 +16,8 @@ and needle accuracy are measured at 1x, 2x and 4x L for
   stand-in is closer to the native one: part of what ``rope_only`` recovers is the model's own training.
 
 Perplexity: held-out essays (the last 9 in name order, never trained on), sequences of each length, the whole
-sequence scored. Needle: a random passkey (its own seed, never one used in training) at depths 0.1, 0.2, ..., 0.9 of a
-haystack of held-out essays, one chat turn, greedy decoding continuing the answer's lead. Writes
+sequence scored. Needle: a random passkey (its own seed, never one used in training) at depths 0.1, 0.2, ...,
+0.9 of a haystack of held-out essays, one chat turn, greedy decoding continuing the answer's lead. Writes
 benchmarks/results/longctx_lora.{json,md}.
 """
 from __future__ import annotations
@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 from _common import REPO, SHARED_DATA, save_results
+from longctx import fold_if_present, lora_table
 
 NATIVE_LENGTH = 8192
 
@@ -52,9 +53,9 @@ def main() -> int:
                         help="where the stand-in and the adapter are written")
     parser.add_argument("--reuse-adapter", action="store_true", help="evaluate the adapter already trained")
     parser.add_argument("--short-control", action="store_true",
-                        help="also train the same LoRA (raised base, as many samples) on samples with L-token haystacks and "
-                             "score it as after_short: what LoRA gains without long samples is adaptation to the "
-                             "kind of text, not longer reach")
+                        help="also train the same LoRA (raised base, as many samples) on samples with L-token "
+                             "haystacks and score it as after_short: what LoRA gains without long samples is "
+                             "adaptation to the kind of text, not longer reach")
     parser.add_argument("--quick", action="store_true", help="a tiny run to check the script (numbers meaningless)")
     args = parser.parse_args()
 
@@ -176,15 +177,7 @@ def main() -> int:
                    "training": training, "wall_s": round(time.perf_counter() - wall, 1),
                    **({"training_short": training_short} if args.short_control else {})}
         lines = [f"Stand-in trained length L = {L} (RoPE base {short_theta:,.0f}; native model 8,192 at "
-                 f"{theta:,.0f}); raised base {raised_theta:,.0f}.", "",
-                 "| model | " + " | ".join(f"ppl {n}" for n in lengths) + " | " +
-                 " | ".join(f"needle {n}" for n in lengths) + " |", "|---|" + "---|" * (2 * len(lengths))]
-        for name in [n for n in ("native", "before", "rope_only", "after", "after_short") if n in results]:
-            row = results[name]
-            ppl = " | ".join(f"{row[str(n)]['ppl']:.2f}" for n in lengths)
-            needles = " | ".join(f"{row[str(n)]['needle_correct']}/{row[str(n)]['needle_total']}"
-                                 if "needle_correct" in row[str(n)] else "-" for n in lengths)
-            lines.append(f"| {name} | {ppl} | {needles} |")
+                 f"{theta:,.0f}); raised base {raised_theta:,.0f}.", "", *lora_table(summary["lora_extension"])]
         lines += ["", f"Training: {training['steps']} LoRA steps (rank {training['settings']['lora_rank']}) in "
                       f"{training['seconds']:.0f} s on {training['samples']} synthetic samples {training['kinds']} of "
                       f"{training['sample_lengths']} tokens; loss {training['loss_first'][:1]} -> {training['loss_last'][-1:]}."]
@@ -198,8 +191,6 @@ def main() -> int:
             return
         save_results("longctx_lora", "\n".join(lines), longctx_lora=summary)
         if not partial:
-            from longctx import fold_if_present
-
             fold_if_present()  # longctx.json carries the before/after table as lora_extension
 
     results: dict = {}

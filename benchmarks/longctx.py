@@ -497,7 +497,8 @@ def markdown(results: dict, args) -> str:
         compressed = [n for n in refills if n["needle_in_compressed_window"]]
         old = [n for n in compressed if n["needle_window"] in n["beacon_attention_would_pick"]]
         refill_windows = results.get("refill_windows", getattr(args, "refill_windows", None))
-        lines += ["", (f"Refilling ({refill_windows} windows, chosen by the question's attention over raw KV) "
+        count = f"{refill_windows} windows" if refill_windows is not None else "windows"  # unrecorded in old files
+        lines += ["", (f"Refilling ({count}, chosen by the question's attention over raw KV) "
                        f"picked the needle's window in {sum(n['needle_window_refilled'] for n in compressed)} of "
                        f"{len(compressed)} haystacks whose needle was compressed (the beacon-attention choice: "
                        f"{len(old)} of {len(compressed)}); {len(refills) - len(compressed)} needles were in the open "

@@ -50,3 +50,13 @@ def test_fold_adds_the_lora_table_and_the_extender_rows_once(longctx, tmp_path, 
     assert "| after_short | 29.50 | - | - | - |" in table  # the short-sample control, last
     assert table.index("| after |") < table.index("| after_short |")
     assert "rope_only" not in table  # not evaluated
+
+
+def test_a_file_from_before_refill_windows_was_recorded_folds_without_a_none(longctx):
+    refill = {"method": "beacon_refill", "length": 1024, "depth": 0.5, "correct": True, "needle_window": 1,
+              "needle_in_compressed_window": True, "needle_window_refilled": True, "beacon_attention_would_pick": [2]}
+    results = {"window": 256, "eval": {"tokens_per_sequence": 2048, "sequences_per_kind": {}, "heldout_kind": "x"},
+               "rows": [], "niah": [refill, {**refill, "method": "full"}]}
+    table = longctx.markdown(results, None)
+    assert "Refilling (windows, chosen by" in table and "None" not in table
+    assert "picked the needle's window in 1 of 1 haystacks" in table and "| beacon_refill | 1/1 |" in table

@@ -14,7 +14,10 @@ Protocol (the test split is used for the final numbers only):
 - first stage: Retriever(MiniLM) hybrid, the configuration benchmarks/retrieval_scifact.py chose on train,
   top ``--depth`` (default 100);
 - training data: SciFact train queries minus a dev slice of 100 queries; positives from qrels/train.tsv,
-  15 hard negatives per query mined from the first stage's ranks 5-99;
+  15 hard negatives per query mined from the first stage's ranks 5-99; with ``--pseudo-queries N`` also the
+  pseudo-queries the bundled SmolLM2 writes for N documents that no train query points at (benchmarks/_common.
+  pseudo_query_examples: kept when the dense first stage ranks their own document in the top
+  ``--pseudo-keep-top``, negatives from the hybrid first stage; saved by default as scifact-cross-encoder-pqN);
 - cross-encoder: bundled all-MiniLM-L6-v2 encoder + a new one-logit head, groupwise softmax (1 positive +
   7 negatives), ``--epochs`` 3 at ``--learning-rate`` 1e-4 (the defaults), ``--max-length`` 192 tokens a
   pair, ``--precision`` auto (bf16 autocast and inference where the CPU has native bf16, else float32); the
@@ -47,6 +50,7 @@ from _common import (
     append_run,
     compare_on_subsets,
     load_scifact_with_train,
+    pseudo_query_examples,
     read_carved_split,
     refused,
     split_test_queries,
@@ -172,6 +176,13 @@ def main() -> int:
     parser.add_argument("--reuse-llm", action="store_true",
                         help="take the LLM modes' per-query figures from the newest saved run with the same LLM "
                              "settings instead of rerunning them (they do not depend on the cross-encoder)")
+    parser.add_argument("--pseudo-queries", type=int, default=0, metavar="N",
+                        help="also train the cross-encoder on pseudo-queries the bundled SmolLM2 writes for N "
+                             "documents no train query points at (cached; kept when the dense first stage ranks "
+                             "their document in the top --pseudo-keep-top; negatives from the hybrid first stage). "
+                             "Default 0: none")
+    parser.add_argument("--pseudo-keep-top", type=int, default=3, metavar="K",
+                        help="consistency filter for --pseudo-queries (default: 3)")
     parser.add_argument("--split-folder", default=None,
                         help="a split 'flagstone data carve-split' wrote from --data's train split: train the "
                              "cross-encoder on its train queries and choose the interpolation weight on its carved "
@@ -190,14 +201,19 @@ def main() -> int:
         print(f"--llm-modes: give distinct modes from {', '.join(LLM_RERANK_MODES)}; got {args.llm_modes!r}",
               file=sys.stderr)
         return 2
-    for name in ("depth", "llm_depth", "llm_queries", "epochs"):
+    for name in ("depth", "llm_depth", "llm_queries", "epochs", "pseudo_keep_top"):
         if getattr(args, name) < 1:
             print(f"--{name.replace('_', '-')} must be at least 1", file=sys.stderr)
             return 2
+    if args.pseudo_queries < 0:
+        print("--pseudo-queries must be 0 or more", file=sys.stderr)
+        return 2
     if args.quick:
         args.depth, args.llm_depth, args.llm_queries, args.epochs = 10, 5, min(args.llm_queries, 5), 1
+        args.pseudo_queries = min(args.pseudo_queries, 8)
     default_path = RESULTS.parent / "models" / (
-        "scifact-cross-encoder-quick" if args.quick else "scifact-cross-encoder")
+        ("scifact-cross-encoder-quick" if args.quick else "scifact-cross-encoder")
+        + (f"-pq{args.pseudo_queries}" if args.pseudo_queries else ""))
     output_model = Path(args.output_model or default_path)
     args.output_model = str(output_model)  # recorded with the run's arguments
     if args.llm_depth > args.depth:
@@ -254,6 +270,8 @@ def main() -> int:
                    "negatives": "15 from the hybrid first stage's ranks 5-99, seed 0",
                    "train_queries": fit_ids, "data": str(Path(args.data).resolve()),
                    "corpus": f"--quick: judged documents + the first {QUICK_CORPUS}" if args.quick else "all"}
+    if args.pseudo_queries:  # absent otherwise, so models trained before the option existed still match
+        ce_settings.update(pseudo_queries=args.pseudo_queries, pseudo_keep_top=args.pseudo_keep_top)
     record, reuse_note = (reusable_cross_encoder(output_model, ce_settings) if args.reuse_cross_encoder
                           else (None, "trained (--reuse-cross-encoder not given)"))
     # about to train: refuse a folder that may not be replaced before the first stage's encoding
@@ -284,6 +302,14 @@ def main() -> int:
         examples = examples_from_qrels(test.queries, train_qrels, doc_text, fit_ids)
         examples = mine_hard_negatives(examples, retriever, doc_text, mode="hybrid", rank_range=(5, 100),
                                        n_negatives=15, seed=0)
+        pseudo = None
+        if args.pseudo_queries:  # documents no train or dev query points at: the unseen documents' signal
+            positives = {d for q in train_qrels for d in train_qrels[q]}
+            extra, pseudo = pseudo_query_examples(corpus_ids, doc_text, positives, retriever, args.pseudo_queries,
+                                                  args.pseudo_keep_top, mine_mode="hybrid")
+            print(f"pseudo-queries: {pseudo['kept']} kept of {pseudo['queries_written']} written for "
+                  f"{pseudo['documents']} documents", flush=True)
+            examples = examples + extra
         start = time.perf_counter()
         trained = train_cross_encoder("all-MiniLM-L6-v2", examples, output_model, group_size=8, batch_size=4,
                                       max_length=args.max_length, config=config, overwrite=True)
@@ -291,7 +317,8 @@ def main() -> int:
                   "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   "training": {"steps": trained.steps, "train_seconds": round(time.perf_counter() - start, 1),
                                "loss_first_10": float(np.mean(trained.losses[:10])),
-                               "loss_last_10": float(np.mean(trained.losses[-10:]))}}
+                               "loss_last_10": float(np.mean(trained.losses[-10:])),
+                               "examples": len(examples), "pseudo_queries": pseudo}}
         staging = settings_path(output_model).with_suffix(".tmp")
         staging.write_text(json.dumps(record, indent=1) + "\n")
         staging.replace(settings_path(output_model))
@@ -408,7 +435,8 @@ def main() -> int:
                               "first_stage_weight": w,
                               "first_stage_weight_chosen_on": f"{len(dev_ids)} held-out train queries",
                               "dev_sweep": sweep, "loss_first_10": training["loss_first_10"],
-                              "loss_last_10": training["loss_last_10"]},
+                              "loss_last_10": training["loss_last_10"],
+                              "pseudo_queries": training.get("pseudo_queries")},
         },
         "wall_s": round(time.perf_counter() - wall, 1),
     }
@@ -422,6 +450,10 @@ def main() -> int:
         return f"| {label} | " + " | ".join(cell(by_subset[s]["systems"][key]) for s in SUBSETS) + \
             f" | {ms} | {unparsed} |"
 
+    pq = training.get("pseudo_queries")
+    pseudo_note = (f" and {pq['kept']} pseudo-queries (of {pq['queries_written']} SmolLM2 wrote for {pq['documents']} "
+                   f"documents no train query points at; kept when the dense first stage ranks their document in "
+                   f"the top {pq['keep_top']})" if pq else "")
     n = {s: len(subsets[s]) for s in SUBSETS}
     m = {s: len(sample_subsets[s]) for s in SUBSETS}
     lines = [
@@ -449,7 +481,7 @@ def main() -> int:
                          f"{entry['ms_per_query']:.0f}", unparsed))
     lines += [
         "",
-        f"Cross-encoder trained on {len(fit_ids)} train queries ({training['steps']} steps, "
+        f"Cross-encoder trained on {len(fit_ids)} train queries{pseudo_note} ({training['steps']} steps, "
         f"{training['train_seconds'] / 60:.1f} min, loss {training['loss_first_10']:.3f} -> "
         f"{training['loss_last_10']:.3f}; {reuse_note}). LLM rows: a seed-{args.llm_seed} sample of {len(sample)} "
         f"test queries, the first stage's hits below the top {args.llm_depth} kept in place (figures from "

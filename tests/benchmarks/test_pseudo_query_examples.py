@@ -16,8 +16,11 @@ DOCS = {f"d{i}": f"document {i} about topic{i} with words shared by all" for i i
 class OverlapRetriever:
     """Ranks documents by words shared with the query (ties by id): enough to check the filter and the mining."""
 
+    def __init__(self):
+        self.modes = []
+
     def search(self, texts, mode, k):
-        assert mode == "dense"
+        self.modes.append(mode)
         ids = []
         for text in texts:
             words = set(text.split())
@@ -67,3 +70,11 @@ def test_pseudo_queries_are_a_seeded_draw(common):
     other = common.pseudo_query_examples(list(DOCS), DOCS, set(), OverlapRetriever(), 5, 3, seed=1,
                                          generate=generate)
     assert [e.query for e in first[0]] == [e.query for e in again[0]] != [e.query for e in other[0]]
+
+
+def test_negatives_come_from_the_mode_asked_while_the_filter_stays_dense(common):
+    retriever = OverlapRetriever()
+    examples, summary = common.pseudo_query_examples(list(DOCS), DOCS, set(), retriever, 6, 3, mine_mode="hybrid",
+                                                     generate=lambda texts: [[f"topic{t.split()[1]}"] for t in texts])
+    assert retriever.modes == ["dense", "hybrid"] and summary["negatives_from"] == "hybrid"
+    assert summary["kept"] == len(examples) == 6

@@ -55,3 +55,17 @@ def test_an_existing_output_model_the_user_named_is_refused_before_the_first_sta
     assert rerank_scifact.main() == 2
     assert "was not written by Flagstone" in capsys.readouterr().err
     assert [p.name for p in kept.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize("flag, value", [("--pseudo-queries", "-1"), ("--pseudo-keep-top", "0")])
+def test_a_negative_pseudo_query_count_is_refused_before_any_work(monkeypatch, tmp_path, capsys, flag, value):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import rerank_scifact
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was read before the options were checked")
+
+    monkeypatch.setattr(rerank_scifact, "load_scifact_with_train", no_data)
+    monkeypatch.setattr(sys, "argv", ["rerank_scifact.py", "--data", str(tmp_path), flag, value])
+    assert rerank_scifact.main() == 2
+    assert flag in capsys.readouterr().err

@@ -297,9 +297,10 @@ def evaluate(args) -> int:
                                "(no per-token logits kept; only the last token's), /proc/self/clear_refs + VmHWM, "
                                "MALLOC_MMAP_THRESHOLD_=65536, malloc_trim before"),
                "rows": rows, "niah": [], "refill_windows": args.refill_windows, "training": training,
-               "cpu_note": ("2 shared cores, one thread (OMP_NUM_THREADS=1) while other helpers' tests and benchmarks "
-                            "ran: ms_per_token is comparable only within this file; load_average_1min is the "
-                            "machine's 1-minute load average during each row"),
+               "cpu_note": (f"{os.cpu_count()} cores, {torch.get_num_threads()} torch threads (OMP_NUM_THREADS="
+                            f"{os.environ.get('OMP_NUM_THREADS', 'unset')}): ms_per_token is comparable only within "
+                            "this file; load_average_1min is the machine's 1-minute load average during each row "
+                            "(anything else running shows there)"),
                "wall_s": round(time.perf_counter() - wall, 1), "quick": args.quick}
     fold_in_peers(results)
     if not args.quick:  # the perplexity rows are kept even if the needle part is cut short

@@ -484,10 +484,14 @@ def check_benchmark(words: list[str], space: Workspace) -> None:
         for step in re.findall(r"^for step in (.+); do$", script.read_text(), flags=re.M)[0].split():
             assert (REPO / "benchmarks" / f"{step}.py").is_file(), f"{words[1]} runs benchmarks/{step}.py: missing"
         return
-    if words[1] not in _help_cache:
-        _help_cache[words[1]] = subprocess.run([sys.executable, str(script), "--help"], cwd=REPO, env=space.env,
-                                               capture_output=True, text=True, timeout=120)
-    result = _help_cache[words[1]]
+    # a sub-command's options are listed by its own --help (longctx.py train --help); a positional that is not a
+    # sub-command (none is named like an option) makes argparse answer the script's help or an error
+    stage = words[2:3] if len(words) > 2 and not words[2].startswith("-") else []
+    key = " ".join(words[1:2] + stage)
+    if key not in _help_cache:
+        _help_cache[key] = subprocess.run([sys.executable, str(script), *stage, "--help"], cwd=REPO, env=space.env,
+                                          capture_output=True, text=True, timeout=120)
+    result = _help_cache[key]
     assert result.returncode == 0 and "usage:" in result.stdout, report(result)
     options = [w.split("=")[0] for w in words[2:] if w.startswith("--")]
     unknown = [o for o in options if not re.search(rf"(?<![\w-]){re.escape(o)}(?![\w-])", result.stdout)]

@@ -197,13 +197,21 @@ def peak_rss_mb(run) -> float:
 
 
 # -- evaluation ------------------------------------------------------------------------------------------
-def evaluate(args) -> int:
+def rerun_with_mmap_threshold() -> None:
+    """Restart this process with MALLOC_MMAP_THRESHOLD_ set (glibc reads it only at start), which
+    :func:`peak_rss_mb` needs; a no-op once it is set."""
     import os
 
-    if os.environ.get("MALLOC_MMAP_THRESHOLD_") != MMAP_THRESHOLD:  # must be set before the process starts
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") != MMAP_THRESHOLD:
         print(f"re-running with MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD} for the peak-memory column", flush=True)
         os.execve(sys.executable, [sys.executable, *sys.argv],
                   {**os.environ, "MALLOC_MMAP_THRESHOLD_": MMAP_THRESHOLD})
+
+
+def evaluate(args) -> int:
+    import os
+
+    rerun_with_mmap_threshold()
 
     import torch
 

@@ -78,7 +78,9 @@ def main() -> int:
              Output("--output", training_record(args.output), training_record(DEFAULT_OUTPUT), file=True)],
             args.overwrite):
         return 2
+    from longctx import fold_if_present, peak_rss_mb, rerun_with_mmap_threshold
 
+    rerun_with_mmap_threshold()  # for the peak-memory column
     import torch
 
     from flagstone.evaluation.niah import load_essays
@@ -174,10 +176,14 @@ def main() -> int:
     def windows(n: int):
         return [(s, min(n, s + WINDOW)) for s in range(0, n, WINDOW)]
 
-    def run_method(method: str, k: int | None, ids: list[int]) -> tuple[torch.Tensor, int]:
-        """(logits for every token, most positions attended) of one method over one sequence."""
+    def run_method(method: str, k: int | None, ids: list[int], read_only: bool = False) -> tuple[torch.Tensor, int]:
+        """(logits for every token, most positions attended) of one method over one sequence; ``read_only``:
+        only each forward's last logits (what the peak-memory column measures, as longctx.py does)."""
+        # every row here is a fresh forward per window (nothing carried between windows), so none keeps a KV
+        # cache; the extender path already reads with use_cache=False
+        keep = {"logits_to_keep": 1, "use_cache": False} if read_only else {}
         if method == "full":
-            return model(torch.tensor([ids])).logits[0], len(ids)
+            return model(torch.tensor([ids]), **keep).logits[0], len(ids)
         pieces, most = [], 0
         for s, e in windows(len(ids)):
             raw = ids[s:e]
@@ -191,12 +197,13 @@ def main() -> int:
                 xlm = untrained_x if method == "extensible_untrained" else trained_x
                 budget = trained_x.layout(s, len(raw), k).slots  # what pure compression uses: the equal budget
                 recent = budget // 2 if method == "extensible_recent" else 0
-                logits = xlm.logits(ids[:s], raw, k, recent=recent, max_slots=budget - recent)[0]
+                logits = xlm.logits(ids[:s], raw, k, recent=recent, max_slots=budget - recent,
+                                    last_only=read_only)[0]
                 plan = xlm.layout(s, len(raw), k, recent=recent, max_slots=budget - recent)
                 pieces.append(logits)
                 most = max(most, plan.positions)
                 continue
-            pieces.append(model(torch.tensor([inputs])).logits[0, offset:])
+            pieces.append(model(torch.tensor([inputs]), **keep).logits[0, 0 if read_only else offset:])
             most = max(most, len(inputs))
         return torch.cat(pieces), most
 
@@ -208,18 +215,21 @@ def main() -> int:
                             "heldout_kind": "Cranfield abstracts (joined to >= 24,000 characters), never trained on",
                             "slice_note": ("a slice: the full run is --eval-sequences 8" if args.eval_sequences < 8
                                            else "full")},
-                   "peak_mb_note": "peak memory not measured for these rows",
+                   "peak_mb_note": ("peak_mb: peak RSS above the level before reading one essay sequence with "
+                                    "only each forward's last logits kept and no KV cache (every method here "
+                                    "re-reads its positions from scratch for each window; longctx.peak_rss_mb). "
+                                    "Not comparable with longctx.py's peak column, whose methods keep a cache"),
                    "kv_note": "kv_entries = the most positions any token attends to; kv_mb = entries x layers x 2 x "
                               "kv heads x head dim x 4 bytes",
                    "wall_s": round(time.perf_counter() - wall, 1), "quick": args.quick,
                    "partial": partial}
         lines = [f"Equal LM input positions, windows of {WINDOW}, {args.eval_sequences} sequence(s) of "
                  f"{args.eval_tokens} tokens per kind (held-out essays; Cranfield abstracts, a kind never trained on).", "",
-                 "| method | ratio | ppl essays | ppl held-out kind | positions | KV MB | ms / token |",
-                 "|---|---|---|---|---|---|---|"]
+                 "| method | ratio | ppl essays | ppl held-out kind | positions | KV MB | peak MB | ms / token |",
+                 "|---|---|---|---|---|---|---|---|"]
         for r in rows:
             lines.append(f"| {r['method']} | {r['ratio'] or '-'} | {r['ppl_essays']:.2f} | {r['ppl_heldout_kind']:.2f} | "
-                         f"{r['kv_entries']} | {r['kv_mb']:.1f} | {r['ms_per_token']:.1f} |")
+                         f"{r['kv_entries']} | {r['kv_mb']:.1f} | {r['peak_mb']:.1f} | {r['ms_per_token']:.1f} |")
         lines += ["", f"Extender: {training['steps']} steps in {training['seconds']:.0f} s, "
                       f"{training.get('trainable_parameters', 0):,} trainable parameters, loss "
                       f"{training['loss_first10']:.3f} -> {training['loss_last10']:.3f} (first / last 10 steps)."]
@@ -230,8 +240,6 @@ def main() -> int:
             return
         save_results("longctx_extensible", "\n".join(lines), longctx_extensible=results)
         if not partial:
-            from longctx import fold_if_present
-
             fold_if_present()  # the extender's rows join longctx.json's table
 
     methods = [("full", None), ("truncation", None)]
@@ -258,6 +266,8 @@ def main() -> int:
             row[f"ppl_{name}"] = math.exp(nll / count)
             row["kv_entries"] = most
         row["kv_mb"] = row["kv_entries"] * entry_bytes / 1e6
+        with torch.no_grad():
+            row["peak_mb"] = peak_rss_mb(lambda: run_method(method, k, eval_ids["essays"][0], read_only=True))
         row["ms_per_token"] = 1000 * seconds / tokens
         rows.append(row)
         print(f"{method:22s} k={k} ppl essays {row['ppl_essays']:.2f} held-out kind {row['ppl_heldout_kind']:.2f} "

@@ -232,9 +232,12 @@ class ExtensibleLM:
         return torch.cat(parts, dim=1), plan
 
     def logits(self, context_ids: Sequence[int], raw_ids: Sequence[int], k: int, *, recent: int = 0,
-               max_slots: int | None = None) -> torch.Tensor:
-        """Logits (1, len(raw_ids), vocab) at the raw tokens, read after the laid-out context."""
+               max_slots: int | None = None, last_only: bool = False) -> torch.Tensor:
+        """Logits (1, len(raw_ids), vocab) at the raw tokens, read after the laid-out context; with
+        ``last_only`` just the last token's (1, 1, vocab), so no per-token logits are ever held."""
         embeds, plan = self.embeddings(context_ids, raw_ids, k, recent=recent, max_slots=max_slots)
+        if last_only:
+            return self.lm(inputs_embeds=embeds, use_cache=False, logits_to_keep=1).logits
         out = self.lm(inputs_embeds=embeds, use_cache=False).logits
         return out[:, plan.positions - plan.raw:]
 

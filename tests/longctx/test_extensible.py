@@ -48,6 +48,16 @@ def test_shapes_and_positions_at_each_ratio(base, k):
     assert out.shape == (1, 100 // k, base.config.hidden_size)
 
 
+def test_last_only_gives_the_last_raw_tokens_logits_alone(base):
+    model = make(base)
+    context, raw = ids(64), ids(12, 1)
+    with torch.no_grad():
+        every = model.logits(context, raw, 4, recent=8)
+        last = model.logits(context, raw, 4, recent=8, last_only=True)
+    assert last.shape == (1, 1, base.config.vocab_size)
+    torch.testing.assert_close(last[0, 0], every[0, -1], rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("k", [2, 4, 8])
 def test_recent_tokens_stay_raw_and_slots_respect_the_budget(base, k):
     model = make(base)

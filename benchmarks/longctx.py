@@ -477,11 +477,14 @@ def markdown(results: dict, args) -> str:
              f"({results['eval']['sequences_per_kind']}); held-out kind: {results['eval']['heldout_kind']}.", "",
              "| method | ratio | ppl essays | ppl held-out kind | KV entries | KV MB | peak MB | ms / token |",
              "|---|---|---|---|---|---|---|---|"]
+    def cell(row: dict, key: str, digits: int) -> str:  # "-" where a row has no such figure (None or absent)
+        value = row.get(key)
+        return "-" if value is None else f"{value:.{digits}f}"
+
     for r in rows:
-        lines.append(f"| {r['method']} | {r.get('ratio') or '-'} | {r.get('ppl_essays', float('nan')):.2f} | "
-                     f"{r.get('ppl_heldout_kind', float('nan')):.2f} | {r.get('kv_entries', '-')} | "
-                     f"{r.get('kv_mb', float('nan')):.1f} | {r.get('peak_mb', float('nan')):.1f} | "
-                     f"{r.get('ms_per_token', float('nan')):.1f} |")
+        lines.append(f"| {r['method']} | {r.get('ratio') or '-'} | {cell(r, 'ppl_essays', 2)} | "
+                     f"{cell(r, 'ppl_heldout_kind', 2)} | {r.get('kv_entries', '-')} | {cell(r, 'kv_mb', 1)} | "
+                     f"{cell(r, 'peak_mb', 1)} | {cell(r, 'ms_per_token', 1)} |")
     by = {(r["method"], r.get("ratio")): r for r in rows}
     if ("full", None) in by and ("truncation", None) in by:
         lines.append("")

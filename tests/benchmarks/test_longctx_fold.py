@@ -35,7 +35,8 @@ def test_fold_adds_the_lora_table_and_the_extender_rows_once(longctx, tmp_path, 
         "before": {"512": needle, "1024": {**needle, "ppl": 40.5}}, "after": {"512": {**needle, "needle_correct": 3}},
         "rope_only": None, "native_reference": {"512": {"ppl": 28.0}}, "after_short": {"512": {"ppl": 29.5}}}}))
     (tmp_path / "longctx_extensible.json").write_text(json.dumps({"rows": [
-        {"method": "extensible", "ratio": 4, "ppl_essays": 31.0}, {"method": "truncation", "ppl_essays": 33.0}]}))
+        {"method": "extensible", "ratio": 4, "ppl_essays": 31.0, "peak_mb": None},
+        {"method": "truncation", "ppl_essays": 33.0}]}))
     for _ in range(2):
         longctx.fold_if_present()
         folded = json.loads((tmp_path / "longctx.json").read_text())
@@ -50,6 +51,7 @@ def test_fold_adds_the_lora_table_and_the_extender_rows_once(longctx, tmp_path, 
     assert "| after_short | 29.50 | - | - | - |" in table  # the short-sample control, last
     assert table.index("| after |") < table.index("| after_short |")
     assert "rope_only" not in table  # not evaluated
+    assert "| extensible | 4 | 31.00 | - | - | - | - | - |" in table  # figures a row lacks (peak_mb None) read "-"
 
 
 def test_a_file_from_before_refill_windows_was_recorded_folds_without_a_none(longctx):

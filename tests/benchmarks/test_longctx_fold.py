@@ -29,7 +29,7 @@ def test_fold_adds_the_lora_table_and_the_extender_rows_once(longctx, tmp_path, 
     assert longctx.fold(None) == 2  # nothing measured yet
     assert "run 'longctx.py eval' first" in capsys.readouterr().err
     shutil.copy(BENCHMARKS / "results" / "longctx.json", tmp_path / "longctx.json")
-    measured = json.loads((tmp_path / "longctx.json").read_text())["rows"]
+    measured = [r for r in json.loads((tmp_path / "longctx.json").read_text())["rows"] if "source" not in r]
     needle = {"ppl": 30.0, "needle_correct": 2, "needle_total": 3}
     (tmp_path / "longctx_lora.json").write_text(json.dumps({"lora_extension": {
         "before": {"512": needle, "1024": {**needle, "ppl": 40.5}}, "after": {"512": {**needle, "needle_correct": 3}},
@@ -52,6 +52,7 @@ def test_fold_adds_the_lora_table_and_the_extender_rows_once(longctx, tmp_path, 
     assert table.index("| after |") < table.index("| after_short |")
     assert "rope_only" not in table  # not evaluated
     assert "| extensible | 4 | 31.00 | - | - | - | - | - |" in table  # figures a row lacks (peak_mb None) read "-"
+    assert "Rows from longctx_extensible.json (extensible*) follow that benchmark's protocol" in table
 
 
 def test_a_file_from_before_refill_windows_was_recorded_folds_without_a_none(longctx):

@@ -501,6 +501,12 @@ def markdown(results: dict, args) -> str:
                 if ("beacon", r) in by and trunc != full:
                     cells.append(f"r{r} {(trunc - by[('beacon', r)][f'ppl_{kind}']) / (trunc - full):.0%}")
             lines.append(f"Truncation-to-full gap recovered by the beacon ({kind}): " + ", ".join(cells) + ".")
+    losses = results.get("training", {}).get("losses") or []
+    if len(losses) >= 50:  # whether the beacon's training had levelled off
+        training = results["training"]
+        lines += ["", f"Beacon training: {training['steps']} steps in {training['seconds'] / 60:.0f} min; mean loss "
+                      f"{sum(losses[:50]) / 50:.2f} over the first 50 steps, {sum(losses[-50:]) / 50:.2f} over the "
+                      "last 50."]
     niah = results["niah"]
     if niah:
         lengths = sorted({n["length"] for n in niah})

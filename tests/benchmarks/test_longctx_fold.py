@@ -53,6 +53,10 @@ def test_fold_adds_the_lora_table_and_the_extender_rows_once(longctx, tmp_path, 
     assert "rope_only" not in table  # not evaluated
     assert "| extensible | 4 | 31.00 | - | - | - | - | - |" in table  # figures a row lacks (peak_mb None) read "-"
     assert "Rows from longctx_extensible.json (extensible*) follow that benchmark's protocol" in table
+    training = json.loads((tmp_path / "longctx.json").read_text())["training"]
+    losses = training["losses"]
+    assert (f"Beacon training: {training['steps']} steps in {training['seconds'] / 60:.0f} min; mean loss "
+            f"{sum(losses[:50]) / 50:.2f} over the first 50 steps") in table
 
 
 def test_a_file_from_before_refill_windows_was_recorded_folds_without_a_none(longctx):

@@ -264,7 +264,8 @@ def pseudo_query_examples(doc_ids: list[str], doc_text: dict[str, str], exclude_
                                    n_negatives=15, seed=seed)
     summary = {"documents": len(docs), "pool": len(pool), "queries_written": len(ids),
                "documents_without_query": without_query, "kept": len(kept),
-               "keep_top": keep_top, "negatives_from": mine_mode, "generator": "SmolLM2-135M-Instruct (bundled), greedy, float32",
+               "keep_top": keep_top, "negatives_from": mine_mode,
+               "generator": "SmolLM2-135M-Instruct (bundled), greedy, float32",
                "generation": generation or None}
     return examples, summary
 

@@ -7,6 +7,7 @@ All rerankers share one small interface: ``score_pairs(pairs) -> (n,) float32`` 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,8 +17,8 @@ import numpy as np
 
 from flagstone.errors import BackendError, InvalidTextError, ModelNotFoundError
 from flagstone.models._hf import quiet_transformers, torch_dtype
-from flagstone.models.generator import eos_token_ids
 from flagstone.models.finite import require_finite
+from flagstone.models.generator import eos_token_ids
 
 if TYPE_CHECKING:
     import torch
@@ -188,6 +189,7 @@ class CrossEncoderReranker:
             except (OSError, ValueError) as exc:
                 raise ModelNotFoundError(f"could not load a cross-encoder from {folder}: {exc}") from None
         self.model.eval().to(device)
+        self.fingerprint = _model_fingerprint(transformer_folder(folder))
         n_labels = int(self.model.config.num_labels)
         if n_labels not in (1, 2):
             raise ModelNotFoundError(f"{folder} has {n_labels} labels; a reranker needs 1 (a score) or 2 (no/yes)")
@@ -213,8 +215,19 @@ class CrossEncoderReranker:
                                    f"exports input_ids, attention_mask and token_type_ids only")
             self.compiled = compile_model(
                 lambda: _logits_graph(self.model, names), {n: example[n] for n in names}, ("logits",), backend=backend, precision=precision,
-                fingerprint=_model_fingerprint(transformer_folder(folder)),
+                fingerprint=self.fingerprint,
                 settings={"kind": "cross-encoder", "inputs": names}, threads=torch.get_num_threads())
+
+    def cache_key(self) -> str:
+        """A key for everything that determines a pair's score (weights, lengths, dtype, backend, sigmoid); the
+        pair itself is not part of it. :class:`flagstone.rerank.CachedReranker` files scores under it."""
+        parts = ["cross-encoder", self.fingerprint, str(self.max_length), str(self.max_query_length),
+                 str(self.model.dtype), self.backend, self.precision, str(self.normalize)]
+        if (self.backend, self.precision) != ("torch", "float32"):
+            from flagstone.models.backends import stored_weights
+
+            parts.append(stored_weights(self.precision))  # a change of quantisation scheme never reuses scores
+        return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:24]
 
     def _logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(batch, labels) float32 logits from the torch module or the exported graph."""

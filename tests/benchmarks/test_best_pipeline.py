@@ -115,3 +115,29 @@ def test_a_missing_model_names_the_command_that_trains_it(best, tmp_path, capsys
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "not-trained" in err and command in err
+
+
+def test_a_cached_pipeline_gives_the_same_hits_and_times_only_what_it_scored(best, tmp_path):
+    module, plain, folders = best
+    from flagstone.models.cache import EmbeddingCache
+
+    cached = module.build_pipeline(folders["dense"], folders["m3"], folders["cross"], list(DOCS), list(DOCS.values()),
+                                   cache=EmbeddingCache(tmp_path), depth=DEPTH, candidates=CANDIDATES)
+    for p in (plain, cached):
+        p.fusion, p.first_stage_weight = {"dense": 0.5, "bm25": 0.5, "sparse": 0.0, "colbert": 0.0}, 0.2
+    _, expected, _ = plain.search(QUERIES)
+    _, first_run, ms = cached.search(QUERIES)
+    pairs = sum(len(row) for row in first_run.ids)
+    assert cached.reranker_timing["pairs"] == cached.reranker_timing["pairs_scored"] == pairs
+    assert f"cross_encoder_top{DEPTH}" in ms
+    # a resumed run: a fresh pipeline on the same cache folder scores nothing and reports no reranker time
+    resumed = module.build_pipeline(folders["dense"], folders["m3"], folders["cross"], list(DOCS),
+                                    list(DOCS.values()), cache=EmbeddingCache(tmp_path), depth=DEPTH,
+                                    candidates=CANDIDATES)
+    resumed.fusion, resumed.first_stage_weight = cached.fusion, cached.first_stage_weight
+    _, again, ms_again = resumed.search(QUERIES)
+    assert resumed.reranker_timing["pairs_scored"] == 0 and resumed.reranker_timing["from_cache"] == pairs
+    assert set(ms_again) == {"first_stage"}
+    for hits in (first_run, again):
+        assert hits.ids == expected.ids
+        np.testing.assert_allclose(hits.scores, expected.scores, atol=1e-5)

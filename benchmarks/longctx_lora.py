@@ -37,6 +37,7 @@ from _common import REPO, SHARED_DATA, save_results
 from longctx import fold_if_present, lora_table
 
 NATIVE_LENGTH = 8192
+STANDIN_MARKER = ".made-by-longctx_lora"  # a stand-in folder this script made and may rewrite
 
 
 def main() -> int:
@@ -52,6 +53,9 @@ def main() -> int:
     parser.add_argument("--models", default=str(REPO / "benchmarks" / "models"),
                         help="where the stand-in and the adapter are written")
     parser.add_argument("--reuse-adapter", action="store_true", help="evaluate the adapter already trained")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="retrain adapters whose folders under --models exist (default: an existing folder is an "
+                             "error unless --reuse-adapter)")
     parser.add_argument("--short-control", action="store_true",
                         help="also train the same LoRA (raised base, as many samples) on samples with L-token "
                              "haystacks and score it as after_short: what LoRA gains without long samples is "
@@ -88,6 +92,11 @@ def main() -> int:
     make_standin(native.path, standin, short_theta, L)
     adapter = Path(args.models) / f"smollm2-135m-rope{round(short_theta)}-lora-x4"
     short_adapter = adapter.with_name(adapter.name + "-short-samples")
+    problem = output_problem(standin, [adapter] + ([short_adapter] if args.short_control else []),
+                             reuse=args.reuse_adapter, overwrite=args.overwrite)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
 
     essays = load_essays(SHARED_DATA / "longctx" / "paulgraham_essays")
     held = essays[-9:]
@@ -214,9 +223,23 @@ def main() -> int:
     return 0
 
 
+def output_problem(standin: Path, adapters: list[Path], *, reuse: bool, overwrite: bool) -> str | None:
+    """The one-line error for output folders this run must not touch: a stand-in folder this script did not make
+    (no marker file), or an adapter folder that exists when it is neither reused nor to be overwritten."""
+    if standin.exists() and not (standin / STANDIN_MARKER).is_file() and not overwrite:
+        return f"{standin} exists and was not made by longctx_lora.py: pass another --models, or --overwrite"
+    for folder in adapters:
+        if folder.exists() and not reuse and not overwrite:
+            return (f"{folder} exists: pass --reuse-adapter to evaluate it, --overwrite to retrain it, "
+                    "or another --models")
+    return None
+
+
 def make_standin(native: Path, folder: Path, theta: float, trained_length: int) -> None:
-    """The native folder's files linked, with a config whose RoPE base is ``theta``."""
+    """The native folder's files linked, with a config whose RoPE base is ``theta``, and the marker that says
+    this script made the folder (so a later run may rewrite its config)."""
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / STANDIN_MARKER).write_text("made by benchmarks/longctx_lora.py\n")
     for entry in native.iterdir():
         if entry.name in ("config.json",) or entry.name.startswith("."):
             continue

@@ -23,7 +23,10 @@ Protocol (the test split is used for the final numbers only):
   pair, ``--precision`` auto (bf16 autocast and inference where the CPU has native bf16, else float32); the
   interpolation weight with the first stage is chosen on the dev slice. It is saved to ``--output-model`` with a
   settings file beside it; ``--reuse-cross-encoder`` skips training when that
-  folder holds a model this script trained with the same settings;
+  folder holds a model this script trained with the same settings. Its pair scores go through
+  flagstone.rerank.CachedReranker (keyed by the weights), so a rerun scores only new pairs; the ms/query is
+  the time per freshly scored pair times the pairs per query (an all-cached run quotes the newest run that
+  measured the same model, depth, length and dtype, and says so in ``cross_encoder_timing``);
 - LLM reranker: SmolLM2-135M-Instruct (float32) reranks the top ``--llm-depth`` (default 3: the three modes
   then take ~16 min on 2 cores) of a seeded sample of ``--llm-queries`` (default 100) test queries, in each
   of ``--llm-modes``: pointwise (P(Yes) log-odds), pairwise (A/B log-odds, both orders, wins) and listwise
@@ -62,7 +65,7 @@ from flagstone.evaluation.metrics import evaluate_run
 from flagstone.models.cache import EmbeddingCache
 from flagstone.models.embedder import Embedder
 from flagstone.models.reranker import LISTWISE_DECODINGS, LLM_RERANK_MODES, CrossEncoderReranker, LLMReranker
-from flagstone.rerank import interpolate_with_first_stage, rerank_hits
+from flagstone.rerank import CachedReranker, interpolate_with_first_stage, rerank_hits
 from flagstone.retrieval.retriever import Retriever
 from flagstone.training.data import examples_from_qrels
 from flagstone.training.loop import TrainingConfig
@@ -140,6 +143,21 @@ def previous_llm(settings: dict, modes: list[str]) -> tuple[dict, str] | None:
         if llm.get("settings") == settings and all("per_query_ndcg@10" in llm.get("modes", {}).get(m, {})
                                                    for m in modes):
             return llm["modes"], f"run {number} of benchmarks/results/rerank_scifact.json ({run.get('finished')})"
+    return None
+
+
+def previous_cross_ms(model: Path, depth: int, max_length: int, dtype: str) -> tuple[float, str] | None:
+    """The cross-encoder's ms/query from the newest saved run of the same model folder, depth, length and dtype:
+    what a run whose every pair came from the score cache reports (it measured nothing itself)."""
+    path = RESULTS / "rerank_scifact.json"
+    if not path.is_file():
+        return None
+    for number, run in reversed(list(enumerate(json.loads(path.read_text()).get("runs", []), 1))):
+        ce = run.get("settings", {}).get("cross_encoder", {})
+        ms = run.get("ms_per_query", {}).get(f"cross_encoder_top{depth}")
+        if ms is not None and (ce.get("model"), ce.get("max_length"), ce.get("inference_dtype")) == \
+                (str(model), max_length, dtype):
+            return ms, f"run {number} of benchmarks/results/rerank_scifact.json ({run.get('finished')})"
     return None
 
 
@@ -285,7 +303,8 @@ def main() -> int:
                   for q in ids for d in qrels[q]}
         corpus_ids = [d for i, d in enumerate(test.doc_ids) if i < QUICK_CORPUS or d in judged]
         corpus_texts = [doc_text[d] for d in corpus_ids]
-    retriever = Retriever(Embedder(show_progress=True), cache=EmbeddingCache()).fit(corpus_ids, corpus_texts)
+    cache = EmbeddingCache()
+    retriever = Retriever(Embedder(show_progress=True), cache=cache).fit(corpus_ids, corpus_texts)
 
     def first_stage(qids):
         return retriever.search([test.queries[q] for q in qids], mode="hybrid", k=args.depth)
@@ -329,7 +348,10 @@ def main() -> int:
               f"({len(fit_ids)} training queries)", flush=True)
         return 0
     training = record["training"]
-    cross = CrossEncoderReranker(output_model, max_length=args.max_length, batch_size=32, dtype=precision)
+    # pair scores on disk (keyed by the weights): a rerun with --reuse-cross-encoder, or best_pipeline.py with the
+    # same model, scores only pairs not seen before; the ms/query below counts only freshly scored pairs
+    cross = CachedReranker(CrossEncoderReranker(output_model, max_length=args.max_length, batch_size=32,
+                                                dtype=precision), cache)
 
     # 3. choose the interpolation weight on the dev slice
     dev_first = first_stage(dev_ids)
@@ -348,9 +370,17 @@ def main() -> int:
     test_first = first_stage(test_ids)
     first_ms = (time.perf_counter() - t0) * 1000 / len(test_ids)
     texts = {d: doc_text[d] for row in test_first.ids for d in row}
-    t0 = time.perf_counter()
+    before = (cross.pairs_scored, cross.seconds_scoring)
     reranked = rerank_hits(cross, test_queries, test_first, texts, show_progress=True)
-    cross_ms = (time.perf_counter() - t0) * 1000 / len(test_ids)
+    test_pairs = sum(len(row) for row in test_first.ids)
+    fresh, seconds = cross.pairs_scored - before[0], cross.seconds_scoring - before[1]
+    cross_ms = 1000 * seconds / fresh * test_pairs / len(test_ids) if fresh else None
+    cross_timing = {"pairs": test_pairs, "pairs_scored": fresh, "seconds_scoring": round(seconds, 3),
+                    "from_cache": test_pairs - fresh}
+    if cross_ms is None:  # every pair came from the cache: keep the timing of the run that scored them, if any
+        earlier = previous_cross_ms(output_model, args.depth, args.max_length, precision)
+        cross_ms = earlier[0] if earlier else None
+        cross_timing["ms_per_query_from"] = earlier[1] if earlier else "not measured: every pair was cached"
     fused = interpolate_with_first_stage(reranked, best["first_stage_weight"])
     first_rows = dict(zip(test_ids, test_first.ids))
     scores = {"first_stage": per_query_ndcg(test_first.ids, test_ids, test.qrels),
@@ -423,6 +453,7 @@ def main() -> int:
                     "duplicates_dropped": subsets["duplicates"], "llm_sample": sample, **by_subset},
         "ms_per_query": {"first_stage": first_ms, f"cross_encoder_top{args.depth}": cross_ms,
                          **{f"llm_{m}_top{args.llm_depth}": e["ms_per_query"] for m, e in llm_modes.items()}},
+        "cross_encoder_timing": cross_timing,
         "settings": {
             "first_stage": "hybrid dense (all-MiniLM-L6-v2) + BM25, weighted 0.5/0.5 min-max",
             "depth": args.depth, "llm_depth": args.llm_depth, "test_queries": len(test_ids),
@@ -450,6 +481,7 @@ def main() -> int:
         return f"| {label} | " + " | ".join(cell(by_subset[s]["systems"][key]) for s in SUBSETS) + \
             f" | {ms} | {unparsed} |"
 
+    ce_ms = "-" if cross_ms is None else f"{cross_ms:.0f}" + ("" if cross_timing["pairs_scored"] else " (earlier run)")
     pq = training.get("pseudo_queries")
     pseudo_note = (f" and {pq['kept']} pseudo-queries (of {pq['queries_written']} SmolLM2 wrote for {pq['documents']} "
                    f"documents no train query points at; kept when the dense first stage ranks their document in "
@@ -465,8 +497,8 @@ def main() -> int:
         "| system | overall | seen_docs | unseen_docs | ms / query | unparsed replies |",
         "|---|---|---|---|---|---|",
         row(f"first stage (hybrid dense + BM25), top {args.depth}", "first_stage", f"{first_ms:.1f}"),
-        row(f"+ trained cross-encoder (interpolated, w={w} chosen on dev)", "cross_encoder", f"{cross_ms:.0f}"),
-        row("+ trained cross-encoder alone", "cross_encoder_alone", f"{cross_ms:.0f}"),
+        row(f"+ trained cross-encoder (interpolated, w={w} chosen on dev)", "cross_encoder", ce_ms),
+        row("+ trained cross-encoder alone", "cross_encoder_alone", ce_ms),
     ]
     if llm_modes:
         lines.append(f"| first stage on the LLM sample ({m['overall']} / {m['seen_docs']} / {m['unseen_docs']} "

@@ -69,3 +69,24 @@ def test_a_negative_pseudo_query_count_is_refused_before_any_work(monkeypatch, t
     monkeypatch.setattr(sys, "argv", ["rerank_scifact.py", "--data", str(tmp_path), flag, value])
     assert rerank_scifact.main() == 2
     assert flag in capsys.readouterr().err
+
+
+def test_a_fully_cached_run_takes_the_cross_encoder_timing_of_the_newest_matching_run(monkeypatch, tmp_path):
+    import json
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import rerank_scifact
+
+    def run(model: str, ms: float | None, dtype: str = "float32", finished: str = "t") -> dict:
+        return {"finished": finished, "ms_per_query": {"cross_encoder_top100": ms},
+                "settings": {"cross_encoder": {"model": model, "max_length": 192, "inference_dtype": dtype}}}
+
+    monkeypatch.setattr(rerank_scifact, "RESULTS", tmp_path)
+    assert rerank_scifact.previous_cross_ms(Path("m"), 100, 192, "float32") is None  # no results file yet
+    runs = [run("m", 3000.0, finished="first"), run("other", 10.0), run("m", 2500.0, finished="second"),
+            run("m", 99.0, dtype="bfloat16"), run("m", None)]
+    (tmp_path / "rerank_scifact.json").write_text(json.dumps({"runs": runs}))
+    ms, source = rerank_scifact.previous_cross_ms(Path("m"), 100, 192, "float32")
+    assert ms == 2500.0 and "run 3" in source and "second" in source
+    assert rerank_scifact.previous_cross_ms(Path("m"), 30, 192, "float32") is None  # another depth
+    assert rerank_scifact.previous_cross_ms(Path("m"), 100, 256, "float32") is None  # another length

@@ -28,6 +28,7 @@ _EXPORTS = {
     "LLMReranker": "flagstone.models.reranker",
     "ColbertReranker": "flagstone.models.reranker",
     "rerank_hits": "flagstone.rerank",
+    "CachedReranker": "flagstone.rerank",
     "load_causal_lm": "flagstone.models.causal_lm",
     "TaskSpec": "flagstone.evaluation.tasks",
     "run_suite": "flagstone.evaluation.suite",
@@ -60,7 +61,7 @@ if TYPE_CHECKING:
     from flagstone.rag.memorag import MemoRAG
     from flagstone.rag.plain import RAG
     from flagstone.rag.search_o1 import SearchO1
-    from flagstone.rerank import rerank_hits
+    from flagstone.rerank import CachedReranker, rerank_hits
     from flagstone.retrieval.bm25 import BM25
     from flagstone.retrieval.retriever import Hits, HybridConfig, Retriever
 

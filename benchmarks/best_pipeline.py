@@ -15,7 +15,9 @@ Protocol:
 - every weight is chosen on SciFact *train* queries only: the same 100 held-out train queries rerank_scifact.py
   keeps out of the cross-encoder's training (numpy default_rng(0), 100 of qrels/train.tsv). The fusion weights
   first: every weighting of the four signals in steps of ``--fusion-step`` (0.1: 286) summing to 1, zeros
-  included, each searched as the pipeline searches; then w over 0, 0.1, ..., 1 with them. Caveat, recorded:
+  included, each fused as the pipeline's search fuses (the dev queries are encoded and searched once, then each
+  weighting re-fuses that pool: flagstone.retrieval.retriever.candidate_pool); then w over 0, 0.1, ..., 1.
+  Caveat, recorded:
   train_scifact.py fine-tunes the dense and M3 models on all 809 train queries, so those 100 queries are held
   out from the cross-encoder only, and their dense / M3 scores are optimistic;
 - SciFact test (qrels/test.tsv) is used for the reported figures only: all_test (its 300 queries; the figure set
@@ -27,7 +29,8 @@ Protocol:
 Document embeddings go through flagstone.models.cache.EmbeddingCache (all heads: the M3 ColBERT vectors take
 disk space), and the cross-encoder's pair scores through flagstone.rerank.CachedReranker in the same cache, so a
 rerun (or a run resumed after a kill) encodes only queries and scores only new pairs; the reranker's ms per query
-is then its time per freshly scored pair times the pairs per query (``reranker_timing`` has the counts). Writes benchmarks/results/best_pipeline.{json,md} and sets
+is then its time per freshly scored pair times the pairs per query (``reranker_timing`` has the counts).
+Writes benchmarks/results/best_pipeline.{json,md} and sets
 ``best_pipeline_ndcg@10`` in benchmarks/results/train_scifact.json (the rest of that file is kept).
 """
 from __future__ import annotations
@@ -43,14 +46,15 @@ from pathlib import Path
 import numpy as np
 from _common import RESULTS, SHARED_DATA, load_scifact_with_train, save_results, set_result_entry, split_test_queries
 from scifact_subsets import compare
+from tqdm.auto import tqdm
 
 from flagstone.evaluation.beir import load_beir
 from flagstone.evaluation.metrics import evaluate_run
 from flagstone.models.cache import EmbeddingCache
 from flagstone.models.embedder import Embedder
 from flagstone.models.reranker import CrossEncoderReranker, Reranker
-from flagstone.rerank import CachedReranker, interpolate_with_first_stage, rerank_hits
-from flagstone.retrieval.retriever import Hits, HybridConfig, Retriever, search_across
+from flagstone.rerank import CachedReranker, ScoringTime, interpolate_with_first_stage, rerank_hits
+from flagstone.retrieval.retriever import CandidatePool, Hits, HybridConfig, Retriever, candidate_pool, search_across
 
 MODELS = RESULTS.parent / "models"
 BASE = "all-MiniLM-L6-v2"
@@ -90,6 +94,12 @@ class Pipeline:
         return search_across([self.lexical_dense, self.m3], list(queries), weights=weights or self.fusion,
                              k=k or self.depth, hybrid=self.config)
 
+    def candidate_pool(self, queries: Sequence[str]) -> CandidatePool:
+        """Every signal's proposals and scores for ``queries``: ``pool.fuse(weights)`` is ``first_stage(queries,
+        weights)`` for any weights, without encoding and searching again."""
+        return candidate_pool([self.lexical_dense, self.m3], list(queries), signals=FIRST_STAGE_SIGNALS,
+                              k=self.depth, hybrid=self.config)
+
     def rerank(self, queries: Sequence[str], first: Hits) -> Hits:
         """The cross-encoder's scores of ``first``'s hits, ordered by the reranker alone (weight 0); the first
         stage's scores are kept for :func:`interpolate_with_first_stage`."""
@@ -99,22 +109,20 @@ class Pipeline:
         """(first stage, final) hits and the ms per query of each stage. With cached scores the reranker's ms per
         query is its time per pair it actually scored times the pairs per query (absent if every pair was
         cached); ``reranker_timing`` keeps the counts."""
-        cached = isinstance(self.reranker, CachedReranker)
-        before = (self.reranker.pairs_scored, self.reranker.seconds_scoring) if cached else (0, 0.0)
+        cached = self.reranker if isinstance(self.reranker, CachedReranker) else None
+        mark = cached.mark() if cached else None
         t0 = time.perf_counter()
         first = self.first_stage(queries)
         t1 = time.perf_counter()
         final = interpolate_with_first_stage(self.rerank(queries, first), self.first_stage_weight)
         t2 = time.perf_counter()
-        n = max(len(queries), 1)
         pairs = sum(len(row) for row in first.ids)
-        fresh, seconds = ((self.reranker.pairs_scored - before[0], self.reranker.seconds_scoring - before[1])
-                          if cached else (pairs, t2 - t1))
-        self.reranker_timing = {"pairs": pairs, "pairs_scored": fresh, "seconds_scoring": round(seconds, 3),
-                                "from_cache": pairs - fresh}
-        ms = {"first_stage": 1000 * (t1 - t0) / n}
-        if fresh:
-            ms[f"cross_encoder_top{self.depth}"] = 1000 * seconds / fresh * pairs / n
+        cost = cached.since(mark) if cached else ScoringTime(pairs, pairs, t2 - t1)
+        self.reranker_timing = cost.to_dict()
+        ms = {"first_stage": 1000 * (t1 - t0) / max(len(queries), 1)}
+        reranker_ms = cost.ms_per_query(len(queries))
+        if reranker_ms is not None:
+            ms[f"cross_encoder_top{self.depth}"] = reranker_ms
         return first, final, ms
 
 
@@ -151,13 +159,16 @@ def mean(scores: Mapping[str, float]) -> float:
 
 
 def choose_weights(pipeline: Pipeline, queries: Sequence[str], qids: Sequence[str],
-                   qrels: Mapping[str, Mapping[str, int]], grid: list[dict[str, float]] | None = None) -> dict:
+                   qrels: Mapping[str, Mapping[str, int]], grid: list[dict[str, float]] | None = None, *,
+                   show_progress: bool = False) -> dict:
     """Choose the fusion weights (best dev nDCG@10 over ``grid``, the first on ties), then the interpolation
     weight (with those fusion weights), on these (train) queries; sets them on ``pipeline``, returns both sweeps."""
     grid = grid or fusion_grid()
-    # each point is searched as the pipeline will search (same candidates, same fusion), not re-fused from a pool
-    fusion_sweep = [{"weights": w, "dev_ndcg@10": mean(per_query_ndcg(pipeline.first_stage(queries, weights=w),
-                                                                       qids, qrels))} for w in grid]
+    # the queries are encoded and every signal searched once; each point fuses the pool exactly as the pipeline's
+    # search with those weights would (candidate_pool's contract, tested), only without searching again
+    pool = pipeline.candidate_pool(queries)
+    fusion_sweep = [{"weights": w, "dev_ndcg@10": mean(per_query_ndcg(pool.fuse(w), qids, qrels))}
+                    for w in tqdm(grid, desc="fusion weights", unit="weighting", disable=not show_progress)]
     best = max(fusion_sweep, key=lambda r: r["dev_ndcg@10"])  # max keeps the first of equal values
     pipeline.fusion = dict(best["weights"])
     reranked = pipeline.rerank(queries, pipeline.first_stage(queries))
@@ -212,8 +223,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cross-encoder", default=str(MODELS / "scifact-cross-encoder"),
                         help="trained cross-encoder (default: rerank_scifact.py's --output-model)")
     parser.add_argument("--base-model", default=BASE, help="the untuned dense baseline (default: bundled MiniLM)")
-    parser.add_argument("--depth", type=int, default=100, help="first-stage hits the cross-encoder reranks (default: 100)")
-    parser.add_argument("--candidates", type=int, default=100, help="documents each first-stage signal proposes (default: 100)")
+    parser.add_argument("--depth", type=int, default=100,
+                        help="first-stage hits the cross-encoder reranks (default: 100)")
+    parser.add_argument("--candidates", type=int, default=100,
+                        help="documents each first-stage signal proposes (default: 100)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                         help="inference dtype of every model (default float32: bf16 is ~5x slower on CPUs "
                              "without native bf16)")
@@ -258,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     log(f"choosing the weights on {len(dev_ids)} held-out train queries")
     chosen = choose_weights(pipeline, [test.queries[q] for q in dev_ids], dev_ids, train_qrels,
-                            fusion_grid(args.fusion_step))
+                            fusion_grid(args.fusion_step), show_progress=True)
     log(f"  fusion {chosen['fusion']}, first-stage weight {chosen['first_stage_weight']}")
 
     log(f"SciFact test: {len(test_ids)} queries")

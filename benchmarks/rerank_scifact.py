@@ -370,13 +370,10 @@ def main() -> int:
     test_first = first_stage(test_ids)
     first_ms = (time.perf_counter() - t0) * 1000 / len(test_ids)
     texts = {d: doc_text[d] for row in test_first.ids for d in row}
-    before = (cross.pairs_scored, cross.seconds_scoring)
+    mark = cross.mark()
     reranked = rerank_hits(cross, test_queries, test_first, texts, show_progress=True)
-    test_pairs = sum(len(row) for row in test_first.ids)
-    fresh, seconds = cross.pairs_scored - before[0], cross.seconds_scoring - before[1]
-    cross_ms = 1000 * seconds / fresh * test_pairs / len(test_ids) if fresh else None
-    cross_timing = {"pairs": test_pairs, "pairs_scored": fresh, "seconds_scoring": round(seconds, 3),
-                    "from_cache": test_pairs - fresh}
+    cost = cross.since(mark)
+    cross_ms, cross_timing = cost.ms_per_query(len(test_ids)), cost.to_dict()
     if cross_ms is None:  # every pair came from the cache: keep the timing of the run that scored them, if any
         earlier = previous_cross_ms(output_model, args.depth, args.max_length, precision)
         cross_ms = earlier[0] if earlier else None

@@ -2,7 +2,7 @@
 :mod:`flagstone.models.reranker`, optionally interpolating with the first stage's scores."""
 from __future__ import annotations
 
-from flagstone.rerank.cached import CachedReranker
+from flagstone.rerank.cached import CachedReranker, ScoringTime
 from flagstone.rerank.hits import interpolate_with_first_stage, rerank_hits
 
-__all__ = ["CachedReranker", "interpolate_with_first_stage", "rerank_hits"]
+__all__ = ["CachedReranker", "ScoringTime", "interpolate_with_first_stage", "rerank_hits"]

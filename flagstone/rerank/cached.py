@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -40,6 +41,31 @@ class _PairsAsTexts:
         return Embeddings(dense=scores)
 
 
+@dataclass(frozen=True)
+class ScoringTime:
+    """What a stretch of reranking cost: ``pairs`` asked for, of them ``pairs_scored`` by the model (the rest came
+    from the cache) in ``seconds_scoring``. Made by :meth:`CachedReranker.since`."""
+
+    pairs: int
+    pairs_scored: int
+    seconds_scoring: float
+
+    @property
+    def from_cache(self) -> int:
+        return self.pairs - self.pairs_scored
+
+    def ms_per_query(self, queries: int) -> float | None:
+        """Time per freshly scored pair times the pairs per query: what scoring them all would take; None when
+        every pair came from the cache (nothing was timed)."""
+        if not self.pairs_scored or queries < 1:
+            return None
+        return 1000 * self.seconds_scoring / self.pairs_scored * self.pairs / queries
+
+    def to_dict(self) -> dict[str, float]:
+        return {"pairs": self.pairs, "pairs_scored": self.pairs_scored,
+                "seconds_scoring": round(self.seconds_scoring, 3), "from_cache": self.from_cache}
+
+
 class CachedReranker:
     """``reranker`` with its scores read from and written to ``cache``.
 
@@ -55,6 +81,7 @@ class CachedReranker:
         self.reranker = reranker
         self.cache = cache
         self._encoder = _PairsAsTexts(reranker, show_progress)
+        self.pairs_requested = 0  # pairs asked for through score_pairs, cached or not
 
     def cache_key(self) -> str:
         return self.reranker.cache_key()
@@ -69,8 +96,17 @@ class CachedReranker:
         """Time the wrapped reranker spent on them: what a timing must divide, since hits cost nothing."""
         return self._encoder.seconds_scoring
 
+    def mark(self) -> ScoringTime:
+        """The counters now; ``since(mark)`` is then the cost of what was reranked in between."""
+        return ScoringTime(self.pairs_requested, self.pairs_scored, self.seconds_scoring)
+
+    def since(self, mark: ScoringTime) -> ScoringTime:
+        return ScoringTime(self.pairs_requested - mark.pairs, self.pairs_scored - mark.pairs_scored,
+                           self.seconds_scoring - mark.seconds_scoring)
+
     def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         texts = [json.dumps(pair, ensure_ascii=False) for pair in validate_pairs(pairs)]
+        self.pairs_requested += len(texts)
         if not texts:
             return np.zeros(0, dtype=np.float32)
         return np.asarray(self.cache.encode(self._encoder, texts).dense, dtype=np.float32).reshape(-1)

@@ -108,42 +108,77 @@ def fuse_candidates(per_signal: Mapping[str, np.ndarray], weights: Mapping[str, 
     return np.lexsort((np.arange(n), -fused))[:top], fused
 
 
+@dataclass(frozen=True)
+class CandidatePool:
+    """Each signal's proposals for a batch of queries and every signal's score of their union, so that any
+    weighting of these signals fuses without encoding or searching again: ``fuse(weights, k)`` returns the hits a
+    hybrid search with those weights returns (a signal weighted 0 proposes nothing, as in the search). Built by
+    :func:`candidate_pool`; a weight sweep searches once instead of once per weighting."""
+
+    signals: tuple[str, ...]
+    k: int  # the largest k fuse() answers: each signal proposed its top max(config.candidates, k)
+    config: HybridConfig
+    documents: int
+    candidates: list[list[str]]  # per query: the union of every signal's proposals, in insertion order
+    proposed: dict[str, list[np.ndarray]]  # signal -> per query: which candidates it proposed (bool mask)
+    scores: dict[str, list[np.ndarray]]  # signal -> per query: its score of every candidate
+
+    def fuse(self, weights: Mapping[str, float], k: int | None = None) -> Hits:
+        """The hybrid hits of ``weights`` (over this pool's signals), top ``k`` (default: the pool's k). A smaller
+        ``k`` gives the head of the same ranking: the search with that k may differ, since each signal proposes
+        max(candidates, k) documents and min-max normalisation sees the union."""
+        check_weights(weights, SIGNALS)
+        weights = {s: w for s, w in weights.items() if w != 0}
+        missing = sorted(set(weights) - set(self.signals))
+        if missing:
+            raise ValueError(f"this pool has no proposals of {missing}; it holds {list(self.signals)}")
+        k = self.k if k is None else k
+        if not 1 <= k <= self.k:
+            raise ValueError(f"k must be between 1 and the pool's k ({self.k}), got {k}")
+        top = min(k, self.documents)
+        n_queries = len(self.candidates)
+        out_ids: list[list[str]] = []
+        out_scores = np.full((n_queries, top), -np.inf, dtype=np.float32)
+        out_signals = {s: np.full((n_queries, top), -np.inf, dtype=np.float32) for s in weights}
+        for qi, cands in enumerate(self.candidates):
+            keep = np.flatnonzero(np.logical_or.reduce([self.proposed[s][qi] for s in weights]))
+            per_signal = {s: self.scores[s][qi][keep] for s in weights}
+            ranked, fused = fuse_candidates(per_signal, weights, self.config, top)
+            out_ids.append([cands[keep[j]] for j in ranked])
+            out_scores[qi, : len(ranked)] = fused[ranked]
+            for s in weights:
+                out_signals[s][qi, : len(ranked)] = per_signal[s][ranked]
+        return Hits("hybrid", out_ids, out_scores, out_signals)
+
+
+def _pool(indexes: Mapping[str, Index], encoded: Mapping[str, object], order: Mapping[str, int], n_queries: int,
+          k: int, config: HybridConfig, allow: Sequence[str] | None) -> CandidatePool:
+    """Each signal's index proposes its top ``config.candidates`` (at least ``k``), every signal rescores the union
+    of the proposals; ``order`` is each document's insertion position (the tie-break)."""
+    per_signal_k = max(config.candidates, k)  # so the union always holds min(k, corpus) documents
+    proposals = {s: index.ids_of(index.search(encoded[s], per_signal_k, allow=allow).positions)
+                 for s, index in indexes.items()}
+    candidates = [sorted({d for rows in proposals.values() for d in rows[qi]}, key=order.__getitem__)
+                  for qi in range(n_queries)]
+    proposed = {s: [np.fromiter(map(set(rows[qi]).__contains__, cands), dtype=bool, count=len(cands))
+                    for qi, cands in enumerate(candidates)] for s, rows in proposals.items()}
+    scores = {s: index.rescore(encoded[s], [index.id_map.positions(c) for c in candidates])
+              for s, index in indexes.items()}
+    return CandidatePool(tuple(indexes), k, config, len(order), candidates, proposed, scores)
+
+
 def _fused_search(indexes: Mapping[str, Index], encoded: Mapping[str, object], order: Mapping[str, int],
                   n_queries: int, k: int, config: HybridConfig, weights: Mapping[str, float],
                   allow: Sequence[str] | None) -> Hits:
-    """The hybrid search behind :meth:`Retriever.search` and :func:`search_across`: each weighted signal's index
-    proposes its top ``config.candidates``, every signal rescores the union, :func:`fuse_candidates` ranks it.
-    ``order`` is each document's insertion position (the tie-break)."""
-    per_signal_k = max(config.candidates, k)  # so the union always holds min(k, corpus) documents
-    proposals = {s: indexes[s].search(encoded[s], per_signal_k, allow=allow) for s in weights}
-    top = min(k, len(order))
-    out_ids: list[list[str]] = []
-    out_scores = np.full((n_queries, top), -np.inf, dtype=np.float32)
-    out_signals = {s: np.full((n_queries, top), -np.inf, dtype=np.float32) for s in weights}
-    candidates = []
-    for qi in range(n_queries):
-        found = {doc_id for s, result in proposals.items()
-                 for doc_id in indexes[s].ids_of(result.positions[qi : qi + 1])[0]}
-        candidates.append(sorted(found, key=order.__getitem__))
-    rescored = {s: indexes[s].rescore(encoded[s], [indexes[s].id_map.positions(c) for c in candidates])
-                for s in weights}
-    for qi, cands in enumerate(candidates):
-        per_signal = {s: rescored[s][qi] for s in weights}
-        ranked, fused = fuse_candidates(per_signal, weights, config, top)
-        out_ids.append([cands[j] for j in ranked])
-        out_scores[qi, : len(ranked)] = fused[ranked]
-        for s in weights:
-            out_signals[s][qi, : len(ranked)] = per_signal[s][ranked]
-    return Hits("hybrid", out_ids, out_scores, out_signals)
+    """The hybrid search behind :meth:`Retriever.search` and :func:`search_across`: the pool of the weighted
+    signals, fused with ``weights``."""
+    return _pool({s: indexes[s] for s in weights}, encoded, order, n_queries, k, config, allow).fuse(weights, k)
 
 
-def search_across(retrievers: Sequence[Retriever], queries: Sequence[str], *, weights: Mapping[str, float],
-                  k: int = 10, hybrid: HybridConfig | None = None, allow: Sequence[str] | None = None) -> Hits:
-    """A hybrid of signals that live in different retrievers over the same documents, e.g. one model's dense
-    vectors with BM25 and another model's sparse and ColBERT heads: the same candidates and fusion as
-    ``Retriever.search(mode="hybrid")`` (``hybrid`` gives method, normalisation and candidates; its weights
-    are not used). Every retriever must hold the same ids added in the same order, and each signal named in
-    ``weights`` must belong to exactly one of them (build them with ``signals=`` to split a model's outputs)."""
+def _encode_across(retrievers: Sequence[Retriever], queries: Sequence[str], signals: Sequence[str],
+                   k: int) -> tuple[dict[str, Index], dict[str, object], dict[str, int]]:
+    """Check that ``retrievers`` can be combined and each of ``signals`` has one owner; each owner encodes the
+    queries for its signals. Returns the signals' indexes, the encoded queries and the insertion order."""
     if not retrievers:
         raise ValueError("search_across needs at least one retriever")
     ids = retrievers[0].ids
@@ -151,11 +186,8 @@ def search_across(retrievers: Sequence[Retriever], queries: Sequence[str], *, we
         raise NotFittedError("nothing is indexed yet: add(ids, texts) or fit(ids, texts) first")
     if any(r.ids != ids for r in retrievers[1:]):
         raise FlagstoneError("search_across needs retrievers over the same ids added in the same order")
-    config = hybrid or HybridConfig()
-    check_weights(weights, SIGNALS)
-    weights = {s: w for s, w in weights.items() if w != 0}
     owners: dict[str, Retriever] = {}
-    for signal in weights:
+    for signal in signals:
         holders = [r for r in retrievers if signal in r.signals]
         if len(holders) != 1:
             raise FlagstoneError(f"signal {signal!r} is held by {len(holders)} of the retrievers; it must be "
@@ -169,11 +201,34 @@ def search_across(retrievers: Sequence[Retriever], queries: Sequence[str], *, we
     encoded: dict[str, object] = {}
     indexes: dict[str, Index] = {}
     for owner in {id(r): r for r in owners.values()}.values():
-        mine = [s for s in weights if owners[s] is owner]
+        mine = [s for s in signals if owners[s] is owner]
         encoded.update(owner.encode_queries(queries, mine))
         indexes.update({s: owner.indexes[s] for s in mine})
-    order = {doc_id: n for n, doc_id in enumerate(ids)}
-    return _fused_search(indexes, encoded, order, len(queries), k, config, weights, allow)
+    return indexes, encoded, {doc_id: n for n, doc_id in enumerate(ids)}
+
+
+def search_across(retrievers: Sequence[Retriever], queries: Sequence[str], *, weights: Mapping[str, float],
+                  k: int = 10, hybrid: HybridConfig | None = None, allow: Sequence[str] | None = None) -> Hits:
+    """A hybrid of signals that live in different retrievers over the same documents, e.g. one model's dense
+    vectors with BM25 and another model's sparse and ColBERT heads: the same candidates and fusion as
+    ``Retriever.search(mode="hybrid")`` (``hybrid`` gives method, normalisation and candidates; its weights
+    are not used). Every retriever must hold the same ids added in the same order, and each signal named in
+    ``weights`` must belong to exactly one of them (build them with ``signals=`` to split a model's outputs)."""
+    check_weights(weights, SIGNALS)
+    weights = {s: w for s, w in weights.items() if w != 0}
+    return candidate_pool(retrievers, queries, signals=list(weights), k=k, hybrid=hybrid, allow=allow).fuse(weights)
+
+
+def candidate_pool(retrievers: Sequence[Retriever], queries: Sequence[str], *, signals: Sequence[str], k: int = 10,
+                   hybrid: HybridConfig | None = None, allow: Sequence[str] | None = None) -> CandidatePool:
+    """What :func:`search_across` computes before fusing, for every signal in ``signals``: the queries encoded
+    once, each signal's proposals and scores. ``pool.fuse(weights)`` then equals ``search_across(retrievers,
+    queries, weights=weights, k=k, hybrid=hybrid, allow=allow)`` for any weights over those signals."""
+    unknown = sorted(set(signals) - set(SIGNALS))
+    if unknown or not signals:
+        raise ValueError(f"signals must be some of {SIGNALS}, got {list(signals)}")
+    indexes, encoded, order = _encode_across(retrievers, queries, list(dict.fromkeys(signals)), k)
+    return _pool(indexes, encoded, order, len(queries), k, hybrid or HybridConfig(), allow)
 
 
 FORMAT = "flagstone-retriever"

@@ -78,3 +78,20 @@ def test_works_under_rerank_hits_and_rejects_what_it_cannot_key(cross_encoder, t
         CachedReranker(NoKey(), EmbeddingCache(tmp_path))
     with pytest.raises(TypeError, match="EmbeddingCache"):
         CachedReranker(cross_encoder, str(tmp_path))
+
+
+def test_since_a_mark_counts_what_was_asked_scored_and_cached(cross_encoder, tmp_path):
+    pairs = [(QUERY, p) for p in PASSAGES]
+    cached = CachedReranker(cross_encoder, EmbeddingCache(tmp_path))
+    cached.score_pairs(pairs[:1])
+    mark = cached.mark()
+    cached.score_pairs(pairs)  # one pair from the cache, the rest scored
+    cost = cached.since(mark)
+    assert (cost.pairs, cost.pairs_scored, cost.from_cache) == (len(pairs), len(pairs) - 1, 1)
+    assert 0 < cost.seconds_scoring <= cached.seconds_scoring
+    # the time of a freshly scored pair stands for every pair asked for, over 2 queries
+    assert cost.ms_per_query(2) == pytest.approx(1000 * cost.seconds_scoring / (len(pairs) - 1) * len(pairs) / 2)
+    assert cost.to_dict()["from_cache"] == 1
+    mark = cached.mark()
+    cached.score_pairs(pairs)
+    assert cached.since(mark).pairs_scored == 0 and cached.since(mark).ms_per_query(2) is None  # nothing timed

@@ -89,14 +89,15 @@ def main() -> int:
     short_theta = squeezed_rope_theta(theta, NATIVE_LENGTH, L, head_dim)
     raised_theta = recipe_rope_theta(short_theta, 4)
     standin = Path(args.models) / f"smollm2-135m-rope{round(short_theta)}"
-    make_standin(native.path, standin, short_theta, L)
     adapter = Path(args.models) / f"smollm2-135m-rope{round(short_theta)}-lora-x4"
     short_adapter = adapter.with_name(adapter.name + "-short-samples")
+    # checked before make_standin writes anything: a folder it did not make must stay as it is
     problem = output_problem(standin, [adapter] + ([short_adapter] if args.short_control else []),
                              reuse=args.reuse_adapter, overwrite=args.overwrite)
     if problem:
         print(problem, file=sys.stderr)
         return 2
+    make_standin(native.path, standin, short_theta, L)
 
     essays = load_essays(SHARED_DATA / "longctx" / "paulgraham_essays")
     held = essays[-9:]

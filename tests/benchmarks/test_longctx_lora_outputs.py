@@ -52,3 +52,26 @@ def test_an_existing_adapter_needs_reuse_or_overwrite(lora, tmp_path, reuse, ove
     assert (problem is not None) == refused
     if refused:
         assert str(adapters[1]) in problem and "--reuse-adapter" in problem
+
+
+def test_main_refuses_before_writing_into_a_user_folder(lora, tmp_path, monkeypatch):
+    # the run's first write (the stand-in) must come after the check, or the check protects nothing
+    from types import SimpleNamespace
+
+    import flagstone.models.causal_lm as causal_lm
+    from flagstone.longctx.extension import squeezed_rope_theta
+
+    native = fake_native(tmp_path / "native")
+    config = SimpleNamespace(rope_parameters={"rope_theta": 100000.0}, head_dim=64)
+    monkeypatch.setattr(causal_lm, "load_causal_lm",
+                        lambda *a, **k: SimpleNamespace(path=native, model=SimpleNamespace(config=config),
+                                                        tokenizer=None))
+    models = tmp_path / "models"
+    theta = squeezed_rope_theta(100000.0, lora.NATIVE_LENGTH, 512, 64)
+    user = models / f"smollm2-135m-rope{round(theta)}"
+    user.mkdir(parents=True)
+    (user / "config.json").write_text("mine")
+    monkeypatch.setattr("sys.argv", ["longctx_lora.py", "--models", str(models)])
+    assert lora.main() == 2
+    assert sorted(p.name for p in user.iterdir()) == ["config.json"]
+    assert (user / "config.json").read_text() == "mine"

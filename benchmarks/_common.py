@@ -175,6 +175,21 @@ def read_carved_split(split_folder: str | Path, data: str | Path, train_qrels: d
     return sorted(rest_qrels), sorted(dev_qrels), split
 
 
+DEV_SLICE_QUERIES = 100
+
+
+def dev_slice(train_ids: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(fit ids, dev ids): the 100 train queries numpy default_rng(0) draws from ``train_ids`` (qrels/train.tsv's
+    order) as the dev slice, sorted, and the rest in their order. rerank_scifact.py holds them out of the
+    cross-encoder's training, train_scifact.py --without-dev-slice out of the tuning copies' training, and
+    best_pipeline.py chooses its weights on them."""
+    import numpy as np
+
+    dev_ids = sorted(np.random.default_rng(0).choice(list(train_ids), size=DEV_SLICE_QUERIES, replace=False).tolist())
+    held = set(dev_ids)
+    return [q for q in train_ids if q not in held], dev_ids
+
+
 def seen_and_unseen(query_ids: list[str], qrels: dict, positives: set[str]) -> tuple[list[str], list[str]]:
     """``query_ids`` split by whether a relevant document (grade > 0 in ``qrels``) is among ``positives``."""
     seen = [q for q in query_ids if any(d in positives for d, g in qrels[q].items() if g > 0)]

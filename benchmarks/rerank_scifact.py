@@ -52,6 +52,7 @@ from _common import (
     Output,
     append_run,
     compare_on_subsets,
+    dev_slice,
     load_scifact_with_train,
     pseudo_query_examples,
     read_carved_split,
@@ -72,7 +73,6 @@ from flagstone.training.loop import TrainingConfig
 from flagstone.training.mining import mine_hard_negatives
 from flagstone.training.reranker import train_cross_encoder
 
-DEV_QUERIES = 100
 WEIGHTS = [round(w, 1) for w in np.arange(0.0, 1.01, 0.1)]
 SUBSETS = ("overall", "seen_docs", "unseen_docs")
 QUICK_CORPUS = 300
@@ -251,10 +251,7 @@ def main() -> int:
             print(f"--split-folder: {error}", file=sys.stderr)
             return 2
     else:
-        train_ids = list(train_qrels)
-        rng = np.random.default_rng(0)
-        dev_ids = sorted(rng.choice(train_ids, size=DEV_QUERIES, replace=False).tolist())
-        fit_ids = [q for q in train_ids if q not in set(dev_ids)]
+        fit_ids, dev_ids = dev_slice(list(train_qrels))
     test_ids = subsets["overall"]
     if args.quick:
         fit_ids, dev_ids, test_ids = fit_ids[:24], dev_ids[:10], test_ids[:10]

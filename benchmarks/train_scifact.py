@@ -7,12 +7,19 @@
    SciFact with the general-ability scores STS-B (test Spearman) and Banking77 (accuracy).
 
     python benchmarks/train_scifact.py
+    python benchmarks/train_scifact.py --without-dev-slice   # best_pipeline.py's tuning copies (~25 min)
 
 Only SciFact's train split (qrels/train.tsv) is used for training and choices; test is for reporting. The
 defaults (learning rate, temperature, epochs, LM-Cocktail temperature) were chosen by
 benchmarks/tune_training.py, which trains on 709 train queries and scores the other 100.
 All models are evaluated the same way: bfloat16 inference (about 2x faster here; see the README for its
 effect on the base model), max length 256. Writes benchmarks/results/train_scifact.{json,md}.
+
+``--without-dev-slice`` trains only the dense and M3 models, the same way, on the train queries less the 100-query
+dev slice (_common.dev_slice, which rerank_scifact.py keeps from the cross-encoder), into
+benchmarks/models/scifact-minilm-{finetuned,m3}-no-dev, each with a ``.held-out.json`` record beside it listing
+the held-out queries; it reads neither the test judgements nor writes any result. best_pipeline.py chooses its
+weights with these copies on the dev slice, which none of its models has then trained on.
 """
 from __future__ import annotations
 
@@ -26,6 +33,7 @@ from pathlib import Path
 from _common import (
     RESULTS,
     SHARED_DATA,
+    dev_slice,
     load_scifact_with_train,
     mine_scifact_examples,
     per_query_ndcg,
@@ -68,6 +76,10 @@ def main() -> int:
                         help="LM-Cocktail's softmax temperature over the example losses")
     parser.add_argument("--reuse", action="store_true",
                         help="skip training when the model folders exist (finish an interrupted run)")
+    parser.add_argument("--without-dev-slice", action="store_true",
+                        help="train only the dense and M3 models, without the 100-query dev slice, into "
+                             "benchmarks/models/scifact-minilm-{finetuned,m3}-no-dev (best_pipeline.py's tuning "
+                             "copies); no evaluation, no results file")
     parser.add_argument("--quick", action="store_true", help="a tiny run to check the script (numbers meaningless)")
     args = parser.parse_args()
     wall = time.perf_counter()
@@ -76,6 +88,8 @@ def main() -> int:
         return 2
     test, train_qrels, doc_text = loaded
     cache = EmbeddingCache()
+    if args.without_dev_slice:
+        return train_without_dev_slice(args, test, train_qrels, doc_text, cache)
     test_ids = list(test.qrels)
     train_ids = list(train_qrels)
     if args.quick:
@@ -109,10 +123,7 @@ def main() -> int:
     # 1. hard negatives from the base model's dense retrieval, ranks 5-99
     log("mining hard negatives")
     examples, _ = mine_scifact_examples(test, train_qrels, doc_text, train_ids, cache, base)
-    config = TrainingConfig(epochs=args.epochs, learning_rate=args.learning_rate, warmup_ratio=0.1,
-                            precision="bfloat16", seed=0)
-    common = {"group_size": args.group_size, "batch_size": args.batch_size,
-              "passage_max_length": args.passage_length, "temperature": args.temperature}
+    config, common = training_setup(args)
 
     log("fine-tuning the dense model")
     finetuned = MODELS / "scifact-minilm-finetuned"
@@ -192,6 +203,51 @@ def main() -> int:
         out["grid"] = saved["grid"]  # the tuning grid (tune_training.py report) does not depend on this run
     # "subsets" is dropped: it scored the models this run replaces; scifact_subsets.py writes it again
     save_results("train_scifact", "\n".join(lines), train_scifact=out)
+    return 0
+
+
+def training_setup(args: argparse.Namespace) -> tuple[TrainingConfig, dict]:
+    """The loop's config (dense epochs) and the settings both models share."""
+    config = TrainingConfig(epochs=args.epochs, learning_rate=args.learning_rate, warmup_ratio=0.1,
+                            precision="bfloat16", seed=0)
+    common = {"group_size": args.group_size, "batch_size": args.batch_size,
+              "passage_max_length": args.passage_length, "temperature": args.temperature}
+    return config, common
+
+
+def held_out_record(folder: Path) -> Path:
+    return folder.with_name(folder.name + ".held-out.json")
+
+
+def train_without_dev_slice(args: argparse.Namespace, test, train_qrels: dict, doc_text: dict[str, str],
+                            cache: EmbeddingCache) -> int:
+    """The dense and M3 models trained as main() trains them, less the dev slice: best_pipeline.py's tuning copies."""
+    import tempfile
+
+    fit_ids, dev_ids = dev_slice(list(train_qrels))
+    models = Path(tempfile.mkdtemp(prefix="no-dev-quick-")) if args.quick else MODELS
+    if args.quick:
+        fit_ids = fit_ids[:32]
+    log(f"tuning copies: {len(fit_ids)} train queries, the {len(dev_ids)}-query dev slice held out")
+    examples, _ = mine_scifact_examples(test, train_qrels, doc_text, fit_ids, cache, "all-MiniLM-L6-v2")
+    config, common = training_setup(args)
+    for name, heads, epochs in (("scifact-minilm-finetuned-no-dev", ("dense",), args.epochs),
+                                ("scifact-minilm-m3-no-dev", ("dense", "sparse", "colbert"), args.m3_epochs)):
+        folder = models / name
+        log(f"training {folder}")
+        t0 = time.perf_counter()
+        settings = EmbedderTrainingSettings(heads=heads, **common)
+        run = _train_or_reuse(args.reuse, "all-MiniLM-L6-v2", examples, folder, settings,
+                              dataclasses.replace(config, epochs=epochs))
+        record = {"held_out": dev_ids, "rule": "_common.dev_slice: numpy default_rng(0), 100 of qrels/train.tsv",
+                  "trained_on_queries": len(examples), "heads": list(heads), "epochs": epochs,
+                  "learning_rate": args.learning_rate, "temperature": args.temperature,
+                  "group_size": args.group_size, "batch_size": args.batch_size,
+                  "passage_max_length": args.passage_length, "steps": run.steps,
+                  "seconds": round(time.perf_counter() - t0)}
+        if run.steps:  # a reused folder keeps the record of the run that trained it
+            held_out_record(folder).write_text(json.dumps(record, indent=2))
+        log(f"  {run.steps} steps, {record['seconds']} s")
     return 0
 
 

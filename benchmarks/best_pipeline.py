@@ -3,6 +3,7 @@ sparse + ColBERT heads, then the trained cross-encoder on the top ``--depth``, i
 Then the same pipeline, same weights, on every other BEIR-format collection under ../shared/data.
 
     python benchmarks/train_scifact.py          # trains benchmarks/models/scifact-minilm-{finetuned,m3}
+    python benchmarks/train_scifact.py --without-dev-slice   # their tuning copies, *-no-dev (~25 min)
     python benchmarks/rerank_scifact.py         # trains benchmarks/models/scifact-cross-encoder
     python benchmarks/best_pipeline.py          # this benchmark (add --quick for a smoke run on slices)
 
@@ -12,14 +13,17 @@ Protocol:
   Retriever's hybrid (each signal proposes its top ``--candidates``, min-max normalised weighted sum);
 - reranking: the cross-encoder scores the first stage's top ``--depth``; the final score is
   flagstone.rerank.interpolate_with_first_stage's (1 - w) x reranker + w x first stage;
-- every weight is chosen on SciFact *train* queries only: the same 100 held-out train queries rerank_scifact.py
-  keeps out of the cross-encoder's training (numpy default_rng(0), 100 of qrels/train.tsv). The fusion weights
-  first: every weighting of the four signals in steps of ``--fusion-step`` (0.1: 286) summing to 1, zeros
-  included, each fused as the pipeline's search fuses (the dev queries are encoded and searched once, then each
-  weighting re-fuses that pool: flagstone.retrieval.retriever.candidate_pool); then w over 0, 0.1, ..., 1.
-  Caveat, recorded:
-  train_scifact.py fine-tunes the dense and M3 models on all 809 train queries, so those 100 queries are held
-  out from the cross-encoder only, and their dense / M3 scores are optimistic;
+- every weight is chosen on the dev slice, 100 SciFact *train* queries (_common.dev_slice: numpy
+  default_rng(0)) that no model choosing them trained on: rerank_scifact.py keeps them from the cross-encoder,
+  and the dense and M3 models' tuning copies (``--tuning-dense-model``, ``--tuning-m3-model``: trained by
+  ``train_scifact.py --without-dev-slice``, same settings, a record beside each listing the held-out queries,
+  checked) stand in for the final models, which trained on all 809 train queries. (Choosing with the final
+  models on queries they trained on gave dense 0.9 + ColBERT 0.1 and no weight to the cross-encoder: the
+  dense scores of training queries are too good.) The fusion weights first: every weighting of the four
+  signals in steps of ``--fusion-step`` (0.1: 286) summing to 1, zeros included, each fused as the pipeline's
+  search fuses (the dev queries are encoded and searched once, then each weighting re-fuses that pool:
+  flagstone.retrieval.retriever.candidate_pool); then w over 0, 0.1, ..., 1. The final models then run with
+  those weights unchanged;
 - SciFact test (qrels/test.tsv) is used for the reported figures only: all_test (its 300 queries; the figure set
   as ``best_pipeline_ndcg@10``), dedup (without the test queries whose text duplicates a train query) and
   scifact_subsets.py's seen_docs / unseen_docs split of dedup; each stage against the base model / the first
@@ -37,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -44,7 +49,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from _common import RESULTS, SHARED_DATA, load_scifact_with_train, save_results, set_result_entry, split_test_queries
+from _common import (
+    RESULTS,
+    SHARED_DATA,
+    dev_slice,
+    load_scifact_with_train,
+    save_results,
+    set_result_entry,
+    split_test_queries,
+)
 from scifact_subsets import compare
 from tqdm.auto import tqdm
 
@@ -58,10 +71,10 @@ from flagstone.retrieval.retriever import CandidatePool, Hits, HybridConfig, Ret
 
 MODELS = RESULTS.parent / "models"
 BASE = "all-MiniLM-L6-v2"
-DEV_QUERIES = 100  # rerank_scifact.py's dev slice: held out from the cross-encoder's training
 FIRST_STAGE_SIGNALS = ("dense", "bm25", "sparse", "colbert")
 INTERPOLATION_WEIGHTS = [round(w, 1) for w in np.arange(0.0, 1.01, 0.1)]
 TRAIN_SCIFACT = "python benchmarks/train_scifact.py"
+TRAIN_TUNING_COPIES = "python benchmarks/train_scifact.py --without-dev-slice"
 TRAIN_CROSS_ENCODER = "python benchmarks/rerank_scifact.py"
 
 
@@ -84,6 +97,7 @@ class Pipeline:
     fusion: dict[str, float] = field(default_factory=dict)
     first_stage_weight: float = 0.0
     reranker_timing: dict[str, float] = field(default_factory=dict)  # set by search()
+    show_progress: bool = False  # a bar while the cross-encoder scores
 
     @property
     def config(self) -> HybridConfig:
@@ -103,7 +117,7 @@ class Pipeline:
     def rerank(self, queries: Sequence[str], first: Hits) -> Hits:
         """The cross-encoder's scores of ``first``'s hits, ordered by the reranker alone (weight 0); the first
         stage's scores are kept for :func:`interpolate_with_first_stage`."""
-        return rerank_hits(self.reranker, list(queries), first, self.texts)
+        return rerank_hits(self.reranker, list(queries), first, self.texts, show_progress=self.show_progress)
 
     def search(self, queries: Sequence[str]) -> tuple[Hits, Hits, dict[str, float]]:
         """(first stage, final) hits and the ms per query of each stage. With cached scores the reranker's ms per
@@ -138,7 +152,8 @@ def build_pipeline(dense_model: str | Path, m3_model: str | Path, cross_encoder:
     reranker = CrossEncoderReranker(str(cross_encoder), max_length=192, batch_size=32, dtype=dtype)
     if cache is not None:  # scores on disk: a killed run resumes, a rerun scores nothing twice
         reranker = CachedReranker(reranker, cache)
-    return Pipeline(dense, m3, reranker, dict(zip(doc_ids, doc_texts)), depth=depth, candidates=candidates)
+    return Pipeline(dense, m3, reranker, dict(zip(doc_ids, doc_texts)), depth=depth, candidates=candidates,
+                    show_progress=show_progress)
 
 
 def fusion_grid(step: float = 0.1) -> list[dict[str, float]]:
@@ -187,11 +202,19 @@ def missing_model(folder: Path, files: Sequence[str], command: str, flag: str) -
     return f"{folder}: no trained model here ({', '.join(absent)} missing); train it with `{command}` or pass {flag}"
 
 
-def dev_query_ids(train_qrels: Mapping[str, object]) -> list[str]:
-    """rerank_scifact.py's dev slice: 100 train queries drawn with numpy default_rng(0) from qrels/train.tsv's
-    order (the same rule, so the cross-encoder never trained on them)."""
-    rng = np.random.default_rng(0)
-    return sorted(rng.choice(list(train_qrels), size=DEV_QUERIES, replace=False).tolist())
+def tuning_copy_problem(folder: Path, dev_ids: Sequence[str]) -> str | None:
+    """The one-line error for a tuning copy that may have trained on the dev slice: its ``.held-out.json`` record
+    (train_scifact.py --without-dev-slice writes it) must list every dev query as held out."""
+    record = folder.with_name(folder.name + ".held-out.json")
+    if not record.is_file():
+        return f"{folder}: no {record.name} beside it, so nothing says it never trained on the dev slice; " \
+               f"train it with `{TRAIN_TUNING_COPIES}`"
+    held = set(json.loads(record.read_text()).get("held_out", []))
+    missing = [q for q in dev_ids if q not in held]
+    if missing:
+        return f"{folder}: trained on {len(missing)} of the dev queries (e.g. {missing[0]}); retrain it with " \
+               f"`{TRAIN_TUNING_COPIES}`"
+    return None
 
 
 def beir_collections(root: Path, exclude: Path) -> list[Path]:
@@ -220,6 +243,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"fine-tuned dense model (default: train_scifact.py's; `{TRAIN_SCIFACT}`)")
     parser.add_argument("--m3-model", default=str(MODELS / "scifact-minilm-m3"),
                         help="M3 model with sparse + ColBERT heads (default: train_scifact.py's)")
+    parser.add_argument("--tuning-dense-model", default=str(MODELS / "scifact-minilm-finetuned-no-dev"),
+                        help="the dense model trained without the dev slice, used only to choose the weights "
+                             f"(default: `{TRAIN_TUNING_COPIES}`'s)")
+    parser.add_argument("--tuning-m3-model", default=str(MODELS / "scifact-minilm-m3-no-dev"),
+                        help="the M3 model trained without the dev slice, used only to choose the weights")
     parser.add_argument("--cross-encoder", default=str(MODELS / "scifact-cross-encoder"),
                         help="trained cross-encoder (default: rerank_scifact.py's --output-model)")
     parser.add_argument("--base-model", default=BASE, help="the untuned dense baseline (default: bundled MiniLM)")
@@ -241,7 +269,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for error in (missing_model(Path(args.dense_model), ["config.json"], TRAIN_SCIFACT, "--dense-model"),
                   missing_model(Path(args.m3_model), ["config.json", "sparse_linear.pt", "colbert_linear.pt"],
                                 TRAIN_SCIFACT, "--m3-model"),
-                  missing_model(Path(args.cross_encoder), ["config.json"], TRAIN_CROSS_ENCODER, "--cross-encoder")):
+                  missing_model(Path(args.cross_encoder), ["config.json"], TRAIN_CROSS_ENCODER, "--cross-encoder"),
+                  missing_model(Path(args.tuning_dense_model), ["config.json"], TRAIN_TUNING_COPIES,
+                                "--tuning-dense-model"),
+                  missing_model(Path(args.tuning_m3_model), ["config.json", "sparse_linear.pt", "colbert_linear.pt"],
+                                TRAIN_TUNING_COPIES, "--tuning-m3-model")):
         if error:
             print(error, file=sys.stderr)
             return 2
@@ -257,7 +289,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick:
         args.depth, args.candidates, args.fusion_step = 10, 10, 0.5
     cache = EmbeddingCache()
-    test_ids, dev_ids = list(test.qrels), dev_query_ids(train_qrels)
+    test_ids, dev_ids = list(test.qrels), dev_slice(list(train_qrels))[1]
+    for folder in (args.tuning_dense_model, args.tuning_m3_model):
+        problem = tuning_copy_problem(Path(folder), dev_ids)
+        if problem:
+            print(problem, file=sys.stderr)
+            return 2
     doc_ids, doc_texts = test.doc_ids, test.doc_texts
     if args.quick:
         test_ids, dev_ids = test_ids[:10], dev_ids[:10]
@@ -269,9 +306,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = Retriever(Embedder(args.base_model, dtype=args.dtype, show_progress=True), signals=["dense"],
                      cache=cache).fit(doc_ids, doc_texts)
 
-    log(f"choosing the weights on {len(dev_ids)} held-out train queries")
-    chosen = choose_weights(pipeline, [test.queries[q] for q in dev_ids], dev_ids, train_qrels,
+    log(f"choosing the weights on {len(dev_ids)} held-out train queries, with the models' tuning copies")
+    tuning = build_pipeline(args.tuning_dense_model, args.tuning_m3_model, args.cross_encoder, doc_ids, doc_texts,
+                            cache=cache, dtype=args.dtype, depth=args.depth, candidates=args.candidates,
+                            show_progress=True)
+    chosen = choose_weights(tuning, [test.queries[q] for q in dev_ids], dev_ids, train_qrels,
                             fusion_grid(args.fusion_step), show_progress=True)
+    pipeline.fusion, pipeline.first_stage_weight = tuning.fusion, tuning.first_stage_weight
     log(f"  fusion {chosen['fusion']}, first-stage weight {chosen['first_stage_weight']}")
 
     log(f"SciFact test: {len(test_ids)} queries")
@@ -314,12 +355,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "duplicates_dropped": split["duplicates"], "ndcg@10": table, "comparisons": comparisons,
                          "ms_per_query": ms, "reranker_timing": pipeline.reranker_timing,
                          "comparison_method": "Fisher paired randomization test, two-sided, 10,000 sign flips, seed 0"},
-        "weights": {**chosen, "chosen_on": f"{len(dev_ids)} held-out SciFact train queries (rerank_scifact.py's dev "
-                                          "slice, numpy default_rng(0)); never test",
-                    "caveat": "train_scifact.py trained the dense and M3 models on all train queries, these "
-                              "included: only the cross-encoder never saw them"},
+        "weights": {**chosen, "chosen_on": f"{len(dev_ids)} held-out SciFact train queries (the dev slice, numpy "
+                                          "default_rng(0)); never test",
+                    "chosen_with": {"dense": args.tuning_dense_model, "m3": args.tuning_m3_model,
+                                    "cross_encoder": args.cross_encoder},
+                    "caveat": "the weights were chosen with tuning copies of the dense and M3 models trained "
+                              "without the dev slice (as the cross-encoder was), then used unchanged with the "
+                              "models trained on all train queries"},
         "generalisation": generalisation,
         "settings": {"dense_model": args.dense_model, "m3_model": args.m3_model, "cross_encoder": args.cross_encoder,
+                     "tuning_dense_model": args.tuning_dense_model, "tuning_m3_model": args.tuning_m3_model,
                      "base_model": args.base_model, "depth": args.depth, "candidates": args.candidates,
                      "dtype": args.dtype, "fusion": "min-max weighted sum (flagstone hybrid), search_across",
                      "cross_encoder_max_length": 192, "documents": len(doc_ids), "quick": args.quick},

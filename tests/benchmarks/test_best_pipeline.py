@@ -3,6 +3,7 @@ stage ranks by the hybrid formula over two models' signals, the weights chosen a
 queries, the final ranking is the interpolation formula, and a missing model is a one-line user error."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -141,3 +142,17 @@ def test_a_cached_pipeline_gives_the_same_hits_and_times_only_what_it_scored(bes
     for hits in (first_run, again):
         assert hits.ids == expected.ids
         np.testing.assert_allclose(hits.scores, expected.scores, atol=1e-5)
+
+
+def test_a_tuning_copy_must_have_held_out_every_dev_query(best, tmp_path):
+    module, _, _ = best
+    copy = tmp_path / "scifact-minilm-m3-no-dev"
+    copy.mkdir()
+    problem = module.tuning_copy_problem(copy, ["q1", "q2"])
+    assert problem and "held-out.json" in problem and "--without-dev-slice" in problem
+    record = tmp_path / "scifact-minilm-m3-no-dev.held-out.json"
+    record.write_text(json.dumps({"held_out": ["q1"]}))
+    problem = module.tuning_copy_problem(copy, ["q1", "q2"])
+    assert problem and "1 of the dev queries" in problem and "q2" in problem and "\n" not in problem
+    record.write_text(json.dumps({"held_out": ["q1", "q2", "q3"]}))
+    assert module.tuning_copy_problem(copy, ["q1", "q2"]) is None

@@ -15,9 +15,11 @@ if [ ! -f "$data/corpus.jsonl" ] || [ ! -f "$data/qrels/train.tsv" ] || [ ! -f "
   exit 2
 fi
 python=.venv/bin/python
-for step in train_scifact scifact_subsets rerank_scifact "train_scifact --without-dev-slice" best_pipeline; do
+for step in train_scifact scifact_subsets rerank_scifact; do
   echo "== $step ($(date -u +%H:%M) UTC)" >&2
-  read -r script flags <<< "$step"
-  # shellcheck disable=SC2086  # flags: empty or one word
-  "$python" "benchmarks/$script.py" --data "$data" $flags
+  "$python" "benchmarks/$step.py" --data "$data"
 done
+echo "== train_scifact --without-dev-slice ($(date -u +%H:%M) UTC)" >&2
+"$python" benchmarks/train_scifact.py --data "$data" --without-dev-slice
+echo "== best_pipeline ($(date -u +%H:%M) UTC)" >&2
+"$python" benchmarks/best_pipeline.py --data "$data"

@@ -481,7 +481,10 @@ def check_benchmark(words: list[str], space: Workspace) -> None:
     assert script.is_file(), f"{words[1]} does not exist"
     if script.suffix == ".sh":  # a chain of benchmarks: it parses, and each one it runs exists
         assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
-        for step in re.findall(r"^for step in (.+); do$", script.read_text(), flags=re.M)[0].split():
+        text = script.read_text()
+        steps = re.findall(r"^for step in (.+); do$", text, flags=re.M)[0].split()
+        steps += re.findall(r'^"\$python" benchmarks/(\w+)\.py', text, flags=re.M)  # steps run outside the loop
+        for step in steps:
             assert (REPO / "benchmarks" / f"{step}.py").is_file(), f"{words[1]} runs benchmarks/{step}.py: missing"
         return
     # a sub-command's options are listed by its own --help (longctx.py train --help); a positional that is not a

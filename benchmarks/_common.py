@@ -190,6 +190,12 @@ def dev_slice(train_ids: Sequence[str]) -> tuple[list[str], list[str]]:
     return [q for q in train_ids if q not in held], dev_ids
 
 
+def held_out_record(model_folder: Path) -> Path:
+    """The file beside a model that train_scifact.py --without-dev-slice writes and best_pipeline.py checks: which
+    queries the model never trained on."""
+    return model_folder.with_name(model_folder.name + ".held-out.json")
+
+
 def seen_and_unseen(query_ids: list[str], qrels: dict, positives: set[str]) -> tuple[list[str], list[str]]:
     """``query_ids`` split by whether a relevant document (grade > 0 in ``qrels``) is among ``positives``."""
     seen = [q for q in query_ids if any(d in positives for d, g in qrels[q].items() if g > 0)]

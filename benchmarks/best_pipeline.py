@@ -53,6 +53,7 @@ from _common import (
     RESULTS,
     SHARED_DATA,
     dev_slice,
+    held_out_record,
     load_scifact_with_train,
     save_results,
     set_result_entry,
@@ -205,7 +206,7 @@ def missing_model(folder: Path, files: Sequence[str], command: str, flag: str) -
 def tuning_copy_problem(folder: Path, dev_ids: Sequence[str]) -> str | None:
     """The one-line error for a tuning copy that may have trained on the dev slice: its ``.held-out.json`` record
     (train_scifact.py --without-dev-slice writes it) must list every dev query as held out."""
-    record = folder.with_name(folder.name + ".held-out.json")
+    record = held_out_record(folder)
     if not record.is_file():
         return f"{folder}: no {record.name} beside it, so nothing says it never trained on the dev slice; " \
                f"train it with `{TRAIN_TUNING_COPIES}`"

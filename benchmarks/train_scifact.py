@@ -34,6 +34,7 @@ from _common import (
     RESULTS,
     SHARED_DATA,
     dev_slice,
+    held_out_record,
     load_scifact_with_train,
     mine_scifact_examples,
     per_query_ndcg,
@@ -215,14 +216,12 @@ def training_setup(args: argparse.Namespace) -> tuple[TrainingConfig, dict]:
     return config, common
 
 
-def held_out_record(folder: Path) -> Path:
-    return folder.with_name(folder.name + ".held-out.json")
-
-
 def train_without_dev_slice(args: argparse.Namespace, test, train_qrels: dict, doc_text: dict[str, str],
                             cache: EmbeddingCache) -> int:
     """The dense and M3 models trained as main() trains them, less the dev slice: best_pipeline.py's tuning copies."""
     import tempfile
+
+    from flagstone._io import atomic_write
 
     fit_ids, dev_ids = dev_slice(list(train_qrels))
     models = Path(tempfile.mkdtemp(prefix="no-dev-quick-")) if args.quick else MODELS
@@ -246,7 +245,8 @@ def train_without_dev_slice(args: argparse.Namespace, test, train_qrels: dict, d
                   "passage_max_length": args.passage_length, "steps": run.steps,
                   "seconds": round(time.perf_counter() - t0)}
         if run.steps:  # a reused folder keeps the record of the run that trained it
-            held_out_record(folder).write_text(json.dumps(record, indent=2))
+            with atomic_write(held_out_record(folder)) as handle:
+                json.dump(record, handle, indent=2)
         log(f"  {run.steps} steps, {record['seconds']} s")
     return 0
 

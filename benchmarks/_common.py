@@ -247,13 +247,14 @@ def mine_scifact_examples(test, train_qrels, doc_text: dict[str, str], query_ids
 
 def pseudo_query_examples(doc_ids: list[str], doc_text: dict[str, str], exclude_docs: set[str], retriever,
                           n_documents: int, keep_top: int, *, seed: int = 0, generate=None,
-                          mine_mode: str = "dense") -> tuple[list, dict]:
+                          mine_mode: str = "dense", miner=None) -> tuple[list, dict]:
     """InPars / Promptagator-style training examples for documents no training query points at: ``n_documents``
     documents drawn (``seed``) from ``doc_ids`` minus ``exclude_docs`` (the training positives), one greedy
     pseudo-query each from the bundled SmolLM2 (flagstone.genir.generate_pseudo_queries, float32, cached on
     disk), kept only when ``retriever`` (dense) ranks its own document in the top ``keep_top`` (consistency
     filtering), with 15 hard negatives from the same ranks 5-99 as :func:`mine_scifact_examples` (``mine_mode``:
-    the retriever's mode they are mined from; the cross-encoder mines from its hybrid first stage). Returns the
+    the retriever's mode they are mined from; the cross-encoder mines from its hybrid first stage; ``miner``, when
+    given, is searched for them instead of ``retriever``, e.g. best_pipeline.FusedFirstStage). Returns the
     examples and a summary of what was generated and kept (with the bundled generator also its stats under
     "generation": replies, time, documents/s, recorded_seconds counting documents served from the cache). ``generate``
     replaces the generator (tests)."""
@@ -281,11 +282,11 @@ def pseudo_query_examples(doc_ids: list[str], doc_text: dict[str, str], exclude_
     ranked = retriever.search([queries[q] for q in ids], mode="dense", k=keep_top).ids if ids else []
     kept = [q for q, row in zip(ids, ranked) if next(iter(qrels[q])) in row]
     examples = examples_from_qrels(queries, qrels, doc_text, kept)
-    examples = mine_hard_negatives(examples, retriever, doc_text, mode=mine_mode, rank_range=(5, 100),
-                                   n_negatives=15, seed=seed)
+    examples = mine_hard_negatives(examples, retriever if miner is None else miner, doc_text, mode=mine_mode,
+                                   rank_range=(5, 100), n_negatives=15, seed=seed)
     summary = {"documents": len(docs), "pool": len(pool), "queries_written": len(ids),
                "documents_without_query": without_query, "kept": len(kept),
-               "keep_top": keep_top, "negatives_from": mine_mode,
+               "keep_top": keep_top, "negatives_from": mine_mode if miner is None else type(miner).__name__,
                "generator": "SmolLM2-135M-Instruct (bundled), greedy, float32",
                "generation": generation or None}
     return examples, summary

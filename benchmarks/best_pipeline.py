@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import re
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -85,6 +86,23 @@ def log(message: str) -> None:
 
 # -- the pipeline (library part, tested on tiny checkpoints) ---------------------------------------------------
 @dataclass
+class FusedFirstStage:
+    """The pipeline's first stage with fixed weights, shaped like a Retriever for the miners
+    (flagstone.training.mining.mine_hard_negatives calls ``search(queries, mode=..., k=...)``)."""
+
+    lexical_dense: Retriever
+    m3: Retriever
+    weights: dict[str, float]
+    candidates: int = 100
+
+    def search(self, queries: Sequence[str], *, mode: str = "hybrid", k: int = 100) -> Hits:
+        if mode != "hybrid":  # the fused first stage is one hybrid ranking; a signal alone is the Retriever's
+            raise ValueError(f"the fused first stage searches only mode='hybrid', not {mode!r}")
+        return search_across([self.lexical_dense, self.m3], list(queries), weights=self.weights, k=k,
+                             hybrid=HybridConfig(candidates=self.candidates))
+
+
+@dataclass
 class Pipeline:
     """The two first-stage retrievers (fine-tuned dense + BM25; M3 sparse + ColBERT), the cross-encoder and the
     weights. ``fusion`` and ``first_stage_weight`` are set by :func:`choose_weights` (or given)."""
@@ -106,8 +124,8 @@ class Pipeline:
 
     def first_stage(self, queries: Sequence[str], weights: Mapping[str, float] | None = None,
                     k: int | None = None) -> Hits:
-        return search_across([self.lexical_dense, self.m3], list(queries), weights=weights or self.fusion,
-                             k=k or self.depth, hybrid=self.config)
+        fused = FusedFirstStage(self.lexical_dense, self.m3, dict(weights or self.fusion), self.candidates)
+        return fused.search(queries, k=k or self.depth)
 
     def candidate_pool(self, queries: Sequence[str]) -> CandidatePool:
         """Every signal's proposals and scores for ``queries``: ``pool.fuse(weights)`` is ``first_stage(queries,
@@ -146,15 +164,24 @@ def build_pipeline(dense_model: str | Path, m3_model: str | Path, cross_encoder:
                    depth: int = 100, candidates: int = 100, show_progress: bool = False) -> Pipeline:
     """Index the documents with the fine-tuned dense model + BM25 and with the M3 model's sparse + ColBERT heads,
     and load the cross-encoder."""
-    dense = Retriever(Embedder(str(dense_model), dtype=dtype, show_progress=show_progress),
-                      signals=["dense", "bm25"], cache=cache).fit(doc_ids, doc_texts)
-    m3 = Retriever(Embedder(str(m3_model), dtype=dtype, show_progress=show_progress),
-                   signals=["sparse", "colbert"], cache=cache).fit(doc_ids, doc_texts)
+    dense, m3 = build_first_stage(dense_model, m3_model, doc_ids, doc_texts, cache=cache, dtype=dtype,
+                                  show_progress=show_progress)
     reranker = CrossEncoderReranker(str(cross_encoder), max_length=192, batch_size=32, dtype=dtype)
     if cache is not None:  # scores on disk: a killed run resumes, a rerun scores nothing twice
         reranker = CachedReranker(reranker, cache)
     return Pipeline(dense, m3, reranker, dict(zip(doc_ids, doc_texts)), depth=depth, candidates=candidates,
                     show_progress=show_progress)
+
+
+def build_first_stage(dense_model: str | Path, m3_model: str | Path, doc_ids: list[str], doc_texts: list[str], *,
+                      cache: EmbeddingCache | None, dtype: str = "float32",
+                      show_progress: bool = False) -> tuple[Retriever, Retriever]:
+    """The first stage's two retrievers: the fine-tuned dense model + BM25, and the M3 model's sparse + ColBERT."""
+    dense = Retriever(Embedder(str(dense_model), dtype=dtype, show_progress=show_progress),
+                      signals=["dense", "bm25"], cache=cache).fit(doc_ids, doc_texts)
+    m3 = Retriever(Embedder(str(m3_model), dtype=dtype, show_progress=show_progress),
+                   signals=["sparse", "colbert"], cache=cache).fit(doc_ids, doc_texts)
+    return dense, m3
 
 
 def fusion_grid(step: float = 0.1) -> list[dict[str, float]]:
@@ -263,6 +290,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="grid step of the fusion weights (default 0.1: 286 weightings, each one dev search; "
                              "--quick uses 0.5)")
     parser.add_argument("--skip-generalisation", action="store_true", help="SciFact only")
+    parser.add_argument("--results-name", default="best_pipeline",
+                        help="results are written to benchmarks/results/<name>.{json,md} (default: best_pipeline, "
+                             "which also sets best_pipeline_ndcg@10 in train_scifact.json; another name keeps a "
+                             "variant, e.g. another --cross-encoder, beside it and touches nothing else)")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run on slices (10 test + 10 dev queries, 5 per other collection, small "
                              "corpora, depth 10); prints the tables, writes nothing; numbers meaningless")
@@ -278,6 +309,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if error:
             print(error, file=sys.stderr)
             return 2
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", args.results_name) or args.results_name.endswith(".json"):
+        print(f"--results-name: a file stem of letters, digits, '.', '_' and '-', got {args.results_name!r}",
+              file=sys.stderr)
+        return 2
     if args.depth < 1 or args.candidates < 1 or not 0 < args.fusion_step <= 1 \
             or abs(round(1 / args.fusion_step) * args.fusion_step - 1) > 1e-9:
         print("--depth and --candidates must be at least 1, --fusion-step 1/n for a whole n", file=sys.stderr)
@@ -375,8 +410,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick:
         print(text)
         return 0
-    save_results("best_pipeline", text, best_pipeline=out)
-    set_result_entry("train_scifact", "best_pipeline_ndcg@10", best)
+    save_results(args.results_name, text, **{args.results_name: out})
+    if args.results_name == "best_pipeline":
+        set_result_entry("train_scifact", "best_pipeline_ndcg@10", best)
     return 0
 
 

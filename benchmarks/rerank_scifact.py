@@ -14,7 +14,9 @@ Protocol (the test split is used for the final numbers only):
 - first stage: Retriever(MiniLM) hybrid, the configuration benchmarks/retrieval_scifact.py chose on train,
   top ``--depth`` (default 100);
 - training data: SciFact train queries minus a dev slice of 100 queries; positives from qrels/train.tsv,
-  15 hard negatives per query mined from the first stage's ranks 5-99; with ``--pseudo-queries N`` also the
+  15 hard negatives per query mined from the first stage's ranks 5-99 (with ``--negatives-from best-first-stage``
+  from best_pipeline.py's fused first stage instead: its tuning-copy models, which never saw the dev slice, and
+  its chosen fusion weights); with ``--pseudo-queries N`` also the
   pseudo-queries the bundled SmolLM2 writes for N documents that no train query points at (benchmarks/_common.
   pseudo_query_examples: kept when the dense first stage ranks their own document in the top
   ``--pseudo-keep-top``, negatives from the hybrid first stage; saved by default as scifact-cross-encoder-pqN);
@@ -75,6 +77,8 @@ from flagstone.training.reranker import train_cross_encoder
 
 WEIGHTS = [round(w, 1) for w in np.arange(0.0, 1.01, 0.1)]
 SUBSETS = ("overall", "seen_docs", "unseen_docs")
+NEGATIVE_SOURCES = ("hybrid", "best-first-stage")
+MODELS = RESULTS.parent / "models"
 QUICK_CORPUS = 300
 LLM_MODEL = "SmolLM2-135M-Instruct (bundled GGUF, dequantised)"
 # tokens per prompt: a pointwise prompt holds one passage, a pairwise two, a listwise window up to ten
@@ -161,6 +165,30 @@ def previous_cross_ms(model: Path, depth: int, max_length: int, dtype: str) -> t
     return None
 
 
+def best_first_stage_settings(args: argparse.Namespace, dev_ids: list[str]) -> dict | str:
+    """The models and fusion weights of best_pipeline.py's first stage for mining, or the one-line error: the
+    weights must be in benchmarks/results/best_pipeline.json and each model must be a tuning copy that never saw
+    the dev slice (the cross-encoder's interpolation weight is chosen there)."""
+    from best_pipeline import TRAIN_TUNING_COPIES, missing_model, tuning_copy_problem
+
+    saved = RESULTS / "best_pipeline.json"
+    try:
+        weights = json.loads(saved.read_text())["weights"]["fusion"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"--negatives-from best-first-stage: no fusion weights in {saved}; run benchmarks/best_pipeline.py first"
+    dense, m3 = Path(args.mining_dense_model), Path(args.mining_m3_model)
+    for problem in (missing_model(dense, ["config.json"], TRAIN_TUNING_COPIES, "--mining-dense-model"),
+                    missing_model(m3, ["config.json", "sparse_linear.pt", "colbert_linear.pt"], TRAIN_TUNING_COPIES,
+                                  "--mining-m3-model"),
+                    tuning_copy_problem(dense, dev_ids), tuning_copy_problem(m3, dev_ids)):
+        if problem:
+            return problem
+    weights = {k: float(v) for k, v in weights.items()}
+    description = (f"weights {', '.join(f'{k} {v:g}' for k, v in weights.items())} from {saved.name}; "
+                   f"dense {dense.name}, M3 {m3.name}")
+    return {"weights": weights, "dense": dense, "m3": m3, "description": description}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(SHARED_DATA / "beir" / "scifact"))
@@ -201,6 +229,18 @@ def main() -> int:
                              "Default 0: none")
     parser.add_argument("--pseudo-keep-top", type=int, default=3, metavar="K",
                         help="consistency filter for --pseudo-queries (default: 3)")
+    parser.add_argument("--negatives-from", choices=NEGATIVE_SOURCES, default="hybrid",
+                        help="where the hard negatives (ranks 5-99) come from: this script's MiniLM hybrid first "
+                             "stage, or best_pipeline.py's fused first stage (fine-tuned dense + BM25 + M3 heads "
+                             "with the fusion weights in benchmarks/results/best_pipeline.json), built from "
+                             "--mining-dense-model and --mining-m3-model; saved by default with a -bfs suffix "
+                             "(default: hybrid)")
+    parser.add_argument("--mining-dense-model", default=str(MODELS / "scifact-minilm-finetuned-no-dev"),
+                        help="with --negatives-from best-first-stage: the fine-tuned dense model (default: the tuning "
+                             "copy `python benchmarks/train_scifact.py --without-dev-slice` trains, which never saw "
+                             "the dev slice)")
+    parser.add_argument("--mining-m3-model", default=str(MODELS / "scifact-minilm-m3-no-dev"),
+                        help="with --negatives-from best-first-stage: the M3 model (default: its tuning copy)")
     parser.add_argument("--split-folder", default=None,
                         help="a split 'flagstone data carve-split' wrote from --data's train split: train the "
                              "cross-encoder on its train queries and choose the interpolation weight on its carved "
@@ -231,7 +271,8 @@ def main() -> int:
         args.pseudo_queries = min(args.pseudo_queries, 8)
     default_path = RESULTS.parent / "models" / (
         ("scifact-cross-encoder-quick" if args.quick else "scifact-cross-encoder")
-        + (f"-pq{args.pseudo_queries}" if args.pseudo_queries else ""))
+        + (f"-pq{args.pseudo_queries}" if args.pseudo_queries else "")
+        + ("-bfs" if args.negatives_from == "best-first-stage" else ""))
     output_model = Path(args.output_model or default_path)
     args.output_model = str(output_model)  # recorded with the run's arguments
     if args.llm_depth > args.depth:
@@ -252,6 +293,12 @@ def main() -> int:
             return 2
     else:
         fit_ids, dev_ids = dev_slice(list(train_qrels))
+    mining = None
+    if args.negatives_from == "best-first-stage":
+        mining = best_first_stage_settings(args, dev_ids)
+        if isinstance(mining, str):
+            print(mining, file=sys.stderr)
+            return 2
     test_ids = subsets["overall"]
     if args.quick:
         fit_ids, dev_ids, test_ids = fit_ids[:24], dev_ids[:10], test_ids[:10]
@@ -282,7 +329,8 @@ def main() -> int:
     ce_settings = {"script": "benchmarks/rerank_scifact.py", "base": "all-MiniLM-L6-v2", "group_size": 8,
                    "batch_groups": 4, "max_length": args.max_length, "epochs": args.epochs,
                    "learning_rate": args.learning_rate, "warmup_ratio": 0.1, "precision": precision, "seed": 0,
-                   "negatives": "15 from the hybrid first stage's ranks 5-99, seed 0",
+                   "negatives": "15 from the hybrid first stage's ranks 5-99, seed 0" if mining is None else
+                   f"15 from best_pipeline's fused first stage's ranks 5-99 ({mining['description']}), seed 0",
                    "train_queries": fit_ids, "data": str(Path(args.data).resolve()),
                    "corpus": f"--quick: judged documents + the first {QUICK_CORPUS}" if args.quick else "all"}
     if args.pseudo_queries:  # absent otherwise, so models trained before the option existed still match
@@ -315,14 +363,21 @@ def main() -> int:
 
         from flagstone.genir.query_generation import model_fingerprint
 
+        miner = retriever
+        if mining is not None:
+            from best_pipeline import FusedFirstStage, build_first_stage
+
+            print("mining from best_pipeline's fused first stage: " + mining["description"], flush=True)
+            miner = FusedFirstStage(*build_first_stage(mining["dense"], mining["m3"], corpus_ids, corpus_texts,
+                                                       cache=cache, show_progress=True), mining["weights"])
         examples = examples_from_qrels(test.queries, train_qrels, doc_text, fit_ids)
-        examples = mine_hard_negatives(examples, retriever, doc_text, mode="hybrid", rank_range=(5, 100),
+        examples = mine_hard_negatives(examples, miner, doc_text, mode="hybrid", rank_range=(5, 100),
                                        n_negatives=15, seed=0)
         pseudo = None
         if args.pseudo_queries:  # documents no train or dev query points at: the unseen documents' signal
             positives = {d for q in train_qrels for d in train_qrels[q]}
             extra, pseudo = pseudo_query_examples(corpus_ids, doc_text, positives, retriever, args.pseudo_queries,
-                                                  args.pseudo_keep_top, mine_mode="hybrid")
+                                                  args.pseudo_keep_top, mine_mode="hybrid", miner=miner)
             print(f"pseudo-queries: {pseudo['kept']} kept of {pseudo['queries_written']} written for "
                   f"{pseudo['documents']} documents", flush=True)
             examples = examples + extra

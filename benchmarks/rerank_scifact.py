@@ -21,7 +21,8 @@ Protocol (the test split is used for the final numbers only):
   pseudo_query_examples: kept when the dense first stage ranks their own document in the top
   ``--pseudo-keep-top``, negatives from the hybrid first stage; saved by default as scifact-cross-encoder-pqN);
 - cross-encoder: bundled all-MiniLM-L6-v2 encoder + a new one-logit head, groupwise softmax (1 positive +
-  7 negatives), ``--epochs`` 3 at ``--learning-rate`` 1e-4 (the defaults), ``--max-length`` 192 tokens a
+  7 negatives; with ``--distill-from CROSS_ENCODER`` mixed with listwise distillation from that teacher's scores
+  of the same group, ``--distill-weight`` 0.5, ``--teacher-temperature`` 1), ``--epochs`` 3 at ``--learning-rate`` 1e-4 (the defaults), ``--max-length`` 192 tokens a
   pair, ``--precision`` auto (bf16 autocast and inference where the CPU has native bf16, else float32); the
   interpolation weight with the first stage is chosen on the dev slice. It is saved to ``--output-model`` with a
   settings file beside it; ``--reuse-cross-encoder`` skips training when that
@@ -72,7 +73,7 @@ from flagstone.rerank import CachedReranker, interpolate_with_first_stage, reran
 from flagstone.retrieval.retriever import Retriever
 from flagstone.training.data import examples_from_qrels
 from flagstone.training.loop import TrainingConfig
-from flagstone.training.mining import mine_hard_negatives
+from flagstone.training.mining import add_teacher_scores, mine_hard_negatives
 from flagstone.training.reranker import train_cross_encoder
 
 WEIGHTS = [round(w, 1) for w in np.arange(0.0, 1.01, 0.1)]
@@ -241,6 +242,16 @@ def main() -> int:
                              "the dev slice)")
     parser.add_argument("--mining-m3-model", default=str(MODELS / "scifact-minilm-m3-no-dev"),
                         help="with --negatives-from best-first-stage: the M3 model (default: its tuning copy)")
+    parser.add_argument("--distill-from", default=None, metavar="CROSS_ENCODER",
+                        help="listwise distillation: a trained cross-encoder folder whose scores of every training "
+                             "example's positive and negatives (cached on disk) become a soft target over each "
+                             "group, mixed into the loss with --distill-weight (default: none, labels only)")
+    parser.add_argument("--distill-weight", type=float, default=0.5,
+                        help="with --distill-from: loss = (1 - w) x label loss + w x listwise distillation "
+                             "(default: 0.5)")
+    parser.add_argument("--teacher-temperature", type=float, default=1.0,
+                        help="with --distill-from: the teacher's scores are divided by this before the softmax "
+                             "(default: 1.0)")
     parser.add_argument("--split-folder", default=None,
                         help="a split 'flagstone data carve-split' wrote from --data's train split: train the "
                              "cross-encoder on its train queries and choose the interpolation weight on its carved "
@@ -266,13 +277,20 @@ def main() -> int:
     if args.pseudo_queries < 0:
         print("--pseudo-queries must be 0 or more", file=sys.stderr)
         return 2
+    if not 0 < args.distill_weight <= 1 or args.teacher_temperature <= 0:
+        print("--distill-weight must be in (0, 1] and --teacher-temperature positive", file=sys.stderr)
+        return 2
+    if args.distill_from and not (Path(args.distill_from) / "config.json").is_file():
+        print(f"--distill-from: {args.distill_from} holds no cross-encoder (config.json missing)", file=sys.stderr)
+        return 2
     if args.quick:
         args.depth, args.llm_depth, args.llm_queries, args.epochs = 10, 5, min(args.llm_queries, 5), 1
         args.pseudo_queries = min(args.pseudo_queries, 8)
     default_path = RESULTS.parent / "models" / (
         ("scifact-cross-encoder-quick" if args.quick else "scifact-cross-encoder")
         + (f"-pq{args.pseudo_queries}" if args.pseudo_queries else "")
-        + ("-bfs" if args.negatives_from == "best-first-stage" else ""))
+        + ("-bfs" if args.negatives_from == "best-first-stage" else "")
+        + ("-distil" if args.distill_from else ""))
     output_model = Path(args.output_model or default_path)
     args.output_model = str(output_model)  # recorded with the run's arguments
     if args.llm_depth > args.depth:
@@ -335,6 +353,12 @@ def main() -> int:
                    "corpus": f"--quick: judged documents + the first {QUICK_CORPUS}" if args.quick else "all"}
     if args.pseudo_queries:  # absent otherwise, so models trained before the option existed still match
         ce_settings.update(pseudo_queries=args.pseudo_queries, pseudo_keep_top=args.pseudo_keep_top)
+    if args.distill_from:  # absent otherwise, as above
+        from flagstone.genir.query_generation import model_fingerprint
+
+        ce_settings.update(distill_from=str(Path(args.distill_from).resolve()),
+                           distill_teacher_fingerprint=model_fingerprint(args.distill_from),
+                           distill_weight=args.distill_weight, teacher_temperature=args.teacher_temperature)
     record, reuse_note = (reusable_cross_encoder(output_model, ce_settings) if args.reuse_cross_encoder
                           else (None, "trained (--reuse-cross-encoder not given)"))
     # about to train: refuse a folder that may not be replaced before the first stage's encoding
@@ -381,9 +405,16 @@ def main() -> int:
             print(f"pseudo-queries: {pseudo['kept']} kept of {pseudo['queries_written']} written for "
                   f"{pseudo['documents']} documents", flush=True)
             examples = examples + extra
+        distill_weight = 0.0
+        if args.distill_from:  # the teacher scores each example's positives and all 15 negatives (cached pairs)
+            teacher = CachedReranker(CrossEncoderReranker(args.distill_from, max_length=args.max_length,
+                                                          batch_size=32, dtype=precision), cache)
+            examples = add_teacher_scores(examples, teacher)
+            distill_weight = args.distill_weight
         start = time.perf_counter()
         trained = train_cross_encoder("all-MiniLM-L6-v2", examples, output_model, group_size=8, batch_size=4,
-                                      max_length=args.max_length, config=config, overwrite=True)
+                                      max_length=args.max_length, config=config, overwrite=True,
+                                      distill_weight=distill_weight, teacher_temperature=args.teacher_temperature)
         record = {"settings": ce_settings, "fingerprint": model_fingerprint(output_model),
                   "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   "training": {"steps": trained.steps, "train_seconds": round(time.perf_counter() - start, 1),

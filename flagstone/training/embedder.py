@@ -30,6 +30,7 @@ from flagstone.training.loop import (
     TrainingResult,
     clear_checkpoint,
     seed_everything,
+    soft_cross_entropy,
     train,
 )
 from flagstone.training.settings import (  # noqa: F401 -- HEADS, HEAD_WEIGHTS: re-exported
@@ -149,12 +150,6 @@ def flops_penalty(weights: torch.Tensor) -> torch.Tensor:
     return (weights.mean(dim=0) ** 2).sum()
 
 
-def _soft_cross_entropy(student: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
-    import torch
-
-    return -(teacher_probs * torch.log_softmax(student, dim=-1)).sum(-1).mean()
-
-
 def train_embedder(
     base: str | os.PathLike[str] | Embedder,
     examples: Sequence[TrainingExample],
@@ -224,7 +219,7 @@ def train_embedder(
             if teacher is None:
                 return torch.nn.functional.cross_entropy(s, targets)
             group = s if not settings.in_batch_negatives else s.gather(1, own)
-            return _soft_cross_entropy(group, teacher)
+            return soft_cross_entropy(group, teacher)
 
         losses = {h: head_loss(s) for h, s in scores.items()}
         if len(heads) == 1:
@@ -234,7 +229,7 @@ def train_embedder(
             total = sum(weights[h] * losses[h] for h in heads) + head_loss(ensemble)
             if settings.self_distill:
                 target = torch.softmax(ensemble.detach(), dim=-1)
-                distilled = sum(weights[h] * _soft_cross_entropy(scores[h], target) for h in heads)
+                distilled = sum(weights[h] * soft_cross_entropy(scores[h], target) for h in heads)
                 total = (total + distilled) / 2
         query_flops, passage_flops = settings.flops_weights
         if query_flops:

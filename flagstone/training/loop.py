@@ -37,6 +37,14 @@ class TrainingResult:
     precision: str = ""  # what the steps computed in: "bfloat16" (autocast) or "float32" ("auto" resolved)
 
 
+def soft_cross_entropy(student: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the rows of ``student`` (logits) against ``teacher_probs`` (a distribution per row):
+    the distillation loss of both trainers (equal to the KL divergence up to the teacher's entropy)."""
+    import torch
+
+    return -(teacher_probs * torch.log_softmax(student, dim=-1)).sum(-1).mean()
+
+
 def seed_everything(seed: int) -> None:
     import torch
 

@@ -156,3 +156,32 @@ def test_a_tuning_copy_must_have_held_out_every_dev_query(best, tmp_path):
     assert problem and "1 of the dev queries" in problem and "q2" in problem and "\n" not in problem
     record.write_text(json.dumps({"held_out": ["q1", "q2", "q3"]}))
     assert module.tuning_copy_problem(copy, ["q1", "q2"]) is None
+
+
+def test_the_fused_first_stage_mines_from_the_pipelines_own_ranking(best):
+    from flagstone.training.data import TrainingExample
+    from flagstone.training.mining import mine_hard_negatives
+
+    module, pipeline, _ = best
+    weights = {"dense": 0.5, "bm25": 0.2, "sparse": 0.1, "colbert": 0.2}
+    fused = module.FusedFirstStage(pipeline.lexical_dense, pipeline.m3, weights, CANDIDATES)
+    hits = fused.search(QUERIES, mode="hybrid", k=DEPTH)
+    assert hits.ids == pipeline.first_stage(QUERIES, weights, k=DEPTH).ids == expected_first_stage(pipeline,
+                                                                                                    weights)[0]
+    with pytest.raises(ValueError, match="only mode='hybrid'"):
+        fused.search(QUERIES, mode="dense", k=DEPTH)
+    # negatives come from the fused ranking's ranks 1..3, the positive never among them
+    positive = DOCS[hits.ids[0][1]]
+    mined = mine_hard_negatives([TrainingExample(QUERIES[0], [positive])], fused, DOCS, mode="hybrid",
+                                rank_range=(1, 4), n_negatives=2, seed=0)
+    allowed = {DOCS[d] for d in fused.search(QUERIES[:1], k=4).ids[0][1:4]} - {positive}
+    assert len(mined[0].neg) == 2 and set(mined[0].neg) <= allowed
+
+
+def test_a_results_name_that_is_no_file_stem_is_refused(best, tmp_path, capsys):
+    module, _, folders = best
+    code = module.main(["--dense-model", str(folders["dense"]), "--m3-model", str(folders["m3"]), "--cross-encoder",
+                        str(folders["cross"]), "--tuning-dense-model", str(folders["dense"]), "--tuning-m3-model",
+                        str(folders["m3"]), "--data", str(tmp_path / "no-data"), "--results-name", "../elsewhere"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("--results-name") and len(err.strip().splitlines()) == 1

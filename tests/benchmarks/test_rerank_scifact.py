@@ -57,7 +57,9 @@ def test_an_existing_output_model_the_user_named_is_refused_before_the_first_sta
     assert [p.name for p in kept.iterdir()] == ["notes.txt"]
 
 
-@pytest.mark.parametrize("flag, value", [("--pseudo-queries", "-1"), ("--pseudo-keep-top", "0")])
+@pytest.mark.parametrize("flag, value", [("--pseudo-queries", "-1"), ("--pseudo-keep-top", "0"),
+                                         ("--distill-weight", "0"), ("--distill-weight", "1.5"),
+                                         ("--teacher-temperature", "0"), ("--distill-from", "no-such-teacher")])
 def test_a_negative_pseudo_query_count_is_refused_before_any_work(monkeypatch, tmp_path, capsys, flag, value):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     import rerank_scifact
@@ -90,3 +92,33 @@ def test_a_fully_cached_run_takes_the_cross_encoder_timing_of_the_newest_matchin
     assert ms == 2500.0 and "run 3" in source and "second" in source
     assert rerank_scifact.previous_cross_ms(Path("m"), 30, 192, "float32") is None  # another depth
     assert rerank_scifact.previous_cross_ms(Path("m"), 100, 256, "float32") is None  # another length
+
+
+@pytest.mark.parametrize("problem", ["absent", "no-record"])
+def test_mining_from_the_best_first_stage_needs_tuning_copies_that_held_out_the_dev_slice(monkeypatch, tmp_path,
+                                                                                         capsys, problem):
+    from flagstone.evaluation.splits import carve_split
+    from tests.evaluation.test_splits import make_beir
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import rerank_scifact
+
+    def no_first_stage(*args, **kwargs):
+        raise AssertionError("the first stage was built before the mining models were checked")
+
+    monkeypatch.setattr(rerank_scifact, "Retriever", no_first_stage)
+    data = make_beir(tmp_path / "data")
+    carve_split(data, tmp_path / "carved", seed=0, count=3)
+    dense = tmp_path / "dense-copy"
+    if problem == "no-record":  # a model folder, but nothing says it never trained on the carved queries
+        dense.mkdir()
+        (dense / "config.json").write_text("{}")
+    monkeypatch.setattr(sys, "argv", ["rerank_scifact.py", "--data", str(data), "--split-folder",
+                                      str(tmp_path / "carved"), "--train-only", "--negatives-from",
+                                      "best-first-stage", "--mining-dense-model", str(dense),
+                                      "--output-model", str(tmp_path / "out")])
+    assert rerank_scifact.main() == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and str(dense) in err and "--without-dev-slice" in err
+    assert ("no trained model here" in err) == (problem == "absent")
+    assert not (tmp_path / "out").exists()

@@ -25,7 +25,9 @@ def test_a_split_folder_that_is_no_carve_of_the_data_is_refused_before_any_work(
     assert "--split-folder" in capsys.readouterr().err
 
 
-def test_an_existing_output_model_the_user_named_is_refused_before_the_first_stage(monkeypatch, tmp_path, capsys):
+def carved_without_first_stage(monkeypatch, tmp_path, before: str):
+    """rerank_scifact with a Retriever that fails the test if built, and a tiny BEIR folder with a carved split
+    at tmp_path / "carved"."""
     from flagstone.evaluation.splits import carve_split
     from tests.evaluation.test_splits import make_beir
 
@@ -33,11 +35,16 @@ def test_an_existing_output_model_the_user_named_is_refused_before_the_first_sta
     import rerank_scifact
 
     def no_first_stage(*args, **kwargs):
-        raise AssertionError("the first stage was built before the output folder was checked")
+        raise AssertionError(f"the first stage was built before {before}")
 
     monkeypatch.setattr(rerank_scifact, "Retriever", no_first_stage)
     data = make_beir(tmp_path / "data")
     carve_split(data, tmp_path / "carved", seed=0, count=3)
+    return rerank_scifact, data
+
+
+def test_an_existing_output_model_the_user_named_is_refused_before_the_first_stage(monkeypatch, tmp_path, capsys):
+    rerank_scifact, data = carved_without_first_stage(monkeypatch, tmp_path, "the output folder was checked")
     kept = tmp_path / "my-cross-encoder"
     kept.mkdir()
     (kept / "notes.txt").write_text("mine")
@@ -97,18 +104,7 @@ def test_a_fully_cached_run_takes_the_cross_encoder_timing_of_the_newest_matchin
 @pytest.mark.parametrize("problem", ["absent", "no-record"])
 def test_mining_from_the_best_first_stage_needs_tuning_copies_that_held_out_the_dev_slice(monkeypatch, tmp_path,
                                                                                          capsys, problem):
-    from flagstone.evaluation.splits import carve_split
-    from tests.evaluation.test_splits import make_beir
-
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    import rerank_scifact
-
-    def no_first_stage(*args, **kwargs):
-        raise AssertionError("the first stage was built before the mining models were checked")
-
-    monkeypatch.setattr(rerank_scifact, "Retriever", no_first_stage)
-    data = make_beir(tmp_path / "data")
-    carve_split(data, tmp_path / "carved", seed=0, count=3)
+    rerank_scifact, data = carved_without_first_stage(monkeypatch, tmp_path, "the mining models were checked")
     dense = tmp_path / "dense-copy"
     if problem == "no-record":  # a model folder, but nothing says it never trained on the carved queries
         dense.mkdir()

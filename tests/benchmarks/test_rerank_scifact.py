@@ -1,6 +1,7 @@
 """rerank_scifact.py's options that come before any model work: a carved split is checked first."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -105,13 +106,20 @@ def test_a_fully_cached_run_takes_the_cross_encoder_timing_of_the_newest_matchin
 def test_mining_from_the_best_first_stage_needs_tuning_copies_that_held_out_the_dev_slice(monkeypatch, tmp_path,
                                                                                          capsys, problem):
     rerank_scifact, data = carved_without_first_stage(monkeypatch, tmp_path, "the mining models were checked")
-    dense = tmp_path / "dense-copy"
-    if problem == "no-record":  # a model folder, but nothing says it never trained on the carved queries
-        dense.mkdir()
-        (dense / "config.json").write_text("{}")
+    results = tmp_path / "results"  # the fusion weights best_pipeline.py would have chosen
+    results.mkdir()
+    (results / "best_pipeline.json").write_text(json.dumps({"weights": {"fusion": {"dense": 0.6, "bm25": 0.4}}}))
+    monkeypatch.setattr(rerank_scifact, "RESULTS", results)
+    dense, m3 = tmp_path / "dense-copy", tmp_path / "m3-copy"
+    if problem == "no-record":  # model folders, but nothing says the dense one never trained on the carved queries
+        for folder, files in ((dense, ["config.json"]), (m3, ["config.json", "sparse_linear.pt", "colbert_linear.pt"])):
+            folder.mkdir()
+            for name in files:
+                (folder / name).write_text("{}")
     monkeypatch.setattr(sys, "argv", ["rerank_scifact.py", "--data", str(data), "--split-folder",
                                       str(tmp_path / "carved"), "--train-only", "--negatives-from",
-                                      "best-first-stage", "--mining-dense-model", str(dense),
+                                      "best-first-stage", "--mining-dense-model", str(dense), "--mining-m3-model",
+                                      str(m3),
                                       "--output-model", str(tmp_path / "out")])
     assert rerank_scifact.main() == 2
     err = capsys.readouterr().err

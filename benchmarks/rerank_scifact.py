@@ -286,7 +286,7 @@ def main() -> int:
     if args.quick:
         args.depth, args.llm_depth, args.llm_queries, args.epochs = 10, 5, min(args.llm_queries, 5), 1
         args.pseudo_queries = min(args.pseudo_queries, 8)
-    default_path = RESULTS.parent / "models" / (
+    default_path = MODELS / (
         ("scifact-cross-encoder-quick" if args.quick else "scifact-cross-encoder")
         + (f"-pq{args.pseudo_queries}" if args.pseudo_queries else "")
         + ("-bfs" if args.negatives_from == "best-first-stage" else "")

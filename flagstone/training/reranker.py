@@ -30,6 +30,19 @@ from flagstone.training.settings import (
 Group = tuple[str, list[str], "list[float] | None"]
 
 
+def check_examples(examples: Sequence[TrainingExample], *, with_teacher: bool = False) -> None:
+    """Raise DataError for the first example that cannot form a group: no negatives, or (``with_teacher``)
+    no teacher scores."""
+    no_negatives = [i for i, ex in enumerate(examples) if not ex.neg]
+    if no_negatives:
+        raise DataError(f"training example #{no_negatives[0]} has no negatives: mine hard negatives first")
+    if with_teacher:
+        unscored = [i for i, ex in enumerate(examples) if ex.pos_scores is None or ex.neg_scores is None]
+        if unscored:
+            raise DataError(f"training example #{unscored[0]} has no teacher scores (pos_scores / neg_scores): "
+                            "score every example with the teacher first (flagstone.training.mining.add_teacher_scores)")
+
+
 def sample_groups(examples: Sequence[TrainingExample], group_size: int, batch_size: int,
                   seed: int, *, with_teacher: bool = False) -> list[list[Group]]:
     """Batches of (query, [positive, negative, ...], teacher scores) groups for one epoch, shuffled by ``seed``.
@@ -41,15 +54,8 @@ def sample_groups(examples: Sequence[TrainingExample], group_size: int, batch_si
     """
     if group_size < 2:
         raise ValueError("group_size must be at least 2 (one positive and one negative)")
+    check_examples(examples, with_teacher=with_teacher)
     rng = np.random.default_rng(seed)
-    no_negatives = [i for i, ex in enumerate(examples) if not ex.neg]
-    if no_negatives:
-        raise DataError(f"training example #{no_negatives[0]} has no negatives: mine hard negatives first")
-    if with_teacher:
-        unscored = [i for i, ex in enumerate(examples) if ex.pos_scores is None or ex.neg_scores is None]
-        if unscored:
-            raise DataError(f"training example #{unscored[0]} has no teacher scores (pos_scores / neg_scores): "
-                            "score every example with the teacher first (flagstone.training.mining.add_teacher_scores)")
     groups = []
     for i in rng.permutation(len(examples)):
         ex = examples[i]
@@ -99,7 +105,7 @@ def train_cross_encoder(
     if teacher_temperature <= 0:
         raise ValueError(f"teacher_temperature must be positive, got {teacher_temperature}")
     distill = distill_weight > 0
-    sample_groups(examples[:1], group_size, batch_size, 0, with_teacher=distill)  # bad data fails before loading
+    check_examples(examples, with_teacher=distill)  # bad data fails before the model loads
     check_output_folder(output_dir, overwrite=overwrite, legacy=MODEL_LAYOUT)
     config = config or TrainingConfig()
     seed_everything(config.seed)  # the new head's initial weights come from the seeded generator

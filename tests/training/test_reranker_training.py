@@ -123,6 +123,9 @@ def test_listwise_distillation_follows_the_teacher_not_the_labels(tiny_m3_dir, t
     assert margins[1.0] > 0 > margins[0.0], margins
     with pytest.raises(DataError, match="no teacher scores"):
         train_cross_encoder(tiny_m3_dir, _examples(), tmp_path / "x", distill_weight=0.5, config=config)
+    with pytest.raises(DataError, match="example #3 has no teacher scores"):  # any example, not only the first
+        train_cross_encoder(tiny_m3_dir, examples[:3] + _examples()[3:], tmp_path / "x", distill_weight=0.5,
+                            config=config)
     assert not (tmp_path / "x").exists()
     with pytest.raises(ValueError, match="distill_weight"):
         train_cross_encoder(tiny_m3_dir, examples, tmp_path / "y", distill_weight=1.5, config=config)

@@ -313,6 +313,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"--results-name: a file stem of letters, digits, '.', '_' and '-', got {args.results_name!r}",
               file=sys.stderr)
         return 2
+    earlier = RESULTS / f"{args.results_name}.json"
+    if earlier.is_file() and "best_pipeline_ndcg@10" not in json.loads(earlier.read_text() or "{}"):
+        print(f"--results-name: {earlier} holds another benchmark's results; choose another name", file=sys.stderr)
+        return 2
     if args.depth < 1 or args.candidates < 1 or not 0 < args.fusion_step <= 1 \
             or abs(round(1 / args.fusion_step) * args.fusion_step - 1) > 1e-9:
         print("--depth and --candidates must be at least 1, --fusion-step 1/n for a whole n", file=sys.stderr)

@@ -185,3 +185,15 @@ def test_a_results_name_that_is_no_file_stem_is_refused(best, tmp_path, capsys):
                         str(folders["m3"]), "--data", str(tmp_path / "no-data"), "--results-name", "../elsewhere"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("--results-name") and len(err.strip().splitlines()) == 1
+
+
+def test_a_results_name_never_replaces_another_benchmarks_results(best, tmp_path, capsys, monkeypatch):
+    module, _, folders = best
+    monkeypatch.setattr(module, "RESULTS", tmp_path)
+    (tmp_path / "train_scifact.json").write_text(json.dumps({"grid": []}))
+    code = module.main(["--dense-model", str(folders["dense"]), "--m3-model", str(folders["m3"]), "--cross-encoder",
+                        str(folders["cross"]), "--tuning-dense-model", str(folders["dense"]), "--tuning-m3-model",
+                        str(folders["m3"]), "--data", str(tmp_path / "no-data"), "--results-name", "train_scifact"])
+    err = capsys.readouterr().err
+    assert code == 2 and "another benchmark's results" in err and len(err.strip().splitlines()) == 1
+    assert json.loads((tmp_path / "train_scifact.json").read_text()) == {"grid": []}

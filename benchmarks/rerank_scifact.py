@@ -339,6 +339,7 @@ def main() -> int:
 
     # the cross-encoder's settings, and whether a model trained the same way is there to reuse (decided before the
     # heavy work, so a refused output folder costs nothing)
+    from flagstone.genir.query_generation import model_fingerprint
     from flagstone.models._hf import resolve_precision
 
     precision = resolve_precision(args.precision)
@@ -354,8 +355,6 @@ def main() -> int:
     if args.pseudo_queries:  # absent otherwise, so models trained before the option existed still match
         ce_settings.update(pseudo_queries=args.pseudo_queries, pseudo_keep_top=args.pseudo_keep_top)
     if args.distill_from:  # absent otherwise, as above
-        from flagstone.genir.query_generation import model_fingerprint
-
         ce_settings.update(distill_from=str(Path(args.distill_from).resolve()),
                            distill_teacher_fingerprint=model_fingerprint(args.distill_from),
                            distill_weight=args.distill_weight, teacher_temperature=args.teacher_temperature)
@@ -384,8 +383,6 @@ def main() -> int:
             print(f"--reuse-cross-encoder: training anyway: {reuse_note}", flush=True)
             reuse_note = f"trained: {reuse_note}"
         import datetime
-
-        from flagstone.genir.query_generation import model_fingerprint
 
         miner = retriever
         if mining is not None:

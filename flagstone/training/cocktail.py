@@ -118,7 +118,7 @@ def merge_models(
     """
     import torch
 
-    from flagstone.models.embedder import transformer_folder, resolve_model_path
+    from flagstone.models.embedder import resolve_model_path, transformer_folder
 
     check_output_folder(output_dir, overwrite=overwrite, legacy=MODEL_LAYOUT)
     if len(models) < 2:
@@ -238,6 +238,6 @@ def mix_models(
 
 
 def _config_folder(model: str | os.PathLike[str]) -> Path:
-    from flagstone.models.embedder import transformer_folder, resolve_model_path
+    from flagstone.models.embedder import resolve_model_path, transformer_folder
 
     return transformer_folder(resolve_model_path(str(model))[0])

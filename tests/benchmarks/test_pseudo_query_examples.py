@@ -2,7 +2,6 @@
 kept only when the retriever finds their own document near the top, with mined hard negatives."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 

@@ -12,6 +12,8 @@ queries, train on the other 709 and score the held-out queries (whole corpus, nD
         --models benchmarks/models/tune-dense-*        # dev scores split into seen_docs / unseen_docs
     python benchmarks/tune_training.py score --precision float32 --models benchmarks/models/tune-m3-*
                                                        # every head of saved models, sparse terms per document
+    python benchmarks/tune_training.py m3-test --learning-rates 1e-4 --temperatures 0.05 --precision float32 \\
+        --pseudo-queries 1000                          # M3 on all train queries; its sparse head vs BM25 on test once
 
 With ``--split-folder`` the held-out queries are a split carved to disk instead (the tuning grid's protocol):
 
@@ -30,6 +32,7 @@ SmolLM2 writes one greedy pseudo-query for each of N documents drawn from outsid
 (_common.pseudo_query_examples: cached on disk, so a second run reuses them), a pseudo-query is kept only
 when the base model ranks its document in the top ``--pseudo-keep-top``, and the kept ones train beside the
 real queries with hard negatives mined the same way. The grid and the ``test`` stage carry N as a setting.
+``m3`` and ``m3-test`` take it too: the sparse head then learns terms for documents no training query points at.
 
 ``dense --teacher FOLDER`` distils a cross-encoder trained by rerank_scifact.py: every training group (real
 and pseudo queries) gets the teacher's scores, and the group's target becomes the teacher's softmax instead of
@@ -264,6 +267,90 @@ def test_best(data: str, batch_size: int, passage_length: int) -> int:
     return 0
 
 
+def m3_test(args: argparse.Namespace) -> int:
+    """Train M3 (dense + sparse + ColBERT, IDF-started sparse head) on every train query, with ``--pseudo-queries``
+    when given, and score SciFact test once: the sparse head against BM25 per query, overall and on
+    scifact_subsets' seen_docs / unseen_docs (paired randomization test). One configuration per call (the first
+    learning rate and temperature); a configuration already scored is refused. Appended to
+    tune_training_m3_test.json."""
+    config_key = {"learning_rate": args.learning_rates[0], "temperature": args.temperatures[0],
+                  "epochs": args.epochs, "group_size": args.group_size, "precision": args.precision,
+                  "flops": list(args.flops), "sparse_init": args.sparse_init, "pseudo_queries": args.pseudo_queries,
+                  "pseudo_keep_top": args.pseudo_keep_top if args.pseudo_queries else None}
+    test_path = RESULTS / "tune_training_m3_test.json"
+    earlier = json.loads(test_path.read_text())["runs"] if test_path.is_file() else []
+    if any(r["configuration"] == config_key for r in earlier):
+        print(f"the test split was already scored for {config_key} ({test_path}): it is touched once",
+              file=sys.stderr)
+        return 2
+    loaded = load_scifact_with_train(args.data)
+    if loaded is None:
+        return 2
+    test, train_qrels, doc_text = loaded
+    wall, cache = time.perf_counter(), EmbeddingCache()
+    examples, base_retriever = mine_scifact_examples(test, train_qrels, doc_text, sorted(train_qrels), cache, BASE,
+                                                     dtype=args.precision)
+    pseudo = None
+    if args.pseudo_queries:  # drawn from outside all train positives, as the dense test stage draws them
+        extra, pseudo = pseudo_query_examples(test.doc_ids, doc_text, positives_of(train_qrels), base_retriever,
+                                              args.pseudo_queries, args.pseudo_keep_top)
+        examples = examples + extra
+        print(f"pseudo-queries: {pseudo}", flush=True)
+    settings = EmbedderTrainingSettings(heads=("dense", "sparse", "colbert"), group_size=args.group_size,
+                                        batch_size=args.batch_size, temperature=config_key["temperature"],
+                                        passage_max_length=args.passage_length, sparse_init=args.sparse_init,
+                                        flops_weights=tuple(args.flops))
+    config = TrainingConfig(epochs=args.epochs, learning_rate=config_key["learning_rate"], warmup_ratio=0.1,
+                            precision=args.precision, seed=0)
+    folder = MODELS / ("tune-m3-test" + (f"-pq{args.pseudo_queries}" if args.pseudo_queries else "")
+                       + ("-flops{:g}-{:g}".format(*args.flops) if any(args.flops) else ""))
+    started = time.perf_counter()
+    run = train_embedder(Embedder(BASE, show_progress=False), examples, folder, settings=settings, config=config,
+                         overwrite=True)
+    train_seconds = time.perf_counter() - started
+    print(f"trained {folder.name}: {run.steps} steps, {train_seconds / 60:.1f} min", flush=True)
+    subsets = split_test_queries(Path(args.data), test.qrels, train_qrels)
+    all_ids = list(test.qrels)
+    bm25 = Retriever(None, signals=["bm25"])
+    bm25.fit(test.doc_ids, test.doc_texts)
+    bm25_scores = per_query_ndcg(bm25, test.queries, all_ids, test.qrels, "bm25")
+    m3 = Retriever(Embedder(str(folder), dtype=args.precision, show_progress=True),
+                   signals=["dense", "sparse", "colbert"])
+    m3.fit(test.doc_ids, test.doc_texts)
+    heads = {mode: per_query_ndcg(m3, test.queries, all_ids, test.qrels, mode)
+             for mode in ("sparse", "dense", "colbert", "all")}
+    comparison = compare_on_subsets(bm25_scores, heads["sparse"], {"all_test": all_ids, **subsets})
+    out = {"configuration": config_key, "train_queries": len(train_qrels), "pseudo_queries": pseudo,
+           "steps": run.steps, "train_seconds": round(train_seconds),
+           "sparse_vs_bm25": comparison,
+           "all_test_ndcg@10": {mode: sum(s.values()) / len(s) for mode, s in heads.items()},
+           "bm25_ndcg@10": sum(bm25_scores.values()) / len(bm25_scores),
+           "queries": {k: len(v) for k, v in subsets.items()}, "duplicates_dropped": subsets["duplicates"],
+           "wall_s": round(time.perf_counter() - wall, 1)}
+    lines = [f"M3 (dense + sparse + ColBERT, {args.sparse_init}-started sparse head) trained on all "
+             f"{len(train_qrels)} train queries"
+             + (f" and {pseudo['kept']} pseudo-queries (of {pseudo['queries_written']} written for "
+                f"{pseudo['documents']} documents)" if pseudo else "")
+             + f": lr {config_key['learning_rate']:g}, temperature {config_key['temperature']:g}, "
+             f"{args.group_size - 1} hard negatives, {args.epochs} epochs, {args.precision}, FLOPS weights "
+             f"{args.flops[0]:g} / {args.flops[1]:g} ({run.steps} steps, {train_seconds / 60:.0f} min); SciFact test "
+             "scored once.", "",
+             "| nDCG@10 | queries | BM25 | M3 sparse | delta | p |", "|---|---|---|---|---|---|"]
+    for name, c in comparison.items():
+        if c is not None:
+            lines.append(f"| {name} | {c['queries']} | {c['base']:.4f} | {c['best']:.4f} | {c['delta']:+.4f} | "
+                         f"{c['p_value']:.3g} |")
+    lines.append("\nall_test, the model's other heads: " + ", ".join(
+        f"{mode} {score:.4f}" for mode, score in out["all_test_ndcg@10"].items())
+        + " (all: the hybrid of the three at M3's head weights).")
+    lines.append(f"all_test: every test query; overall / seen_docs / unseen_docs without the "
+                 f"{len(subsets['duplicates'])} test queries that repeat a train query; paired randomization test "
+                 f"against BM25. {out['wall_s'] / 60:.0f} min.")
+    number = append_run("tune_training_m3_test", out, "\n".join(lines))
+    print(f"run {number} appended to {test_path} (earlier runs kept)")
+    return 0
+
+
 def carved_or_default_split(split_folder: str | None, data: str, train_qrels: dict):
     """(training query ids, held-out query ids, split record): the carved split on disk when ``split_folder``
     is given (its manifest's hashes checked; ValueError when it is not a carve of ``data``'s train split),
@@ -375,12 +462,14 @@ def score_models(data: str, split_folder: str | None, models: list[str], precisi
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("stage", choices=("dense", "m3", "cocktail", "baselines", "report", "test", "dev-subsets",
-                                          "score"),
+                                          "score", "m3-test"),
                         help="baselines: only score the base model and BM25 on the held-out queries; report: "
                              "gather every dense run on a carved split into tune_training_grid.{md,json}; test: "
                              "train the grid's best on all train queries and score the test split once; "
                              "dev-subsets: score --models on the dev queries split into seen_docs / unseen_docs; "
-                             "score: every head of --models on the held-out queries, with sparse terms per document")
+                             "score: every head of --models on the held-out queries, with sparse terms per document; m3-test: "
+                             "train M3 on all train queries (one learning rate and temperature) and score its sparse "
+                             "head against BM25 on the test split once")
     parser.add_argument("--data", default=str(SHARED_DATA / "beir" / "scifact"))
     parser.add_argument("--split-folder", default=None,
                         help="a folder 'flagstone data carve-split' wrote from --data's train split: train on its "
@@ -399,7 +488,7 @@ def main() -> int:
                         help="m3: SPLADE FLOPS regulariser weights on the sparse head (default: 0 0, off)")
     parser.add_argument("--sparse-init", choices=("idf", "uniform"), default="idf")
     parser.add_argument("--pseudo-queries", type=int, default=0, metavar="N",
-                        help="dense: also train on pseudo-queries the bundled SmolLM2 writes for N documents that are "
+                        help="dense, m3, m3-test: also train on pseudo-queries the bundled SmolLM2 writes for N documents that are "
                              "no training query's positive (seeded draw; cached; default: 0, none)")
     parser.add_argument("--pseudo-keep-top", type=int, default=3, metavar="K",
                         help="keep a pseudo-query only when the base model ranks its document in the top K "
@@ -426,16 +515,22 @@ def main() -> int:
         if not args.models:
             parser.error("score needs --models")
         return score_models(args.data, args.split_folder, args.models, args.precision)
-    if any(args.flops) and args.stage != "m3":
-        parser.error("--flops regularises the sparse head: only the m3 stage trains one")
+    if any(args.flops) and args.stage not in ("m3", "m3-test"):
+        parser.error("--flops regularises the sparse head: only the m3 stages train one")
     if args.teacher and args.stage != "dense":
         parser.error("--teacher: only the dense stage distils")
     if args.teacher and not Path(args.teacher, "config.json").is_file():
         parser.error(f"--teacher: {args.teacher} is not a model folder")
-    if args.pseudo_queries and args.stage != "dense":
-        parser.error("--pseudo-queries: only the dense stage trains on them")
+    if args.pseudo_queries and args.stage not in ("dense", "m3", "m3-test"):
+        parser.error("--pseudo-queries: only the dense and m3 stages train on them")
     if args.pseudo_queries < 0 or args.pseudo_keep_top < 1:
         parser.error("--pseudo-queries must be at least 0 and --pseudo-keep-top at least 1")
+    if args.stage == "m3-test":
+        if args.split_folder:
+            parser.error("m3-test trains on every train query: --split-folder does not apply")
+        if len(args.learning_rates) != 1 or len(args.temperatures) != 1:
+            parser.error("m3-test scores the test split once: give one learning rate and one temperature")
+        return m3_test(args)
     loaded = load_scifact_with_train(args.data)
     if loaded is None:
         return 2

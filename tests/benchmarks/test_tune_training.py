@@ -86,7 +86,9 @@ def test_test_stage_touches_the_test_split_once_per_configuration(tune, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["m3", "--pseudo-queries", "10"], "only the dense stage"),
+    (["cocktail", "--pseudo-queries", "10"], "only the dense and m3 stages"),
+    (["m3-test", "--split-folder", "s"], "--split-folder does not apply"),
+    (["m3-test", "--learning-rates", "1e-4,3e-5"], "one learning rate and one temperature"),
     (["dense", "--pseudo-queries", "-1"], "at least 0"),
     (["dense", "--pseudo-keep-top", "0"], "at least 1"),
     (["dev-subsets", "--models", "m"], "needs --split-folder and --models"),
@@ -204,3 +206,30 @@ def test_score_reports_every_head_and_sparse_terms_of_saved_models(tune, tiny_m3
     assert 0 < row["sparse_terms_per_doc"] and all(0 <= row[k] <= 1 for k in row if k.endswith("ndcg@10"))
     table = (results / "tune_training_score.md").read_text()
     assert f"| {tiny_m3_dir.name} | {row['dense_ndcg@10']:.4f} |" in table and "sparse_terms_per_doc" in table
+
+
+def test_m3_test_scores_the_sparse_head_against_bm25_once_per_configuration(tune, tiny_m3_dir, tmp_path, monkeypatch,
+                                                                           capsys):
+    from flagstone.models.cache import EmbeddingCache
+    from tests.evaluation.test_splits import make_beir
+
+    tune_training, results = tune
+    monkeypatch.setattr(tune_training, "BASE", str(tiny_m3_dir))
+    monkeypatch.setattr(tune_training, "MODELS", tmp_path / "models")
+    monkeypatch.setattr(tune_training, "EmbeddingCache", lambda: EmbeddingCache(tmp_path / "cache"))
+    data = make_beir(tmp_path / "data")
+    argv = ["tune_training.py", "m3-test", "--data", str(data), "--learning-rates", "1e-4", "--temperatures", "0.05",
+            "--epochs", "1", "--batch-size", "4", "--precision", "float32"]
+    monkeypatch.setattr(sys, "argv", argv)
+    assert tune_training.main() == 0
+    [run_] = json.loads((results / "tune_training_m3_test.json").read_text())["runs"]
+    assert run_["configuration"]["learning_rate"] == 1e-4 and run_["configuration"]["pseudo_queries"] == 0
+    assert run_["train_queries"] == 10 and run_["steps"] == 3  # ceil(10 / 4), one epoch
+    comparison = run_["sparse_vs_bm25"]
+    assert comparison["all_test"]["queries"] == 3 and comparison["all_test"]["base"] == run_["bm25_ndcg@10"]
+    assert comparison["all_test"]["best"] == run_["all_test_ndcg@10"]["sparse"]
+    assert set(run_["all_test_ndcg@10"]) == {"sparse", "dense", "colbert", "all"}
+    assert (tmp_path / "models" / "tune-m3-test" / "config.json").is_file()
+    assert "| all_test | 3 |" in (results / "tune_training_m3_test.md").read_text()
+    assert tune_training.main() == 2  # the same configuration again: the test split is touched once
+    assert "touched once" in capsys.readouterr().err

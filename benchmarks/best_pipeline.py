@@ -192,6 +192,16 @@ def fusion_grid(step: float = 0.1) -> list[dict[str, float]]:
             for parts in itertools.product(range(units + 1), repeat=4) if sum(parts) == units]
 
 
+def holds_best_pipeline_results(path: Path) -> bool:
+    """Whether ``path`` (an existing results file) is one this benchmark wrote, so --results-name may replace it;
+    a file that is not JSON is someone else's."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8") or "{}")
+    except ValueError:  # not JSON, or not UTF-8
+        return False
+    return isinstance(saved, dict) and "best_pipeline_ndcg@10" in saved
+
+
 def per_query_ndcg(hits: Hits, qids: Sequence[str], qrels: Mapping[str, Mapping[str, int]]) -> dict[str, float]:
     report = evaluate_run(hits.to_run(list(qids)), {q: qrels[q] for q in qids}, (10,), ("ndcg",))
     return {q: values["ndcg@10"] for q, values in report.per_query.items()}
@@ -314,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     earlier = RESULTS / f"{args.results_name}.json"
-    if earlier.is_file() and "best_pipeline_ndcg@10" not in json.loads(earlier.read_text() or "{}"):
+    if earlier.is_file() and not holds_best_pipeline_results(earlier):
         print(f"--results-name: {earlier} holds another benchmark's results; choose another name", file=sys.stderr)
         return 2
     if args.depth < 1 or args.candidates < 1 or not 0 < args.fusion_step <= 1 \

@@ -197,3 +197,17 @@ def test_a_results_name_never_replaces_another_benchmarks_results(best, tmp_path
     err = capsys.readouterr().err
     assert code == 2 and "another benchmark's results" in err and len(err.strip().splitlines()) == 1
     assert json.loads((tmp_path / "train_scifact.json").read_text()) == {"grid": []}
+
+
+@pytest.mark.parametrize("content", [b"not json", b"\xff\xfe", b"[1, 2]", b"3"])
+def test_a_results_name_whose_file_is_not_this_benchmarks_json_is_refused(best, tmp_path, capsys, monkeypatch,
+                                                                          content):
+    module, _, folders = best
+    monkeypatch.setattr(module, "RESULTS", tmp_path)
+    (tmp_path / "mine.json").write_bytes(content)
+    code = module.main(["--dense-model", str(folders["dense"]), "--m3-model", str(folders["m3"]), "--cross-encoder",
+                        str(folders["cross"]), "--tuning-dense-model", str(folders["dense"]), "--tuning-m3-model",
+                        str(folders["m3"]), "--data", str(tmp_path / "no-data"), "--results-name", "mine"])
+    err = capsys.readouterr().err
+    assert code == 2 and "another benchmark's results" in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "mine.json").read_bytes() == content

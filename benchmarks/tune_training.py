@@ -302,7 +302,7 @@ def m3_test(args: argparse.Namespace) -> int:
                                         flops_weights=tuple(args.flops))
     config = TrainingConfig(epochs=args.epochs, learning_rate=config_key["learning_rate"], warmup_ratio=0.1,
                             precision=args.precision, seed=0)
-    folder = MODELS / ("tune-m3-test" + (f"-pq{args.pseudo_queries}" if args.pseudo_queries else "")
+    folder = MODELS / (f"tune-m3-test-e{args.epochs}" + (f"-pq{args.pseudo_queries}" if args.pseudo_queries else "")
                        + ("-flops{:g}-{:g}".format(*args.flops) if any(args.flops) else ""))
     started = time.perf_counter()
     run = train_embedder(Embedder(BASE, show_progress=False), examples, folder, settings=settings, config=config,
@@ -467,9 +467,9 @@ def main() -> int:
                              "gather every dense run on a carved split into tune_training_grid.{md,json}; test: "
                              "train the grid's best on all train queries and score the test split once; "
                              "dev-subsets: score --models on the dev queries split into seen_docs / unseen_docs; "
-                             "score: every head of --models on the held-out queries, with sparse terms per document; m3-test: "
-                             "train M3 on all train queries (one learning rate and temperature) and score its sparse "
-                             "head against BM25 on the test split once")
+                             "score: every head of --models on the held-out queries, with sparse terms per "
+                             "document; m3-test: train M3 on all train queries (one learning rate and temperature) "
+                             "and score its sparse head against BM25 on the test split once")
     parser.add_argument("--data", default=str(SHARED_DATA / "beir" / "scifact"))
     parser.add_argument("--split-folder", default=None,
                         help="a folder 'flagstone data carve-split' wrote from --data's train split: train on its "
@@ -488,8 +488,8 @@ def main() -> int:
                         help="m3: SPLADE FLOPS regulariser weights on the sparse head (default: 0 0, off)")
     parser.add_argument("--sparse-init", choices=("idf", "uniform"), default="idf")
     parser.add_argument("--pseudo-queries", type=int, default=0, metavar="N",
-                        help="dense, m3, m3-test: also train on pseudo-queries the bundled SmolLM2 writes for N documents that are "
-                             "no training query's positive (seeded draw; cached; default: 0, none)")
+                        help="dense, m3, m3-test: also train on pseudo-queries the bundled SmolLM2 writes for N "
+                             "documents that are no training query's positive (seeded draw; cached; default: 0, none)")
     parser.add_argument("--pseudo-keep-top", type=int, default=3, metavar="K",
                         help="keep a pseudo-query only when the base model ranks its document in the top K "
                              "(consistency filtering; default: 3)")

@@ -229,7 +229,7 @@ def test_m3_test_scores_the_sparse_head_against_bm25_once_per_configuration(tune
     assert comparison["all_test"]["queries"] == 3 and comparison["all_test"]["base"] == run_["bm25_ndcg@10"]
     assert comparison["all_test"]["best"] == run_["all_test_ndcg@10"]["sparse"]
     assert set(run_["all_test_ndcg@10"]) == {"sparse", "dense", "colbert", "all"}
-    assert (tmp_path / "models" / "tune-m3-test" / "config.json").is_file()
+    assert (tmp_path / "models" / "tune-m3-test-e1" / "config.json").is_file()
     assert "| all_test | 3 |" in (results / "tune_training_m3_test.md").read_text()
     assert tune_training.main() == 2  # the same configuration again: the test split is touched once
     assert "touched once" in capsys.readouterr().err

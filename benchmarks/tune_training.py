@@ -181,6 +181,20 @@ def teacher_scores(examples: list, teacher: dict, precision: str) -> tuple[list,
                     "seconds": round(time.perf_counter() - started, 1)}
 
 
+def comparison_table(comparison: dict[str, dict | None], base_name: str, other_name: str) -> list[str]:
+    """Markdown table of compare_on_subsets' result on the test split: one row per subset that has queries."""
+    lines = [f"| nDCG@10 | queries | {base_name} | {other_name} | delta | p |", "|---|---|---|---|---|---|"]
+    return lines + [f"| {name} | {c['queries']} | {c['base']:.4f} | {c['best']:.4f} | {c['delta']:+.4f} | "
+                    f"{c['p_value']:.3g} |" for name, c in comparison.items() if c is not None]
+
+
+def comparison_note(subsets: dict[str, list[str]], against: str, wall_s: float) -> str:
+    """What the subsets of :func:`comparison_table` hold, the test behind its p, and the run's minutes."""
+    return (f"all_test: every test query; overall / seen_docs / unseen_docs without the "
+            f"{len(subsets['duplicates'])} test queries that repeat a train query; paired randomization test "
+            f"against {against}. {wall_s / 60:.0f} min.")
+
+
 def test_best(data: str, batch_size: int, passage_length: int) -> int:
     """Train the grid's best configuration on every train query and score SciFact test once (see the module
     docstring); appended to tune_training_test.json and set as train_scifact.json's ``grid_best_test``."""
@@ -254,14 +268,8 @@ def test_best(data: str, batch_size: int, passage_length: int) -> int:
              + (f" and {pseudo['kept']} pseudo-queries (of {pseudo['queries_written']} written for "
                 f"{pseudo['documents']} documents)" if pseudo else "")
              + f" ({run.steps} steps, {train_seconds / 60:.0f} min), SciFact test scored once.", "",
-             "| nDCG@10 | queries | base | grid best | delta | p |", "|---|---|---|---|---|---|"]
-    for name, c in comparison.items():
-        if c is not None:
-            lines.append(f"| {name} | {c['queries']} | {c['base']:.4f} | {c['best']:.4f} | {c['delta']:+.4f} | "
-                         f"{c['p_value']:.3g} |")
-    lines.append(f"\nall_test: every test query; overall / seen_docs / unseen_docs without the "
-                 f"{len(subsets['duplicates'])} test queries that repeat a train query; paired randomization test "
-                 f"against the base model. {out['wall_s'] / 60:.0f} min.")
+             *comparison_table(comparison, "base", "grid best"),
+             "\n" + comparison_note(subsets, "the base model", out["wall_s"])]
     append_run("tune_training_test", out, "\n".join(lines))
     set_result_entry("train_scifact", "grid_best_test", out)
     return 0
@@ -335,17 +343,11 @@ def m3_test(args: argparse.Namespace) -> int:
              f"{args.group_size - 1} hard negatives, {args.epochs} epochs, {args.precision}, FLOPS weights "
              f"{args.flops[0]:g} / {args.flops[1]:g} ({run.steps} steps, {train_seconds / 60:.0f} min); SciFact test "
              "scored once.", "",
-             "| nDCG@10 | queries | BM25 | M3 sparse | delta | p |", "|---|---|---|---|---|---|"]
-    for name, c in comparison.items():
-        if c is not None:
-            lines.append(f"| {name} | {c['queries']} | {c['base']:.4f} | {c['best']:.4f} | {c['delta']:+.4f} | "
-                         f"{c['p_value']:.3g} |")
-    lines.append("\nall_test, the model's other heads: " + ", ".join(
-        f"{mode} {score:.4f}" for mode, score in out["all_test_ndcg@10"].items())
-        + " (all: the hybrid of the three at M3's head weights).")
-    lines.append(f"all_test: every test query; overall / seen_docs / unseen_docs without the "
-                 f"{len(subsets['duplicates'])} test queries that repeat a train query; paired randomization test "
-                 f"against BM25. {out['wall_s'] / 60:.0f} min.")
+             *comparison_table(comparison, "BM25", "M3 sparse"),
+             "\nall_test, the model's other heads: " + ", ".join(
+                 f"{mode} {score:.4f}" for mode, score in out["all_test_ndcg@10"].items())
+             + " (all: the hybrid of the three at M3's head weights).",
+             comparison_note(subsets, "BM25", out["wall_s"])]
     number = append_run("tune_training_m3_test", out, "\n".join(lines))
     print(f"run {number} appended to {test_path} (earlier runs kept)")
     return 0
